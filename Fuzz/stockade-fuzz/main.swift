@@ -1,0 +1,2 @@
+import StockadeCore
+print("stockade-fuzz: no targets yet")

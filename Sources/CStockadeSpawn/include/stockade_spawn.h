@@ -1,0 +1,207 @@
+/*
+ * The spawn plan and the C trampoline that carries it out.
+ *
+ * The parent (Swift) fills one `stk_plan` with everything the child needs:
+ * every path, mount, argv and envp string, the seccomp BPF program, the
+ * Landlock rules, the fd layout. All of it is allocated before clone3, so
+ * the child only ever reads memory and makes raw system calls: no
+ * allocation, no locks, no Swift runtime between clone3 and execve.
+ */
+#ifndef STOCKADE_SPAWN_H
+#define STOCKADE_SPAWN_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/filter.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Mount operations, applied in order inside the staging root. ---- */
+enum stk_mount_kind {
+    STK_MOUNT_BIND = 1,   /* bind host `source` at `target` */
+    STK_MOUNT_TMPFS = 2,  /* fresh tmpfs at `target`, options in `data` */
+    STK_MOUNT_PROC = 3,   /* fresh procfs at `target` (needs the new pid namespace) */
+    STK_MOUNT_DEV = 4,    /* minimal /dev at `target` (see stk_dev_nodes) */
+    STK_MOUNT_DIR = 5,    /* mkdir -p `target` (mode in `mode`) */
+    STK_MOUNT_SYMLINK = 6,/* symlink `target` -> `source` (source is the link text) */
+    STK_MOUNT_MASK = 7,   /* hide `target`: /dev/null over a file, empty ro tmpfs over a dir */
+    STK_MOUNT_RO = 8,     /* remount the mount at `target` read-only (e.g. /proc/sys) */
+    STK_MOUNT_DEVNODE = 9,/* bind one host device node `source` at `target` */
+};
+
+enum stk_mount_flag {
+    STK_MF_WRITABLE = 1u << 0, /* leave the bind writable (default: read-only) */
+    STK_MF_OPTIONAL = 1u << 1, /* a missing source is skipped, not an error */
+    STK_MF_NOEXEC = 1u << 2,   /* add MS_NOEXEC */
+    STK_MF_DEV = 1u << 3,      /* allow device nodes (default: nodev) */
+};
+
+struct stk_mount {
+    uint32_t kind;        /* enum stk_mount_kind */
+    uint32_t flags;       /* enum stk_mount_flag bits */
+    uint32_t mode;        /* DIR/TMPFS: directory mode */
+    uint32_t _pad;
+    const char *source;   /* host path as seen from the staging root ("/oldroot/..."), or link text */
+    const char *target;   /* path under the new root as seen from the staging root ("/newroot/...") */
+    const char *data;     /* filesystem options (tmpfs: "size=...,mode=...") or NULL */
+};
+
+struct stk_rlimit {
+    int32_t resource;
+    int32_t _pad;
+    uint64_t soft;
+    uint64_t hard;
+};
+
+/* A passed fd: the parent's `from` appears as `to` in the worker. */
+struct stk_fd_map {
+    int32_t from;
+    int32_t to;
+};
+
+/* One Landlock path rule: `path` (inside the final root) gets `access`. */
+struct stk_landlock_rule {
+    const char *path;
+    uint64_t access;
+    uint32_t optional; /* a missing path is skipped */
+    uint32_t _pad;
+};
+
+struct stk_landlock_port {
+    uint64_t port;
+    uint64_t access;
+};
+
+struct stk_plan {
+    /* clone3 */
+    uint64_t clone_flags;      /* CLONE_NEW* bits (CLONE_PIDFD and INTO_CGROUP are added here) */
+    int32_t cgroup_fd;         /* >= 0: CLONE_INTO_CGROUP target */
+    int32_t use_reaper;        /* PID 1 forks the worker and reaps (set when CLONE_NEWPID) */
+
+    /* pipes shared with the parent; the parent's ends are closed in the child */
+    int32_t sync_fd;           /* child reads the go-ahead byte; POLLHUP = parent gone */
+    int32_t error_fd;          /* child writes one stk_error record on failure (O_CLOEXEC) */
+    int32_t status_fd;         /* reaper writes the worker's raw wait status (4 bytes) */
+    int32_t parent_fds[4];     /* the parent's ends, closed first thing in the child; -1 unused */
+
+    /* filesystem */
+    int32_t pivot;             /* build a new root and pivot into it */
+    int32_t _pad0;
+    const char *staging;       /* host dir to mount the staging tmpfs on, e.g. "/tmp" */
+    const char *root_options;  /* tmpfs options for the new root, e.g. "size=16m,mode=0755" */
+    const struct stk_mount *mounts;
+    uint32_t n_mounts;
+    int32_t root_readonly;     /* remount the new root read-only at the end */
+
+    /* identity */
+    const char *hostname;      /* NULL: leave it */
+    uint32_t uid, gid;         /* ids inside the user namespace */
+    int32_t drop_groups;       /* setgroups(0, NULL) (only when setgroups is allowed) */
+    int32_t cap_last_cap;      /* from /proc/sys/kernel/cap_last_cap */
+
+    /* process */
+    const struct stk_rlimit *rlimits;
+    uint32_t n_rlimits;
+    int32_t new_session;       /* setsid(): no TIOCSTI through the caller's terminal */
+    const struct stk_fd_map *fds;
+    uint32_t n_fds;
+    int32_t no_new_privs;
+    const char *cwd;           /* inside the new root */
+
+    /* Landlock (abi == 0: not applied) */
+    int32_t landlock_abi;
+    int32_t landlock_required; /* a failure to enforce is fatal */
+    uint64_t landlock_fs_handled;
+    uint64_t landlock_net_handled;
+    const struct stk_landlock_rule *landlock_rules;
+    uint32_t n_landlock_rules;
+    uint32_t n_landlock_ports;
+    const struct stk_landlock_port *landlock_ports;
+
+    /* seccomp: the finished BPF program, loaded last (len 0: none) */
+    const struct sock_filter *seccomp_filter;
+    uint32_t seccomp_len;
+    uint32_t seccomp_flags;    /* SECCOMP_FILTER_FLAG_* */
+
+    /* execve: candidates are tried in order until one is not ENOENT/ENOTDIR */
+    const char *const *exec_paths;
+    uint32_t n_exec_paths;
+    int32_t _pad1;
+    char *const *argv;
+    char *const *envp;
+};
+
+/* The steps, in the order the child runs them; the parent prints their names. */
+enum stk_step {
+    STK_STEP_NONE = 0,
+    STK_STEP_SYNC,          /* wait for the parent's go-ahead */
+    STK_STEP_PDEATHSIG,     /* die with the launcher */
+    STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
+    STK_STEP_MAKE_PRIVATE,  /* mount --make-rprivate / */
+    STK_STEP_STAGING,       /* tmpfs staging root + pivot onto it */
+    STK_STEP_NEW_ROOT,      /* tmpfs for the new root */
+    STK_STEP_MOUNT,         /* one of the profile's mounts (detail: target) */
+    STK_STEP_PROC,          /* mount /proc */
+    STK_STEP_DEV,           /* build /dev */
+    STK_STEP_MASK,          /* mask a sensitive path */
+    STK_STEP_ROOT_READONLY, /* remount the new root read-only */
+    STK_STEP_PIVOT,         /* pivot_root into the new root, detach the old */
+    STK_STEP_HOSTNAME,
+    STK_STEP_SETSID,
+    STK_STEP_RLIMIT,
+    STK_STEP_CHDIR,
+    STK_STEP_FDS,           /* dup passed fds into place, close the rest */
+    STK_STEP_REAPER,        /* fork the worker under PID 1 */
+    STK_STEP_SECUREBITS,
+    STK_STEP_BOUNDING,      /* drop the capability bounding set */
+    STK_STEP_AMBIENT,
+    STK_STEP_GROUPS,
+    STK_STEP_SETGID,
+    STK_STEP_SETUID,
+    STK_STEP_CAPS,          /* clear effective/permitted/inheritable */
+    STK_STEP_NO_NEW_PRIVS,
+    STK_STEP_LANDLOCK,
+    STK_STEP_SECCOMP,
+    STK_STEP_EXEC,
+    STK_STEP_COUNT
+};
+
+/* What the child writes to error_fd when a step fails. */
+struct stk_error {
+    int32_t step;       /* enum stk_step */
+    int32_t err;        /* errno */
+    char detail[248];   /* the path or value involved, NUL-terminated */
+};
+
+/* Name of a step for messages ("mount /proc"); never NULL. */
+const char *stk_step_name(int step);
+
+/*
+ * clone3 the jail's first process. In the parent: returns the child's pid and
+ * stores its pidfd in *pidfd; returns -errno on failure (nothing was created).
+ * In the child: never returns (runs the plan, then execve or _exit).
+ * `used_into_cgroup` is set to 1 when CLONE_INTO_CGROUP took effect, 0 when
+ * the kernel lacked it and the parent must place the child itself.
+ */
+pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup);
+
+/* ---- Small raw-syscall shims for Swift (it cannot call variadic syscall()). ---- */
+int stk_pidfd_open(pid_t pid);
+int stk_pidfd_send_signal(int pidfd, int sig);
+int stk_memfd_create(const char *name, unsigned int flags);
+int stk_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int stk_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+int stk_fcntl_int(int fd, int cmd, int arg);
+int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
+long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+/* waitid(P_PIDFD): fills *status like waitpid's status word; returns 0 or -errno. */
+int stk_wait_pidfd(int pidfd, int *status, int options);
+/* Landlock ABI of the running kernel: >0 version, -errno when unavailable. */
+int stk_landlock_abi(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,83 @@
+/*
+ * Raw-syscall shims for the Swift side. Swift cannot call variadic C
+ * functions (syscall, prctl, fcntl, ioctl), and some of these calls have no
+ * glibc wrapper on Debian 12 (pidfd_send_signal, close_range, landlock).
+ * Each shim is one system call; errors come back as -1 with errno set,
+ * except where the comment says -errno.
+ */
+#include "stockade_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/landlock.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+int stk_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int stk_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int stk_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+int stk_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+
+int stk_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
+    return prctl(option, a2, a3, a4, a5);
+}
+
+int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+
+int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+
+long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
+    return syscall(nr, a1, a2, a3, a4, a5, a6);
+}
+
+int stk_wait_pidfd(int pidfd, int *status, int options) {
+    siginfo_t info = {0};
+    /* waitid fills siginfo; convert it back to the classic status word so
+     * that callers can use WIFEXITED/WTERMSIG-style decoding. */
+    if (syscall(SYS_waitid, P_PIDFD, pidfd, &info, options | WEXITED, NULL) < 0)
+        return -errno;
+    if (info.si_pid == 0) /* WNOHANG and still running */
+        return -EAGAIN;
+    switch (info.si_code) {
+    case CLD_EXITED: *status = (info.si_status & 0xff) << 8; break;
+    case CLD_KILLED: *status = info.si_status & 0x7f; break;
+    case CLD_DUMPED: *status = (info.si_status & 0x7f) | 0x80; break;
+    default: *status = 0; break;
+    }
+    return 0;
+}
+
+int stk_landlock_abi(void) {
+    long v = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    return v < 0 ? -errno : (int)v;
+}

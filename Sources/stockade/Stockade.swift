@@ -1,0 +1,12 @@
+import ArgumentParser
+import StockadeCore
+
+@main
+struct StockadeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stockade",
+        abstract: "Run untrusted programs in a Linux jail.",
+        version: Stockade.version,
+        subcommands: []
+    )
+}

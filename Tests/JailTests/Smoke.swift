@@ -1,0 +1,4 @@
+import Testing
+import StockadeCore
+
+@Test func versionIsSet() { #expect(!Stockade.version.isEmpty) }
