@@ -63,6 +63,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
+        .executableTarget(
+            name: "stockade-bench",
+            dependencies: ["StockadeCore", "StockadeSystem"],
+            swiftSettings: swiftSettings
+        ),
         // libFuzzer entry points. Built normally they replay a corpus; built
         // with `-sanitize=fuzzer -DFUZZING` (make fuzz) libFuzzer drives them.
         .executableTarget(

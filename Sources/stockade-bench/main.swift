@@ -1,0 +1,15 @@
+// `make bench`: each part is a subcommand; `all` runs them in order.
+import StockadeCore
+import Foundation
+
+let parts: [String: () throws -> Void] = [:]
+
+let args = CommandLine.arguments.dropFirst()
+let wanted = args.isEmpty || args.first == "all" ? parts.keys.sorted() : Array(args)
+for name in wanted {
+    guard let part = parts[name] else {
+        print("stockade-bench: unknown part \(name); parts: \(parts.keys.sorted().joined(separator: ", "))")
+        exit(2)
+    }
+    try part()
+}
