@@ -45,6 +45,11 @@ int main(int argc, char **argv) {
     struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[0] }, out;
     CHECK("epoll", ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fds[0], &ev) == 0 && write(fds[1], "y", 1) == 1
           && epoll_wait(ep, &out, 1, 1000) == 1);
+    /* The launcher may hand down a blocked mask; unblock the one we test. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
     signal(SIGUSR1, on_usr1);
     CHECK("signal", kill(getpid(), SIGUSR1) == 0 && got == 1);
     int sp[2];
