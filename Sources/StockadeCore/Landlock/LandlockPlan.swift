@@ -154,6 +154,7 @@ public struct LandlockPlan: Sendable, Equatable {
         }
         for p in section.tcpBind where netHandled != 0 { addPort(UInt64(p), Net.bindTCP) }
         for p in section.tcpConnect where netHandled != 0 { addPort(UInt64(p), Net.connectTCP) }
+        ports.sort { $0.port < $1.port }
 
         report.append("Landlock: ABI \(kernel)\(required ? ", required" : ", best effort")")
         report.append("  filesystem: \(rules.count) rules, handling \(Self.rightNames(fsHandled).joined(separator: " "))")
