@@ -86,7 +86,7 @@ public struct LandlockPlan: Sendable, Equatable {
     /// The plan for `profile` on a kernel offering `abi` (as `kernelABI()`
     /// returns it). Throws only when the profile requires Landlock and the
     /// kernel cannot enforce what it asks.
-    public init(profile: Profile, abi kernel: Int32 = LandlockPlan.kernelABI()) throws(ProfileError) {
+    public init(profile: Profile, extraMounts: [MountSpec] = [], abi kernel: Int32 = LandlockPlan.kernelABI()) throws(ProfileError) {
         let section = profile.landlock
         required = section.required
         rules = []
@@ -136,7 +136,7 @@ public struct LandlockPlan: Sendable, Equatable {
             add("/dev", FS.read | FS.writeFile | FS.truncate | FS.ioctlDev)
             add("/dev/shm", FS.read | FS.write, optional: true)
         }
-        for m in profile.mounts {
+        for m in profile.mounts + extraMounts {
             let exec = m.noexec ? 0 : FS.execute
             switch m.kind {
             case .bind:
