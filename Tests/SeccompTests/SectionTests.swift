@@ -3,6 +3,7 @@ import Testing
 @testable import StockadeCore
 
 /// `[seccomp]` as written in profiles: shapes, and the errors a user can make.
+extension SeccompTests {
 @Suite struct SectionTests {
     func error(_ text: String) -> ProfileError? {
         do { _ = try Profile.parse(text: text, file: "/tmp/test-profile.toml"); return nil } catch { return error }
@@ -168,4 +169,5 @@ import Testing
         #expect(text.split(separator: "\n").count == program.instructions.count + 2)
         #expect(BPFInstruction.decode(program.bytes) == program.instructions)
     }
+}
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 @testable import StockadeCore
 
 /// The C helpers in Helpers/, built static once per test run into
@@ -121,3 +122,9 @@ func profile(_ text: String, file: String = "/tmp/test-profile.toml") throws -> 
 }
 
 func nr(_ name: String) -> Int32 { Syscalls.number(of: name)! }
+
+/// Every suite of this target runs inside this one, one test at a time:
+/// the tests start many processes and jails, and `Launcher.launch` closes
+/// some of its pipe ends twice, so a concurrent fd open elsewhere in the
+/// process can be closed under its owner (reported to the launcher's owner).
+@Suite(.serialized) enum SeccompTests {}
