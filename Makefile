@@ -13,7 +13,7 @@ STAMP := .build-stamps
 
 FUZZ_SECONDS ?= 30
 FUZZ_FLAGS := -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library
-FUZZ_TARGETS := profile
+FUZZ_TARGETS := profile docker-seccomp
 
 .PHONY: all deps venv build release probe run test test-swift test-python bench fuzz compare clean
 
