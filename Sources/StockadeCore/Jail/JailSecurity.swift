@@ -4,15 +4,20 @@
 public enum JailSecurity {
     /// Compiles the profile's seccomp policy into `request.seccompFilter`
     /// and derives the Landlock rules from its mounts (and the request's
-    /// extra mounts) for the running kernel's ABI. Throws a
+    /// extra mounts) for the running kernel's ABI. A filter or ruleset the
+    /// caller already put in the request is kept. Throws a
     /// ``SeccompCompileError`` or, when `[landlock] required = true` cannot
     /// be met, a ``ProfileError``.
     public static func prepare(_ request: inout LaunchRequest) throws {
-        let program = try request.profile.seccomp.compile()
-        request.seccompFilter = program.bytes
-        request.seccompFlags = program.flags
-        let plan = try LandlockPlan(profile: request.profile, extraMounts: request.extraMounts)
-        request.landlock = plan.abi > 0 ? plan.launchLandlock : nil
+        if request.seccompFilter.isEmpty {
+            let program = try request.profile.seccomp.compile()
+            request.seccompFilter = program.bytes
+            request.seccompFlags = program.flags
+        }
+        if request.landlock == nil {
+            let plan = try LandlockPlan(profile: request.profile, extraMounts: request.extraMounts)
+            request.landlock = plan.abi > 0 ? plan.launchLandlock : nil
+        }
     }
 }
 
