@@ -32,6 +32,10 @@ public struct LandlockPlan: Sendable, Equatable {
     public var netHandled: UInt64
     public var rules: [Rule]
     public var ports: [Port]
+    /// `LANDLOCK_SCOPE_*` (ABI 6+): abstract unix sockets and signals stay
+    /// inside the jail's Landlock domain. Computed; the C plan has no field
+    /// for it yet, so it is not applied.
+    public var scoped: UInt64 = 0
     /// A failure to enforce in the child is fatal.
     public var required: Bool
     /// What is enforced and what is not, one line each, for `explain` and logs.
@@ -72,6 +76,9 @@ public struct LandlockPlan: Sendable, Equatable {
             return mask
         }
     }
+
+    public static let scopeAbstractUnixSocket: UInt64 = 1 << 0
+    public static let scopeSignal: UInt64 = 1 << 1
 
     // LANDLOCK_ACCESS_NET_* (ABI 4).
     public enum Net {
@@ -172,7 +179,8 @@ public struct LandlockPlan: Sendable, Equatable {
             report.append("  TCP is not restricted by Landlock (needs ABI 4; this kernel offers \(kernel))" + (wantsTCP ? "; tcp_bind/tcp_connect are not enforced" : ""))
         }
         if kernel >= 6 {
-            report.append("  not applied: ABI 6 scoping of abstract unix sockets and signals (the plan has no field for it)")
+            scoped = Self.scopeAbstractUnixSocket | Self.scopeSignal
+            report.append("  not applied yet: ABI 6 scoping of abstract unix sockets and signals (the spawn plan has no field for it)")
         }
 
         func addPort(_ port: UInt64, _ access: UInt64) {
