@@ -135,6 +135,7 @@ extension SeccompTests {
         let e = error("[seccomp]\nimport = \"docker:missing.json\"")
         #expect(e?.message.contains("/tmp/missing.json") == true, "\(String(describing: e))")
         #expect(e?.line == 2)
+        #expect(error("[seccomp]\nimport = \"docker:/dev/zero\"")?.message.contains("not a regular file") == true)
     }
 
     @Test("a kill-process default kills in the kernel; the profile's own errno comes back")
