@@ -1194,8 +1194,39 @@ static int p_abstract(void)
     return ok;
 }
 
-/* 27: host-wide kernel knobs. Opened for writing only, never written: an
- * open that succeeds is already the finding. */
+/* Writes a setting's current value back to it, in a throwaway child: a
+ * write that is allowed changes nothing, and one that is denied shows the
+ * denial where it happens (open or write). Returns bytes written or -errno. */
+static long rewrite_same(const char *path)
+{
+    fflush(NULL);
+    g_sh->guarded_ret = -EINTR;
+    long pid = raw_fork();
+    if (pid == 0) {
+        char value[4096];
+        long n = read_file(path, value, sizeof value);
+        if (n < 0) {
+            /* Unreadable but maybe writable (release_agent is 0644, but a
+             * masked path may be write-only): never write a guessed value. */
+            long fd = open_(path, O_WRONLY);
+            g_sh->guarded_ret = fd < 0 ? fd : -EIO;
+            raw_exit(0);
+        }
+        if (n == 0 || n == sizeof value - 1) {
+            value[0] = '\n';
+            n = 1;
+        }
+        long fd = open_(path, O_WRONLY);
+        g_sh->guarded_ret = fd < 0 ? fd : SC(SYS_write, fd, value, n);
+        raw_exit(0);
+    }
+    long st = pid < 0 ? pid : reap(pid);
+    return was_killed(st) || st < 0 ? st : g_sh->guarded_ret;
+}
+
+/* 27: host-wide kernel knobs. Each value is written back unchanged
+ * (rewrite_same); /proc/sysrq-trigger is only opened for writing, because
+ * every byte written to it is a command. */
 static void cgroup_dir_entry(const char *name, int type, void *vctx)
 {
     (void)type;
@@ -1238,11 +1269,12 @@ static int p_knobs(void)
             continue;
         if (strlen(seen) + strlen(key) < sizeof seen)
             strcat(seen, key + 1);
-        long r = G(SYS_openat, AT_FDCWD, p, O_WRONLY | O_CLOEXEC, 0);
+        int trigger = strstr(p, "sysrq") != NULL;
+        long r = trigger ? G(SYS_openat, AT_FDCWD, p, O_WRONLY | O_CLOEXEC, 0) : rewrite_same(p);
         tried++;
         if (r >= 0) {
             ok = 0;
-            note("%s=writable(!)", p);
+            note("%s=%s(!)", p, trigger ? "opens for writing" : "rewritten(unchanged)");
         } else if (shown < 3 || r != -ENOENT) {
             if (strstr(p, "release_agent") && r == -ENOENT)
                 continue;
