@@ -1621,7 +1621,9 @@ static int p_setuid(void)
     int visible = 0;
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
         struct stat st;
-        if (stat_(candidates[i], &st) == 0 && (st.st_mode & S_ISUID) && st.st_uid == 0) {
+        /* Any owner: in a user namespace the host's root shows as the
+         * overflow uid, and the binary is still the host's setuid-root one. */
+        if (stat_(candidates[i], &st) == 0 && (st.st_mode & S_ISUID)) {
             visible++;
             if (!found)
                 found = candidates[i];
@@ -1666,7 +1668,7 @@ static int p_setuid(void)
     }
     long r_uid = -1, e_uid = -1;
     sscanf(uid, "%ld %ld", &r_uid, &e_uid);
-    note("%d visible; %s ran with euid %ld (caller euid %ld)%s", visible, found, e_uid, euid,
+    note("%d setuid binaries visible; %s ran with euid %ld (caller euid %ld)%s", visible, found, e_uid, euid,
          e_uid == euid ? "" : "(!)");
     return e_uid == euid;
 }
