@@ -41,6 +41,7 @@ public struct ProbeReport: Sendable, Codable, Equatable {
 public struct ProbeBatteryError: Error, CustomStringConvertible, Sendable {
     public var message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
 }
 
 /// Runs the static probe binary inside a jail made from a profile.
