@@ -281,6 +281,7 @@ static long guarded(long n, long a, long b, long c, long d, long e, long f)
     if (pid < 0)
         return sys6(n, a, b, c, d, e, f); /* cannot fork: best effort, in place */
     if (pid == 0) {
+        SC(SYS_alarm, 10); /* a call that blocks must not hold up the battery */
         g_sh->guarded_ret = sys6(n, a, b, c, d, e, f);
         raw_exit(0);
     }
@@ -302,6 +303,7 @@ static long guarded80(long n, long a, long b, long c, long d, long e)
     if (pid < 0)
         return KILLED(0);
     if (pid == 0) {
+        SC(SYS_alarm, 10);
         g_sh->guarded_ret = int80(n, a, b, c, d, e);
         raw_exit(0);
     }
@@ -2053,8 +2055,8 @@ static void json_string(const char *s)
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\')
             printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
+        else if (c < 0x20 || c >= 0x7f)
+            printf("\\u%04x", c); /* bytes from /proc may not be UTF-8 */
         else
             putchar(c);
     }

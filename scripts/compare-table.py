@@ -39,6 +39,19 @@ out.append("\"still works\" checks 36-41) ran under each sandbox. Every run had 
 out.append("caller: fd 7 open on the host's `/` and an abstract unix socket bound on the host.")
 out.append("A FAIL is a real finding about that sandbox as configured here; the findings")
 out.append("below say what came back.\n")
+commit = os.environ.get("COMPARE_COMMIT", "")
+if commit:
+    out.append("Stockade built from commit `%s`.\n" % commit)
+note = os.environ.get("COMPARE_NOTE", "")
+if note:
+    out.append("**Note.** " + note + "\n")
+out.append("How to read it: a probe passes only when every call it makes is denied (or")
+out.append("gets the stricter answer PROBES.md names). Calls that would change the host")
+out.append("are made with an argument the kernel rejects after its permission check, so")
+out.append("`EINVAL`/`ENOENT`/`EBADF` \"(passed the privilege check)\" means the sandbox let")
+out.append("the call through and only that argument stopped it. The budget probe (31)")
+out.append("needs a pids and memory limit; neither bubblewrap nor firejail sets one, and")
+out.append("this machine has only cgroup v1 controllers (hybrid layout).\n")
 out.append("## Sandboxes\n")
 for n in names:
     desc, data = runs[n]

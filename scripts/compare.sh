@@ -5,6 +5,7 @@
 #   scripts/compare.sh                 # all sandboxes found on this machine
 #   STOCKADE=path/to/stockade scripts/compare.sh
 #   COMPARE_ONLY="bwrap firejail" scripts/compare.sh
+#   COMPARE_NOTE="text" scripts/compare.sh   # a remark printed at the top
 #
 # Sandboxes: `stockade run` with each profile in profiles/, bubblewrap (as
 # root and, where unprivileged user namespaces allow, as nobody) with the
@@ -127,5 +128,7 @@ if wanted none; then
 fi
 
 mkdir -p "$(dirname "$OUT")"
+COMPARE_COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || true)
+export COMPARE_COMMIT COMPARE_NOTE=${COMPARE_NOTE:-}
 python3 scripts/compare-table.py "$RESULTS" "${ORDER[@]}" > "$OUT"
 echo "wrote $OUT" >&2
