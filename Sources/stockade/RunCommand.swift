@@ -1,5 +1,10 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Dispatch
 import StockadeCore
 import StockadeSystem
 #if canImport(Glibc)
@@ -85,7 +90,7 @@ struct RunCommand: ParsableCommand {
         forwarding.stop()
         if let report { printReport(exit, format: report) }
         if exit.reason == .timeLimit {
-            FileHandle.standardError.write(Data("stockade: time limit reached; the jail was killed\n".utf8))
+            printError("stockade: time limit reached; the jail was killed")
         }
         throw ExitCode(exit.status)
     }
@@ -106,13 +111,15 @@ struct RunCommand: ParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             if let data = try? encoder.encode(exit) {
-                FileHandle.standardError.write(data + Data("\n".utf8))
+                printError(String(decoding: data, as: UTF8.self))
             }
         case .text:
             var line = "stockade: \(exit.profile): \(exit.reason.rawValue), status \(exit.status)"
             if let name = exit.signalName { line += " (\(name))" }
-            line += String(format: ", %.3f s", exit.wallSeconds)
-            FileHandle.standardError.write(Data((line + "\n").utf8))
+            let ms = Int((exit.wallSeconds * 1000).rounded())
+            let frac = String(ms % 1000)
+            line += ", \(ms / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac) s"
+            printError(line)
         }
     }
 }
@@ -144,4 +151,10 @@ struct StockadeFailure: Error, CustomStringConvertible {
     var message: String
     var status: Int32
     var description: String { message }
+}
+
+/// One line on stderr.
+func printError(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
 }

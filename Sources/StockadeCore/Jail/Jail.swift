@@ -1,7 +1,12 @@
 public import SystemPackage
 public import StockadeSystem
 import CStockadeSpawn
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,7 +52,7 @@ public final class Jail: Sendable {
     /// PID 1 writes the worker's raw wait status here before it exits.
     private let status: FileDescriptor
     private let hasReaper: Bool
-    private let state = Mutex(State())
+    private let state = Mutex<State>(State())
 
     private struct State {
         var killedFor: JailExit.Reason?
@@ -55,14 +60,14 @@ public final class Jail: Sendable {
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
-         hasReaper: Bool, profileName: String) {
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant) {
         self.process = process
         self.liveness = liveness
         self.status = status
         self.cgroup = cgroup
         self.hasReaper = hasReaper
         self.profileName = profileName
-        self.startedAt = .now
+        self.startedAt = startedAt
     }
 
     /// Sends `signal` to the jail's PID 1, which forwards it to the worker.
@@ -141,17 +146,3 @@ public final class Jail: Sendable {
     }
 }
 
-/// A small lock around a value (Synchronization's Mutex, spelled for Linux
-/// toolchains without it).
-final class Mutex<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = NSLock()
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}

@@ -1,7 +1,12 @@
 import SystemPackage
 import StockadeSystem
 import CStockadeSpawn
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -105,6 +110,7 @@ public struct LaunchRequest: Sendable {
 public enum Launcher {
     /// Starts the jail and returns once the worker has been exec'd.
     public static func launch(_ request: LaunchRequest) throws -> Jail {
+        let started = ContinuousClock.now
         let profile = request.profile
         guard let program = request.command.first, !program.isEmpty else {
             throw JailError.invalidRequest("no command given")
@@ -254,11 +260,11 @@ public enum Launcher {
             try? process.fd.close()
             throw JailError.setupFailed(step: String(cString: stk_step_name(e.step)), number: Int(e.step),
                                         of: Int(STK_STEP_COUNT.rawValue) - 1, errno: e.err,
-                                        detail: detail.replacingOccurrences(of: "/newroot/", with: "/"))
+                                        detail: detail.replacing("/newroot/", with: "/"))
         }
         keepParentEnds = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
-                    hasReaper: plan.use_reaper != 0, profileName: profile.name)
+                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started)
     }
 
     /// The mount list the child carries out: /dev, /proc and its masks, the
@@ -363,7 +369,7 @@ public enum Launcher {
 
     static func capLastCap() -> Int32 {
         guard let text = try? String(contentsOfFile: "/proc/sys/kernel/cap_last_cap", encoding: .utf8),
-              let n = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return 63 }
+              let n = Int32(text.trimmingCharacters(in: " \n")) else { return 63 }
         return n
     }
 
@@ -419,44 +425,45 @@ struct UnsafeSendable<T>: @unchecked Sendable {
 /// The one thread that calls clone3. A child's parent-death signal fires
 /// when the *thread* that cloned it exits, and the Swift runtime retires
 /// idle threads; this thread never exits, so jails die with the launcher
-/// process and not before.
+/// process and not before. Requests are handed over through two pipes.
 final class SpawnerThread: @unchecked Sendable {
     static let shared = SpawnerThread()
 
-    private let condition = NSCondition()
-    private var work: [@Sendable () -> Void] = []
+    private let callers = Mutex<Void>(())
+    private var job: (() -> Void)?
+    private let request: PipeEnds
+    private let reply: PipeEnds
 
     private init() {
-        let thread = Thread { [unowned self] in self.loop() }
-        thread.name = "stockade-spawner"
-        thread.start()
+        request = try! PipeEnds.make()
+        reply = try! PipeEnds.make()
+        var thread = pthread_t()
+        let me = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, { arg in
+            Unmanaged<SpawnerThread>.fromOpaque(arg!).takeUnretainedValue().loop()
+        }, me)
+        precondition(rc == 0, "cannot start the spawner thread: \(errnoName(rc))")
+        pthread_detach(thread)
     }
 
-    private func loop() {
+    private func loop() -> Never {
+        var byte: UInt8 = 0
         while true {
-            condition.lock()
-            while work.isEmpty { condition.wait() }
-            let next = work.removeFirst()
-            condition.unlock()
-            next()
+            guard Glibc.read(request.read.rawValue, &byte, 1) == 1 else { continue }
+            job?()
+            _ = Glibc.write(reply.write.rawValue, &byte, 1)
         }
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T {
-        let done = DispatchSemaphore(value: 0)
-        let box = ResultBox<T>()
-        condition.lock()
-        work.append {
-            box.value = body()
-            done.signal()
+        callers.withLock { _ in
+            var result: T?
+            job = { result = body() }
+            var byte: UInt8 = 1
+            while Glibc.write(request.write.rawValue, &byte, 1) != 1 {}
+            while Glibc.read(reply.read.rawValue, &byte, 1) != 1 {}
+            job = nil
+            return result!
         }
-        condition.signal()
-        condition.unlock()
-        done.wait()
-        return box.value!
-    }
-
-    private final class ResultBox<T>: @unchecked Sendable {
-        var value: T?
     }
 }
