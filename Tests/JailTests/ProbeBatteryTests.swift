@@ -93,6 +93,32 @@ extension JailTests {
             #expect(report.failed == 0, "\(profile):\n\(Self.failures(report))")
         }
 
+        /// The repository's venv (`make venv`), or `$STOCKADE_TEST_VENV`.
+        static let venv: String = ProcessInfo.processInfo.environment["STOCKADE_TEST_VENV"]
+            ?? root.appendingPathComponent(".venv").path
+
+        /// True when the venv's Python imports numpy on the host.
+        static let venvHasNumpy: Bool = {
+            let python = Process()
+            python.executableURL = URL(fileURLWithPath: venv + "/bin/python3")
+            python.arguments = ["-c", "import numpy"]
+            python.standardError = FileHandle.nullDevice
+            guard (try? python.run()) != nil else { return false }
+            python.waitUntilExit()
+            return python.terminationStatus == 0
+        }()
+
+        @Test("Python imports numpy inside the inference profile (probe 42)",
+              .enabled(if: venvHasNumpy, "no venv with numpy (make venv, or set STOCKADE_TEST_VENV)"))
+        func pythonWorks() throws {
+            var options = ProbeBattery.Options(profile: try Self.profile("profiles/inference-cpu.toml"), binary: try Self.probe.get())
+            options.only = [42]
+            options.python = Self.venv + "/bin/python3"
+            options.extraMounts = [MountSpec(kind: .bind, source: Self.venv, target: Self.venv)]
+            let report = try ProbeBattery.run(options).report
+            #expect(report.probe(42)?.pass == true, "\(report.probe(42)?.result ?? "probe 42 did not run")")
+        }
+
         @Test("a weakened profile is caught by the probes that look at what it gave up")
         func weakenedProfileIsCaught() throws {
             let report = try Self.battery("Tests/JailTests/Fixtures/weakened.toml")
