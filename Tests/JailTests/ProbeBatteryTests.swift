@@ -138,6 +138,18 @@ extension JailTests {
             }
         }
 
+        @Test("a seccomp policy that lets dangerous calls through is caught",
+              .enabled(if: seccompLayerInstalled, "JailSecurity.prepare installs no seccomp program yet"))
+        func weakenedSeccompIsCaught() throws {
+            let report = try Self.battery("Tests/JailTests/Fixtures/weakened-seccomp.toml", only: [1, 11, 14, 18, 24])
+            #expect(report.probe(1)?.pass == true, "the filter is still loaded: \(report.probe(1)?.result ?? "")")
+            for (n, call) in [(11, "READ_IMPLIES_EXEC=ok"), (14, "io_uring_setup=ok"), (18, "keyctl(GET_KEYRING_ID)=ok")] {
+                let probe = try #require(report.probe(n))
+                #expect(!probe.pass && probe.result.contains(call), "probe \(n): \(probe.result)")
+            }
+            #expect(report.probe(24)?.pass == true, "the hardening the profile did not lift stays: \(report.probe(24)?.result ?? "")")
+        }
+
         @Test("the probe binary runs in an empty root (static, no libc files)")
         func runsInEmptyRoot() throws {
             let report = try Self.battery("Tests/JailTests/Fixtures/empty-root.toml", only: [28, 36, 37, 38, 39, 40, 41])

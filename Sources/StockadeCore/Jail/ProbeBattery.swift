@@ -71,6 +71,9 @@ public enum ProbeBattery {
         public var hostileCaller = true
         /// Kill the jail after this long; default: the profile's limit, else 10 minutes.
         public var timeLimit: Duration?
+        /// The jail's cgroup (its budget). Without one, probe 31 (fork bomb,
+        /// memory hog) fails: that is the finding.
+        public var cgroup: (any JailCgroup)?
 
         public init(profile: Profile, binary: String) {
             self.profile = profile
@@ -127,6 +130,7 @@ public enum ProbeBattery {
         var request = LaunchRequest(profile: options.profile, command: arguments(options, canary: canaryName))
         request.extraMounts.append(MountSpec(kind: .bind, source: binary, target: jailPath))
         request.extraMounts += options.extraMounts
+        request.cgroup = options.cgroup
         try JailSecurity.prepare(&request)
 
         let output: PipeEnds
