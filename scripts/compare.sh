@@ -105,6 +105,15 @@ if wanted stockade; then
                 "$STOCKADE" run --profile "$ROOT/$prof" --ro-bind "$WORK/stockade-probe:/stockade-probe" \
                 -- /stockade-probe "${PROBE_ARGS[@]}"
         done
+        # The same launcher unprivileged (rootless: a user namespace of its own).
+        cp "$STOCKADE" "$WORK/stockade"
+        cp profiles/minimal.toml "$WORK/minimal.toml"
+        chmod 755 "$WORK/stockade"
+        chmod 644 "$WORK/minimal.toml"
+        run_one stockade-minimal-nobody "the same \`stockade run --profile profiles/minimal.toml\` as uid 65534 (setpriv), rootless" \
+            setpriv --reuid=65534 --regid=65534 --clear-groups \
+            "$WORK/stockade" run --profile "$WORK/minimal.toml" --ro-bind "$WORK/stockade-probe:/stockade-probe" \
+            -- /stockade-probe "${PROBE_ARGS[@]}"
     else
         echo "compare.sh: no stockade binary (make release, or set STOCKADE); Stockade columns skipped" >&2
     fi
