@@ -137,7 +137,12 @@ if wanted none; then
 fi
 
 mkdir -p "$(dirname "$OUT")"
-COMPARE_COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || true)
+# The commit the sandboxes were built from; "-dirty" when sources differ
+# (the page itself does not count).
+COMPARE_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)
+if [ -n "$COMPARE_COMMIT" ] && ! git -C "$ROOT" diff --quiet HEAD -- . ':!docs/COMPARISON.md'; then
+    COMPARE_COMMIT="$COMPARE_COMMIT-dirty"
+fi
 export COMPARE_COMMIT COMPARE_NOTE=${COMPARE_NOTE:-}
 python3 scripts/compare-table.py "$RESULTS" "${ORDER[@]}" > "$OUT"
 echo "wrote $OUT" >&2
