@@ -86,11 +86,41 @@ extension JailTests {
             #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report, among: Self.launcherProbes))")
         }
 
-        @Test("every probe passes", .enabled(if: seccompLayerInstalled, "JailSecurity.prepare installs no seccomp program yet"),
+        /// The budget probe (31: fork bomb, memory hog, leaving the cgroup)
+        /// needs the jail to have a cgroup with pids and memory limits.
+        static let budgetProbe = 31
+
+        /// The cgroup the budget probe runs under. MARKED INCOMPLETE: nil until
+        /// the cgroup manager lands on main; create the jail's cgroup from
+        /// `profile.limits` here (and pass it as `ProbeBattery.Options.cgroup`),
+        /// and the budget test below turns itself on.
+        static func jailCgroup(for profile: Profile) -> (any JailCgroup)? { nil }
+
+        static let cgroupAvailable: Bool = {
+            guard let profile = try? profile("profiles/minimal.toml") else { return false }
+            return jailCgroup(for: profile) != nil
+        }()
+
+        @Test("every probe passes (the budget probe has its own test)",
+              .enabled(if: seccompLayerInstalled, "JailSecurity.prepare installs no seccomp program yet"),
               arguments: shippedProfiles)
         func everyProbePasses(profile: String) throws {
             let report = try Self.battery(profile)
-            #expect(report.failed == 0, "\(profile):\n\(Self.failures(report))")
+            let bad = report.failures.filter { $0.number != Self.budgetProbe }
+            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report))")
+            #expect(report.probes.count >= 41)
+        }
+
+        @Test("the budget probe passes in the profile's cgroup",
+              .enabled(if: cgroupAvailable, "no jail cgroup yet (ProbeBatteryTests.jailCgroup)"),
+              arguments: shippedProfiles)
+        func budgetProbePasses(profile: String) throws {
+            let loaded = try Self.profile(profile)
+            var options = ProbeBattery.Options(profile: loaded, binary: try Self.probe.get())
+            options.only = [Self.budgetProbe]
+            options.cgroup = Self.jailCgroup(for: loaded)
+            let report = try ProbeBattery.run(options).report
+            #expect(report.probe(Self.budgetProbe)?.pass == true, "\(report.probe(Self.budgetProbe)?.result ?? "did not run")")
         }
 
         /// The repository's venv (`make venv`), or `$STOCKADE_TEST_VENV`.
