@@ -59,6 +59,11 @@ probe: .build/stockade-probe
 	@mkdir -p .build
 	cc -static -O2 -Wall -Wextra -o $@ $<
 
+# The battery under Stockade (every profile), bubblewrap and firejail:
+# writes docs/COMPARISON.md. Needs root.
+compare: deps probe release
+	scripts/compare.sh
+
 run: release venv
 	@echo "make run: not wired yet"
 
