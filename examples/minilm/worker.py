@@ -24,6 +24,10 @@ import sys
 # Must be set before numpy is imported.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Tokenize on the calling thread: otherwise the tokenizer starts a thread
+# pool as large as the CPUs it sees, which the jail's pids budget would
+# have to cover, for no gain on requests of a few dozen sentences.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The model files come from the installed package; nothing may reach the
 # Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,7 +45,8 @@ from client import HEADER, MAGIC  # noqa: E402
 # Request limits: a request larger than these is refused with a clear error
 # instead of growing the worker towards its memory budget. The model reads at
 # most 256 tokens of a text; a longer text is truncated, but its whole string
-# is still tokenized first, hence the cap on characters.
+# is still tokenized first, hence the caps on characters and bytes.
+MAX_REQUEST_BYTES = 8 << 20
 MAX_TEXTS = 1024
 MAX_TEXT_CHARS = 100_000
 BATCH_SIZE = 32
@@ -53,6 +58,9 @@ class RequestError(ValueError):
 
 def parse_request(payload: bytes) -> list[str]:
     """The texts of a request payload, checked."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise RequestError(f"request has {len(payload)} bytes (at most "
+                           f"{MAX_REQUEST_BYTES})")
     try:
         request = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as e:

@@ -190,6 +190,10 @@ def test_request_limits():
     too_long = json.dumps({"texts": ["a" * (worker.MAX_TEXT_CHARS + 1)]}).encode()
     with pytest.raises(worker.RequestError, match="characters"):
         worker.parse_request(too_long)
+    too_big = json.dumps({"texts": ["a" * 50_000] * 200}).encode()
+    assert len(too_big) > worker.MAX_REQUEST_BYTES
+    with pytest.raises(worker.RequestError, match="bytes"):
+        worker.parse_request(too_big)
 
 
 @pytest.mark.parametrize("payload, message", [
@@ -227,3 +231,16 @@ def test_worker_stdin_mode_reports_bad_request():
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"list of strings" in proc.stderr
+
+
+def test_batches_cover_every_text_once_within_limits():
+    lengths = [12, 256, 3, 256, 40, 41, 39, 256, 7] * 5 + [256] * 20
+    batches = minilm._batches(lengths, batch_size=8)
+    seen = sorted(i for b in batches for i in b)
+    assert seen == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 8
+        assert len(b) == 1 or len(b) * longest <= minilm.MAX_BATCH_TOKENS
+    # Short texts are not batched with 256-token ones.
+    assert all(len({lengths[i] == 256 for i in b}) == 1 for b in batches)
