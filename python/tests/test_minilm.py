@@ -244,3 +244,35 @@ def test_batches_cover_every_text_once_within_limits():
         assert len(b) == 1 or len(b) * longest <= minilm.MAX_BATCH_TOKENS
     # Short texts are not batched with 256-token ones.
     assert all(len({lengths[i] == 256 for i in b}) == 1 for b in batches)
+
+
+def _bwrap_usable() -> bool:
+    import shutil
+    if shutil.which("bwrap") is None:
+        return False
+    probe = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/", "/",
+                            "/bin/true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _bwrap_usable(),
+                    reason="bubblewrap missing or user namespaces unavailable")
+def test_worker_runs_read_only_without_network_or_home(ref):
+    # The worker needs only /usr, the venv and its own directory, all
+    # read-only, in fresh namespaces (no network) as an unprivileged uid:
+    # what profiles/inference-cpu.toml gives it. No /proc, /dev, /sys or /etc.
+    venv = pathlib.Path(sys.prefix)
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent",
+           "--uid", "1000", "--gid", "1000",
+           "--ro-bind", "/usr", "/usr",
+           "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+           "--ro-bind", str(venv), str(venv),
+           "--ro-bind", str(EXAMPLE), str(EXAMPLE),
+           "--chdir", "/", "--clearenv", "--setenv", "PATH", "/usr/bin",
+           str(venv / "bin" / "python3"), str(EXAMPLE / "worker.py"), "--stdin"]
+    proc = subprocess.run(cmd, input=client.encode_request(ref["texts"]),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = client.decode_response(proc.stdout)
+    cos = client.cosine_rows(got, np.asarray(ref["embeddings"], dtype=np.float32))
+    assert cos.min() > 0.999
