@@ -69,6 +69,14 @@ let package = Package(
             dependencies: ["StockadeCore", "StockadeSystem"],
             swiftSettings: swiftSettings
         ),
+        // An example worker written in Swift: echo, reverse and sha256 over
+        // the channel (the Swift counterpart of python/stockade_worker).
+        .executableTarget(
+            name: "stockade-swift-worker",
+            dependencies: ["StockadeCore"],
+            path: "examples/swift-worker",
+            swiftSettings: swiftSettings
+        ),
         // libFuzzer entry points. Built normally they replay a corpus; built
         // with `-sanitize=fuzzer -DFUZZING` (make fuzz) libFuzzer drives them.
         .executableTarget(
@@ -82,6 +90,10 @@ let package = Package(
         .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
-        .testTarget(name: "ChannelTests", dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChannelTests",
+            dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -83,6 +83,12 @@ enum Crypto {
     }
 }
 
+/// SHA-256, for workers and tools that need a digest without their own
+/// crypto library.
+public enum SHA256 {
+    public static func hash(_ data: [UInt8]) -> [UInt8] { Crypto.sha256(data) }
+}
+
 /// An X25519 key pair.
 struct X25519KeyPair {
     let privateKey: [UInt8]

@@ -90,6 +90,13 @@ public final class SecureChannel: @unchecked Sendable {
     ///   handshake message from the worker; nil waits for ever.
     public static func initiate(socket: FileDescriptor, parameters: ChannelParameters, logger: Logger? = nil,
                                 handshakeTimeoutMilliseconds: Int? = 30_000) throws(ChannelError) -> SecureChannel {
+        try initiate(socket: socket, parameters: parameters, logger: logger,
+                     handshakeTimeoutMilliseconds: handshakeTimeoutMilliseconds, fixedEphemeralKey: nil)
+    }
+
+    /// `fixedEphemeralKey` is for tests that replay a recorded session.
+    static func initiate(socket: FileDescriptor, parameters: ChannelParameters, logger: Logger?,
+                         handshakeTimeoutMilliseconds: Int?, fixedEphemeralKey: [UInt8]?) throws(ChannelError) -> SecureChannel {
         let logger = logger ?? defaultLogger(parameters, role: .initiator)
         var inbox = Inbox(capacity: 64 << 10)
         let channel: SecureChannel
@@ -104,7 +111,8 @@ public final class SecureChannel: @unchecked Sendable {
                 throw ChannelViolation(.badSuite, "worker chose suite \(select[1]), offered \(parameters.suites)")
             }
             // 2. -> psk, e
-            let handshake = try NoiseHandshake(role: .initiator, suite: suite, prologue: parameters.prologue, psk: parameters.psk)
+            let handshake = try NoiseHandshake(role: .initiator, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
+                                               fixedEphemeralKey: fixedEphemeralKey)
             try writeFrame(socket, handshake.writeMessage(payload: []))
             // 3. <- e, ee
             let reply = try readFrame(socket, &inbox)
@@ -129,6 +137,11 @@ public final class SecureChannel: @unchecked Sendable {
     public static func respond(socket: FileDescriptor, parameters: ChannelParameters,
                                supportedSuites: [CipherSuite] = CipherSuite.allCases,
                                logger: Logger? = nil) throws(ChannelError) -> SecureChannel {
+        try respond(socket: socket, parameters: parameters, supportedSuites: supportedSuites, logger: logger, fixedEphemeralKey: nil)
+    }
+
+    static func respond(socket: FileDescriptor, parameters: ChannelParameters, supportedSuites: [CipherSuite],
+                        logger: Logger?, fixedEphemeralKey: [UInt8]?) throws(ChannelError) -> SecureChannel {
         let logger = logger ?? defaultLogger(parameters, role: .responder)
         var inbox = Inbox(capacity: 64 << 10)
         let channel: SecureChannel
@@ -137,7 +150,8 @@ public final class SecureChannel: @unchecked Sendable {
                 throw ChannelViolation(.badSuite, "no offered suite (\(parameters.suites)) is supported")
             }
             try writeFrame(socket, [1, suite.rawValue])
-            let handshake = try NoiseHandshake(role: .responder, suite: suite, prologue: parameters.prologue, psk: parameters.psk)
+            let handshake = try NoiseHandshake(role: .responder, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
+                                               fixedEphemeralKey: fixedEphemeralKey)
             let first = try readFrame(socket, &inbox)
             guard try handshake.readMessage(first).isEmpty else {
                 throw ChannelViolation(.malformed, "unexpected handshake payload")
@@ -318,6 +332,34 @@ public final class SecureChannel: @unchecked Sendable {
         try record.withUnsafeBytes {
             try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd])
         }
+    }
+
+    /// Sends a record exactly as given, bypassing the direction and credit
+    /// checks, with `descriptors` attached: for tests that play a
+    /// misbehaving peer.
+    func sendRawRecordForTesting(type: MessageType, flags: UInt8 = 0, requestID: UInt64, payload: [UInt8],
+                                 passing descriptors: [FileDescriptor] = []) throws {
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        try payload.withUnsafeBytes {
+            try sendRecord(type: type, flags: MessageFlags(rawValue: flags), requestID: requestID, payload: $0, passing: descriptors)
+        }
+    }
+
+    /// The bulk descriptor for `payload` and a memfd holding its sealed
+    /// chunks, left unsealed: for tests.
+    func makeBulkForTesting(innerType: MessageType, requestID: UInt64, payload: [UInt8]) throws -> (descriptor: [UInt8], memfd: FileDescriptor) {
+        let descriptor = BulkDescriptor(innerType: innerType, chunkSize: 4096, totalLength: payload.count, key: try Crypto.randomBytes(32))
+        let memfd = try FileDescriptor.memfd(name: "stockade-bulk-test")
+        _ = try memfd.resize(to: Int64(descriptor.sealedLength))
+        let key = try AEADKey(suite: suite, key: descriptor.key)
+        for index in 0..<descriptor.chunkCount {
+            let start = index * descriptor.chunkSize
+            let chunk = Array(payload[start..<min(payload.count, start + descriptor.chunkSize)])
+            let sealed = try key.seal(nonce: UInt64(index), ad: BulkDescriptor.chunkAD(requestID: requestID, totalLength: payload.count, index: index), plaintext: chunk)
+            _ = try sealed.withUnsafeBytes { try memfd.write(toAbsoluteOffset: Int64(start + index * 16), $0) }
+        }
+        return (descriptor.encoded(), memfd)
     }
 
     // MARK: Receiving
