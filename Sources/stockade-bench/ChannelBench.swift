@@ -197,6 +197,11 @@ func channelBench() throws {
     if kinds.count == 1 { print("channel: .venv/bin/python3 missing (make venv); Swift only") }
     print("channel: echo round trips; latency is per round trip, throughput is payload MB/s (each way)")
     print("AES-NI present: \(CipherSuite.hardwareHasAES)")
+    for suite in CipherSuite.allCases {
+        let n = max(1, Int(200 * scale))
+        let t = try ChannelBenchmarking.aeadRoundTrips(suite: suite, size: 1 << 20, iterations: n)
+        print("AEAD alone, \(suite), 1 MiB seal+open in place: \(fmt(Double(2 << 20) * Double(n) / t / 1e6, 0)) MB/s per pass")
+    }
     print(pad("peer", 8) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
     for kind in kinds {
         var raw = try makePeer(kind, suite: nil)

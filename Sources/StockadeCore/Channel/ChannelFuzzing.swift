@@ -99,3 +99,26 @@ public enum ChannelFuzzing {
         RecordOpener(cipher: try cipher(suite), limits: limits)
     }
 }
+
+/// Measurement hooks for `stockade-bench channel` (not for applications).
+public enum ChannelBenchmarking {
+    /// Seals and opens `size` bytes `iterations` times in place through the
+    /// record layer's AEAD path; returns the seconds taken.
+    public static func aeadRoundTrips(suite: CipherSuite, size: Int, iterations: Int) throws -> Double {
+        let key = try AEADKey(suite: suite, key: [UInt8](repeating: 9, count: 32))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size + 16, alignment: 16)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        let ad = UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0)
+        let start = ContinuousClock.now
+        for i in 0..<iterations {
+            let segment = (source: UnsafeRawPointer(buffer.baseAddress!), destination: buffer.baseAddress!, count: size)
+            try key.seal(nonce: UInt64(i), ad: ad, segments: [segment], tag: buffer.baseAddress! + size)
+            guard key.open(nonce: UInt64(i), ad: ad, segments: [segment], tag: buffer.baseAddress! + size) else {
+                throw CryptoError("AEAD open in benchmark")
+            }
+        }
+        let elapsed = ContinuousClock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+}
