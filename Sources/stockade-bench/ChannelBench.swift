@@ -19,6 +19,11 @@ private struct ChannelBenchError: Error, CustomStringConvertible {
 /// One echo peer, encrypted or raw.
 private protocol EchoPeer {
     mutating func roundTrip(_ payload: [UInt8]) throws -> Int
+    /// Sends `count` requests of `payload` (first byte 0x01: the Swift
+    /// servers answer with an 8-byte acknowledgement) keeping up to
+    /// `window` in flight: one-way throughput, sender and receiver working
+    /// at the same time.
+    mutating func stream(_ payload: [UInt8], count: Int, window: Int) throws
     mutating func finish() throws
 }
 
@@ -26,6 +31,21 @@ private struct EncryptedPeer: EchoPeer {
     let channel: SecureChannel
     let finishPeer: () -> Void
     mutating func roundTrip(_ payload: [UInt8]) throws -> Int { try channel.request(payload).count }
+    mutating func stream(_ payload: [UInt8], count: Int, window: Int) throws {
+        var inFlight = 0
+        for _ in 0..<count {
+            try channel.send(type: .request, requestID: channel.makeRequestID(), payload: payload)
+            inFlight += 1
+            if inFlight == window {
+                guard try channel.receive()?.type == .response else { throw ChannelBenchError(description: "no ack") }
+                inFlight -= 1
+            }
+        }
+        while inFlight > 0 {
+            guard try channel.receive()?.type == .response else { throw ChannelBenchError(description: "no ack") }
+            inFlight -= 1
+        }
+    }
     mutating func finish() throws {
         try channel.shutdown()
         finishPeer()
@@ -48,6 +68,25 @@ private struct RawPeer: EchoPeer {
         let n = Int(buffer[0]) << 24 | Int(buffer[1]) << 16 | Int(buffer[2]) << 8 | Int(buffer[3])
         try readExact(n)
         return n
+    }
+
+    mutating func stream(_ payload: [UInt8], count: Int, window: Int) throws {
+        var inFlight = 0
+        var header: [UInt8] = []
+        withUnsafeBytes(of: UInt32(payload.count).bigEndian) { header += $0 }
+        for _ in 0..<count {
+            try header.withUnsafeBytes { try socket.sendAll($0) }
+            try payload.withUnsafeBytes { try socket.sendAll($0) }
+            inFlight += 1
+            if inFlight == window {
+                try readExact(12)
+                inFlight -= 1
+            }
+        }
+        while inFlight > 0 {
+            try readExact(12)
+            inFlight -= 1
+        }
     }
 
     private mutating func readExact(_ n: Int) throws {
@@ -93,8 +132,10 @@ private func rawSwiftServer(_ socket: FileDescriptor) -> Thread {
                         received += k
                     }
                 }
-                try header.withUnsafeBytes { try socket.sendAll($0) }
-                try peer.buffer.withUnsafeBytes { try socket.sendAll(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                let reply = n > 0 && peer.buffer[0] == 1 ? 8 : n
+                let replyHeader = withUnsafeBytes(of: UInt32(reply).bigEndian) { Array($0) }
+                try replyHeader.withUnsafeBytes { try socket.sendAll($0) }
+                try peer.buffer.withUnsafeBytes { try socket.sendAll(UnsafeRawBufferPointer(rebasing: $0[0..<reply])) }
             } catch { break }
         }
         try? socket.close()
@@ -143,7 +184,7 @@ private func makePeer(_ kind: PeerKind, suite: CipherSuite?) throws -> any EchoP
             Thread {
                 if let parameters = try? WorkerChannel.readParameters(from: params),
                    let channel = try? SecureChannel.respond(socket: socket, parameters: parameters) {
-                    try? WorkerChannel.serve(channel) { $0 }
+                    try? WorkerChannel.serve(channel) { $0.first == 1 ? [UInt8](repeating: 0, count: 8) : $0 }
                 }
                 done.signal()
             }.start()
@@ -220,6 +261,33 @@ func channelBench() throws {
             func ratio(_ t: Double) -> String { size == 64 ? fmt(t / tRaw) + "x" : fmt(tRaw / t) + "x" }
             print(pad(kind.rawValue, 8) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(ratio(tAES), 9)
                   + pad(cell(tChaCha), 14) + ratio(tChaCha))
+        }
+        try raw.finish()
+        try aes.finish()
+        try chacha.finish()
+    }
+    // One-way streaming, Swift only (the Python workers echo everything).
+    print("one-way (Swift to Swift, 4 requests in flight, 8-byte acks): payload MB/s")
+    print(pad("peer", 8) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
+    do {
+        var raw = try makePeer(.swift, suite: nil)
+        var aes = try makePeer(.swift, suite: .aesGCM)
+        var chacha = try makePeer(.swift, suite: .chaChaPoly)
+        for (size, iterations) in [(64 << 10, 4000), (1 << 20, 400), (64 << 20, 8)] {
+            let n = max(4, Int(Double(iterations) * scale))
+            var payload = [UInt8](repeating: 0x7e, count: size)
+            payload[0] = 1
+            func time(_ peer: inout any EchoPeer) throws -> Double {
+                try peer.stream(payload, count: max(4, n / 10), window: 4)
+                let start = ContinuousClock.now
+                try peer.stream(payload, count: n, window: 4)
+                let elapsed = ContinuousClock.now - start
+                return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            }
+            let tRaw = try time(&raw), tAES = try time(&aes), tChaCha = try time(&chacha)
+            func cell(_ t: Double) -> String { fmt(Double(size) * Double(n) / t / 1e6, 0) + " MB/s" }
+            print(pad("swift", 8) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(fmt(tRaw / tAES) + "x", 9)
+                  + pad(cell(tChaCha), 14) + fmt(tRaw / tChaCha) + "x")
         }
         try raw.finish()
         try aes.finish()
