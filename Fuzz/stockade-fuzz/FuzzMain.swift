@@ -14,6 +14,8 @@ import Glibc
 let fuzzTargets: [String: @Sendable ([UInt8]) -> Void] = [
     "profile": fuzzProfile,
     "docker-seccomp": fuzzDockerSeccomp,
+    "channel-record": fuzzChannelRecord,
+    "channel-handshake": fuzzChannelHandshake,
 ]
 
 #if FUZZING

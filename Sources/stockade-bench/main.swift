@@ -7,6 +7,7 @@ import Glibc
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
     "seccomp": seccompBench,
+    "channel": channelBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
