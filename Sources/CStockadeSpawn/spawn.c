@@ -457,11 +457,13 @@ static void drop_privileges(const struct stk_plan *p) {
  * not grant is refused even where the mount would allow it. */
 static void apply_landlock(const struct stk_plan *p) {
     if (p->landlock_abi <= 0) return;
+    /* The attribute grows with the ABI: fs (1), net (4), scoped (6). */
     struct {
         uint64_t fs;
         uint64_t net;
-    } attr = {p->landlock_fs_handled, p->landlock_net_handled};
-    size_t size = p->landlock_abi >= 4 ? 16 : 8;
+        uint64_t scoped;
+    } attr = {p->landlock_fs_handled, p->landlock_net_handled, p->landlock_scoped};
+    size_t size = p->landlock_abi >= 6 ? 24 : p->landlock_abi >= 4 ? 16 : 8;
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0);
     if (rs < 0) {
         if (p->landlock_required) fail(p, STK_STEP_LANDLOCK, errno, "landlock_create_ruleset");

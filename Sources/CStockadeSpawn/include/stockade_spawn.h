@@ -117,6 +117,7 @@ struct stk_plan {
     int32_t landlock_required; /* a failure to enforce is fatal */
     uint64_t landlock_fs_handled;
     uint64_t landlock_net_handled;
+    uint64_t landlock_scoped;      /* ABI 6+: LANDLOCK_SCOPE_* bits */
     const struct stk_landlock_rule *landlock_rules;
     uint32_t n_landlock_rules;
     uint32_t n_landlock_ports;

@@ -27,6 +27,6 @@ extension LandlockPlan {
         LaunchLandlock(abi: abi, fsHandled: fsHandled, netHandled: netHandled,
                        rules: rules.map { .init(path: $0.path, access: $0.access, optional: $0.optional) },
                        tcpPorts: ports.map { .init(port: UInt16($0.port), access: $0.access) },
-                       required: required)
+                       required: required, scoped: scoped)
     }
 }

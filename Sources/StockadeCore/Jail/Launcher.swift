@@ -50,6 +50,8 @@ public struct LaunchLandlock: Sendable, Equatable {
     public var rules: [Rule]
     public var tcpPorts: [Port]
     public var required: Bool
+    /// ABI 6 scopes (abstract unix sockets, signals) confined to the jail's domain.
+    public var scoped: UInt64
 
     public struct Rule: Sendable, Equatable {
         public var path: String
@@ -71,7 +73,9 @@ public struct LaunchLandlock: Sendable, Equatable {
         }
     }
 
-    public init(abi: Int32, fsHandled: UInt64, netHandled: UInt64, rules: [Rule], tcpPorts: [Port], required: Bool) {
+    public init(abi: Int32, fsHandled: UInt64, netHandled: UInt64, rules: [Rule], tcpPorts: [Port], required: Bool,
+                scoped: UInt64 = 0) {
+        self.scoped = scoped
         self.abi = abi
         self.fsHandled = fsHandled
         self.netHandled = netHandled
@@ -195,6 +199,7 @@ public enum Launcher {
             plan.landlock_required = ll.required ? 1 : 0
             plan.landlock_fs_handled = ll.fsHandled
             plan.landlock_net_handled = ll.netHandled
+            plan.landlock_scoped = ll.abi >= 6 ? ll.scoped : 0
             let rules = ll.rules.map {
                 stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
             }

@@ -180,7 +180,7 @@ public struct LandlockPlan: Sendable, Equatable {
         }
         if kernel >= 6 {
             scoped = Self.scopeAbstractUnixSocket | Self.scopeSignal
-            report.append("  not applied yet: ABI 6 scoping of abstract unix sockets and signals (the spawn plan has no field for it)")
+            report.append("  abstract unix sockets and signals are scoped to the jail (ABI 6)")
         }
 
         func addPort(_ port: UInt64, _ access: UInt64) {
