@@ -81,3 +81,5 @@ int stk_landlock_abi(void) {
     long v = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
     return v < 0 ? -errno : (int)v;
 }
+
+int stk_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -100,6 +100,8 @@ struct stk_plan {
     uint32_t uid, gid;         /* ids inside the user namespace */
     int32_t drop_groups;       /* setgroups(0, NULL) (only when setgroups is allowed) */
     int32_t cap_last_cap;      /* from /proc/sys/kernel/cap_last_cap */
+    int32_t become_root;       /* setresuid/gid(0) first: a root launcher's own uid is unmapped */
+    int32_t _pad2;
 
     /* process */
     const struct stk_rlimit *rlimits;
@@ -139,6 +141,7 @@ enum stk_step {
     STK_STEP_SYNC,          /* wait for the parent's go-ahead */
     STK_STEP_PDEATHSIG,     /* die with the launcher */
     STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
+    STK_STEP_BECOME_ROOT,   /* take the mapped uid 0 for the set-up (root launchers) */
     STK_STEP_MAKE_PRIVATE,  /* mount --make-rprivate / */
     STK_STEP_STAGING,       /* tmpfs staging root + pivot onto it */
     STK_STEP_NEW_ROOT,      /* tmpfs for the new root */
@@ -200,6 +203,8 @@ long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6)
 int stk_wait_pidfd(int pidfd, int *status, int options);
 /* Landlock ABI of the running kernel: >0 version, -errno when unavailable. */
 int stk_landlock_abi(void);
+/* pipe2(O_CLOEXEC). */
+int stk_pipe2_cloexec(int fds[2]);
 
 #ifdef __cplusplus
 }

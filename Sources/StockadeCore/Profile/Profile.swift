@@ -1,7 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// A jail profile: what the worker sees and may do. Parsed from TOML and
 /// validated in full before anything is created; a mistake names the file,
@@ -337,6 +341,9 @@ extension MountSpec {
             throw t.error("type", "unknown mount type \"\(typeName)\" (bind, tmpfs, symlink, dir)")
         }
         let source = try t.string("source")
+        if kind == .bind, let source, !Profile.isCleanAbsolute(source) {
+            throw t.error("source", "a bind needs an absolute host path without '..'")
+        }
         guard let target = try t.string("target") ?? (kind == .bind ? source : nil) else {
             throw t.error("target is required")
         }

@@ -215,7 +215,13 @@ public final class TableReader {
         source.error(path, message)
     }
 
-    public var keys: [String] { table.keys }
+    /// The keys in document order (the TOML library sorts them).
+    public var keys: [String] {
+        table.keys.sorted { a, b in
+            let la = source.index.line(of: keyPath(a)) ?? Int.max, lb = source.index.line(of: keyPath(b)) ?? Int.max
+            return la != lb ? la < lb : a < b
+        }
+    }
 
     public func has(_ key: String) -> Bool { table[key] != nil }
 

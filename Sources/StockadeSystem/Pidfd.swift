@@ -1,0 +1,97 @@
+public import SystemPackage
+import CStockadeSpawn
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a process ended, decoded from its wait status.
+public enum ProcessTermination: Sendable, Equatable, CustomStringConvertible {
+    case exited(Int32)
+    case signaled(Int32, coreDumped: Bool)
+
+    public init(waitStatus status: Int32) {
+        if status & 0x7f == 0 {
+            self = .exited((status >> 8) & 0xff)
+        } else {
+            self = .signaled(status & 0x7f, coreDumped: status & 0x80 != 0)
+        }
+    }
+
+    /// The shell convention: the exit code, or 128 + signal number.
+    public var shellStatus: Int32 {
+        switch self {
+        case .exited(let code): return code
+        case .signaled(let sig, _): return 128 + sig
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exited with status \(code)"
+        case .signaled(let sig, let core): return "killed by \(signalName(sig))\(core ? " (core dumped)" : "")"
+        }
+    }
+}
+
+/// A process file descriptor: signals and waits that cannot hit a recycled pid.
+public struct ProcessHandle: Sendable {
+    public let fd: FileDescriptor
+    public let pid: Int32
+
+    public init(fd: FileDescriptor, pid: Int32) {
+        self.fd = fd
+        self.pid = pid
+    }
+
+    /// Sends `signal` to the process.
+    ///
+    /// The corresponding C function is `pidfd_send_signal`.
+    public func send(signal: Int32) throws(Errno) {
+        _ = try retryingSyscall { stk_pidfd_send_signal(fd.rawValue, signal) }
+    }
+
+    /// Waits up to `timeoutMilliseconds` (-1: forever) for the process to end.
+    ///
+    /// The corresponding C function is `poll`.
+    public func waitForExit(timeoutMilliseconds: Int32) throws(Errno) -> Bool {
+        try fd.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    /// Reaps the process and returns how it ended.
+    ///
+    /// The corresponding C function is `waitid`.
+    public func reap() throws(Errno) -> ProcessTermination {
+        var status: Int32 = 0
+        while true {
+            let r = stk_wait_pidfd(fd.rawValue, &status, 0)
+            if r == 0 { return ProcessTermination(waitStatus: status) }
+            if r == -EINTR { continue }
+            throw Errno(rawValue: -r)
+        }
+    }
+}
+
+/// `SIGKILL` for 9, and so on; `signal N` for numbers without a name.
+public func signalName(_ sig: Int32) -> String {
+    let names: [Int32: String] = [
+        1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+        9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM",
+        16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT", 19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU",
+        23: "SIGURG", 24: "SIGXCPU", 25: "SIGXFSZ", 26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO",
+        30: "SIGPWR", 31: "SIGSYS",
+    ]
+    return names[sig] ?? "signal \(sig)"
+}
+
+/// The symbolic name of an errno value (`EPERM`), for messages people search for.
+public func errnoName(_ code: Int32) -> String {
+    let names: [Int32: String] = [
+        1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 6: "ENXIO", 7: "E2BIG", 8: "ENOEXEC", 9: "EBADF",
+        10: "ECHILD", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 15: "ENOTBLK", 16: "EBUSY",
+        17: "EEXIST", 18: "EXDEV", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 23: "ENFILE",
+        24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 29: "ESPIPE", 30: "EROFS",
+        31: "EMLINK", 32: "EPIPE", 36: "ENAMETOOLONG", 38: "ENOSYS", 39: "ENOTEMPTY", 40: "ELOOP",
+        95: "EOPNOTSUPP", 97: "EAFNOSUPPORT", 101: "ENETUNREACH", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
+    ]
+    return names[code] ?? "errno \(code)"
+}

@@ -1,0 +1,30 @@
+import ArgumentParser
+import StockadeCore
+
+struct LintCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lint",
+        abstract: "Check profiles for mistakes without starting anything.",
+        discussion: "Every error names the file, the line and the key. Unknown keys are errors."
+    )
+
+    @Argument(help: "Profile files to check.")
+    var profiles: [String]
+
+    func run() throws {
+        var failed = 0
+        for path in profiles {
+            do {
+                let profile = try Profile.load(path: path)
+                for warning in ProfileLint.warnings(profile) {
+                    print("\(path): warning: \(warning)")
+                }
+                print("\(path): ok")
+            } catch {
+                print("\(error.description)")
+                failed += 1
+            }
+        }
+        if failed > 0 { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,160 @@
+import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Dispatch
+import StockadeCore
+import StockadeSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command inside a jail built from a profile.",
+        discussion: """
+            The jail gets new namespaces, a private read-only root, no capabilities and \
+            no_new_privs, as the profile says. stockade exits with the command's own exit \
+            status, or 128 + the signal that killed it.
+
+            Example:
+              stockade run --profile profiles/minimal.toml -- /bin/sh -c 'id; ls /'
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "The jail profile (TOML).")
+    var profile: String
+
+    @Option(name: .long, help: "Print a summary when the jail ends: json or text (on stderr).")
+    var report: ReportFormat?
+
+    @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var readOnlyBinds: [String] = []
+
+    @Option(name: .customLong("bind"), help: ArgumentHelp("Bind a host path writable: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var writableBinds: [String] = []
+
+    @Option(name: .customLong("setenv"), help: ArgumentHelp("Set a variable in the jail.", valueName: "name=value"))
+    var environment: [String] = []
+
+    @Option(name: .customLong("time-limit"), help: "Kill the jail after this long (\"30s\", \"2m\"); overrides the profile.")
+    var timeLimit: String?
+
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
+    var command: [String] = []
+
+    enum ReportFormat: String, ExpressibleByArgument {
+        case json, text
+    }
+
+    func run() throws {
+        let argv = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !argv.isEmpty else {
+            throw ValidationError("give the command to run after --, e.g. stockade run -p profiles/minimal.toml -- /bin/true")
+        }
+        let profile: Profile
+        do {
+            profile = try Profile.load(path: self.profile)
+        } catch {
+            throw StockadeFailure(message: error.description, status: 125)
+        }
+        var request = LaunchRequest(profile: profile, command: argv)
+        for spec in readOnlyBinds { request.extraMounts.append(try bind(spec, writable: false)) }
+        for spec in writableBinds { request.extraMounts.append(try bind(spec, writable: true)) }
+        for pair in environment {
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
+            }
+            request.extraEnvironment.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
+        }
+        var limit = profile.timeLimit
+        if let timeLimit {
+            guard let d = parseDuration(timeLimit), d > .zero else {
+                throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a duration (e.g. 30s, 500ms, 2m)")
+            }
+            limit = d
+        }
+        try JailSecurity.prepare(&request)
+
+        let jail: Jail
+        do {
+            jail = try Launcher.launch(request)
+        } catch let error as JailError {
+            throw StockadeFailure(message: error.description, status: 125)
+        }
+        let forwarding = SignalForwarder(jail: jail)
+        let exit = try jail.wait(timeLimit: limit)
+        forwarding.stop()
+        if let report { printReport(exit, format: report) }
+        if exit.reason == .timeLimit {
+            printError("stockade: time limit reached; the jail was killed")
+        }
+        throw ExitCode(exit.status)
+    }
+
+    private func bind(_ spec: String, writable: Bool) throws -> MountSpec {
+        let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+        let source = parts[0]
+        let target = parts.count > 1 ? parts[1] : source
+        guard source.hasPrefix("/"), target.hasPrefix("/") else {
+            throw ValidationError("bind paths must be absolute: \(spec)")
+        }
+        return MountSpec(kind: .bind, source: source, target: target, writable: writable)
+    }
+
+    private func printReport(_ exit: JailExit, format: ReportFormat) {
+        switch format {
+        case .json:
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            if let data = try? encoder.encode(exit) {
+                printError(String(decoding: data, as: UTF8.self))
+            }
+        case .text:
+            var line = "stockade: \(exit.profile): \(exit.reason.rawValue), status \(exit.status)"
+            if let name = exit.signalName { line += " (\(name))" }
+            let ms = Int((exit.wallSeconds * 1000).rounded())
+            let frac = String(ms % 1000)
+            line += ", \(ms / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac) s"
+            printError(line)
+        }
+    }
+}
+
+/// Forwards the signals a person or a supervisor sends to stockade into the
+/// jail (its PID 1 passes them on to the worker).
+final class SignalForwarder {
+    private let sources: [any DispatchSourceSignal]
+
+    init(jail: Jail) {
+        var sources: [any DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { try? jail.signal(sig) }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    func stop() {
+        for s in sources { s.cancel() }
+    }
+}
+
+/// An error that ends stockade with a message and a given status.
+struct StockadeFailure: Error, CustomStringConvertible {
+    var message: String
+    var status: Int32
+    var description: String { message }
+}
+
+/// One line on stderr.
+func printError(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}

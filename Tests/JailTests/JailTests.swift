@@ -1,0 +1,248 @@
+import Foundation
+import StockadeCore
+import StockadeSystem
+import Testing
+
+@Suite("The jail, against the real kernel", .serialized)
+struct JailTests {
+    @Test("every namespace the profile asks for is new")
+    func namespacesAreNew() throws {
+        let names = ["user", "pid", "mnt", "net", "ipc", "uts", "cgroup"]
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", names.map { "readlink /proc/self/ns/\($0)" }.joined(separator: "; ")])
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        #expect(run.lines.count == names.count)
+        for (name, inside) in zip(names, run.lines) {
+            let outside = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(name)")
+            #expect(inside != outside, "\(name) namespace is shared with the launcher: \(inside)")
+        }
+    }
+
+    @Test("the root is the jail's own tmpfs, with no way back to the host tree")
+    func rootIsNew() throws {
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "stat -c %i / /..; cat /proc/self/mountinfo"])
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        let lines = run.lines
+        #expect(lines.count > 2)
+        #expect(lines[0] == lines[1], "/.. is not /")
+        let mounts = lines.dropFirst(2)
+        let rootLine = try #require(mounts.first { $0.split(separator: " ")[4] == "/" })
+        #expect(rootLine.contains(" - tmpfs "), "root is not a tmpfs: \(rootLine)")
+        #expect(rootLine.split(separator: " ")[5].hasPrefix("ro"), "root is writable: \(rootLine)")
+        for line in mounts {
+            let mountPoint = line.split(separator: " ")[4]
+            #expect(!mountPoint.hasPrefix("/oldroot") && !mountPoint.hasPrefix("/newroot") && !mountPoint.hasPrefix("/work"),
+                    "host mount visible in the jail: \(line)")
+        }
+        // Every bind is nosuid; only the device nodes may be dev.
+        for line in mounts where !line.contains(" - proc ") {
+            #expect(line.split(separator: " ")[5].contains("nosuid"), "mount without nosuid: \(line)")
+        }
+    }
+
+    @Test("capabilities are all zero, NoNewPrivs is 1, the ids are the profile's")
+    func credentials() throws {
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; id -u; id -g; id -G"])
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        var fields: [String: String] = [:]
+        for line in run.lines where line.contains(":") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces)
+        }
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            #expect(fields[cap] == "0000000000000000", "\(cap) = \(fields[cap] ?? "missing")")
+        }
+        #expect(fields["NoNewPrivs"] == "1")
+        #expect(run.lines.suffix(3) == ["1000", "1000", "1000"])
+    }
+
+    @Test("only stdio and the passed fds are open in the worker")
+    func onlyExpectedFDs() throws {
+        // An fd the launcher holds without close-on-exec must not leak in.
+        let leaked = open("/proc/self/status", O_RDONLY)
+        defer { close(leaked) }
+        #expect(leaked >= 0)
+        let passed = try PipeEnds.make()
+        defer { try? passed.read.close(); try? passed.write.close() }
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "ls /proc/$$/fd"]) { request in
+            request.passedFDs.append((passed.write.rawValue, 7))
+        }
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        // ls itself holds one more fd (its directory); the shell's are 0, 1, 2 and 7.
+        let fds = Set(run.lines.compactMap { Int32($0) })
+        #expect(fds.isSuperset(of: [0, 1, 2, 7]))
+        #expect(fds.subtracting([0, 1, 2, 7]).count <= 1, "unexpected fds: \(fds.sorted())")
+        #expect(!fds.contains(leaked) || leaked == 7 || fds.subtracting([0, 1, 2, 7]).count == 1)
+        let readlinks = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "for f in /proc/$$/fd/*; do readlink $f; done"])
+        for target in readlinks.lines {
+            #expect(!target.hasPrefix("/proc/") || target.contains("/fd"), "host file open in the jail: \(target)")
+        }
+    }
+
+    @Test("the wall-clock limit kills the jail and says so")
+    func timeLimitKills() throws {
+        let start = ContinuousClock.now
+        let run = try runJailed(try minimalProfile(), ["/bin/sleep", "30"], timeLimit: .milliseconds(500))
+        #expect(run.exit.reason == .timeLimit)
+        #expect(run.exit.status == 128 + SIGKILL)
+        #expect(ContinuousClock.now - start < .seconds(20))
+    }
+
+    @Test("PID 1 is the reaper: the worker is pid 2 and orphans are reaped")
+    func reaperReapsOrphans() throws {
+        let script = """
+            echo $$
+            ( sh -c 'exit 0' & )
+            sleep 0.5
+            grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l
+            """
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", script])
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        #expect(run.lines.first == "2")
+        #expect(run.lines.last == "0", "zombies left in the jail: \(run.stdout)")
+    }
+
+    @Test("the exit status is the worker's own, or 128 + signal")
+    func exitStatus() throws {
+        let exited = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "exit 7"])
+        #expect(exited.exit.status == 7)
+        #expect(exited.exit.exitCode == 7)
+        #expect(exited.exit.reason == .exited)
+        let signaled = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "kill -TERM $$"])
+        #expect(signaled.exit.status == 128 + SIGTERM)
+        #expect(signaled.exit.signal == SIGTERM)
+        #expect(signaled.exit.reason == .signaled)
+    }
+
+    @Test("signals to the jail reach the worker through PID 1")
+    func signalForwarding() throws {
+        let out = try PipeEnds.make()
+        var request = LaunchRequest(profile: try minimalProfile(), command: ["/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done"])
+        request.passedFDs = [(out.write.rawValue, 1)]
+        let jail = try Launcher.launch(request)
+        try out.write.close()
+        let ready = try out.read.readUpTo(6)
+        #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
+        try jail.signal(SIGTERM)
+        let exit = try jail.wait(timeLimit: .seconds(20))
+        let rest = String(decoding: try out.read.readToEnd(), as: UTF8.self)
+        try out.read.close()
+        #expect(rest.contains("got-term"))
+        #expect(exit.exitCode == 3)
+    }
+
+    @Test("hostname, environment, working directory and rlimits are the profile's")
+    func processSettings() throws {
+        let profile = try minimalProfile { $0.replacingOccurrences(of: "cwd = \"/\"", with: "cwd = \"/tmp\"") }
+        let run = try runJailed(profile, ["/bin/sh", "-c", "hostname; pwd; ulimit -n; ulimit -c; env | sort"]) { request in
+            request.extraEnvironment = [("EXTRA", "1")]
+        }
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        #expect(Array(run.lines.prefix(4)) == ["stockade", "/tmp", "1024", "0"])
+        let env = run.lines.dropFirst(4).filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") && !$0.hasPrefix("TERM=") }
+        #expect(env == ["EXTRA=1", "HOME=/tmp", "PATH=/usr/local/bin:/usr/bin:/bin"])
+    }
+
+    @Test("the jail cannot write its root, /usr or the proc control files; /tmp is its own")
+    func filesystemIsReadOnly() throws {
+        let script = """
+            touch /x 2>/dev/null && echo root-writable
+            touch /usr/x 2>/dev/null && echo usr-writable
+            echo 1 > /proc/sys/kernel/hostname 2>/dev/null && echo procsys-writable
+            cat /proc/kcore 2>/dev/null | head -c 1 | wc -c
+            touch /tmp/ok && echo tmp-ok
+            """
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", script])
+        #expect(run.lines == ["0", "tmp-ok"], "\(run.stdout)")
+    }
+
+    @Test("a failing step is named with its errno")
+    func failingStepIsNamed() throws {
+        let profile = try minimalProfile { $0.replacingOccurrences(of: "cwd = \"/\"", with: "cwd = \"/does-not-exist\"") }
+        #expect {
+            _ = try runJailed(profile, ["/bin/true"])
+        } throws: { error in
+            "\(error)".hasPrefix("jail setup failed at chdir: ENOENT (/does-not-exist)")
+        }
+        #expect {
+            _ = try runJailed(try minimalProfile(), ["no-such-program"])
+        } throws: { error in
+            "\(error)".hasPrefix("jail setup failed at execve: ENOENT (no-such-program)")
+        }
+        #expect {
+            _ = try runJailed(try minimalProfile(), ["/bin/true"]) { request in
+                request.extraMounts = [MountSpec(kind: .bind, source: "/no/such/source", target: "/x")]
+            }
+        } throws: { error in
+            "\(error)".contains("bind source /no/such/source does not exist")
+        }
+    }
+
+    @Test("a bind from the host is visible, read-only unless asked, and /tmp sources work")
+    func binds() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-bind-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try "hello\n".write(to: dir.appendingPathComponent("file"), atomically: true, encoding: .utf8)
+        chmod(dir.path, 0o777)
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "cat /ro/file; touch /ro/new 2>/dev/null || echo ro-denied; touch /rw/new && echo rw-ok"]) { request in
+            request.extraMounts = [
+                MountSpec(kind: .bind, source: dir.path, target: "/ro"),
+                MountSpec(kind: .bind, source: dir.path, target: "/rw", writable: true),
+            ]
+        }
+        #expect(run.lines == ["hello", "ro-denied", "rw-ok"], "\(run.stdout) \(run.stderr)")
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("new").path))
+    }
+
+    @Test("the launcher leaves no process and no mount behind")
+    func nothingLeftBehind() throws {
+        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        _ = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "sleep 100 & sleep 100 & echo started"], timeLimit: .seconds(5))
+        _ = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "(sleep 100 &); exit 0"])
+        #expect(childPids().isEmpty, "processes left: \(childPids())")
+        let mountsAfter = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(mountsBefore == mountsAfter)
+        let strays = try host(["/bin/sh", "-c", "pgrep -f '^sleep 100$' | wc -l"])
+        #expect(strays.output.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+    }
+
+    @Test("killing the launcher kills the jail (parent-death signal)")
+    func dieWithLauncher() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let marker = "31\(getpid() % 1000)7"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: stockade)
+        process.arguments = ["run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sleep", marker]
+        try process.run()
+        var seen = false
+        for _ in 0..<100 where !seen {
+            usleep(50_000)
+            seen = try host(["/usr/bin/pgrep", "-f", "^/bin/sleep \(marker)$"]).status == 0
+        }
+        #expect(seen, "the jailed sleep never started")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        var gone = false
+        for _ in 0..<100 where !gone {
+            usleep(50_000)
+            gone = try host(["/usr/bin/pgrep", "-f", "^/bin/sleep \(marker)$"]).status != 0
+        }
+        #expect(gone, "the jail outlived its launcher")
+    }
+
+    @Test("an unprivileged user gets the same jail (rootless)", .enabled(if: getuid() == 0, "needs root to switch to an unprivileged user"))
+    func rootless() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let result = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run",
+                               "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sh", "-c",
+                               "id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; cat /proc/self/uid_map"])
+        #expect(result.status == 0, "\(result.output)")
+        let lines = result.output.split(separator: "\n").map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }
+        #expect(lines.first == "1000")
+        #expect(lines.contains("CapEff: 0000000000000000"))
+        #expect(lines.contains("NoNewPrivs: 1"))
+        #expect(lines.contains("1000 65534 1"), "\(lines)")
+    }
+}

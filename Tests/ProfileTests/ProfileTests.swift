@@ -1,0 +1,161 @@
+import Foundation
+import StockadeCore
+import Testing
+
+private func parse(_ text: String) throws(ProfileError) -> Profile {
+    try Profile.parse(text: text, file: "p.toml")
+}
+
+private func expectError(_ text: String, line: Int?, key: String, contains message: String,
+                         sourceLocation: SourceLocation = #_sourceLocation) {
+    do {
+        _ = try parse(text)
+        Issue.record("profile was accepted", sourceLocation: sourceLocation)
+    } catch {
+        #expect(error.file == "p.toml", sourceLocation: sourceLocation)
+        #expect(error.line == line, "\(error)", sourceLocation: sourceLocation)
+        #expect(error.key == key, "\(error)", sourceLocation: sourceLocation)
+        #expect(error.message.contains(message), "\(error)", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("Profiles: parsing, validation, messages")
+struct ProfileTests {
+    @Test("the shipped profiles lint clean")
+    func shippedProfiles() throws {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let dir = root.appendingPathComponent("profiles")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".toml") }
+        #expect(files.contains("minimal.toml"))
+        for file in files {
+            _ = try Profile.load(path: dir.appendingPathComponent(file).path)
+        }
+    }
+
+    @Test("an empty profile gets the safe defaults")
+    func defaults() throws {
+        let p = try parse("")
+        #expect(p.namespaces == [.user, .pid, .mount, .net, .ipc, .uts, .cgroup])
+        #expect(p.user.uid == 1000 && p.user.gid == 1000)
+        #expect(p.environment.set.isEmpty && p.environment.pass.isEmpty)
+        #expect(p.filesystem.readonlyRoot && p.filesystem.proc && p.filesystem.dev)
+        #expect(p.rlimits.contains { $0.name == "core" && $0.soft == 0 })
+        #expect(p.newSession)
+    }
+
+    @Test("unknown keys are errors that name the line and key")
+    func unknownKey() {
+        expectError("[jail]\nname = \"x\"\nhostnme = \"y\"\n", line: 3, key: "jail.hostnme", contains: "unknown key")
+        expectError("\n\n[bogus]\nx = 1\n", line: 3, key: "bogus", contains: "unknown key")
+        expectError("[[mount]]\nsource = \"/usr\"\n\n[[mount]]\ntype = \"tmpfs\"\ntarget = \"/tmp\"\nsize = \"1M\"\nwritabel = true\n",
+                    line: 8, key: "mount[1].writabel", contains: "unknown key")
+    }
+
+    @Test("wrong types and bad values name the line and key")
+    func badValues() {
+        expectError("[jail]\nnamespaces = \"user\"\n", line: 2, key: "jail.namespaces", contains: "expected an array")
+        expectError("[jail]\nnamespaces = [\"user\", \"mount\", \"bogus\"]\n", line: 2, key: "jail.namespaces", contains: "unknown namespace \"bogus\"")
+        expectError("[jail]\nnamespaces = [\"pid\", \"mount\"]\n", line: 2, key: "jail.namespaces", contains: "user namespace is required")
+        expectError("[user]\nuid = 70000\n", line: 2, key: "user.uid", contains: "out of range")
+        expectError("[[mount]]\ntype = \"bind\"\nsource = \"usr\"\n", line: 3, key: "mount[0].source", contains: "absolute")
+        expectError("[[mount]]\ntype = \"tmpfs\"\ntarget = \"/a/../b\"\n", line: 3, key: "mount[0].target", contains: "without '..'")
+        expectError("[[mount]]\ntype = \"tmpfs\"\ntarget = \"/t\"\nsize = \"12Q\"\n", line: 4, key: "mount[0].size", contains: "cannot read \"12Q\"")
+        expectError("[jail]\ntime_limit = \"soon\"\n", line: 2, key: "jail.time_limit", contains: "duration")
+        expectError("[rlimits]\nnofiles = 10\n", line: 2, key: "rlimits.nofiles", contains: "unknown resource limit")
+        expectError("[fds]\npass = [1]\n", line: 2, key: "fds.pass", contains: "cannot be passed")
+        expectError("[env]\npass = [\"1BAD\"]\n", line: 2, key: "env.pass", contains: "not a valid variable name")
+        expectError("[jail]\nhostname = \"bad host\"\n", line: 2, key: "jail.hostname", contains: "ASCII")
+    }
+
+    @Test("TOML syntax errors name the line")
+    func syntaxError() {
+        expectError("[jail]\nname = \"x\"\nhostname = \n", line: 3, key: "", contains: "TOML syntax")
+    }
+
+    @Test("mounts, environment and limits are read in order")
+    func fullProfile() throws {
+        let p = try parse("""
+            [jail]
+            name = "full"
+            namespaces = ["user", "mount", "pid", "time"]
+            time_limit = "1.5s"
+            cwd = "/work"
+
+            [[mount]]
+            source = "/usr"
+
+            [[mount]]
+            type = "tmpfs"
+            target = "/tmp"
+            size = "64M"
+            mode = "1777"
+
+            [[mount]]
+            type = "symlink"
+            source = "usr/bin"
+            target = "/bin"
+
+            [env]
+            pass = ["TERM"]
+            [env.set]
+            PATH = "/usr/bin"
+            LANG = "C.UTF-8"
+
+            [rlimits]
+            nofile = 256
+            as = "4G"
+            """)
+        #expect(p.name == "full")
+        #expect(p.namespaces == [.user, .mount, .pid, .time])
+        #expect(p.timeLimit == .milliseconds(1500))
+        #expect(p.mounts.map(\.target) == ["/usr", "/tmp", "/bin"])
+        #expect(p.mounts[0].kind == .bind && !p.mounts[0].writable)
+        #expect(p.mounts[1].size == 64 << 20 && p.mounts[1].mode == 0o1777 && p.mounts[1].writable)
+        #expect(p.environment.set.map(\.name) == ["PATH", "LANG"])
+        #expect(p.rlimits.first { $0.name == "as" }?.soft == 4 << 30)
+        #expect(p.rlimits.first { $0.name == "nofile" }?.hard == 256)
+    }
+
+    @Test("sizes and durations")
+    func units() {
+        #expect(SizeValue(parsing: "512M") == .bytes(512 << 20))
+        #expect(SizeValue(parsing: "2GiB") == .bytes(2 << 30))
+        #expect(SizeValue(parsing: "1.5K") == .bytes(1536))
+        #expect(SizeValue(parsing: "max") == .unlimited)
+        #expect(SizeValue(parsing: "-1") == nil)
+        #expect(SizeValue(parsing: "M") == nil)
+        #expect(parseDuration("500ms") == .milliseconds(500))
+        #expect(parseDuration("2m") == .seconds(120))
+        #expect(parseDuration("x") == nil)
+    }
+
+    @Test("the line index follows tables, arrays of tables and multi-line values")
+    func lineIndex() {
+        let index = TOMLLineIndex(text: """
+            a = 1
+            s = \"\"\"
+            b = 2
+            \"\"\"
+            arr = [
+              "x",
+            ]
+            [t]
+            c = 3
+            [[m]]
+            d = 4
+            [[m]]
+            d = 5
+            [m.sub]
+            e = 6
+            """)
+        #expect(index.line(of: "a") == 1)
+        #expect(index.line(of: "b") == nil)
+        #expect(index.line(of: "arr") == 5)
+        #expect(index.line(of: "t.c") == 9)
+        #expect(index.line(of: "m[0].d") == 11)
+        #expect(index.line(of: "m[1].d") == 13)
+        #expect(index.line(of: "m[1].sub.e") == 15)
+        #expect(index.line(of: "t.missing") == 8)
+    }
+}
