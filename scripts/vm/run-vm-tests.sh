@@ -7,7 +7,7 @@
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
-#   $VM_TEST_FILTER (default "CgroupBudget") from the debug test binary.
+#   $VM_TEST_FILTER (default "Cgroup") from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-CgroupBudget}
+FILTER=${VM_TEST_FILTER:-Cgroup}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
@@ -35,6 +35,13 @@ else
 	CMD="$TESTBIN --testing-library swift-testing --filter $FILTER"
 fi
 
+# The static workload program the tests run (the tree is read-only in the VM).
+WORKLOAD=$ROOT/.build/stockade-workload
+if [ ! -x "$WORKLOAD" ] || [ "$ROOT/Tests/Workloads/workload.c" -nt "$WORKLOAD" ]; then
+	mkdir -p "$ROOT/.build"
+	cc -static -O2 -Wall -Wextra -o "$WORKLOAD" "$ROOT/Tests/Workloads/workload.c"
+fi
+
 # The initramfs: busybox, the virtio/9p modules, and /init.
 rm -rf "$WORK/initramfs"
 mkdir -p "$WORK/initramfs"/{bin,dev,proc,sys,host,modules}
@@ -51,16 +58,19 @@ for m in $MODULES; do
 	esac
 done
 
-# The command runs in the host's tree (read-only) as root, with a fresh
+# The command runs in the host's tree (read-only) as root (PID 1), with a fresh
 # cgroup2 hierarchy at /sys/fs/cgroup and tmpfs wherever it must write.
 cat > "$WORK/initramfs/run-in-vm.sh" <<INNER
 #!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp
-export STOCKADE_EXPECT_CGROUP=v2
+export STOCKADE_EXPECT_CGROUP=v2 STOCKADE_WORKLOAD="$WORKLOAD" NO_COLOR=1
 cd "$ROOT"
 echo "vm: kernel \$(uname -r), cgroup2 controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"
 $CMD
 echo "VM-RESULT rc=\$?"
+sync
+echo o > /proc/sysrq-trigger
+sleep 10
 INNER
 
 cat > "$WORK/initramfs/init" <<'INIT'
@@ -84,9 +94,10 @@ mount -t tmpfs -o size=512m,mode=1777 tmp /host/tmp
 mount -t tmpfs tmp /host/run
 mount -t tmpfs -o size=512m tmp /host/root 2>/dev/null
 cp /run-in-vm.sh /host/tmp/run-in-vm.sh
-chroot /host /bin/sh /tmp/run-in-vm.sh
-sync
-poweroff -f
+# switch_root, not chroot: the kernel refuses new user namespaces to a
+# chrooted process, and the jails need them. The script runs as PID 1 and
+# powers the VM off itself.
+exec switch_root /host /bin/sh /tmp/run-in-vm.sh
 INIT
 chmod +x "$WORK/initramfs/init"
 (cd "$WORK/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
