@@ -1,8 +1,12 @@
 // `make bench`: each part is a subcommand; `all` runs them in order.
 import StockadeCore
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-let parts: [String: () throws -> Void] = [:]
+let parts: [String: () throws -> Void] = [
+    "spawn": spawnBench,
+]
 
 let args = CommandLine.arguments.dropFirst()
 let wanted = args.isEmpty || args.first == "all" ? parts.keys.sorted() : Array(args)

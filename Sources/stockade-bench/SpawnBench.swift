@@ -1,0 +1,93 @@
+// Part one: spawn-to-exit latency of /bin/true under the full minimal
+// profile, beside bubblewrap and unshare, interleaved in one run so that
+// all three see the same machine load.
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs argv once and returns its wall time in milliseconds (nil on failure).
+func timeCommand(_ argv: [String]) -> Double? {
+    var pid: pid_t = 0
+    let cArgs = argv.map { strdup($0) } + [nil]
+    defer { for p in cArgs { free(p) } }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    let start = ContinuousClock.now
+    guard posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0 else { return nil }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let elapsed = ContinuousClock.now - start
+    guard status == 0 else { return nil }
+    return Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+}
+
+struct Stats {
+    var samples: [Double]
+    var median: Double { percentile(0.5) }
+    func percentile(_ p: Double) -> Double {
+        let s = samples.sorted()
+        return s[min(s.count - 1, Int(Double(s.count - 1) * p))]
+    }
+}
+
+func fmt(_ v: Double, _ digits: Int = 2) -> String {
+    let scale = pow(10.0, Double(digits))
+    let r = (v * scale).rounded() / scale
+    var s = "\(r)"
+    if let dot = s.firstIndex(of: ".") {
+        let decimals = s.distance(from: dot, to: s.endIndex) - 1
+        if decimals < digits { s += String(repeating: "0", count: digits - decimals) }
+    }
+    return s
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+func spawnBench() throws {
+    let env = ProcessInfo.processInfo.environment
+    let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
+    let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
+    let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
+    let contenders: [(String, [String])] = [
+        ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
+        ("bwrap --unshare-all ...", ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                                     "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
+                                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
+                                     "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]),
+        ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
+        ("/bin/true (no jail)", ["/bin/true"]),
+    ]
+    print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
+    var samples = Array(repeating: [Double](), count: contenders.count)
+    let available = contenders.map { c in
+        let ok = timeCommand(c.1) != nil
+        if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
+        return ok
+    }
+    for _ in 0..<runs {
+        for (i, c) in contenders.enumerated() where available[i] {
+            if let t = timeCommand(c.1) { samples[i].append(t) }
+        }
+    }
+    let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
+    let unshare = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
+    print("| command | median ms | p90 ms | vs bwrap | vs unshare |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for (i, c) in contenders.enumerated() {
+        guard !samples[i].isEmpty else { continue }
+        let s = Stats(samples: samples[i])
+        let vsB = bwrap.map { fmt(s.median / $0) + "x" } ?? "-"
+        let vsU = unshare.map { fmt(s.median / $0) + "x" } ?? "-"
+        print("| \(c.0) | \(fmt(s.median)) | \(fmt(s.percentile(0.9))) | \(vsB) | \(vsU) |")
+    }
+    print("")
+}
