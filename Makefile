@@ -15,7 +15,7 @@ FUZZ_SECONDS ?= 30
 FUZZ_FLAGS := -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library
 FUZZ_TARGETS := profile
 
-.PHONY: all deps venv build release probe run test test-swift test-python bench fuzz compare clean
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python bench fuzz compare clean
 
 all: release
 
@@ -51,6 +51,12 @@ probe: .build/stockade-probe
 	@mkdir -p .build
 	cc -static -O2 -Wall -Wextra -o $@ $<
 
+# The static workload the cgroup tests jail (hog, fork bomb, spin, sleep).
+workload: .build/stockade-workload
+.build/stockade-workload: Tests/Workloads/workload.c
+	@mkdir -p .build
+	cc -static -O2 -Wall -Wextra -o $@ $<
+
 run: release venv
 	@echo "make run: not wired yet"
 
@@ -58,12 +64,19 @@ run: release venv
 # example tests, and a bounded fuzzing run of every fuzz target.
 test: deps venv
 	$(MAKE) test-swift
+	$(MAKE) test-vm
 	$(MAKE) test-python
 	$(MAKE) fuzz
 
-test-swift: deps venv
+test-swift: deps venv .build/stockade-workload
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# The cgroup suites again, on a real cgroup v2 kernel: Debian's kernel under
+# qemu (TCG) with this tree shared read-only (scripts/vm/run-vm-tests.sh).
+test-vm: deps .build/stockade-workload
+	$(SWIFT) build --build-tests
+	scripts/vm/run-vm-tests.sh
 
 test-python: venv
 	@if ls python/tests/test_*.py >/dev/null 2>&1; then $(PY) -m pytest -q python/tests; else echo "no Python tests"; fi
