@@ -265,3 +265,59 @@ struct CgroupBudgetTests {
         try group.remove()
     }
 }
+
+/// The "no internal processes" rule, on a real cgroup v2 tree: a launcher
+/// whose own (delegated) cgroup holds it moves itself into a leaf beside the
+/// base before it hands controllers down. This test moves the test process
+/// itself, so it runs only where it may (cgroup v2, as root, in the root
+/// cgroup: the VM suite) and puts the process back afterwards.
+@Suite("CgroupV2Delegation", .serialized, .enabled(if: CgroupTestHost.v2InRootCgroup, "needs root in the root cgroup of a cgroup v2 tree with memory, cpu and pids"))
+struct CgroupV2DelegationTests {
+    @Test func launcherMovesItselfIntoALeafBesideTheBase() throws {
+        let host = CgroupHost.detect()
+        let u = try #require(host.unified)
+        let own = "/stockade-test-\(getpid())-delegated"
+        let ownDir = u.mountPoint + own
+        // As systemd does for a unit with Delegate=yes: the root hands the
+        // controllers to the unit's cgroup, which holds the launcher.
+        try CgroupFS.write(u.mountPoint + "/cgroup.subtree_control", "+memory +pids +cpu")
+        try CgroupFS.mkdir(ownDir, existingOK: false)
+        try CgroupFS.write(ownDir + "/cgroup.procs", "\(getpid())")
+        defer {
+            try? CgroupFS.write(u.mountPoint + "/cgroup.procs", "\(getpid())")
+            _ = CgroupFS.rmdir(ownDir + "/stockade")
+            _ = CgroupFS.rmdir(ownDir + "/launcher")
+            _ = CgroupFS.rmdir(ownDir)
+        }
+        let backend = CgroupV2Backend(host: host, mount: u.mountPoint, basePath: own + "/stockade", ownDelegated: own)
+        try backend.prepare()
+        let selfCgroup = CgroupFS.read("/proc/self/cgroup") ?? ""
+        #expect(selfCgroup.contains("0::\(own)/launcher"), "the launcher did not move into a leaf: \(selfCgroup)")
+        let delegated = Set(words(CgroupFS.read(ownDir + "/cgroup.subtree_control")))
+        #expect(delegated.isSuperset(of: ["memory", "pids", "cpu"]))
+        let base = Set(words(CgroupFS.read(ownDir + "/stockade/cgroup.subtree_control")))
+        #expect(base.isSuperset(of: ["memory", "pids", "cpu"]), "the base does not hand controllers to tenants")
+
+        // Another process in the launcher's cgroup blocks delegation, with a message.
+        let other = "/stockade-test-\(getpid())-crowded"
+        try CgroupFS.mkdir(u.mountPoint + other, existingOK: false)
+        let sleeper = try Workload.start(["sleep"])
+        try CgroupFS.write(u.mountPoint + other + "/cgroup.procs", "\(sleeper.pid)")
+        try CgroupFS.write(u.mountPoint + other + "/cgroup.procs", "\(getpid())")
+        defer {
+            try? CgroupFS.write(u.mountPoint + "/cgroup.procs", "\(getpid())")
+            Glibc.kill(sleeper.pid, SIGKILL)
+            sleeper.wait(seconds: 30)
+            _ = CgroupFS.wait(seconds: 5) { CgroupFS.rmdir(u.mountPoint + other + "/launcher") == nil }
+            _ = CgroupFS.wait(seconds: 5) { CgroupFS.rmdir(u.mountPoint + other) == nil }
+        }
+        let crowded = CgroupV2Backend(host: host, mount: u.mountPoint, basePath: other + "/stockade", ownDelegated: other)
+        do {
+            try crowded.prepare()
+            Issue.record("delegation succeeded although another process shares the launcher's cgroup")
+        } catch {
+            #expect(error.message.contains("also holds processes \(sleeper.pid)"), "\(error)")
+        }
+        try CgroupFS.write(u.mountPoint + "/cgroup.procs", "\(getpid())")
+    }
+}

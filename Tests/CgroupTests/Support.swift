@@ -17,6 +17,12 @@ enum CgroupTestHost {
         return host.hierarchy(for: "memory") != nil && host.hierarchy(for: "pids") != nil && host.hierarchy(for: "cpu") != nil
     }
 
+    /// Root, in the root cgroup of a cgroup v2 tree that offers memory, cpu and pids.
+    static var v2InRootCgroup: Bool {
+        guard geteuid() == 0, let u = host.unified, u.ownPath == "/" else { return false }
+        return ["memory", "pids", "cpu"].allSatisfy(u.rootControllers.contains)
+    }
+
     /// The VM suite sets STOCKADE_EXPECT_CGROUP=v2 so that a detection
     /// mistake (falling back to v1) fails instead of passing quietly.
     static var expectedVersion: Int? {

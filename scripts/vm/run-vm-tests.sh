@@ -23,9 +23,9 @@ KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
 KVER=${KERNEL#/boot/vmlinuz-}
 MODDIR=/lib/modules/$KVER
 [ -d "$MODDIR" ] || { echo "run-vm-tests: $MODDIR missing for $KERNEL" >&2; exit 1; }
-# A dynamic busybox names its loader (ld-linux); the static one does not.
+# A dynamic busybox has an ELF interpreter (the loader); the static one has none.
 BUSYBOX=${VM_BUSYBOX:-/bin/busybox}
-[ -x "$BUSYBOX" ] && ! grep -q 'ld-linux' "$BUSYBOX" || { echo "run-vm-tests: need a static busybox at $BUSYBOX (apt install busybox-static)" >&2; exit 1; }
+[ -x "$BUSYBOX" ] && ! readelf -l "$BUSYBOX" 2>/dev/null | grep -q INTERP || { echo "run-vm-tests: need a static busybox at $BUSYBOX (apt install busybox-static)" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "run-vm-tests: qemu-system-x86_64 missing (apt install qemu-system-x86)" >&2; exit 1; }
 
 if [ $# -gt 0 ]; then
