@@ -271,9 +271,11 @@ struct CgroupBudgetTests {
 /// base before it hands controllers down. This test moves the test process
 /// itself, so it runs only where it may (cgroup v2, as root, in the root
 /// cgroup: the VM suite) and puts the process back afterwards.
-@Suite("CgroupV2Delegation", .serialized, .enabled(if: CgroupTestHost.v2InRootCgroup, "needs root in the root cgroup of a cgroup v2 tree with memory, cpu and pids"))
-struct CgroupV2DelegationTests {
-    @Test func launcherMovesItselfIntoALeafBesideTheBase() throws {
+/// It belongs to the serialized suite: no other cgroup test runs while the
+/// test process sits in a cgroup of its own.
+extension CgroupBudgetTests {
+    @Test(.enabled(if: CgroupTestHost.v2InRootCgroup, "needs root in the root cgroup of a cgroup v2 tree with memory, cpu and pids"))
+    func launcherMovesItselfIntoALeafBesideTheBase() throws {
         let host = CgroupHost.detect()
         let u = try #require(host.unified)
         let own = "/stockade-test-\(getpid())-delegated"
