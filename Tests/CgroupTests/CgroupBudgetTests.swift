@@ -323,3 +323,59 @@ extension CgroupBudgetTests {
         try CgroupFS.write(u.mountPoint + "/cgroup.procs", "\(getpid())")
     }
 }
+
+extension CgroupBudgetTests {
+    /// The file that carries a knob: its v2 name, or the v1 file of the
+    /// hierarchy that holds the controller.
+    func knob(_ manager: CgroupManager, _ group: JailGroup, v2: String, v1: (controller: String, file: String)) -> String? {
+        if let backend = manager.backend as? CgroupV1Backend {
+            return backend.file(v1.controller, group.rel, v1.file).flatMap(CgroupFS.readTrimmed)
+        }
+        return CgroupFS.readTrimmed(group.path + "/" + v2)
+    }
+
+    /// A block device of this machine (`MAJ:MIN`), for io.max.
+    static var blockDevice: String? {
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []).sorted() where name.hasPrefix("vd") || name.hasPrefix("sd") || name.hasPrefix("nvme") {
+            if let dev = CgroupFS.readTrimmed("/sys/block/\(name)/dev") { return dev }
+        }
+        return nil
+    }
+
+    @Test func everyKnobIsWrittenAsAsked() throws {
+        let manager = try makeManager()
+        defer { closeAndExpectNothingLeft(manager) }
+        let device = Self.blockDevice
+        var limits = LimitsSection(memoryMax: 256 << 20, memoryHigh: 192 << 20, swapMax: 0, pidsMax: 100,
+                                   cpu: CPUQuota(quota: 150_000, period: 200_000), cpuWeight: 50, cpuset: CPUSet([0]))
+        if let device { limits.ioMax = [try #require(IOLimit(parsing: "\(device) rbps=1048576 wiops=100"))] }
+        let group = try manager.jail(limits: limits)
+
+        #expect(knob(manager, group, v2: "memory.max", v1: ("memory", "memory.limit_in_bytes")) == "\(256 << 20)")
+        #expect(knob(manager, group, v2: "memory.high", v1: ("memory", "memory.soft_limit_in_bytes")) == "\(192 << 20)")
+        #expect(knob(manager, group, v2: "pids.max", v1: ("pids", "pids.max")) == "100")
+        #expect(knob(manager, group, v2: "cpuset.cpus", v1: ("cpuset", "cpuset.cpus")) == "0")
+        if manager.version == 2 {
+            #expect(knob(manager, group, v2: "memory.swap.max", v1: ("", "")) == "0")
+            #expect(knob(manager, group, v2: "cpu.max", v1: ("", "")) == "150000 200000")
+            #expect(knob(manager, group, v2: "cpu.weight", v1: ("", "")) == "50")
+            if let device {
+                #expect(knob(manager, group, v2: "io.max", v1: ("", "")) == "\(device) rbps=1048576 wbps=max riops=max wiops=100")
+            }
+        } else {
+            #expect(knob(manager, group, v2: "", v1: ("cpu", "cpu.cfs_quota_us")) == "150000")
+            #expect(knob(manager, group, v2: "", v1: ("cpu", "cpu.cfs_period_us")) == "200000")
+            #expect(knob(manager, group, v2: "", v1: ("cpu", "cpu.shares")) == "512")
+            if let device {
+                #expect(knob(manager, group, v2: "", v1: ("blkio", "blkio.throttle.read_bps_device")) == "\(device) 1048576")
+                #expect(knob(manager, group, v2: "", v1: ("blkio", "blkio.throttle.write_iops_device")) == "\(device) 100")
+            }
+            #expect(group.notes.contains { $0.contains("memory_high") })
+        }
+        // What admission reads back is what was written.
+        let back = manager.backend.limits(of: group.rel)
+        #expect(back.memoryMax == 256 << 20 && back.pidsMax == 100 && back.cpu?.description == "150000 200000")
+        report(manager, "knobs written: \(limits.asked.map(\.key).joined(separator: " "))\(device == nil ? " (no block device for io_max)" : " on \(device!)")")
+        try group.remove()
+    }
+}

@@ -46,7 +46,7 @@ fi
 rm -rf "$WORK/initramfs"
 mkdir -p "$WORK/initramfs"/{bin,dev,proc,sys,host,modules}
 cp "$BUSYBOX" "$WORK/initramfs/bin/busybox"
-MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p"
+MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk netfs fscache 9pnet 9pnet_virtio 9p"
 for m in $MODULES; do
 	f=$(find "$MODDIR/kernel" -name "$m.ko*" | head -1)
 	if [ -z "$f" ]; then continue; fi   # built in on this kernel
@@ -79,7 +79,7 @@ cat > "$WORK/initramfs/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk netfs fscache 9pnet 9pnet_virtio 9p; do
 	[ -f /modules/$m.ko ] && insmod /modules/$m.ko
 done
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
@@ -102,6 +102,9 @@ INIT
 chmod +x "$WORK/initramfs/init"
 (cd "$WORK/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 
+# A small empty disk, so that io.max has a block device to limit.
+truncate -s 1M "$WORK/disk.img"
+
 LOG="$WORK/console.log"
 echo "run-vm-tests: booting $KERNEL (TCG, 2 vCPUs, 2 GiB), running: $CMD"
 set +e
@@ -109,7 +112,8 @@ timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu 
 	-nographic -no-reboot -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" \
 	-append "console=ttyS0 quiet panic=-1" \
 	-fsdev local,id=r,path=/,security_model=none,readonly=on,multidevs=remap \
-	-device virtio-9p-pci,fsdev=r,mount_tag=hostroot </dev/null 2>&1 | tee "$LOG"
+	-device virtio-9p-pci,fsdev=r,mount_tag=hostroot \
+	-drive file="$WORK/disk.img",if=virtio,format=raw </dev/null 2>&1 | tee "$LOG"
 qrc=${PIPESTATUS[0]}
 set -e
 result=$(grep -a -o 'VM-RESULT rc=[0-9]*' "$LOG" | tail -1 | sed 's/.*rc=//')
