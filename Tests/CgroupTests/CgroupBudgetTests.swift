@@ -75,11 +75,10 @@ struct CgroupBudgetTests {
         // A high weight keeps the measurement about the quota, not about
         // whoever else is busy on a shared build host.
         let tenant = TenantBudget(name: "cpu", limits: LimitsSection(cpuWeight: 10_000))
-        let manager = try makeManager(tenants: [tenant])
-        defer { closeAndExpectNothingLeft(manager) }
         // The base competes with every other process at the root of the
         // host's tree: weight it too (on a quiet host this changes nothing).
-        try manager.backend.apply(LimitsSection(cpuWeight: 10_000), to: "")
+        let manager = try makeManager(tenants: [tenant], baseWeight: 10_000)
+        defer { closeAndExpectNothingLeft(manager) }
         let quota = try #require(CPUQuota(parsing: "50000 100000"))
         let group = try manager.jail(tenant: "cpu", limits: LimitsSection(cpu: quota, cpuWeight: 10_000))
         // Two spinning processes ask for two CPUs; the quota allows half of one.

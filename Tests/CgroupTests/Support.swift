@@ -197,10 +197,11 @@ final class Workload: @unchecked Sendable {
 
 /// A manager on a base of its own, so tests never meet each other's or a
 /// real launcher's cgroups.
-func makeManager(tenants: [TenantBudget] = [], sweep: Bool = false,
+func makeManager(tenants: [TenantBudget] = [], sweep: Bool = false, baseWeight: UInt64? = nil,
                  identity: LauncherIdentity = .current(), name: String? = nil) throws -> CgroupManager {
     let base = name ?? "stockade-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    let manager = try CgroupManager(configuration: .init(base: .automatic(name: base), tenants: tenants, sweepStale: sweep),
+    let manager = try CgroupManager(configuration: .init(base: .automatic(name: base), tenants: tenants, sweepStale: sweep,
+                                                         baseWeight: baseWeight),
                                     identity: identity)
     if let expected = CgroupTestHost.expectedVersion {
         #expect(manager.version == expected, "expected the cgroup v\(expected) backend:\n\(manager.diagnosis)")
