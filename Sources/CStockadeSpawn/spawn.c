@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sched.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
 #include <linux/sched.h>
@@ -64,7 +65,7 @@
 #endif
 
 /* The fds the child keeps out of the worker's way while it arranges fds. */
-#define STK_PARK_FD_MIN 512
+#define STK_PARK_FD_MIN 256
 #define STK_MAX_PASSED_FDS 64
 
 static const char *const step_names[STK_STEP_COUNT] = {
@@ -544,10 +545,46 @@ static void exec_worker(const struct stk_plan *p) {
     fail(p, STK_STEP_EXEC, err, p->argv[0] ? p->argv[0] : "(no program)");
 }
 
-__attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
+/* The worker's own stack while it shares PID 1's memory (see child_main). */
+static char worker_stack[256 * 1024] __attribute__((aligned(16)));
+
+/* The worker's last steps: unblock signals, Landlock, seccomp, execve. */
+static int worker_main(void *arg) {
+    const struct stk_plan *p = arg;
+    uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+    apply_landlock(p);
+    /* Last: from here on every system call goes through the filter. */
+    if (p->seccomp_len > 0) {
+        struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
+        CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog) == 0, STK_STEP_SECCOMP, "seccomp");
+    }
+    exec_worker(p);
+    _exit(127);
+}
+
+/* Moves `*fd` to the lowest free number >= STK_PARK_FD_MIN (close-on-exec). */
+static void move_high(const struct stk_plan *p, int32_t *fd) {
+    int moved = fcntl(*fd, F_DUPFD_CLOEXEC, STK_PARK_FD_MIN);
+    if (moved < 0) fail(p, STK_STEP_FDS, errno, "move pipe fd");
+    close(*fd);
+    *fd = moved;
+}
+
+__attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
+    /* A private copy: the pipe fd numbers below change. */
+    struct stk_plan local = *plan;
+    const struct stk_plan *p = &local;
+
     /* The launcher's ends of our pipes are not ours to hold. */
     for (int i = 0; i < 4; i++)
         if (p->parent_fds[i] >= 0) close(p->parent_fds[i]);
+
+    /* Our own pipe ends move above every number a passed fd may land on
+     * (0..255), so arranging the worker's fds cannot overwrite them. */
+    move_high(p, &local.error_fd);
+    move_high(p, &local.sync_fd);
+    move_high(p, &local.status_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this. */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
@@ -577,37 +614,29 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
     if (p->hostname) CHECK(sethostname(p->hostname, s_len(p->hostname)) == 0, STK_STEP_HOSTNAME, p->hostname);
     /* A new session has no controlling terminal: no TIOCSTI into the caller's shell. */
     if (p->new_session) CHECK(setsid() >= 0, STK_STEP_SETSID, "setsid");
+    /* fds first: a lower RLIMIT_NOFILE would stop the moves above it. */
+    arrange_fds(p);
     for (uint32_t i = 0; i < p->n_rlimits; i++) {
         struct rlimit rl = {.rlim_cur = p->rlimits[i].soft, .rlim_max = p->rlimits[i].hard};
         CHECK(syscall(SYS_prlimit64, 0, p->rlimits[i].resource, &rl, NULL) == 0, STK_STEP_RLIMIT, "prlimit");
     }
-    arrange_fds(p);
     drop_privileges(p);
     CHECK(chdir(p->cwd ? p->cwd : "/") == 0, STK_STEP_CHDIR, p->cwd ? p->cwd : "/");
 
-    if (p->use_reaper) {
-        /* Block everything before the fork so that no signal is lost
-         * between fork and the reaper's wait loop; the worker unblocks. */
-        uint64_t all = ~0ULL, none = 0;
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
-        pid_t worker = (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0);
-        if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
-        if (worker > 0) {
-            close(p->error_fd); /* EOF reaches the launcher when the worker execs */
-            run_reaper(p, worker);
-        }
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
-        /* The worker dies if PID 1 does (the kernel kills the namespace). */
-    }
+    if (!p->use_reaper) worker_main((void *)p);
 
-    apply_landlock(p);
-    /* Last: from here on every system call goes through the filter. */
-    if (p->seccomp_len > 0) {
-        struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
-        CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog) == 0, STK_STEP_SECCOMP, "seccomp");
-    }
-    exec_worker(p);
-    _exit(127);
+    /* Block everything before the fork so that no signal is lost between
+     * fork and the reaper's wait loop; the worker unblocks. The worker is a
+     * CLONE_VM|CLONE_VFORK child on its own stack: no page tables to copy
+     * (PID 1 is a copy of the launcher), and PID 1 stays suspended until
+     * the worker has exec'd or failed, so they never run on shared memory
+     * at the same time. */
+    uint64_t all = ~0ULL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
+    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)p);
+    if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
+    close(p->error_fd); /* EOF reaches the launcher once the worker has exec'd */
+    run_reaper(p, worker);
 }
 
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) {

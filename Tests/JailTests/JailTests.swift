@@ -2,6 +2,7 @@ import Foundation
 import StockadeCore
 import StockadeSystem
 import Testing
+import CStockadeSpawn
 
 @Suite("The jail, against the real kernel", .serialized)
 struct JailTests {
@@ -75,6 +76,21 @@ struct JailTests {
         let readlinks = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "for f in /proc/$$/fd/*; do readlink $f; done"])
         for target in readlinks.lines {
             #expect(!target.hasPrefix("/proc/") || target.contains("/fd"), "host file open in the jail: \(target)")
+        }
+    }
+
+    @Test("passed fds may take any number, including the launcher's own pipe numbers")
+    func passedFDsCannotClobberLauncherPipes() throws {
+        let extra = try PipeEnds.make()
+        defer { try? extra.read.close(); try? extra.write.close() }
+        // Targets 3...60 cover whatever numbers the launcher's pipes got.
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "ls /proc/$$/fd | wc -l; exit 5"]) { request in
+            request.passedFDs += (3...60).map { (extra.write.rawValue, Int32($0)) }
+        }
+        #expect(run.exit.exitCode == 5, "\(run.exit) \(run.stderr)")
+        #expect(run.lines.first == "62", "\(run.stdout)")  // 0, 1, 2, 3...60 and ls's own
+        #expect(throws: JailError.self) {
+            _ = try runJailed(try minimalProfile(), ["/bin/true"]) { $0.passedFDs.append((extra.write.rawValue, 300)) }
         }
     }
 
@@ -245,4 +261,36 @@ struct JailTests {
         #expect(lines.contains("NoNewPrivs: 1"))
         #expect(lines.contains("1000 65534 1"), "\(lines)")
     }
+}
+
+@Suite("Landlock in the trampoline", .enabled(if: stk_landlock_abi_available(), "needs a kernel with Landlock enabled"))
+struct LandlockTrampolineTests {
+    @Test("a writable bind stays read-only when Landlock grants only reading")
+    func landlockOverridesMount() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-ll-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        chmod(dir.path, 0o777)
+        try "data\n".write(to: dir.appendingPathComponent("f"), atomically: true, encoding: .utf8)
+        let read: UInt64 = 4 | 8 // READ_FILE | READ_DIR
+        let exec: UInt64 = 1
+        let write: UInt64 = 2 | 16 | 32 | 128 | 256 // WRITE_FILE | REMOVE_* | MAKE_DIR | MAKE_REG
+        let handled: UInt64 = (1 << 13) - 1
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "cat /data/f; echo x > /data/new 2>/dev/null || echo denied; echo y > /tmp/ok && echo tmp-ok"]) { request in
+            request.extraMounts = [MountSpec(kind: .bind, source: dir.path, target: "/data", writable: true)]
+            request.landlock = LaunchLandlock(abi: 1, fsHandled: handled, netHandled: 0, rules: [
+                .init(path: "/usr", access: read | exec, optional: false),
+                .init(path: "/data", access: read, optional: false),
+                .init(path: "/tmp", access: read | write, optional: false),
+                .init(path: "/dev", access: read | 2, optional: false),
+                .init(path: "/proc", access: read, optional: false),
+            ], tcpPorts: [], required: true)
+        }
+        #expect(run.lines == ["data", "denied", "tmp-ok"], "\(run.stdout) \(run.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("new").path))
+    }
+}
+
+func stk_landlock_abi_available() -> Bool {
+    stk_landlock_abi() > 0
 }
