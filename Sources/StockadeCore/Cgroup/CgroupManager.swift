@@ -275,7 +275,7 @@ public final class CgroupManager: Sendable {
         }
         let held = jails.map { backend.limits(of: tenantRel + "/" + $0) }
         func refuse(_ key: String, asked: String, left: String, total: String, holding: String) -> CgroupError {
-            CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(key) asked \(asked), left \(left) of the tenant's \(total) (\(jails.count) jail\(jails.count == 1 ? "" : "s") hold \(holding))")
+            CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(key) asked \(asked), left \(left) of the tenant's \(total) (\(jails.count) jail\(jails.count == 1 ? " holds" : "s hold") \(holding))")
         }
         func bytes(_ key: String, _ total: UInt64?, _ ask: UInt64?, _ get: (LimitsSection) -> UInt64?) throws(CgroupError) {
             guard let total, let ask else { return }
