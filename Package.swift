@@ -66,7 +66,15 @@ let package = Package(
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeCore", "StockadeSystem"],
+            dependencies: ["StockadeCore", "StockadeSystem", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        // An example worker written in Swift: echo, reverse and sha256 over
+        // the channel (the Swift counterpart of python/stockade_worker).
+        .executableTarget(
+            name: "stockade-swift-worker",
+            dependencies: ["StockadeCore"],
+            path: "examples/swift-worker",
             swiftSettings: swiftSettings
         ),
         // libFuzzer entry points. Built normally they replay a corpus; built
@@ -80,8 +88,12 @@ let package = Package(
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
         .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], swiftSettings: swiftSettings),
+        .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
-        .testTarget(name: "ChannelTests", dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChannelTests",
+            dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -6,6 +6,8 @@ import Glibc
 
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
+    "seccomp": seccompBench,
+    "channel": channelBench,
     "cgroup": cgroupBench,
 ]
 

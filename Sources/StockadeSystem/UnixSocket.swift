@@ -1,0 +1,148 @@
+// Unix-domain sockets: socket pairs, and sendmsg/recvmsg with file
+// descriptors passed as SCM_RIGHTS. The channel between launcher and worker
+// runs over one end of such a pair.
+public import SystemPackage
+import CStockadeSpawn
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A connected pair of Unix-domain stream sockets.
+public enum UnixSocketPair {
+    /// Creates a connected pair of `AF_UNIX` `SOCK_STREAM` sockets, both
+    /// close-on-exec (pass one into a child with an explicit fd mapping).
+    ///
+    /// The corresponding C function is `socketpair`.
+    public static func make() throws(Errno) -> (FileDescriptor, FileDescriptor) {
+        var fds: [CInt] = [-1, -1]
+        _ = try retryingSyscall { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+}
+
+/// What one `recvmsg` call returned.
+public struct ReceivedMessage: Sendable {
+    /// Bytes written into the buffer; 0 means the peer closed its end.
+    public var byteCount: Int
+    /// Descriptors that arrived as SCM_RIGHTS, already close-on-exec. The
+    /// caller owns them and must close every one.
+    public var descriptors: [FileDescriptor]
+    /// The kernel dropped control data that did not fit (`MSG_CTRUNC`):
+    /// more descriptors were sent than the caller allowed for.
+    public var controlTruncated: Bool
+}
+
+private let cmsgHeaderSize = MemoryLayout<cmsghdr>.size
+private func cmsgAlign(_ n: Int) -> Int { (n + MemoryLayout<Int>.size - 1) & ~(MemoryLayout<Int>.size - 1) }
+private func cmsgSpace(_ n: Int) -> Int { cmsgAlign(cmsgHeaderSize) + cmsgAlign(n) }
+private func cmsgLength(_ n: Int) -> Int { cmsgAlign(cmsgHeaderSize) + n }
+
+extension FileDescriptor {
+    /// Sends bytes on a socket, with `descriptors` attached as SCM_RIGHTS
+    /// when it is not empty. Never raises SIGPIPE (`MSG_NOSIGNAL`): a closed
+    /// peer comes back as ``Errno/brokenPipe``. Returns the number of bytes
+    /// sent, which may be fewer than given; the descriptors go with the
+    /// first byte.
+    ///
+    /// The corresponding C function is `sendmsg`.
+    public func sendMessage(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor] = []) throws(Errno) -> Int {
+        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        return try withUnsafeMutablePointer(to: &iov) { iovPointer throws(Errno) -> Int in
+            var header = msghdr()
+            header.msg_iov = iovPointer
+            header.msg_iovlen = 1
+            if descriptors.isEmpty {
+                return try retryingSyscall { sendmsg(rawValue, &header, Int32(MSG_NOSIGNAL)) }
+            }
+            let payload = descriptors.count * MemoryLayout<CInt>.size
+            let space = cmsgSpace(payload)
+            let control = UnsafeMutableRawPointer.allocate(byteCount: space, alignment: MemoryLayout<cmsghdr>.alignment)
+            defer { control.deallocate() }
+            control.initializeMemory(as: UInt8.self, repeating: 0, count: space)
+            let cmsg = control.assumingMemoryBound(to: cmsghdr.self)
+            cmsg.pointee.cmsg_len = cmsgLength(payload)
+            cmsg.pointee.cmsg_level = SOL_SOCKET
+            cmsg.pointee.cmsg_type = Int32(SCM_RIGHTS)
+            let data = (control + cmsgAlign(cmsgHeaderSize)).assumingMemoryBound(to: CInt.self)
+            for (i, fd) in descriptors.enumerated() { data[i] = fd.rawValue }
+            header.msg_control = control
+            header.msg_controllen = space
+            return try retryingSyscall { sendmsg(rawValue, &header, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+
+    /// Sends all of `bytes` (looping over short sends), with `descriptors`
+    /// attached to the first send.
+    ///
+    /// The corresponding C function is `sendmsg`.
+    public func sendAll(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor] = []) throws(Errno) {
+        var offset = 0
+        var pending = descriptors
+        while offset < bytes.count || !pending.isEmpty {
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            let sent = try sendMessage(slice, passing: pending)
+            pending = []
+            offset += sent
+        }
+    }
+
+    /// Receives bytes from a socket into `buffer`, and up to
+    /// `maxDescriptors` descriptors passed as SCM_RIGHTS (installed
+    /// close-on-exec). Check ``ReceivedMessage/controlTruncated``: the peer
+    /// may send more than allowed.
+    ///
+    /// The corresponding C function is `recvmsg`.
+    public func receiveMessage(into buffer: UnsafeMutableRawBufferPointer, maxDescriptors: Int) throws(Errno) -> ReceivedMessage {
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        let space = maxDescriptors > 0 ? cmsgSpace(maxDescriptors * MemoryLayout<CInt>.size) : 0
+        let control = UnsafeMutableRawPointer.allocate(byteCount: max(space, 1), alignment: MemoryLayout<cmsghdr>.alignment)
+        defer { control.deallocate() }
+        return try withUnsafeMutablePointer(to: &iov) { iovPointer throws(Errno) -> ReceivedMessage in
+            var header = msghdr()
+            header.msg_iov = iovPointer
+            header.msg_iovlen = 1
+            header.msg_control = space > 0 ? control : nil
+            header.msg_controllen = space
+            let count = try retryingSyscall { recvmsg(rawValue, &header, Int32(MSG_CMSG_CLOEXEC)) }
+            var result = ReceivedMessage(byteCount: count, descriptors: [],
+                                         controlTruncated: header.msg_flags & Int32(MSG_CTRUNC) != 0)
+            // Walk the control messages; collect every SCM_RIGHTS descriptor
+            // so that none leaks, whatever else the peer sent.
+            var offset = 0
+            let length = header.msg_controllen
+            while space > 0, offset + cmsgHeaderSize <= length {
+                let cmsg = (control + offset).assumingMemoryBound(to: cmsghdr.self)
+                let cmsgLen = cmsg.pointee.cmsg_len
+                guard cmsgLen >= cmsgHeaderSize, offset + cmsgLen <= length else { break }
+                if cmsg.pointee.cmsg_level == SOL_SOCKET, cmsg.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                    let n = (cmsgLen - cmsgAlign(cmsgHeaderSize)) / MemoryLayout<CInt>.size
+                    let data = (control + offset + cmsgAlign(cmsgHeaderSize)).assumingMemoryBound(to: CInt.self)
+                    for i in 0..<n { result.descriptors.append(FileDescriptor(rawValue: data[i])) }
+                }
+                offset += cmsgAlign(cmsgLen)
+            }
+            return result
+        }
+    }
+
+    /// Sets or clears `FD_CLOEXEC`.
+    ///
+    /// The corresponding C function is `fcntl` with `F_SETFD`.
+    public func setCloseOnExec(_ on: Bool) throws(Errno) {
+        let flags = try retryingSyscall { stk_fcntl_int(rawValue, F_GETFD, 0) }
+        let wanted = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
+        _ = try retryingSyscall { stk_fcntl_int(rawValue, F_SETFD, wanted) }
+    }
+
+    /// Sets a receive timeout (`SO_RCVTIMEO`); nil removes it. A read that
+    /// times out fails with ``Errno/wouldBlock``.
+    ///
+    /// The corresponding C function is `setsockopt`.
+    public func setReceiveTimeout(milliseconds: Int?) throws(Errno) {
+        let ms = milliseconds ?? 0
+        var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
+        _ = try retryingSyscall {
+            setsockopt(rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+}

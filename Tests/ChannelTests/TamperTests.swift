@@ -1,0 +1,218 @@
+import Foundation
+import Testing
+import SystemPackage
+import Logging
+import StockadeSystem
+@testable import StockadeCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Copies `from` to `to` until end of stream, then half-closes `to`;
+/// returns every byte that passed.
+private func relay(from: FileDescriptor, to: FileDescriptor) -> [UInt8] {
+    var seen: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = (try? buffer.withUnsafeMutableBytes { try from.read(into: $0) }) ?? 0
+        if n <= 0 { break }
+        seen += buffer[0..<n]
+        _ = try? buffer.withUnsafeBytes { try to.sendAll(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+    }
+    Glibc.shutdown(to.rawValue, Int32(SHUT_WR))
+    return seen
+}
+
+private final class Box<T>: @unchecked Sendable { var value: T; init(_ v: T) { value = v } }
+
+/// Thousands of replays each end in a logged violation; keep them quiet.
+private let quiet: Logger = {
+    var logger = Logger(label: "stockade.channel.tamper-test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// What the launcher does in the recorded session; `extra` bytes make the
+/// request large enough for the streaming record path.
+private func launcherScript(_ channel: SecureChannel, extra: Int = 40) throws {
+    #expect(try channel.request(Array("tamper me".utf8) + [UInt8](repeating: 0x41, count: extra)).count == 9 + extra)
+    try channel.ping([7, 7, 7])
+    try channel.shutdown()
+}
+
+private func workerScript(_ channel: SecureChannel) throws {
+    try WorkerChannel.serve(channel) { $0.reversed() }
+}
+
+/// A recorded session (both directions) with fixed ephemerals, so that a
+/// replay of one side's bytes is valid input for a fresh other side.
+private struct Recording {
+    let parameters: ChannelParameters
+    let launcherKey = [UInt8](repeating: 0x11, count: 32)
+    let workerKey = [UInt8](repeating: 0x22, count: 32)
+    var toWorker: [UInt8] = []
+    var toLauncher: [UInt8] = []
+    let extra: Int
+
+    init(suite: CipherSuite, extra: Int = 40) throws {
+        self.extra = extra
+        parameters = ChannelParameters(psk: [UInt8](repeating: 0x33, count: 32), tenant: "acme", worker: "w-t",
+                                       spawnNonce: [UInt8](repeating: 0x44, count: 16), suites: [suite],
+                                       limits: ChannelLimits(rekeyInterval: 2))
+        let (launcherEnd, relayL) = try UnixSocketPair.make()
+        let (relayW, workerEnd) = try UnixSocketPair.make()
+        let down = Box<[UInt8]>([]), up = Box<[UInt8]>([])
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) { down.value = relay(from: relayL, to: relayW) }
+        DispatchQueue.global().async(group: group) { up.value = relay(from: relayW, to: relayL) }
+        let params = parameters, wKey = workerKey
+        DispatchQueue.global().async(group: group) {
+            let channel = try? SecureChannel.respond(socket: workerEnd, parameters: params, supportedSuites: [suite],
+                                                     logger: nil, fixedEphemeralKey: wKey)
+            if let channel { try? workerScript(channel) }
+        }
+        let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: nil,
+                                                 handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
+        try launcherScript(channel, extra: extra)
+        group.wait()
+        try relayL.close()
+        try relayW.close()
+        toWorker = down.value
+        toLauncher = up.value
+    }
+
+    /// Feeds `stream` to a fresh worker and returns how it ended.
+    func replayToWorker(_ stream: [UInt8]) throws -> ChannelError? {
+        let (feeder, workerEnd) = try UnixSocketPair.make()
+        defer { try? feeder.close() }
+        // Feed from another thread: a large stream exceeds the socket buffer.
+        let writer = DispatchGroup()
+        DispatchQueue.global().async(group: writer) {
+            _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
+            Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        }
+        defer { writer.wait() }
+        do {
+            let channel = try SecureChannel.respond(socket: workerEnd, parameters: parameters, supportedSuites: parameters.suites,
+                                                    logger: quiet, fixedEphemeralKey: workerKey)
+            try workerScript(channel)
+            return nil
+        } catch let error as ChannelError {
+            return error
+        }
+    }
+
+    /// Feeds `stream` to a fresh launcher running the same script.
+    func replayToLauncher(_ stream: [UInt8]) throws -> ChannelError? {
+        let (feeder, launcherEnd) = try UnixSocketPair.make()
+        defer { try? feeder.close() }
+        // Feed from another thread: a large stream exceeds the socket buffer.
+        let writer = DispatchGroup()
+        DispatchQueue.global().async(group: writer) {
+            _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
+            Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        }
+        defer { writer.wait() }
+        do {
+            let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: quiet,
+                                                     handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
+            try launcherScript(channel, extra: extra)
+            return nil
+        } catch let error as ChannelError {
+            return error
+        }
+    }
+}
+
+@Suite struct TamperTests {
+    /// Every byte the launcher sent, flipped (two bit patterns) one
+    /// position at a time: the worker must end with a violation each time,
+    /// and the untouched replay must complete.
+    @Test(arguments: CipherSuite.allCases)
+    func everyFlippedByteToWorkerIsDetected(suite: CipherSuite) throws {
+        let recording = try Recording(suite: suite)
+        #expect(recording.toWorker.count > 200)
+        #expect(try recording.replayToWorker(recording.toWorker) == nil, "the untouched session must replay cleanly")
+        var undetected: [Int] = []
+        for position in recording.toWorker.indices {
+            for mask: UInt8 in [0x01, 0x80] {
+                var stream = recording.toWorker
+                stream[position] ^= mask
+                if try recording.replayToWorker(stream)?.violation == nil { undetected.append(position) }
+            }
+        }
+        #expect(undetected.isEmpty, "flips not detected at \(undetected)")
+    }
+
+    @Test(arguments: CipherSuite.allCases)
+    func everyFlippedByteToLauncherIsDetected(suite: CipherSuite) throws {
+        let recording = try Recording(suite: suite)
+        #expect(try recording.replayToLauncher(recording.toLauncher) == nil, "the untouched session must replay cleanly")
+        var undetected: [Int] = []
+        for position in recording.toLauncher.indices {
+            for mask: UInt8 in [0x01, 0x80] {
+                var stream = recording.toLauncher
+                stream[position] ^= mask
+                if try recording.replayToLauncher(stream)?.violation == nil { undetected.append(position) }
+            }
+        }
+        #expect(undetected.isEmpty, "flips not detected at \(undetected)")
+    }
+
+    /// Large records are decrypted while they arrive (the streaming path):
+    /// flips anywhere in them, in either direction, are still detected
+    /// before any of the payload is used.
+    @Test(arguments: CipherSuite.allCases)
+    func flipsInLargeRecordsAreDetected(suite: CipherSuite) throws {
+        let recording = try Recording(suite: suite, extra: 200_000)
+        #expect(recording.toWorker.count > 200_000 && recording.toLauncher.count > 200_000)
+        #expect(try recording.replayToWorker(recording.toWorker) == nil)
+        #expect(try recording.replayToLauncher(recording.toLauncher) == nil)
+        func positions(_ count: Int) -> [Int] {
+            Array(0..<min(count, 200)) + Array(stride(from: 200, to: count, by: 997)) + Array(max(0, count - 200)..<count)
+        }
+        var undetected: [String] = []
+        for position in positions(recording.toWorker.count) {
+            var stream = recording.toWorker
+            stream[position] ^= 0x04
+            if try recording.replayToWorker(stream)?.violation == nil { undetected.append("to worker @\(position)") }
+        }
+        for position in positions(recording.toLauncher.count) {
+            var stream = recording.toLauncher
+            stream[position] ^= 0x04
+            if try recording.replayToLauncher(stream)?.violation == nil { undetected.append("to launcher @\(position)") }
+        }
+        #expect(undetected.isEmpty, "flips not detected: \(undetected)")
+    }
+
+    /// Replaying a record (sending it twice) or swapping two records fails
+    /// authentication: the counter nonce binds the order.
+    @Test func replayAndReorderAreDetected() throws {
+        let recording = try Recording(suite: .aesGCM)
+        let stream = recording.toWorker
+        // Split the stream into the handshake frame and the records.
+        let frameEnd = 2 + Int(stream[0]) << 8 + Int(stream[1])
+        var records: [[UInt8]] = []
+        var offset = frameEnd
+        while offset < stream.count {
+            let length = Int(stream[offset]) << 24 | Int(stream[offset + 1]) << 16 | Int(stream[offset + 2]) << 8 | Int(stream[offset + 3])
+            records.append(Array(stream[offset..<offset + 5 + length]))
+            offset += 5 + length
+        }
+        #expect(records.count >= 4)
+        let head = Array(stream[0..<frameEnd])
+        let replayed = head + records[0] + records[1] + records[1] + records[2...].joined()
+        #expect(try recording.replayToWorker(replayed)?.violation?.kind == .badTag)
+        var swapped = records
+        swapped.swapAt(1, 2)
+        #expect(try recording.replayToWorker(head + swapped.joined())?.violation?.kind == .badTag)
+        // A record dropped from the middle.
+        var dropped = records
+        dropped.remove(at: 1)
+        #expect(try recording.replayToWorker(head + dropped.joined())?.violation?.kind == .badTag)
+        // Truncated in the middle of the last record.
+        #expect(try recording.replayToWorker(Array(stream.dropLast(3)))?.violation?.kind == .truncated)
+        // Cut at a record boundary before the shutdown: the launcher vanished.
+        #expect(try recording.replayToWorker(head + records.dropLast().joined())?.violation?.kind == .closed)
+    }
+}
