@@ -70,7 +70,7 @@ $CMD
 echo "VM-RESULT rc=\$?"
 sync
 echo o > /proc/sysrq-trigger
-sleep 10
+sleep 10 2>/dev/null
 INNER
 
 cat > "$WORK/initramfs/init" <<'INIT'
