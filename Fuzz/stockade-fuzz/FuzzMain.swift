@@ -16,6 +16,7 @@ let fuzzTargets: [String: @Sendable ([UInt8]) -> Void] = [
     "docker-seccomp": fuzzDockerSeccomp,
     "channel-record": fuzzChannelRecord,
     "channel-handshake": fuzzChannelHandshake,
+    "tenants": fuzzTenants,
 ]
 
 #if FUZZING

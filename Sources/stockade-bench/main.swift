@@ -8,6 +8,7 @@ let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
     "seccomp": seccompBench,
     "channel": channelBench,
+    "cgroup": cgroupBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

@@ -90,15 +90,27 @@ extension JailTests {
         /// needs the jail to have a cgroup with pids and memory limits.
         static let budgetProbe = 31
 
-        /// The cgroup the budget probe runs under. MARKED INCOMPLETE: nil until
-        /// the cgroup manager lands on main; create the jail's cgroup from
-        /// `profile.limits` here (and pass it as `ProbeBattery.Options.cgroup`),
-        /// and the budget test below turns itself on.
-        static func jailCgroup(for profile: Profile) -> (any JailCgroup)? { nil }
+        /// A cgroup manager of the test's own (root only); `close()` removes
+        /// everything it made, and a later run sweeps what a killed run left.
+        static func cgroupManager(_ tag: String) -> CgroupManager? {
+            guard getuid() == 0 else { return nil }
+            return try? CgroupManager(configuration: .init(base: .automatic(name: "stockade-probe-\(getpid())-\(tag)")))
+        }
+
+        /// The cgroup the budget probe runs under: the profile's [limits],
+        /// with a pids and memory cap added where the profile sets none (the
+        /// probe's own caps are 4096 processes and 1 GiB).
+        static func jailCgroup(for profile: Profile, in manager: CgroupManager) -> (any JailCgroup)? {
+            var limits = profile.limits
+            if limits.pidsMax == nil { limits.pidsMax = 256 }
+            if limits.memoryMax == nil { limits.memoryMax = 256 << 20 }
+            return try? manager.jail(limits: limits)
+        }
 
         static let cgroupAvailable: Bool = {
-            guard let profile = try? profile("profiles/minimal.toml") else { return false }
-            return jailCgroup(for: profile) != nil
+            guard let profile = try? profile("profiles/minimal.toml"), let manager = cgroupManager("check") else { return false }
+            defer { try? manager.close() }
+            return jailCgroup(for: profile, in: manager) != nil
         }()
 
         @Test("every probe passes (the budget probe has its own test)",
@@ -118,7 +130,9 @@ extension JailTests {
             let loaded = try Self.profile(profile)
             var options = ProbeBattery.Options(profile: loaded, binary: try Self.probe.get())
             options.only = [Self.budgetProbe]
-            options.cgroup = Self.jailCgroup(for: loaded)
+            let manager = try #require(Self.cgroupManager(loaded.name))
+            defer { #expect(throws: Never.self) { try manager.close() } }
+            options.cgroup = Self.jailCgroup(for: loaded, in: manager)
             let report = try ProbeBattery.run(options).report
             #expect(report.probe(Self.budgetProbe)?.pass == true, "\(report.probe(Self.budgetProbe)?.result ?? "did not run")")
         }
