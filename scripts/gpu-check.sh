@@ -78,8 +78,14 @@ report["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
 report["dev_nvidia"] = sorted(e for e in os.listdir("/dev") if e.startswith("nvidia"))
 report["uvm_tools_visible"] = os.path.exists("/dev/nvidia-uvm-tools")
 gpus_dir = "/proc/driver/nvidia/gpus"
+def shown(entry):
+    # A GPU the jail was not given is masked: an empty, unreadable directory.
+    try:
+        return bool(os.listdir(os.path.join(gpus_dir, entry)))
+    except OSError:
+        return False
 try:
-    report["proc_gpus"] = sorted(e for e in os.listdir(gpus_dir) if os.listdir(os.path.join(gpus_dir, e)))
+    report["proc_gpus"] = sorted(e for e in os.listdir(gpus_dir) if shown(e))
 except OSError as e:
     report["proc_gpus"] = "unreadable: %s" % e
 

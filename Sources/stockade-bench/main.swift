@@ -6,6 +6,7 @@ import Glibc
 
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
+    "devices": deviceBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

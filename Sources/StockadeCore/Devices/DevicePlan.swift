@@ -66,6 +66,11 @@ public struct DevicePlan: Sendable, Equatable {
         self.gpus = gpus
     }
 
+    /// The rules for every standard node of the jail's own /dev.
+    public static var standardRules: [DeviceRule] {
+        DevicesSection.StandardNode.allCases.flatMap(\.rules)
+    }
+
     /// Names under /dev that the jail's own /dev already has.
     static let builtIn: Set<String> = ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd",
                                       "stdin", "stdout", "stderr"]
