@@ -169,6 +169,39 @@ struct NvidiaDiscoveryTests {
         #expect(try DevicePlan.resolve(section, environment: fake.environment).gpus.map(\.index) == [1])
     }
 
+    @Test("the launcher's mount list: nodes keep dev, host sources under /oldroot, masks over /dev/null")
+    func plannedMounts() throws {
+        let fake = try FakeDriver()
+        defer { fake.remove() }
+        var section = DevicesSection()
+        section.gpus = .some(["0"])
+        let plan = try DevicePlan.resolve(section, environment: fake.environment)
+        let planned = plan.plannedMounts()
+        #expect(planned.count == plan.mounts.count)
+        let ctl = try #require(planned.first { $0.target == "/newroot/dev/nvidiactl" })
+        #expect(ctl.kind == 9) // STK_MOUNT_DEVNODE
+        #expect(ctl.source == "/oldroot" + fake.environment.devRoot + "/nvidiactl")
+        #expect(ctl.flags & 1 != 0, "device binds stay writable")
+        let mask = try #require(planned.first { $0.target == "/newroot/proc/driver/nvidia/gpus/0000:02:00.0" })
+        #expect(mask.kind == 7 && mask.source == "/oldroot/dev/null")
+        let link = try #require(planned.first { $0.kind == 6 })
+        #expect(link.source == "libcuda.so.550.54.15" || link.source?.hasPrefix("lib") == true)
+    }
+
+    @Test("a profile without its own /dev or /proc cannot take devices or GPUs")
+    func profileChecks() throws {
+        let fake = try FakeDriver()
+        defer { fake.remove() }
+        let noDev = try shippedProfile("inference-gpu") { $0.replacingOccurrences(of: "root_size = \"1M\"", with: "root_size = \"1M\"\ndev = false") }
+        #expect {
+            _ = try DevicePlan.resolve(for: noDev, environment: fake.environment)
+        } throws: { error in
+            "\(error)".contains("remove [filesystem] dev = false")
+        }
+        let plan = try DevicePlan.resolve(for: try shippedProfile("inference-gpu"), environment: fake.environment)
+        #expect(plan.gpus.map(\.index) == [0])
+    }
+
     @Test("a host without a GPU refuses a GPU profile, naming what is missing")
     func noGPU() throws {
         let fake = try FakeDriver(gpus: false)

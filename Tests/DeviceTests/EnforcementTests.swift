@@ -137,6 +137,18 @@ struct DeviceV2EnforcementTests {
         #expect(run.lines == ["/dev/zero: open"])
     }
 
+    @Test("a jail launched without a cgroup gets one to hold the program (pure cgroup v2 hosts)",
+          .enabled(if: devicesV1Mount == nil, "on hosts with the v1 devices controller a jail without a cgroup is guarded by devices.*"))
+    func ownCgroup() throws {
+        let profile = try minimalWithDevices(narrowDevices)
+        let guarded = try DevicePlan.resolve(for: profile).enforce(on: nil)
+        let group = try #require(guarded as? JailGroup)
+        #expect(group.version == 2)
+        let run = try runJailed(profile, ["/bin/sh", "-c", openScript(probePaths)], cgroup: guarded)
+        #expect(run.lines == expectedVerdicts)
+        #expect(!FileManager.default.fileExists(atPath: group.path))
+    }
+
     @Test("a program on the parent cgroup still applies to a child with its own (ALLOW_MULTI)")
     func nested() throws {
         let parent = try TestV2Cgroup(mount: cgroup2Mount!)

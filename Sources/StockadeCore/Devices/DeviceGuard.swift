@@ -18,7 +18,11 @@ extension DevicePlan {
     ///   and moves the jail into both when the launcher calls `attach(pid:)`,
     ///   before it releases the child.
     ///
-    /// Fails, saying why, when neither is possible: a device allowlist the
+    /// - neither, and no cgroup given (a cgroup v2 host, a launch without
+    ///   limits): a limit-free jail cgroup is made with ``CgroupManager`` to
+    ///   hold the program, and returned.
+    ///
+    /// Fails, saying why, when none of this is possible: a device allowlist the
     /// kernel does not enforce would be a node list only.
     public func enforce(on cgroup: (any JailCgroup)?, mountinfo: String? = nil,
                         selfCgroup: String? = nil) throws(DeviceError) -> any JailCgroup {
@@ -29,10 +33,28 @@ extension DevicePlan {
         let info = mountinfo ?? DeviceEnvironment.host.read("/proc/self/mountinfo") ?? ""
         let own = selfCgroup ?? DeviceEnvironment.host.read("/proc/self/cgroup") ?? ""
         guard let hierarchy = DeviceCgroupV1.hierarchy(mountinfo: info, selfCgroup: own) else {
-            if cgroup == nil {
-                throw DeviceError("the device allowlist is enforced through the jail's cgroup, and this jail has none: on cgroup v2 give it one (CgroupManager.jail) before enforcing, or mount the cgroup v1 devices controller")
+            guard cgroup == nil else {
+                throw DeviceError("cannot enforce the device allowlist: the jail's cgroup is not a cgroup v2 directory and no cgroup v1 devices hierarchy is mounted")
             }
-            throw DeviceError("cannot enforce the device allowlist: the jail's cgroup is not a cgroup v2 directory and no cgroup v1 devices hierarchy is mounted")
+            // A jail launched without a cgroup on a cgroup v2 host: give it
+            // one (no limits) to hold the program.
+            let group: JailGroup
+            do {
+                group = try CgroupManager(configuration: .init(backend: .v2)).jail(limits: LimitsSection())
+            } catch {
+                throw DeviceError("the device allowlist is enforced through the jail's cgroup, and none could be made for it: \(error.description)")
+            }
+            guard let directory = group.directory else {
+                try? group.remove()
+                throw DeviceError("the device allowlist needs a cgroup v2 directory for the jail; \(group.path) could not be opened")
+            }
+            do {
+                try DeviceProgram(rules: rules).attach(to: directory, describing: group.path)
+            } catch {
+                try? group.remove()
+                throw error
+            }
+            return group
         }
         let group = try DeviceCgroupV1.create(in: hierarchy, rules: rules, name: (cgroup as? JailGroup)?.name)
         return DeviceGuardedCgroup(inner: cgroup, devices: group)

@@ -75,6 +75,21 @@ public struct DevicePlan: Sendable, Equatable {
     static let builtIn: Set<String> = ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd",
                                       "stdin", "stdout", "stderr"]
 
+    /// Resolves the profile's `[devices]` for one launch: `extraMounts` are
+    /// the launch's own binds (`--ro-bind`), counted with the profile's when
+    /// deciding which driver libraries still need binding.
+    public static func resolve(for profile: Profile, extraMounts: [MountSpec] = [],
+                               environment env: DeviceEnvironment = .host) throws(DeviceError) -> DevicePlan {
+        let grants = !profile.devices.allow.isEmpty || profile.devices.gpus != .none
+        if grants && !profile.filesystem.dev {
+            throw DeviceError("\(profile.file): [devices] grants device nodes, which live in the jail's own /dev; remove [filesystem] dev = false")
+        }
+        if profile.devices.gpus != .none && !profile.filesystem.proc {
+            throw DeviceError("\(profile.file): [devices] gpus needs the jail's /proc (the driver reads /proc/driver/nvidia); remove [filesystem] proc = false")
+        }
+        return try resolve(profile.devices, profileMounts: profile.mounts + extraMounts, environment: env)
+    }
+
     /// Resolves the section on this host (or the fake tree `environment`).
     /// `profileMounts` are the profile's own mounts: driver libraries they
     /// already show in the jail are not bound again.
@@ -275,7 +290,7 @@ extension DevicePlan {
             switch m.kind {
             case .deviceNode:
                 // Device binds keep dev and stay writable, like the built-in /dev nodes.
-                return Launcher.PlannedMount(kind: STK_MOUNT_DEVNODE.rawValue, flags: STK_MF_WRITABLE.rawValue,
+                return Launcher.PlannedMount(kind: STK_MOUNT_DEVNODE.rawValue, flags: STK_MF_WRITABLE.rawValue | STK_MF_NOEXEC.rawValue,
                                              source: "/oldroot" + (m.source ?? m.target), target: target)
             case .readOnlyBind:
                 return Launcher.PlannedMount(kind: STK_MOUNT_BIND.rawValue, source: "/oldroot" + (m.source ?? m.target), target: target)
