@@ -79,6 +79,21 @@ struct JailTests {
         }
     }
 
+    @Test("passed fds may take any number, including the launcher's own pipe numbers")
+    func passedFDsCannotClobberLauncherPipes() throws {
+        let extra = try PipeEnds.make()
+        defer { try? extra.read.close(); try? extra.write.close() }
+        // Targets 3...60 cover whatever numbers the launcher's pipes got.
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "ls /proc/$$/fd | wc -l; exit 5"]) { request in
+            request.passedFDs += (3...60).map { (extra.write.rawValue, Int32($0)) }
+        }
+        #expect(run.exit.exitCode == 5, "\(run.exit) \(run.stderr)")
+        #expect(run.lines.first == "62", "\(run.stdout)")  // 0, 1, 2, 3...60 and ls's own
+        #expect(throws: JailError.self) {
+            _ = try runJailed(try minimalProfile(), ["/bin/true"]) { $0.passedFDs.append((extra.write.rawValue, 300)) }
+        }
+    }
+
     @Test("the wall-clock limit kills the jail and says so")
     func timeLimitKills() throws {
         let start = ContinuousClock.now

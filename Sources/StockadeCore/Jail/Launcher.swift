@@ -175,8 +175,16 @@ public enum Launcher {
         plan.new_session = profile.newSession ? 1 : 0
         var fdMap = profile.passFDs.map { stk_fd_map(from: $0, to: $0) }
         fdMap += request.passedFDs.map { stk_fd_map(from: $0.from, to: $0.to) }
-        for m in fdMap where fcntl(m.from, F_GETFD) < 0 {
-            throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
+        for m in fdMap {
+            guard (0...255).contains(m.to) else {
+                throw JailError.invalidRequest("fd \(m.from) cannot land on \(m.to) in the jail (0...255)")
+            }
+            guard fcntl(m.from, F_GETFD) >= 0 else {
+                throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
+            }
+        }
+        guard Set(fdMap.map(\.to)).count == fdMap.count else {
+            throw JailError.invalidRequest("two fds are passed to the same number in the jail")
         }
         plan.fds = arena.array(fdMap)
         plan.n_fds = UInt32(fdMap.count)

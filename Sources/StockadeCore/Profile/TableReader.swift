@@ -193,6 +193,9 @@ public final class TableReader {
     /// Parses a whole document; a syntax error names the file and line.
     public static func parse(text: String, file: String) throws(ProfileError) -> TableReader {
         let source = TOMLSource(file: file, text: text)
+        if let failure = TOMLSyntax.check(text) {
+            throw ProfileError(file: file, line: failure.line, key: "", message: "TOML syntax: \(failure.message)")
+        }
         do {
             let table = try TOMLTable(string: text)
             return TableReader(table: table, path: "", source: source)

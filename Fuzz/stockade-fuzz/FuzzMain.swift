@@ -11,7 +11,7 @@ import Glibc
 #endif
 
 /// Every fuzz target, by name. Each must accept any bytes without crashing.
-let fuzzTargets: [String: ([UInt8]) -> Void] = [
+let fuzzTargets: [String: @Sendable ([UInt8]) -> Void] = [
     "profile": fuzzProfile,
 ]
 
@@ -27,22 +27,27 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     return 0
 }
 #else
-let arguments = Array(CommandLine.arguments.dropFirst())
-guard let name = arguments.first, let target = fuzzTargets[name] else {
-    print("usage: stockade-fuzz TARGET FILE...   targets: \(fuzzTargets.keys.sorted().joined(separator: ", "))")
-    exit(2)
-}
-for path in arguments.dropFirst() {
-    guard let file = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n <= 0 { break }
-        bytes += buffer[0..<n]
+@main
+struct StockadeFuzzReplay {
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        guard let name = arguments.first, let target = fuzzTargets[name] else {
+            print("usage: stockade-fuzz TARGET FILE...   targets: \(fuzzTargets.keys.sorted().joined(separator: ", "))")
+            exit(2)
+        }
+        for path in arguments.dropFirst() {
+            guard let file = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = fread(&buffer, 1, buffer.count, file)
+                if n <= 0 { break }
+                bytes += buffer[0..<n]
+            }
+            fclose(file)
+            target(bytes)
+            print("\(path): ok")
+        }
     }
-    fclose(file)
-    target(bytes)
-    print("\(path): ok")
 }
 #endif
