@@ -21,7 +21,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 # list and its error record are malloc'd and never freed). AddressSanitizer
 # still stops the run on any out-of-bounds access or use-after-free.
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
-FUZZ_TARGETS := profile
+FUZZ_TARGETS := profile docker-seccomp
 
 .PHONY: all deps venv build release probe run test test-swift test-python bench fuzz compare clean
 

@@ -7,6 +7,7 @@ import Glibc
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
     "devices": deviceBench,
+    "seccomp": seccompBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

@@ -6,6 +6,7 @@ import Testing
 /// program, the same system call and arguments, the same verdict. The
 /// policy answers with errno values no real call returns (4000-4007), so
 /// "the filter said no" cannot be confused with "the kernel said no".
+extension SeccompTests {
 @Suite struct CrossCheckTests {
     static let policyText = """
     [seccomp]
@@ -126,4 +127,5 @@ import Testing
             }
         }
     }
+}
 }

@@ -4,6 +4,7 @@ import Testing
 
 /// Docker's default profile, imported unchanged, against a table of what
 /// Docker decides (Helpers/docker-verdicts.txt).
+extension SeccompTests {
 @Suite struct DockerImportTests {
     static let dockerFile = Helpers.repository.appendingPathComponent("../shared/testdata/moby-seccomp-default.json").standardized.path
     static var haveDockerFile: Bool { FileManager.default.fileExists(atPath: dockerFile) }
@@ -151,4 +152,5 @@ import Testing
         s.rules = imported.rules
         return s
     }
+}
 }

@@ -8,6 +8,7 @@ import Testing
 /// would reach the kernel: the arguments are chosen so that such a call
 /// fails harmlessly with an error other than the filter's (EFAULT, EINVAL,
 /// EBADF, ...), and the test would see it.
+extension SeccompTests {
 @Suite struct HardeningTests {
     static let stock: SeccompProgram = try! SeccompSection().compile()
 
@@ -149,4 +150,5 @@ import Testing
         #expect(got != .errno(Self.EPERM) && !got.isKilled, "\(got)")
         #expect(try Helpers.sysc(program, [String(nr("mount")), "0", "0", "0", "0", "0"]) == .errno(Self.EPERM))
     }
+}
 }

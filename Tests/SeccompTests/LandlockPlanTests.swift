@@ -3,6 +3,7 @@ import Testing
 @testable import StockadeCore
 
 /// The Landlock plan derived from a profile's mounts, for each ABI.
+extension SeccompTests {
 @Suite struct LandlockPlanTests {
     typealias FS = LandlockPlan.FS
     static let text = """
@@ -96,4 +97,5 @@ import Testing
         // Either a version or a clean -errno; never 0.
         #expect(abi != 0)
     }
+}
 }

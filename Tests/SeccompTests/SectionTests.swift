@@ -3,6 +3,7 @@ import Testing
 @testable import StockadeCore
 
 /// `[seccomp]` as written in profiles: shapes, and the errors a user can make.
+extension SeccompTests {
 @Suite struct SectionTests {
     func error(_ text: String) -> ProfileError? {
         do { _ = try Profile.parse(text: text, file: "/tmp/test-profile.toml"); return nil } catch { return error }
@@ -134,6 +135,7 @@ import Testing
         let e = error("[seccomp]\nimport = \"docker:missing.json\"")
         #expect(e?.message.contains("/tmp/missing.json") == true, "\(String(describing: e))")
         #expect(e?.line == 2)
+        #expect(error("[seccomp]\nimport = \"docker:/dev/zero\"")?.message.contains("not a regular file") == true)
     }
 
     @Test("a kill-process default kills in the kernel; the profile's own errno comes back")
@@ -168,4 +170,5 @@ import Testing
         #expect(text.split(separator: "\n").count == program.instructions.count + 2)
         #expect(BPFInstruction.decode(program.bytes) == program.instructions)
     }
+}
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 @testable import StockadeCore
 
 /// The C helpers in Helpers/, built static once per test run into
@@ -97,22 +98,32 @@ enum SyscallOutcome: Equatable, CustomStringConvertible {
     var isKilled: Bool { if case .killed = self { return true } else { return false } }
 }
 
-func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) -> ProcessOutcome {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: executable)
-    p.arguments = arguments
-    if let environment { p.environment = environment }
-    // One pipe for both streams: the helpers write stderr only when they fail,
-    // and a single reader cannot deadlock against a chatty child.
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    p.standardInput = FileHandle.nullDevice
-    do { try p.run() } catch { return .exited(127, stdout: "", stderr: "cannot run \(executable): \(error)") }
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self)
-    return p.terminationReason == .uncaughtSignal ? .signaled(p.terminationStatus) : .exited(p.terminationStatus, stdout: text, stderr: "")
+/// Runs a program with posix_spawn, stdout and stderr into one temporary
+/// file, and waits for that one pid. (Not Foundation's Process: with jails
+/// and other children starting in the same test process, its exit
+/// monitoring was seen to miss an exit and hang.)
+func runProcess(_ executable: String, _ arguments: [String]) -> ProcessOutcome {
+    let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-run-\(UUID().uuidString).out").path
+    defer { unlink(outPath) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+    guard rc == 0 else { return .exited(127, stdout: "", stderr: "cannot run \(executable): errno \(rc)") }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 {
+        guard errno == EINTR else { return .exited(127, stdout: "", stderr: "waitpid: errno \(errno)") }
+    }
+    let text = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+    let signal = status & 0x7f
+    if signal != 0 && signal != 0x7f { return .signaled(signal) }
+    return .exited((status >> 8) & 0xff, stdout: text, stderr: "")
 }
 
 /// Parses a profile from text (the file name only labels messages).
@@ -121,3 +132,9 @@ func profile(_ text: String, file: String = "/tmp/test-profile.toml") throws -> 
 }
 
 func nr(_ name: String) -> Int32 { Syscalls.number(of: name)! }
+
+/// Every suite of this target runs inside this one, one test at a time:
+/// the tests start many processes and jails, and `Launcher.launch` closes
+/// some of its pipe ends twice, so a concurrent fd open elsewhere in the
+/// process can be closed under its owner (reported to the launcher's owner).
+@Suite(.serialized) enum SeccompTests {}

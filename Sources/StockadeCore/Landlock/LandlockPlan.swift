@@ -32,6 +32,10 @@ public struct LandlockPlan: Sendable, Equatable {
     public var netHandled: UInt64
     public var rules: [Rule]
     public var ports: [Port]
+    /// `LANDLOCK_SCOPE_*` (ABI 6+): abstract unix sockets and signals stay
+    /// inside the jail's Landlock domain. Computed; the C plan has no field
+    /// for it yet, so it is not applied.
+    public var scoped: UInt64 = 0
     /// A failure to enforce in the child is fatal.
     public var required: Bool
     /// What is enforced and what is not, one line each, for `explain` and logs.
@@ -73,6 +77,9 @@ public struct LandlockPlan: Sendable, Equatable {
         }
     }
 
+    public static let scopeAbstractUnixSocket: UInt64 = 1 << 0
+    public static let scopeSignal: UInt64 = 1 << 1
+
     // LANDLOCK_ACCESS_NET_* (ABI 4).
     public enum Net {
         public static let bindTCP: UInt64 = 1 << 0
@@ -86,7 +93,7 @@ public struct LandlockPlan: Sendable, Equatable {
     /// The plan for `profile` on a kernel offering `abi` (as `kernelABI()`
     /// returns it). Throws only when the profile requires Landlock and the
     /// kernel cannot enforce what it asks.
-    public init(profile: Profile, abi kernel: Int32 = LandlockPlan.kernelABI()) throws(ProfileError) {
+    public init(profile: Profile, extraMounts: [MountSpec] = [], abi kernel: Int32 = LandlockPlan.kernelABI()) throws(ProfileError) {
         let section = profile.landlock
         required = section.required
         rules = []
@@ -136,7 +143,7 @@ public struct LandlockPlan: Sendable, Equatable {
             add("/dev", FS.read | FS.writeFile | FS.truncate | FS.ioctlDev)
             add("/dev/shm", FS.read | FS.write, optional: true)
         }
-        for m in profile.mounts {
+        for m in profile.mounts + extraMounts {
             let exec = m.noexec ? 0 : FS.execute
             switch m.kind {
             case .bind:
@@ -172,7 +179,8 @@ public struct LandlockPlan: Sendable, Equatable {
             report.append("  TCP is not restricted by Landlock (needs ABI 4; this kernel offers \(kernel))" + (wantsTCP ? "; tcp_bind/tcp_connect are not enforced" : ""))
         }
         if kernel >= 6 {
-            report.append("  not applied: ABI 6 scoping of abstract unix sockets and signals (the plan has no field for it)")
+            scoped = Self.scopeAbstractUnixSocket | Self.scopeSignal
+            report.append("  not applied yet: ABI 6 scoping of abstract unix sockets and signals (the spawn plan has no field for it)")
         }
 
         func addPort(_ port: UInt64, _ access: UInt64) {

@@ -69,7 +69,19 @@ public enum DockerSeccompProfile {
     /// Docker's name for the native architecture in `includes.arches`.
     static let nativeDockerArch = "amd64"
 
+    /// Docker's own profile is about 20 KB; anything past this is not one.
+    static let maxSize = 4 << 20
+
     public static func load(path: String) throws(ImportError) -> Imported {
+        // Only a regular file of sane size: a profile naming /dev/zero or a
+        // FIFO must fail, not hang.
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw ImportError(description: "cannot read the Docker profile \(path): \(String(cString: strerror(errno)))")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxSize else {
+            throw ImportError(description: "the Docker profile \(path) is not a regular file of at most 4 MiB")
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ImportError(description: "cannot read the Docker profile \(path)")
         }

@@ -54,7 +54,7 @@ public struct SeccompProgram: Sendable {
         }
         defer { seccomp_release(ctx) }
         var rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SeccompAction.retKillProcess)
-        guard rc == 0 else { throw SeccompCompileError("libseccomp: cannot make a bad architecture kill the process: \(errnoName(-rc))") }
+        guard rc == 0 else { throw SeccompCompileError("libseccomp: cannot make a bad architecture kill the process: \(libseccompErrno(-rc))") }
         rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         if rc != 0 { notes.append("libseccomp \(libseccompVersion) has no binary-tree optimisation; the filter is a linear list") }
 
@@ -68,15 +68,15 @@ public struct SeccompProgram: Sendable {
                 seccomp_rule_add_array(ctx, rule.action.raw, rule.number, UInt32(buf.count), buf.baseAddress)
             }
             guard rc == 0 else {
-                throw SeccompCompileError("libseccomp rejected \(rule) from \(rule.origin): \(errnoName(-rc))")
+                throw SeccompCompileError("libseccomp rejected \(rule) from \(rule.origin): \(libseccompErrno(-rc))")
             }
         }
 
         let fd = stk_memfd_create("stockade-seccomp", 1 /* MFD_CLOEXEC */)
-        guard fd >= 0 else { throw SeccompCompileError("memfd_create: \(errnoName(errno))") }
+        guard fd >= 0 else { throw SeccompCompileError("memfd_create: \(libseccompErrno(errno))") }
         defer { close(fd) }
         rc = seccomp_export_bpf(ctx, fd)
-        guard rc == 0 else { throw SeccompCompileError("libseccomp could not export the filter: \(errnoName(-rc))") }
+        guard rc == 0 else { throw SeccompCompileError("libseccomp could not export the filter: \(libseccompErrno(-rc))") }
         let size = lseek(fd, 0, SEEK_END)
         guard size > 0, size % 8 == 0, lseek(fd, 0, SEEK_SET) == 0 else {
             throw SeccompCompileError("libseccomp exported \(size) bytes, not a whole BPF program")
@@ -86,7 +86,7 @@ public struct SeccompProgram: Sendable {
         while done < bytes.count {
             let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw SeccompCompileError("reading the exported filter back: \(errnoName(errno))") }
+            guard n > 0 else { throw SeccompCompileError("reading the exported filter back: \(libseccompErrno(errno))") }
             done += n
         }
         guard let program = BPFInstruction.decode(bytes) else {
@@ -113,7 +113,7 @@ public struct SeccompCompileError: Error, CustomStringConvertible, Sendable {
     init(_ message: String) { self.description = "seccomp: " + message }
 }
 
-func errnoName(_ e: Int32) -> String {
+func libseccompErrno(_ e: Int32) -> String {
     let name = ErrnoNames.name(of: e) ?? "errno \(e)"
     return "\(name) (\(String(cString: strerror(e))))"
 }
