@@ -1,5 +1,6 @@
 public import SystemPackage
 import CStockadeSpawn
+import StockadeSystem
 #if canImport(Glibc)
 import Glibc
 #endif
