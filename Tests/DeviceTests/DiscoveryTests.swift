@@ -135,6 +135,7 @@ struct NvidiaDiscoveryTests {
             "readOnlyBind \(lib)/libnvidia-ptxjitcompiler.so.550.54.15 -> \(lib)/libnvidia-ptxjitcompiler.so.550.54.15",
             "symlink libnvidia-ptxjitcompiler.so.550.54.15 -> \(lib)/libnvidia-ptxjitcompiler.so.1",
         ]), "\(libs)")
+        #expect(plan.landlockMounts.map(\.target) == libs.filter { $0.kind == .readOnlyBind }.map(\.target))
         // A profile that already binds the directory gets no extra binds.
         let covered = try DevicePlan.resolve(section, profileMounts: [MountSpec(kind: .bind, source: fake.tree.root + "/usr", target: fake.tree.root + "/usr")],
                                              environment: fake.environment)

@@ -66,6 +66,14 @@ public struct DevicePlan: Sendable, Equatable {
         self.gpus = gpus
     }
 
+    /// The host files this plan binds read-only (the driver libraries), as
+    /// binds for the Landlock plan: the loader maps them executable, so
+    /// they need `execute read_file` where the profile's rules do not
+    /// already cover them (`LandlockPlan(profile:extraMounts:)`).
+    public var landlockMounts: [MountSpec] {
+        mounts.filter { $0.kind == .readOnlyBind }.map { MountSpec(kind: .bind, source: $0.source, target: $0.target) }
+    }
+
     /// The rules for every standard node of the jail's own /dev.
     public static var standardRules: [DeviceRule] {
         DevicesSection.StandardNode.allCases.flatMap(\.rules)
