@@ -89,6 +89,7 @@ let package = Package(
         .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
         .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
+        .testTarget(name: "DeviceTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChannelTests",
