@@ -86,16 +86,19 @@ struct RunCommand: ParsableCommand {
             }
             limit = d
         }
-        try JailSecurity.prepare(&request)
         let cgroups = try makeCgroup(profile: profile)
         request.cgroup = cgroups?.jail
 
         let jail: Jail
         do {
+            // After the cgroup: a [devices] allowlist is attached to it.
+            try JailSecurity.prepare(&request)
             jail = try Launcher.launch(request)
-        } catch let error as JailError {
+        } catch {
+            try? request.cgroup?.remove()
             try? cgroups?.manager.close()
-            throw StockadeFailure(message: error.description, status: 125)
+            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
+            throw StockadeFailure(message: "\(error)", status: 125)
         }
         let forwarding = SignalForwarder(jail: jail)
         let exit = try jail.wait(timeLimit: limit)

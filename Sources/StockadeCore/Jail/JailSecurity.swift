@@ -8,14 +8,27 @@ public enum JailSecurity {
     /// caller already put in the request is kept. Throws a
     /// ``SeccompCompileError`` or, when `[landlock] required = true` cannot
     /// be met, a ``ProfileError``.
+    ///
+    /// A profile with a `[devices]` section also gets its device plan here:
+    /// the nodes and driver files it grants, the matching environment, and
+    /// the kernel-side allowlist on the jail's cgroup (an eBPF device
+    /// program on v2, `devices.*` on v1; a cgroup is made for it when the
+    /// request has none). Call this after the jail's cgroup exists.
     public static func prepare(_ request: inout LaunchRequest) throws {
+        if request.devices == nil && request.profile.devices.declared {
+            let plan = try DevicePlan.resolve(for: request.profile, extraMounts: request.extraMounts)
+            request.extraEnvironment += plan.environment.map { ($0.name, $0.value) }
+            request.cgroup = try plan.enforce(on: request.cgroup)
+            request.devices = plan
+        }
         if request.seccompFilter.isEmpty {
             let program = try request.profile.seccomp.compile()
             request.seccompFilter = program.bytes
             request.seccompFlags = program.flags
         }
         if request.landlock == nil {
-            let plan = try LandlockPlan(profile: request.profile, extraMounts: request.extraMounts)
+            let plan = try LandlockPlan(profile: request.profile,
+                                        extraMounts: request.extraMounts + (request.devices?.landlockMounts ?? []))
             request.landlock = plan.abi > 0 ? plan.launchLandlock : nil
         }
     }

@@ -102,6 +102,9 @@ public struct LaunchRequest: Sendable {
     public var landlock: LaunchLandlock?
     /// The cgroup the jail is born in.
     public var cgroup: (any JailCgroup)?
+    /// Device nodes, driver files and /proc entries from the profile's
+    /// `[devices]` (filled by ``JailSecurity/prepare(_:)``).
+    public var devices: DevicePlan?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -308,7 +311,8 @@ public enum Launcher {
         }
         if profile.filesystem.proc {
             result.append(PlannedMount(kind: STK_MOUNT_PROC.rawValue, target: newroot + "/proc"))
-            for path in ProcMasks.hidden {
+            let unmasked = Set(request.devices?.unmaskedProc ?? [])
+            for path in ProcMasks.hidden where !unmasked.contains(path) {
                 result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
             }
             for path in ProcMasks.readOnly {
@@ -344,6 +348,7 @@ public enum Launcher {
             }
             result.append(planned)
         }
+        result += request.devices?.plannedMounts() ?? []
         for path in profile.filesystem.masked {
             result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
         }
