@@ -247,6 +247,15 @@ public final class TableReader {
         try value(key, .bool)?.bool
     }
 
+    /// A number written as an integer or a float (`2`, `0.5`).
+    public func number(_ key: String) throws(ProfileError) -> Double? {
+        guard let raw = table[key] else { return nil }
+        used.insert(key)
+        if let n = raw.int { return Double(n) }
+        if let d = raw.double, d.isFinite { return d }
+        throw error(key, "expected a number, found \(Self.article(raw.type.description)) \(raw.type.description)")
+    }
+
     public func int(_ key: String, in range: ClosedRange<Int> = Int.min...Int.max) throws(ProfileError) -> Int? {
         guard let v = try value(key, .int)?.int else { return nil }
         guard range.contains(v) else {
