@@ -128,5 +128,11 @@ let package = Package(
             dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem"],
+            exclude: ["Fixtures"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

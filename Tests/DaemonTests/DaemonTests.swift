@@ -48,7 +48,7 @@ struct DaemonTests {
         defer { d.close() }
         let client = d.client("alice")
         #expect(try client.infer("alpha", "echo:warm").status == 200)
-        let before = try #require(try d.daemon.pool("alpha")?.workers().first)
+        let before = try #require(d.daemon.pool("alpha")?.workers().first)
 
         // A request the worker holds when it is killed from outside.
         let answer = Mutex_<APIClient.Response?>(nil)

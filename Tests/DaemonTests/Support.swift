@@ -111,7 +111,7 @@ enum Fixture {
 }
 
 /// A started daemon in this process; stopped (and its directory removed) by ``close()``.
-final class RunningDaemon {
+final class RunningDaemon: @unchecked Sendable {
     let daemon: Daemon
     let dir: String
     var socket: String { daemon.config.socketPath }
