@@ -120,7 +120,7 @@ let package = Package(
         ),
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(

@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sched.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
 #include <linux/sched.h>
@@ -544,6 +545,24 @@ static void exec_worker(const struct stk_plan *p) {
     fail(p, STK_STEP_EXEC, err, p->argv[0] ? p->argv[0] : "(no program)");
 }
 
+/* The worker's own stack while it shares PID 1's memory (see child_main). */
+static char worker_stack[256 * 1024] __attribute__((aligned(16)));
+
+/* The worker's last steps: unblock signals, Landlock, seccomp, execve. */
+static int worker_main(void *arg) {
+    const struct stk_plan *p = arg;
+    uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+    apply_landlock(p);
+    /* Last: from here on every system call goes through the filter. */
+    if (p->seccomp_len > 0) {
+        struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
+        CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog) == 0, STK_STEP_SECCOMP, "seccomp");
+    }
+    exec_worker(p);
+    _exit(127);
+}
+
 __attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
     /* The launcher's ends of our pipes are not ours to hold. */
     for (int i = 0; i < 4; i++)
@@ -585,29 +604,20 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
     drop_privileges(p);
     CHECK(chdir(p->cwd ? p->cwd : "/") == 0, STK_STEP_CHDIR, p->cwd ? p->cwd : "/");
 
-    if (p->use_reaper) {
-        /* Block everything before the fork so that no signal is lost
-         * between fork and the reaper's wait loop; the worker unblocks. */
-        uint64_t all = ~0ULL, none = 0;
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
-        pid_t worker = (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0);
-        if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
-        if (worker > 0) {
-            close(p->error_fd); /* EOF reaches the launcher when the worker execs */
-            run_reaper(p, worker);
-        }
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
-        /* The worker dies if PID 1 does (the kernel kills the namespace). */
-    }
+    if (!p->use_reaper) worker_main((void *)p);
 
-    apply_landlock(p);
-    /* Last: from here on every system call goes through the filter. */
-    if (p->seccomp_len > 0) {
-        struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
-        CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog) == 0, STK_STEP_SECCOMP, "seccomp");
-    }
-    exec_worker(p);
-    _exit(127);
+    /* Block everything before the fork so that no signal is lost between
+     * fork and the reaper's wait loop; the worker unblocks. The worker is a
+     * CLONE_VM|CLONE_VFORK child on its own stack: no page tables to copy
+     * (PID 1 is a copy of the launcher), and PID 1 stays suspended until
+     * the worker has exec'd or failed, so they never run on shared memory
+     * at the same time. */
+    uint64_t all = ~0ULL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
+    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)p);
+    if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
+    close(p->error_fd); /* EOF reaches the launcher once the worker has exec'd */
+    run_reaper(p, worker);
 }
 
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) {

@@ -2,6 +2,7 @@ import Foundation
 import StockadeCore
 import StockadeSystem
 import Testing
+import CStockadeSpawn
 
 @Suite("The jail, against the real kernel", .serialized)
 struct JailTests {
@@ -245,4 +246,36 @@ struct JailTests {
         #expect(lines.contains("NoNewPrivs: 1"))
         #expect(lines.contains("1000 65534 1"), "\(lines)")
     }
+}
+
+@Suite("Landlock in the trampoline", .enabled(if: stk_landlock_abi_available(), "needs a kernel with Landlock enabled"))
+struct LandlockTrampolineTests {
+    @Test("a writable bind stays read-only when Landlock grants only reading")
+    func landlockOverridesMount() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-ll-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        chmod(dir.path, 0o777)
+        try "data\n".write(to: dir.appendingPathComponent("f"), atomically: true, encoding: .utf8)
+        let read: UInt64 = 4 | 8 // READ_FILE | READ_DIR
+        let exec: UInt64 = 1
+        let write: UInt64 = 2 | 16 | 32 | 128 | 256 // WRITE_FILE | REMOVE_* | MAKE_DIR | MAKE_REG
+        let handled: UInt64 = (1 << 13) - 1
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "cat /data/f; echo x > /data/new 2>/dev/null || echo denied; echo y > /tmp/ok && echo tmp-ok"]) { request in
+            request.extraMounts = [MountSpec(kind: .bind, source: dir.path, target: "/data", writable: true)]
+            request.landlock = LaunchLandlock(abi: 1, fsHandled: handled, netHandled: 0, rules: [
+                .init(path: "/usr", access: read | exec, optional: false),
+                .init(path: "/data", access: read, optional: false),
+                .init(path: "/tmp", access: read | write, optional: false),
+                .init(path: "/dev", access: read | 2, optional: false),
+                .init(path: "/proc", access: read, optional: false),
+            ], tcpPorts: [], required: true)
+        }
+        #expect(run.lines == ["data", "denied", "tmp-ok"], "\(run.stdout) \(run.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("new").path))
+    }
+}
+
+func stk_landlock_abi_available() -> Bool {
+    stk_landlock_abi() > 0
 }

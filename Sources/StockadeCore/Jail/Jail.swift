@@ -56,7 +56,7 @@ public final class Jail: Sendable {
 
     private struct State {
         var killedFor: JailExit.Reason?
-        var finished = false
+        var exit: JailExit?
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
@@ -86,6 +86,7 @@ public final class Jail: Sendable {
     /// Waits for the jail to end, killing it when `timeLimit` runs out, then
     /// reads its accounting and removes its cgroup.
     public func wait(timeLimit: Duration? = nil) throws -> JailExit {
+        if let done = state.withLock({ $0.exit }) { return done }
         let deadline = timeLimit.map { startedAt + $0 }
         while true {
             var timeout: Int32 = -1
@@ -123,8 +124,6 @@ public final class Jail: Sendable {
         try? cgroup?.kill()
         let usage = try? cgroup?.usage()
         try? cgroup?.remove()
-        state.withLock { $0.finished = true }
-
         let killedFor = state.withLock { $0.killedFor }
         var exit = JailExit(reason: .exited, exitCode: nil, signal: nil, signalName: nil,
                             wallSeconds: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18,
@@ -142,6 +141,7 @@ public final class Jail: Sendable {
         } else if exit.signal == SIGKILL, let kills = usage?.oomKills, kills > 0 {
             exit.reason = .outOfMemory
         }
+        state.withLock { $0.exit = exit }
         return exit
     }
 }

@@ -123,10 +123,18 @@ public enum Launcher {
         let errors = try PipeEnds.make()
         let status = try PipeEnds.make()
         var keepParentEnds = false
-        defer {
+        var childEndsOpen = true
+        // Each fd is closed exactly once: a second close could hit an fd
+        // number another thread's launch has reused in the meantime.
+        func closeChildEnds() {
+            guard childEndsOpen else { return }
+            childEndsOpen = false
             try? sync.read.close()
             try? errors.write.close()
             try? status.write.close()
+        }
+        defer {
+            closeChildEnds()
             if !keepParentEnds {
                 try? sync.write.close()
                 try? status.read.close()
@@ -220,9 +228,7 @@ public enum Launcher {
         }
         let process = ProcessHandle(fd: FileDescriptor(rawValue: pidfd), pid: pid)
         // The child's ends belong to the child now.
-        try? sync.read.close()
-        try? errors.write.close()
-        try? status.write.close()
+        closeChildEnds()
 
         func abort(_ error: any Error) -> any Error {
             try? process.send(signal: SIGKILL)

@@ -1,2 +1,0 @@
-import StockadeCore
-print("stockade-fuzz: no targets yet")
