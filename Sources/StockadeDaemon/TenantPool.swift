@@ -370,7 +370,10 @@ public final class TenantPool: @unchecked Sendable {
                 requestDone(worker, took: took, healthy: true)
             case .failure(let error):
                 requestDone(worker, took: took, healthy: false)
-                if let v = error.violation {
+                // End of stream is how a dying worker looks; anything else
+                // the worker sent wrong is a violation and kills it at once.
+                let violation = error.violation.flatMap { $0.kind == .closed || $0.kind == .truncated ? nil : $0 }
+                if let v = violation {
                     metrics.violations(name).increment()
                     var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
                     e.pid = worker.jail.pid
@@ -383,7 +386,7 @@ public final class TenantPool: @unchecked Sendable {
                     outcome = .failed(status: 504, code: "timeout",
                                       message: "worker \(worker.id) did not answer within \(config.requestTimeout) and was killed; the request was not retried",
                                       worker: worker.id)
-                } else if let v = error.violation, v.kind != .closed, v.kind != .truncated {
+                } else if let v = violation {
                     outcome = .failed(status: 502, code: "violation",
                                       message: "worker \(worker.id) broke the channel protocol (\(v.kind.rawValue): \(v.reason)) and was killed; the request was not retried",
                                       worker: worker.id)
@@ -614,9 +617,16 @@ public final class TenantPool: @unchecked Sendable {
 
     /// Blocks until the worker's jail ends, then accounts for it.
     private func watch(_ worker: Worker) {
-        let exit = try? worker.jail.wait()
-        worker.channel.close()
+        let exit: JailExit?
+        do {
+            exit = try worker.jail.wait()
+        } catch {
+            logger.error("cannot reap a worker's jail", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+            exit = nil
+        }
         worker.markExited(exit)
+        // Closed on the worker's queue, after any request still reading it.
+        worker.queue.async { worker.channel.close() }
         var event = AuditEvent(.exit, tenant: name, worker: worker.id, reason: describe(exit))
         event.pid = worker.jail.pid
         event.exitCode = exit?.exitCode
