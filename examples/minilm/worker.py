@@ -1,0 +1,152 @@
+"""Stockade worker: all-MiniLM-L6-v2 sentence embeddings.
+
+Request payload: UTF-8 JSON `{"texts": ["...", ...]}`.
+Response payload: `b"EMB1" ‖ u32 n ‖ u32 dim ‖ float32[n*dim]`, little-endian,
+rows in request order, each of L2 norm 1.
+
+Run by the Stockade launcher under profiles/inference-cpu.toml, it loads the
+model once and then serves requests over the channel through the
+`stockade_worker` SDK. For testing without the SDK or a jail:
+
+    python worker.py --stdin < request.json > response.bin
+
+reads one request from stdin and writes the binary response to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# One BLAS thread per worker unless the profile says otherwise: the
+# attention's many small per-head matmuls get much slower when OpenBLAS
+# splits each across threads, and a pool runs one worker per core anyway.
+# Must be set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+# Tokenize on the calling thread: otherwise the tokenizer starts a thread
+# pool as large as the CPUs it sees, which the jail's pids budget would
+# have to cover, for no gain on requests of a few dozen sentences.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The model files come from the installed package; nothing may reach the
+# Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from model import MiniLM  # noqa: E402
+
+from client import HEADER, MAGIC  # noqa: E402
+
+# Request limits: a request larger than these is refused with a clear error
+# instead of growing the worker towards its memory budget. The model reads at
+# most 256 tokens of a text; a longer text is truncated, but its whole string
+# is still tokenized first, hence the caps on characters and bytes.
+MAX_REQUEST_BYTES = 8 << 20
+MAX_TEXTS = 1024
+MAX_TEXT_CHARS = 100_000
+BATCH_SIZE = 32
+
+
+class RequestError(ValueError):
+    """The request payload is not a valid embedding request."""
+
+
+def parse_request(payload: bytes) -> list[str]:
+    """The texts of a request payload, checked."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise RequestError(f"request has {len(payload)} bytes (at most "
+                           f"{MAX_REQUEST_BYTES})")
+    try:
+        request = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RequestError(f"request is not UTF-8: {e}") from None
+    except ValueError as e:
+        raise RequestError(f"request is not JSON: {e}") from None
+    if not isinstance(request, dict) or "texts" not in request:
+        raise RequestError('request must be a JSON object {"texts": [...]}')
+    texts = request["texts"]
+    if not isinstance(texts, list):
+        raise RequestError(f'"texts" must be a list of strings, not '
+                           f"{type(texts).__name__}")
+    if len(texts) > MAX_TEXTS:
+        raise RequestError(f"too many texts: {len(texts)} (at most {MAX_TEXTS} "
+                           "per request)")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(f"texts[{i}] is {type(text).__name__}, not a string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise RequestError(f"texts[{i}] has {len(text)} characters (at most "
+                               f"{MAX_TEXT_CHARS})")
+    return texts
+
+
+def encode_response(embeddings: np.ndarray) -> bytes:
+    """The binary response for an (n, dim) float32 array."""
+    n, dim = embeddings.shape
+    body = np.ascontiguousarray(embeddings, dtype="<f4").tobytes()
+    return HEADER.pack(MAGIC, n, dim) + body
+
+
+class Embedder:
+    """The request handler: holds the loaded model."""
+
+    def __init__(self, model: MiniLM) -> None:
+        self.model = model
+
+    def __call__(self, payload: bytes) -> bytes:
+        texts = parse_request(payload)
+        return encode_response(self.model.encode(texts, batch_size=BATCH_SIZE))
+
+
+def _import_serve():
+    """The SDK's serve(), from the environment or from the repository's
+    python/ directory (examples/minilm/../../python) when that is present."""
+    try:
+        from stockade_worker import serve
+    except ImportError:
+        repo_python = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   os.pardir, os.pardir, "python")
+        if not os.path.isdir(os.path.join(repo_python, "stockade_worker")):
+            raise
+        sys.path.insert(1, os.path.normpath(repo_python))
+        from stockade_worker import serve
+    return serve
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1 and argv[1] not in ("--stdin",):
+        print(f"usage: {argv[0]} [--stdin]", file=sys.stderr)
+        return 2
+
+    # Load before serving, so that a warm worker answers its first request
+    # without paying for the model.
+    handler = Embedder(MiniLM())
+
+    if len(argv) > 1 and argv[1] == "--stdin":
+        try:
+            response = handler(sys.stdin.buffer.read())
+        except RequestError as e:
+            print(f"worker: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.buffer.write(response)
+        sys.stdout.buffer.flush()
+        return 0
+
+    try:
+        serve = _import_serve()
+    except ImportError as e:
+        print("worker: the stockade_worker SDK is not importable "
+              f"({e}); run under the Stockade launcher, or use --stdin",
+              file=sys.stderr)
+        return 2
+    serve(handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
