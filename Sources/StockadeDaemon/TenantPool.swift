@@ -681,7 +681,7 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     /// Live usage is read from each worker's cgroup.
-    func info(role: Role?) -> TenantInfo {
+    public func info(role: Role? = nil) -> TenantInfo {
         let (snapshot, workers) = state.withLock { s in (s, s.workers.values.map(\.worker)) }
         var usage = snapshot.exitedUsage
         for w in workers {
@@ -706,12 +706,12 @@ public final class TenantPool: @unchecked Sendable {
                           usage: usage, role: role)
     }
 
-    func workers() -> [WorkerInfo] {
+    public func workers() -> [WorkerInfo] {
         let records = state.withLock { Array($0.workers.values) }
         return records.sorted { $0.worker.id < $1.worker.id }.map(workerInfo)
     }
 
-    func worker(_ id: String) -> WorkerInfo? {
+    public func worker(_ id: String) -> WorkerInfo? {
         guard let r = state.withLock({ $0.workers[id] }) else { return nil }
         return workerInfo(r)
     }

@@ -6,6 +6,7 @@ import Glibc
 
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
+    "daemon": daemonBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
