@@ -318,7 +318,9 @@ public final class TenantPool: @unchecked Sendable {
                                        message: "tenant \(name): all \(s.workers.count) workers are busy and \(s.queued) requests are waiting (the queue holds \(config.queueLimit)); retry later",
                                        worker: nil))
             }
-            if s.workers.isEmpty, s.starting == 0, s.consecutiveFailures > 0, let why = s.lastFailure {
+            // Launches keep failing (a model that fails its check, a broken
+            // profile): say why now rather than queue behind the back-off.
+            if s.workers.isEmpty, s.consecutiveFailures > 0, let why = s.lastFailure {
                 return .refuse(.failed(status: 503, code: "unavailable", message: "tenant \(name) has no worker: \(why)", worker: nil))
             }
             s.queue.append(pending)
@@ -493,9 +495,19 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     private func launchOne() {
-        let number = state.withLock { s -> Int in
+        let number = state.withLock { s -> Int? in
+            // A launch delayed by the back-off is dropped once the pool stops.
+            if s.stopped || s.draining {
+                s.starting -= 1
+                return nil
+            }
             defer { s.nextNumber += 1 }
             return s.nextNumber
+        }
+        guard let number else {
+            signalIfEmpty()
+            updateGauges()
+            return
         }
         let id = "\(name)-\(number)"
         let start = ContinuousClock.now

@@ -91,6 +91,28 @@ struct DaemonTests {
         #expect((info["workerExits"] as? Int ?? 0) >= 2)
     }
 
+    @Test(.enabled(if: Fixture.isRoot, "memory budgets need cgroups (root)"))
+    func anOOMKilledWorkerIsReportedAndReplaced() throws {
+        let d = try RunningDaemon(tenants: [
+            .init(name: "alpha", min: 1, max: 1, access: ["alice": "viewer", "bob": "invoker"],
+                  profileExtra: "[limits]\nmemory_max = \"128M\""),
+        ])
+        defer { d.close() }
+        let client = d.client("bob")
+        #expect(try client.infer("alpha", "alloc:8").text == "8")
+        let r = try client.infer("alpha", "alloc:1024")
+        #expect(r.status == 502)
+        #expect(r.json["error"] as? String == "worker-died")
+        #expect((r.json["message"] as? String)?.contains("OOM") == true, "\(r.text)")
+        #expect(d.waitUntil { d.daemon.pool("alpha")?.workers().first?.state == "idle" })
+        #expect(try client.infer("alpha", "echo:x").text == "alpha:x")
+        let info = try d.client("alice").get("/v1/tenants/alpha").json
+        #expect(info["oomKills"] as? Int == 1)
+        let metrics = try d.client("alice").get("/metrics").text
+        #expect(metrics.contains("stockaded_oom_kills_total{tenant=\"alpha\"} 1"))
+        #expect(d.auditEvents().contains { $0["event"] as? String == "exit" && $0["outcome"] as? String == "oom" })
+    }
+
     @Test func clientsAreAuthenticatedAndHeldToTheirRoles() throws {
         let d = try RunningDaemon(tenants: [
             .init(name: "alpha", min: 1, max: 1, access: ["alice": "invoker", "viewer": "viewer", "stranger": "admin"]),

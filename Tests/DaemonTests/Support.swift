@@ -52,6 +52,8 @@ enum Fixture {
         var timeout = "60s"
         var extra = ""
         var access: [String: String] = [:]
+        /// Lines appended to a copy of profiles/minimal.toml for this tenant.
+        var profileExtra = ""
     }
 
     /// Writes a configuration with `tenants` and returns its path.
@@ -82,10 +84,16 @@ enum Fixture {
 
             """
         for t in tenants {
+            var profile = "\(repo)/profiles/minimal.toml"
+            if !t.profileExtra.isEmpty {
+                profile = "\(dir)/\(t.name)-profile.toml"
+                let base = try String(contentsOfFile: repo + "/profiles/minimal.toml", encoding: .utf8)
+                try (base + "\n" + t.profileExtra + "\n").write(toFile: profile, atomically: true, encoding: .utf8)
+            }
             text += """
 
                 [tenant.\(t.name)]
-                profile = "\(repo)/profiles/minimal.toml"
+                profile = "\(profile)"
                 command = ["\(venvPython)", "\(repo)/Tests/DaemonTests/Fixtures/test_worker.py"]
                 binds = ["\(repo)/.venv", "\(repo)/python", "\(repo)/Tests/DaemonTests/Fixtures"]
                 workers_min = \(t.min)

@@ -4,6 +4,7 @@
     b"pid"              -> the worker's pid inside the jail
     b"crash"            -> the worker kills itself with SIGKILL (no answer)
     b"fail"             -> raises (an error message goes back)
+    b"alloc:" + mib     -> touches that many MiB (to meet the memory budget)
     b"model:" + path    -> the SHA-256 of a file the jail can read
 """
 import hashlib
@@ -28,6 +29,9 @@ def handle(payload: bytes) -> bytes:
         return str(os.getpid()).encode()
     if payload == b"crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if payload.startswith(b"alloc:"):
+        blocks = [bytearray(1 << 20) for _ in range(int(payload[6:]))]
+        return str(len(blocks)).encode()
     if payload == b"fail":
         raise ValueError("asked to fail")
     if payload.startswith(b"model:"):
