@@ -11,15 +11,19 @@ APT_PACKAGES := libseccomp-dev libcap-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static
 STAMP := .build-stamps
 
-FUZZ_SECONDS ?= 30
+# A fixed seed and a fixed number of runs: CI explores exactly the inputs a
+# developer's `make fuzz` explored. FUZZ_SECONDS only bounds a slow machine.
+FUZZ_RUNS ?= 10000
+FUZZ_SEED ?= 1
+FUZZ_SECONDS ?= 240
 FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 # Leak detection is off: the TOML library leaks a few bytes per parse (its key
 # list and its error record are malloc'd and never freed). AddressSanitizer
 # still stops the run on any out-of-bounds access or use-after-free.
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
-FUZZ_TARGETS := profile
+FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe run test test-swift test-python bench fuzz compare clean
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python bench fuzz compare clean
 
 all: release
 
@@ -56,6 +60,17 @@ probe: .build/stockade-probe
 	@mkdir -p .build
 	cc -static -O2 -Wall -Wextra -o $@ $<
 
+# The static workload the cgroup tests jail (hog, fork bomb, spin, sleep).
+workload: .build/stockade-workload
+.build/stockade-workload: Tests/Workloads/workload.c
+	@mkdir -p .build
+	cc -static -O2 -Wall -Wextra -o $@ $<
+
+# The battery under Stockade (every profile), bubblewrap and firejail:
+# writes docs/COMPARISON.md. Needs root.
+compare: deps probe release
+	scripts/compare.sh
+
 # The daemon with two MiniLM tenants: embeddings checked against the
 # reference, resource use per tenant, then a clean stop.
 run: release venv
@@ -65,25 +80,35 @@ run: release venv
 # example tests, and a bounded fuzzing run of every fuzz target.
 test: deps venv
 	$(MAKE) test-swift
+	$(MAKE) test-vm
 	$(MAKE) test-python
 	$(MAKE) fuzz
 
-test-swift: deps venv
+# The cgroup budget suite runs on its own: it starts jails and OOM kills,
+# and the jail suite counts every child of the test process.
+test-swift: deps venv .build/stockade-workload
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	$(SWIFT) test --skip-build --skip CgroupBudget
+	$(SWIFT) test --skip-build --filter CgroupBudget
+
+# The cgroup suites again, on a real cgroup v2 kernel: Debian's kernel under
+# qemu (TCG) with this tree shared read-only (scripts/vm/run-vm-tests.sh).
+test-vm: deps .build/stockade-workload
+	$(SWIFT) build --build-tests
+	scripts/vm/run-vm-tests.sh
 
 test-python: venv
 	@if ls python/tests/test_*.py >/dev/null 2>&1; then $(PY) -m pytest -q python/tests; else echo "no Python tests"; fi
 
-# libFuzzer with AddressSanitizer, FUZZ_SECONDS per target, starting from the
-# checked-in corpus; a crash fails the build and leaves its input in fuzz-artifacts/.
+# libFuzzer with AddressSanitizer, starting from the checked-in corpus; a
+# crash fails the build and leaves its input in fuzz-artifacts/.
 fuzz: deps
 	$(SWIFT) build --product stockade-fuzz $(FUZZ_FLAGS) --scratch-path .build-fuzz
 	@mkdir -p fuzz-artifacts
 	@for t in $(FUZZ_TARGETS); do \
-		mkdir -p fuzz-artifacts/corpus-$$t; \
-		echo "fuzzing $$t for $(FUZZ_SECONDS)s"; \
-		ASAN_OPTIONS=detect_leaks=0 STOCKADE_FUZZ_TARGET=$$t .build-fuzz/debug/stockade-fuzz $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) \
+		rm -rf fuzz-artifacts/corpus-$$t fuzz-artifacts/$$t-*; mkdir -p fuzz-artifacts/corpus-$$t; \
+		echo "fuzzing $$t: $(FUZZ_RUNS) runs, seed $(FUZZ_SEED)"; \
+		ASAN_OPTIONS=detect_leaks=0 STOCKADE_FUZZ_TARGET=$$t .build-fuzz/debug/stockade-fuzz $(FUZZ_RUN_FLAGS) -seed=$(FUZZ_SEED) -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) \
 			-artifact_prefix=fuzz-artifacts/$$t- -print_final_stats=1 \
 			fuzz-artifacts/corpus-$$t Fuzz/corpus/$$t > fuzz-artifacts/$$t.log 2>&1; rc=$$?; \
 		grep -E "^(stat::number_of_executed_units|SUMMARY)|Done [0-9]+ runs" fuzz-artifacts/$$t.log; \

@@ -99,7 +99,7 @@ let package = Package(
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeCore", "StockadeSystem", "StockadeDaemon"],
+            dependencies: ["StockadeCore", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
@@ -120,8 +120,9 @@ let package = Package(
         ),
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], swiftSettings: swiftSettings),
-        .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
+        .testTarget(name: "DeviceTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChannelTests",

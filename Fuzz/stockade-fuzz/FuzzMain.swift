@@ -13,6 +13,10 @@ import Glibc
 /// Every fuzz target, by name. Each must accept any bytes without crashing.
 let fuzzTargets: [String: @Sendable ([UInt8]) -> Void] = [
     "profile": fuzzProfile,
+    "docker-seccomp": fuzzDockerSeccomp,
+    "channel-record": fuzzChannelRecord,
+    "channel-handshake": fuzzChannelHandshake,
+    "tenants": fuzzTenants,
 ]
 
 #if FUZZING

@@ -65,7 +65,7 @@
 #endif
 
 /* The fds the child keeps out of the worker's way while it arranges fds. */
-#define STK_PARK_FD_MIN 512
+#define STK_PARK_FD_MIN 256
 #define STK_MAX_PASSED_FDS 64
 
 static const char *const step_names[STK_STEP_COUNT] = {
@@ -457,11 +457,13 @@ static void drop_privileges(const struct stk_plan *p) {
  * not grant is refused even where the mount would allow it. */
 static void apply_landlock(const struct stk_plan *p) {
     if (p->landlock_abi <= 0) return;
+    /* The attribute grows with the ABI: fs (1), net (4), scoped (6). */
     struct {
         uint64_t fs;
         uint64_t net;
-    } attr = {p->landlock_fs_handled, p->landlock_net_handled};
-    size_t size = p->landlock_abi >= 4 ? 16 : 8;
+        uint64_t scoped;
+    } attr = {p->landlock_fs_handled, p->landlock_net_handled, p->landlock_scoped};
+    size_t size = p->landlock_abi >= 6 ? 24 : p->landlock_abi >= 4 ? 16 : 8;
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0);
     if (rs < 0) {
         if (p->landlock_required) fail(p, STK_STEP_LANDLOCK, errno, "landlock_create_ruleset");
@@ -563,10 +565,28 @@ static int worker_main(void *arg) {
     _exit(127);
 }
 
-__attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
+/* Moves `*fd` to the lowest free number >= STK_PARK_FD_MIN (close-on-exec). */
+static void move_high(const struct stk_plan *p, int32_t *fd) {
+    int moved = fcntl(*fd, F_DUPFD_CLOEXEC, STK_PARK_FD_MIN);
+    if (moved < 0) fail(p, STK_STEP_FDS, errno, "move pipe fd");
+    close(*fd);
+    *fd = moved;
+}
+
+__attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
+    /* A private copy: the pipe fd numbers below change. */
+    struct stk_plan local = *plan;
+    const struct stk_plan *p = &local;
+
     /* The launcher's ends of our pipes are not ours to hold. */
     for (int i = 0; i < 4; i++)
         if (p->parent_fds[i] >= 0) close(p->parent_fds[i]);
+
+    /* Our own pipe ends move above every number a passed fd may land on
+     * (0..255), so arranging the worker's fds cannot overwrite them. */
+    move_high(p, &local.error_fd);
+    move_high(p, &local.sync_fd);
+    move_high(p, &local.status_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this. */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
@@ -596,11 +616,12 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *p) {
     if (p->hostname) CHECK(sethostname(p->hostname, s_len(p->hostname)) == 0, STK_STEP_HOSTNAME, p->hostname);
     /* A new session has no controlling terminal: no TIOCSTI into the caller's shell. */
     if (p->new_session) CHECK(setsid() >= 0, STK_STEP_SETSID, "setsid");
+    /* fds first: a lower RLIMIT_NOFILE would stop the moves above it. */
+    arrange_fds(p);
     for (uint32_t i = 0; i < p->n_rlimits; i++) {
         struct rlimit rl = {.rlim_cur = p->rlimits[i].soft, .rlim_max = p->rlimits[i].hard};
         CHECK(syscall(SYS_prlimit64, 0, p->rlimits[i].resource, &rl, NULL) == 0, STK_STEP_RLIMIT, "prlimit");
     }
-    arrange_fds(p);
     drop_privileges(p);
     CHECK(chdir(p->cwd ? p->cwd : "/") == 0, STK_STEP_CHDIR, p->cwd ? p->cwd : "/");
 

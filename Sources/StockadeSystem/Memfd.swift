@@ -79,14 +79,16 @@ public final class FileMapping {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int
 
-    /// Maps `count` bytes of `fd` shared; `writable` adds `PROT_WRITE`.
-    /// A zero-length request maps nothing.
+    /// Maps `count` (> 0) bytes of `fd` shared; `writable` adds
+    /// `PROT_WRITE`; `populate` (`MAP_POPULATE`) sets up every page at once
+    /// instead of one fault per page.
     ///
     /// The corresponding C function is `mmap`.
-    public init(_ fd: FileDescriptor, count: Int, writable: Bool) throws(Errno) {
+    public init(_ fd: FileDescriptor, count: Int, writable: Bool, populate: Bool = false) throws(Errno) {
         precondition(count > 0, "map at least one byte")
         let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        guard let p = mmap(nil, count, prot, MAP_SHARED, fd.rawValue, 0), p != MAP_FAILED else {
+        let flags = MAP_SHARED | (populate ? MAP_POPULATE : 0)
+        guard let p = mmap(nil, count, prot, flags, fd.rawValue, 0), p != MAP_FAILED else {
             throw Errno(rawValue: errno)
         }
         pointer = p

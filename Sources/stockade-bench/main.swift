@@ -6,6 +6,10 @@ import Glibc
 
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
+    "devices": deviceBench,
+    "seccomp": seccompBench,
+    "channel": channelBench,
+    "cgroup": cgroupBench,
     "daemon": daemonBench,
 ]
 

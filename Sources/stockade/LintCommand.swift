@@ -19,9 +19,17 @@ struct LintCommand: ParsableCommand {
                 for warning in ProfileLint.warnings(profile) {
                     print("\(path): warning: \(warning)")
                 }
+                // Some policy errors only show when libseccomp builds the program.
+                let program = try profile.seccomp.compile()
+                for note in program.notes {
+                    print("\(path): note: \(note)")
+                }
                 print("\(path): ok")
+            } catch let error as ProfileError {
+                print(error.description) // names the file and line itself
+                failed += 1
             } catch {
-                print("\(error.description)")
+                print("\(path): \(error)")
                 failed += 1
             }
         }

@@ -43,6 +43,15 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("time-limit"), help: "Kill the jail after this long (\"30s\", \"2m\"); overrides the profile.")
     var timeLimit: String?
 
+    @Option(name: .long, help: ArgumentHelp("The tenants file (TOML): each tenant's total budget and most jails.", valueName: "file"))
+    var tenants: String?
+
+    @Option(name: .long, help: "The tenant whose budget the jail counts against (default: \"default\", no budget).")
+    var tenant: String?
+
+    @Option(name: .customLong("cgroup-base"), help: ArgumentHelp("The cgroup Stockade creates tenants and jails below, relative to the hierarchy root (default: stockade below the launcher's delegated cgroup, else /stockade).", valueName: "path"))
+    var cgroupBase: String?
+
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
     var command: [String] = []
 
@@ -77,22 +86,51 @@ struct RunCommand: ParsableCommand {
             }
             limit = d
         }
-        try JailSecurity.prepare(&request)
+        let cgroups = try makeCgroup(profile: profile)
+        request.cgroup = cgroups?.jail
 
         let jail: Jail
         do {
+            // After the cgroup: a [devices] allowlist is attached to it.
+            try JailSecurity.prepare(&request)
             jail = try Launcher.launch(request)
-        } catch let error as JailError {
-            throw StockadeFailure(message: error.description, status: 125)
+        } catch {
+            try? request.cgroup?.remove()
+            try? cgroups?.manager.close()
+            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
+            throw StockadeFailure(message: "\(error)", status: 125)
         }
         let forwarding = SignalForwarder(jail: jail)
         let exit = try jail.wait(timeLimit: limit)
         forwarding.stop()
+        try? cgroups?.manager.close()
         if let report { printReport(exit, format: report) }
         if exit.reason == .timeLimit {
             printError("stockade: time limit reached; the jail was killed")
         }
         throw ExitCode(exit.status)
+    }
+
+    /// The jail's cgroup, when the profile has [limits] or a tenant is named.
+    private func makeCgroup(profile: Profile) throws -> (manager: CgroupManager, jail: JailGroup)? {
+        guard !profile.limits.isEmpty || tenant != nil || tenants != nil else { return nil }
+        do {
+            let budgets = try tenants.map { path throws(ProfileError) in try TenantsFile.load(path: path).tenants } ?? []
+            let base: CgroupManager.Configuration.Base = cgroupBase.map { .path($0) } ?? .automatic(name: "stockade")
+            let manager = try CgroupManager(configuration: .init(base: base, tenants: budgets))
+            do {
+                let jail = try manager.jail(tenant: tenant ?? CgroupManager.defaultTenant, limits: profile.limits)
+                for note in jail.notes { printError("stockade: note: \(note)") }
+                return (manager, jail)
+            } catch {
+                try? manager.close()
+                throw error
+            }
+        } catch let error as ProfileError {
+            throw StockadeFailure(message: error.description, status: 125)
+        } catch let error as CgroupError {
+            throw StockadeFailure(message: "cgroup: \(error)", status: 125)
+        }
     }
 
     private func bind(_ spec: String, writable: Bool) throws -> MountSpec {

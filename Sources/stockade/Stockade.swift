@@ -7,6 +7,7 @@ struct StockadeCommand: ParsableCommand {
         commandName: "stockade",
         abstract: "Run untrusted programs in a Linux jail.",
         version: Stockade.version,
-        subcommands: [RunCommand.self, LintCommand.self]
+        subcommands: [RunCommand.self, LintCommand.self, ProbeCommand.self, CompileCommand.self, ExplainCommand.self,
+                      CgroupsCommand.self]
     )
 }

@@ -197,3 +197,11 @@ struct CgroupDetectionTests {
         #expect(!LauncherIdentity(pid: me.pid, startTime: me.startTime + 1).isAlive)
     }
 }
+
+extension LimitsParsingTests {
+    @Test func hugeQuotaIsRefusedNotOverflowed() throws {
+        #expect(message("cpu_max = \"18446744073709551615 100000\"").contains("QUOTA PERIOD"))
+        let most = try #require(CPUQuota(quota: 1 << 40, period: 1000))
+        #expect(most.microCPUs == UInt64(1 << 40) * 1000)
+    }
+}

@@ -17,6 +17,12 @@ enum CgroupTestHost {
         return host.hierarchy(for: "memory") != nil && host.hierarchy(for: "pids") != nil && host.hierarchy(for: "cpu") != nil
     }
 
+    /// Root, in the root cgroup of a cgroup v2 tree that offers memory, cpu and pids.
+    static var v2InRootCgroup: Bool {
+        guard geteuid() == 0, let u = host.unified, u.ownPath == "/" else { return false }
+        return ["memory", "pids", "cpu"].allSatisfy(u.rootControllers.contains)
+    }
+
     /// The VM suite sets STOCKADE_EXPECT_CGROUP=v2 so that a detection
     /// mistake (falling back to v1) fails instead of passing quietly.
     static var expectedVersion: Int? {
@@ -191,10 +197,11 @@ final class Workload: @unchecked Sendable {
 
 /// A manager on a base of its own, so tests never meet each other's or a
 /// real launcher's cgroups.
-func makeManager(tenants: [TenantBudget] = [], sweep: Bool = false,
+func makeManager(tenants: [TenantBudget] = [], sweep: Bool = false, baseWeight: UInt64? = nil,
                  identity: LauncherIdentity = .current(), name: String? = nil) throws -> CgroupManager {
     let base = name ?? "stockade-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    let manager = try CgroupManager(configuration: .init(base: .automatic(name: base), tenants: tenants, sweepStale: sweep),
+    let manager = try CgroupManager(configuration: .init(base: .automatic(name: base), tenants: tenants, sweepStale: sweep,
+                                                         baseWeight: baseWeight),
                                     identity: identity)
     if let expected = CgroupTestHost.expectedVersion {
         #expect(manager.version == expected, "expected the cgroup v\(expected) backend:\n\(manager.diagnosis)")
@@ -219,4 +226,92 @@ func cpuMicros(_ jail: JailGroup) throws -> UInt64 {
 /// A measurement line: the VM script and `make test` logs keep these.
 func report(_ manager: CgroupManager, _ line: String) {
     print("measure[cgroup v\(manager.version)]: \(line)")
+}
+
+/// The workload program run in a real jail (the shipped minimal profile,
+/// the program bound in at /workload) placed in `group` by the launcher:
+/// `CLONE_INTO_CGROUP` on v2, `attach(pid:)` before release on v1.
+final class JailedWorkload: @unchecked Sendable {
+    let jail: Jail
+    let group: JailGroup
+    private let stdoutFD: Int32
+    private var buffered: [UInt8] = []
+    private var exit: JailExit?
+
+    static let profile: Profile = {
+        let path = CgroupTestHost.repositoryRoot + "/profiles/minimal.toml"
+        return try! Profile.load(path: path)
+    }()
+
+    init(_ group: JailGroup, _ args: [String]) throws {
+        guard let program = CgroupTestHost.workload else {
+            throw Workload.SpawnError(description: "the workload program is missing and could not be built (cc -static Tests/Workloads/workload.c)")
+        }
+        var out: [Int32] = [-1, -1]
+        var input: [Int32] = [-1, -1]
+        guard pipe(&out) == 0, pipe(&input) == 0 else { throw Workload.SpawnError(description: "pipe: errno \(errno)") }
+        for fd in out + input { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // stdin at EOF: the workload's go-ahead read returns at once (the
+        // launcher already placed it in its cgroup).
+        close(input[1])
+        var request = LaunchRequest(profile: Self.profile, command: ["/workload"] + args)
+        request.extraMounts = [MountSpec(kind: .bind, source: program, target: "/workload")]
+        request.passedFDs = [(input[0], 0), (out[1], 1)]
+        request.cgroup = group
+        try JailSecurity.prepare(&request)
+        defer { close(input[0]); close(out[1]) }
+        do {
+            jail = try Launcher.launch(request)
+        } catch {
+            close(out[0])
+            throw error
+        }
+        self.group = group
+        self.stdoutFD = out[0]
+    }
+
+    func readLine(seconds: Double) -> String? {
+        let deadline = CgroupFS.monotonicSeconds() + seconds
+        while true {
+            if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffered[..<nl], as: UTF8.self)
+                buffered.removeSubrange(...nl)
+                return line
+            }
+            let left = deadline - CgroupFS.monotonicSeconds()
+            if left <= 0 { return nil }
+            var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(stdoutFD, &chunk, chunk.count)
+            if n <= 0 { return nil }
+            buffered.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    func readAll(seconds: Double) -> [String] {
+        var lines: [String] = []
+        while let l = readLine(seconds: seconds) { lines.append(l) }
+        return lines
+    }
+
+    /// Waits for the jail to end (the launcher then reads the usage and
+    /// removes the cgroup).
+    @discardableResult
+    func wait(seconds: Double = 120) throws -> JailExit {
+        if let exit { return exit }
+        let e = try jail.wait(timeLimit: .milliseconds(Int64(seconds * 1000)))
+        exit = e
+        return e
+    }
+
+    var isRunning: Bool { exit == nil && !group.processes.isEmpty }
+
+    deinit {
+        if exit == nil {
+            jail.kill()
+            _ = try? jail.wait()
+        }
+        close(stdoutFD)
+    }
 }

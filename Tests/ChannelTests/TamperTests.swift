@@ -32,9 +32,10 @@ private let quiet: Logger = {
     return logger
 }()
 
-/// What the launcher does in the recorded session.
-private func launcherScript(_ channel: SecureChannel) throws {
-    #expect(try channel.request(Array("tamper me".utf8) + [UInt8](repeating: 0x41, count: 40)).count == 49)
+/// What the launcher does in the recorded session; `extra` bytes make the
+/// request large enough for the streaming record path.
+private func launcherScript(_ channel: SecureChannel, extra: Int = 40) throws {
+    #expect(try channel.request(Array("tamper me".utf8) + [UInt8](repeating: 0x41, count: extra)).count == 9 + extra)
     try channel.ping([7, 7, 7])
     try channel.shutdown()
 }
@@ -51,8 +52,10 @@ private struct Recording {
     let workerKey = [UInt8](repeating: 0x22, count: 32)
     var toWorker: [UInt8] = []
     var toLauncher: [UInt8] = []
+    let extra: Int
 
-    init(suite: CipherSuite) throws {
+    init(suite: CipherSuite, extra: Int = 40) throws {
+        self.extra = extra
         parameters = ChannelParameters(psk: [UInt8](repeating: 0x33, count: 32), tenant: "acme", worker: "w-t",
                                        spawnNonce: [UInt8](repeating: 0x44, count: 16), suites: [suite],
                                        limits: ChannelLimits(rekeyInterval: 2))
@@ -70,7 +73,7 @@ private struct Recording {
         }
         let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: nil,
                                                  handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
-        try launcherScript(channel)
+        try launcherScript(channel, extra: extra)
         group.wait()
         try relayL.close()
         try relayW.close()
@@ -82,8 +85,13 @@ private struct Recording {
     func replayToWorker(_ stream: [UInt8]) throws -> ChannelError? {
         let (feeder, workerEnd) = try UnixSocketPair.make()
         defer { try? feeder.close() }
-        try stream.withUnsafeBytes { try feeder.sendAll($0) }
-        Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        // Feed from another thread: a large stream exceeds the socket buffer.
+        let writer = DispatchGroup()
+        DispatchQueue.global().async(group: writer) {
+            _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
+            Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        }
+        defer { writer.wait() }
         do {
             let channel = try SecureChannel.respond(socket: workerEnd, parameters: parameters, supportedSuites: parameters.suites,
                                                     logger: quiet, fixedEphemeralKey: workerKey)
@@ -98,12 +106,17 @@ private struct Recording {
     func replayToLauncher(_ stream: [UInt8]) throws -> ChannelError? {
         let (feeder, launcherEnd) = try UnixSocketPair.make()
         defer { try? feeder.close() }
-        try stream.withUnsafeBytes { try feeder.sendAll($0) }
-        Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        // Feed from another thread: a large stream exceeds the socket buffer.
+        let writer = DispatchGroup()
+        DispatchQueue.global().async(group: writer) {
+            _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
+            Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
+        }
+        defer { writer.wait() }
         do {
             let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: quiet,
                                                      handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
-            try launcherScript(channel)
+            try launcherScript(channel, extra: extra)
             return nil
         } catch let error as ChannelError {
             return error
@@ -144,6 +157,32 @@ private struct Recording {
             }
         }
         #expect(undetected.isEmpty, "flips not detected at \(undetected)")
+    }
+
+    /// Large records are decrypted while they arrive (the streaming path):
+    /// flips anywhere in them, in either direction, are still detected
+    /// before any of the payload is used.
+    @Test(arguments: CipherSuite.allCases)
+    func flipsInLargeRecordsAreDetected(suite: CipherSuite) throws {
+        let recording = try Recording(suite: suite, extra: 200_000)
+        #expect(recording.toWorker.count > 200_000 && recording.toLauncher.count > 200_000)
+        #expect(try recording.replayToWorker(recording.toWorker) == nil)
+        #expect(try recording.replayToLauncher(recording.toLauncher) == nil)
+        func positions(_ count: Int) -> [Int] {
+            Array(0..<min(count, 200)) + Array(stride(from: 200, to: count, by: 997)) + Array(max(0, count - 200)..<count)
+        }
+        var undetected: [String] = []
+        for position in positions(recording.toWorker.count) {
+            var stream = recording.toWorker
+            stream[position] ^= 0x04
+            if try recording.replayToWorker(stream)?.violation == nil { undetected.append("to worker @\(position)") }
+        }
+        for position in positions(recording.toLauncher.count) {
+            var stream = recording.toLauncher
+            stream[position] ^= 0x04
+            if try recording.replayToLauncher(stream)?.violation == nil { undetected.append("to launcher @\(position)") }
+        }
+        #expect(undetected.isEmpty, "flips not detected: \(undetected)")
     }
 
     /// Replaying a record (sending it twice) or swapping two records fails

@@ -19,6 +19,8 @@ func minimalProfile(_ edit: (String) -> String = { $0 }) throws -> Profile {
 /// What a jailed command printed and how it ended.
 struct JailRun {
     var exit: JailExit
+    /// The jail's PID 1 as the launcher saw it (gone once `exit` is known).
+    var pid: Int32
     var stdout: String
     var stderr: String
     var lines: [String] { stdout.split(separator: "\n").map(String.init) }
@@ -54,7 +56,7 @@ func runJailed(_ profile: Profile, _ command: [String], timeLimit: Duration? = .
     }
     let exit = try jail.wait(timeLimit: timeLimit)
     group.wait()
-    return JailRun(exit: exit, stdout: String(decoding: stdoutBox.bytes, as: UTF8.self),
+    return JailRun(exit: exit, pid: jail.pid, stdout: String(decoding: stdoutBox.bytes, as: UTF8.self),
                    stderr: String(decoding: stderrBox.bytes, as: UTF8.self))
 }
 

@@ -79,6 +79,21 @@ struct JailTests {
         }
     }
 
+    @Test("passed fds may take any number, including the launcher's own pipe numbers")
+    func passedFDsCannotClobberLauncherPipes() throws {
+        let extra = try PipeEnds.make()
+        defer { try? extra.read.close(); try? extra.write.close() }
+        // Targets 3...60 cover whatever numbers the launcher's pipes got.
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "ls /proc/$$/fd; exit 5"]) { request in
+            request.passedFDs += (3...60).map { (extra.write.rawValue, Int32($0)) }
+        }
+        #expect(run.exit.exitCode == 5, "\(run.exit) \(run.stderr)")
+        #expect(Set(run.lines.compactMap { Int($0) }) == Set(0...60), "\(run.stdout)")
+        #expect(throws: JailError.self) {
+            _ = try runJailed(try minimalProfile(), ["/bin/true"]) { $0.passedFDs.append((extra.write.rawValue, 300)) }
+        }
+    }
+
     @Test("the wall-clock limit kills the jail and says so")
     func timeLimitKills() throws {
         let start = ContinuousClock.now
@@ -198,9 +213,13 @@ struct JailTests {
     @Test("the launcher leaves no process and no mount behind")
     func nothingLeftBehind() throws {
         let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        _ = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "sleep 100 & sleep 100 & echo started"], timeLimit: .seconds(5))
-        _ = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "(sleep 100 &); exit 0"])
-        #expect(childPids().isEmpty, "processes left: \(childPids())")
+        let first = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "sleep 100 & sleep 100 & echo started"], timeLimit: .seconds(5))
+        let second = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "(sleep 100 &); exit 0"])
+        // Other suites launch jails at the same time: look only at these two.
+        for pid in [first.pid, second.pid] {
+            #expect(!childPids().contains(pid), "the jail's PID 1 (\(pid)) was not reaped")
+            #expect(access("/proc/\(pid)", F_OK) != 0, "the jail's PID 1 (\(pid)) still exists")
+        }
         let mountsAfter = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(mountsBefore == mountsAfter)
         let strays = try host(["/bin/sh", "-c", "pgrep -f '^sleep 100$' | wc -l"])

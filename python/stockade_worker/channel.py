@@ -464,7 +464,7 @@ def serve(handler: Callable[[bytes], bytes], environ=None) -> int:
                 try:
                     result = bytes(handler(payload))
                 except Exception as e:  # the handler's failure goes back as an error message
-                    channel.send(ERROR, request_id, f"{type(e).__name__}: {e}".encode()[:4096])
+                    channel.send(ERROR, request_id, f"{type(e).__name__}: {e}".encode()[:min(4096, channel.params.max_record)])
                     continue
                 if len(result) > max(channel.params.max_record, channel.params.max_bulk):
                     channel.send(ERROR, request_id, b"response exceeds the channel's limits")

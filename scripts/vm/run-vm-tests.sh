@@ -7,7 +7,7 @@
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
-#   $VM_TEST_FILTER (default "CgroupBudget") from the debug test binary.
+#   $VM_TEST_FILTER (default "Cgroup") from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-CgroupBudget}
+FILTER=${VM_TEST_FILTER:-Cgroup}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
@@ -23,9 +23,9 @@ KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
 KVER=${KERNEL#/boot/vmlinuz-}
 MODDIR=/lib/modules/$KVER
 [ -d "$MODDIR" ] || { echo "run-vm-tests: $MODDIR missing for $KERNEL" >&2; exit 1; }
-BUSYBOX=$(command -v busybox || true)
-[ -n "$BUSYBOX" ] && file -L "$BUSYBOX" | grep -q 'statically linked' || BUSYBOX=/bin/busybox
-file -L "$BUSYBOX" | grep -q 'statically linked' || { echo "run-vm-tests: need a static busybox (apt install busybox-static)" >&2; exit 1; }
+# A dynamic busybox has an ELF interpreter (the loader); the static one has none.
+BUSYBOX=${VM_BUSYBOX:-/bin/busybox}
+[ -x "$BUSYBOX" ] && ! readelf -l "$BUSYBOX" 2>/dev/null | grep -q INTERP || { echo "run-vm-tests: need a static busybox at $BUSYBOX (apt install busybox-static)" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "run-vm-tests: qemu-system-x86_64 missing (apt install qemu-system-x86)" >&2; exit 1; }
 
 if [ $# -gt 0 ]; then
@@ -35,11 +35,18 @@ else
 	CMD="$TESTBIN --testing-library swift-testing --filter $FILTER"
 fi
 
+# The static workload program the tests run (the tree is read-only in the VM).
+WORKLOAD=$ROOT/.build/stockade-workload
+if [ ! -x "$WORKLOAD" ] || [ "$ROOT/Tests/Workloads/workload.c" -nt "$WORKLOAD" ]; then
+	mkdir -p "$ROOT/.build"
+	cc -static -O2 -Wall -Wextra -o "$WORKLOAD" "$ROOT/Tests/Workloads/workload.c"
+fi
+
 # The initramfs: busybox, the virtio/9p modules, and /init.
 rm -rf "$WORK/initramfs"
 mkdir -p "$WORK/initramfs"/{bin,dev,proc,sys,host,modules}
 cp "$BUSYBOX" "$WORK/initramfs/bin/busybox"
-MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p"
+MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk netfs fscache 9pnet 9pnet_virtio 9p"
 for m in $MODULES; do
 	f=$(find "$MODDIR/kernel" -name "$m.ko*" | head -1)
 	if [ -z "$f" ]; then continue; fi   # built in on this kernel
@@ -51,16 +58,19 @@ for m in $MODULES; do
 	esac
 done
 
-# The command runs in the host's tree (read-only) as root, with a fresh
+# The command runs in the host's tree (read-only) as root (PID 1), with a fresh
 # cgroup2 hierarchy at /sys/fs/cgroup and tmpfs wherever it must write.
 cat > "$WORK/initramfs/run-in-vm.sh" <<INNER
 #!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp
-export STOCKADE_EXPECT_CGROUP=v2
+export STOCKADE_EXPECT_CGROUP=v2 STOCKADE_WORKLOAD="$WORKLOAD" NO_COLOR=1
 cd "$ROOT"
 echo "vm: kernel \$(uname -r), cgroup2 controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"
 $CMD
 echo "VM-RESULT rc=\$?"
+sync
+echo o > /proc/sysrq-trigger
+sleep 10 2>/dev/null
 INNER
 
 cat > "$WORK/initramfs/init" <<'INIT'
@@ -69,7 +79,7 @@ cat > "$WORK/initramfs/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk netfs fscache 9pnet 9pnet_virtio 9p; do
 	[ -f /modules/$m.ko ] && insmod /modules/$m.ko
 done
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
@@ -84,12 +94,16 @@ mount -t tmpfs -o size=512m,mode=1777 tmp /host/tmp
 mount -t tmpfs tmp /host/run
 mount -t tmpfs -o size=512m tmp /host/root 2>/dev/null
 cp /run-in-vm.sh /host/tmp/run-in-vm.sh
-chroot /host /bin/sh /tmp/run-in-vm.sh
-sync
-poweroff -f
+# switch_root, not chroot: the kernel refuses new user namespaces to a
+# chrooted process, and the jails need them. The script runs as PID 1 and
+# powers the VM off itself.
+exec switch_root /host /bin/sh /tmp/run-in-vm.sh
 INIT
 chmod +x "$WORK/initramfs/init"
 (cd "$WORK/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
+
+# A small empty disk, so that io.max has a block device to limit.
+truncate -s 1M "$WORK/disk.img"
 
 LOG="$WORK/console.log"
 echo "run-vm-tests: booting $KERNEL (TCG, 2 vCPUs, 2 GiB), running: $CMD"
@@ -98,7 +112,8 @@ timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu 
 	-nographic -no-reboot -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" \
 	-append "console=ttyS0 quiet panic=-1" \
 	-fsdev local,id=r,path=/,security_model=none,readonly=on,multidevs=remap \
-	-device virtio-9p-pci,fsdev=r,mount_tag=hostroot </dev/null 2>&1 | tee "$LOG"
+	-device virtio-9p-pci,fsdev=r,mount_tag=hostroot \
+	-drive file="$WORK/disk.img",if=virtio,format=raw </dev/null 2>&1 | tee "$LOG"
 qrc=${PIPESTATUS[0]}
 set -e
 result=$(grep -a -o 'VM-RESULT rc=[0-9]*' "$LOG" | tail -1 | sed 's/.*rc=//')

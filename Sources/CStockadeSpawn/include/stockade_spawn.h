@@ -55,7 +55,7 @@ struct stk_rlimit {
     uint64_t hard;
 };
 
-/* A passed fd: the parent's `from` appears as `to` in the worker. */
+/* A passed fd: the parent's `from` appears as `to` (0..255) in the worker. */
 struct stk_fd_map {
     int32_t from;
     int32_t to;
@@ -117,6 +117,7 @@ struct stk_plan {
     int32_t landlock_required; /* a failure to enforce is fatal */
     uint64_t landlock_fs_handled;
     uint64_t landlock_net_handled;
+    uint64_t landlock_scoped;      /* ABI 6+: LANDLOCK_SCOPE_* bits */
     const struct stk_landlock_rule *landlock_rules;
     uint32_t n_landlock_rules;
     uint32_t n_landlock_ports;
@@ -153,9 +154,9 @@ enum stk_step {
     STK_STEP_PIVOT,         /* pivot_root into the new root, detach the old */
     STK_STEP_HOSTNAME,
     STK_STEP_SETSID,
+    STK_STEP_FDS,           /* dup passed fds into place, close the rest */
     STK_STEP_RLIMIT,
     STK_STEP_CHDIR,
-    STK_STEP_FDS,           /* dup passed fds into place, close the rest */
     STK_STEP_REAPER,        /* fork the worker under PID 1 */
     STK_STEP_SECUREBITS,
     STK_STEP_BOUNDING,      /* drop the capability bounding set */

@@ -48,13 +48,18 @@ public final class CgroupManager: Sendable {
         public var tenants: [TenantBudget]
         /// Remove jails left behind by dead launchers when the manager starts.
         public var sweepStale: Bool
+        /// cpu.weight (1...10000; v1: cpu.shares) of the base against its
+        /// siblings: all jails together get this share of a contended host.
+        /// nil leaves the kernel's default (100; v1: 1024).
+        public var baseWeight: UInt64?
 
         public init(base: Base = .automatic(name: "stockade"), backend: Backend = .automatic,
-                    tenants: [TenantBudget] = [], sweepStale: Bool = true) {
+                    tenants: [TenantBudget] = [], sweepStale: Bool = true, baseWeight: UInt64? = nil) {
             self.base = base
             self.backend = backend
             self.tenants = tenants
             self.sweepStale = sweepStale
+            self.baseWeight = baseWeight
         }
     }
 
@@ -98,6 +103,14 @@ public final class CgroupManager: Sendable {
         let existed = backend.exists("")
         try backend.prepare()
         state.withLock { $0.baseCreated = !existed }
+        if let weight = configuration.baseWeight {
+            guard (1...10_000).contains(weight) else {
+                throw CgroupError(.unsupported, "base weight \(weight) is out of range 1...10000")
+            }
+            let limits = LimitsSection(cpuWeight: weight)
+            _ = try backend.check(limits, parent: "", owner: "the base cgroup")
+            try backend.apply(limits, to: "")
+        }
         if configuration.sweepStale { swept = sweepStale() }
     }
 
@@ -262,7 +275,7 @@ public final class CgroupManager: Sendable {
         }
         let held = jails.map { backend.limits(of: tenantRel + "/" + $0) }
         func refuse(_ key: String, asked: String, left: String, total: String, holding: String) -> CgroupError {
-            CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(key) asked \(asked), left \(left) of the tenant's \(total) (\(jails.count) jail\(jails.count == 1 ? "" : "s") hold \(holding))")
+            CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(key) asked \(asked), left \(left) of the tenant's \(total) (\(jails.count) jail\(jails.count == 1 ? " holds" : "s hold") \(holding))")
         }
         func bytes(_ key: String, _ total: UInt64?, _ ask: UInt64?, _ get: (LimitsSection) -> UInt64?) throws(CgroupError) {
             guard let total, let ask else { return }

@@ -47,7 +47,8 @@ final class CgroupV1Backend: CgroupBackend {
         trees.first { $0.hierarchy.controllers.contains(controller) }
     }
 
-    private func file(_ controller: String, _ rel: String, _ name: String) -> String? {
+    /// The file `name` of the hierarchy that holds `controller`.
+    func file(_ controller: String, _ rel: String, _ name: String) -> String? {
         tree(controller).map { dir($0, rel) + "/" + name }
     }
 

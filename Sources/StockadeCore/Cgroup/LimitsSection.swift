@@ -118,8 +118,10 @@ public struct CPUQuota: Sendable, Equatable, CustomStringConvertible {
     public var quota: UInt64
     public var period: UInt64
 
+    /// `quota` is at least 1 ms and at most 2^40 µs (far above any host;
+    /// it keeps the share arithmetic from overflowing).
     public init?(quota: UInt64, period: UInt64) {
-        guard (1000...1_000_000).contains(period), quota >= 1000 else { return nil }
+        guard (1000...1_000_000).contains(period), (1000...(1 << 40)).contains(quota) else { return nil }
         self.quota = quota
         self.period = period
     }

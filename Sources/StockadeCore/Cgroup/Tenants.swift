@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// One tenant's total budget: what all of its jails together may use, and
 /// how many jails it may hold at once.

@@ -89,6 +89,15 @@ public final class ChannelBootstrap {
         "\(environmentVariable)=\(environmentValue(socketFD: socketFD, paramsFD: paramsFD))"
     }
 
+    /// The descriptor mapping for `LaunchRequest.passedFDs`: the worker's
+    /// socket end at 3 and the params memfd at 4.
+    public var passedFDs: [(from: Int32, to: Int32)] {
+        [(workerSocket.rawValue, Self.workerSocketFD), (paramsMemfd.rawValue, Self.workerParamsFD)]
+    }
+
+    /// The variable for `LaunchRequest.extraEnvironment`.
+    public var environment: (String, String) { (Self.environmentVariable, Self.environmentValue()) }
+
     /// Closes the launcher's copies of the worker's socket end and the
     /// params memfd. Call it once the worker has been spawned (or failed to):
     /// until then a dead worker does not show as end of stream.

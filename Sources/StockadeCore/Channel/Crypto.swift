@@ -294,6 +294,79 @@ final class AEADKey {
         }
     }
 
+    // Streaming: begin, any number of updates (any sizes, in place or
+    // not), finish. Lets a large record be encrypted while it is sent and
+    // decrypted while it arrives; nothing is released before the tag checks.
+
+    func beginSeal(nonce n: UInt64, ad: UnsafeRawBufferPointer) throws(CryptoError) {
+        try begin(encryptContext, encrypt: true, nonce: n, ad: ad)
+    }
+
+    func beginOpen(nonce n: UInt64, ad: UnsafeRawBufferPointer) throws(CryptoError) {
+        try begin(decryptContext, encrypt: false, nonce: n, ad: ad)
+    }
+
+    private func begin(_ ctx: OpaquePointer, encrypt: Bool, nonce n: UInt64, ad: UnsafeRawBufferPointer) throws(CryptoError) {
+        let ok = withNonce(n) { iv -> Bool in
+            var outLength: Int32 = 0
+            if encrypt {
+                guard EVP_EncryptInit_ex(ctx, nil, nil, nil, iv) == 1 else { return false }
+                if ad.count > 0 {
+                    return EVP_EncryptUpdate(ctx, nil, &outLength, ad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(ad.count)) == 1
+                }
+            } else {
+                guard EVP_DecryptInit_ex(ctx, nil, nil, nil, iv) == 1 else { return false }
+                if ad.count > 0 {
+                    return EVP_DecryptUpdate(ctx, nil, &outLength, ad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(ad.count)) == 1
+                }
+            }
+            return true
+        }
+        guard ok else { throw CryptoError("AEAD init") }
+    }
+
+    func sealUpdate(_ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) throws(CryptoError) {
+        guard update(encryptContext, encrypt: true, source, destination, count) else { throw CryptoError("AEAD encrypt") }
+    }
+
+    func openUpdate(_ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        update(decryptContext, encrypt: false, source, destination, count)
+    }
+
+    private func update(_ ctx: OpaquePointer, encrypt: Bool, _ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var offset = 0
+        while offset < count {
+            let chunk = min(count - offset, 1 << 30)
+            var outLength: Int32 = 0
+            let src = (source + offset).assumingMemoryBound(to: UInt8.self)
+            let dst = (destination + offset).assumingMemoryBound(to: UInt8.self)
+            let ok = encrypt
+                ? EVP_EncryptUpdate(ctx, dst, &outLength, src, Int32(chunk)) == 1
+                : EVP_DecryptUpdate(ctx, dst, &outLength, src, Int32(chunk)) == 1
+            guard ok, Int(outLength) == chunk else { return false }
+            offset += chunk
+        }
+        return true
+    }
+
+    func finishSeal(tag: UnsafeMutableRawPointer) throws(CryptoError) {
+        var finalLength: Int32 = 0
+        var scratch: UInt8 = 0
+        guard EVP_EncryptFinal_ex(encryptContext, &scratch, &finalLength) == 1, finalLength == 0,
+              EVP_CIPHER_CTX_ctrl(encryptContext, EVP_CTRL_AEAD_GET_TAG, 16, tag) == 1
+        else { throw CryptoError("AEAD final") }
+    }
+
+    /// False when the tag does not verify.
+    func finishOpen(tag: UnsafeRawPointer) -> Bool {
+        guard EVP_CIPHER_CTX_ctrl(decryptContext, EVP_CTRL_AEAD_SET_TAG, 16, UnsafeMutableRawPointer(mutating: tag)) == 1 else {
+            return false
+        }
+        var finalLength: Int32 = 0
+        var scratch: UInt8 = 0
+        return EVP_DecryptFinal_ex(decryptContext, &scratch, &finalLength) == 1
+    }
+
     /// Convenience for small messages: ENCRYPT(k, n, ad, plaintext) =
     /// ciphertext ‖ tag.
     func seal(nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) throws(CryptoError) -> [UInt8] {

@@ -115,14 +115,66 @@ final class RecordSealer {
         var segments: [(source: UnsafeRawPointer, destination: UnsafeMutableRawPointer, count: Int)] = [
             (UnsafeRawPointer(body), body, RecordFormat.bodyHeaderLength)
         ]
+        segments.reserveCapacity(2)
         if payload.count > 0 {
             segments.append((payload.baseAddress!, body + RecordFormat.bodyHeaderLength, payload.count))
         }
         try key.seal(nonce: nonce, ad: UnsafeRawBufferPointer(start: base, count: RecordFormat.headerLength),
                      segments: segments, tag: body + RecordFormat.bodyHeaderLength + payload.count)
+        try countRecord()
+        return total
+    }
+
+    fileprivate var cipherKey: AEADKey? { cipher.key }
+    fileprivate func nextNonce() throws -> UInt64 { try cipher.nextNonce() }
+
+    /// Counts a sealed record and rekeys every `rekeyInterval` records.
+    fileprivate func countRecord() throws {
         recordCount += 1
         if recordCount % rekeyInterval == 0 { try cipher.rekey() }
-        return total
+    }
+}
+
+extension RecordSealer {
+    /// Seals a record piece by piece through `scratch`: `emit` gets the wire
+    /// bytes in order (header first, tag last), so a large record is sent
+    /// while it is being encrypted and no buffer holds all of it.
+    func sealStreaming(type: MessageType, flags: MessageFlags, requestID: UInt64, payload: UnsafeRawBufferPointer,
+                       scratch: UnsafeMutableRawBufferPointer, emit: (UnsafeRawBufferPointer) throws -> Void) throws {
+        precondition(scratch.count >= RecordFormat.overhead)
+        let base = scratch.baseAddress!
+        let length = UInt32(RecordFormat.bodyHeaderLength + payload.count + RecordFormat.tagLength)
+        base.storeBigEndian(length, toByteOffset: 0)
+        base.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
+        let body = base + RecordFormat.headerLength
+        body.storeBytes(of: type.rawValue, toByteOffset: 0, as: UInt8.self)
+        body.storeBytes(of: flags.rawValue, toByteOffset: 1, as: UInt8.self)
+        body.storeBigEndian(UInt16(0), toByteOffset: 2)
+        body.storeBigEndian(requestID, toByteOffset: 4)
+        guard let key = cipherKey else { preconditionFailure("transport cipher without a key") }
+        let nonce = try nextNonce()
+        try key.beginSeal(nonce: nonce, ad: UnsafeRawBufferPointer(start: base, count: RecordFormat.headerLength))
+        try key.sealUpdate(body, body, RecordFormat.bodyHeaderLength)
+        var filled = RecordFormat.headerLength + RecordFormat.bodyHeaderLength
+        var position = 0
+        while position < payload.count {
+            if filled == scratch.count {
+                try emit(UnsafeRawBufferPointer(rebasing: scratch[0..<filled]))
+                filled = 0
+            }
+            let n = min(payload.count - position, scratch.count - filled)
+            try key.sealUpdate(payload.baseAddress! + position, base + filled, n)
+            filled += n
+            position += n
+        }
+        if scratch.count - filled < RecordFormat.tagLength {
+            try emit(UnsafeRawBufferPointer(rebasing: scratch[0..<filled]))
+            filled = 0
+        }
+        try key.finishSeal(tag: base + filled)
+        filled += RecordFormat.tagLength
+        try emit(UnsafeRawBufferPointer(rebasing: scratch[0..<filled]))
+        try countRecord()
     }
 }
 
@@ -193,6 +245,38 @@ final class RecordOpener {
         }
         return try withUnsafeBytes(of: &bodyHeader) { body throws(ChannelViolation) in
             try Self.parseBody(body, clearType: type, payload: payload)
+        }
+    }
+
+    /// Starts opening a large record piece by piece: takes its nonce and
+    /// authenticates the header. Feed the ciphertext through the returned
+    /// key's `openUpdate`, then call ``finishStreaming``.
+    func beginStreaming(header: UnsafeRawBufferPointer) throws(ChannelViolation) -> AEADKey {
+        guard let key = cipher.key else { preconditionFailure("transport cipher without a key") }
+        let nonce = try cipher.nextNonce()
+        do { try key.beginOpen(nonce: nonce, ad: UnsafeRawBufferPointer(rebasing: header[0..<RecordFormat.headerLength])) } catch {
+            throw ChannelViolation(.malformed, "AEAD init failed: \(error)")
+        }
+        return key
+    }
+
+    /// Verifies the tag of a streamed record; only then is its body parsed
+    /// and its payload released.
+    func finishStreaming(key: AEADKey, tag: UnsafeRawPointer, clearType: MessageType, bodyHeader: [UInt8],
+                         payload: [UInt8]) throws(ChannelViolation) -> ChannelMessage {
+        guard key.finishOpen(tag: tag) else {
+            throw ChannelViolation(.badTag, "record \(recordCount) (\(clearType), \(payload.count) byte payload) failed authentication")
+        }
+        recordCount += 1
+        if recordCount % limits.rekeyInterval == 0 {
+            do { try cipher.rekey() } catch { throw ChannelViolation(.malformed, "rekey failed: \(error)") }
+        }
+        do {
+            return try bodyHeader.withUnsafeBytes { try Self.parseBody($0, clearType: clearType, payload: payload) }
+        } catch let violation as ChannelViolation {
+            throw violation
+        } catch {
+            throw ChannelViolation(.malformed, "\(error)")
         }
     }
 

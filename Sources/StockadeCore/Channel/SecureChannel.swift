@@ -296,9 +296,15 @@ public final class SecureChannel: @unchecked Sendable {
     private func sendRecord(type: MessageType, flags: MessageFlags, requestID: UInt64,
                             payload: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor]) throws {
         let total = RecordFormat.overhead + payload.count
-        if outbox.count < total {
-            outbox.deallocate()
-            outbox = .allocate(byteCount: max(total, outbox.count * 2), alignment: 16)
+        if total > outbox.count {
+            // Large: encrypt and send in pieces, so the peer decrypts the
+            // first piece while we encrypt the next.
+            var pending = descriptors
+            try sealer.sealStreaming(type: type, flags: flags, requestID: requestID, payload: payload, scratch: outbox) { piece in
+                try socket.sendAll(piece, passing: pending)
+                pending = []
+            }
+            return
         }
         let size = try sealer.seal(type: type, flags: flags, requestID: requestID, payload: payload, into: outbox)
         try socket.sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
@@ -314,7 +320,7 @@ public final class SecureChannel: @unchecked Sendable {
         defer { try? memfd.close() }
         _ = try memfd.resize(to: Int64(descriptor.sealedLength))
         do {
-            let mapping = try FileMapping(memfd, count: descriptor.sealedLength, writable: true)
+            let mapping = try FileMapping(memfd, count: descriptor.sealedLength, writable: true, populate: true)
             let key = try AEADKey(suite: suite, key: descriptor.key)
             for index in 0..<descriptor.chunkCount {
                 let start = index * descriptor.chunkSize
@@ -388,12 +394,17 @@ public final class SecureChannel: @unchecked Sendable {
                 return try endOfStream()
             }
             let header = UnsafeRawBufferPointer(rebasing: inbox.readable[0..<RecordFormat.headerLength])
-            let (length, _) = try opener.parseHeader(header)
-            try inbox.fill(RecordFormat.headerLength + length, from: socket, descriptors: &pendingDescriptors, during: "a record")
-            let record = inbox.readable
-            var message = try opener.open(header: UnsafeRawBufferPointer(rebasing: record[0..<RecordFormat.headerLength]),
+            let (length, type) = try opener.parseHeader(header)
+            var message: ChannelMessage
+            if RecordFormat.headerLength + length > Self.streamingThreshold {
+                message = try receiveStreaming(length: length, type: type)
+            } else {
+                try inbox.fill(RecordFormat.headerLength + length, from: socket, descriptors: &pendingDescriptors, during: "a record")
+                let record = inbox.readable
+                message = try opener.open(header: UnsafeRawBufferPointer(rebasing: record[0..<RecordFormat.headerLength]),
                                           ciphertext: UnsafeRawBufferPointer(rebasing: record[RecordFormat.headerLength..<RecordFormat.headerLength + length]))
-            inbox.consume(RecordFormat.headerLength + length)
+                inbox.consume(RecordFormat.headerLength + length)
+            }
             if message.type == .bulk {
                 message = try receiveBulk(message)
             }
@@ -405,6 +416,52 @@ public final class SecureChannel: @unchecked Sendable {
         } catch {
             throw fail(error)
         }
+    }
+
+    /// Records larger than this are decrypted while they arrive, straight
+    /// into the payload, instead of being buffered whole first.
+    static let streamingThreshold = 32 << 10
+
+    private func receiveStreaming(length: Int, type: MessageType) throws -> ChannelMessage {
+        let header = Array(inbox.readable[0..<RecordFormat.headerLength])
+        inbox.consume(RecordFormat.headerLength)
+        let key = try header.withUnsafeBytes { try opener.beginStreaming(header: $0) }
+        func corrupt() -> ChannelViolation { ChannelViolation(.malformed, "AEAD update failed") }
+        try inbox.fill(RecordFormat.bodyHeaderLength, from: socket, descriptors: &pendingDescriptors, during: "a record")
+        var bodyHeader = [UInt8](repeating: 0, count: RecordFormat.bodyHeaderLength)
+        guard bodyHeader.withUnsafeMutableBytes({ key.openUpdate(inbox.readable.baseAddress!, $0.baseAddress!, RecordFormat.bodyHeaderLength) })
+        else { throw corrupt() }
+        inbox.consume(RecordFormat.bodyHeaderLength)
+        let payloadCount = length - RecordFormat.bodyHeaderLength - RecordFormat.tagLength
+        let payload = try [UInt8](unsafeUninitializedCapacity: payloadCount) { buffer, count in
+            let out = UnsafeMutableRawPointer(buffer.baseAddress!)
+            var position = min(inbox.readable.count, payloadCount)
+            if position > 0 {
+                guard key.openUpdate(inbox.readable.baseAddress!, out, position) else { throw corrupt() }
+                inbox.consume(position)
+            }
+            // The rest goes from the socket straight into the payload and is
+            // decrypted in place; nothing is released before the tag checks.
+            while position < payloadCount {
+                let received = try socket.receiveMessage(
+                    into: UnsafeMutableRawBufferPointer(start: out + position, count: payloadCount - position), maxDescriptors: 4)
+                pendingDescriptors += received.descriptors
+                if received.controlTruncated {
+                    throw ChannelViolation(.unexpectedFileDescriptors, "more descriptors than allowed in one message")
+                }
+                if received.byteCount == 0 {
+                    throw ChannelViolation(.truncated, "stream ended \(position) bytes into a \(payloadCount) byte payload")
+                }
+                guard key.openUpdate(out + position, out + position, received.byteCount) else { throw corrupt() }
+                position += received.byteCount
+            }
+            count = payloadCount
+        }
+        try inbox.fill(RecordFormat.tagLength, from: socket, descriptors: &pendingDescriptors, during: "a record tag")
+        let message = try opener.finishStreaming(key: key, tag: inbox.readable.baseAddress!, clearType: type,
+                                                 bodyHeader: bodyHeader, payload: payload)
+        inbox.consume(RecordFormat.tagLength)
+        return message
     }
 
     private func endOfStream() throws -> ChannelMessage? {
@@ -477,7 +534,7 @@ public final class SecureChannel: @unchecked Sendable {
         guard size == descriptor.sealedLength else {
             throw ChannelViolation(.malformed, "bulk memfd holds \(size) bytes, expected \(descriptor.sealedLength)")
         }
-        let mapping = try FileMapping(memfd, count: size, writable: false)
+        let mapping = try FileMapping(memfd, count: size, writable: false, populate: true)
         let key = try AEADKey(suite: suite, key: descriptor.key)
         var failedChunk: Int?
         let payload = [UInt8](unsafeUninitializedCapacity: descriptor.totalLength) { out, count in

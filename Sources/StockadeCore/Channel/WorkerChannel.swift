@@ -88,12 +88,12 @@ public enum WorkerChannel {
                 case .success(let bytes):
                     if bytes.count > max(channel.parameters.limits.maxRecordPayload, channel.parameters.limits.maxBulkLength) {
                         try channel.send(type: .error, requestID: message.requestID,
-                                         payload: Array("response of \(bytes.count) bytes exceeds the channel's limits".utf8))
+                                         payload: Array("response of \(bytes.count) bytes exceeds the channel's limits".utf8.prefix(64)))
                     } else {
                         try channel.send(type: .response, requestID: message.requestID, payload: bytes)
                     }
                 case .failure(let error):
-                    try channel.send(type: .error, requestID: message.requestID, payload: Array(String(describing: error).utf8.prefix(4096)))
+                    try channel.send(type: .error, requestID: message.requestID, payload: Array(String(describing: error).utf8.prefix(min(4096, channel.parameters.limits.maxRecordPayload))))
                 }
             case .shutdown where !message.flags.contains(.reply):
                 try channel.acknowledgeShutdown()

@@ -50,6 +50,8 @@ public struct LaunchLandlock: Sendable, Equatable {
     public var rules: [Rule]
     public var tcpPorts: [Port]
     public var required: Bool
+    /// ABI 6 scopes (abstract unix sockets, signals) confined to the jail's domain.
+    public var scoped: UInt64
 
     public struct Rule: Sendable, Equatable {
         public var path: String
@@ -71,7 +73,9 @@ public struct LaunchLandlock: Sendable, Equatable {
         }
     }
 
-    public init(abi: Int32, fsHandled: UInt64, netHandled: UInt64, rules: [Rule], tcpPorts: [Port], required: Bool) {
+    public init(abi: Int32, fsHandled: UInt64, netHandled: UInt64, rules: [Rule], tcpPorts: [Port], required: Bool,
+                scoped: UInt64 = 0) {
+        self.scoped = scoped
         self.abi = abi
         self.fsHandled = fsHandled
         self.netHandled = netHandled
@@ -98,6 +102,9 @@ public struct LaunchRequest: Sendable {
     public var landlock: LaunchLandlock?
     /// The cgroup the jail is born in.
     public var cgroup: (any JailCgroup)?
+    /// Device nodes, driver files and /proc entries from the profile's
+    /// `[devices]` (filled by ``JailSecurity/prepare(_:)``).
+    public var devices: DevicePlan?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -175,8 +182,16 @@ public enum Launcher {
         plan.new_session = profile.newSession ? 1 : 0
         var fdMap = profile.passFDs.map { stk_fd_map(from: $0, to: $0) }
         fdMap += request.passedFDs.map { stk_fd_map(from: $0.from, to: $0.to) }
-        for m in fdMap where fcntl(m.from, F_GETFD) < 0 {
-            throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
+        for m in fdMap {
+            guard (0...255).contains(m.to) else {
+                throw JailError.invalidRequest("fd \(m.from) cannot land on \(m.to) in the jail (0...255)")
+            }
+            guard fcntl(m.from, F_GETFD) >= 0 else {
+                throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
+            }
+        }
+        guard Set(fdMap.map(\.to)).count == fdMap.count else {
+            throw JailError.invalidRequest("two fds are passed to the same number in the jail")
         }
         plan.fds = arena.array(fdMap)
         plan.n_fds = UInt32(fdMap.count)
@@ -187,6 +202,7 @@ public enum Launcher {
             plan.landlock_required = ll.required ? 1 : 0
             plan.landlock_fs_handled = ll.fsHandled
             plan.landlock_net_handled = ll.netHandled
+            plan.landlock_scoped = ll.abi >= 6 ? ll.scoped : 0
             let rules = ll.rules.map {
                 stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
             }
@@ -295,7 +311,8 @@ public enum Launcher {
         }
         if profile.filesystem.proc {
             result.append(PlannedMount(kind: STK_MOUNT_PROC.rawValue, target: newroot + "/proc"))
-            for path in ProcMasks.hidden {
+            let unmasked = Set(request.devices?.unmaskedProc ?? [])
+            for path in ProcMasks.hidden where !unmasked.contains(path) {
                 result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
             }
             for path in ProcMasks.readOnly {
@@ -331,6 +348,7 @@ public enum Launcher {
             }
             result.append(planned)
         }
+        result += request.devices?.plannedMounts() ?? []
         for path in profile.filesystem.masked {
             result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
         }

@@ -193,13 +193,8 @@ public final class TableReader {
     /// Parses a whole document; a syntax error names the file and line.
     public static func parse(text: String, file: String) throws(ProfileError) -> TableReader {
         let source = TOMLSource(file: file, text: text)
-        if let line = firstNonASCIIOutsideStrings(text) {
-            throw ProfileError(file: file, line: line, key: "",
-                               message: "TOML syntax: a non-ASCII character outside a string or comment")
-        }
-        if let line = firstMalformedHeader(text) {
-            throw ProfileError(file: file, line: line, key: "",
-                               message: "TOML syntax: a table header must be [name] or [[name]] with dotted ASCII or quoted keys")
+        if let failure = TOMLSyntax.check(text) {
+            throw ProfileError(file: file, line: failure.line, key: "", message: "TOML syntax: \(failure.message)")
         }
         do {
             let table = try TOMLTable(string: text)
@@ -208,140 +203,6 @@ public final class TableReader {
             throw ProfileError(file: file, line: error.source.begin.line, key: "", message: "TOML syntax: \(error.description)")
         } catch {
             throw ProfileError(file: file, line: nil, key: "", message: "TOML syntax: \(error)")
-        }
-    }
-
-    /// TOML allows non-ASCII text only in strings and comments. Checked
-    /// before parsing: the TOML library asserts (aborts) on some such input
-    /// instead of reporting it.
-    static func firstNonASCIIOutsideStrings(_ text: String) -> Int? {
-        enum Mode { case code, comment, basic, literal, multiBasic, multiLiteral }
-        let quote = UInt8(ascii: "\""), apostrophe = UInt8(ascii: "'"), backslash = UInt8(ascii: "\\")
-        var mode = Mode.code
-        var line = 1
-        let bytes = Array(text.utf8)
-        func at(_ k: Int) -> UInt8 { k < bytes.count ? bytes[k] : 0 }
-        var i = 0
-        while i < bytes.count {
-            let b = bytes[i]
-            if b == UInt8(ascii: "\n") {
-                line += 1
-                if mode == .comment || mode == .basic || mode == .literal { mode = .code }
-                i += 1
-                continue
-            }
-            switch mode {
-            case .code:
-                if b >= 0x80 { return line }
-                if b == UInt8(ascii: "#") {
-                    mode = .comment
-                } else if b == quote || b == apostrophe {
-                    let triple = at(i + 1) == b && at(i + 2) == b
-                    mode = b == quote ? (triple ? .multiBasic : .basic) : (triple ? .multiLiteral : .literal)
-                    if triple { i += 2 }
-                }
-            case .comment:
-                break
-            case .basic, .multiBasic:
-                if b == backslash {
-                    i += 1
-                } else if b == quote {
-                    if mode == .basic { mode = .code } else if at(i + 1) == quote && at(i + 2) == quote { mode = .code; i += 2 }
-                }
-            case .literal, .multiLiteral:
-                if b == apostrophe {
-                    if mode == .literal { mode = .code } else if at(i + 1) == apostrophe && at(i + 2) == apostrophe { mode = .code; i += 2 }
-                }
-            }
-            i += 1
-        }
-        return nil
-    }
-
-    /// A table header must be `[key.key]` or `[[key.key]]` with bare
-    /// (ASCII letters, digits, `-`, `_`) or quoted keys, on one line. Checked
-    /// before parsing: the TOML library asserts (aborts) on some malformed
-    /// headers instead of reporting them. Returns the first bad line.
-    static func firstMalformedHeader(_ text: String) -> Int? {
-        var lineNumber = 0
-        var depth = 0
-        var inMultiline: String? = nil
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            lineNumber += 1
-            let line = raw.drop(while: { $0 == " " || $0 == "\t" })
-            if let delimiter = inMultiline {
-                if line.ranges(of: delimiter).count % 2 == 1 { inMultiline = nil }
-                continue
-            }
-            if depth > 0 {
-                depth = max(0, depth + bracketDelta(line))
-                continue
-            }
-            if line.hasPrefix("#") { continue }
-            if line.hasPrefix("[") {
-                if !isValidHeader(line) { return lineNumber }
-                continue
-            }
-            // A value that opens a multi-line array or string continues on later lines.
-            guard let eq = line.firstIndex(of: "=") else { continue }
-            let value = line[line.index(after: eq)...].drop(while: { $0 == " " || $0 == "\t" })
-            for delimiter in ["\"\"\"", "'''"] where value.hasPrefix(delimiter) {
-                if value.ranges(of: delimiter).count == 1 { inMultiline = delimiter }
-            }
-            if inMultiline == nil { depth = max(0, bracketDelta(value)) }
-        }
-        return nil
-    }
-
-    private static func bracketDelta(_ s: Substring) -> Int {
-        var delta = 0
-        var quote: Character? = nil
-        for c in s {
-            if let q = quote { if c == q { quote = nil }; continue }
-            switch c {
-            case "\"", "'": quote = c
-            case "[": delta += 1
-            case "]": delta -= 1
-            case "#": return delta
-            default: break
-            }
-        }
-        return delta
-    }
-
-    private static func isValidHeader(_ line: Substring) -> Bool {
-        var s = line
-        let double = s.hasPrefix("[[")
-        s = s.dropFirst(double ? 2 : 1)
-        var expectKey = true
-        while true {
-            s = s.drop(while: { $0 == " " || $0 == "\t" })
-            guard let c = s.first else { return false }
-            if expectKey {
-                if c == "\"" || c == "'" {
-                    s = s.dropFirst()
-                    guard let end = s.firstIndex(of: c) else { return false }
-                    s = s[s.index(after: end)...]
-                } else {
-                    let key = s.prefix(while: { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") })
-                    if key.isEmpty { return false }
-                    s = s.dropFirst(key.count)
-                }
-                expectKey = false
-            } else if c == "." {
-                s = s.dropFirst()
-                expectKey = true
-            } else if c == "]" {
-                s = s.dropFirst()
-                if double {
-                    guard s.first == "]" else { return false }
-                    s = s.dropFirst()
-                }
-                let rest = s.drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" })
-                return rest.isEmpty || rest.first == "#"
-            } else {
-                return false
-            }
         }
     }
 

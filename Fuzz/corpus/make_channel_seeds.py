@@ -1,0 +1,43 @@
+"""Writes seed inputs for the channel fuzz targets (keys and prologue match
+ChannelFuzzing in Sources/StockadeCore/Channel/ChannelFuzzing.swift).
+Run: .venv/bin/python3 Fuzz/corpus/make_channel_seeds.py"""
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
+from stockade_worker.noise import CipherState, Handshake  # noqa: E402
+
+KEY = bytes([0x42]) * 32
+PROLOGUE = b"stockade/1 fuzz"
+
+
+def write(target, name, data):
+    os.makedirs(os.path.join(HERE, target), exist_ok=True)
+    with open(os.path.join(HERE, target, name), "wb") as f:
+        f.write(data)
+
+
+for suite, bit in ((1, 0), (2, 0x80)):
+    cs = CipherState(suite, KEY)
+    stream = b""
+    for mtype, rid, payload in ((1, 0, b"hello"), (2, 1, b"x" * 100), (6, 0, b""), (7, 0, b"")):
+        header = struct.pack(">IB", 12 + len(payload) + 16, mtype)
+        stream += header + cs.encrypt_with_ad(header, struct.pack(">BBHQ", mtype, 0, 0, rid) + payload)
+    write("channel-record", f"stream-{suite}", bytes([bit | 0]) + stream)
+    bulk = struct.pack(">B3xIQ", 2, 1 << 20, 5000) + bytes(32)
+    write("channel-record", f"body-bulk-{suite}", bytes([bit | 1, 7]) + struct.pack(">BBHQ", 8, 0, 0, 3) + bulk)
+    write("channel-record", f"body-ping-{suite}", bytes([bit | 1, 5]) + struct.pack(">BBHQ", 6, 1, 0, 0) + b"pong")
+    init = Handshake(True, suite, PROLOGUE, KEY, bytes([1]) * 32)
+    resp = Handshake(False, suite, PROLOGUE, KEY, bytes([2]) * 32)
+    m1 = init.write_message(b"")
+    resp.read_message(m1)
+    m2 = resp.write_message(b"")
+    write("channel-handshake", f"first-{suite}", bytes([bit | 0]) + m1)
+    write("channel-handshake", f"reply-{suite}", bytes([bit | 1]) + m2)
+write("channel-record", "env", b"\x03sock=3,params=4")
+params = (b"STKCHAN1" + bytes([1, 2, 1, 2]) + bytes(32) + bytes(16)
+          + struct.pack(">IIQQQ", 1 << 20, 64, 256 << 20, 256 << 20, 1 << 16)
+          + struct.pack(">H", 4) + b"acme" + struct.pack(">H", 3) + b"w-1")
+write("channel-record", "params", b"\x02" + params)

@@ -1,0 +1,241 @@
+/// Classic BPF as seccomp uses it: the instruction format, a small assembler
+/// with labels for the hand-written hardening prelude, an interpreter that
+/// evaluates a program on one `seccomp_data` (the tests compare it with the
+/// kernel), and a disassembler for `stockade compile`.
+
+/// One `struct sock_filter`: 8 bytes, host byte order.
+public struct BPFInstruction: Sendable, Hashable {
+    public var code: UInt16
+    public var jt: UInt8
+    public var jf: UInt8
+    public var k: UInt32
+
+    public init(code: UInt16, jt: UInt8 = 0, jf: UInt8 = 0, k: UInt32 = 0) {
+        self.code = code
+        self.jt = jt
+        self.jf = jf
+        self.k = k
+    }
+
+    // Instruction classes and fields (linux/bpf_common.h).
+    public static let LD: UInt16 = 0x00, LDX: UInt16 = 0x01, ST: UInt16 = 0x02, STX: UInt16 = 0x03
+    public static let ALU: UInt16 = 0x04, JMP: UInt16 = 0x05, RET: UInt16 = 0x06, MISC: UInt16 = 0x07
+    public static let W: UInt16 = 0x00, ABS: UInt16 = 0x20, IMM: UInt16 = 0x00, MEM: UInt16 = 0x60, LEN: UInt16 = 0x80
+    public static let K: UInt16 = 0x00, X: UInt16 = 0x08, A: UInt16 = 0x10
+    public static let JA: UInt16 = 0x00, JEQ: UInt16 = 0x10, JGT: UInt16 = 0x20, JGE: UInt16 = 0x30, JSET: UInt16 = 0x40
+    public static let ADD: UInt16 = 0x00, SUB: UInt16 = 0x10, MUL: UInt16 = 0x20, DIV: UInt16 = 0x30, OR: UInt16 = 0x40
+    public static let AND: UInt16 = 0x50, LSH: UInt16 = 0x60, RSH: UInt16 = 0x70, NEG: UInt16 = 0x80, MOD: UInt16 = 0x90
+    public static let XOR: UInt16 = 0xa0, TAX: UInt16 = 0x00, TXA: UInt16 = 0x80
+
+    var cls: UInt16 { code & 0x07 }
+
+    /// Decodes `count` instructions from the bytes of a `sock_filter` array.
+    public static func decode(_ bytes: [UInt8]) -> [BPFInstruction]? {
+        guard bytes.count % 8 == 0 else { return nil }
+        var result: [BPFInstruction] = []
+        result.reserveCapacity(bytes.count / 8)
+        var i = 0
+        while i < bytes.count {
+            let code = UInt16(bytes[i]) | UInt16(bytes[i + 1]) << 8
+            let k = UInt32(bytes[i + 4]) | UInt32(bytes[i + 5]) << 8 | UInt32(bytes[i + 6]) << 16 | UInt32(bytes[i + 7]) << 24
+            result.append(BPFInstruction(code: code, jt: bytes[i + 2], jf: bytes[i + 3], k: k))
+            i += 8
+        }
+        return result
+    }
+
+    public static func encode(_ program: [BPFInstruction]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(program.count * 8)
+        for ins in program {
+            bytes += [UInt8(ins.code & 0xff), UInt8(ins.code >> 8), ins.jt, ins.jf,
+                      UInt8(ins.k & 0xff), UInt8((ins.k >> 8) & 0xff), UInt8((ins.k >> 16) & 0xff), UInt8(ins.k >> 24)]
+        }
+        return bytes
+    }
+}
+
+/// The input a seccomp filter sees (`struct seccomp_data`).
+public struct SeccompData: Sendable, Hashable {
+    public var nr: Int32
+    public var arch: UInt32
+    public var instructionPointer: UInt64
+    public var args: [UInt64]
+
+    public init(nr: Int32, arch: UInt32 = SeccompArch.x86_64, instructionPointer: UInt64 = 0, args: [UInt64] = []) {
+        self.nr = nr
+        self.arch = arch
+        self.instructionPointer = instructionPointer
+        self.args = (args + Array(repeating: 0, count: 6)).prefix(6).map { $0 }
+    }
+
+    /// The 32-bit word at byte offset `offset` (little-endian layout), as
+    /// `BPF_LD|BPF_W|BPF_ABS` reads it.
+    func word(at offset: UInt32) -> UInt32? {
+        switch offset {
+        case 0: return UInt32(bitPattern: nr)
+        case 4: return arch
+        case 8: return UInt32(truncatingIfNeeded: instructionPointer)
+        case 12: return UInt32(truncatingIfNeeded: instructionPointer >> 32)
+        case 16..<64 where offset % 4 == 0:
+            let arg = args[Int(offset - 16) / 8]
+            return (offset % 8 == 0) ? UInt32(truncatingIfNeeded: arg) : UInt32(truncatingIfNeeded: arg >> 32)
+        default: return nil
+        }
+    }
+}
+
+public enum SeccompArch {
+    public static let x86_64: UInt32 = 0xC000_003E
+    public static let i386: UInt32 = 0x4000_0003
+    /// `__X32_SYSCALL_BIT`: x32 calls share the x86_64 audit arch and set this bit in the number.
+    public static let x32SyscallBit: UInt32 = 0x4000_0000
+}
+
+public enum BPFError: Error, Equatable, CustomStringConvertible {
+    case outOfBounds(pc: Int)
+    case badLoad(pc: Int, offset: UInt32)
+    case divideByZero(pc: Int)
+    case unsupported(pc: Int, code: UInt16)
+    case noReturn
+
+    public var description: String {
+        switch self {
+        case .outOfBounds(let pc): return "jump out of the program at \(pc)"
+        case .badLoad(let pc, let off): return "load from offset \(off) at \(pc)"
+        case .divideByZero(let pc): return "division by zero at \(pc)"
+        case .unsupported(let pc, let code): return "unsupported opcode 0x\(String(code, radix: 16)) at \(pc)"
+        case .noReturn: return "program ends without a return"
+        }
+    }
+}
+
+/// Runs a classic BPF program the way the kernel's seccomp does and returns
+/// the 32-bit `SECCOMP_RET_*` value.
+public func runBPF(_ program: [BPFInstruction], on data: SeccompData) throws(BPFError) -> UInt32 {
+    typealias I = BPFInstruction
+    var a: UInt32 = 0, x: UInt32 = 0
+    var mem = [UInt32](repeating: 0, count: 16)
+    var pc = 0
+    while pc < program.count {
+        let ins = program[pc]
+        let src: UInt32 = (ins.code & I.X) != 0 ? x : ins.k
+        switch ins.cls {
+        case I.LD:
+            switch ins.code & 0xe0 {
+            case I.ABS:
+                guard let w = data.word(at: ins.k) else { throw .badLoad(pc: pc, offset: ins.k) }
+                a = w
+            case I.IMM: a = ins.k
+            case I.MEM: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; a = mem[Int(ins.k)]
+            case I.LEN: a = 64
+            default: throw .unsupported(pc: pc, code: ins.code)
+            }
+        case I.LDX:
+            switch ins.code & 0xe0 {
+            case I.IMM: x = ins.k
+            case I.MEM: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; x = mem[Int(ins.k)]
+            case I.LEN: x = 64
+            default: throw .unsupported(pc: pc, code: ins.code)
+            }
+        case I.ST: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; mem[Int(ins.k)] = a
+        case I.STX: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; mem[Int(ins.k)] = x
+        case I.ALU:
+            switch ins.code & 0xf0 {
+            case I.ADD: a = a &+ src
+            case I.SUB: a = a &- src
+            case I.MUL: a = a &* src
+            case I.DIV: guard src != 0 else { throw .divideByZero(pc: pc) }; a /= src
+            case I.MOD: guard src != 0 else { throw .divideByZero(pc: pc) }; a %= src
+            case I.OR: a |= src
+            case I.AND: a &= src
+            case I.XOR: a ^= src
+            case I.LSH: a = src >= 32 ? 0 : a << src
+            case I.RSH: a = src >= 32 ? 0 : a >> src
+            case I.NEG: a = 0 &- a
+            default: throw .unsupported(pc: pc, code: ins.code)
+            }
+        case I.JMP:
+            let op = ins.code & 0xf0
+            if op == I.JA {
+                pc += 1 + Int(ins.k)
+                continue
+            }
+            let taken: Bool
+            switch op {
+            case I.JEQ: taken = a == src
+            case I.JGT: taken = a > src
+            case I.JGE: taken = a >= src
+            case I.JSET: taken = (a & src) != 0
+            default: throw .unsupported(pc: pc, code: ins.code)
+            }
+            pc += 1 + Int(taken ? ins.jt : ins.jf)
+            continue
+        case I.RET:
+            return (ins.code & 0x18) == I.A ? a : ins.k
+        case I.MISC:
+            if ins.code & 0xf8 == I.TXA { a = x } else { x = a }
+        default:
+            throw .unsupported(pc: pc, code: ins.code)
+        }
+        pc += 1
+    }
+    throw .noReturn
+}
+
+/// A tiny assembler with forward labels, for programs written by hand.
+/// Conditional jumps hold 8-bit offsets; `assemble()` fails loudly if a
+/// label is out of reach, so a prelude that grows too long cannot be
+/// emitted with a wrong jump.
+struct BPFAssembler {
+    enum Target: Hashable { case next, label(String) }
+    private enum Item {
+        case fixed(BPFInstruction)
+        case jump(code: UInt16, k: UInt32, jt: Target, jf: Target)
+        case always(String)
+        case label(String)
+    }
+    private var items: [Item] = []
+
+    mutating func load(_ offset: UInt32) {
+        items.append(.fixed(BPFInstruction(code: BPFInstruction.LD | BPFInstruction.W | BPFInstruction.ABS, k: offset)))
+    }
+    mutating func ret(_ value: UInt32) {
+        items.append(.fixed(BPFInstruction(code: BPFInstruction.RET | BPFInstruction.K, k: value)))
+    }
+    mutating func jump(_ op: UInt16, _ k: UInt32, ifTrue: Target, ifFalse: Target = .next) {
+        items.append(.jump(code: BPFInstruction.JMP | op | BPFInstruction.K, k: k, jt: ifTrue, jf: ifFalse))
+    }
+    mutating func goto(_ label: String) { items.append(.always(label)) }
+    mutating func label(_ name: String) { items.append(.label(name)) }
+
+    func assemble() -> [BPFInstruction] {
+        var positions: [String: Int] = [:]
+        var pc = 0
+        for item in items {
+            if case .label(let name) = item { positions[name] = pc } else { pc += 1 }
+        }
+        var program: [BPFInstruction] = []
+        for item in items {
+            let here = program.count
+            func offset(_ t: Target) -> UInt8 {
+                guard case .label(let name) = t else { return 0 }
+                guard let to = positions[name] else { preconditionFailure("BPF label \(name) is not defined") }
+                let distance = to - here - 1
+                precondition(distance >= 0 && distance <= 255, "BPF label \(name) is out of reach (\(distance))")
+                return UInt8(distance)
+            }
+            switch item {
+            case .fixed(let ins): program.append(ins)
+            case .jump(let code, let k, let jt, let jf):
+                program.append(BPFInstruction(code: code, jt: offset(jt), jf: offset(jf), k: k))
+            case .always(let name):
+                guard let to = positions[name] else { preconditionFailure("BPF label \(name) is not defined") }
+                precondition(to > here, "BPF jumps only go forward")
+                program.append(BPFInstruction(code: BPFInstruction.JMP | BPFInstruction.JA, k: UInt32(to - here - 1)))
+            case .label: break
+            }
+        }
+        return program
+    }
+}

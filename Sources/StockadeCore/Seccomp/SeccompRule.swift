@@ -1,0 +1,200 @@
+internal import CSeccomp
+import Foundation
+
+/// One comparison on a system-call argument, as libseccomp expresses it:
+/// `arg1 == 3`, `arg0 < 38`, `arg0 & 0x7e020000 == 0`.
+public struct SeccompCondition: Sendable, Hashable, CustomStringConvertible {
+    public enum Op: String, Sendable, Hashable, CaseIterable {
+        case eq = "==", ne = "!=", lt = "<", le = "<=", gt = ">", ge = ">="
+        case maskedEq = "&=="
+
+        var scmp: scmp_compare {
+            switch self {
+            case .ne: return SCMP_CMP_NE
+            case .lt: return SCMP_CMP_LT
+            case .le: return SCMP_CMP_LE
+            case .eq: return SCMP_CMP_EQ
+            case .ge: return SCMP_CMP_GE
+            case .gt: return SCMP_CMP_GT
+            case .maskedEq: return SCMP_CMP_MASKED_EQ
+            }
+        }
+    }
+
+    public var arg: Int
+    public var op: Op
+    /// The mask of a masked comparison (unused otherwise).
+    public var mask: UInt64
+    public var value: UInt64
+
+    public init(arg: Int, op: Op, value: UInt64, mask: UInt64 = 0) {
+        self.arg = arg
+        self.op = op
+        self.value = value
+        self.mask = mask
+    }
+
+    /// What the kernel-side filter decides for a 64-bit argument (libseccomp
+    /// compares all 64 bits, unsigned).
+    public func matches(_ x: UInt64) -> Bool {
+        switch op {
+        case .eq: return x == value
+        case .ne: return x != value
+        case .lt: return x < value
+        case .le: return x <= value
+        case .gt: return x > value
+        case .ge: return x >= value
+        case .maskedEq: return x & mask == value
+        }
+    }
+
+    public var description: String {
+        op == .maskedEq ? "arg\(arg) & \(hex(mask)) == \(hex(value))" : "arg\(arg) \(op.rawValue) \(hex(value))"
+    }
+
+    private func hex(_ v: UInt64) -> String { v < 10 ? String(v) : "0x" + String(v, radix: 16) }
+
+    /// Parses `argN OP VALUE` or `argN & MASK == VALUE`; values are numbers
+    /// (decimal, 0x, 0o, 0b, or negative as two's complement) or constant
+    /// names joined with `|` (`CLONE_NEWUSER|CLONE_NEWNS`).
+    public init(parsing text: String) throws(ConditionError) {
+        let tokens = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard let first = tokens.first, first.hasPrefix("arg"), let n = Int(first.dropFirst(3)), (0...5).contains(n) else {
+            throw ConditionError("must start with arg0 ... arg5")
+        }
+        if tokens.count == 5 && tokens[1] == "&" {
+            guard tokens[3] == "==" else { throw ConditionError("a masked comparison is written \"argN & MASK == VALUE\"") }
+            let mask = try Self.number(tokens[2])
+            let value = try Self.number(tokens[4])
+            guard value & ~mask == 0 else {
+                throw ConditionError("value \(tokens[4]) has bits outside mask \(tokens[2]); the comparison could never match")
+            }
+            self.init(arg: n, op: .maskedEq, value: value, mask: mask)
+            return
+        }
+        guard tokens.count == 3 else {
+            throw ConditionError("expected \"argN OP VALUE\" (OP one of == != < <= > >=) or \"argN & MASK == VALUE\"")
+        }
+        guard let op = Op(rawValue: tokens[1]), op != .maskedEq else {
+            throw ConditionError("unknown comparison \"\(tokens[1])\" (use == != < <= > >=, or argN & MASK == VALUE)")
+        }
+        self.init(arg: n, op: op, value: try Self.number(tokens[2]))
+    }
+
+    static func number(_ text: String) throws(ConditionError) -> UInt64 {
+        var total: UInt64 = 0
+        for part in text.split(separator: "|") {
+            let p = String(part)
+            if let v = Self.literal(p) {
+                total |= v
+            } else if let v = SeccompConstants.table[p] {
+                total |= v
+            } else {
+                throw ConditionError("cannot read \"\(p)\" as a number or a known constant")
+            }
+        }
+        return total
+    }
+
+    private static func literal(_ s: String) -> UInt64? {
+        if s.hasPrefix("-"), let v = Int64(s) { return UInt64(bitPattern: v) }
+        for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where s.lowercased().hasPrefix(prefix) {
+            return UInt64(s.dropFirst(2).replacingOccurrences(of: "_", with: ""), radix: radix)
+        }
+        return UInt64(s.replacingOccurrences(of: "_", with: ""))
+    }
+}
+
+public struct ConditionError: Error, Sendable {
+    public var message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// Named constants that argument conditions may use.
+public enum SeccompConstants {
+    public static let cloneNamespaceFlags: UInt64 = 0x7e02_0080
+    public static let TIOCSTI: UInt64 = 0x5412
+    public static let TIOCLINUX: UInt64 = 0x541C
+
+    public static let table: [String: UInt64] = [
+        "CLONE_VM": 0x100, "CLONE_FS": 0x200, "CLONE_FILES": 0x400, "CLONE_SIGHAND": 0x800,
+        "CLONE_PIDFD": 0x1000, "CLONE_PTRACE": 0x2000, "CLONE_VFORK": 0x4000, "CLONE_PARENT": 0x8000,
+        "CLONE_THREAD": 0x10000, "CLONE_NEWNS": 0x20000, "CLONE_SYSVSEM": 0x40000, "CLONE_SETTLS": 0x80000,
+        "CLONE_PARENT_SETTID": 0x100000, "CLONE_CHILD_CLEARTID": 0x200000, "CLONE_CHILD_SETTID": 0x1000000,
+        "CLONE_NEWCGROUP": 0x2000000, "CLONE_NEWUTS": 0x4000000, "CLONE_NEWIPC": 0x8000000,
+        "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000, "CLONE_NEWNET": 0x40000000,
+        "CLONE_IO": 0x80000000, "CLONE_NEWTIME": 0x80,
+        "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16, "AF_PACKET": 17,
+        "AF_VSOCK": 40, "AF_ALG": 38,
+        "SOCK_STREAM": 1, "SOCK_DGRAM": 2, "SOCK_RAW": 3, "SOCK_SEQPACKET": 5,
+        "SOCK_NONBLOCK": 0o4000, "SOCK_CLOEXEC": 0o2000000,
+        "TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX, "TCGETS": 0x5401, "TCSETS": 0x5402, "TIOCGWINSZ": 0x5413,
+        "FIONREAD": 0x541B, "FIONBIO": 0x5421, "FIOCLEX": 0x5451, "FIONCLEX": 0x5450,
+        "PER_LINUX": 0, "PER_LINUX32": 8, "UNAME26": 0x20000, "ADDR_NO_RANDOMIZE": 0x40000,
+        "READ_IMPLIES_EXEC": 0x400000,
+        "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4,
+        "O_RDONLY": 0, "O_WRONLY": 1, "O_RDWR": 2, "O_CREAT": 0o100, "O_TRUNC": 0o1000, "O_APPEND": 0o2000,
+    ]
+}
+
+/// One rule of the policy: `syscall` gets `action` when every condition
+/// holds (conditions of one rule are ANDed; rules are ORed).
+public struct SeccompRule: Sendable, Hashable, CustomStringConvertible {
+    public var syscall: String
+    public var number: Int32
+    public var action: SeccompAction
+    public var conditions: [SeccompCondition]
+    /// Where it came from, for messages: `profile.toml:12` or
+    /// `docker:default.json syscalls[3]`.
+    public var origin: String
+    /// Rules from an imported profile yield to the profile's own rules.
+    public var imported: Bool
+
+    public init(syscall: String, number: Int32, action: SeccompAction, conditions: [SeccompCondition] = [],
+                origin: String, imported: Bool = false) {
+        self.syscall = syscall
+        self.number = number
+        self.action = action
+        self.conditions = conditions
+        self.origin = origin
+        self.imported = imported
+    }
+
+    public var description: String {
+        conditions.isEmpty ? "\(syscall): \(action)" : "\(syscall) if \(conditions.map(\.description).joined(separator: " && ")): \(action)"
+    }
+}
+
+/// System-call names and numbers on the native architecture, as the
+/// installed libseccomp knows them.
+public enum Syscalls {
+    /// The native number of `name`; nil when libseccomp does not know it or
+    /// it is no system call on this architecture (e.g. `socketcall` on x86_64).
+    public static func number(of name: String) -> Int32? {
+        let n = seccomp_syscall_resolve_name_arch(UInt32(SCMP_ARCH_NATIVE), name)
+        return n >= 0 ? n : nil
+    }
+
+    /// True when libseccomp knows the name, but for another architecture.
+    public static func isForeign(_ name: String) -> Bool {
+        let n = seccomp_syscall_resolve_name(name)
+        return n != __NR_SCMP_ERROR && n < 0 || (n >= 0 && number(of: name) == nil)
+    }
+
+    public static func name(of number: Int32) -> String? {
+        guard number >= 0, let p = seccomp_syscall_resolve_num_arch(UInt32(SCMP_ARCH_NATIVE), number) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// The highest native number libseccomp has a name for; calls above it
+    /// get ENOSYS from every filter (a newer kernel's calls, or garbage).
+    public static let highestKnown: Int32 = {
+        var highest: Int32 = 0
+        for n in Int32(0)..<1024 where name(of: n) != nil { highest = n }
+        return highest
+    }()
+
+    /// `AUDIT_ARCH_*` of the native architecture.
+    public static var nativeArch: UInt32 { seccomp_arch_native() }
+}

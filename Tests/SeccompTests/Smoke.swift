@@ -1,4 +1,0 @@
-import Testing
-import StockadeCore
-
-@Test func versionIsSet() { #expect(!Stockade.version.isEmpty) }
