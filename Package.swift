@@ -17,6 +17,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "stockade", targets: ["stockade"]),
+        .executable(name: "stockaded", targets: ["stockaded"]),
         .library(name: "StockadeCore", targets: ["StockadeCore"]),
     ],
     dependencies: [
@@ -24,6 +25,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        // stockaded: the HTTP API on a unix socket, start/stop, metrics.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The child trampoline (clone3 .. execve) and the raw-syscall shims
@@ -63,10 +69,37 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The daemon: tenants, warm worker pools, the client API, audit log
+        // and metrics. A library so that tests drive it in-process.
+        .target(
+            name: "StockadeDaemon",
+            dependencies: [
+                "StockadeCore", "StockadeSystem", "COpenSSL",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "stockaded",
+            dependencies: [
+                "StockadeDaemon", "StockadeCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeCore", "StockadeSystem", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["StockadeCore", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
@@ -94,6 +127,12 @@ let package = Package(
         .testTarget(
             name: "ChannelTests",
             dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem"],
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
     ]

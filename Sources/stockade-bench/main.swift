@@ -10,6 +10,7 @@ let parts: [String: () throws -> Void] = [
     "seccomp": seccompBench,
     "channel": channelBench,
     "cgroup": cgroupBench,
+    "daemon": daemonBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

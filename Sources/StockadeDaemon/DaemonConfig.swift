@@ -1,0 +1,318 @@
+// The daemon's configuration file: where it listens, where it writes its
+// audit log, its clients (token and uid) and its tenants (budget, profile,
+// worker command, pool size, pinned model files, who may call them).
+//
+// Relative paths are relative to the directory of the configuration file,
+// and `${CONFIG_DIR}` in a command or a bind stands for that directory, so a
+// configuration kept beside a checkout works wherever the checkout lives.
+public import StockadeCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// What a client may do with a tenant. Each role includes the ones below it.
+public enum Role: String, Sendable, Comparable, CaseIterable, Codable {
+    /// List the tenant, its workers and their stats.
+    case viewer
+    /// Everything a viewer may, and submit inference requests.
+    case invoker
+    /// Everything an invoker may, and drain or resume the tenant.
+    case admin
+
+    private var rank: Int {
+        switch self {
+        case .viewer: 0
+        case .invoker: 1
+        case .admin: 2
+        }
+    }
+
+    public static func < (a: Role, b: Role) -> Bool { a.rank < b.rank }
+}
+
+/// One API client: a bearer token that only the given unix uid may present.
+public struct ClientConfig: Sendable, Equatable {
+    public var name: String
+    public var token: String
+    /// The uid the connecting process must have (SO_PEERCRED).
+    public var uid: UInt32
+
+    public init(name: String, token: String, uid: UInt32) {
+        self.name = name
+        self.token = token
+        self.uid = uid
+    }
+}
+
+/// A model file pinned by its SHA-256 digest, bound read-only into each jail.
+public struct ModelFile: Sendable, Equatable {
+    /// The host path.
+    public var path: String
+    /// Where the jail sees it.
+    public var target: String
+    /// 64 lowercase hex digits.
+    public var sha256: String
+
+    public init(path: String, target: String, sha256: String) {
+        self.path = path
+        self.target = target
+        self.sha256 = sha256
+    }
+}
+
+/// One tenant: its budget, the jail its workers run in, and its pool.
+public struct TenantConfig: Sendable {
+    public var name: String
+    public var budget: TenantBudget
+    public var profilePath: String
+    public var profile: Profile
+    /// argv inside the jail.
+    public var command: [String]
+    /// Host paths bound read-only at the same path in the jail.
+    public var binds: [String]
+    public var environment: [(String, String)]
+    public var minWorkers: Int
+    public var maxWorkers: Int
+    /// Requests that may wait for a worker; more are refused with 429.
+    public var queueLimit: Int
+    /// A request whose worker has not answered after this long kills the worker.
+    public var requestTimeout: Duration
+    public var models: [ModelFile]
+    /// Client name -> role.
+    public var access: [String: Role]
+
+    public init(name: String, profilePath: String, profile: Profile, command: [String]) {
+        self.name = name
+        self.budget = TenantBudget(name: name)
+        self.profilePath = profilePath
+        self.profile = profile
+        self.command = command
+        self.binds = []
+        self.environment = []
+        self.minWorkers = 1
+        self.maxWorkers = 1
+        self.queueLimit = 64
+        self.requestTimeout = .seconds(60)
+        self.models = []
+        self.access = [:]
+    }
+}
+
+/// The whole configuration file.
+public struct DaemonConfig: Sendable {
+    public var file: String
+    public var socketPath: String
+    public var auditLogPath: String
+    /// Mode of the API socket (clients are still checked by uid and token).
+    public var socketMode: UInt32
+    /// The largest request body accepted (413 above it).
+    public var maxRequestBytes: Int
+    /// Tenant budgets and jails as cgroups; off for hosts without cgroup access.
+    public var cgroups: Bool
+    /// The cgroup below which tenants live (`stockaded` by default).
+    public var cgroupBase: String
+    /// How long a stop waits for requests in flight before killing jails.
+    public var drainTimeout: Duration
+    public var clients: [ClientConfig]
+    public var tenants: [TenantConfig]
+
+    public static func load(path: String) throws(ProfileError) -> DaemonConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+            throw ProfileError(file: path, line: nil, key: "", message: "configuration file \(reason)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ProfileError(file: path, line: nil, key: "", message: "configuration file is not UTF-8 text")
+        }
+        return try parse(text: text, file: path)
+    }
+
+    /// Parses `text`; relative paths are taken from the directory of `file`.
+    public static func parse(text: String, file: String) throws(ProfileError) -> DaemonConfig {
+        let root = try TableReader.parse(text: text, file: file)
+        let dir = DaemonPath.directory(of: DaemonPath.absolute(file, base: FileManager.default.currentDirectoryPath))
+        func path(_ t: TableReader, _ key: String) throws(ProfileError) -> String? {
+            guard let raw = try t.string(key) else { return nil }
+            guard !raw.isEmpty else { throw t.error(key, "a path cannot be empty") }
+            return DaemonPath.absolute(DaemonPath.expand(raw, configDir: dir), base: dir)
+        }
+
+        guard let daemon = try root.table("daemon") else {
+            throw root.error("daemon", "missing [daemon] table (socket, audit_log)")
+        }
+        guard let socket = try path(daemon, "socket") else { throw daemon.error("socket", "missing: the API socket path") }
+        guard socket.utf8.count < 108 else {
+            throw daemon.error("socket", "\(socket) is \(socket.utf8.count) bytes; a unix socket path must be under 108")
+        }
+        guard let audit = try path(daemon, "audit_log") else {
+            throw daemon.error("audit_log", "missing: the audit log path (JSON lines)")
+        }
+        var modeValue: UInt32 = 0o666
+        if let m = try daemon.string("socket_mode") {
+            guard let v = UInt32(m, radix: 8), v <= 0o777 else {
+                throw daemon.error("socket_mode", "expected an octal mode such as \"0660\", got \"\(m)\"")
+            }
+            modeValue = v
+        }
+        let maxBody = try daemon.size("max_request_bytes")
+        var maxRequestBytes = 16 << 20
+        if let maxBody {
+            guard case .bytes(let n) = maxBody, n > 0, n <= 1 << 30 else {
+                throw daemon.error("max_request_bytes", "must be between 1 byte and 1G")
+            }
+            maxRequestBytes = Int(n)
+        }
+        let cgroups = try daemon.bool("cgroups") ?? true
+        let cgroupBase = try daemon.string("cgroup_base") ?? "stockaded"
+        guard TenantBudget.isValidName(cgroupBase) else {
+            throw daemon.error("cgroup_base", "a cgroup name must be 1-64 ASCII letters, digits, '-' or '_'")
+        }
+        let drain = try daemon.duration("drain_timeout") ?? .seconds(10)
+        try daemon.finish()
+
+        var clients: [ClientConfig] = []
+        if let all = try root.table("client") {
+            for name in all.keys {
+                guard TenantBudget.isValidName(name) else {
+                    throw all.error(name, "a client name must be 1-64 ASCII letters, digits, '-' or '_'")
+                }
+                guard let c = try all.table(name) else { throw all.error(name, "must be a table: [client.\(name)]") }
+                var token = try c.string("token")
+                if let file = try path(c, "token_file") {
+                    guard token == nil else { throw c.error("token_file", "give token or token_file, not both") }
+                    guard let data = FileManager.default.contents(atPath: file) else {
+                        throw c.error("token_file", "\(file) cannot be read")
+                    }
+                    token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                }
+                guard let token else { throw c.error("token", "missing: the client's bearer token (or token_file)") }
+                guard token.utf8.count >= 16 else {
+                    throw c.error("token", "a token must be at least 16 characters (it is \(token.utf8.count))")
+                }
+                guard token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+                    throw c.error("token", "a token must be printable ASCII without spaces")
+                }
+                guard let uid = try c.int("uid", in: 0...Int(UInt32.max - 1)) else {
+                    throw c.error("uid", "missing: the unix uid allowed to present this token")
+                }
+                try c.finish()
+                if let other = clients.first(where: { $0.token == token }) {
+                    throw c.error("token", "the same token as client \(other.name); every client needs its own")
+                }
+                clients.append(ClientConfig(name: name, token: token, uid: UInt32(uid)))
+            }
+            try all.finish()
+        }
+
+        var tenants: [TenantConfig] = []
+        guard let all = try root.table("tenant") else {
+            throw root.error("tenant", "no tenants: add a [tenant.NAME] table")
+        }
+        for name in all.keys {
+            guard TenantBudget.isValidName(name) else {
+                throw all.error(name, "a tenant name must be 1-64 ASCII letters, digits, '-' or '_'")
+            }
+            guard let t = try all.table(name) else { throw all.error(name, "must be a table: [tenant.\(name)]") }
+            guard let profilePath = try path(t, "profile") else { throw t.error("profile", "missing: the jail profile for this tenant's workers") }
+            let profile = try Profile.load(path: profilePath)
+            guard let rawCommand = try t.strings("command"), !rawCommand.isEmpty else {
+                throw t.error("command", "missing: the worker's argv inside the jail, e.g. [\"/usr/bin/python3\", \"worker.py\"]")
+            }
+            var tenant = TenantConfig(name: name, profilePath: profilePath, profile: profile,
+                                      command: rawCommand.map { DaemonPath.expand($0, configDir: dir) })
+            if let binds = try t.strings("binds") {
+                tenant.binds = binds.map { DaemonPath.absolute(DaemonPath.expand($0, configDir: dir), base: dir) }
+            }
+            if let env = try t.stringTable("env") {
+                tenant.environment = env.map { ($0.0, DaemonPath.expand($0.1, configDir: dir)) }
+            }
+            tenant.minWorkers = try t.int("workers_min", in: 0...1024) ?? 1
+            tenant.maxWorkers = try t.int("workers_max", in: 1...1024) ?? max(1, tenant.minWorkers)
+            guard tenant.maxWorkers >= tenant.minWorkers else {
+                throw t.error("workers_max", "\(tenant.maxWorkers) is below workers_min \(tenant.minWorkers)")
+            }
+            tenant.queueLimit = try t.int("queue", in: 0...1_000_000) ?? 64
+            if let d = try t.duration("request_timeout") {
+                guard d > .zero else { throw t.error("request_timeout", "must be above zero") }
+                tenant.requestTimeout = d
+            }
+            if let b = try t.table("budget") {
+                var budget = TenantBudget(name: name, limits: try LimitsSection(reading: b))
+                budget.maxJails = try b.int("max_jails", in: 1...100_000)
+                if budget.limits.memoryHigh != nil {
+                    throw b.error("memory_high", "a tenant budget has no memory_high; set it per jail in the profile")
+                }
+                try b.finish()
+                if let most = budget.maxJails, most < tenant.maxWorkers {
+                    throw b.error("max_jails", "\(most) is below workers_max \(tenant.maxWorkers): the pool could never grow that far")
+                }
+                tenant.budget = budget
+            }
+            for m in try t.tables("model") {
+                guard let p = try path(m, "path") else { throw m.error("path", "missing: the model file on the host") }
+                guard let digest = try m.string("sha256") else { throw m.error("sha256", "missing: the file's SHA-256 digest (64 hex digits)") }
+                let lower = digest.lowercased()
+                guard lower.utf8.count == 64, lower.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+                    throw m.error("sha256", "expected 64 hex digits, got \"\(digest)\"")
+                }
+                let target = try m.string("target") ?? p
+                guard target.hasPrefix("/") else { throw m.error("target", "the path in the jail must be absolute") }
+                try m.finish()
+                tenant.models.append(ModelFile(path: p, target: target, sha256: lower))
+            }
+            if let access = try t.table("access") {
+                for client in access.keys {
+                    guard let roleName = try access.string(client) else { continue }
+                    guard let role = Role(rawValue: roleName) else {
+                        throw access.error(client, "unknown role \"\(roleName)\"; use admin, invoker or viewer")
+                    }
+                    guard clients.contains(where: { $0.name == client }) else {
+                        let known = clients.map(\.name).joined(separator: ", ")
+                        throw access.error(client, "no client named \"\(client)\" (known: \(known.isEmpty ? "none" : known))")
+                    }
+                    tenant.access[client] = role
+                }
+                try access.finish()
+            }
+            try t.finish()
+            tenants.append(tenant)
+        }
+        try all.finish()
+        try root.finish()
+        return DaemonConfig(file: file, socketPath: socket, auditLogPath: audit, socketMode: modeValue,
+                            maxRequestBytes: maxRequestBytes, cgroups: cgroups, cgroupBase: cgroupBase,
+                            drainTimeout: drain, clients: clients, tenants: tenants)
+    }
+}
+
+/// Lexical path helpers (no symlinks are followed here; the launcher
+/// resolves bind sources itself).
+enum DaemonPath {
+    /// Replaces `${CONFIG_DIR}`; a value that starts with it is a path and
+    /// is normalized (`/etc/stockade/../x` -> `/etc/x`).
+    static func expand(_ text: String, configDir: String) -> String {
+        let expanded = text.replacingOccurrences(of: "${CONFIG_DIR}", with: configDir)
+        return text.hasPrefix("${CONFIG_DIR}") ? normalize(expanded) : expanded
+    }
+
+    static func absolute(_ path: String, base: String) -> String {
+        normalize(path.hasPrefix("/") ? path : base + "/" + path)
+    }
+
+    static func normalize(_ path: String) -> String {
+        var parts: [Substring] = []
+        for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+            if part == "." { continue }
+            if part == ".." { if !parts.isEmpty { parts.removeLast() }; continue }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+        return String(path[..<slash])
+    }
+}

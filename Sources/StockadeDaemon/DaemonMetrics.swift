@@ -1,0 +1,110 @@
+// Prometheus metrics per tenant, served at /metrics. Each daemon has its
+// own registry (tests run several daemons in one process).
+public import Prometheus
+import Synchronization
+
+public final class DaemonMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    static let latencyBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),
+        .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30),
+    ]
+
+    public init() {}
+
+    private func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    private func counter(_ name: String, labels: [(String, String)], help: String) -> Counter {
+        registry.makeCounter(descriptor: descriptor(name, help), labels: labels)
+    }
+
+    private func gauge(_ name: String, labels: [(String, String)], help: String) -> Gauge {
+        registry.makeGauge(descriptor: descriptor(name, help), labels: labels)
+    }
+
+    private func histogram(_ name: String, labels: [(String, String)], buckets: [Duration], help: String) -> DurationHistogram {
+        registry.makeDurationHistogram(descriptor: descriptor(name, help), labels: labels, buckets: buckets)
+    }
+
+    /// Requests answered, by outcome (ok, worker-error, worker-died, timeout,
+    /// queue-full, unavailable, too-large).
+    func requests(_ tenant: String, _ outcome: String) -> Counter {
+        counter( "stockaded_requests_total", labels: [("tenant", tenant), ("outcome", outcome)],
+                             help: "Inference requests by tenant and outcome")
+    }
+
+    func latency(_ tenant: String) -> DurationHistogram {
+        histogram( "stockaded_request_duration_seconds", labels: [("tenant", tenant)],
+                                       buckets: Self.latencyBuckets,
+                                       help: "Time from accepting an inference request to its answer, queueing included")
+    }
+
+    func workerLatency(_ tenant: String) -> DurationHistogram {
+        histogram( "stockaded_worker_duration_seconds", labels: [("tenant", tenant)],
+                                       buckets: Self.latencyBuckets,
+                                       help: "Time a worker took to answer a request over its channel")
+    }
+
+    func spawnLatency(_ tenant: String) -> DurationHistogram {
+        histogram( "stockaded_worker_start_seconds", labels: [("tenant", tenant)],
+                                       buckets: Self.latencyBuckets,
+                                       help: "Time to launch a jailed worker and finish its channel handshake")
+    }
+
+    func queueDepth(_ tenant: String) -> Gauge {
+        gauge( "stockaded_queue_depth", labels: [("tenant", tenant)],
+                           help: "Requests waiting for a free worker")
+    }
+
+    func workers(_ tenant: String, _ state: String) -> Gauge {
+        gauge( "stockaded_workers", labels: [("tenant", tenant), ("state", state)],
+                           help: "Workers by state (starting, idle, busy, stopping)")
+    }
+
+    func exits(_ tenant: String, _ reason: String) -> Counter {
+        counter( "stockaded_worker_exits_total", labels: [("tenant", tenant), ("reason", reason)],
+                             help: "Worker exits by reason (exited, signaled, oom, killed, time-limit)")
+    }
+
+    func oomKills(_ tenant: String) -> Counter {
+        counter( "stockaded_oom_kills_total", labels: [("tenant", tenant)],
+                             help: "Workers killed by the kernel's OOM killer inside their budget")
+    }
+
+    func seccompKills(_ tenant: String) -> Counter {
+        counter( "stockaded_seccomp_kills_total", labels: [("tenant", tenant)],
+                             help: "Workers killed by SIGSYS (a system call their seccomp filter kills on)")
+    }
+
+    func launchFailures(_ tenant: String) -> Counter {
+        counter( "stockaded_worker_launch_failures_total", labels: [("tenant", tenant)],
+                             help: "Worker launches that failed (jail set-up, handshake, model integrity)")
+    }
+
+    func cpuSeconds(_ tenant: String) -> Gauge {
+        gauge( "stockaded_cpu_seconds", labels: [("tenant", tenant)],
+                           help: "CPU time used by the tenant's workers, live and exited")
+    }
+
+    func throttledSeconds(_ tenant: String) -> Gauge {
+        gauge( "stockaded_cpu_throttled_seconds", labels: [("tenant", tenant)],
+                           help: "Time the tenant's workers were held back by their CPU quota, live and exited")
+    }
+
+    func memoryPeak(_ tenant: String) -> Gauge {
+        gauge( "stockaded_memory_peak_bytes", labels: [("tenant", tenant)],
+                           help: "Largest memory peak of any of the tenant's workers")
+    }
+
+    func denied(_ reason: String) -> Counter {
+        counter( "stockaded_denied_total", labels: [("reason", reason)],
+                             help: "API calls refused (unauthenticated, forbidden)")
+    }
+
+    func violations(_ tenant: String) -> Counter {
+        counter( "stockaded_channel_violations_total", labels: [("tenant", tenant)],
+                             help: "Channel protocol violations by workers (each kills the worker)")
+    }
+}

@@ -1,0 +1,745 @@
+// A tenant's pool of warm jailed workers.
+//
+// The pool keeps `workers_min` workers launched with their channel
+// handshake done, grows towards `workers_max` while requests wait, and hands
+// each request to a free worker at once (a request waits for a launch only
+// when every worker is busy). Requests that find no free worker wait in a
+// bounded queue; when it is full the request is refused (429).
+//
+// Every worker has a watcher thread blocked on its jail: when the jail ends
+// for any reason (crash, OOM kill, seccomp kill, our kill) the watcher
+// records the exit, removes the worker and launches a replacement. A
+// request held by a worker that dies is answered with an explicit error and
+// is never retried: the daemon cannot know whether the worker acted on it.
+public import StockadeCore
+import StockadeSystem
+import Logging
+import Dispatch
+import Synchronization
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How an inference request ended.
+public enum InferOutcome: Sendable {
+    case ok(response: [UInt8], worker: String)
+    /// `status` is the HTTP status the API answers with; `code` a stable word.
+    case failed(status: Int, code: String, message: String, worker: String?)
+
+    public var status: Int {
+        switch self {
+        case .ok: 200
+        case .failed(let s, _, _, _): s
+        }
+    }
+}
+
+/// A worker as the API shows it.
+public struct WorkerInfo: Codable, Sendable {
+    public var id: String
+    public var tenant: String
+    public var state: String
+    public var pid: Int32
+    public var uptimeSeconds: Double
+    public var requests: Int
+    public var errors: Int
+    public var lastLatencyMs: Double?
+    public var meanLatencyMs: Double?
+    public var usage: CgroupUsage?
+    public var cgroup: String?
+}
+
+/// A tenant as the API shows it.
+public struct TenantInfo: Codable, Sendable {
+    public var name: String
+    public var state: String
+    public var refusal: String?
+    public var workersMin: Int
+    public var workersMax: Int
+    public var starting: Int
+    public var idle: Int
+    public var busy: Int
+    public var queued: Int
+    public var queueLimit: Int
+    public var served: Int
+    public var failed: Int
+    public var workerExits: Int
+    public var oomKills: Int
+    public var seccompKills: Int
+    public var usage: TenantUsage
+    public var role: Role?
+}
+
+/// What a tenant's workers used, live ones and exited ones together.
+public struct TenantUsage: Codable, Sendable, Equatable {
+    public var cpuUserSeconds: Double = 0
+    public var cpuSystemSeconds: Double = 0
+    public var throttledSeconds: Double = 0
+    /// The largest memory peak of any one worker.
+    public var memoryPeakBytes: UInt64 = 0
+    public var pidsPeak: UInt64 = 0
+    public var budgetMemoryMaxBytes: UInt64?
+    public var budgetCPUs: Double?
+    public var budgetPidsMax: UInt64?
+
+    mutating func add(_ u: CgroupUsage) {
+        cpuUserSeconds += Double(u.cpuUserMicros ?? 0) / 1e6
+        cpuSystemSeconds += Double(u.cpuSystemMicros ?? 0) / 1e6
+        throttledSeconds += Double(u.throttledMicros ?? 0) / 1e6
+        memoryPeakBytes = max(memoryPeakBytes, u.memoryPeakBytes ?? 0)
+        pidsPeak = max(pidsPeak, u.pidsPeak ?? 0)
+    }
+}
+
+/// One jailed worker and its channel.
+final class Worker: @unchecked Sendable {
+    let id: String
+    let jail: Jail
+    let channel: SecureChannel
+    /// Requests run here, one at a time, off the event loops.
+    let queue: DispatchQueue
+    let startedAt = ContinuousClock.now
+    private let exitState = NSCondition()
+    private var exitValue: JailExit?
+    private var exited = false
+    /// Set when the watchdog killed the worker for a late answer.
+    let timedOut = Atomic<Bool>(false)
+
+    init(id: String, jail: Jail, channel: SecureChannel) {
+        self.id = id
+        self.jail = jail
+        self.channel = channel
+        self.queue = DispatchQueue(label: "stockaded.worker.\(id)")
+    }
+
+    func markExited(_ exit: JailExit?) {
+        exitState.lock()
+        exitValue = exit
+        exited = true
+        exitState.broadcast()
+        exitState.unlock()
+    }
+
+    var hasExited: Bool {
+        exitState.lock()
+        defer { exitState.unlock() }
+        return exited
+    }
+
+    /// Kills the jail unless its watcher has already reaped it.
+    func kill(reason: JailExit.Reason = .killed) {
+        exitState.lock()
+        defer { exitState.unlock() }
+        if !exited { jail.kill(reason: reason) }
+    }
+
+    /// Waits up to `grace` for the jail to end on its own, then kills it and
+    /// waits for the watcher to reap it.
+    func awaitExit(grace: Duration) -> JailExit? {
+        exitState.lock()
+        defer { exitState.unlock() }
+        let deadline = Date().addingTimeInterval(Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
+        while !exited {
+            if !exitState.wait(until: deadline) { break }
+        }
+        if !exited {
+            jail.kill(reason: .killed)
+            while !exited { exitState.wait() }
+        }
+        return exitValue
+    }
+}
+
+/// Describes a jail's end in words: "killed by SIGKILL (out of memory)".
+func describe(_ exit: JailExit?) -> String {
+    guard let exit else { return "ended (its exit status could not be read)" }
+    switch exit.reason {
+    case .exited: return "exited with status \(exit.exitCode ?? -1)"
+    case .outOfMemory: return "was killed by the kernel's OOM killer (its memory budget ran out)"
+    case .timeLimit: return "reached its time limit and was killed"
+    case .killed: return "was killed by the daemon"
+    case .signaled:
+        if exit.signal == SIGSYS { return "was killed by SIGSYS: a system call its seccomp filter forbids" }
+        return "was killed by \(exit.signalName ?? "signal \(exit.signal ?? 0)")"
+    }
+}
+
+public final class TenantPool: @unchecked Sendable {
+    public let config: TenantConfig
+    var name: String { config.name }
+    private let cgroups: CgroupManager?
+    private let audit: AuditLog
+    private let metrics: DaemonMetrics
+    private let logger: Logger
+    private let devNull: Int32
+
+    private struct Record {
+        var worker: Worker
+        var state: WorkerState
+        var requests = 0
+        var errors = 0
+        var lastLatency: Duration?
+        var totalLatency: Duration = .zero
+    }
+
+    enum WorkerState: String { case idle, busy, stopping }
+
+    private struct Pending {
+        var payload: [UInt8]
+        var accepted: ContinuousClock.Instant
+        var completion: @Sendable (InferOutcome) -> Void
+    }
+
+    private struct State {
+        var workers: [String: Record] = [:]
+        /// Free workers, most recently freed last.
+        var idle: [String] = []
+        var starting = 0
+        var queue: [Pending] = []
+        var queueHead = 0
+        var nextNumber = 1
+        var draining = false
+        var stopped = false
+        var consecutiveFailures = 0
+        var lastFailure: String?
+        var served = 0
+        var failed = 0
+        var exits = 0
+        var oomKills = 0
+        var seccompKills = 0
+        var exitedUsage = TenantUsage()
+        var verified: [String: ModelDigest.Stamp] = [:]
+        var watchers = 0
+        var queued: Int { queue.count - queueHead }
+    }
+
+    private let state = Mutex<State>(State())
+    /// Signalled when the last worker is gone (stop and drain wait on it).
+    private let emptied = NSCondition()
+
+    init(config: TenantConfig, cgroups: CgroupManager?, audit: AuditLog, metrics: DaemonMetrics, logger: Logger, devNull: Int32) {
+        self.config = config
+        self.cgroups = cgroups
+        self.audit = audit
+        self.metrics = metrics
+        var logger = logger
+        logger[metadataKey: "tenant"] = "\(config.name)"
+        self.logger = logger
+        self.devNull = devNull
+        for s in ["idle", "busy", "starting", "stopping"] { metrics.workers(config.name, s).set(to: 0) }
+        metrics.queueDepth(config.name).set(to: 0)
+    }
+
+    // MARK: Start and stop
+
+    /// Launches the minimum of workers (in the background).
+    func start() {
+        replenish()
+    }
+
+    /// Stops taking requests, lets queued and running ones finish, then
+    /// shuts each worker down through its channel.
+    func drain() {
+        let idle: [Worker] = state.withLock { s in
+            s.draining = true
+            let ids = s.idle
+            s.idle = []
+            return ids.compactMap { id in
+                s.workers[id]?.state = .stopping
+                return s.workers[id]?.worker
+            }
+        }
+        for w in idle { stopWorker(w) }
+        updateGauges()
+    }
+
+    /// Takes requests again after a drain and launches the minimum.
+    func resume() {
+        state.withLock { s in
+            s.draining = false
+            s.consecutiveFailures = 0
+        }
+        replenish()
+    }
+
+    /// Drains, waits up to `timeout` for the workers to finish, then kills
+    /// what is left and waits until every jail is reaped.
+    func stop(timeout: Duration) {
+        state.withLock { $0.stopped = true }
+        drain()
+        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        emptied.lock()
+        while !isEmpty {
+            if !emptied.wait(until: deadline) { break }
+        }
+        emptied.unlock()
+        let (left, queued): ([Worker], [Pending]) = state.withLock { s in
+            let q = Array(s.queue[s.queueHead...])
+            s.queue = []
+            s.queueHead = 0
+            return (s.workers.values.map(\.worker), q)
+        }
+        for p in queued {
+            p.completion(.failed(status: 503, code: "stopping", message: "the daemon is stopping", worker: nil))
+        }
+        for w in left {
+            audit.record(AuditEvent(.kill, tenant: name, worker: w.id, reason: "the daemon is stopping and the worker did not finish within \(timeout)"))
+            w.kill()
+        }
+        emptied.lock()
+        while !isEmpty { emptied.wait() }
+        emptied.unlock()
+    }
+
+    /// No workers, none starting, no watcher still running.
+    private var isEmpty: Bool {
+        state.withLock { $0.workers.isEmpty && $0.starting == 0 && $0.watchers == 0 }
+    }
+
+    // MARK: Requests
+
+    /// Hands `payload` to a free worker, or queues it; `completion` is called
+    /// exactly once, from some thread.
+    public func submit(_ payload: [UInt8], completion: @escaping @Sendable (InferOutcome) -> Void) {
+        let accepted = ContinuousClock.now
+        let pending = Pending(payload: payload, accepted: accepted, completion: completion)
+        enum Action { case run(Worker), queued, refuse(InferOutcome) }
+        let action: Action = state.withLock { s in
+            if s.draining {
+                return .refuse(.failed(status: 503, code: "draining", message: "tenant \(name) is draining and takes no new requests", worker: nil))
+            }
+            if let id = s.idle.popLast(), let w = s.workers[id]?.worker {
+                s.workers[id]?.state = .busy
+                return .run(w)
+            }
+            if s.queued >= config.queueLimit {
+                return .refuse(.failed(status: 429, code: "queue-full",
+                                       message: "tenant \(name): all \(s.workers.count) workers are busy and \(s.queued) requests are waiting (the queue holds \(config.queueLimit)); retry later",
+                                       worker: nil))
+            }
+            // Launches keep failing (a model that fails its check, a broken
+            // profile): say why now rather than queue behind the back-off.
+            if s.workers.isEmpty, s.consecutiveFailures > 0, let why = s.lastFailure {
+                return .refuse(.failed(status: 503, code: "unavailable", message: "tenant \(name) has no worker: \(why)", worker: nil))
+            }
+            s.queue.append(pending)
+            return .queued
+        }
+        switch action {
+        case .run(let w):
+            run(pending, on: w)
+        case .queued:
+            replenish()
+        case .refuse(let outcome):
+            if case .failed(_, let code, _, _) = outcome { metrics.requests(name, code).increment() }
+            completion(outcome)
+        }
+        updateGauges()
+    }
+
+    /// Async form of ``submit(_:completion:)``.
+    public func submit(_ payload: [UInt8]) async -> InferOutcome {
+        await withCheckedContinuation { c in submit(payload) { c.resume(returning: $0) } }
+    }
+
+    private func run(_ pending: Pending, on worker: Worker) {
+        worker.queue.async { [self] in
+            let watchdog = DispatchWorkItem { [weak worker] in
+                guard let worker else { return }
+                worker.timedOut.store(true, ordering: .sequentiallyConsistent)
+                worker.kill(reason: .timeLimit)
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(config.requestTimeout.components.seconds * 1000
+                + config.requestTimeout.components.attoseconds / 1_000_000_000_000_000)), execute: watchdog)
+            let start = ContinuousClock.now
+            let result: Result<[UInt8], ChannelError>
+            do throws(ChannelError) {
+                result = .success(try worker.channel.request(pending.payload))
+            } catch {
+                result = .failure(error)
+            }
+            watchdog.cancel()
+            let took = ContinuousClock.now - start
+            metrics.workerLatency(name).record(took)
+            switch result {
+            case .success(let response):
+                finish(pending, .ok(response: response, worker: worker.id), outcome: "ok")
+                requestDone(worker, took: took, healthy: true)
+            case .failure(.remote(let message)):
+                finish(pending, .failed(status: 502, code: "worker-error", message: "worker \(worker.id) reported an error: \(message)", worker: worker.id),
+                       outcome: "worker-error")
+                requestDone(worker, took: took, healthy: true)
+            case .failure(let error):
+                requestDone(worker, took: took, healthy: false)
+                // End of stream is how a dying worker looks; anything else
+                // the worker sent wrong is a violation and kills it at once.
+                let violation = error.violation.flatMap { $0.kind == .closed || $0.kind == .truncated ? nil : $0 }
+                if let v = violation {
+                    metrics.violations(name).increment()
+                    var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
+                    e.pid = worker.jail.pid
+                    audit.record(e)
+                    worker.kill()
+                }
+                let exit = worker.awaitExit(grace: .seconds(1))
+                let outcome: InferOutcome
+                if worker.timedOut.load(ordering: .sequentiallyConsistent) {
+                    outcome = .failed(status: 504, code: "timeout",
+                                      message: "worker \(worker.id) did not answer within \(config.requestTimeout) and was killed; the request was not retried",
+                                      worker: worker.id)
+                } else if let v = violation {
+                    outcome = .failed(status: 502, code: "violation",
+                                      message: "worker \(worker.id) broke the channel protocol (\(v.kind.rawValue): \(v.reason)) and was killed; the request was not retried",
+                                      worker: worker.id)
+                } else {
+                    outcome = .failed(status: 502, code: "worker-died",
+                                      message: "worker \(worker.id) \(describe(exit)) while it held the request; the request was not retried",
+                                      worker: worker.id)
+                }
+                if case .failed(_, let code, _, _) = outcome { finish(pending, outcome, outcome: code) }
+            }
+        }
+    }
+
+    private func finish(_ pending: Pending, _ outcome: InferOutcome, outcome word: String) {
+        metrics.requests(name, word).increment()
+        metrics.latency(name).record(ContinuousClock.now - pending.accepted)
+        state.withLock { s in
+            if case .ok = outcome { s.served += 1 } else { s.failed += 1 }
+        }
+        pending.completion(outcome)
+    }
+
+    /// A worker finished a request: give it the next queued one, or mark it free.
+    private func requestDone(_ worker: Worker, took: Duration, healthy: Bool) {
+        let next: Pending? = state.withLock { s in
+            guard var r = s.workers[worker.id] else { return nil }
+            r.requests += 1
+            if !healthy { r.errors += 1 }
+            r.lastLatency = took
+            r.totalLatency += took
+            s.workers[worker.id] = r
+            guard healthy, r.state == .busy else { return nil }
+            return takeWork(worker, &s)
+        }
+        if let next { run(next, on: worker) }
+        updateGauges()
+    }
+
+    /// With the lock held: the next queued request for `worker`, or nil
+    /// after marking it idle (or stopping it when draining).
+    private func takeWork(_ worker: Worker, _ s: inout State) -> Pending? {
+        if s.queueHead < s.queue.count {
+            let p = s.queue[s.queueHead]
+            s.queueHead += 1
+            if s.queueHead > 64, s.queueHead * 2 > s.queue.count {
+                s.queue.removeFirst(s.queueHead)
+                s.queueHead = 0
+            }
+            s.workers[worker.id]?.state = .busy
+            return p
+        }
+        if s.draining {
+            s.workers[worker.id]?.state = .stopping
+            let w = worker
+            DispatchQueue.global().async { [self] in stopWorker(w) }
+            return nil
+        }
+        s.workers[worker.id]?.state = .idle
+        s.idle.append(worker.id)
+        return nil
+    }
+
+    /// Orderly shutdown through the channel; killed if it lingers.
+    private func stopWorker(_ worker: Worker) {
+        worker.queue.async {
+            try? worker.channel.shutdown()
+            _ = worker.awaitExit(grace: .seconds(2))
+        }
+    }
+
+    // MARK: Launching
+
+    /// Starts as many launches as the pool needs now.
+    private func replenish() {
+        let (count, delay): (Int, Duration) = state.withLock { s in
+            guard !s.draining, !s.stopped else { return (0, .zero) }
+            let total = s.workers.count + s.starting
+            var want = max(0, config.minWorkers - total)
+            let uncovered = s.queued - s.starting
+            if uncovered > 0 { want = max(want, uncovered) }
+            want = min(want, config.maxWorkers - total)
+            if want <= 0 { return (0, .zero) }
+            // After failures, launch one at a time with a growing pause.
+            if s.consecutiveFailures > 0 {
+                if s.starting > 0 { return (0, .zero) }
+                want = 1
+            }
+            s.starting += want
+            let pause = s.consecutiveFailures == 0 ? Duration.zero
+                : .milliseconds(min(30_000, 100 << min(s.consecutiveFailures - 1, 9)))
+            return (want, pause)
+        }
+        guard count > 0 else { return }
+        updateGauges()
+        for _ in 0..<count {
+            let work: @Sendable () -> Void = { [self] in launchOne() }
+            if delay == .zero {
+                Thread.detachNewThread(work)
+            } else {
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(delay.components.seconds * 1000
+                    + delay.components.attoseconds / 1_000_000_000_000_000)), execute: work)
+            }
+        }
+    }
+
+    private func launchOne() {
+        let number = state.withLock { s -> Int? in
+            // A launch delayed by the back-off is dropped once the pool stops.
+            if s.stopped || s.draining {
+                s.starting -= 1
+                return nil
+            }
+            defer { s.nextNumber += 1 }
+            return s.nextNumber
+        }
+        guard let number else {
+            signalIfEmpty()
+            updateGauges()
+            return
+        }
+        let id = "\(name)-\(number)"
+        let start = ContinuousClock.now
+        let worker: Worker
+        do {
+            worker = try launch(id: id)
+        } catch {
+            launchFailed(id: id, error: error)
+            return
+        }
+        metrics.spawnLatency(name).record(ContinuousClock.now - start)
+        var event = AuditEvent(.launch, tenant: name, worker: id)
+        event.pid = worker.jail.pid
+        event.durationMs = Self.milliseconds(ContinuousClock.now - start)
+        audit.record(event)
+        logger.info("worker ready", metadata: ["worker": "\(id)", "pid": "\(worker.jail.pid)"])
+
+        let (next, stopNow): (Pending?, Bool) = state.withLock { s in
+            s.starting -= 1
+            s.consecutiveFailures = 0
+            s.lastFailure = nil
+            s.watchers += 1
+            s.workers[id] = Record(worker: worker, state: .busy)
+            if s.stopped {
+                s.workers[id]?.state = .stopping
+                return (nil, true)
+            }
+            return (takeWork(worker, &s), false)
+        }
+        Thread.detachNewThread { [self] in watch(worker) }
+        if stopNow { stopWorker(worker) }
+        if let next { run(next, on: worker) }
+        updateGauges()
+    }
+
+    private func launchFailed(id: String, error: any Error) {
+        let message = "\(error)"
+        metrics.launchFailures(name).increment()
+        if error is ModelIntegrityError {
+            audit.record(AuditEvent(.modelRejected, tenant: name, worker: id, reason: message))
+            logger.error("model integrity check failed; the tenant's workers are not started", metadata: ["error": "\(message)"])
+        } else {
+            audit.record(AuditEvent(.launchFailed, tenant: name, worker: id, reason: message))
+            logger.error("worker launch failed", metadata: ["worker": "\(id)", "error": "\(message)"])
+        }
+        let failed: [Pending] = state.withLock { s in
+            s.starting -= 1
+            s.consecutiveFailures += 1
+            s.lastFailure = message
+            // Nobody is left to serve the queue: answer it now rather than
+            // keep clients waiting through the back-off.
+            guard s.workers.isEmpty, s.starting == 0 else { return [] }
+            let q = Array(s.queue[s.queueHead...])
+            s.queue = []
+            s.queueHead = 0
+            return q
+        }
+        for p in failed {
+            finish(p, .failed(status: 503, code: "unavailable", message: "tenant \(name) could not start a worker: \(message)", worker: nil),
+                   outcome: "unavailable")
+        }
+        signalIfEmpty()
+        updateGauges()
+        replenish()
+    }
+
+    /// Verifies the pinned models (hashing again only when a file changed
+    /// since its last check), then launches the jail and runs the handshake.
+    private func launch(id: String) throws -> Worker {
+        for model in config.models {
+            let stamp = ModelDigest.Stamp(path: model.path)
+            let known = state.withLock { s in stamp != nil && s.verified[model.path] == stamp }
+            if !known {
+                try ModelDigest.verify(model)
+                // A file replaced while it was hashed is hashed again next time.
+                if let after = ModelDigest.Stamp(path: model.path), after == stamp {
+                    state.withLock { $0.verified[model.path] = after }
+                }
+            }
+        }
+        let bootstrap = try ChannelBootstrap(tenant: name, worker: id)
+        var request = LaunchRequest(profile: config.profile, command: config.command)
+        for path in config.binds {
+            request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
+        }
+        for model in config.models {
+            request.extraMounts.append(MountSpec(kind: .bind, source: model.path, target: model.target))
+        }
+        request.extraEnvironment = config.environment
+        request.extraEnvironment.append((ChannelBootstrap.environmentVariable, ChannelBootstrap.environmentValue()))
+        request.passedFDs = [
+            (devNull, 0),
+            (bootstrap.workerSocket.rawValue, ChannelBootstrap.workerSocketFD),
+            (bootstrap.paramsMemfd.rawValue, ChannelBootstrap.workerParamsFD),
+        ]
+        if let cgroups {
+            request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
+        }
+        try JailSecurity.prepare(&request)
+        let jail: Jail
+        do {
+            jail = try Launcher.launch(request)
+        } catch {
+            try? request.cgroup?.remove()
+            throw error
+        }
+        bootstrap.closeWorkerEnds()
+        do {
+            var channelLogger = logger
+            channelLogger[metadataKey: "worker"] = "\(id)"
+            let channel = try bootstrap.connect(logger: channelLogger, handshakeTimeoutMilliseconds: 60_000)
+            return Worker(id: id, jail: jail, channel: channel)
+        } catch {
+            jail.kill()
+            let exit = try? jail.wait()
+            throw DaemonError("worker \(id): channel handshake failed (\(error)); the worker \(describe(exit))")
+        }
+    }
+
+    /// Blocks until the worker's jail ends, then accounts for it.
+    private func watch(_ worker: Worker) {
+        let exit: JailExit?
+        do {
+            exit = try worker.jail.wait()
+        } catch {
+            logger.error("cannot reap a worker's jail", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+            exit = nil
+        }
+        worker.markExited(exit)
+        // Closed on the worker's queue, after any request still reading it.
+        worker.queue.async { worker.channel.close() }
+        var event = AuditEvent(.exit, tenant: name, worker: worker.id, reason: describe(exit))
+        event.pid = worker.jail.pid
+        event.exitCode = exit?.exitCode
+        event.signal = exit?.signalName
+        event.outcome = exit?.reason.rawValue
+        event.memoryPeakBytes = exit?.usage?.memoryPeakBytes
+        if let u = exit?.usage, let user = u.cpuUserMicros { event.cpuMicros = user + (u.cpuSystemMicros ?? 0) }
+        event.durationMs = exit.map { $0.wallSeconds * 1000 }
+        audit.record(event)
+        let oom = exit?.reason == .outOfMemory
+        let seccomp = exit?.signal == SIGSYS
+        metrics.exits(name, exit?.reason.rawValue ?? "unknown").increment()
+        if oom { metrics.oomKills(name).increment() }
+        if seccomp { metrics.seccompKills(name).increment() }
+        let expected: Bool = state.withLock { s in
+            let record = s.workers.removeValue(forKey: worker.id)
+            s.idle.removeAll { $0 == worker.id }
+            s.exits += 1
+            if oom { s.oomKills += 1 }
+            if seccomp { s.seccompKills += 1 }
+            if let u = exit?.usage { s.exitedUsage.add(u) }
+            s.watchers -= 1
+            return record?.state == .stopping
+        }
+        if !expected {
+            logger.warning("worker ended", metadata: ["worker": "\(worker.id)", "how": "\(describe(exit))"])
+        }
+        signalIfEmpty()
+        updateGauges()
+        replenish()
+    }
+
+    private func signalIfEmpty() {
+        emptied.lock()
+        emptied.broadcast()
+        emptied.unlock()
+    }
+
+    // MARK: Views
+
+    private func updateGauges() {
+        let (idle, busy, stopping, starting, queued) = state.withLock { s in
+            var counts: [WorkerState: Int] = [:]
+            for r in s.workers.values { counts[r.state, default: 0] += 1 }
+            return (counts[.idle] ?? 0, counts[.busy] ?? 0, counts[.stopping] ?? 0, s.starting, s.queued)
+        }
+        metrics.workers(name, "idle").set(to: Double(idle))
+        metrics.workers(name, "busy").set(to: Double(busy))
+        metrics.workers(name, "stopping").set(to: Double(stopping))
+        metrics.workers(name, "starting").set(to: Double(starting))
+        metrics.queueDepth(name).set(to: Double(queued))
+    }
+
+    /// Live usage is read from each worker's cgroup.
+    public func info(role: Role? = nil) -> TenantInfo {
+        let (snapshot, workers) = state.withLock { s in (s, s.workers.values.map(\.worker)) }
+        var usage = snapshot.exitedUsage
+        for w in workers {
+            if let u = try? w.jail.cgroup?.usage() { usage.add(u) }
+        }
+        let b = config.budget
+        usage.budgetMemoryMaxBytes = b.limits.memoryMax
+        usage.budgetCPUs = b.limits.cpu?.cpus
+        usage.budgetPidsMax = b.limits.pidsMax
+        metrics.cpuSeconds(name).set(to: usage.cpuUserSeconds + usage.cpuSystemSeconds)
+        metrics.throttledSeconds(name).set(to: usage.throttledSeconds)
+        metrics.memoryPeak(name).set(to: Double(usage.memoryPeakBytes))
+        var counts: [WorkerState: Int] = [:]
+        for r in snapshot.workers.values { counts[r.state, default: 0] += 1 }
+        let refusal = snapshot.consecutiveFailures > 0 ? snapshot.lastFailure : nil
+        return TenantInfo(name: name,
+                          state: snapshot.stopped ? "stopped" : snapshot.draining ? "draining" : refusal != nil ? "failing" : "serving",
+                          refusal: refusal, workersMin: config.minWorkers, workersMax: config.maxWorkers,
+                          starting: snapshot.starting, idle: counts[.idle] ?? 0, busy: counts[.busy] ?? 0,
+                          queued: snapshot.queued, queueLimit: config.queueLimit, served: snapshot.served, failed: snapshot.failed,
+                          workerExits: snapshot.exits, oomKills: snapshot.oomKills, seccompKills: snapshot.seccompKills,
+                          usage: usage, role: role)
+    }
+
+    public func workers() -> [WorkerInfo] {
+        let records = state.withLock { Array($0.workers.values) }
+        return records.sorted { $0.worker.id < $1.worker.id }.map(workerInfo)
+    }
+
+    public func worker(_ id: String) -> WorkerInfo? {
+        guard let r = state.withLock({ $0.workers[id] }) else { return nil }
+        return workerInfo(r)
+    }
+
+    private func workerInfo(_ r: Record) -> WorkerInfo {
+        let up = ContinuousClock.now - r.worker.startedAt
+        return WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
+                          uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
+                          requests: r.requests, errors: r.errors,
+                          lastLatencyMs: r.lastLatency.map(Self.milliseconds),
+                          meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
+                          usage: try? r.worker.jail.cgroup?.usage(),
+                          cgroup: (r.worker.jail.cgroup as? JailGroup)?.path)
+    }
+
+    static func milliseconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+    }
+}

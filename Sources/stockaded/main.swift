@@ -1,0 +1,77 @@
+// stockaded: the multi-tenant inference broker. See docs/openapi.yaml for
+// the API and examples/stockaded.toml for the configuration.
+import ArgumentParser
+import Logging
+import ServiceLifecycle
+import StockadeCore
+import StockadeDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Stockaded: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stockaded",
+        abstract: "Serve jailed inference workers to local clients over an HTTP API on a unix socket.",
+        discussion: """
+            stockaded reads its tenants and clients from a TOML file, keeps each tenant's \
+            minimum of jailed workers warm, and answers on the socket the file names. \
+            SIGTERM or SIGINT stops it: requests in flight finish (up to drain_timeout), \
+            then every jail is killed and its cgroup removed.
+
+            Example:
+              stockaded --config examples/stockaded.toml
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "The configuration file (TOML).")
+    var config: String
+
+    @Flag(name: .long, help: "Check the configuration and the pinned model digests, then exit.")
+    var check = false
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "stockaded")
+        let parsed: DaemonConfig
+        do {
+            parsed = try DaemonConfig.load(path: config)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        if check {
+            var bad = false
+            for t in parsed.tenants {
+                for m in t.models {
+                    do { try ModelDigest.verify(m); print("\(t.name): \(m.path): ok") } catch {
+                        print("\(t.name): \(error)")
+                        bad = true
+                    }
+                }
+            }
+            print("\(parsed.file): \(parsed.tenants.count) tenants, \(parsed.clients.count) clients")
+            if bad { throw ExitCode(1) }
+            return
+        }
+        // Jails die with the daemon (PDEATHSIG); a broken client connection
+        // must not kill the daemon.
+        signal(SIGPIPE, SIG_IGN)
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(config: parsed, logger: logger)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let group = ServiceGroup(configuration: .init(services: [daemon], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
