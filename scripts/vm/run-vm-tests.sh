@@ -85,6 +85,13 @@ done
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
 	echo "VM-RESULT rc=97 (9p mount failed)"; poweroff -f
 fi
+# The checkout may itself live under /tmp, /run or /root (a CI clone often
+# does); the tmpfs mounts below would hide it, so hold it aside and bind it
+# back on top afterwards.
+ROOT=$(cat /root-path)
+case "$ROOT" in
+/tmp/*|/run/*|/root/*) mkdir -p /keep && mount -o bind "/host$ROOT" /keep ;;
+esac
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t cgroup2 none /host/sys/fs/cgroup
@@ -93,6 +100,9 @@ mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
 mount -t tmpfs -o size=512m,mode=1777 tmp /host/tmp
 mount -t tmpfs tmp /host/run
 mount -t tmpfs -o size=512m tmp /host/root 2>/dev/null
+if [ -d /keep/. ] && mountpoint -q /keep; then
+	mkdir -p "/host$ROOT" && mount -o bind /keep "/host$ROOT"
+fi
 cp /run-in-vm.sh /host/tmp/run-in-vm.sh
 # switch_root, not chroot: the kernel refuses new user namespaces to a
 # chrooted process, and the jails need them. The script runs as PID 1 and
@@ -100,6 +110,7 @@ cp /run-in-vm.sh /host/tmp/run-in-vm.sh
 exec switch_root /host /bin/sh /tmp/run-in-vm.sh
 INIT
 chmod +x "$WORK/initramfs/init"
+printf '%s\n' "$ROOT" > "$WORK/initramfs/root-path"
 (cd "$WORK/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 
 # A small empty disk, so that io.max has a block device to limit.
