@@ -172,6 +172,10 @@ static int mkdir_p(const char *path, mode_t mode) {
 
 /* Creates the parent directories of `path` and an empty file at it (a mount point for a file bind). */
 static int touch_p(const char *path) {
+    /* An existing node is already a mount point, and may sit in a read-only
+     * bind where even opening it for writing fails (EROFS, EACCES). */
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) return 0;
     char buf[4096];
     size_t n = s_len(path);
     if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }

@@ -210,6 +210,35 @@ struct JailTests {
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("new").path))
     }
 
+    @Test("a mount inside a read-only bind: over an existing node it works, a missing one is refused by name")
+    func mountInsideReadOnlyBind() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-nested-\(getpid())")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("sub"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try "outer\n".write(to: dir.appendingPathComponent("config"), atomically: true, encoding: .utf8)
+        try "inner\n".write(to: dir.appendingPathComponent("replacement"), atomically: true, encoding: .utf8)
+        chmod(dir.path, 0o755)
+        let run = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "cat /data/config; ls /data/sub"]) { request in
+            request.extraMounts = [
+                MountSpec(kind: .bind, source: dir.path, target: "/data"),
+                MountSpec(kind: .bind, source: dir.appendingPathComponent("replacement").path, target: "/data/config"),
+                MountSpec(kind: .tmpfs, source: nil, target: "/data/sub", writable: true),
+            ]
+        }
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        #expect(run.lines == ["inner"], "\(run.stdout) \(run.stderr)")
+        #expect {
+            _ = try runJailed(try minimalProfile(), ["/bin/true"]) { request in
+                request.extraMounts = [
+                    MountSpec(kind: .bind, source: dir.path, target: "/data"),
+                    MountSpec(kind: .bind, source: dir.appendingPathComponent("replacement").path, target: "/data/missing"),
+                ]
+            }
+        } throws: { error in
+            "\(error)".contains("the mount point /data/missing lies inside the read-only bind /data")
+        }
+    }
+
     @Test("the launcher leaves no process and no mount behind")
     func nothingLeftBehind() throws {
         let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)

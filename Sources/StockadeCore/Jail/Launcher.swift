@@ -319,7 +319,21 @@ public enum Launcher {
                 result.append(PlannedMount(kind: STK_MOUNT_RO.rawValue, target: newroot + path))
             }
         }
+        // Read-only mounts made so far: a later mount point inside one of
+        // them cannot be created there, so it must already exist.
+        var readOnly: [(target: String, hostSource: String?)] = []
         for (i, m) in (profile.mounts + request.extraMounts).enumerated() {
+            let label = i < profile.mounts.count ? "\(profile.file): mount[\(i)]" : "mount"
+            if let outer = readOnly.last(where: { m.target.hasPrefix($0.target == "/" ? "/" : $0.target + "/") && m.target != $0.target }) {
+                let rest = String(m.target.dropFirst(outer.target.count))
+                let exists = outer.hostSource.map { FileManager.default.fileExists(atPath: $0 + rest) } ?? false
+                if !exists {
+                    let place = outer.hostSource.map { "the read-only bind \(outer.target), and \($0 + rest) does not exist on the host" }
+                        ?? "the read-only tmpfs \(outer.target), which is empty"
+                    throw JailError.invalidRequest("\(label): the mount point \(m.target) lies inside \(place); "
+                        + "a mount point cannot be created in a read-only mount: create it in the source, mount it elsewhere, or make \(outer.target) writable")
+                }
+            }
             var planned = PlannedMount(kind: 0, target: newroot + m.target)
             if m.writable { planned.flags |= STK_MF_WRITABLE.rawValue }
             if m.optional { planned.flags |= STK_MF_OPTIONAL.rawValue }
@@ -329,16 +343,17 @@ public enum Launcher {
                 let source = m.source ?? m.target
                 guard let real = realPath(source) else {
                     if m.optional { continue }
-                    let label = i < profile.mounts.count ? "\(profile.file): mount[\(i)]" : "bind"
                     throw JailError.invalidRequest("\(label): bind source \(source) does not exist")
                 }
                 planned.kind = STK_MOUNT_BIND.rawValue
                 planned.source = "/oldroot" + (real == "/" ? "" : real)
+                if !m.writable { readOnly.append((m.target, real == "/" ? "" : real)) }
             case .tmpfs:
                 planned.kind = STK_MOUNT_TMPFS.rawValue
                 var options = "mode=\(String(m.mode ?? 0o1777, radix: 8))"
                 if let size = m.size { options += ",size=\(size)" }
                 planned.data = options
+                if !m.writable { readOnly.append((m.target, nil)) }
             case .dir:
                 planned.kind = STK_MOUNT_DIR.rawValue
                 planned.mode = m.mode ?? 0o755
