@@ -83,7 +83,7 @@ struct ProbeCommand: ParsableCommand {
         } catch let error as JailError {
             throw StockadeFailure(message: error.description, status: 125)
         } catch let error as ProbeBatteryError {
-            throw StockadeFailure(message: "stockade probe: \(error.description)", status: 125)
+            throw StockadeFailure(message: "probe: \(error.description)", status: 125)
         }
         if json {
             let encoder = JSONEncoder()

@@ -162,6 +162,68 @@ struct RunCommand: ParsableCommand {
     }
 }
 
+extension RunCommand {
+    /// The common `run` command lines, read without ArgumentParser's
+    /// reflection (which costs more than building the jail): `--name value`,
+    /// `--name=value` and `-p value` for the options above, then the command
+    /// after `--` or at the first word that is not an option. Anything else
+    /// (help, an unknown option, a missing or bad value) gives nil, and
+    /// ArgumentParser reads the line and reports the mistake.
+    static func parseQuickly(_ args: [String]) -> RunCommand? {
+        var single: [String: String] = [:]
+        var lists: [String: [String]] = ["ro-bind": [], "bind": [], "setenv": []]
+        let singles: Set<String> = ["profile", "report", "time-limit", "tenants", "tenant", "cgroup-base"]
+        var i = 0
+        while i < args.count, args[i] != "--", args[i].hasPrefix("-") {
+            var name: Substring
+            var value: String?
+            if args[i] == "-p" {
+                name = "profile"
+            } else if args[i].hasPrefix("--") {
+                name = args[i].dropFirst(2)
+                if let eq = name.firstIndex(of: "=") {
+                    value = String(name[name.index(after: eq)...])
+                    name = name[..<eq]
+                }
+            } else {
+                return nil
+            }
+            if value == nil {
+                guard i + 1 < args.count, !args[i + 1].hasPrefix("-") else { return nil }
+                value = args[i + 1]
+                i += 1
+            }
+            let key = String(name)
+            if singles.contains(key) {
+                single[key] = value  // the last one counts, as in ArgumentParser
+            } else if lists[key] != nil {
+                lists[key]!.append(value!)
+            } else {
+                return nil
+            }
+            i += 1
+        }
+        guard let profile = single["profile"] else { return nil }
+        var report: ReportFormat?
+        if let name = single["report"] {
+            guard let format = ReportFormat(rawValue: name) else { return nil }
+            report = format
+        }
+        var command = RunCommand()
+        command.profile = profile
+        command.report = report
+        command.readOnlyBinds = lists["ro-bind"]!
+        command.writableBinds = lists["bind"]!
+        command.environment = lists["setenv"]!
+        command.timeLimit = single["time-limit"]
+        command.tenants = single["tenants"]
+        command.tenant = single["tenant"]
+        command.cgroupBase = single["cgroup-base"]
+        command.command = Array(args[i...])
+        return command
+    }
+}
+
 /// Forwards the signals a person or a supervisor sends to stockade into the
 /// jail (its PID 1 passes them on to the worker).
 final class SignalForwarder {

@@ -1,5 +1,8 @@
 import ArgumentParser
 import StockadeCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct StockadeCommand: ParsableCommand {
@@ -10,4 +13,45 @@ struct StockadeCommand: ParsableCommand {
         subcommands: [RunCommand.self, LintCommand.self, ProbeCommand.self, CompileCommand.self, ExplainCommand.self,
                       CgroupsCommand.self]
     )
+
+    /// `stockade run` is on every jail's start-up path: its usual command
+    /// lines are read directly (RunCommand.parseQuickly); every other line,
+    /// and any mistake, goes through ArgumentParser from the root.
+    static func main() {
+        let args = Array(CommandLine.arguments.dropFirst())
+        if args.first == "run", let command = RunCommand.parseQuickly(Array(args.dropFirst())) {
+            do {
+                try command.run()
+            } catch {
+                exit(with: error)
+            }
+            Glibc.exit(0)
+        }
+        do {
+            var command = try parseAsRoot(args)
+            try command.run()
+        } catch {
+            exit(with: error)
+        }
+    }
+
+    /// A failure Stockade itself reports is one line, `stockade: ...`, and its
+    /// own status (125 for a jail that could not be built, 64 for a command
+    /// line a subcommand rejects); the worker's exit status passes straight
+    /// through; the rest is ArgumentParser's (parse errors, help).
+    static func exit(with error: any Error) -> Never {
+        if let failure = error as? StockadeFailure {
+            printError("stockade: \(failure.message)")
+            Glibc.exit(failure.status)
+        }
+        if let code = error as? ExitCode {
+            Glibc.exit(code.rawValue)
+        }
+        // A command line a subcommand rejects after parsing (64, EX_USAGE).
+        if let invalid = error as? ValidationError {
+            printError("stockade: \(invalid.message)")
+            Glibc.exit(64)
+        }
+        exit(withError: error)
+    }
 }

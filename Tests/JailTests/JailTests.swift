@@ -255,6 +255,34 @@ struct JailTests {
         #expect(strays.output.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
     }
 
+    @Test("the CLI: the worker's status, `stockade: ...` errors with 125, usage mistakes with 64")
+    func commandLine() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let profile = packageRoot + "/profiles/minimal.toml"
+        // Every spelling of the options the direct reader takes.
+        for args in [["-p", profile, "--"], ["--profile", profile, "--"], ["--profile=" + profile, "--setenv", "X=1"], ["-p", profile],
+                     ["-p", "/no/such/profile.toml", "--profile", profile]] {
+            let run = try host([stockade, "run"] + args + ["/bin/sh", "-c", "echo ran; exit 3"])
+            #expect(run.status == 3 && run.output == "ran\n", "\(args): \(run)")
+        }
+        let missing = try host([stockade, "run", "-p", profile, "--", "/no/such/program"])
+        #expect(missing.status == 125)
+        #expect(missing.output.hasPrefix("stockade: jail setup failed at execve: ENOENT (/no/such/program)"), "\(missing.output)")
+        let noProfile = try host([stockade, "run", "-p", "/no/such/profile.toml", "--", "/bin/true"])
+        #expect(noProfile.status == 125 && noProfile.output == "stockade: /no/such/profile.toml: profile does not exist\n", "\(noProfile)")
+        let badEnv = try host([stockade, "run", "-p", profile, "--setenv", "novalue", "--", "/bin/true"])
+        #expect(badEnv.status == 64 && badEnv.output.hasPrefix("stockade: --setenv takes name=value"), "\(badEnv)")
+        // Mistakes in the line itself are ArgumentParser's to report.
+        for args in [["--report", "xml", "-p", profile, "--", "/bin/true"], ["--no-such-option", "-p", profile, "--", "/bin/true"],
+                     ["-p", profile, "--time-limit"]] {
+            let run = try host([stockade, "run"] + args)
+            #expect(run.status == 64 && run.output.contains("stockade run"), "\(args): \(run)")
+        }
+        let help = try host([stockade, "run", "--help"])
+        #expect(help.status == 0 && help.output.contains("USAGE: stockade run"), "\(help)")
+    }
+
     @Test("killing the launcher kills the jail (parent-death signal)")
     func dieWithLauncher() throws {
         let stockade = packageRoot + "/.build/debug/stockade"

@@ -90,7 +90,7 @@ fi
 # back on top afterwards.
 ROOT=$(cat /root-path)
 case "$ROOT" in
-/tmp/*|/run/*|/root/*) mkdir -p /keep && mount -o bind "/host$ROOT" /keep ;;
+/tmp/*|/run/*|/root/*) mkdir -p /keep && mount -o bind "/host$ROOT" /keep && KEEP=1 ;;
 esac
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -100,7 +100,7 @@ mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
 mount -t tmpfs -o size=512m,mode=1777 tmp /host/tmp
 mount -t tmpfs tmp /host/run
 mount -t tmpfs -o size=512m tmp /host/root 2>/dev/null
-if [ -d /keep/. ] && mountpoint -q /keep; then
+if [ -n "$KEEP" ]; then
 	mkdir -p "/host$ROOT" && mount -o bind /keep "/host$ROOT"
 fi
 cp /run-in-vm.sh /host/tmp/run-in-vm.sh
