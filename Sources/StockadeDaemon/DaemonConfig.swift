@@ -119,14 +119,7 @@ public struct DaemonConfig: Sendable {
     public var tenants: [TenantConfig]
 
     public static func load(path: String) throws(ProfileError) -> DaemonConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
-            throw ProfileError(file: path, line: nil, key: "", message: "configuration file \(reason)")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ProfileError(file: path, line: nil, key: "", message: "configuration file is not UTF-8 text")
-        }
-        return try parse(text: text, file: path)
+        try parse(text: TableReader.readText(path: path, what: "configuration file"), file: path)
     }
 
     /// Parses `text`; relative paths are taken from the directory of `file`.

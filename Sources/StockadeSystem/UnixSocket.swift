@@ -20,6 +20,34 @@ public enum UnixSocketPair {
     }
 }
 
+/// Client ends of Unix-domain sockets bound to a path.
+public enum UnixSocket {
+    /// Connects a close-on-exec `SOCK_STREAM` socket to the socket at `path`
+    /// (at most 107 bytes: `ENAMETOOLONG` beyond).
+    ///
+    /// The corresponding C functions are `socket` and `connect`.
+    public static func connect(path: String) throws(Errno) -> FileDescriptor {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw Errno.fileNameTooLong }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let fd = try retryingSyscall { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        // Not retried on EINTR: an interrupted connect goes on in the kernel.
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let code = Errno(rawValue: errno)
+            Glibc.close(fd)
+            throw code
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+}
+
 /// What one `recvmsg` call returned.
 public struct ReceivedMessage: Sendable {
     /// Bytes written into the buffer; 0 means the peer closed its end.

@@ -7,6 +7,7 @@
 import Foundation
 import StockadeCore
 import StockadeDaemon
+import StockadeSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -208,16 +209,11 @@ private final class KeepAliveClient: @unchecked Sendable {
 
     init(socket: String, token: String) throws {
         self.token = token
-        fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in socket.utf8.enumerated() { raw[i] = b }
+        do {
+            fd = try UnixSocket.connect(path: socket).rawValue
+        } catch {
+            throw DaemonError("connect \(socket): \(error)")
         }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw DaemonError("connect \(socket): errno \(errno)") }
     }
 
     deinit { close(fd) }

@@ -5,6 +5,7 @@ import Foundation
 import Testing
 @testable import StockadeDaemon
 import StockadeCore
+import StockadeSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -175,18 +176,13 @@ struct APIClient {
     func infer(_ tenant: String, _ text: String) throws -> Response { try post("/v1/tenants/\(tenant)/infer", Array(text.utf8)) }
 
     func call(_ method: String, _ path: String, body: [UInt8]) throws -> Response {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw DaemonError("socket: \(errno)") }
+        let fd: Int32
+        do {
+            fd = try UnixSocket.connect(path: socket).rawValue
+        } catch {
+            throw DaemonError("connect \(socket): \(error)")
+        }
         defer { Glibc.close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in socket.utf8.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw DaemonError("connect \(socket): errno \(errno)") }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: stockaded\r\nConnection: close\r\nContent-Length: \(body.count)\r\n"
         if let token { head += "Authorization: Bearer \(token)\r\n" }
         head += "\r\n"

@@ -33,6 +33,15 @@ struct ProfileTests {
         }
     }
 
+    @Test("a profile without [jail] name is named after its file")
+    func nameFromFile() throws {
+        let cases = ["profiles/minimal.toml": "minimal", "/etc/stockade/gpu.v2.toml": "gpu.v2", "plain": "plain",
+                     "dir/.hidden": ".hidden", "/srv/jails/": "jails"]
+        for (file, name) in cases {
+            #expect(try Profile.parse(text: "", file: file).name == name, "\(file)")
+        }
+    }
+
     @Test("an empty profile gets the safe defaults")
     func defaults() throws {
         let p = try parse("")

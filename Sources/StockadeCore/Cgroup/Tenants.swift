@@ -47,14 +47,7 @@ public struct TenantsFile: Sendable, Equatable {
     public subscript(name: String) -> TenantBudget? { tenants.first { $0.name == name } }
 
     public static func load(path: String) throws(ProfileError) -> TenantsFile {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
-            throw ProfileError(file: path, line: nil, key: "", message: "tenants file \(reason)")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ProfileError(file: path, line: nil, key: "", message: "tenants file is not UTF-8 text")
-        }
-        return try parse(text: text, file: path)
+        try parse(text: TableReader.readText(path: path, what: "tenants file"), file: path)
     }
 
     public static func parse(text: String, file: String) throws(ProfileError) -> TenantsFile {

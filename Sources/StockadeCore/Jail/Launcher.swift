@@ -383,9 +383,8 @@ public enum Launcher {
             env.append((name, value))
         }
         for pair in request.profile.environment.set { set(pair.name, pair.value) }
-        let host = ProcessInfo.processInfo.environment
         for name in request.profile.environment.pass {
-            if let value = host[name] { set(name, value) }
+            if let value = getenv(name) { set(name, String(cString: value)) }
         }
         for (name, value) in request.extraEnvironment { set(name, value) }
         return env

@@ -121,14 +121,7 @@ public struct RlimitSpec: Sendable, Equatable {
 extension Profile {
     /// Reads and validates a profile file.
     public static func load(path: String) throws(ProfileError) -> Profile {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
-            throw ProfileError(file: path, line: nil, key: "", message: "profile \(reason)")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ProfileError(file: path, line: nil, key: "", message: "profile is not UTF-8 text")
-        }
-        return try parse(text: text, file: path)
+        try parse(text: TableReader.readText(path: path, what: "profile"), file: path)
     }
 
     /// Parses and validates profile text; `file` names it in messages.
@@ -196,7 +189,7 @@ extension Profile {
     /// empty environment, a read-only tmpfs root with /proc and /dev.
     init(file: String) {
         self.file = file
-        self.name = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+        self.name = Profile.defaultName(file: file)
         self.namespaces = [.user, .pid, .mount, .net, .ipc, .uts, .cgroup]
         self.hostname = "stockade"
         self.cwd = "/"
@@ -212,6 +205,14 @@ extension Profile {
         self.landlock = LandlockSection()
         self.limits = LimitsSection()
         self.devices = DevicesSection()
+    }
+
+    /// The file's base name without its extension ("profiles/minimal.toml":
+    /// "minimal"). Plain string work: Foundation's URL is slow to build.
+    static func defaultName(file: String) -> String {
+        let base = file.split(separator: "/", omittingEmptySubsequences: true).last.map(String.init) ?? file
+        guard let dot = base.lastIndex(of: "."), dot != base.startIndex else { return base }
+        return String(base[..<dot])
     }
 
     private mutating func readJail(_ t: TableReader) throws(ProfileError) {

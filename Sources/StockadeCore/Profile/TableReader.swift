@@ -1,4 +1,9 @@
 public import TOMLKit
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 /// A user error in a profile: names the file, the line and the key.
 ///
@@ -188,6 +193,19 @@ public final class TableReader {
         self.table = table
         self.path = path
         self.source = source
+    }
+
+    /// Reads a TOML file's text; `what` names the kind of file in messages
+    /// ("profile", "tenants file").
+    public static func readText(path: String, what: String) throws(ProfileError) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+            throw ProfileError(file: path, line: nil, key: "", message: "\(what) \(reason)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ProfileError(file: path, line: nil, key: "", message: "\(what) is not UTF-8 text")
+        }
+        return text
     }
 
     /// Parses a whole document; a syntax error names the file and line.
