@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "stockade",
             dependencies: [
-                "StockadeCore", "StockadeSystem",
+                "StockadeCore", "StockadeSystem", "CStockadeSpawn",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -9,8 +9,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -83,3 +85,44 @@ int stk_landlock_abi(void) {
 }
 
 int stk_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+/*
+ * Signal forwarding for a launcher that waits on one jail. The handler
+ * passes each signal on to the jail's PID 1 (which passes it to the worker)
+ * through the jail's pidfd: pidfd_send_signal is async-signal-safe, and a
+ * pidfd never reaches a recycled pid. No thread is started for it.
+ */
+static volatile sig_atomic_t forward_pidfd = -1;
+
+static void forward_signal(int sig) {
+    int saved = errno;
+    int fd = forward_pidfd;
+    if (fd >= 0) syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+    errno = saved;
+}
+
+int stk_forward_signals(int pidfd, const int *signals, int count) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask); /* one forwarded signal at a time */
+    forward_pidfd = pidfd;
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) {
+        if (sigaction(signals[i], &sa, NULL) < 0) return -1;
+        sigaddset(&set, signals[i]);
+    }
+    /* A launcher may inherit these blocked (some supervisors spawn with a
+     * full mask); blocked, they would never reach the handler. */
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
+}
+
+void stk_stop_forwarding(void) {
+    /* The pidfd is about to be closed: later signals go nowhere rather than
+     * to whatever descriptor takes its number. The handlers stay (ignoring
+     * the signal now), so a late SIGTERM cannot kill stockade half-way
+     * through its report. */
+    forward_pidfd = -1;
+}

@@ -4,7 +4,8 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Dispatch
+import CStockadeSpawn
+import SystemPackage
 import StockadeCore
 import StockadeSystem
 #if canImport(Glibc)
@@ -225,24 +226,20 @@ extension RunCommand {
 }
 
 /// Forwards the signals a person or a supervisor sends to stockade into the
-/// jail (its PID 1 passes them on to the worker).
-final class SignalForwarder {
-    private let sources: [any DispatchSourceSignal]
+/// jail (its PID 1 passes them on to the worker), from a signal handler on
+/// the jail's pidfd.
+struct SignalForwarder: ~Copyable {
+    static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
 
     init(jail: Jail) {
-        var sources: [any DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { try? jail.signal(sig) }
-            source.resume()
-            sources.append(source)
+        let rc = Self.forwarded.withUnsafeBufferPointer {
+            stk_forward_signals(jail.process.fd.rawValue, $0.baseAddress, Int32($0.count))
         }
-        self.sources = sources
+        if rc != 0 { printError("stockade: warning: signals will not reach the jail (sigaction: \(Errno(rawValue: errno)))") }
     }
 
     func stop() {
-        for s in sources { s.cancel() }
+        stk_stop_forwarding()
     }
 }
 

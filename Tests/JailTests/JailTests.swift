@@ -283,6 +283,28 @@ struct JailTests {
         #expect(help.status == 0 && help.output.contains("USAGE: stockade run"), "\(help)")
     }
 
+    @Test("signals sent to stockade reach the worker, whose status comes back")
+    func commandLineForwardsSignals() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        for (sig, name) in [(SIGTERM, "TERM"), (SIGUSR1, "USR1")] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: stockade)
+            process.arguments = ["run", "-p", packageRoot + "/profiles/minimal.toml", "--time-limit", "20s", "--", "/bin/sh", "-c",
+                                 "trap 'echo got \(name); exit 7' \(name); echo ready; while :; do sleep 0.05; done"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let ready = pipe.fileHandleForReading.availableData
+            #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
+            kill(process.processIdentifier, sig)
+            process.waitUntilExit()
+            let rest = pipe.fileHandleForReading.readDataToEndOfFile()
+            #expect(String(decoding: rest, as: UTF8.self) == "got \(name)\n")
+            #expect(process.terminationStatus == 7, "SIG\(name)")
+        }
+    }
+
     @Test("killing the launcher kills the jail (parent-death signal)")
     func dieWithLauncher() throws {
         let stockade = packageRoot + "/.build/debug/stockade"

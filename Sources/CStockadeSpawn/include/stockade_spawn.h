@@ -206,6 +206,11 @@ int stk_wait_pidfd(int pidfd, int *status, int options);
 int stk_landlock_abi(void);
 /* pipe2(O_CLOEXEC). */
 int stk_pipe2_cloexec(int fds[2]);
+/* Forwards `signals` to the process behind `pidfd` from a signal handler
+ * (no thread); 0, or -1 with errno from sigaction. */
+int stk_forward_signals(int pidfd, const int *signals, int count);
+/* Stops forwarding before the pidfd is closed; the signals are then dropped. */
+void stk_stop_forwarding(void);
 
 #ifdef __cplusplus
 }
