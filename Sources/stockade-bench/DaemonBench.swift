@@ -8,6 +8,7 @@ import Foundation
 import StockadeCore
 import StockadeDaemon
 import StockadeSystem
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -221,11 +222,10 @@ private final class KeepAliveClient: @unchecked Sendable {
     func infer(_ tenant: String, _ body: [UInt8]) throws {
         let head = "POST /v1/tenants/\(tenant)/infer HTTP/1.1\r\nHost: stockaded\r\nAuthorization: Bearer \(token)\r\nContent-Length: \(body.count)\r\n\r\n"
         let out = Array(head.utf8) + body
-        var sent = 0
-        while sent < out.count {
-            let n = out[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw DaemonError("send: errno \(errno)") }
-            sent += n
+        do {
+            try out.withUnsafeBytes { try FileDescriptor(rawValue: fd).sendAll($0) }
+        } catch {
+            throw DaemonError("send: \(error)")
         }
         var headEnd: Range<Int>?
         while true {

@@ -6,6 +6,7 @@ import Testing
 @testable import StockadeDaemon
 import StockadeCore
 import StockadeSystem
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -187,11 +188,10 @@ struct APIClient {
         if let token { head += "Authorization: Bearer \(token)\r\n" }
         head += "\r\n"
         let out = Array(head.utf8) + body
-        var sent = 0
-        while sent < out.count {
-            let n = out[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw DaemonError("send: errno \(errno)") }
-            sent += n
+        do {
+            try out.withUnsafeBytes { try FileDescriptor(rawValue: fd).sendAll($0) }
+        } catch {
+            throw DaemonError("send: \(error)")
         }
         var data: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
