@@ -77,6 +77,10 @@ struct ProbeCommand: ParsableCommand {
             options.extraMounts.append(MountSpec(kind: .bind, source: parts[0], target: target))
         }
 
+        // The profile's budget, as `stockade run` would give it (probe 31).
+        let cgroups = try JailBudget.make(profile: loaded)
+        defer { try? cgroups?.manager.close() }
+        options.cgroup = cgroups?.jail
         let result: (report: ProbeReport, exit: JailExit)
         do {
             result = try ProbeBattery.run(options)

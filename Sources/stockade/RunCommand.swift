@@ -87,7 +87,7 @@ struct RunCommand: ParsableCommand {
             }
             limit = d
         }
-        let cgroups = try makeCgroup(profile: profile)
+        let cgroups = try JailBudget.make(profile: profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
         request.cgroup = cgroups?.jail
 
         let jail: Jail
@@ -110,28 +110,6 @@ struct RunCommand: ParsableCommand {
             printError("stockade: time limit reached; the jail was killed")
         }
         throw ExitCode(exit.status)
-    }
-
-    /// The jail's cgroup, when the profile has [limits] or a tenant is named.
-    private func makeCgroup(profile: Profile) throws -> (manager: CgroupManager, jail: JailGroup)? {
-        guard !profile.limits.isEmpty || tenant != nil || tenants != nil else { return nil }
-        do {
-            let budgets = try tenants.map { path throws(ProfileError) in try TenantsFile.load(path: path).tenants } ?? []
-            let base: CgroupManager.Configuration.Base = cgroupBase.map { .path($0) } ?? .automatic(name: "stockade")
-            let manager = try CgroupManager(configuration: .init(base: base, tenants: budgets))
-            do {
-                let jail = try manager.jail(tenant: tenant ?? CgroupManager.defaultTenant, limits: profile.limits)
-                for note in jail.notes { printError("stockade: note: \(note)") }
-                return (manager, jail)
-            } catch {
-                try? manager.close()
-                throw error
-            }
-        } catch let error as ProfileError {
-            throw StockadeFailure(message: error.description, status: 125)
-        } catch let error as CgroupError {
-            throw StockadeFailure(message: "cgroup: \(error)", status: 125)
-        }
     }
 
     private func bind(_ spec: String, writable: Bool) throws -> MountSpec {

@@ -54,6 +54,15 @@ struct LimitsParsingTests {
         #expect(l.isEmpty)
     }
 
+    @Test func requiredIsABudgetPolicyNotALimit() throws {
+        #expect(try limits("pids_max = 8").required)
+        let optional = try limits("pids_max = 8\nrequired = false")
+        #expect(!optional.required && !optional.isEmpty)
+        // required alone sets no limit: no cgroup is made for it.
+        #expect(try limits("required = false").isEmpty)
+        #expect(message("required = \"no\"").hasPrefix("p.toml:2: limits.required:"))
+    }
+
     @Test func mistakesNameTheKeyAndLine() {
         #expect(message("memory_max = \"lots\"") .hasPrefix("p.toml:2: limits.memory_max:"))
         #expect(message("memory_max = \"64M\"\nmemory_high = \"128M\"").contains("above memory_max"))

@@ -95,7 +95,7 @@ struct DaemonTests {
     func anOOMKilledWorkerIsReportedAndReplaced() throws {
         let d = try RunningDaemon(tenants: [
             .init(name: "alpha", min: 1, max: 1, access: ["alice": "viewer", "bob": "invoker"],
-                  profileExtra: "[limits]\nmemory_max = \"128M\""),
+                  memoryMax: "128M"),
         ])
         defer { d.close() }
         let client = d.client("bob")

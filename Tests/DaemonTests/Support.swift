@@ -54,8 +54,9 @@ enum Fixture {
         var timeout = "60s"
         var extra = ""
         var access: [String: String] = [:]
-        /// Lines appended to a copy of profiles/minimal.toml for this tenant.
-        var profileExtra = ""
+        /// The jail budget in a copy of profiles/minimal.toml for this tenant
+        /// (nil: minimal.toml's own).
+        var memoryMax: String?
     }
 
     /// Writes a configuration with `tenants` and returns its path.
@@ -87,10 +88,13 @@ enum Fixture {
             """
         for t in tenants {
             var profile = "\(repo)/profiles/minimal.toml"
-            if !t.profileExtra.isEmpty {
+            if let memoryMax = t.memoryMax {
                 profile = "\(dir)/\(t.name)-profile.toml"
                 let base = try String(contentsOfFile: repo + "/profiles/minimal.toml", encoding: .utf8)
-                try (base + "\n" + t.profileExtra + "\n").write(toFile: profile, atomically: true, encoding: .utf8)
+                let edited = base.replacingOccurrences(of: #"(?m)^memory_max = .*$"#, with: "memory_max = \"\(memoryMax)\"",
+                                                       options: .regularExpression)
+                #expect(edited != base, "profiles/minimal.toml has no memory_max line to change")
+                try edited.write(toFile: profile, atomically: true, encoding: .utf8)
             }
             text += """
 

@@ -10,6 +10,8 @@
 /// cpu_weight = 100        # cpu.weight, 1...10000
 /// cpuset = "0-1"          # cpuset.cpus
 /// io_max = ["8:0 rbps=1048576 wiops=100"]   # io.max lines
+/// required = true         # false: run without the budget where no cgroup
+///                         # can be made (rootless, no delegation), with a note
 /// ```
 ///
 /// Every key is optional; a limit that is not set is not enforced for the
@@ -25,6 +27,10 @@ public struct LimitsSection: Sendable, Equatable {
     public var cpuWeight: UInt64?
     public var cpuset: CPUSet?
     public var ioMax: [IOLimit] = []
+    /// Whether a launch must fail when no cgroup can be made for the jail
+    /// (an unprivileged launcher without a delegated cgroup). Profiles only;
+    /// a tenant's budget is always required.
+    public var required = true
 
     public init() {}
 
@@ -42,10 +48,15 @@ public struct LimitsSection: Sendable, Equatable {
 
     public init(reading table: TableReader) throws(ProfileError) {
         try read(table)
+        required = try table.bool("required") ?? true
     }
 
-    /// True when no key is set (nothing to write into a cgroup).
-    public var isEmpty: Bool { self == LimitsSection() }
+    /// True when no limit is set (nothing to write into a cgroup).
+    public var isEmpty: Bool {
+        var limits = self
+        limits.required = true
+        return limits == LimitsSection()
+    }
 
     /// Reads the limit keys from `t`; the tenants file reuses this for budgets.
     mutating func read(_ t: TableReader) throws(ProfileError) {
