@@ -310,29 +310,16 @@ public final class SecureChannel: @unchecked Sendable {
         try socket.sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
     }
 
-    /// Encrypts `payload` in chunks under a fresh key into a new memfd,
-    /// seals it, and sends a bulk record that carries the key with the
-    /// memfd attached.
+    /// Encrypts `payload` in chunks under a fresh key into a new memfd
+    /// (see ``BulkDescriptor/seal(_:requestID:suite:into:)``), seals it, and
+    /// sends a bulk record that carries the key with the memfd attached.
     private func sendBulk(innerType: MessageType, requestID: UInt64, payload: UnsafeRawBufferPointer) throws {
         let descriptor = BulkDescriptor(innerType: innerType, chunkSize: 1 << 20, totalLength: payload.count,
                                         key: try Crypto.randomBytes(32))
         let memfd = try FileDescriptor.memfd(name: "stockade-bulk")
         defer { try? memfd.close() }
         _ = try memfd.resize(to: Int64(descriptor.sealedLength))
-        do {
-            let mapping = try FileMapping(memfd, count: descriptor.sealedLength, writable: true, populate: true)
-            let key = try AEADKey(suite: suite, key: descriptor.key)
-            for index in 0..<descriptor.chunkCount {
-                let start = index * descriptor.chunkSize
-                let count = min(descriptor.chunkSize, payload.count - start)
-                let out = mapping.pointer + start + index * RecordFormat.tagLength
-                let ad = BulkDescriptor.chunkAD(requestID: requestID, totalLength: payload.count, index: index)
-                try ad.withUnsafeBytes { adBytes in
-                    try key.seal(nonce: UInt64(index), ad: adBytes,
-                                 segments: [(payload.baseAddress! + start, out, count)], tag: out + count)
-                }
-            }
-        }  // unmapped here: F_SEAL_WRITE needs no writable mapping left
+        try descriptor.seal(payload, requestID: requestID, suite: suite, into: memfd)
         try memfd.addSeals(.immutable)
         let record = descriptor.encoded()
         try record.withUnsafeBytes {
@@ -515,7 +502,8 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// Opens a bulk transfer: checks the memfd's seals and size, then
-    /// decrypts it chunk by chunk into the payload.
+    /// decrypts it chunk by chunk into the payload
+    /// (``BulkDescriptor/open(_:requestID:suite:)``).
     private func receiveBulk(_ record: ChannelMessage) throws -> ChannelMessage {
         let descriptor = try BulkDescriptor(decoding: record.payload, maxBulkLength: limits.maxBulkLength)
         guard !pendingDescriptors.isEmpty else {
@@ -535,24 +523,8 @@ public final class SecureChannel: @unchecked Sendable {
             throw ChannelViolation(.malformed, "bulk memfd holds \(size) bytes, expected \(descriptor.sealedLength)")
         }
         let mapping = try FileMapping(memfd, count: size, writable: false, populate: true)
-        let key = try AEADKey(suite: suite, key: descriptor.key)
-        var failedChunk: Int?
-        let payload = [UInt8](unsafeUninitializedCapacity: descriptor.totalLength) { out, count in
-            for index in 0..<descriptor.chunkCount {
-                let start = index * descriptor.chunkSize
-                let n = min(descriptor.chunkSize, descriptor.totalLength - start)
-                let source = UnsafeRawPointer(mapping.pointer) + start + index * RecordFormat.tagLength
-                let ad = BulkDescriptor.chunkAD(requestID: record.requestID, totalLength: descriptor.totalLength, index: index)
-                let ok = ad.withUnsafeBytes { adBytes in
-                    key.open(nonce: UInt64(index), ad: adBytes,
-                             segments: [(source, UnsafeMutableRawPointer(out.baseAddress! + start), n)], tag: source + n)
-                }
-                if !ok { failedChunk = index; break }
-            }
-            count = failedChunk == nil ? descriptor.totalLength : 0
-        }
-        if let failedChunk {
-            throw ChannelViolation(.badTag, "bulk chunk \(failedChunk) failed authentication")
+        let payload = try withExtendedLifetime(mapping) {
+            try descriptor.open(mapping.bytes, requestID: record.requestID, suite: suite)
         }
         return ChannelMessage(type: descriptor.innerType, requestID: record.requestID, payload: payload, viaBulk: true)
     }
