@@ -47,9 +47,8 @@ extension BulkDescriptor {
                 let count = chunkLength(index)
                 let ad = Self.chunkAD(requestID: requestID, totalLength: totalLength, index: index)
                 try ad.withUnsafeBytes { adBytes in
-                    try key.seal(nonce: UInt64(index), ad: adBytes,
-                                 segments: [(source.value.baseAddress! + index * chunkSize, staging.baseAddress!, count)],
-                                 tag: staging.baseAddress! + count)
+                    try key.seal(nonce: UInt64(index), ad: adBytes, source: source.value.baseAddress! + index * chunkSize,
+                                 destination: staging.baseAddress!, count: count, tag: staging.baseAddress! + count)
                 }
                 try memfd.writeAll(toAbsoluteOffset: Int64(sealedOffset(ofChunk: index)),
                                    UnsafeRawBufferPointer(rebasing: staging[0..<count + RecordFormat.tagLength]))
@@ -75,8 +74,8 @@ extension BulkDescriptor {
                     let chunk = source.value.baseAddress! + sealedOffset(ofChunk: index)
                     let ad = Self.chunkAD(requestID: requestID, totalLength: totalLength, index: index)
                     let ok = ad.withUnsafeBytes { adBytes in
-                        key.open(nonce: UInt64(index), ad: adBytes,
-                                 segments: [(chunk, destination.value + index * chunkSize, n)], tag: chunk + n)
+                        key.open(nonce: UInt64(index), ad: adBytes, source: chunk,
+                                 destination: destination.value + index * chunkSize, count: n, tag: chunk + n)
                     }
                     if !ok {
                         failed.withLock { $0 = min($0, index) }
