@@ -31,6 +31,11 @@ public final class SecureChannel: @unchecked Sendable {
     // Send side (sendLock).
     private let sendLock = NSLock()
     private var outbox: UnsafeMutableRawBufferPointer
+    /// Records up to 64 KiB of payload are sealed whole and sent in one
+    /// write (a 64 KiB payload included: room for the record's overhead
+    /// saves a second write and wakeup for its last 33 bytes); larger
+    /// ones go out in pieces of this size while they are encrypted.
+    static let outboxSize = (64 << 10) + RecordFormat.overhead
     // Receive side (receiveLock).
     private let receiveLock = NSLock()
     private var inbox: Inbox
@@ -63,7 +68,7 @@ public final class SecureChannel: @unchecked Sendable {
         self.logger = logger
         sealer = RecordSealer(cipher: send, rekeyInterval: parameters.limits.rekeyInterval)
         opener = RecordOpener(cipher: receive, limits: parameters.limits)
-        outbox = .allocate(byteCount: 64 << 10, alignment: 16)
+        outbox = .allocate(byteCount: Self.outboxSize, alignment: 16)
     }
 
     deinit {
