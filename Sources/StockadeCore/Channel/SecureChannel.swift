@@ -325,10 +325,29 @@ public final class SecureChannel: @unchecked Sendable {
         defer { try? memfd.close() }
         _ = try memfd.resize(to: Int64(descriptor.sealedLength))
         try descriptor.seal(payload, requestID: requestID, suite: suite, into: memfd)
-        try memfd.addSeals(.immutable)
+        try Self.sealImmutable(memfd)
         let record = descriptor.encoded()
         try record.withUnsafeBytes {
             try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd])
+        }
+    }
+
+    /// Seals a bulk memfd against every change. `F_SEAL_WRITE` fails with
+    /// EBUSY while something in the kernel still holds a transient
+    /// reference to one of its pages (page migration or compaction, say)
+    /// after the kernel's own wait of about 150 ms: try a few more times
+    /// before failing the send.
+    private static func sealImmutable(_ memfd: FileDescriptor) throws(ChannelError) {
+        var attempt = 0
+        while true {
+            do {
+                try memfd.addSeals(.immutable)
+                return
+            } catch {
+                attempt += 1
+                guard error == .resourceBusy, attempt < 4 else { throw .system("sealing a bulk memfd", error) }
+                usleep(UInt32(1000 << attempt))
+            }
         }
     }
 
