@@ -121,15 +121,23 @@ extension FileDescriptor {
     ///
     /// The corresponding C function is `recvmsg`.
     public func receiveMessage(into buffer: UnsafeMutableRawBufferPointer, maxDescriptors: Int) throws(Errno) -> ReceivedMessage {
-        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         let space = maxDescriptors > 0 ? cmsgSpace(maxDescriptors * MemoryLayout<CInt>.size) : 0
-        let control = UnsafeMutableRawPointer.allocate(byteCount: max(space, 1), alignment: MemoryLayout<cmsghdr>.alignment)
-        defer { control.deallocate() }
+        // A few dozen bytes for every receive: on the stack, not the heap.
+        return try withUnsafeTemporaryAllocation(byteCount: max(space, 1), alignment: MemoryLayout<cmsghdr>.alignment) {
+            control throws(Errno) -> ReceivedMessage in
+            try receiveMessage(into: buffer, control: UnsafeMutableRawBufferPointer(rebasing: control[0..<space]))
+        }
+    }
+
+    private func receiveMessage(into buffer: UnsafeMutableRawBufferPointer,
+                                control: UnsafeMutableRawBufferPointer) throws(Errno) -> ReceivedMessage {
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        let space = control.count
         return try withUnsafeMutablePointer(to: &iov) { iovPointer throws(Errno) -> ReceivedMessage in
             var header = msghdr()
             header.msg_iov = iovPointer
             header.msg_iovlen = 1
-            header.msg_control = space > 0 ? control : nil
+            header.msg_control = space > 0 ? control.baseAddress : nil
             header.msg_controllen = space
             let count = try retryingSyscall { recvmsg(rawValue, &header, Int32(MSG_CMSG_CLOEXEC)) }
             var result = ReceivedMessage(byteCount: count, descriptors: [],
@@ -139,12 +147,12 @@ extension FileDescriptor {
             var offset = 0
             let length = header.msg_controllen
             while space > 0, offset + cmsgHeaderSize <= length {
-                let cmsg = (control + offset).assumingMemoryBound(to: cmsghdr.self)
+                let cmsg = (control.baseAddress! + offset).assumingMemoryBound(to: cmsghdr.self)
                 let cmsgLen = cmsg.pointee.cmsg_len
                 guard cmsgLen >= cmsgHeaderSize, offset + cmsgLen <= length else { break }
                 if cmsg.pointee.cmsg_level == SOL_SOCKET, cmsg.pointee.cmsg_type == Int32(SCM_RIGHTS) {
                     let n = (cmsgLen - cmsgAlign(cmsgHeaderSize)) / MemoryLayout<CInt>.size
-                    let data = (control + offset + cmsgAlign(cmsgHeaderSize)).assumingMemoryBound(to: CInt.self)
+                    let data = (control.baseAddress! + offset + cmsgAlign(cmsgHeaderSize)).assumingMemoryBound(to: CInt.self)
                     for i in 0..<n { result.descriptors.append(FileDescriptor(rawValue: data[i])) }
                 }
                 offset += cmsgAlign(cmsgLen)

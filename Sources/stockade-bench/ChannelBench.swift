@@ -231,11 +231,16 @@ private func sizeName(_ n: Int) -> String {
 func channelBench() throws {
     let env = ProcessInfo.processInfo.environment
     let scale = Double(env["BENCH_SCALE"] ?? "") ?? 1.0
+    // BENCH_SIZES (bytes, comma-separated) and BENCH_PEERS (swift,python)
+    // pick cases, e.g. to profile one of them.
+    let sizes = env["BENCH_SIZES"].map { Set($0.split(separator: ",").compactMap { Int($0) }) }
+    let peers = env["BENCH_PEERS"].map { Set($0.split(separator: ",").map(String.init)) }
     // (size, iterations for Swift, iterations for Python)
     let cases: [(Int, Int, Int)] = [(64, 20000, 5000), (64 << 10, 3000, 500), (1 << 20, 400, 60), (64 << 20, 8, 3)]
-    let kinds: [PeerKind] = FileManager.default.isExecutableFile(atPath: env["STOCKADE_PYTHON"] ?? ".venv/bin/python3")
-        ? [.swift, .python] : [.swift]
-    if kinds.count == 1 { print("channel: .venv/bin/python3 missing (make venv); Swift only") }
+        .filter { sizes?.contains($0.0) ?? true }
+    let kinds: [PeerKind] = (FileManager.default.isExecutableFile(atPath: env["STOCKADE_PYTHON"] ?? ".venv/bin/python3")
+        ? [.swift, .python] : [.swift]).filter { peers?.contains($0.rawValue) ?? true }
+    if kinds == [.swift], peers == nil { print("channel: .venv/bin/python3 missing (make venv); Swift only") }
     print("channel: echo round trips; latency is per round trip, throughput is payload MB/s (each way)")
     print("AES-NI present: \(CipherSuite.hardwareHasAES)")
     for suite in CipherSuite.allCases {
@@ -267,13 +272,15 @@ func channelBench() throws {
         try chacha.finish()
     }
     // One-way streaming, Swift only (the Python workers echo everything).
+    let oneWay = [(64 << 10, 4000), (1 << 20, 400), (64 << 20, 8)].filter { sizes?.contains($0.0) ?? true }
+    guard !oneWay.isEmpty, kinds.contains(.swift) else { return }
     print("one-way (Swift to Swift, 4 requests in flight, 8-byte acks): payload MB/s")
     print(pad("peer", 8) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
     do {
         var raw = try makePeer(.swift, suite: nil)
         var aes = try makePeer(.swift, suite: .aesGCM)
         var chacha = try makePeer(.swift, suite: .chaChaPoly)
-        for (size, iterations) in [(64 << 10, 4000), (1 << 20, 400), (64 << 20, 8)] {
+        for (size, iterations) in oneWay {
             let n = max(4, Int(Double(iterations) * scale))
             var payload = [UInt8](repeating: 0x7e, count: size)
             payload[0] = 1

@@ -112,9 +112,9 @@ public enum ChannelBenchmarking {
         let ad = UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0)
         let start = ContinuousClock.now
         for i in 0..<iterations {
-            let segment = (source: UnsafeRawPointer(buffer.baseAddress!), destination: buffer.baseAddress!, count: size)
-            try key.seal(nonce: UInt64(i), ad: ad, segments: [segment], tag: buffer.baseAddress! + size)
-            guard key.open(nonce: UInt64(i), ad: ad, segments: [segment], tag: buffer.baseAddress! + size) else {
+            let data = buffer.baseAddress!
+            try key.seal(nonce: UInt64(i), ad: ad, source: data, destination: data, count: size, tag: data + size)
+            guard key.open(nonce: UInt64(i), ad: ad, source: data, destination: data, count: size, tag: data + size) else {
                 throw CryptoError("AEAD open in benchmark")
             }
         }

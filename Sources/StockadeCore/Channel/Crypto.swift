@@ -220,83 +220,30 @@ final class AEADKey {
         }
     }
 
-    /// Encrypts the concatenation of `segments` (each read from `source`
-    /// and written to `destination`, which may be the same memory) under
-    /// nonce `n` and additional data `ad`, then writes the 16-byte tag to
-    /// `tag`.
-    func seal(
-        nonce n: UInt64, ad: UnsafeRawBufferPointer,
-        segments: [(source: UnsafeRawPointer, destination: UnsafeMutableRawPointer, count: Int)],
-        tag: UnsafeMutableRawPointer
-    ) throws(CryptoError) {
-        let ctx = encryptContext
-        let ok = withNonce(n) { iv -> Bool in
-            guard EVP_EncryptInit_ex(ctx, nil, nil, nil, iv) == 1 else { return false }
-            var outLength: Int32 = 0
-            if ad.count > 0 {
-                guard EVP_EncryptUpdate(ctx, nil, &outLength, ad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(ad.count)) == 1
-                else { return false }
-            }
-            for segment in segments where segment.count > 0 {
-                var offset = 0
-                while offset < segment.count {
-                    let chunk = min(segment.count - offset, 1 << 30)
-                    guard EVP_EncryptUpdate(
-                        ctx, (segment.destination + offset).assumingMemoryBound(to: UInt8.self), &outLength,
-                        (segment.source + offset).assumingMemoryBound(to: UInt8.self), Int32(chunk)) == 1,
-                        Int(outLength) == chunk
-                    else { return false }
-                    offset += chunk
-                }
-            }
-            var finalLength: Int32 = 0
-            var scratch: UInt8 = 0
-            guard EVP_EncryptFinal_ex(ctx, &scratch, &finalLength) == 1, finalLength == 0 else { return false }
-            return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, 16, tag) == 1
-        }
-        guard ok else { throw CryptoError("AEAD seal") }
+    /// Encrypts `count` bytes from `source` to `destination` (which may be
+    /// the same memory) under nonce `n` and additional data `ad`, then
+    /// writes the 16-byte tag to `tag`.
+    func seal(nonce n: UInt64, ad: UnsafeRawBufferPointer, source: UnsafeRawPointer,
+              destination: UnsafeMutableRawPointer, count: Int, tag: UnsafeMutableRawPointer) throws(CryptoError) {
+        try beginSeal(nonce: n, ad: ad)
+        try sealUpdate(source, destination, count)
+        try finishSeal(tag: tag)
     }
 
-    /// Decrypts like ``seal`` in reverse; returns false when the tag does not
-    /// verify (the output then holds unauthenticated bytes and must not be
-    /// used).
-    func open(
-        nonce n: UInt64, ad: UnsafeRawBufferPointer,
-        segments: [(source: UnsafeRawPointer, destination: UnsafeMutableRawPointer, count: Int)],
-        tag: UnsafeRawPointer
-    ) -> Bool {
-        let ctx = decryptContext
-        return withNonce(n) { iv -> Bool in
-            guard EVP_DecryptInit_ex(ctx, nil, nil, nil, iv) == 1 else { return false }
-            var outLength: Int32 = 0
-            if ad.count > 0 {
-                guard EVP_DecryptUpdate(ctx, nil, &outLength, ad.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(ad.count)) == 1
-                else { return false }
-            }
-            for segment in segments where segment.count > 0 {
-                var offset = 0
-                while offset < segment.count {
-                    let chunk = min(segment.count - offset, 1 << 30)
-                    guard EVP_DecryptUpdate(
-                        ctx, (segment.destination + offset).assumingMemoryBound(to: UInt8.self), &outLength,
-                        (segment.source + offset).assumingMemoryBound(to: UInt8.self), Int32(chunk)) == 1,
-                        Int(outLength) == chunk
-                    else { return false }
-                    offset += chunk
-                }
-            }
-            guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, 16, UnsafeMutableRawPointer(mutating: tag)) == 1 else {
-                return false
-            }
-            var finalLength: Int32 = 0
-            var scratch: UInt8 = 0
-            return EVP_DecryptFinal_ex(ctx, &scratch, &finalLength) == 1
-        }
+    /// Decrypts like ``seal(nonce:ad:source:destination:count:tag:)`` in
+    /// reverse; returns false when the tag does not verify (the output then
+    /// holds unauthenticated bytes and must not be used).
+    func open(nonce n: UInt64, ad: UnsafeRawBufferPointer, source: UnsafeRawPointer,
+              destination: UnsafeMutableRawPointer, count: Int, tag: UnsafeRawPointer) -> Bool {
+        do { try beginOpen(nonce: n, ad: ad) } catch { return false }
+        return openUpdate(source, destination, count) && finishOpen(tag: tag)
     }
 
     // Streaming: begin, any number of updates (any sizes, in place or
-    // not), finish. Lets a large record be encrypted while it is sent and
+    // not), finish. Lets a record's parts be encrypted without gathering
+    // them first, and a large record be encrypted while it is sent and
     // decrypted while it arrives; nothing is released before the tag checks.
+    // The context is set up once per key; each message only sets its nonce.
 
     func beginSeal(nonce n: UInt64, ad: UnsafeRawBufferPointer) throws(CryptoError) {
         try begin(encryptContext, encrypt: true, nonce: n, ad: ad)
@@ -375,11 +322,10 @@ final class AEADKey {
         var failure: CryptoError?
         ad.withUnsafeBytes { adBytes in
             out.withUnsafeMutableBytes { buf in
-                do {
-                    try seal(nonce: n, ad: adBytes,
-                             segments: [(UnsafeRawPointer(buf.baseAddress!), buf.baseAddress!, count)],
-                             tag: buf.baseAddress! + count)
-                } catch let e as CryptoError { failure = e } catch { failure = CryptoError("AEAD seal") }
+                do throws(CryptoError) {
+                    try seal(nonce: n, ad: adBytes, source: buf.baseAddress!, destination: buf.baseAddress!,
+                             count: count, tag: buf.baseAddress! + count)
+                } catch { failure = error }
             }
         }
         if let failure { throw failure }
@@ -394,8 +340,8 @@ final class AEADKey {
         let ok = ad.withUnsafeBytes { adBytes in
             ciphertext.withUnsafeBytes { src in
                 out.withUnsafeMutableBytes { dst in
-                    open(nonce: n, ad: adBytes, segments: [(src.baseAddress!, dst.baseAddress!, count)],
-                         tag: src.baseAddress! + count)
+                    open(nonce: n, ad: adBytes, source: src.baseAddress!, destination: dst.baseAddress!,
+                         count: count, tag: src.baseAddress! + count)
                 }
             }
         }

@@ -112,15 +112,14 @@ final class RecordSealer {
         body.storeBigEndian(requestID, toByteOffset: 4)
         guard let key = cipher.key else { preconditionFailure("transport cipher without a key") }
         let nonce = try cipher.nextNonce()
-        var segments: [(source: UnsafeRawPointer, destination: UnsafeMutableRawPointer, count: Int)] = [
-            (UnsafeRawPointer(body), body, RecordFormat.bodyHeaderLength)
-        ]
-        segments.reserveCapacity(2)
+        // Header and payload go through the cipher in turn: nothing is
+        // gathered or allocated per record.
+        try key.beginSeal(nonce: nonce, ad: UnsafeRawBufferPointer(start: base, count: RecordFormat.headerLength))
+        try key.sealUpdate(body, body, RecordFormat.bodyHeaderLength)
         if payload.count > 0 {
-            segments.append((payload.baseAddress!, body + RecordFormat.bodyHeaderLength, payload.count))
+            try key.sealUpdate(payload.baseAddress!, body + RecordFormat.bodyHeaderLength, payload.count)
         }
-        try key.seal(nonce: nonce, ad: UnsafeRawBufferPointer(start: base, count: RecordFormat.headerLength),
-                     segments: segments, tag: body + RecordFormat.bodyHeaderLength + payload.count)
+        try key.finishSeal(tag: body + RecordFormat.bodyHeaderLength + payload.count)
         try countRecord()
         return total
     }
@@ -220,17 +219,17 @@ final class RecordOpener {
         let payloadCount = length - RecordFormat.bodyHeaderLength - RecordFormat.tagLength
         var bodyHeader: (UInt64, UInt64) = (0, 0)
         var verified = false
+        let ad = UnsafeRawBufferPointer(rebasing: header[0..<RecordFormat.headerLength])
+        do { try key.beginOpen(nonce: nonce, ad: ad) } catch {
+            throw ChannelViolation(.malformed, "AEAD init failed: \(error)")
+        }
         let payload = withUnsafeMutableBytes(of: &bodyHeader) { bodyHeaderBytes in
             [UInt8](unsafeUninitializedCapacity: payloadCount) { out, count in
-                var segments: [(source: UnsafeRawPointer, destination: UnsafeMutableRawPointer, count: Int)] = [
-                    (ciphertext.baseAddress!, bodyHeaderBytes.baseAddress!, RecordFormat.bodyHeaderLength)
-                ]
-                if payloadCount > 0 {
-                    segments.append((ciphertext.baseAddress! + RecordFormat.bodyHeaderLength,
-                                     UnsafeMutableRawPointer(out.baseAddress!), payloadCount))
-                }
-                verified = key.open(nonce: nonce, ad: UnsafeRawBufferPointer(rebasing: header[0..<RecordFormat.headerLength]),
-                                    segments: segments, tag: ciphertext.baseAddress! + length - RecordFormat.tagLength)
+                let source = ciphertext.baseAddress!
+                verified = key.openUpdate(source, bodyHeaderBytes.baseAddress!, RecordFormat.bodyHeaderLength)
+                    && (payloadCount == 0
+                        || key.openUpdate(source + RecordFormat.bodyHeaderLength, UnsafeMutableRawPointer(out.baseAddress!), payloadCount))
+                    && key.finishOpen(tag: source + length - RecordFormat.tagLength)
                 count = verified ? payloadCount : 0
             }
         }

@@ -31,6 +31,11 @@ public final class SecureChannel: @unchecked Sendable {
     // Send side (sendLock).
     private let sendLock = NSLock()
     private var outbox: UnsafeMutableRawBufferPointer
+    /// Records up to 64 KiB of payload are sealed whole and sent in one
+    /// write (a 64 KiB payload included: room for the record's overhead
+    /// saves a second write and wakeup for its last 33 bytes); larger
+    /// ones go out in pieces of this size while they are encrypted.
+    static let outboxSize = (64 << 10) + RecordFormat.overhead
     // Receive side (receiveLock).
     private let receiveLock = NSLock()
     private var inbox: Inbox
@@ -63,7 +68,7 @@ public final class SecureChannel: @unchecked Sendable {
         self.logger = logger
         sealer = RecordSealer(cipher: send, rekeyInterval: parameters.limits.rekeyInterval)
         opener = RecordOpener(cipher: receive, limits: parameters.limits)
-        outbox = .allocate(byteCount: 64 << 10, alignment: 16)
+        outbox = .allocate(byteCount: Self.outboxSize, alignment: 16)
     }
 
     deinit {
@@ -310,33 +315,39 @@ public final class SecureChannel: @unchecked Sendable {
         try socket.sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
     }
 
-    /// Encrypts `payload` in chunks under a fresh key into a new memfd,
-    /// seals it, and sends a bulk record that carries the key with the
-    /// memfd attached.
+    /// Encrypts `payload` in chunks under a fresh key into a new memfd
+    /// (see ``BulkDescriptor/seal(_:requestID:suite:into:)``), seals it, and
+    /// sends a bulk record that carries the key with the memfd attached.
     private func sendBulk(innerType: MessageType, requestID: UInt64, payload: UnsafeRawBufferPointer) throws {
         let descriptor = BulkDescriptor(innerType: innerType, chunkSize: 1 << 20, totalLength: payload.count,
                                         key: try Crypto.randomBytes(32))
         let memfd = try FileDescriptor.memfd(name: "stockade-bulk")
         defer { try? memfd.close() }
         _ = try memfd.resize(to: Int64(descriptor.sealedLength))
-        do {
-            let mapping = try FileMapping(memfd, count: descriptor.sealedLength, writable: true, populate: true)
-            let key = try AEADKey(suite: suite, key: descriptor.key)
-            for index in 0..<descriptor.chunkCount {
-                let start = index * descriptor.chunkSize
-                let count = min(descriptor.chunkSize, payload.count - start)
-                let out = mapping.pointer + start + index * RecordFormat.tagLength
-                let ad = BulkDescriptor.chunkAD(requestID: requestID, totalLength: payload.count, index: index)
-                try ad.withUnsafeBytes { adBytes in
-                    try key.seal(nonce: UInt64(index), ad: adBytes,
-                                 segments: [(payload.baseAddress! + start, out, count)], tag: out + count)
-                }
-            }
-        }  // unmapped here: F_SEAL_WRITE needs no writable mapping left
-        try memfd.addSeals(.immutable)
+        try descriptor.seal(payload, requestID: requestID, suite: suite, into: memfd)
+        try Self.sealImmutable(memfd)
         let record = descriptor.encoded()
         try record.withUnsafeBytes {
             try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd])
+        }
+    }
+
+    /// Seals a bulk memfd against every change. `F_SEAL_WRITE` fails with
+    /// EBUSY while something in the kernel still holds a transient
+    /// reference to one of its pages (page migration or compaction, say)
+    /// after the kernel's own wait of about 150 ms: try a few more times
+    /// before failing the send.
+    private static func sealImmutable(_ memfd: FileDescriptor) throws(ChannelError) {
+        var attempt = 0
+        while true {
+            do {
+                try memfd.addSeals(.immutable)
+                return
+            } catch {
+                attempt += 1
+                guard error == .resourceBusy, attempt < 4 else { throw .system("sealing a bulk memfd", error) }
+                usleep(UInt32(1000 << attempt))
+            }
         }
     }
 
@@ -515,7 +526,8 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// Opens a bulk transfer: checks the memfd's seals and size, then
-    /// decrypts it chunk by chunk into the payload.
+    /// decrypts it chunk by chunk into the payload
+    /// (``BulkDescriptor/open(_:requestID:suite:)``).
     private func receiveBulk(_ record: ChannelMessage) throws -> ChannelMessage {
         let descriptor = try BulkDescriptor(decoding: record.payload, maxBulkLength: limits.maxBulkLength)
         guard !pendingDescriptors.isEmpty else {
@@ -535,24 +547,8 @@ public final class SecureChannel: @unchecked Sendable {
             throw ChannelViolation(.malformed, "bulk memfd holds \(size) bytes, expected \(descriptor.sealedLength)")
         }
         let mapping = try FileMapping(memfd, count: size, writable: false, populate: true)
-        let key = try AEADKey(suite: suite, key: descriptor.key)
-        var failedChunk: Int?
-        let payload = [UInt8](unsafeUninitializedCapacity: descriptor.totalLength) { out, count in
-            for index in 0..<descriptor.chunkCount {
-                let start = index * descriptor.chunkSize
-                let n = min(descriptor.chunkSize, descriptor.totalLength - start)
-                let source = UnsafeRawPointer(mapping.pointer) + start + index * RecordFormat.tagLength
-                let ad = BulkDescriptor.chunkAD(requestID: record.requestID, totalLength: descriptor.totalLength, index: index)
-                let ok = ad.withUnsafeBytes { adBytes in
-                    key.open(nonce: UInt64(index), ad: adBytes,
-                             segments: [(source, UnsafeMutableRawPointer(out.baseAddress! + start), n)], tag: source + n)
-                }
-                if !ok { failedChunk = index; break }
-            }
-            count = failedChunk == nil ? descriptor.totalLength : 0
-        }
-        if let failedChunk {
-            throw ChannelViolation(.badTag, "bulk chunk \(failedChunk) failed authentication")
+        let payload = try withExtendedLifetime(mapping) {
+            try descriptor.open(mapping.bytes, requestID: record.requestID, suite: suite)
         }
         return ChannelMessage(type: descriptor.innerType, requestID: record.requestID, payload: payload, viaBulk: true)
     }
