@@ -122,6 +122,27 @@ public struct DaemonConfig: Sendable {
         try parse(text: TableReader.readText(path: path, what: "configuration file"), file: path)
     }
 
+    /// The first budget key that `workers` jails, each reserving the
+    /// profile's `jail` limits, would exceed (the daemon admits a jail only
+    /// while its limits fit what the tenant has left).
+    static func overdrawn(_ budget: LimitsSection, jail: LimitsSection, workers: Int)
+        -> (key: String, reserved: String, total: String)? {
+        let n = UInt64(workers)
+        func bytes(_ key: String, _ total: UInt64?, _ each: UInt64?) -> (String, String, String)? {
+            guard let total, let each, each.multipliedReportingOverflow(by: n).partialValue > total else { return nil }
+            return (key, "\(key) \(workers) x \(SizeValue.bytes(each))", "\(SizeValue.bytes(total))")
+        }
+        if let hit = bytes("memory_max", budget.memoryMax, jail.memoryMax) { return hit }
+        if let hit = bytes("swap_max", budget.swapMax, jail.swapMax) { return hit }
+        if let total = budget.pidsMax, let each = jail.pidsMax, each * n > total {
+            return ("pids_max", "pids_max \(workers) x \(each)", "\(total)")
+        }
+        if let total = budget.cpu?.microCPUs, let each = jail.cpu?.microCPUs, each * n > total {
+            return ("cpu", "cpu \(workers) x \(Double(each) / 1e6)", "\(Double(total) / 1e6)")
+        }
+        return nil
+    }
+
     /// Parses `text`; relative paths are taken from the directory of `file`.
     public static func parse(text: String, file: String) throws(ProfileError) -> DaemonConfig {
         let root = try TableReader.parse(text: text, file: file)
@@ -232,7 +253,8 @@ public struct DaemonConfig: Sendable {
                 tenant.requestTimeout = d
             }
             if let b = try t.table("budget") {
-                var budget = TenantBudget(name: name, limits: try LimitsSection(reading: b))
+                var budget = TenantBudget(name: name)
+                try budget.limits.read(b)
                 budget.maxJails = try b.int("max_jails", in: 1...100_000)
                 if budget.limits.memoryHigh != nil {
                     throw b.error("memory_high", "a tenant budget has no memory_high; set it per jail in the profile")
@@ -240,6 +262,11 @@ public struct DaemonConfig: Sendable {
                 try b.finish()
                 if let most = budget.maxJails, most < tenant.maxWorkers {
                     throw b.error("max_jails", "\(most) is below workers_max \(tenant.maxWorkers): the pool could never grow that far")
+                }
+                if let overdrawn = Self.overdrawn(budget.limits, jail: tenant.profile.limits, workers: tenant.maxWorkers) {
+                    throw b.error(overdrawn.key, "\(tenant.maxWorkers) workers (workers_max) of \(tenant.profilePath) reserve \(overdrawn.reserved), "
+                        + "more than the tenant's \(overdrawn.total): the pool could never grow that far; raise the budget, "
+                        + "lower workers_max or the profile's [limits]")
                 }
                 tenant.budget = budget
             }

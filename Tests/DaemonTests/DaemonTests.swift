@@ -316,6 +316,40 @@ struct DaemonTests {
             (error as? ProfileError)?.message.contains("unknown role") == true
         }
     }
+
+    @Test func aBudgetTooSmallForTheWorkersItAllowsIsRefused() throws {
+        // minimal.toml reserves 256M and 128 pids per jail.
+        func config(memory: String, pids: Int) -> String {
+            """
+            [daemon]
+            socket = "s.sock"
+            audit_log = "a.jsonl"
+            [tenant.alpha]
+            profile = "\(Fixture.repo)/profiles/minimal.toml"
+            command = ["/bin/true"]
+            workers_max = 2
+            [tenant.alpha.budget]
+            memory_max = "\(memory)"
+            pids_max = \(pids)
+            """
+        }
+        _ = try DaemonConfig.parse(text: config(memory: "512M", pids: 256), file: "/etc/x.toml")
+        #expect {
+            _ = try DaemonConfig.parse(text: config(memory: "384M", pids: 256), file: "/etc/x.toml")
+        } throws: { error in
+            let e = error as? ProfileError
+            return e?.key == "tenant.alpha.budget.memory_max" && e?.line == 9
+                && e?.message.contains("memory_max 2 x 256M") == true
+        }
+        #expect {
+            _ = try DaemonConfig.parse(text: config(memory: "1G", pids: 200), file: "/etc/x.toml")
+        } throws: { error in
+            (error as? ProfileError)?.key == "tenant.alpha.budget.pids_max"
+        }
+        // The shipped example fits (make run starts every worker it allows).
+        let example = try DaemonConfig.load(path: Fixture.repo + "/examples/stockaded.toml")
+        #expect(example.tenants.count == 2)
+    }
 }
 
 /// A value shared between test threads.

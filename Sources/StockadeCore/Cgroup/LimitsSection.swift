@@ -59,7 +59,7 @@ public struct LimitsSection: Sendable, Equatable {
     }
 
     /// Reads the limit keys from `t`; the tenants file reuses this for budgets.
-    mutating func read(_ t: TableReader) throws(ProfileError) {
+    public mutating func read(_ t: TableReader) throws(ProfileError) {
         memoryMax = try Self.bytes(t, "memory_max", minimum: 1 << 20, why: "a jail needs at least 1M to start")
         memoryHigh = try Self.bytes(t, "memory_high", minimum: 1 << 20, why: "below 1M the jail would only be reclaimed")
         swapMax = try Self.bytes(t, "swap_max", minimum: 0, why: "")
