@@ -127,20 +127,8 @@ public struct DaemonConfig: Sendable {
     /// while its limits fit what the tenant has left).
     static func overdrawn(_ budget: LimitsSection, jail: LimitsSection, workers: Int)
         -> (key: String, reserved: String, total: String)? {
-        let n = UInt64(workers)
-        func bytes(_ key: String, _ total: UInt64?, _ each: UInt64?) -> (String, String, String)? {
-            guard let total, let each, each.multipliedReportingOverflow(by: n).partialValue > total else { return nil }
-            return (key, "\(key) \(workers) x \(SizeValue.bytes(each))", "\(SizeValue.bytes(total))")
-        }
-        if let hit = bytes("memory_max", budget.memoryMax, jail.memoryMax) { return hit }
-        if let hit = bytes("swap_max", budget.swapMax, jail.swapMax) { return hit }
-        if let total = budget.pidsMax, let each = jail.pidsMax, each * n > total {
-            return ("pids_max", "pids_max \(workers) x \(each)", "\(total)")
-        }
-        if let total = budget.cpu?.microCPUs, let each = jail.cpu?.microCPUs, each * n > total {
-            return ("cpu", "cpu \(workers) x \(Double(each) / 1e6)", "\(Double(total) / 1e6)")
-        }
-        return nil
+        guard let short = budget.shortfall(asking: jail, held: Array(repeating: jail, count: workers - 1)) else { return nil }
+        return (short.key, "\(short.key) \(workers) x \(short.asked)", short.total)
     }
 
     /// Parses `text`; relative paths are taken from the directory of `file`.

@@ -274,34 +274,9 @@ public final class CgroupManager: Sendable {
             throw CgroupError(.tenant, "tenant \(budget.name) already holds \(jails.count) jails, its most (max_jails = \(most))")
         }
         let held = jails.map { backend.limits(of: tenantRel + "/" + $0) }
-        func refuse(_ key: String, asked: String, left: String, total: String, holding: String) -> CgroupError {
-            CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(key) asked \(asked), left \(left) of the tenant's \(total) (\(jails.count) jail\(jails.count == 1 ? " holds" : "s hold") \(holding))")
-        }
-        func bytes(_ key: String, _ total: UInt64?, _ ask: UInt64?, _ get: (LimitsSection) -> UInt64?) throws(CgroupError) {
-            guard let total, let ask else { return }
-            let used = held.reduce(UInt64(0)) { $0 + (get($1) ?? 0) }
-            let left = total > used ? total - used : 0
-            if ask > left {
-                throw refuse(key, asked: "\(SizeValue.bytes(ask))", left: "\(SizeValue.bytes(left))",
-                             total: "\(SizeValue.bytes(total))", holding: "\(SizeValue.bytes(used))")
-            }
-        }
         let b = budget.limits
-        try bytes("memory_max", b.memoryMax, limits.memoryMax) { $0.memoryMax }
-        try bytes("swap_max", b.swapMax, limits.swapMax) { $0.swapMax }
-        if let total = b.pidsMax, let ask = limits.pidsMax {
-            let used = held.reduce(UInt64(0)) { $0 + ($1.pidsMax ?? 0) }
-            let left = total > used ? total - used : 0
-            if ask > left { throw refuse("pids_max", asked: "\(ask)", left: "\(left)", total: "\(total)", holding: "\(used)") }
-        }
-        if let total = b.cpu?.microCPUs, let ask = limits.cpu?.microCPUs {
-            let used = held.reduce(UInt64(0)) { $0 + ($1.cpu?.microCPUs ?? 0) }
-            let left = total > used ? total - used : 0
-            func cpus(_ micro: UInt64) -> String {
-                let s = String(Double(micro) / 1e6)
-                return s + " CPU" + (micro == 1_000_000 ? "" : "s")
-            }
-            if ask > left { throw refuse("cpu", asked: cpus(ask), left: cpus(left), total: cpus(total), holding: cpus(used)) }
+        if let short = b.shortfall(asking: limits, held: held) {
+            throw CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(short.key) asked \(short.asked), left \(short.left) of the tenant's \(short.total) (\(jails.count) jail\(jails.count == 1 ? " holds" : "s hold") \(short.holding))")
         }
         if let total = b.cpuset, let ask = limits.cpuset, !ask.cpus.isSubset(of: total.cpus) {
             throw CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: cpuset asked \(ask), the tenant has only \(total)")

@@ -51,6 +51,40 @@ public struct LimitsSection: Sendable, Equatable {
         required = try table.bool("required") ?? true
     }
 
+    /// What a budget is short of: the first key where `asked` does not fit
+    /// beside what is `held`, with the figures as they are printed.
+    public struct Shortfall: Sendable, Equatable {
+        public var key: String
+        public var asked: String
+        public var left: String
+        public var total: String
+        public var holding: String
+    }
+
+    /// Whether jail limits `asked` fit into this budget beside the jail
+    /// limits already `held` (memory_max, swap_max, pids_max and cpu add up;
+    /// a key the budget or the jail leaves unset is not counted). nil when
+    /// they fit. The cpuset is a subset, not a sum: callers check it.
+    public func shortfall(asking asked: LimitsSection, held: [LimitsSection]) -> Shortfall? {
+        func check(_ key: String, _ total: UInt64?, _ ask: UInt64?, _ get: (LimitsSection) -> UInt64?,
+                   _ show: (UInt64) -> String) -> Shortfall? {
+            guard let total, let ask else { return nil }
+            let used = held.reduce(UInt64(0)) { sum, l in
+                let (r, overflow) = sum.addingReportingOverflow(get(l) ?? 0)
+                return overflow ? .max : r
+            }
+            let left = total > used ? total - used : 0
+            guard ask > left else { return nil }
+            return Shortfall(key: key, asked: show(ask), left: show(left), total: show(total), holding: show(used))
+        }
+        func size(_ b: UInt64) -> String { "\(SizeValue.bytes(b))" }
+        func cpus(_ micro: UInt64) -> String { String(Double(micro) / 1e6) + " CPU" + (micro == 1_000_000 ? "" : "s") }
+        return check("memory_max", memoryMax, asked.memoryMax, { $0.memoryMax }, size)
+            ?? check("swap_max", swapMax, asked.swapMax, { $0.swapMax }, size)
+            ?? check("pids_max", pidsMax, asked.pidsMax, { $0.pidsMax }, { "\($0)" })
+            ?? check("cpu", cpu?.microCPUs, asked.cpu?.microCPUs, { $0.cpu?.microCPUs }, cpus)
+    }
+
     /// True when no limit is set (nothing to write into a cgroup).
     public var isEmpty: Bool {
         var limits = self
