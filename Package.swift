@@ -131,7 +131,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem"],
+            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem", .product(name: "Logging", package: "swift-log")],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

@@ -107,4 +107,20 @@ public final class DaemonMetrics: Sendable {
         counter( "stockaded_channel_violations_total", labels: [("tenant", tenant)],
                              help: "Channel protocol violations by workers (each kills the worker)")
     }
+
+    func auditWriteFailures() -> Counter {
+        counter("stockaded_audit_write_failures_total", labels: [],
+                help: "Audit records that could not be written (nothing of them is left in the log)")
+    }
+
+    /// Every answer the API gave, by status and code (ok or the error word).
+    func answers(_ status: Int, _ code: String) -> Counter {
+        counter("stockaded_answers_total", labels: [("status", String(status)), ("code", code)],
+                help: "API answers by HTTP status and code, refusals before the request was read included")
+    }
+
+    func undelivered() -> Counter {
+        counter("stockaded_answers_undelivered_total", labels: [],
+                help: "Answers not written because the client had closed the connection")
+    }
 }
