@@ -1,5 +1,5 @@
 // `make bench`: each part is a subcommand; `all` runs them in order.
-import StockadeCore
+import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -3,7 +3,7 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
-import StockadeCore
+import StockadeJail
 import StockadeDaemon
 #if canImport(Glibc)
 import Glibc

@@ -4,7 +4,7 @@
 import Foundation
 import Testing
 @testable import StockadeDaemon
-import StockadeCore
+import StockadeJail
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)
