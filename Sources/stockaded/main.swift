@@ -3,7 +3,6 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
-import StockadeJail
 import StockadeDaemon
 #if canImport(Glibc)
 import Glibc
