@@ -7,7 +7,7 @@
 // STOCKADE_MODEL_FDS); nothing is bound or read by path afterwards, so
 // renaming, swapping or rewriting the file on disk changes nothing a
 // worker sees. The seals and size are checked again before every launch.
-import COpenSSL
+import StockadeChannel
 import StockadeSystem
 import SystemPackage
 import Synchronization
@@ -110,9 +110,7 @@ final class ModelStore: Sendable {
 
     private static func digest(of fd: FileDescriptor, path: String, chunk: UnsafeMutableRawBufferPointer) throws(ModelIntegrityError) -> String {
         func fail(_ why: String) -> ModelIntegrityError { ModelIntegrityError(path: path, expected: "", actual: nil, reason: why) }
-        guard let ctx = EVP_MD_CTX_new() else { throw fail("EVP_MD_CTX_new failed") }
-        defer { EVP_MD_CTX_free(ctx) }
-        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else { throw fail("EVP_DigestInit_ex failed") }
+        var hasher = SHA256Hasher()
         var offset: off_t = 0
         while true {
             let n = pread(fd.rawValue, chunk.baseAddress, chunk.count, offset)
@@ -121,12 +119,10 @@ final class ModelStore: Sendable {
                 throw fail("reading the sealed copy: \(String(cString: strerror(errno)))")
             }
             if n == 0 { break }
-            guard EVP_DigestUpdate(ctx, chunk.baseAddress, n) == 1 else { throw fail("EVP_DigestUpdate failed") }
+            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))
             offset += off_t(n)
         }
-        var out = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 0
-        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1, length == 32 else { throw fail("EVP_DigestFinal_ex failed") }
+        let out = hasher.finalize()
         return out.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 }

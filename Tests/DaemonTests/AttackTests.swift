@@ -6,7 +6,7 @@ import Testing
 import Logging
 import Synchronization
 @testable import StockadeDaemon
-import StockadeCore
+import StockadeConfig
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)
