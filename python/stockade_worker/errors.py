@@ -7,7 +7,9 @@ An error record's payload starts with its kind and ": " (docs/PROTOCOL.md,
     too-large      413  the request is well-formed but larger than this worker takes
     unprocessable  422  well-formed and within limits, but cannot be served
 
-Any other exception is the worker's own failure (stockaded answers 502).
+Any other exception is the worker's own failure (stockaded answers 502). A
+handler may raise these classes, or any ValueError with a `kind` attribute
+of the three (so that a worker need not import the SDK to refuse).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ KINDS = ("input", "too-large", "unprocessable")
 
 def error_payload(exc: BaseException) -> bytes:
     """The error record's payload for an exception raised by a handler."""
-    if isinstance(exc, RequestError):
-        return f"{exc.kind}: {exc}".encode()
+    kind = getattr(exc, "kind", None)
+    if isinstance(exc, ValueError) and kind in KINDS:
+        return f"{kind}: {exc}".encode()
     return f"{type(exc).__name__}: {exc}".encode()
