@@ -250,3 +250,86 @@ private final class KeepAliveClient: @unchecked Sendable {
         buffer += chunk[0..<n]
     }
 }
+
+// Part `broker`: what stockaded itself adds to a request. A 64-byte request
+// to a trivial echo worker (python/tests/echo_worker.py), one at a time,
+// through the daemon (HTTP on the unix socket with keep-alive, token check,
+// routing, the tenant queue, the audit line, the channel) against the same
+// request over a direct channel to the same worker run unjailed. Rounds
+// alternate so both see the same load; the difference of the medians is
+// the broker's dispatch overhead. Goal: at most 100 microseconds at p50.
+func brokerBench() throws {
+    let repo = FileManager.default.currentDirectoryPath
+    let python = repo + "/.venv/bin/python3"
+    let worker = repo + "/python/tests/echo_worker.py"
+    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: worker) else {
+        print("broker: skipped (needs make venv; run from the repository root)")
+        return
+    }
+    let rounds = 10, perRound = 300
+    let payload = [UInt8](repeating: 0x61, count: 64)
+    print("broker: 64-byte requests to an echo worker, one at a time, \(rounds) interleaved rounds of \(perRound)")
+    let (pid, direct) = try startUnjailed(python: python, worker: worker, name: "direct-echo")
+    defer {
+        try? direct.shutdown()
+        var status: Int32 = 0
+        kill(pid, SIGTERM)
+        waitpid(pid, &status, 0)
+    }
+    let dir = NSTemporaryDirectory() + "stockade-bench-broker-\(getpid())"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    chmod(dir, 0o755)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let token = "bench-token-0123456789abcdef"
+    let config = """
+        [daemon]
+        socket = "api.sock"
+        audit_log = "audit.jsonl"
+        cgroups = false
+        [client.bench]
+        token = "\(token)"
+        uid = \(getuid())
+        [tenant.echo]
+        profile = "\(repo)/profiles/minimal.toml"
+        command = ["\(python)", "\(worker)"]
+        binds = ["\(repo)/.venv", "\(repo)/python"]
+        workers_min = 1
+        workers_max = 1
+        [tenant.echo.access]
+        bench = "invoker"
+        """
+    try config.write(toFile: dir + "/stockaded.toml", atomically: true, encoding: .utf8)
+    let daemon = try Daemon(config: try DaemonConfig.load(path: dir + "/stockaded.toml"))
+    try daemon.start()
+    defer { daemon.stop() }
+    let deadline = Date().addingTimeInterval(60)
+    while daemon.pool("echo")!.workers().first?.state != "idle" {
+        guard Date() < deadline else { throw DaemonError("the echo worker did not start within 60 s") }
+        usleep(50_000)
+    }
+    let client = try KeepAliveClient(socket: dir + "/api.sock", token: token)
+    func ms(_ d: Duration) -> Double { Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15 }
+    for _ in 0..<200 {
+        _ = try direct.request(payload)
+        try client.infer("echo", payload)
+    }
+    var viaDirect: [Double] = [], viaDaemon: [Double] = []
+    for _ in 0..<rounds {
+        for _ in 0..<perRound {
+            let t0 = ContinuousClock.now
+            _ = try direct.request(payload)
+            viaDirect.append(ms(ContinuousClock.now - t0))
+        }
+        for _ in 0..<perRound {
+            let t0 = ContinuousClock.now
+            try client.infer("echo", payload)
+            viaDaemon.append(ms(ContinuousClock.now - t0))
+        }
+    }
+    let d = Stats(samples: viaDirect), b = Stats(samples: viaDaemon)
+    print("  \(pad("", 34)) \(pad("p50 us", 9)) \(pad("p99 us", 9))")
+    print("  \(pad("direct channel", 34)) \(pad(fmt(d.median * 1000, 1), 9)) \(pad(fmt(d.percentile(0.99) * 1000, 1), 9))")
+    print("  \(pad("through stockaded", 34)) \(pad(fmt(b.median * 1000, 1), 9)) \(pad(fmt(b.percentile(0.99) * 1000, 1), 9))")
+    print("  \(pad("added by the broker", 34)) \(pad(fmt((b.median - d.median) * 1000, 1), 9)) \(pad(fmt((b.percentile(0.99) - d.percentile(0.99)) * 1000, 1), 9))")
+    print("  goal: at most 100 us added at p50")
+}
