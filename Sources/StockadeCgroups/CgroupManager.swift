@@ -1,4 +1,5 @@
 public import SystemPackage
+import StockadeSystem
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -257,12 +258,24 @@ public final class CgroupManager: Sendable {
                          directory: backend.openDirectory(rel))
     }
 
+    /// Runs `body` holding an exclusive `flock` on the tenant's cgroup
+    /// directory, so that launchers admitting into one tenant take turns.
+    /// Without the lock nothing is admitted: two launchers could each see
+    /// room for one more jail and both start it.
     private func withLock(on rel: String, _ body: () throws(CgroupError) -> Void) throws(CgroupError) {
-        let fd = open(backend.lockPath(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            while flock(fd, LOCK_EX) != 0 && errno == EINTR {}
+        let path = backend.lockPath(rel)
+        let fd: Int32
+        do {
+            fd = try retryingSyscall { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        } catch {
+            throw CgroupError(.io, "cannot open \(path) to lock it while admitting a jail", cause: error)
         }
-        defer { if fd >= 0 { Glibc.close(fd) } }
+        defer { Glibc.close(fd) }
+        do {
+            _ = try retryingSyscall { flock(fd, LOCK_EX) }
+        } catch {
+            throw CgroupError(.io, "cannot lock \(path) while admitting a jail", cause: error)
+        }
         try body()
     }
 

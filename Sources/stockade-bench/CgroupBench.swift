@@ -1,6 +1,7 @@
 // Part "cgroup": how long a jail cgroup takes to set up and tear down, and
 // how close the kernel holds a CPU quota to the share asked for, on this
 // host's backend (cgroup v1 on hybrid hosts, v2 elsewhere). Needs root.
+import StockadeSystem
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -79,7 +80,7 @@ func cgroupBench() throws {
         let share = (c1 - c0) / (Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
         try jail.kill()
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = try? retryingSyscall { waitpid(pid, &status, 0) }
         try jail.remove()
         print("cgroup: cpu \(fmt(asked)) asked, \(fmt(share, 3)) used (\(share >= asked ? "+" : "")\(fmt((share / asked - 1) * 100, 1))%) over \(fmt(seconds, 1)) s")
     }

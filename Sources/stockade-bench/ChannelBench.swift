@@ -167,7 +167,7 @@ private func spawnChild(_ argv: [String], socket: FileDescriptor, params: FileDe
 
 private func reap(_ pid: pid_t) {
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = try? retryingSyscall { waitpid(pid, &status, 0) }
 }
 
 private enum PeerKind: String { case swift = "swift", python = "python" }
