@@ -312,6 +312,23 @@ public final class CgroupManager: Sendable {
         return removed
     }
 
+    /// A jail cgroup for a launch that has no manager of its own (a device
+    /// allowlist on a jail launched without limits): a manager is made for
+    /// it, and removing the jail closes that manager too, so the tenant and
+    /// base cgroups it created go with it.
+    package static func standaloneJail(configuration: Configuration, limits: LimitsSection) throws(CgroupError) -> JailGroup {
+        let manager = try CgroupManager(configuration: configuration)
+        let group: JailGroup
+        do {
+            group = try manager.jail(limits: limits)
+        } catch {
+            try? manager.close()
+            throw error
+        }
+        group.closesManager.store(true, ordering: .relaxed)
+        return group
+    }
+
     /// Removes this manager's jails that are still there, the tenants it
     /// made once they are empty, and the base if it made it and nothing else
     /// uses it. Cgroups other launchers still use are left alone.
@@ -361,6 +378,8 @@ public final class JailGroup: JailCgroup {
     let rel: String
     private let manager: CgroupManager
     private let fd: Mutex<FileDescriptor?>
+    /// Set when the manager exists only for this jail (``CgroupManager/standaloneJail(configuration:limits:)``).
+    let closesManager = Atomic<Bool>(false)
 
     init(manager: CgroupManager, rel: String, name: String, tenant: String, limits: LimitsSection,
          notes: [String], directory: FileDescriptor?) {
@@ -413,5 +432,6 @@ public final class JailGroup: JailCgroup {
         }
         try manager.backend.remove(rel)
         manager.forget(rel)
+        if closesManager.load(ordering: .relaxed) { try manager.close() }
     }
 }

@@ -31,7 +31,7 @@ func cgroupBench() throws {
         let jail = try manager.jail(limits: limits)
         try jail.remove()
         let d = ContinuousClock.now - start
-        samples.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+        samples.append(d.inMilliseconds)
     }
     let stats = Stats(samples: samples)
     print("cgroup: create+remove a jail cgroup (memory, swap, pids, cpu): median \(fmt(stats.median, 3)) ms, p90 \(fmt(stats.percentile(0.9), 3)) ms over \(runs) runs")
@@ -77,7 +77,7 @@ func cgroupBench() throws {
         usleep(UInt32(seconds * 1_000_000))
         let c1 = try used()
         let wall = ContinuousClock.now - t0
-        let share = (c1 - c0) / (Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+        let share = (c1 - c0) / (wall.inSeconds)
         try jail.kill()
         var status: Int32 = 0
         _ = try? retryingSyscall { waitpid(pid, &status, 0) }

@@ -26,7 +26,7 @@ func timeCommand(_ argv: [String]) -> Double? {
     _ = try? retryingSyscall { waitpid(pid, &status, 0) }
     let elapsed = ContinuousClock.now - start
     guard status == 0 else { return nil }
-    return Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+    return elapsed.inMilliseconds
 }
 
 struct Stats {
