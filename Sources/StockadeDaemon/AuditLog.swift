@@ -10,6 +10,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import StockadeSystem
 import Synchronization
 public import Logging
 #if canImport(Glibc)
@@ -153,10 +154,9 @@ public final class AuditLog: Sendable {
         var failure: String?
         line.withUnsafeBytes { buf in
             while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    failure = "write: \(String(cString: strerror(errno)))"
+                let n: Int
+                do { n = try retryingSyscall { write(fd, buf.baseAddress! + off, buf.count - off) } } catch {
+                    failure = "write: \(error)"
                     return
                 }
                 if n == 0 {
@@ -170,9 +170,8 @@ public final class AuditLog: Sendable {
         if off > 0 {
             // Only this process writes the log (the instance lock), and
             // only under `writer`: the file ended at `before`.
-            while ftruncate(fd, before) != 0 {
-                if errno == EINTR { continue }
-                return failure + "; the partial line could not be removed: \(String(cString: strerror(errno)))"
+            do { _ = try retryingSyscall { ftruncate(fd, before) } } catch {
+                return failure + "; the partial line could not be removed: \(error)"
             }
         }
         return failure

@@ -27,16 +27,16 @@ final class InstanceLock: Sendable {
             close(fd)
             throw DaemonError("the instance lock \(path) is not a regular file; remove it")
         }
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let err = errno
-            if err == EINTR { continue }
+        do {
+            _ = try retryingSyscall { flock(fd, LOCK_EX | LOCK_NB) }
+        } catch {
             let holder = Self.readPid(fd)
             close(fd)
-            if err == EWOULDBLOCK {
+            if error == .wouldBlock {
                 throw DaemonError("another stockaded\(holder.map { " (pid \($0))" } ?? "") holds \(path) and serves \(socket); "
                     + "stop it first, or give this one another socket")
             }
-            throw DaemonError("cannot lock \(path): \(String(cString: strerror(err)))")
+            throw DaemonError("cannot lock \(path): \(error)")
         }
         let text = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)

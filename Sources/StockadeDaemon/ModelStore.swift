@@ -89,11 +89,8 @@ final class ModelStore: Sendable {
         defer { chunk.deallocate() }
         var total = 0
         while true {
-            let n = read(source, chunk.baseAddress, chunk.count)
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw fail("read failed: \(String(cString: strerror(errno)))")
-            }
+            let n: Int
+            do { n = try retryingSyscall { read(source, chunk.baseAddress, chunk.count) } } catch { throw fail("read failed: \(error)") }
             if n == 0 { break }
             do { try memfd.writeAll(UnsafeRawBufferPointer(rebasing: chunk[0..<n])) } catch { throw fail("copy into memfd: \(error)") }
             total += n
@@ -113,10 +110,9 @@ final class ModelStore: Sendable {
         var hasher = SHA256Hasher()
         var offset: off_t = 0
         while true {
-            let n = pread(fd.rawValue, chunk.baseAddress, chunk.count, offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw fail("reading the sealed copy: \(String(cString: strerror(errno)))")
+            let n: Int
+            do { n = try retryingSyscall { pread(fd.rawValue, chunk.baseAddress, chunk.count, offset) } } catch {
+                throw fail("reading the sealed copy: \(error)")
             }
             if n == 0 { break }
             hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))

@@ -72,14 +72,12 @@ final class WorkerLog: Sendable {
         var dropped = [0, 0]
         while open.contains(true) {
             var fds = ends.enumerated().map { i, e in pollfd(fd: open[i] ? e.0.rawValue : -1, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&fds, nfds_t(fds.count), -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return
-            }
+            guard (try? retryingSyscall { poll(&fds, nfds_t(fds.count), -1) }) != nil else { return }
             for i in 0..<2 where open[i] && fds[i].revents != 0 {
-                let n = buffer.withUnsafeMutableBytes { read(ends[i].0.rawValue, $0.baseAddress, min($0.count, max(1, budget))) }
-                if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+                let want = min(buffer.count, max(1, budget))
+                let n = (try? buffer.withUnsafeMutableBytes { b throws(Errno) in
+                    try retryingSyscall { read(ends[i].0.rawValue, b.baseAddress, want) }
+                }) ?? -1
                 if n <= 0 {
                     open[i] = false
                     if !partial[i].isEmpty { emit(partial[i], stream: ends[i].1, logger: logger) }
