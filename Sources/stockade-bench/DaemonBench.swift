@@ -17,14 +17,20 @@ private let workers = 2
 private let requestsPerClientPerRound = 15
 private let rounds = 10
 
-func daemonBench() throws {
+/// The repository, the venv's python and `worker` (relative to the
+/// repository), or nil after saying why the part is skipped.
+private func benchWorker(_ part: String, _ worker: String) -> (repo: String, python: String, worker: String)? {
     let repo = FileManager.default.currentDirectoryPath
     let python = repo + "/.venv/bin/python3"
-    let worker = repo + "/examples/minilm/worker.py"
-    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: worker) else {
-        print("daemon: skipped (needs make venv and examples/minilm; run from the repository root)")
-        return
+    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: repo + "/" + worker) else {
+        print("\(part): skipped (needs make venv and \(worker); run from the repository root)")
+        return nil
     }
+    return (repo, python, repo + "/" + worker)
+}
+
+func daemonBench() throws {
+    guard let (repo, python, worker) = benchWorker("daemon", "examples/minilm/worker.py") else { return }
     let payload = try benchPayload(repo: repo)
     print("daemon: MiniLM embeddings of 8 sentences per request, \(workers) workers, \(workers) clients, "
           + "\(rounds) interleaved rounds of \(requestsPerClientPerRound) requests per client")
@@ -259,13 +265,7 @@ private final class KeepAliveClient: @unchecked Sendable {
 // alternate so both see the same load; the difference of the medians is
 // the broker's dispatch overhead. Goal: at most 100 microseconds at p50.
 func brokerBench() throws {
-    let repo = FileManager.default.currentDirectoryPath
-    let python = repo + "/.venv/bin/python3"
-    let worker = repo + "/python/tests/echo_worker.py"
-    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: worker) else {
-        print("broker: skipped (needs make venv; run from the repository root)")
-        return
-    }
+    guard let (repo, python, worker) = benchWorker("broker", "python/tests/echo_worker.py") else { return }
     let rounds = 10, perRound = 300
     let payload = [UInt8](repeating: 0x61, count: 64)
     print("broker: 64-byte requests to an echo worker, one at a time, \(rounds) interleaved rounds of \(perRound)")
