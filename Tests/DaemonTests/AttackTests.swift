@@ -135,6 +135,22 @@ struct DaemonAttackTests {
         #expect(try d.client("alice").infer("alpha", "echo:relaunched").status == 200)
     }
 
+    @Test func connectionsNeverTakeTheFdsReservedForWorkerLaunches() throws {
+        var asked = ConnectionLimits()
+        asked.total = 50_000_000
+        asked.perUid = 50_000_000
+        asked.fdReserve = 300
+        let fitted = try APIServer.fitToDescriptorLimit(asked, logger: Logger(label: "test"))
+        var rl = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+        #expect(fitted.total + open + 300 <= Int(rl.rlim_cur) + 2)
+        #expect(fitted.perUid <= fitted.total)
+        // A reserve larger than the limit itself is refused, naming the key.
+        asked.fdReserve = Int(rl.rlim_cur)
+        #expect { _ = try APIServer.fitToDescriptorLimit(asked, logger: Logger(label: "test")) } throws: { "\($0)".contains("fd_reserve") }
+    }
+
     @Test func slowHeadersSlowBodiesAndIdleConnectionsTimeOut() throws {
         let d = try RunningDaemon(tenants: [.init(name: "alpha", min: 0, max: 1, access: ["alice": "invoker"])],
                                   daemonExtra: "header_timeout = \"1s\"\nbody_timeout = \"1s\"\nidle_timeout = \"1s\"")
