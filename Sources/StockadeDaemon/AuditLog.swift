@@ -64,6 +64,72 @@ public struct AuditEvent: Codable, Sendable, Equatable {
     }
 }
 
+extension AuditEvent {
+    /// The event as one JSON object and a newline, keys sorted, absent
+    /// fields left out (what JSONEncoder with sorted keys writes, without
+    /// its generic machinery on every request).
+    func jsonLine() -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "{")]
+        out.reserveCapacity(256)
+        var first = true
+        func key(_ k: String) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            out.append(UInt8(ascii: "\""))
+            out += k.utf8
+            out += Array("\":".utf8)
+        }
+        func string(_ k: String, _ v: String?) {
+            guard let v else { return }
+            key(k)
+            out.append(UInt8(ascii: "\""))
+            for b in v.utf8 {
+                switch b {
+                case UInt8(ascii: "\""): out += Array("\\\"".utf8)
+                case UInt8(ascii: "\\"): out += Array("\\\\".utf8)
+                case 0x0A: out += Array("\\n".utf8)
+                case 0x0D: out += Array("\\r".utf8)
+                case 0x09: out += Array("\\t".utf8)
+                case 0..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out += Array("\\u00".utf8)
+                    out.append(hex[Int(b >> 4)])
+                    out.append(hex[Int(b & 15)])
+                default: out.append(b)
+                }
+            }
+            out.append(UInt8(ascii: "\""))
+        }
+        func number(_ k: String, _ v: (any CustomStringConvertible)?) {
+            guard let v else { return }
+            key(k)
+            out += v.description.utf8
+        }
+        // Sorted by key, as the readers of the log have always seen them.
+        number("bytesIn", bytesIn)
+        number("bytesOut", bytesOut)
+        string("client", client)
+        number("cpuMicros", cpuMicros)
+        number("durationMs", durationMs.map { $0.isFinite ? $0 : 0 })
+        string("event", event.rawValue)
+        number("exitCode", exitCode)
+        number("memoryPeakBytes", memoryPeakBytes)
+        string("method", method)
+        string("outcome", outcome)
+        string("path", path)
+        number("pid", pid)
+        string("reason", reason)
+        string("signal", signal)
+        number("status", status)
+        string("tenant", tenant)
+        string("time", time)
+        number("uid", uid)
+        string("worker", worker)
+        out += Array("}\n".utf8)
+        return out
+    }
+}
+
 public final class AuditLog: Sendable {
     public let path: String
     private let fd: Int32
@@ -73,11 +139,6 @@ public final class AuditLog: Sendable {
     let onFailure = Mutex<(@Sendable () -> Void)?>(nil)
 
     private struct Writer {
-        let encoder: JSONEncoder = {
-            let e = JSONEncoder()
-            e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            return e
-        }()
         var failures = 0
         var lastError: String?
         var failing = false
@@ -113,13 +174,8 @@ public final class AuditLog: Sendable {
     public func record(_ event: AuditEvent) -> Bool {
         var event = event
         event.time = Self.timestamp()
+        let line = event.jsonLine()
         let (ok, report): (Bool, String?) = writer.withLock { w in
-            guard let data = try? w.encoder.encode(event) else {
-                w.failures += 1
-                w.lastError = "an event could not be encoded"
-                return (false, w.lastError)
-            }
-            let line = Array(data) + [0x0A]
             let error = Self.appendWhole(fd, line)
             if let error {
                 w.failures += 1

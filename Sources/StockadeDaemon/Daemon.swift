@@ -296,12 +296,12 @@ public final class Daemon: Service, @unchecked Sendable {
         // An unknown token and a valid token presented by the wrong uid get
         // the same answer: a different one would confirm a stolen token.
         // The audit log (for the operator) says which it was.
-        let refusal = APIResponse.error(.unauthorized, "unauthenticated", "the token is not valid for this connection")
+        func refusal() -> APIResponse { .error(.unauthorized, "unauthenticated", "the token is not valid for this connection") }
         guard let client = found else {
-            return .failure(Denial(refusal, "unknown token (uid \(peer.uid))"))
+            return .failure(Denial(refusal(), "unknown token (uid \(peer.uid))"))
         }
         guard client.uid == peer.uid else {
-            return .failure(Denial(refusal, "token of client \(client.name) presented by uid \(peer.uid), allowed uid \(client.uid)"))
+            return .failure(Denial(refusal(), "token of client \(client.name) presented by uid \(peer.uid), allowed uid \(client.uid)"))
         }
         return .success(client)
     }

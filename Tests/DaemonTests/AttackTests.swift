@@ -500,3 +500,22 @@ struct DaemonAttackTests {
         #expect(badPolicy.contains(":4") && badPolicy.contains("audit_failure"))
     }
 }
+
+@Test func auditLinesAreTheJSONOfTheirEvents() throws {
+    var e = AuditEvent(.request, tenant: "t\"x\\y", worker: "w/1", reason: "line\nbreak \u{1b}[2J tab\t é ✓")
+    e.time = "2026-01-01T00:00:00.000Z"
+    e.uid = 4242
+    e.status = 200
+    e.durationMs = 0.30000000000000004
+    e.bytesOut = 12
+    e.cpuMicros = UInt64.max
+    let line = e.jsonLine()
+    #expect(line.last == 0x0A)
+    #expect(!line.dropLast().contains(0x0A))
+    let ours = try #require(try JSONSerialization.jsonObject(with: Data(line.dropLast())) as? NSDictionary)
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    let theirs = try #require(try JSONSerialization.jsonObject(with: encoder.encode(e)) as? NSDictionary)
+    #expect(ours == theirs)
+    #expect(Array(try encoder.encode(e)) + [0x0A] == line)
+}
