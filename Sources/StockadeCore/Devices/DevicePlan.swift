@@ -285,30 +285,3 @@ public struct DevicePlan: Sendable, Equatable {
         }
     }
 }
-
-extension DevicePlan {
-    /// ``mounts`` as entries of the child's mount list, with the launcher's
-    /// conventions: host sources under `/oldroot`, targets under `/newroot`.
-    /// They go after the profile's own mounts (the built-in /dev and /proc
-    /// must exist first), and the built-in /proc masks named in
-    /// ``unmaskedProc`` are left out of the list.
-    func plannedMounts() -> [Launcher.PlannedMount] {
-        mounts.map { m in
-            let target = "/newroot" + m.target
-            switch m.kind {
-            case .deviceNode:
-                // Device binds keep dev and stay writable, like the built-in /dev nodes.
-                return Launcher.PlannedMount(kind: STK_MOUNT_DEVNODE.rawValue, flags: STK_MF_WRITABLE.rawValue | STK_MF_NOEXEC.rawValue,
-                                             source: "/oldroot" + (m.source ?? m.target), target: target)
-            case .readOnlyBind:
-                return Launcher.PlannedMount(kind: STK_MOUNT_BIND.rawValue, source: "/oldroot" + (m.source ?? m.target), target: target)
-            case .symlink:
-                return Launcher.PlannedMount(kind: STK_MOUNT_SYMLINK.rawValue, source: m.source, target: target)
-            case .mask:
-                return Launcher.PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: "/oldroot/dev/null", target: target)
-            case .readOnly:
-                return Launcher.PlannedMount(kind: STK_MOUNT_RO.rawValue, target: target)
-            }
-        }
-    }
-}
