@@ -91,7 +91,7 @@ public func errnoName(_ code: Int32) -> String {
         17: "EEXIST", 18: "EXDEV", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 23: "ENFILE",
         24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 29: "ESPIPE", 30: "EROFS",
         31: "EMLINK", 32: "EPIPE", 36: "ENAMETOOLONG", 38: "ENOSYS", 39: "ENOTEMPTY", 40: "ELOOP",
-        95: "EOPNOTSUPP", 97: "EAFNOSUPPORT", 101: "ENETUNREACH", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
+        95: "EOPNOTSUPP", 97: "EAFNOSUPPORT", 101: "ENETUNREACH", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 116: "ESTALE",
     ]
     return names[code] ?? "errno \(code)"
 }

@@ -112,12 +112,14 @@ struct PathAttackTests {
     }
 
     /// Sets up a directory `model` (holding `etc/marker`) and a link `swap`
-    /// beside it; the racer exchanges them. Bound as `model`, the jail must
+    /// to the host's root beside it; the racer exchanges them. Bound as `model`, the jail must
     /// see the marker or be refused, never the host's /etc.
     static func raceLayout(_ dir: String, owner: UInt32) throws {
         try FileManager.default.createDirectory(atPath: dir + "/model/etc", withIntermediateDirectories: true)
         try "safe\n".write(toFile: dir + "/model/etc/marker", atomically: false, encoding: .utf8)
-        try FileManager.default.createSymbolicLink(atPath: dir + "/swap", withDestinationPath: "/")
+        // Relative, as a jail would write it: "../.." is the host's root from
+        // /tmp/NAME, in the launcher's view and in the child's (/oldroot/tmp/NAME).
+        try FileManager.default.createSymbolicLink(atPath: dir + "/swap", withDestinationPath: "../..")
         for path in [dir + "/model", dir + "/model/etc", dir + "/model/etc/marker"] { chown(path, owner, owner) }
         lchown(dir + "/swap", owner, owner)
     }
