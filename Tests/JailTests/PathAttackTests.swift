@@ -221,6 +221,41 @@ struct PathAttackTests {
         #expect(run.lines == ["ok"], "\(run.stderr)")
     }
 
+    /// True when "/" and every directory down to `path` are root's and not
+    /// group- or world-writable (checked here with stat, not by the launcher).
+    static func rootOnly(_ path: String) -> Bool {
+        var dir = ""
+        for part in [""] + path.split(separator: "/").map(String.init) {
+            dir = part.isEmpty ? "/" : (dir == "/" ? "" : dir) + "/" + part
+            var st = stat()
+            guard stat(dir, &st) == 0, st.st_uid == 0, st.st_mode & 0o022 == 0 else { return false }
+        }
+        return true
+    }
+
+    @Test("the trusted-link rule: root's link in root-only directories is followed; another owner or a writable directory is not",
+          .enabled(if: getuid() == 0 && rootOnly(packageRoot + "/.build"), "needs root and a checkout in root-only directories"))
+    func trustedLinkRule() throws {
+        let dir = packageRoot + "/.build/stockade-trust-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { Self.remove(dir) }
+        chmod(dir, 0o755)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/share", withDestinationPath: "/usr/share")
+        let profile = try minimalProfile()
+        let mounts = [MountSpec(kind: .bind, source: dir + "/share", target: "/s")]
+        #expect(Self.launchError(profile, mounts, ["/bin/sh", "-c", "test -d /s/doc"]) == nil)
+        // The same link in a directory its group may write.
+        chmod(dir, 0o775)
+        let writable = Self.launchError(profile, mounts)
+        #expect(writable?.contains("\(dir) or a directory above it is not root's alone") == true, "\(writable ?? "mounted")")
+        chmod(dir, 0o755)
+        // The same link owned by another user.
+        lchown(dir + "/share", 1234, 1234)
+        let owned = Self.launchError(profile, mounts)
+        #expect(owned?.contains("\(dir)/share is a symlink the launcher will not follow: it is owned by uid 1234") == true,
+                "\(owned ?? "mounted")")
+    }
+
     // MARK: - item: targets
 
     @Test("a target through a symlink planted in a writable bind is refused; nothing is made on the host")

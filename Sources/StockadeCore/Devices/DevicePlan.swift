@@ -1,12 +1,11 @@
-import CStockadeSpawn
-
 /// What a profile's `[devices]` turns into for one launch on this host: the
 /// nodes and files to bind into the jail, the /proc paths to show or hide,
 /// the environment, and the allowlist the kernel enforces.
 ///
 /// Made by ``resolve(_:profileMounts:environment:)`` in the parent before
-/// clone; the launcher adds ``mounts`` to the child's mount list (after
-/// the built-in /dev and /proc, after the profile's own mounts) and
+/// clone; the spawn plan (`SpawnPlan.plan(devices:)`) turns ``mounts``
+/// into entries of the child's mount list (after the built-in /dev and
+/// /proc, after the profile's own mounts, host sources resolved like binds) and
 /// ``environment`` to the worker's, and hands its cgroup to
 /// ``enforce(on:)`` (see there) before the child is released.
 public struct DevicePlan: Sendable, Equatable {
