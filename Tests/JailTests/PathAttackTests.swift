@@ -1,6 +1,7 @@
 import CStockadeSpawn
 import Foundation
-import StockadeCore
+import StockadeJail
+import StockadeConfig
 import StockadeSystem
 import Synchronization
 import Testing
