@@ -165,8 +165,6 @@ public enum Launcher {
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
         spawnPlan.fill(&plan, arena: arena)
-        plan.root_options = arena.string("size=\(profile.filesystem.rootSize),mode=0755")
-        plan.root_readonly = profile.filesystem.readonlyRoot ? 1 : 0
         plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
         plan.uid = profile.user.uid
         plan.gid = profile.user.gid
@@ -312,8 +310,12 @@ public enum Launcher {
         for ns in profile.namespaces.sorted() where access("/proc/self/ns/\(ns.procName)", F_OK) != 0 {
             throw JailError.missingKernelFeature("the \(ns.rawValue) namespace is not available on this kernel (no /proc/self/ns/\(ns.procName)); remove \"\(ns.rawValue)\" from [jail] namespaces in \(profile.file)")
         }
-        if access("/tmp", F_OK) != 0 {
-            throw JailError.missingKernelFeature("/tmp does not exist on the host; the jail's staging root is mounted there")
+        if access(SpawnPlan.staging, F_OK) != 0 {
+            throw JailError.missingKernelFeature("\(SpawnPlan.staging) does not exist on the host; the jail's staging root is mounted there")
+        }
+        // Every mount is resolved with openat2 (Linux 5.6): no fallback that follows links.
+        if !SpawnPlan.kernelHasOpenat2 {
+            throw JailError.missingKernelFeature("this kernel has no openat2 (Linux 5.6 or newer is needed to resolve mount paths without following symlinks)")
         }
     }
 

@@ -124,9 +124,24 @@ struct SpawnPlan {
     }
 
     var mounts: [Mount] = []
+    /// tmpfs options of the jail's root, and whether it ends read-only.
+    var rootOptions: String
+    var rootReadOnly: Bool
+
+    /// Whether openat2(2) exists here (asked once: a directory fd on "/").
+    static let kernelHasOpenat2: Bool = {
+        var how = (UInt64(O_RDONLY | O_DIRECTORY | O_CLOEXEC), UInt64(0), UInt64(0))
+        let fd = withUnsafeMutablePointer(to: &how) { p in
+            "/".withCString { stk_syscall6(437, Int(AT_FDCWD), Int(bitPattern: $0), Int(bitPattern: p), 24, 0, 0) }
+        }
+        if fd >= 0 { close(Int32(fd)) }
+        return fd >= 0
+    }()
 
     init(_ request: LaunchRequest) throws {
         let profile = request.profile
+        rootOptions = "size=\(profile.filesystem.rootSize),mode=0755"
+        rootReadOnly = profile.filesystem.readonlyRoot
         if profile.filesystem.dev {
             mounts.append(Mount(kind: STK_MOUNT_DEV.rawValue, target: "/dev"))
         }
@@ -307,6 +322,8 @@ struct SpawnPlan {
     func fill(_ plan: inout stk_plan, arena: PlanArena) {
         plan.pivot = 1
         plan.staging = arena.string(Self.staging)
+        plan.root_options = arena.string(rootOptions)
+        plan.root_readonly = rootReadOnly ? 1 : 0
         let cMounts = mounts.map { m in
             stk_mount(kind: m.kind, flags: m.flags, mode: m.mode, src_type: m.recorded?.type ?? 0,
                       source: arena.optionalString(m.source), target: arena.string(m.target),
