@@ -524,6 +524,8 @@ static void build_root(const struct stk_plan *p) {
     CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
     for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, root, &p->mounts[i]);
+    /* No fd and no working directory inside the host's tree survive the
+     * set-up (each mount closed its own; mount_on left us in a target). */
     close(root);
     CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
 

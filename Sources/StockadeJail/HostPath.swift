@@ -16,7 +16,10 @@ import Glibc
 /// repeats the walk with openat2(RESOLVE_NO_SYMLINKS) and compares
 /// (st_dev, st_ino, type). The child cannot use the launcher's fd itself:
 /// after CLONE_NEWNS it belongs to another mount namespace, which mount and
-/// open_tree refuse. Both halves work the same as root and rootless.
+/// open_tree refuse. A root launcher could instead clone the tree itself
+/// (open_tree in the host's namespace) and hand the detached mount over,
+/// but a rootless one cannot, and two code paths for one check is one too
+/// many: reopening and comparing works the same as root and rootless.
 struct HostPath: Sendable, Equatable {
     /// Absolute, with every symlink resolved: "/usr/lib", never "/lib".
     var path: String
