@@ -130,12 +130,9 @@ struct SpawnPlan {
 
     /// Whether openat2(2) exists here (asked once: a directory fd on "/").
     static let kernelHasOpenat2: Bool = {
-        var how = (UInt64(O_RDONLY | O_DIRECTORY | O_CLOEXEC), UInt64(0), UInt64(0))
-        let fd = withUnsafeMutablePointer(to: &how) { p in
-            "/".withCString { stk_syscall6(437, Int(AT_FDCWD), Int(bitPattern: $0), Int(bitPattern: p), 24, 0, 0) }
-        }
-        if fd >= 0 { close(Int32(fd)) }
-        return fd >= 0
+        let fd = stk_openat2(AT_FDCWD, "/", O_RDONLY | O_DIRECTORY, 0)
+        if fd >= 0 { close(fd) }
+        return fd >= 0 || errno != ENOSYS
     }()
 
     init(_ request: LaunchRequest) throws {

@@ -93,13 +93,7 @@ struct PathAttackTests {
         init(_ a: String, _ b: String) {
             let t = Thread { [self] in
                 while !stop.load(ordering: .relaxed) {
-                    // renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)
-                    let rc = a.withCString { pa in
-                        b.withCString { pb in
-                            stk_syscall6(316, Int(AT_FDCWD), Int(bitPattern: pa), Int(AT_FDCWD), Int(bitPattern: pb), 2, 0)
-                        }
-                    }
-                    if rc == 0 { swaps.add(1, ordering: .relaxed) }
+                    if stk_rename_exchange(a, b) == 0 { swaps.add(1, ordering: .relaxed) }
                 }
             }
             thread = t
