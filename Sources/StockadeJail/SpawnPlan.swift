@@ -101,8 +101,8 @@ enum ProcMasks {
 /// - a read-only mount that a later mount of the same path or a parent
 ///   would shadow;
 /// - a writable bind that covers a file the launcher reads to build the
-///   jail (profile, tenants file, daemon config, the launcher's binary):
-///   a jail could rewrite the next launch.
+///   jail (profile, its imported seccomp JSON, tenants file, daemon config,
+///   the launcher's binary): a jail could rewrite the next launch.
 struct SpawnPlan {
     /// Where the child sees the host's root and the jail's root while it
     /// builds the jail (inside its staging tmpfs).
@@ -161,7 +161,9 @@ struct SpawnPlan {
         for path in profile.filesystem.masked {
             mounts.append(Mount(kind: STK_MOUNT_MASK.rawValue, source: Self.devNull, target: path))
         }
-        try Self.checkLauncherInputs(planned, inputs: [profile.file, "/proc/self/exe"] + request.launcherFiles)
+        var inputs = [profile.file, "/proc/self/exe"] + request.launcherFiles
+        if case let .docker(path) = profile.seccomp.base { inputs.append(path) }
+        try Self.checkLauncherInputs(planned, inputs: inputs)
     }
 
     /// How a mount that came with the launch (not from the profile) is named in messages.

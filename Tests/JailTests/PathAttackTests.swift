@@ -382,6 +382,13 @@ struct PathAttackTests {
         let binary = Self.launchError(try minimalProfile(), [MountSpec(kind: .bind, source: (exe as NSString).deletingLastPathComponent,
                                                                         target: "/bin2", writable: true)])
         #expect(binary?.contains("holds \(exe)") == true, "\(binary ?? "mounted")")
+        // A seccomp JSON the profile imports, in a directory of its own.
+        let json = try Self.scratch("seccomp", mode: 0o755)
+        defer { Self.remove(json) }
+        try #"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}"#.write(toFile: json + "/s.json", atomically: false, encoding: .utf8)
+        try (text + "\n[seccomp]\nimport = \"docker:\(json)/s.json\"\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let imported = Self.launchError(try Profile.load(path: path), [MountSpec(kind: .bind, source: json, target: "/j", writable: true)])
+        #expect(imported?.contains("holds \(json)/s.json") == true, "\(imported ?? "mounted")")
         // The tenants file named on the command line.
         let tenants = dir + "/tenants.toml"
         try "[tenant.t]\nmemory_max = \"1G\"\npids_max = 512\n".write(toFile: tenants, atomically: false, encoding: .utf8)
