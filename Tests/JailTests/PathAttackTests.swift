@@ -433,6 +433,19 @@ struct PathAttackTests {
             #expect(error.description.contains("which others may write"), "\(error)")
         }
         chmod(dir, 0o755)
+        // The same through a link from a safe place: the file's own directory counts.
+        let unsafe = try Self.scratch("owner-unsafe", mode: 0o777)
+        defer { Self.remove(unsafe) }
+        try FileManager.default.moveItem(atPath: path, toPath: unsafe + "/p.toml")
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: unsafe + "/p.toml")
+        do {
+            _ = try Profile.load(path: path)
+            Issue.record("a profile reached through a link into a directory anyone can write was loaded")
+        } catch {
+            #expect(error.description.contains("the profile lies in \(unsafe), which others may write"), "\(error)")
+        }
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.moveItem(atPath: unsafe + "/p.toml", toPath: path)
         // Another user's profile: refused for a third user, fine for root and for its owner.
         chown(path, 1234, 1234)
         _ = try Profile.load(path: path)

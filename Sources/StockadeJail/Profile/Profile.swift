@@ -151,16 +151,25 @@ extension Profile {
             throw refuse("the profile is owned by uid \(st.st_uid), not by you (uid \(caller)) or root; "
                 + "another user's profile decides what your jail may do. Copy it and use your copy")
         }
-        // Every directory above it: one others may write lets them swap the file.
-        var dir = path.hasPrefix("/") ? path : SpawnPlan.currentDirectory() + "/" + path
-        while let slash = dir.lastIndex(of: "/") {
-            dir = slash == dir.startIndex ? "/" : String(dir[..<slash])
-            var d = stat()
-            if stat(dir, &d) == 0, d.st_mode & 0o022 != 0, d.st_mode & UInt32(S_ISVTX) == 0 {
-                throw refuse("the profile lies in \(dir), which others may write (mode \(String(d.st_mode & 0o7777, radix: 8)), "
-                    + "no sticky bit): they could replace it. Keep profiles in a directory only you or root can write")
+        // Every directory above it, on the path given and on the path to the
+        // file itself: one others may write lets them swap the file.
+        let given = path.hasPrefix("/") ? path : SpawnPlan.currentDirectory() + "/" + path
+        var real: String?
+        if let p = realpath(path, nil) {
+            real = String(decoding: UnsafeRawBufferPointer(start: p, count: strlen(p)), as: UTF8.self)
+            free(p)
+        }
+        for start in [given] + (real.map { [$0] } ?? []) {
+            var dir = start
+            while let slash = dir.lastIndex(of: "/") {
+                dir = slash == dir.startIndex ? "/" : String(dir[..<slash])
+                var d = stat()
+                if stat(dir, &d) == 0, d.st_mode & 0o022 != 0, d.st_mode & UInt32(S_ISVTX) == 0 {
+                    throw refuse("the profile lies in \(dir), which others may write (mode \(String(d.st_mode & 0o7777, radix: 8)), "
+                        + "no sticky bit): they could replace it. Keep profiles in a directory only you or root can write")
+                }
+                if dir == "/" { break }
             }
-            if dir == "/" { break }
         }
     }
 
