@@ -9,7 +9,7 @@
  *   - strings are built in stack buffers with the helpers at the top;
  *   - every failing step reports (step, errno, detail) on error_fd and exits.
  *
- * The steps run in the order of DESIGN.md "The spawn path"; each has a
+ * The steps run in the order of docs/ARCHITECTURE.md "The spawn path"; each has a
  * comment saying what it protects against.
  */
 #include "stockade_spawn.h"
