@@ -9,7 +9,7 @@
  *   - strings are built in stack buffers with the helpers at the top;
  *   - every failing step reports (step, errno, detail) on error_fd and exits.
  *
- * The steps run in the order of DESIGN.md "The spawn path"; each has a
+ * The steps run in the order of docs/ARCHITECTURE.md "The spawn path"; each has a
  * comment saying what it protects against.
  */
 #include "stockade_spawn.h"
@@ -355,8 +355,13 @@ static int open_target_for(const struct stk_plan *p, int root, int src, const ch
  * user namespace cannot mknod), a private devpts instance (so the jail
  * cannot reach the host's terminals), /dev/shm and the usual symlinks.
  */
+static const char *const stk_dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+
+const char *stk_dev_node(int i) {
+    return i >= 0 && (size_t)i < sizeof stk_dev_nodes / sizeof stk_dev_nodes[0] ? stk_dev_nodes[i] : NULL;
+}
+
 static void build_dev(const struct stk_plan *p, int root, const char *dev) {
-    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
     char src[64];
     int at = open_beneath(root, dev, STK_MAKE_DIR, 0755);
     CHECK(at >= 0, STK_STEP_DEV, dev);
@@ -365,14 +370,14 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
     /* Reopen: the fd above names the directory under the new tmpfs. */
     int d = open_beneath(root, dev, STK_OPEN_ONLY, 0);
     CHECK(d >= 0, STK_STEP_DEV, dev);
-    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
-        if (!s_join(src, sizeof src, "/oldroot/dev/", nodes[i])) fail(p, STK_STEP_DEV, ENAMETOOLONG, nodes[i]);
+    for (size_t i = 0; stk_dev_nodes[i] != NULL; i++) {
+        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i])) fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
         struct stk_mount node = {.source = src};
         int s = open_source(&node);
         struct stat st;
         CHECK(s >= 0 && fstat(s, &st) == 0, STK_STEP_DEV, src);
         if (!S_ISCHR(st.st_mode)) fail(p, STK_STEP_DEV, ENODEV, src);
-        int t = open_beneath(d, nodes[i], STK_MAKE_FILE, 0);
+        int t = open_beneath(d, stk_dev_nodes[i], STK_MAKE_FILE, 0);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
         CHECK(t >= 0 && bind_fd(s, t, 0, 0, 1) == 0, STK_STEP_DEV, src);
         close(s);

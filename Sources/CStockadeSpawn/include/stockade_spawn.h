@@ -35,7 +35,7 @@ enum stk_mount_kind {
     STK_MOUNT_BIND = 1,   /* bind host `source` at `target` */
     STK_MOUNT_TMPFS = 2,  /* fresh tmpfs at `target`, options in `data` */
     STK_MOUNT_PROC = 3,   /* fresh procfs at `target` (needs the new pid namespace) */
-    STK_MOUNT_DEV = 4,    /* minimal /dev at `target` (see build_dev in spawn.c) */
+    STK_MOUNT_DEV = 4,    /* minimal /dev at `target` (see stk_dev_node) */
     STK_MOUNT_DIR = 5,    /* mkdir -p `target` (mode in `mode`) */
     STK_MOUNT_SYMLINK = 6,/* symlink `target` -> `source` (source is the link text) */
     STK_MOUNT_MASK = 7,   /* hide `target`: /dev/null over a file, empty ro tmpfs over a dir */
@@ -149,6 +149,11 @@ struct stk_plan {
     char *const *argv;
     char *const *envp;
 };
+
+/* The i-th host device node every jail's /dev binds ("null", ...), NULL past
+ * the last; beside them /dev has a private devpts instance and /dev/shm.
+ * `stockade explain` and the device allowlist read this list; there is no other. */
+const char *stk_dev_node(int i);
 
 /* The steps, in the order the child runs them; the parent prints their names. */
 enum stk_step {
