@@ -192,7 +192,6 @@ public enum Launcher {
         }
         plan.fds = arena.array(fdMap)
         plan.n_fds = UInt32(fdMap.count)
-        plan.no_new_privs = 1
         plan.cwd = arena.string(profile.cwd)
         if let ll = request.landlock, ll.abi > 0 {
             plan.landlock_abi = ll.abi

@@ -319,7 +319,6 @@ struct SpawnPlan {
 
     /// The filesystem part of the child's C plan; the strings live in `arena`.
     func fill(_ plan: inout stk_plan, arena: PlanArena) {
-        plan.pivot = 1
         plan.staging = arena.string(Self.staging)
         plan.root_options = arena.string(rootOptions)
         plan.root_readonly = rootReadOnly ? 1 : 0
