@@ -91,7 +91,8 @@ public enum ChannelFuzzing {
 
     private static func cipher(_ suite: CipherSuite) throws -> NoiseCipherState {
         let state = NoiseCipherState(suite: suite)
-        try state.initializeKey(key)
+        var copy = key
+        try state.initializeKey(&copy)
         return state
     }
 

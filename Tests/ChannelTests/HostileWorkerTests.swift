@@ -1,0 +1,332 @@
+// A hostile worker against the real launcher side: a Python worker
+// (python/tests/hostile_worker.py) plays one attack each, and the launcher
+// uses SecureChannel the way the daemon's pools do (connect, request under
+// a watchdog that calls interrupt(), shutdown). Each test checks that the
+// attack is named as a violation (or bounded by a deadline) and that the
+// launcher's open descriptors, threads and memory stay flat.
+//
+// The measurements are of this whole test process: other suites running in
+// parallel move them a little, so the bounds leave room for that but sit
+// far below what each attack costs an unprotected launcher (thousands of
+// descriptors, hundreds of MiB).
+import Foundation
+import Testing
+import SystemPackage
+import StockadeSystem
+@testable import StockadeCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the launcher process holds right now.
+struct LauncherResources: CustomStringConvertible {
+    var descriptors: Int
+    var threads: Int
+    var rssKiB: Int
+    var shmemKiB: Int
+
+    static func now() -> LauncherResources {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+        var out = LauncherResources(descriptors: fds, threads: -1, rssKiB: -1, shmemKiB: -1)
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        for line in status.split(separator: "\n") {
+            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard parts.count >= 2, let value = Int(parts[1]) else { continue }
+            switch parts[0] {
+            case "Threads:": out.threads = value
+            case "VmRSS:": out.rssKiB = value
+            case "RssShmem:": out.shmemKiB = value
+            default: break
+            }
+        }
+        return out
+    }
+
+    var description: String { "\(descriptors) fds, \(threads) threads, RSS \(rssKiB / 1024) MiB (shmem \(shmemKiB / 1024) MiB)" }
+}
+
+/// Starts `hostile_worker.py <attack> <args>`; the launcher's side of the bootstrap.
+private func startAttack(_ attack: String, _ args: [String] = [], limits: ChannelLimits = ChannelLimits()) throws -> (Child, ChannelBootstrap) {
+    let bootstrap = try ChannelBootstrap(tenant: "acme", worker: "w-hostile", limits: limits)
+    let child = try Child.spawn(
+        [Paths.venvPython, Paths.pythonDir + "/tests/hostile_worker.py", attack] + args,
+        environment: [ChannelBootstrap.environmentEntry(), "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
+        mapping: [(bootstrap.workerSocket, 3), (bootstrap.paramsMemfd, 4)])
+    bootstrap.closeWorkerEnds()
+    return (child, bootstrap)
+}
+
+/// Runs `body` on a thread of its own and waits at most `seconds` for it:
+/// an attack that hangs the launcher fails the test instead of hanging it.
+/// `onTimeout` then gets a chance to unblock the thread.
+private func bounded<T: Sendable>(_ seconds: Double, onTimeout: @Sendable () -> Void = {},
+                                  _ body: @escaping @Sendable () -> T) -> T? {
+    let done = DispatchSemaphore(value: 0)
+    let box = ResultBox<T>()
+    Thread {
+        box.set(body())
+        done.signal()
+    }.start()
+    if done.wait(timeout: .now() + seconds) == .timedOut {
+        onTimeout()
+        _ = done.wait(timeout: .now() + 10)
+        return nil
+    }
+    return box.get()
+}
+
+private final class ResultBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T?
+    func set(_ v: T) { lock.withLock { value = v } }
+    func get() -> T? { lock.withLock { value } }
+}
+
+/// The launcher's resources must come back to where they were.
+private func expectFlat(_ before: LauncherResources, _ after: LauncherResources, rssSlackMiB: Int = 48,
+                        sourceLocation: SourceLocation = #_sourceLocation) {
+    // The numbers, for whoever reads the test log.
+    print("launcher resources: before \(before); after \(after)")
+    #expect(after.descriptors <= before.descriptors + 4, "descriptors: \(before) -> \(after)", sourceLocation: sourceLocation)
+    #expect(after.threads <= before.threads + 4, "threads: \(before) -> \(after)", sourceLocation: sourceLocation)
+    #expect(after.rssKiB <= before.rssKiB + rssSlackMiB * 1024, "memory: \(before) -> \(after)", sourceLocation: sourceLocation)
+    #expect(after.shmemKiB <= before.shmemKiB + rssSlackMiB * 1024, "shared memory: \(before) -> \(after)", sourceLocation: sourceLocation)
+}
+
+/// A request as a pool makes it: with a watchdog that interrupts the
+/// channel and kills the worker when `watchdog` seconds pass.
+private func pooledRequest(_ channel: SecureChannel, _ child: Child, watchdog: Double = 20) -> Result<[UInt8], ChannelError>? {
+    let timer = DispatchWorkItem {
+        channel.interrupt()
+        child.kill()
+    }
+    DispatchQueue.global().asyncAfter(deadline: .now() + watchdog, execute: timer)
+    defer { timer.cancel() }
+    return bounded(watchdog + 10, onTimeout: { channel.interrupt() }) {
+        Result { () throws(ChannelError) in try channel.request(Array("hello".utf8)) }
+    }
+}
+
+@Suite(.serialized, .enabled(if: Paths.venvIsBuilt, "needs the venv: make venv"))
+struct HostileWorkerTests {
+    /// Replies to pings never sent, 1 MiB each, while a request waits: the
+    /// first is `unexpected-message`, and nothing is kept.
+    @Test func unsolicitedPingRepliesAreRefused() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("unsolicited-ping-replies", ["300"])
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unexpectedMessage, "\(String(describing: result))")
+        #expect(channel.violation?.reason.contains("no ping is waiting") == true)
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// Four descriptors with every byte, after the handshake: the first is
+    /// refused at once and closed, the table stays as it was.
+    @Test func descriptorFloodIsRefusedAtOnce() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("fd-flood")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unexpectedFileDescriptors, "\(String(describing: result))")
+        let during = LauncherResources.now()
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, during)
+    }
+
+    /// The same during the handshake.
+    @Test func descriptorsDuringTheHandshakeAreRefused() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("handshake-fds")
+        var caught: ChannelError?
+        do { _ = try bootstrap.connect(handshakeTimeoutMilliseconds: 10_000) } catch { caught = error }
+        #expect(caught?.violation?.kind == .unexpectedFileDescriptors, "\(String(describing: caught))")
+        let during = LauncherResources.now()
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, during)
+    }
+
+    /// A handshake frame can only be 2 or 48 bytes: a 65535-byte one is
+    /// refused from its length prefix.
+    @Test func oversizedHandshakeFrameIsRefusedFromItsLength() throws {
+        let (child, bootstrap) = try startAttack("handshake-oversized-frame")
+        var caught: ChannelError?
+        do { _ = try bootstrap.connect(handshakeTimeoutMilliseconds: 10_000) } catch { caught = error }
+        #expect(caught?.violation?.kind == .oversized, "\(String(describing: caught))")
+        child.kill()
+        _ = child.wait()
+    }
+
+    /// One byte every 0.4 s keeps each read short, but the handshake has
+    /// one deadline: 1 s in all.
+    @Test func tricklingHandshakeMissesTheOneDeadline() throws {
+        let (child, bootstrap) = try startAttack("handshake-trickle", ["0.4"])
+        let start = ContinuousClock.now
+        var caught: ChannelError?
+        do { _ = try bootstrap.connect(handshakeTimeoutMilliseconds: 1_000) } catch { caught = error }
+        let took = ContinuousClock.now - start
+        #expect(caught?.violation?.kind == .timedOut, "\(String(describing: caught))")
+        #expect(took < .milliseconds(1_500), "took \(took)")
+        child.kill()
+        _ = child.wait()
+    }
+
+    /// The handshake completes but the hello never comes: the deadline
+    /// covers the hellos too.
+    @Test func workerThatNeverSaysHelloMissesTheDeadline() throws {
+        let (child, bootstrap) = try startAttack("no-hello")
+        let start = ContinuousClock.now
+        let launcher = UncheckedSendable(bootstrap)
+        let caught = bounded(10) { () -> ChannelError? in
+            do throws(ChannelError) { _ = try launcher.value.connect(handshakeTimeoutMilliseconds: 1_000) } catch { return error }
+            return nil
+        }
+        #expect(caught??.violation?.kind == .timedOut, "\(String(describing: caught))")
+        #expect(ContinuousClock.now - start < .milliseconds(1_500))
+        child.kill()
+        _ = child.wait()
+    }
+
+    /// A valid answer that carries the worker's own socket end (and one
+    /// byte more), then the worker exits: the descriptor is checked as it
+    /// arrives (a socket is not a memfd) and closed, so the launcher never
+    /// holds the worker's end and the request does not hang.
+    @Test func workerSocketPassedWithAnAnswerIsRefused() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("own-socket-with-answer")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unsealedMemfd, "\(String(describing: result))")
+        #expect(channel.violation?.reason.contains("not a regular file") == true, "\(String(describing: channel.violation))")
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// A real sealed memfd, but on a plain answer instead of a bulk record:
+    /// `unexpected-fds`, and it is closed.
+    @Test func memfdOnAPlainAnswerIsRefused() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("memfd-with-answer")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unexpectedFileDescriptors, "\(String(describing: result))")
+        #expect(channel.violation?.reason.contains("with a response record") == true, "\(String(describing: channel.violation))")
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// The same socket claimed as a bulk memfd: refused before it is kept
+    /// (not a regular file).
+    @Test func socketClaimedAsBulkMemfdIsRefused() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("own-socket-as-bulk")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unsealedMemfd, "\(String(describing: result))")
+        #expect(channel.violation?.reason.contains("not a regular file") == true, "\(String(describing: channel.violation))")
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// A sealed 64 MiB memfd of holes as a bulk answer: refused from
+    /// fstat, nothing mapped, the launcher's shared memory flat.
+    @Test func sparseBulkMemfdIsRefusedUnmapped() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("sparse-bulk")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .malformed, "\(String(describing: result))")
+        #expect(channel.violation?.reason.contains("holes") == true, "\(String(describing: channel.violation))")
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now(), rssSlackMiB: 16)
+    }
+
+    /// A bulk answer for a request never sent: refused before its memfd is
+    /// touched.
+    @Test func bulkForARequestNotInFlightIsRefusedUntouched() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("bulk-not-in-flight")
+        let channel = try bootstrap.connect()
+        let result = pooledRequest(channel, child)
+        #expect(result?.failureViolation?.kind == .unexpectedMessage, "\(String(describing: result))")
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now(), rssSlackMiB: 16)
+    }
+
+    /// Pings that are never read fill the socket, and the launcher's answer
+    /// blocks in send; the watchdog's interrupt() ends it.
+    @Test func blockedPingAnswerEndsAtTheWatchdog() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("ping-flood-no-read")
+        let channel = try bootstrap.connect()
+        let start = ContinuousClock.now
+        let result = pooledRequest(channel, child, watchdog: 2)
+        #expect(result != nil, "the request thread must come back")
+        if case .success = result { Issue.record("a request without an answer cannot succeed") }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// A worker that never answers: the watchdog's interrupt() ends the
+    /// request at once, whatever the worker does with its end.
+    @Test func hungRequestEndsAtTheWatchdog() throws {
+        let before = LauncherResources.now()
+        let (child, bootstrap) = try startAttack("hang-request")
+        let channel = try bootstrap.connect()
+        let start = ContinuousClock.now
+        let result = pooledRequest(channel, child, watchdog: 1)
+        #expect(result != nil)
+        #expect(ContinuousClock.now - start < .seconds(3))
+        _ = child.wait()
+        expectFlat(before, LauncherResources.now())
+    }
+
+    /// The worker answers the shutdown but keeps its socket open: the
+    /// shutdown ends at its deadline as `timed-out`.
+    @Test func lingeringShutdownEndsAtItsDeadline() throws {
+        let (child, bootstrap) = try startAttack("shutdown-linger")
+        let channel = try bootstrap.connect()
+        let start = ContinuousClock.now
+        let caught = bounded(10, onTimeout: { channel.interrupt() }) { () -> ChannelError? in
+            do throws(ChannelError) { try channel.shutdown(timeoutMilliseconds: 1_000) } catch { return error }
+            return nil
+        }
+        #expect(caught??.violation?.kind == .timedOut, "\(String(describing: caught))")
+        #expect(ContinuousClock.now - start < .milliseconds(1_500))
+        #expect(channel.isClosed)
+        child.kill()
+        _ = child.wait()
+    }
+
+    /// The worker starts a child that outlives it. The SDK's channel socket
+    /// is close-on-exec, so the child does not hold it and the launcher sees
+    /// the worker's end of stream at once.
+    @Test func childOfTheWorkerDoesNotHoldTheChannel() throws {
+        let (child, bootstrap) = try startAttack("child-holds-socket")
+        let channel = try bootstrap.connect()
+        let answer = try channel.request(Array("hello".utf8))
+        let grandchild = pid_t(String(decoding: answer, as: UTF8.self)) ?? 0
+        defer { if grandchild > 0 { _ = Glibc.kill(grandchild, SIGKILL) } }
+        let caught = bounded(5, onTimeout: { channel.interrupt() }) { () -> ChannelError? in
+            do throws(ChannelError) { _ = try channel.receive() } catch { return error }
+            return nil
+        }
+        #expect(caught??.violation?.kind == .closed, "the worker's end of stream must show at once: \(String(describing: caught))")
+        _ = child.wait()
+    }
+}
+
+extension Result where Failure == ChannelError {
+    var failureViolation: ChannelViolation? {
+        if case .failure(let e) = self { return e.violation }
+        return nil
+    }
+}
