@@ -163,7 +163,7 @@ class Channel:
         self.start = 0
         self.end = 0
         self.fds: list[int] = []
-        # Descriptors are refused until the hellos are exchanged.
+        # Descriptors are refused during the Noise handshake.
         self.accept_fds = False
         self.in_flight: dict[int, int] = {}
         self.bytes_in_flight = 0
@@ -270,12 +270,14 @@ class Channel:
         to_worker, to_launcher = hs.split()
         self.rx, self.tx = to_worker, to_launcher
         self.handshake_hash = hs.handshake_hash
+        # From the first record on, a descriptor is judged by its record: the
+        # launcher may send its hello and a bulk request back to back.
+        self.accept_fds = True
         self.send(HELLO, 0, AGENT)
         msg = self._receive_record()
         if msg is None or msg[0] != HELLO:
             raise ChannelViolation("unexpected-message", "first record is not hello")
         self.peer_agent = msg[3]
-        self.accept_fds = True
 
     # -- records --------------------------------------------------------
 

@@ -69,7 +69,9 @@ public final class SecureChannel: @unchecked Sendable {
 
     static let agent = "stockade-swift/1"
 
-    private init(role: Role, suite: CipherSuite, parameters: ChannelParameters, socket: FileDescriptor,
+    /// For the handshake above and for the fuzz target that plays a
+    /// worker's stream into an established channel.
+    init(role: Role, suite: CipherSuite, parameters: ChannelParameters, socket: FileDescriptor,
                  inbox: Inbox, send: NoiseCipherState, receive: NoiseCipherState, handshakeHash: [UInt8], logger: Logger) {
         self.role = role
         self.suite = suite
@@ -77,6 +79,11 @@ public final class SecureChannel: @unchecked Sendable {
         withoutPSK.psk = []
         self.parameters = withoutPSK
         self.socket = socket
+        // From the first record on, a descriptor is judged by the record it
+        // came with (the peer may send its hello and a bulk record back to
+        // back, and both may arrive in one read).
+        var inbox = inbox
+        inbox.acceptsDescriptors = true
         self.inbox = inbox
         self.handshakeHash = handshakeHash
         self.logger = logger
@@ -244,9 +251,8 @@ public final class SecureChannel: @unchecked Sendable {
             throw fail(ChannelViolation(.unexpectedMessage, "first record is \(hello.type), not hello"))
         }
         peerAgent = String(decoding: hello.payload, as: UTF8.self)
-        // The handshake deadline ends here; bulk records may bring descriptors from now on.
+        // The handshake deadline ends here.
         inbox.deadline = nil
-        inbox.acceptsDescriptors = true
     }
 
     // MARK: Sending
@@ -741,6 +747,14 @@ public final class SecureChannel: @unchecked Sendable {
         }
     }
 
+    /// Sets or clears the receive deadline: for the fuzz target.
+    func setReceiveDeadlineForFuzzing(_ deadline: ContinuousClock.Instant?) {
+        receiveLock.withLock {
+            inbox.deadline = deadline
+            inbox.deadlineWhat = "fuzz input"
+        }
+    }
+
     /// Runs `body` with every send and receive of this channel bounded by
     /// `deadline` (nil: no bound).
     private func withDeadline(_ deadline: ContinuousClock.Instant?, what: String, _ body: () throws(ChannelError) -> Void) throws(ChannelError) {
@@ -818,7 +832,7 @@ struct Inbox {
     /// The kernel ends a read at the message that carries descriptors, so
     /// that byte belongs to the record the descriptor was sent with.
     private(set) var descriptor: (fd: FileDescriptor, anchor: Int)?
-    /// False during the handshake and the hellos: any descriptor then is a violation.
+    /// False during the Noise handshake: any descriptor then is a violation.
     var acceptsDescriptors = false
     /// When set, every read waits only until then (a monotonic clock).
     var deadline: ContinuousClock.Instant?
