@@ -107,34 +107,38 @@ private func pooledRequest(_ channel: SecureChannel, _ child: Child, watchdog: D
     }
 }
 
+/// Plays `attack` while the launcher makes a pooled request, and expects
+/// the request to fail with a violation of `kind` whose reason contains
+/// `reason`, the launcher as flat afterwards as before.
+private func expectRequestRefused(_ attack: String, _ args: [String] = [], kind: ChannelViolation.Kind, reason: String? = nil,
+                                  rssSlackMiB: Int = 48, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let before = LauncherResources.now()
+    let (child, bootstrap) = try startAttack(attack, args)
+    let channel = try bootstrap.connect()
+    let result = pooledRequest(channel, child)
+    #expect(result?.failureViolation?.kind == kind, "\(String(describing: result))", sourceLocation: sourceLocation)
+    if let reason {
+        #expect(channel.violation?.reason.contains(reason) == true, "\(String(describing: channel.violation))", sourceLocation: sourceLocation)
+    }
+    // Measured while the worker may still be alive: the launcher's side is already clean.
+    let during = LauncherResources.now()
+    child.kill()
+    _ = child.wait()
+    expectFlat(before, during, rssSlackMiB: rssSlackMiB, sourceLocation: sourceLocation)
+}
+
 @Suite(.serialized, .enabled(if: Paths.venvIsBuilt, "needs the venv: make venv"))
 struct HostileWorkerTests {
     /// Replies to pings never sent, 1 MiB each, while a request waits: the
     /// first is `unexpected-message`, and nothing is kept.
     @Test func unsolicitedPingRepliesAreRefused() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("unsolicited-ping-replies", ["300"])
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unexpectedMessage, "\(String(describing: result))")
-        #expect(channel.violation?.reason.contains("no ping is waiting") == true)
-        child.kill()
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now())
+        try expectRequestRefused("unsolicited-ping-replies", ["300"], kind: .unexpectedMessage, reason: "no ping is waiting")
     }
 
     /// Four descriptors with every byte, after the handshake: the first is
     /// refused at once and closed, the table stays as it was.
     @Test func descriptorFloodIsRefusedAtOnce() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("fd-flood")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unexpectedFileDescriptors, "\(String(describing: result))")
-        let during = LauncherResources.now()
-        child.kill()
-        _ = child.wait()
-        expectFlat(before, during)
+        try expectRequestRefused("fd-flood", kind: .unexpectedFileDescriptors)
     }
 
     /// The same during the handshake.
@@ -196,68 +200,31 @@ struct HostileWorkerTests {
     /// arrives (a socket is not a memfd) and closed, so the launcher never
     /// holds the worker's end and the request does not hang.
     @Test func workerSocketPassedWithAnAnswerIsRefused() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("own-socket-with-answer")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unsealedMemfd, "\(String(describing: result))")
-        #expect(channel.violation?.reason.contains("not a regular file") == true, "\(String(describing: channel.violation))")
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now())
+        try expectRequestRefused("own-socket-with-answer", kind: .unsealedMemfd, reason: "not a regular file")
     }
 
     /// A real sealed memfd, but on a plain answer instead of a bulk record:
     /// `unexpected-fds`, and it is closed.
     @Test func memfdOnAPlainAnswerIsRefused() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("memfd-with-answer")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unexpectedFileDescriptors, "\(String(describing: result))")
-        #expect(channel.violation?.reason.contains("with a response record") == true, "\(String(describing: channel.violation))")
-        child.kill()
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now())
+        try expectRequestRefused("memfd-with-answer", kind: .unexpectedFileDescriptors, reason: "with a response record")
     }
 
     /// The same socket claimed as a bulk memfd: refused before it is kept
     /// (not a regular file).
     @Test func socketClaimedAsBulkMemfdIsRefused() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("own-socket-as-bulk")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unsealedMemfd, "\(String(describing: result))")
-        #expect(channel.violation?.reason.contains("not a regular file") == true, "\(String(describing: channel.violation))")
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now())
+        try expectRequestRefused("own-socket-as-bulk", kind: .unsealedMemfd, reason: "not a regular file")
     }
 
     /// A sealed 64 MiB memfd of holes as a bulk answer: refused from
     /// fstat, nothing mapped, the launcher's shared memory flat.
     @Test func sparseBulkMemfdIsRefusedUnmapped() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("sparse-bulk")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .malformed, "\(String(describing: result))")
-        #expect(channel.violation?.reason.contains("holes") == true, "\(String(describing: channel.violation))")
-        child.kill()
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now(), rssSlackMiB: 16)
+        try expectRequestRefused("sparse-bulk", kind: .malformed, reason: "holes", rssSlackMiB: 16)
     }
 
     /// A bulk answer for a request never sent: refused before its memfd is
     /// touched.
     @Test func bulkForARequestNotInFlightIsRefusedUntouched() throws {
-        let before = LauncherResources.now()
-        let (child, bootstrap) = try startAttack("bulk-not-in-flight")
-        let channel = try bootstrap.connect()
-        let result = pooledRequest(channel, child)
-        #expect(result?.failureViolation?.kind == .unexpectedMessage, "\(String(describing: result))")
-        child.kill()
-        _ = child.wait()
-        expectFlat(before, LauncherResources.now(), rssSlackMiB: 16)
+        try expectRequestRefused("bulk-not-in-flight", kind: .unexpectedMessage, reason: "not in flight", rssSlackMiB: 16)
     }
 
     /// Pings that are never read fill the socket, and the launcher's answer
