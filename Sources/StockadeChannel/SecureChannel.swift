@@ -351,7 +351,7 @@ public final class SecureChannel: @unchecked Sendable {
         while offset < bytes.count || !pending.isEmpty {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw ChannelViolation(.timedOut, "the peer stopped reading; a send missed its deadline") }
-            try socket.setSendTimeout(milliseconds: max(1, Int(left.components.seconds) * 1000 + Int(left.components.attoseconds / 1_000_000_000_000_000)))
+            try socket.setSendTimeout(milliseconds: max(1, Int(left.inMilliseconds.rounded(.up))))
             do {
                 offset += try socket.sendMessage(UnsafeRawBufferPointer(rebasing: bytes[offset...]), passing: pending)
                 pending = []
@@ -925,11 +925,7 @@ struct Inbox {
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw ChannelViolation(.timedOut, "no \(what) before the deadline") }
-            let ms = Int(left.components.seconds) * 1000 + Int(left.components.attoseconds / 1_000_000_000_000_000) + 1
-            var poller = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-            let rc = poll(&poller, 1, Int32(clamping: ms))
-            if rc > 0 { return }
-            if rc < 0 && errno != EINTR { throw Errno(rawValue: errno) }
+            if try socket.waitReadable(timeoutMilliseconds: Int(left.inMilliseconds.rounded(.up))) { return }
         }
     }
 

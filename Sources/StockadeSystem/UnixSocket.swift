@@ -182,6 +182,15 @@ extension FileDescriptor {
         }
     }
 
+    /// Waits until the descriptor is readable (or at end of stream) for at
+    /// most `timeoutMilliseconds`; false when the time ran out.
+    ///
+    /// The corresponding C function is `poll` with `POLLIN`.
+    public func waitReadable(timeoutMilliseconds: Int) throws(Errno) -> Bool {
+        var entry = pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)
+        return try retryingSyscall { poll(&entry, 1, Int32(clamping: timeoutMilliseconds)) } > 0
+    }
+
     /// Shuts the socket down in both directions without closing the
     /// descriptor: a thread blocked reading it sees end of stream, one
     /// blocked writing it gets ``Errno/brokenPipe``, whatever the peer does.
