@@ -2,7 +2,9 @@
 // socket passed back with an answer, a descriptor flood, unsolicited ping
 // replies, a request it never answers) ends with that worker killed and
 // replaced, while another tenant is served throughout without delay, and
-// the daemon's descriptors, threads and memory stay flat.
+// the daemon's descriptors, threads and memory stay flat (within a few of
+// each: this is the whole test process; the channel suite's hostile tests
+// count the descriptors a worker could pass exactly).
 import Foundation
 import Testing
 @testable import StockadeDaemon
@@ -82,7 +84,17 @@ struct HostileWorkerDaemonTests {
         let worst = latencies.last ?? 0
         #expect(worst < 1.0, "the other tenant's slowest answer during the attack took \(worst) s")
 
-        let after = daemonResources()
+        // This process also runs other suites: a sample over the bounds is
+        // retaken for up to 5 s (their transient use passes, a leak stays).
+        func within(_ r: (fds: Int, threads: Int, rssKiB: Int)) -> Bool {
+            r.fds <= before.fds + 8 && r.threads <= before.threads + 8 && r.rssKiB <= before.rssKiB + 64 * 1024
+        }
+        var after = daemonResources()
+        let deadline = Date().addingTimeInterval(5)
+        while !within(after) && Date() < deadline {
+            usleep(200_000)
+            after = daemonResources()
+        }
         print("daemon under \(attack): \(before.fds) -> \(after.fds) fds, \(before.threads) -> \(after.threads) threads, RSS \(before.rssKiB / 1024) -> \(after.rssKiB / 1024) MiB; other tenant served \(latencies.count) times, slowest \(String(format: "%.3f", worst)) s")
         #expect(after.fds <= before.fds + 8, "fds \(before.fds) -> \(after.fds)")
         #expect(after.threads <= before.threads + 8, "threads \(before.threads) -> \(after.threads)")
