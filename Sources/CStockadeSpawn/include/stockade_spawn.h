@@ -136,6 +136,11 @@ struct stk_plan {
     char *const *envp;
 };
 
+/* The i-th host device node every jail's /dev binds ("null", ...), NULL past
+ * the last; beside them /dev has a private devpts instance and /dev/shm.
+ * `stockade explain` and the device allowlist read this list; there is no other. */
+const char *stk_dev_node(int i);
+
 /* The steps, in the order the child runs them; the parent prints their names. */
 enum stk_step {
     STK_STEP_NONE = 0,
