@@ -54,7 +54,8 @@ public final class Daemon: Service, @unchecked Sendable {
         guard devNull >= 0 else { throw DaemonError("cannot open /dev/null") }
         var pools: [String: TenantPool] = [:]
         let models = ModelStore()
-        for t in config.tenants {
+        for var t in config.tenants {
+            t.launcherFiles.append(config.file)
             pools[t.name] = TenantPool(config: t, cgroups: cgroups, audit: audit, metrics: metrics, logger: logger, devNull: devNull,
                                        modelStore: models, maxRequestBytes: config.maxRequestBytes)
         }
