@@ -7,6 +7,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A failure inside OpenSSL. These are not expected at run time (the inputs
 /// are checked before they reach OpenSSL); one means the library is broken
