@@ -598,6 +598,7 @@ public final class TenantPool: @unchecked Sendable {
         }
         let bootstrap = try ChannelBootstrap(tenant: name, worker: id)
         var request = LaunchRequest(profile: config.profile, command: config.command)
+        request.launcherFiles = config.launcherFiles
         for path in config.binds {
             request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
         }
