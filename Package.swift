@@ -38,6 +38,17 @@ let package = Package(
             name: "CStockadeSpawn",
             cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"])]
         ),
+        // PID 1 of every jail: a tiny static C program (reaps, forwards
+        // signals, exits with the worker's status), exec'd by the trampoline
+        // so that nothing of the launcher stays in the jail. Static: it runs
+        // in any jail root. Found beside the stockade executables.
+        .executableTarget(
+            name: "stockade-init",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror"])],
+            // swiftc links: -static-executable makes it static, -nostartfiles
+            // leaves out swiftrt.o, so nothing pulls in the Swift runtime.
+            linkerSettings: [.unsafeFlags(["-static-executable", "-nostartfiles"])]
+        ),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
@@ -120,7 +131,7 @@ let package = Package(
         ),
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn", "stockade-init"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
@@ -131,7 +142,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem"],
+            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem", "stockade-init"],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
