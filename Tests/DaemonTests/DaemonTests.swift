@@ -114,7 +114,7 @@ struct DaemonTests {
     }
 
     @Test(.enabled(if: Fixture.isRoot, "host id ranges are given to root-launched jails; rootless, every jail maps the caller"))
-    func everyWorkerOfEveryTenantHasHostIDsOfItsOwn() throws {
+    func everyWorkerOfEveryTenantHasHostUIDsOfItsOwn() throws {
         let d = try RunningDaemon(tenants: [
             .init(name: "alpha", min: 2, max: 2, access: ["alice": "viewer"]),
             .init(name: "beta", min: 2, max: 2, access: ["alice": "viewer"]),
