@@ -149,16 +149,19 @@ struct HostIDTests {
 
     @Test("concurrent jails, in one launcher and across launcher processes, never share a host id")
     func concurrentJailsNeverShare() throws {
-        // In one process: four jails started from four threads at once.
+        // In one process: four jails started from four threads at once
+        // (threads of their own: a dispatch pool may be only as wide as the
+        // CPUs, and other suites' tests block in it).
         let results = Mutex<[Result<RunningJail, any Error>]>([])
-        let group = DispatchGroup()
+        let done = DispatchSemaphore(value: 0)
         for _ in 0..<4 {
-            DispatchQueue.global().async(group: group) {
+            Thread.detachNewThread {
                 let r = Result { try startJailed(try minimalProfile(), ["/bin/sleep", "10"]) }
                 results.withLock { $0.append(r) }
+                done.signal()
             }
         }
-        group.wait()
+        for _ in 0..<4 { done.wait() }
         let jails = try results.withLock { try $0.map { try $0.get() } }
         defer { for j in jails { j.end() } }
         var ranges = try jails.map { try mappedRange(pid: $0.jail.pid) }
