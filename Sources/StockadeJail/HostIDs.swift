@@ -1,4 +1,5 @@
 public import SystemPackage
+import StockadeSystem
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -257,12 +258,12 @@ public enum HostIDAllocator {
     static func tryLock(block first: UInt32, in directory: FileDescriptor, path: String) throws(JailError) -> FileDescriptor? {
         let fd = openat(directory.rawValue, "\(first).lock", O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .launcherStep("open the host id lock \(path)/\(first).lock", errno: errno) }
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let e = errno
-            if e == EINTR { continue }
+        do {
+            _ = try retryingSyscall { flock(fd, LOCK_EX | LOCK_NB) }
+        } catch {
             close(fd)
-            if e == EWOULDBLOCK { return nil }
-            throw .launcherStep("lock \(path)/\(first).lock", errno: e)
+            if error == .wouldBlock { return nil }
+            throw .launcherStep("lock \(path)/\(first).lock", errno: error.rawValue)
         }
         return FileDescriptor(rawValue: fd)
     }

@@ -74,6 +74,56 @@ func hostAccountRanges() -> [(file: String, first: UInt64, last: UInt64)] {
     return result
 }
 
+/// A command started with posix_spawn, its stdout and stderr in a file.
+/// Not Foundation's Process: its exit monitoring needs a loopback socket,
+/// which the VM suite's kernel does not bring up, and then never returns.
+struct Spawned {
+    var pid: pid_t
+    var outputPath: String
+
+    var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
+
+    /// Waits for it to end: its output and shell-style status.
+    func wait() -> (output: String, status: Int32) {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        defer { unlink(outputPath) }
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (output, code)
+    }
+
+    /// Polls its output until it contains `text` (up to `seconds`).
+    func waitForOutput(_ text: String, seconds: Int = 30) -> Bool {
+        for _ in 0..<(seconds * 20) {
+            if output.contains(text) { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+}
+
+func spawnCommand(_ argv: [String], environment: [String: String]? = nil) throws -> Spawned {
+    let path = "/tmp/stockade-test-out-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+    let cArgs = argv.map { strdup($0) } + [nil]
+    let cEnv = env.map { strdup($0) } + [nil]
+    defer { for p in cArgs + cEnv { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, cEnv)
+    guard rc == 0 else { throw Errno(rawValue: rc) }
+    return Spawned(pid: pid, outputPath: path)
+}
+
+func runCommand(_ argv: [String], environment: [String: String]? = nil) throws -> (output: String, status: Int32) {
+    try spawnCommand(argv, environment: environment).wait()
+}
+
 /// A private lock directory (root-owned, 0700) for pools the tests make up.
 func privateLockDirectory() throws -> String {
     let dir = "/tmp/stockade-ids-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -167,21 +217,13 @@ struct HostIDTests {
         var ranges = try jails.map { try mappedRange(pid: $0.jail.pid) }
         // Across processes: three CLI launchers at once, each jail printing its own map.
         try #require(FileManager.default.isExecutableFile(atPath: stockadeCLI), "build the CLI first")
-        var processes: [(Process, Pipe)] = []
-        for _ in 0..<3 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: stockadeCLI)
-            p.arguments = ["run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sh", "-c", "cat /proc/self/uid_map; sleep 1"]
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            p.standardError = pipe
-            try p.run()
-            processes.append((p, pipe))
+        let processes = try (0..<3).map { _ in
+            try spawnCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sh", "-c",
+                              "cat /proc/self/uid_map; sleep 1"])
         }
-        for (p, pipe) in processes {
-            let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            #expect(p.terminationStatus == 0, "\(out)")
+        for p in processes {
+            let (out, status) = p.wait()
+            #expect(status == 0, "\(out)")
             let line = out.split(separator: "\n").first { !$0.hasPrefix("stockade:") } ?? ""
             let f = line.split(separator: " ").compactMap { UInt64($0) }
             try #require(f.count == 3, "\(out)")
@@ -233,25 +275,21 @@ struct HostIDTests {
         let pool = "\(0x6FE0_0000):1"
         var env = ProcessInfo.processInfo.environment
         env["STOCKADE_ID_POOL"] = pool
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: stockadeCLI)
-        holder.arguments = ["run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sh", "-c", "echo up; sleep 60"]
-        holder.environment = env
-        let pipe = Pipe()
-        holder.standardOutput = pipe
-        try holder.run()
-        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL); holder.waitUntilExit() } }
-        let up = pipe.fileHandleForReading.availableData
-        #expect(String(decoding: up, as: UTF8.self).contains("up"))
-        let refused = try host([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/true"], environment: env)
+        let holder = try spawnCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/sh", "-c",
+                                       "echo up; sleep 60"], environment: env)
+        var ended = false
+        defer { if !ended { kill(holder.pid, SIGKILL); _ = holder.wait() } }
+        #expect(holder.waitForOutput("up"), "\(holder.output)")
+        let refused = try runCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/true"], environment: env)
         #expect(refused.status == 125, "\(refused.output)")
         #expect(refused.output.contains("no free host id range in the pool \(0x6FE0_0000)-"), "\(refused.output)")
-        kill(holder.processIdentifier, SIGKILL)
-        holder.waitUntilExit()
+        kill(holder.pid, SIGKILL)
+        _ = holder.wait()
+        ended = true
         // The kernel dropped the dead launcher's lock; its jail died with it.
         var after = (output: "", status: Int32(-1))
         for _ in 0..<50 {
-            after = try host([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/cat", "/proc/self/uid_map"], environment: env)
+            after = try runCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/cat", "/proc/self/uid_map"], environment: env)
             if after.status == 0 { break }
             usleep(100_000)
         }
@@ -334,7 +372,7 @@ struct KeyringTests {
         assert key > 0, ctypes.get_errno()
         os.execv(sys.argv[2], [sys.argv[2], "run", "-p", sys.argv[3], "--", "/usr/bin/python3", "-c", sys.argv[4], str(key)])
         """
-        let result = try host(["/usr/bin/python3", "-c", launcherScript, secret, stockadeCLI,
+        let result = try runCommand(["/usr/bin/python3", "-c", launcherScript, secret, stockadeCLI,
                                packageRoot + "/Tests/JailTests/Fixtures/keyctl-allowed.toml", jailScript])
         #expect(result.status == 0, "\(result.output)")
         #expect(!result.output.contains(secret), "the jail read the launcher's key: \(result.output)")
@@ -367,7 +405,7 @@ struct InitTests {
     func pid1AsRoot() throws {
         try #require(FileManager.default.isExecutableFile(atPath: stockadeCLI), "build the CLI first")
         let secret = "launcher-secret-\(UInt64.random(in: 0...UInt64.max))"
-        let result = try host([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--setenv", "TOKEN=\(secret)",
+        let result = try runCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--setenv", "TOKEN=\(secret)",
                                "--", "/bin/sh", "-c", Self.probe])
         #expect(result.status == 0, "\(result.output)")
         check(result.output, secret: secret)
@@ -377,7 +415,7 @@ struct InitTests {
     func pid1Rootless() throws {
         try #require(FileManager.default.isExecutableFile(atPath: stockadeCLI), "build the CLI first")
         let secret = "launcher-secret-\(UInt64.random(in: 0...UInt64.max))"
-        let result = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockadeCLI, "run",
+        let result = try runCommand(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockadeCLI, "run",
                                "-p", packageRoot + "/profiles/minimal.toml", "--setenv", "TOKEN=\(secret)",
                                "--", "/bin/sh", "-c", Self.probe])
         #expect(result.status == 0, "\(result.output)")
@@ -389,24 +427,19 @@ struct InitTests {
     func pid1MemoryFromHost() throws {
         try #require(FileManager.default.isExecutableFile(atPath: stockadeCLI), "build the CLI first")
         let secret = "launcher-secret-\(UInt64.random(in: 0...UInt64.max))"
-        let cli = Process()
-        cli.executableURL = URL(fileURLWithPath: stockadeCLI)
-        cli.arguments = ["run", "-p", packageRoot + "/profiles/minimal.toml", "--setenv", "TOKEN=\(secret)", "--",
-                         "/bin/sh", "-c", "echo up; sleep 30"]
-        let pipe = Pipe()
-        cli.standardOutput = pipe
-        try cli.run()
-        defer { kill(cli.processIdentifier, SIGKILL); cli.waitUntilExit() }
-        _ = pipe.fileHandleForReading.availableData
+        let cli = try spawnCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--setenv", "TOKEN=\(secret)",
+                                    "--", "/bin/sh", "-c", "echo up; sleep 30"])
+        defer { kill(cli.pid, SIGKILL); _ = cli.wait() }
+        #expect(cli.waitForOutput("up"), "\(cli.output)")
         // The CLI's children: the jail's PID 1.
-        let children = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(cli.processIdentifier)/task")) ?? []
+        let children = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(cli.pid)/task")) ?? []
         let pids = children.flatMap { tid in
-            ((try? String(contentsOfFile: "/proc/\(cli.processIdentifier)/task/\(tid)/children", encoding: .utf8)) ?? "")
+            ((try? String(contentsOfFile: "/proc/\(cli.pid)/task/\(tid)/children", encoding: .utf8)) ?? "")
                 .split(separator: " ").compactMap { Int32($0) }
         }
         let pid1 = try #require(pids.first, "no jail under the CLI")
         // The launcher process holds the secret (its argv): the scan can find it.
-        #expect(try memoryContains(pid: cli.processIdentifier, Array(secret.utf8)), "scan found the secret nowhere, not even in the launcher")
+        #expect(try memoryContains(pid: cli.pid, Array(secret.utf8)), "scan found the secret nowhere, not even in the launcher")
         let maps = try String(contentsOfFile: "/proc/\(pid1)/maps", encoding: .utf8)
         #expect(!maps.contains(".so"), "PID 1 maps libraries: \(maps)")
         #expect(maps.contains("stockade-init"), "\(maps)")
@@ -445,7 +478,7 @@ struct CgroupNamespaceTests {
     @Test("/proc/self/cgroup in a jail with a budget shows no host path")
     func noHostPath() throws {
         try #require(FileManager.default.isExecutableFile(atPath: stockadeCLI), "build the CLI first")
-        let result = try host([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/cat", "/proc/self/cgroup"])
+        let result = try runCommand([stockadeCLI, "run", "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/cat", "/proc/self/cgroup"])
         #expect(result.status == 0, "\(result.output)")
         let lines = result.output.split(separator: "\n").filter { !$0.hasPrefix("stockade:") }
         #expect(!lines.isEmpty)
