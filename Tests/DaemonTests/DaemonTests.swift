@@ -284,7 +284,13 @@ struct DaemonTests {
         defer { Fixture.removeDirectory(dir) }
         let config = try Fixture.writeConfig(in: dir, tenants: [.init(name: "alpha", min: 2, max: 2, access: ["alice": "viewer"])],
                                              cgroupBase: "stockaded-sweep-test")
-        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        // The small tmpfs the audit-log test mounts (under a test directory
+        // of its own, in a suite that may run meanwhile) is not a jail's.
+        func hostMounts() throws -> [Substring] {
+            try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).split(separator: "\n")
+                .filter { !$0.contains(" /tmp/stockaded-test-") }
+        }
+        let mountsBefore = try hostMounts()
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
@@ -325,7 +331,7 @@ struct DaemonTests {
         #expect(!bases.isEmpty)
         #expect(bases.allSatisfy { !FileManager.default.fileExists(atPath: $0) }, "left behind: \(bases)")
         // Jails mount inside their own mount namespaces: the host's table is unchanged.
-        let mountsAfter = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mountsAfter = try hostMounts()
         #expect(mountsAfter == mountsBefore)
     }
 
