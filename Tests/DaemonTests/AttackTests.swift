@@ -230,7 +230,9 @@ struct DaemonAttackTests {
         let gone = try RawConnection(d.socket)
         gone.send(RawConnection.head("POST", "/v1/tenants/alpha/infer", token: alice, length: 9) + "sleep:0.5")
         usleep(100_000)
-        close(gone.fd)
+        // Gone both ways (the fd itself is closed once, by the connection's
+        // deinit: closing it here too could close another test's socket).
+        shutdown(gone.fd, Int32(SHUT_RDWR))
         let events = { d.auditEvents() }
         #expect(d.waitUntil(5) { events().contains { $0["event"] as? String == "undelivered" } })
         #expect(events().contains { $0["status"] as? Int == 400 && $0["outcome"] as? String == "bad-request" })
