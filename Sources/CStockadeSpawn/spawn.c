@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -522,8 +523,10 @@ __attribute__((noreturn)) static void run_reaper(const struct stk_plan *p, pid_t
         int sig = (int)syscall(SYS_rt_sigtimedwait, &all, &info, NULL, 8);
         if (sig < 0) continue;
         if (sig != SIGCHLD) {
-            /* Forward what a supervisor sends: terminate, interrupt, hang up, ... */
-            kill(worker, sig);
+            /* Forward what a supervisor sends: terminate, interrupt, hang up, ...
+             * A key typed into the jail's terminal (SI_KERNEL) already reached
+             * the worker, which shares PID 1's foreground process group. */
+            if (info.si_code != SI_KERNEL) kill(worker, sig);
             continue;
         }
         for (;;) {
@@ -622,6 +625,11 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
     if (p->new_session) CHECK(setsid() >= 0, STK_STEP_SETSID, "setsid");
     /* fds first: a lower RLIMIT_NOFILE would stop the moves above it. */
     arrange_fds(p);
+    /* The jail's own pseudo-terminal (never the caller's) becomes the new
+     * session's controlling terminal, so that ^C typed into it signals the
+     * jail's foreground job. */
+    if (p->has_ctty && p->new_session)
+        CHECK(ioctl(p->ctty_fd, TIOCSCTTY, 0) == 0, STK_STEP_SETSID, "TIOCSCTTY");
     for (uint32_t i = 0; i < p->n_rlimits; i++) {
         struct rlimit rl = {.rlim_cur = p->rlimits[i].soft, .rlim_max = p->rlimits[i].hard};
         CHECK(syscall(SYS_prlimit64, 0, p->rlimits[i].resource, &rl, NULL) == 0, STK_STEP_RLIMIT, "prlimit");

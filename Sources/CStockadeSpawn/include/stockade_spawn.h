@@ -107,6 +107,8 @@ struct stk_plan {
     const struct stk_rlimit *rlimits;
     uint32_t n_rlimits;
     int32_t new_session;       /* setsid(): no TIOCSTI through the caller's terminal */
+    int32_t has_ctty;          /* after setsid: make ctty_fd (the jail's own pty) the controlling terminal */
+    int32_t ctty_fd;           /* its number in the jail */
     const struct stk_fd_map *fds;
     uint32_t n_fds;
     int32_t no_new_privs;

@@ -94,8 +94,13 @@ public struct LaunchRequest: Sendable {
     public var extraMounts: [MountSpec] = []
     /// Variables added after the profile's `[env]`.
     public var extraEnvironment: [(String, String)] = []
-    /// Launcher fds that appear in the jail as `to` (the channel, stdio redirections).
+    /// Launcher fds that appear in the jail as `to` (the channel, stdio
+    /// redirections); checked by type (``JailFDs``).
     public var passedFDs: [(from: Int32, to: Int32)] = []
+    /// The jail's own pseudo-terminal (the fd of ``PseudoTerminal/peer``), the only
+    /// terminal that may be among `passedFDs`; it becomes the controlling
+    /// terminal of the jail's new session.
+    public var terminal: Int32?
     /// The finished seccomp BPF program (8 bytes per instruction); empty: none.
     public var seccompFilter: [UInt8] = []
     public var seccompFlags: UInt32 = 0
@@ -180,21 +185,11 @@ public enum Launcher {
         plan.rlimits = arena.array(rlimits)
         plan.n_rlimits = UInt32(rlimits.count)
         plan.new_session = profile.newSession ? 1 : 0
-        var fdMap = profile.passFDs.map { stk_fd_map(from: $0, to: $0) }
-        fdMap += request.passedFDs.map { stk_fd_map(from: $0.from, to: $0.to) }
-        for m in fdMap {
-            guard (0...255).contains(m.to) else {
-                throw JailError.invalidRequest("fd \(m.from) cannot land on \(m.to) in the jail (0...255)")
-            }
-            guard fcntl(m.from, F_GETFD) >= 0 else {
-                throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
-            }
-        }
-        guard Set(fdMap.map(\.to)).count == fdMap.count else {
-            throw JailError.invalidRequest("two fds are passed to the same number in the jail")
-        }
-        plan.fds = arena.array(fdMap)
-        plan.n_fds = UInt32(fdMap.count)
+        let fds = try JailFDs.plan(request)
+        defer { for fd in fds.opened { close(fd) } }
+        plan.fds = arena.array(fds.map)
+        plan.n_fds = UInt32(fds.map.count)
+        if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
         plan.no_new_privs = 1
         plan.cwd = arena.string(profile.cwd)
         if let ll = request.landlock, ll.abi > 0 {
