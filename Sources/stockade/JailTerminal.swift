@@ -3,7 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import StockadeCore
+import StockadeJail
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)

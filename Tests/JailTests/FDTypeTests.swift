@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-import StockadeCore
+import StockadeJail
+import StockadeConfig
 import StockadeSystem
 import SystemPackage
 

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import StockadeCore
+import StockadeJail
 import StockadeSystem
 import SystemPackage
 import CStockadeSpawn

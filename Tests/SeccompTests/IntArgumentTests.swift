@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
 
 /// 32-bit arguments compared the way the kernel reads them: a high bit set
 /// in a register must not walk a value around a rule. Tried as an attacker
