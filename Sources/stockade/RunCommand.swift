@@ -87,7 +87,7 @@ struct RunCommand: ParsableCommand {
             }
             limit = d
         }
-        let cgroups = try JailBudget.make(profile: profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
+        let cgroups = try JailBudget.make(profile: &request.profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
         request.cgroup = cgroups?.jail
 
         let terminal = try JailTerminal.prepare(&request)
