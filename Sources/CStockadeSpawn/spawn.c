@@ -501,6 +501,48 @@ static void apply_landlock(const struct stk_plan *p) {
     close(rs);
 }
 
+/* The signal that tells a reaper outside a pid namespace to kill the jail:
+ * its parent-death signal, and what the launcher sends to end the jail. */
+#define STK_SIG_KILL_JAIL 64 /* SIGRTMAX: never forwarded by the launcher */
+#define STK_LL_SCOPE_SIGNAL 2ULL
+
+/* Whether the reaper is the root of a Landlock domain that scopes signals
+ * (set only in the reaper, outside a pid namespace). */
+static int reaper_confined;
+
+/*
+ * Outside a pid namespace nothing tears the jail down when its first process
+ * dies, and setsid() plus a double fork leaves the process tree. The jail's
+ * processes are tracked by a Landlock domain instead: the reaper restricts
+ * itself to a domain that only scopes signals before it forks the worker, so
+ * every process of the jail, however it forked, lives in that domain or one
+ * nested in it, and a signalling process in a scoped domain reaches no
+ * process outside it. kill(-1, SIGKILL) from the reaper then kills exactly
+ * the jail. The worker, in a nested domain, cannot signal the reaper.
+ */
+static void confine_reaper(const struct stk_plan *p) {
+    if ((p->clone_flags & CLONE_NEWPID) || p->landlock_abi < 6 || !(p->landlock_scoped & STK_LL_SCOPE_SIGNAL)) return;
+    struct {
+        uint64_t fs;
+        uint64_t net;
+        uint64_t scoped;
+    } attr = {0, 0, STK_LL_SCOPE_SIGNAL};
+    int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (rs < 0) fail(p, STK_STEP_LANDLOCK, errno, "landlock_create_ruleset (the reaper's signal scope)");
+    if (syscall(SYS_landlock_restrict_self, rs, 0) < 0) fail(p, STK_STEP_LANDLOCK, errno, "landlock_restrict_self (the reaper)");
+    close(rs);
+    /* Orphans of the jail come to the reaper, not to the host's init. */
+    CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, STK_STEP_REAPER, "PR_SET_CHILD_SUBREAPER");
+    /* When the launcher dies, the reaper kills the jail instead of dying alone. */
+    CHECK(prctl(PR_SET_PDEATHSIG, STK_SIG_KILL_JAIL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
+    reaper_confined = 1;
+}
+
+/* Outside a pid namespace: every process in the reaper's domain. */
+static void kill_jail_tree(void) {
+    if (reaper_confined) kill(-1, SIGKILL);
+}
+
 /*
  * PID 1 of the jail: forwards the launcher's signals to the worker, reaps
  * orphans (a pid namespace's init inherits them), and exits with the
@@ -522,6 +564,12 @@ __attribute__((noreturn)) static void run_reaper(const struct stk_plan *p, pid_t
         siginfo_t info;
         int sig = (int)syscall(SYS_rt_sigtimedwait, &all, &info, NULL, 8);
         if (sig < 0) continue;
+        if (sig == STK_SIG_KILL_JAIL && reaper_confined) {
+            kill_jail_tree();
+            int32_t raw = SIGKILL; /* the wait status of a process killed by SIGKILL */
+            write_all(p->status_fd, &raw, sizeof raw);
+            _exit(128 + SIGKILL);
+        }
         if (sig != SIGCHLD) {
             /* Forward what a supervisor sends: terminate, interrupt, hang up, ...
              * A key typed into the jail's terminal (SI_KERNEL) already reached
@@ -535,6 +583,8 @@ __attribute__((noreturn)) static void run_reaper(const struct stk_plan *p, pid_t
             if (r <= 0) break;
             if (r != worker) continue; /* an orphan: reaped, nothing more */
             int32_t raw = status;
+            /* What the worker left behind (a setsid'd daemon) ends with it. */
+            kill_jail_tree();
             write_all(p->status_fd, &raw, sizeof raw);
             if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
             _exit(128 + WTERMSIG(status));
@@ -647,6 +697,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
      * at the same time. */
     uint64_t all = ~0ULL;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
+    confine_reaper(p);
     pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)p);
     if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
     close(p->error_fd); /* EOF reaches the launcher once the worker has exec'd */

@@ -53,6 +53,10 @@ public final class Jail: Sendable {
     /// PID 1 writes the worker's raw wait status here before it exits.
     private let status: FileDescriptor
     private let hasReaper: Bool
+    /// What ends the whole jail when sent to PID 1: SIGKILL in a pid
+    /// namespace (the kernel kills the rest); outside one, the signal on
+    /// which PID 1 kills every process of the jail's Landlock domain.
+    private let killSignal: Int32
     private let state = Mutex<State>(State())
 
     private struct State {
@@ -61,7 +65,8 @@ public final class Jail: Sendable {
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
-         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant) {
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, killSignal: Int32 = SIGKILL) {
+        self.killSignal = killSignal
         self.process = process
         self.liveness = liveness
         self.status = status
@@ -77,10 +82,11 @@ public final class Jail: Sendable {
     }
 
     /// Kills everything in the jail (PID 1 first: the kernel then kills the
-    /// whole pid namespace; the cgroup catches anything that escaped it).
+    /// whole pid namespace, or outside one PID 1 kills its Landlock domain;
+    /// the cgroup catches anything that escaped it).
     public func kill(reason: JailExit.Reason = .killed) {
         state.withLock { if $0.killedFor == nil { $0.killedFor = reason } }
-        try? process.send(signal: SIGKILL)
+        try? process.send(signal: killSignal)
         try? cgroup?.kill()
     }
 

@@ -159,7 +159,9 @@ public enum Launcher {
         var plan = stk_plan()
         plan.clone_flags = profile.namespaces.reduce(0) { $0 | $1.cloneFlag }
         plan.cgroup_fd = request.cgroup?.directory?.rawValue ?? -1
-        plan.use_reaper = profile.namespaces.contains(.pid) ? 1 : 0
+        // Outside a pid namespace too: there the reaper tracks the jail's
+        // processes in a Landlock domain and kills them with the launcher.
+        plan.use_reaper = 1
         plan.sync_fd = sync.read.rawValue
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
@@ -282,7 +284,8 @@ public enum Launcher {
         }
         keepParentEnds = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
-                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started)
+                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started,
+                    killSignal: profile.namespaces.contains(.pid) ? SIGKILL : 64 /* STK_SIG_KILL_JAIL */)
     }
 
     /// The mount list the child carries out: /dev, /proc and its masks, the

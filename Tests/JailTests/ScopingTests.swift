@@ -63,4 +63,57 @@ struct ScopingTests {
         #expect(run.stdout.contains("refused \(victim.pid)") && run.stdout.contains("self"), "\(run.stdout)")
         #expect(access("/proc/\(victim.pid)", F_OK) == 0, "the victim died")
     }
+
+    static let noPidNamespace = #"["user", "mount", "net", "ipc", "uts"]"#
+
+    static func running(_ marker: String) throws -> Bool {
+        try host(["/usr/bin/pgrep", "-f", "^/bin/sleep \(marker)$"]).status == 0
+    }
+
+    static func waitUntil(_ condition: () throws -> Bool) rethrows -> Bool {
+        for _ in 0..<100 {
+            if try condition() { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    @Test("without a pid namespace, a setsid'd double fork dies with the launcher's kill -9",
+          .enabled(if: LandlockPlan.kernelABI() >= 6, "needs Landlock ABI 6 (scoping); without it such a profile is refused"))
+    func setsidEscapeDiesWithLauncher() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
+            .replacingOccurrences(of: #"namespaces = ["user", "pid", "mount", "net", "ipc", "uts", "cgroup"]"#, with: "namespaces = \(Self.noPidNamespace)")
+            .replacingOccurrences(of: #"root_size = "1M""#, with: "root_size = \"1M\"\nproc = false")
+        let path = "/tmp/stockade-nopid-\(getpid()).toml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { unlink(path) }
+        let worker = "41\(getpid() % 1000)1", escaped = "41\(getpid() % 1000)2"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: stockade)
+        process.arguments = ["run", "-p", path, "--", "/bin/sh", "-c",
+                             "/usr/bin/setsid /bin/sh -c '/bin/sleep \(escaped) & exit 0'; exec /bin/sleep \(worker)"]
+        try process.run()
+        #expect(try Self.waitUntil { try Self.running(worker) && Self.running(escaped) }, "the jail never started both")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(try Self.waitUntil { try !Self.running(worker) && !Self.running(escaped) }, "a jail process outlived its launcher")
+    }
+
+    @Test("without a pid namespace, what the worker left behind dies with it, and with a time-limit kill",
+          .enabled(if: LandlockPlan.kernelABI() >= 6, "needs Landlock ABI 6 (scoping); without it such a profile is refused"))
+    func leftoversDieWithTheJail() throws {
+        let profile = try Self.profile(namespaces: Self.noPidNamespace)
+        // The leftovers hold no stdio: the test must not wait on their pipes.
+        let daemon = "42\(getpid() % 1000)1"
+        let run = try runJailed(profile, ["/bin/sh", "-c", "/usr/bin/setsid /bin/sh -c '(/bin/sleep \(daemon) &) ; exit 0' </dev/null >/dev/null 2>&1; sleep 0.3; exit 3"])
+        #expect(run.exit.status == 3, "\(run)")
+        #expect(try Self.waitUntil { try !Self.running(daemon) }, "a setsid'd daemon outlived the jail")
+        let hung = "42\(getpid() % 1000)2"
+        let killed = try runJailed(profile, ["/bin/sh", "-c", "/usr/bin/setsid /bin/sh -c '(/bin/sleep \(hung) &)' </dev/null >/dev/null 2>&1; exec /bin/sleep 100"],
+                                   timeLimit: .seconds(1))
+        #expect(killed.exit.reason == .timeLimit && killed.exit.signal == SIGKILL, "\(killed.exit)")
+        #expect(try Self.waitUntil { try !Self.running(hung) }, "a setsid'd process outlived the time-limit kill")
+    }
 }
