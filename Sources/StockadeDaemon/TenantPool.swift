@@ -141,7 +141,7 @@ final class Worker: @unchecked Sendable {
     func awaitExit(grace: Duration) -> JailExit? {
         exitState.lock()
         defer { exitState.unlock() }
-        let deadline = Date().addingTimeInterval(Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
+        let deadline = Date().addingTimeInterval(grace.inSeconds)
         while !exited {
             if !exitState.wait(until: deadline) { break }
         }
@@ -270,7 +270,7 @@ public final class TenantPool: @unchecked Sendable {
     func stop(timeout: Duration) {
         state.withLock { $0.stopped = true }
         drain()
-        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        let deadline = Date().addingTimeInterval(timeout.inSeconds)
         emptied.lock()
         while !isEmpty {
             if !emptied.wait(until: deadline) { break }
@@ -350,6 +350,10 @@ public final class TenantPool: @unchecked Sendable {
             let watchdog = DispatchWorkItem { [weak worker] in
                 guard let worker else { return }
                 worker.timedOut.store(true, ordering: .sequentiallyConsistent)
+                // Killing the jail is not enough to end the wait: a worker
+                // may have passed its socket end to us, or to a process
+                // outside the jail. Shutting our end down always is.
+                worker.channel.interrupt()
                 worker.kill(reason: .timeLimit)
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(config.requestTimeout.components.seconds * 1000
@@ -453,10 +457,12 @@ public final class TenantPool: @unchecked Sendable {
         return nil
     }
 
-    /// Orderly shutdown through the channel; killed if it lingers.
+    /// Orderly shutdown through the channel; killed if it lingers: the
+    /// shutdown waits at most 5 s for the reply and the end of stream, the
+    /// exit 2 s more.
     private func stopWorker(_ worker: Worker) {
         worker.queue.async {
-            try? worker.channel.shutdown()
+            try? worker.channel.shutdown(timeoutMilliseconds: 5_000)
             _ = worker.awaitExit(grace: .seconds(2))
         }
     }
@@ -733,7 +739,7 @@ public final class TenantPool: @unchecked Sendable {
     private func workerInfo(_ r: Record) -> WorkerInfo {
         let up = ContinuousClock.now - r.worker.startedAt
         return WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
-                          uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
+                          uptimeSeconds: up.inSeconds,
                           requests: r.requests, errors: r.errors,
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),
                           meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
@@ -742,6 +748,6 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     static func milliseconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+        d.inMilliseconds
     }
 }

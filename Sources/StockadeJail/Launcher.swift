@@ -166,7 +166,6 @@ public enum Launcher {
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
-        plan.pivot = 1
         plan.staging = arena.string("/tmp")
         plan.root_options = arena.string("size=\(profile.filesystem.rootSize),mode=0755")
         let cMounts = mounts.map { m in
@@ -193,7 +192,6 @@ public enum Launcher {
         plan.fds = arena.array(fds.map)
         plan.n_fds = UInt32(fds.map.count)
         if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
-        plan.no_new_privs = 1
         plan.cwd = arena.string(profile.cwd)
         if let ll = request.landlock, ll.abi > 0 {
             plan.landlock_abi = ll.abi

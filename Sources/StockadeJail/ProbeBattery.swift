@@ -10,7 +10,7 @@ import Glibc
 /// jail: one entry per probe, decoded from the binary's `--json` output.
 public struct ProbeReport: Sendable, Codable, Equatable {
     public struct Probe: Sendable, Codable, Equatable {
-        /// The number in PROBES.md (36 and up: the "still works" checks).
+        /// The number in probe/stockade-probe.c's `probes[]` table (36 and up: the "still works" checks).
         public var number: Int
         public var name: String
         /// What the kernel answered, in the probe's words.
