@@ -48,6 +48,10 @@ public final class Jail: Sendable {
     public let cgroup: (any JailCgroup)?
     public let profileName: String
     public let startedAt: ContinuousClock.Instant
+    /// The jail's host ids (root launches with a user namespace), held until
+    /// the jail has ended.
+    public var hostIDs: HostIDRange? { lease?.range }
+    private let lease: HostIDLease?
     /// The launcher's end of the sync pipe: the jail sees POLLHUP when it closes.
     private let liveness: FileDescriptor
     /// PID 1 writes the worker's raw wait status here before it exits.
@@ -65,8 +69,10 @@ public final class Jail: Sendable {
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
-         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, killSignal: Int32 = SIGKILL) {
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil,
+         killSignal: Int32 = SIGKILL) {
         self.killSignal = killSignal
+        self.lease = hostIDs
         self.process = process
         self.liveness = liveness
         self.status = status
@@ -82,8 +88,7 @@ public final class Jail: Sendable {
     }
 
     /// Kills everything in the jail (PID 1 first: the kernel then kills the
-    /// whole pid namespace, or outside one PID 1 kills its Landlock domain;
-    /// the cgroup catches anything that escaped it).
+    /// whole pid namespace; the cgroup catches anything that escaped it).
     public func kill(reason: JailExit.Reason = .killed) {
         state.withLock { if $0.killedFor == nil { $0.killedFor = reason } }
         try? process.send(signal: killSignal)
@@ -131,6 +136,8 @@ public final class Jail: Sendable {
         try? cgroup?.kill()
         let usage = try? cgroup?.usage()
         try? cgroup?.remove()
+        // Nothing of the jail runs any more: its host ids may go to the next.
+        lease?.release()
         let killedFor = state.withLock { $0.killedFor }
         var exit = JailExit(reason: .exited, exitCode: nil, signal: nil, signalName: nil,
                             wallSeconds: wall.inSeconds,
