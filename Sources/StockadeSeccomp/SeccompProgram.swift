@@ -1,7 +1,14 @@
 internal import CSeccomp
 internal import CStockadeSpawn
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A finished seccomp filter: the `sock_filter` array the jail's child
 /// loads with `seccomp(SECCOMP_SET_MODE_FILTER, flags, ...)` as its last

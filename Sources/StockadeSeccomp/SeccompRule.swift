@@ -1,5 +1,12 @@
 internal import CSeccomp
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One comparison on a system-call argument, as libseccomp expresses it:
 /// `arg1 == 3`, `arg0 < 38`, `arg0 & 0x7e020000 == 0`.

@@ -1,5 +1,9 @@
 package import StockadeConfig
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// The profile's `[seccomp]`: the system-call policy.
 ///
