@@ -107,9 +107,10 @@ final class Worker: @unchecked Sendable {
     /// Requests run here, one at a time, off the event loops.
     let queue: DispatchQueue
     let startedAt = ContinuousClock.now
-    private let exitState = NSCondition()
-    private var exitValue: JailExit?
-    private var exited = false
+    /// The jail's end, once its watcher has reaped it.
+    private let exitState = Mutex<(exited: Bool, exit: JailExit?)>((false, nil))
+    /// Woken when `exitState` records the end.
+    private let exitWakeups = Wakeups()
     /// Set when the watchdog killed the worker for a late answer.
     let timedOut = Atomic<Bool>(false)
 
@@ -121,40 +122,28 @@ final class Worker: @unchecked Sendable {
     }
 
     func markExited(_ exit: JailExit?) {
-        exitState.lock()
-        exitValue = exit
-        exited = true
-        exitState.broadcast()
-        exitState.unlock()
+        exitState.withLock { $0 = (true, exit) }
+        exitWakeups.broadcast()
     }
 
-    var hasExited: Bool {
-        exitState.lock()
-        defer { exitState.unlock() }
-        return exited
-    }
+    var hasExited: Bool { exitState.withLock { $0.exited } }
 
-    /// Kills the jail unless its watcher has already reaped it.
+    /// Kills the jail unless its watcher has already reaped it (the test and
+    /// the kill under one lock, so a reaped pid is never signalled).
     func kill(reason: JailExit.Reason = .killed) {
-        exitState.lock()
-        defer { exitState.unlock() }
-        if !exited { jail.kill(reason: reason) }
+        exitState.withLock { state in
+            if !state.exited { jail.kill(reason: reason) }
+        }
     }
 
     /// Waits up to `grace` for the jail to end on its own, then kills it and
     /// waits for the watcher to reap it.
     func awaitExit(grace: Duration) -> JailExit? {
-        exitState.lock()
-        defer { exitState.unlock() }
-        let deadline = Date().addingTimeInterval(grace.inSeconds)
-        while !exited {
-            if !exitState.wait(until: deadline) { break }
+        if !exitWakeups.wait(until: ContinuousClock.now + grace, { hasExited }) {
+            kill(reason: .killed)
+            exitWakeups.wait { hasExited }
         }
-        if !exited {
-            jail.kill(reason: .killed)
-            while !exited { exitState.wait() }
-        }
-        return exitValue
+        return exitState.withLock { $0.exit }
     }
 }
 
@@ -253,8 +242,8 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     private let state = Mutex<State>(State())
-    /// Signalled when the last worker is gone (stop and drain wait on it).
-    private let emptied = NSCondition()
+    /// Woken when a worker is gone (stop waits on it for the last one).
+    private let emptied = Wakeups()
 
     init(config: TenantConfig, cgroups: CgroupManager?, audit: AuditLog, metrics: DaemonMetrics, logger: Logger, devNull: Int32,
          modelStore: ModelStore = ModelStore(), maxRequestBytes: Int = 16 << 20) {
@@ -309,12 +298,7 @@ public final class TenantPool: @unchecked Sendable {
     func stop(timeout: Duration) {
         state.withLock { $0.stopped = true }
         drain()
-        let deadline = Date().addingTimeInterval(timeout.inSeconds)
-        emptied.lock()
-        while !isEmpty {
-            if !emptied.wait(until: deadline) { break }
-        }
-        emptied.unlock()
+        emptied.wait(until: ContinuousClock.now + timeout) { isEmpty }
         let (left, queued): ([Worker], [Pending]) = state.withLock { s in
             (s.workers.values.map(\.worker), s.drainQueue())
         }
@@ -325,9 +309,7 @@ public final class TenantPool: @unchecked Sendable {
             audit.record(AuditEvent(.kill, tenant: name, worker: w.id, reason: "the daemon is stopping and the worker did not finish within \(timeout)"))
             w.kill()
         }
-        emptied.lock()
-        while !isEmpty { emptied.wait() }
-        emptied.unlock()
+        emptied.wait { isEmpty }
     }
 
     /// No workers, none starting, no watcher still running.
@@ -749,9 +731,7 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     private func signalIfEmpty() {
-        emptied.lock()
         emptied.broadcast()
-        emptied.unlock()
     }
 
     // MARK: Views
