@@ -4,6 +4,7 @@ public import SystemPackage
 public import Logging
 import StockadeSystem
 import Foundation
+import Synchronization
 
 /// An established, authenticated channel.
 ///
@@ -31,7 +32,7 @@ public final class SecureChannel: @unchecked Sendable {
     private var limits: ChannelLimits { parameters.limits }
 
     // Send side (sendLock).
-    private let sendLock = NSLock()
+    private let sendLock = Mutex<Void>(())
     private var outbox: UnsafeMutableRawBufferPointer
     /// Records up to 64 KiB of payload are sealed whole and sent in one
     /// write (a 64 KiB payload included: room for the record's overhead
@@ -39,7 +40,7 @@ public final class SecureChannel: @unchecked Sendable {
     /// ones go out in pieces of this size while they are encrypted.
     static let outboxSize = (64 << 10) + RecordFormat.overhead
     // Receive side (receiveLock).
-    private let receiveLock = NSLock()
+    private let receiveLock = Mutex<Void>(())
     private var inbox: Inbox
     /// Messages a waiting ``request(_:)`` or ``ping(_:timeoutMilliseconds:)``
     /// read that were not its own, for the next ``receive()``; bounded by
@@ -49,7 +50,7 @@ public final class SecureChannel: @unchecked Sendable {
     // Send-side deadline (sendLock): when set, no send waits past it.
     private var sendDeadline: ContinuousClock.Instant?
     // Shared state (stateLock).
-    private let stateLock = NSLock()
+    private let stateLock = Mutex<Void>(())
     private var closed = false
     private var shutdownSeen = false
     private var helloReceived = false
@@ -275,24 +276,22 @@ public final class SecureChannel: @unchecked Sendable {
             guard payload.count <= limits.maxBulkLength else { throw .tooLarge(payload.count, limit: limits.maxBulkLength) }
         }
         try checkSendable(type: type, requestID: requestID, count: payload.count)
-        sendLock.lock()
-        defer { sendLock.unlock() }
-        do {
-            if useBulk {
-                try sendBulk(innerType: type, requestID: requestID, payload: payload)
-            } else {
-                try sendRecord(type: type, flags: flags, requestID: requestID, payload: payload, passing: [])
+        try sendLock.withLock { () throws(ChannelError) in
+            do {
+                if useBulk {
+                    try sendBulk(innerType: type, requestID: requestID, payload: payload)
+                } else {
+                    try sendRecord(type: type, flags: flags, requestID: requestID, payload: payload, passing: [])
+                }
+            } catch {
+                throw fail(error)
             }
-        } catch {
-            throw fail(error)
         }
     }
 
     /// Credit and direction checks before anything is sent.
     private func checkSendable(type: MessageType, requestID: UInt64, count: Int) throws(ChannelError) {
-        stateLock.lock()
-        defer { stateLock.unlock() }
-        do {
+        try stateLock.withLock { () throws(ChannelError) in
             guard !closed else { throw .closed }
             switch (role, type) {
             case (.initiator, .request):
@@ -404,10 +403,10 @@ public final class SecureChannel: @unchecked Sendable {
     /// misbehaving peer.
     func sendRawRecordForTesting(type: MessageType, flags: UInt8 = 0, requestID: UInt64, payload: [UInt8],
                                  passing descriptors: [FileDescriptor] = []) throws {
-        sendLock.lock()
-        defer { sendLock.unlock() }
-        try payload.withUnsafeBytes {
-            try sendRecord(type: type, flags: MessageFlags(rawValue: flags), requestID: requestID, payload: $0, passing: descriptors)
+        try sendLock.withLock { () throws in
+            try payload.withUnsafeBytes {
+                try sendRecord(type: type, flags: MessageFlags(rawValue: flags), requestID: requestID, payload: $0, passing: descriptors)
+            }
         }
     }
 
@@ -433,20 +432,20 @@ public final class SecureChannel: @unchecked Sendable {
     /// (ping replies are). Returns nil when the peer closed after a
     /// shutdown; any other end of stream is a violation.
     public func receive() throws(ChannelError) -> ChannelMessage? {
-        receiveLock.lock()
-        defer { receiveLock.unlock() }
-        if !stash.isEmpty {
-            let message = stash.removeFirst()
-            stashBytes -= message.payload.count
-            return message
-        }
-        while true {
-            guard let message = try receiveRecord() else { return nil }
-            if message.type == .ping, !message.flags.contains(.reply) {
-                try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
-                continue
+        try receiveLock.withLock { () throws(ChannelError) -> ChannelMessage? in
+            if !stash.isEmpty {
+                let message = stash.removeFirst()
+                stashBytes -= message.payload.count
+                return message
             }
-            return message
+            while true {
+                guard let message = try receiveRecord() else { return nil }
+                if message.type == .ping, !message.flags.contains(.reply) {
+                    try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
+                    continue
+                }
+                return message
+            }
         }
     }
 
@@ -673,20 +672,20 @@ public final class SecureChannel: @unchecked Sendable {
             return nextRequestID
         }
         try send(type: .request, requestID: id, payload: payload)
-        receiveLock.lock()
-        defer { receiveLock.unlock() }
-        while true {
-            guard let message = try receiveRecord() else { throw .closed }
-            if message.type == .ping, !message.flags.contains(.reply) {
-                try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
-                continue
+        return try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
+            while true {
+                guard let message = try receiveRecord() else { throw .closed }
+                if message.type == .ping, !message.flags.contains(.reply) {
+                    try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
+                    continue
+                }
+                guard message.requestID == id, message.type == .response || message.type == .error else {
+                    try keep(message)
+                    continue
+                }
+                if message.type == .error { throw .remote(String(decoding: message.payload, as: UTF8.self)) }
+                return message.payload
             }
-            guard message.requestID == id, message.type == .response || message.type == .error else {
-                try keep(message)
-                continue
-            }
-            if message.type == .error { throw .remote(String(decoding: message.payload, as: UTF8.self)) }
-            return message.payload
         }
     }
 
@@ -704,31 +703,30 @@ public final class SecureChannel: @unchecked Sendable {
     /// and the launcher kills the worker.
     public func ping(_ payload: [UInt8] = [], timeoutMilliseconds: Int? = 10_000) throws(ChannelError) {
         let id = makeRequestID()
-        stateLock.lock()
-        guard outstandingPings.count < Self.maxOutstandingPings else {
-            defer { stateLock.unlock() }
-            throw .noCredit("\(outstandingPings.count) pings are waiting for a reply (limit \(Self.maxOutstandingPings))")
+        try stateLock.withLock { () throws(ChannelError) in
+            guard outstandingPings.count < Self.maxOutstandingPings else {
+                throw .noCredit("\(outstandingPings.count) pings are waiting for a reply (limit \(Self.maxOutstandingPings))")
+            }
+            outstandingPings[id] = payload.count
         }
-        outstandingPings[id] = payload.count
-        stateLock.unlock()
         let deadline = timeoutMilliseconds.map { ContinuousClock.now + .milliseconds($0) }
         try withDeadline(deadline, what: "ping reply within \(timeoutMilliseconds ?? 0) ms") { () throws(ChannelError) in
             try send(type: .ping, requestID: id, payload: payload)
-            receiveLock.lock()
-            defer { receiveLock.unlock() }
-            while true {
-                guard let message = try receiveRecord() else { throw .closed }
-                if message.type == .ping, message.flags.contains(.reply), message.requestID == id {
-                    guard message.payload == payload else {
-                        throw fail(ChannelViolation(.malformed, "ping reply does not echo the payload"))
+            try receiveLock.withLock { () throws(ChannelError) in
+                while true {
+                    guard let message = try receiveRecord() else { throw .closed }
+                    if message.type == .ping, message.flags.contains(.reply), message.requestID == id {
+                        guard message.payload == payload else {
+                            throw fail(ChannelViolation(.malformed, "ping reply does not echo the payload"))
+                        }
+                        return
                     }
-                    return
+                    if message.type == .ping, !message.flags.contains(.reply) {
+                        try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
+                        continue
+                    }
+                    try keep(message)
                 }
-                if message.type == .ping, !message.flags.contains(.reply) {
-                    try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
-                    continue
-                }
-                try keep(message)
             }
         }
     }
@@ -970,5 +968,13 @@ struct Inbox {
         guard try fillOrEOF(count, from: socket, during: what) else {
             throw ChannelViolation(.truncated, "stream ended before \(what)")
         }
+    }
+}
+
+/// The channel's three locks guard fields of the channel itself, not a
+/// value of their own: this runs `body` holding one.
+extension Mutex where Value == Void {
+    fileprivate borrowing func withLock<R: Sendable, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        try withLock { (_: inout Void) throws(E) -> R in try body() }
     }
 }
