@@ -13,6 +13,7 @@
 // a leak stays), and the bounds sit far below what each attack costs an
 // unprotected launcher (thousands of descriptors, hundreds of MiB).
 import Foundation
+import Synchronization
 import Testing
 import SystemPackage
 import StockadeSystem
@@ -93,11 +94,10 @@ private func bounded<T: Sendable>(_ seconds: Double, onTimeout: @Sendable () -> 
     return box.get()
 }
 
-private final class ResultBox<T>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: T?
-    func set(_ v: T) { lock.withLock { value = v } }
-    func get() -> T? { lock.withLock { value } }
+private final class ResultBox<T: Sendable>: Sendable {
+    private let value = Mutex<T?>(nil)
+    func set(_ v: T) { value.withLock { $0 = v } }
+    func get() -> T? { value.withLock { $0 } }
 }
 
 /// The launcher's resources must come back to where they were: no

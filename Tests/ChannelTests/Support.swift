@@ -2,6 +2,7 @@
 // with the channel's descriptors at fixed numbers (not jailed: the jail
 // comes with the launcher; these tests check the protocol).
 import Foundation
+import Synchronization
 import SystemPackage
 @testable import StockadeChannel
 import StockadeSystem
@@ -100,9 +101,7 @@ func startPythonWorker(_ script: String, tenant: String = "acme", worker: String
 /// worker's ends of `bootstrap` (dups, so the bootstrap can close its own).
 final class ThreadWorker: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var _error: ChannelError?
-    private var _finished = false
+    private let error = Mutex<ChannelError?>(nil)
 
     init(_ bootstrap: ChannelBootstrap, handler: @escaping @Sendable ([UInt8]) throws -> [UInt8]) throws {
         let socket = try dupCloseOnExec(bootstrap.workerSocket)
@@ -113,9 +112,9 @@ final class ThreadWorker: @unchecked Sendable {
                 let channel = try SecureChannel.respond(socket: socket, parameters: parameters)
                 try WorkerChannel.serve(channel, handler: handler)
             } catch {
-                lock.withLock { _error = error as? ChannelError }
+                let failure = error as? ChannelError
+                self.error.withLock { $0 = failure }
             }
-            lock.withLock { _finished = true }
             done.signal()
         }
         thread.start()
@@ -124,7 +123,7 @@ final class ThreadWorker: @unchecked Sendable {
     /// Waits for the worker thread to end and returns its error, if any.
     func join() -> ChannelError? {
         done.wait()
-        return lock.withLock { _error }
+        return error.withLock { $0 }
     }
 }
 

@@ -1,5 +1,6 @@
 // The daemon against real jails, real channels and a real unix socket.
 import Foundation
+import Synchronization
 import Testing
 @testable import StockadeDaemon
 import StockadeConfig
@@ -409,10 +410,9 @@ struct DaemonTests {
 }
 
 /// A value shared between test threads.
-final class Mutex_<T>: @unchecked Sendable {
-    private var v: T
-    private let lock = NSLock()
-    init(_ v: T) { self.v = v }
-    var value: T { lock.withLock { v } }
-    func mutate(_ f: (inout T) -> Void) { lock.withLock { f(&v) } }
+final class Mutex_<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ v: T) { m = Mutex(v) }
+    var value: T { m.withLock { $0 } }
+    func mutate(_ f: (inout T) -> Void) { m.withLock { f(&$0) } }
 }
