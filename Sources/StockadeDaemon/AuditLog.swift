@@ -12,14 +12,14 @@ import Foundation
 #endif
 import StockadeSystem
 import Synchronization
-public import Logging
+package import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// One audit record. Fields that do not apply stay nil and are left out.
-public struct AuditEvent: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable {
+package struct AuditEvent: Codable, Sendable, Equatable {
+    package enum Kind: String, Codable, Sendable {
         case daemonStart = "daemon-start"
         case daemonStop = "daemon-stop"
         case launch
@@ -36,27 +36,27 @@ public struct AuditEvent: Codable, Sendable, Equatable {
         case resume
     }
 
-    public var time: String = ""
-    public var event: Kind
-    public var tenant: String?
-    public var worker: String?
-    public var pid: Int32?
-    public var client: String?
-    public var uid: UInt32?
-    public var method: String?
-    public var path: String?
-    public var status: Int?
-    public var outcome: String?
-    public var reason: String?
-    public var exitCode: Int32?
-    public var signal: String?
-    public var durationMs: Double?
-    public var bytesIn: Int?
-    public var bytesOut: Int?
-    public var memoryPeakBytes: UInt64?
-    public var cpuMicros: UInt64?
+    package var time: String = ""
+    package var event: Kind
+    package var tenant: String?
+    package var worker: String?
+    package var pid: Int32?
+    package var client: String?
+    package var uid: UInt32?
+    package var method: String?
+    package var path: String?
+    package var status: Int?
+    package var outcome: String?
+    package var reason: String?
+    package var exitCode: Int32?
+    package var signal: String?
+    package var durationMs: Double?
+    package var bytesIn: Int?
+    package var bytesOut: Int?
+    package var memoryPeakBytes: UInt64?
+    package var cpuMicros: UInt64?
 
-    public init(_ event: Kind, tenant: String? = nil, worker: String? = nil, reason: String? = nil) {
+    package init(_ event: Kind, tenant: String? = nil, worker: String? = nil, reason: String? = nil) {
         self.event = event
         self.tenant = tenant
         self.worker = worker
@@ -130,8 +130,8 @@ extension AuditEvent {
     }
 }
 
-public final class AuditLog: Sendable {
-    public let path: String
+package final class AuditLog: Sendable {
+    package let path: String
     private let fd: Int32
     private let writer = Mutex<Writer>(Writer())
     private let logger: Logger
@@ -145,13 +145,13 @@ public final class AuditLog: Sendable {
     }
 
     /// Lines lost since the daemon started.
-    public var failures: Int { writer.withLock { $0.failures } }
+    package var failures: Int { writer.withLock { $0.failures } }
     /// Why the last line was lost, while the log is failing (nil once a
     /// line is written again).
-    public var failing: String? { writer.withLock { $0.failing ? $0.lastError : nil } }
+    package var failing: String? { writer.withLock { $0.failing ? $0.lastError : nil } }
 
     /// Opens (creating it 0600, and its directory) the log at `path` for appending.
-    public init(path: String, logger: Logger = Logger(label: "stockaded")) throws(DaemonError) {
+    package init(path: String, logger: Logger = Logger(label: "stockaded")) throws(DaemonError) {
         self.path = path
         self.logger = logger
         let dir = DaemonPath.directory(of: path)
@@ -171,7 +171,7 @@ public final class AuditLog: Sendable {
     /// line. Returns false when the line could not be written (nothing of
     /// it is left in the file).
     @discardableResult
-    public func record(_ event: AuditEvent) -> Bool {
+    package func record(_ event: AuditEvent) -> Bool {
         var event = event
         event.time = Self.timestamp()
         let line = event.jsonLine()
@@ -249,8 +249,8 @@ public final class AuditLog: Sendable {
 }
 
 /// A daemon-level failure, as one line a person can act on.
-public struct DaemonError: Error, CustomStringConvertible, Sendable {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+package struct DaemonError: Error, CustomStringConvertible, Sendable {
+    package var message: String
+    package init(_ message: String) { self.message = message }
+    package var description: String { message }
 }

@@ -1,8 +1,8 @@
 // stockaded: tenants and their warm pools, the API, the audit log and the
 // metrics, started and stopped as one service.
-public import StockadeCgroups
-public import Logging
-public import ServiceLifecycle
+package import StockadeCgroups
+package import Logging
+import ServiceLifecycle
 import NIOCore
 import NIOHTTP1
 import Synchronization
@@ -12,11 +12,11 @@ import Foundation
 import Glibc
 #endif
 
-public final class Daemon: Service, @unchecked Sendable {
-    public let config: DaemonConfig
-    public let audit: AuditLog
-    public let metrics = DaemonMetrics()
-    public let cgroups: CgroupManager?
+package final class Daemon: Service, @unchecked Sendable {
+    package let config: DaemonConfig
+    package let audit: AuditLog
+    package let metrics = DaemonMetrics()
+    package let cgroups: CgroupManager?
     let logger: Logger
     private let pools: [String: TenantPool]
     private let tenantOrder: [String]
@@ -31,7 +31,7 @@ public final class Daemon: Service, @unchecked Sendable {
 
     /// Opens the audit log and the cgroup manager (which removes jails left
     /// behind by a daemon that died); nothing is launched until ``start()``.
-    public init(config: DaemonConfig, logger: Logger = Logger(label: "stockaded")) throws {
+    package init(config: DaemonConfig, logger: Logger = Logger(label: "stockaded")) throws {
         self.config = config
         self.logger = logger
         // First, before anything is swept, opened or bound: a second daemon
@@ -67,10 +67,10 @@ public final class Daemon: Service, @unchecked Sendable {
     deinit { close(devNull) }
 
     /// The cgroups of dead launchers removed when this daemon started.
-    public var swept: [String] { cgroups?.swept ?? [] }
+    package var swept: [String] { cgroups?.swept ?? [] }
 
     /// Listens on the API socket and launches every tenant's minimum of workers.
-    public func start() throws {
+    package func start() throws {
         try lifecycle.withLock { (s: inout Lifecycle) throws in
             guard s == .created else { throw DaemonError("the daemon was already started") }
             s = .running
@@ -92,7 +92,7 @@ public final class Daemon: Service, @unchecked Sendable {
     /// Stops taking requests, lets the ones in flight finish (up to the
     /// drain timeout), kills what is left, and removes every jail, cgroup
     /// and the socket. Blocks until all of it is done.
-    public func stop() {
+    package func stop() {
         let go = lifecycle.withLock { s -> Bool in
             guard s == .running else { return false }
             s = .stopping
@@ -127,7 +127,7 @@ public final class Daemon: Service, @unchecked Sendable {
 
     /// swift-service-lifecycle: run until a graceful shutdown (SIGTERM or
     /// SIGINT in stockaded), then stop.
-    public func run() async throws {
+    package func run() async throws {
         try start()
         try? await gracefulShutdown()
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -138,7 +138,7 @@ public final class Daemon: Service, @unchecked Sendable {
         }
     }
 
-    public func pool(_ tenant: String) -> TenantPool? { pools[tenant] }
+    package func pool(_ tenant: String) -> TenantPool? { pools[tenant] }
 
     // MARK: Routing
 

@@ -5,9 +5,9 @@
 // Relative paths are relative to the directory of the configuration file,
 // and `${CONFIG_DIR}` in a command or a bind stands for that directory, so a
 // configuration kept beside a checkout works wherever the checkout lives.
-public import StockadeConfig
-public import StockadeCgroups
-public import StockadeJail
+package import StockadeConfig
+package import StockadeCgroups
+package import StockadeJail
 import StockadeChannel
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -16,7 +16,7 @@ import Foundation
 #endif
 
 /// What a client may do with a tenant. Each role includes the ones below it.
-public enum Role: String, Sendable, Comparable, CaseIterable, Codable {
+package enum Role: String, Sendable, Comparable, CaseIterable, Codable {
     /// List the tenant, its workers and their stats.
     case viewer
     /// Everything a viewer may, and submit inference requests.
@@ -32,17 +32,17 @@ public enum Role: String, Sendable, Comparable, CaseIterable, Codable {
         }
     }
 
-    public static func < (a: Role, b: Role) -> Bool { a.rank < b.rank }
+    package static func < (a: Role, b: Role) -> Bool { a.rank < b.rank }
 }
 
 /// One API client: a bearer token that only the given unix uid may present.
-public struct ClientConfig: Sendable, Equatable {
-    public var name: String
-    public var token: String
+package struct ClientConfig: Sendable, Equatable {
+    package var name: String
+    package var token: String
     /// The uid the connecting process must have (SO_PEERCRED).
-    public var uid: UInt32
+    package var uid: UInt32
 
-    public init(name: String, token: String, uid: UInt32) {
+    package init(name: String, token: String, uid: UInt32) {
         self.name = name
         self.token = token
         self.uid = uid
@@ -52,16 +52,16 @@ public struct ClientConfig: Sendable, Equatable {
 /// A model file pinned by its SHA-256 digest. The daemon copies it once
 /// into a sealed memfd, checks the copy's digest, and hands that memfd to
 /// every worker of the tenants that name the model.
-public struct ModelFile: Sendable, Equatable {
+package struct ModelFile: Sendable, Equatable {
     /// The host path.
-    public var path: String
+    package var path: String
     /// The file's name within the model (`tokenizer.json`,
     /// `1_Pooling/config.json`), as the worker sees it in STOCKADE_MODEL_FDS.
-    public var name: String
+    package var name: String
     /// 64 lowercase hex digits.
-    public var sha256: String
+    package var sha256: String
 
-    public init(path: String, name: String, sha256: String) {
+    package init(path: String, name: String, sha256: String) {
         self.path = path
         self.name = name
         self.sha256 = sha256
@@ -69,40 +69,40 @@ public struct ModelFile: Sendable, Equatable {
 }
 
 /// A model declared once (`[model.NAME]`) and named by tenants.
-public struct ModelConfig: Sendable, Equatable {
-    public var name: String
-    public var files: [ModelFile]
+package struct ModelConfig: Sendable, Equatable {
+    package var name: String
+    package var files: [ModelFile]
 }
 
 /// One tenant: its budget, the jail its workers run in, and its pool.
-public struct TenantConfig: Sendable {
-    public var name: String
-    public var budget: TenantBudget
-    public var profilePath: String
-    public var profile: Profile
+package struct TenantConfig: Sendable {
+    package var name: String
+    package var budget: TenantBudget
+    package var profilePath: String
+    package var profile: Profile
     /// Files the daemon read to configure this tenant (its configuration
     /// file): no writable bind of a worker may hold them.
-    public var launcherFiles: [String] = []
+    package var launcherFiles: [String] = []
     /// argv inside the jail.
-    public var command: [String]
+    package var command: [String]
     /// Host paths bound read-only at the same path in the jail.
-    public var binds: [String]
-    public var environment: [(String, String)]
-    public var minWorkers: Int
-    public var maxWorkers: Int
+    package var binds: [String]
+    package var environment: [(String, String)]
+    package var minWorkers: Int
+    package var maxWorkers: Int
     /// Requests that may wait for a worker; more are refused with 429.
-    public var queueLimit: Int
+    package var queueLimit: Int
     /// A request whose worker has not answered after this long kills the worker.
-    public var requestTimeout: Duration
+    package var requestTimeout: Duration
     /// The declared models this tenant's workers get.
-    public var models: [ModelConfig]
+    package var models: [ModelConfig]
     /// The largest answer a worker may send; a larger one is refused by the
     /// channel before the daemon maps or copies it (the worker is killed).
-    public var maxResponseBytes: Int
+    package var maxResponseBytes: Int
     /// Client name -> role.
-    public var access: [String: Role]
+    package var access: [String: Role]
 
-    public init(name: String, profilePath: String, profile: Profile, command: [String]) {
+    package init(name: String, profilePath: String, profile: Profile, command: [String]) {
         self.name = name
         self.budget = TenantBudget(name: name)
         self.profilePath = profilePath
@@ -121,7 +121,7 @@ public struct TenantConfig: Sendable {
 }
 
 /// What the daemon does with requests it cannot audit.
-public enum AuditFailurePolicy: String, Sendable {
+package enum AuditFailurePolicy: String, Sendable {
     /// Answer 503 instead of serving (the default): nothing is served
     /// without its audit record.
     case refuse
@@ -131,49 +131,49 @@ public enum AuditFailurePolicy: String, Sendable {
 }
 
 /// Bounds on the API's client connections.
-public struct ConnectionLimits: Sendable, Equatable {
+package struct ConnectionLimits: Sendable, Equatable {
     /// Open connections in all.
-    public var total = 1024
+    package var total = 1024
     /// Open connections of one peer uid.
-    public var perUid = 256
+    package var perUid = 256
     /// From the first byte of a request (or the connection's start) to
     /// the end of its head.
-    public var headerTimeout: Duration = .seconds(10)
+    package var headerTimeout: Duration = .seconds(10)
     /// From the end of a request's head to the end of its body.
-    public var bodyTimeout: Duration = .seconds(30)
+    package var bodyTimeout: Duration = .seconds(30)
     /// A keep-alive connection with no request is closed after this long.
-    public var idleTimeout: Duration = .seconds(60)
+    package var idleTimeout: Duration = .seconds(60)
     /// File descriptors kept free of connections for worker launches,
     /// the audit log and cgroups.
-    public var fdReserve = 256
+    package var fdReserve = 256
 
-    public init() {}
+    package init() {}
 }
 
 /// The whole configuration file.
-public struct DaemonConfig: Sendable {
-    public var file: String
-    public var socketPath: String
-    public var auditLogPath: String
+package struct DaemonConfig: Sendable {
+    package var file: String
+    package var socketPath: String
+    package var auditLogPath: String
     /// Mode of the API socket (clients are still checked by uid and token).
-    public var socketMode: UInt32
+    package var socketMode: UInt32
     /// The largest request body accepted (413 above it).
-    public var maxRequestBytes: Int
+    package var maxRequestBytes: Int
     /// Tenant budgets and jails as cgroups; off for hosts without cgroup access.
-    public var cgroups: Bool
+    package var cgroups: Bool
     /// The cgroup below which tenants live (`stockaded` by default).
-    public var cgroupBase: String
+    package var cgroupBase: String
     /// How long a stop waits for requests in flight before killing jails.
-    public var drainTimeout: Duration
-    public var clients: [ClientConfig]
-    public var tenants: [TenantConfig]
+    package var drainTimeout: Duration
+    package var clients: [ClientConfig]
+    package var tenants: [TenantConfig]
     /// The declared models (`[model.NAME]`).
-    public var models: [ModelConfig] = []
-    public var connections = ConnectionLimits()
+    package var models: [ModelConfig] = []
+    package var connections = ConnectionLimits()
     /// What happens to requests when the audit log cannot be written.
-    public var auditFailure: AuditFailurePolicy = .refuse
+    package var auditFailure: AuditFailurePolicy = .refuse
 
-    public static func load(path: String) throws(ProfileError) -> DaemonConfig {
+    package static func load(path: String) throws(ProfileError) -> DaemonConfig {
         try parse(text: TableReader.readText(path: path, what: "configuration file"), file: path)
     }
 
@@ -187,7 +187,7 @@ public struct DaemonConfig: Sendable {
     }
 
     /// Parses `text`; relative paths are taken from the directory of `file`.
-    public static func parse(text: String, file: String) throws(ProfileError) -> DaemonConfig {
+    package static func parse(text: String, file: String) throws(ProfileError) -> DaemonConfig {
         let root = try TableReader.parse(text: text, file: file)
         let dir = DaemonPath.directory(of: DaemonPath.absolute(file, base: FileManager.default.currentDirectoryPath))
         func path(_ t: TableReader, _ key: String) throws(ProfileError) -> String? {

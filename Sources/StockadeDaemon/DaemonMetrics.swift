@@ -1,16 +1,16 @@
 // Prometheus metrics per tenant, served at /metrics. Each daemon has its
 // own registry (tests run several daemons in one process).
-public import Prometheus
+package import Prometheus
 import Synchronization
 
-public final class DaemonMetrics: Sendable {
-    public let registry = PrometheusCollectorRegistry()
+package final class DaemonMetrics: Sendable {
+    package let registry = PrometheusCollectorRegistry()
     static let latencyBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),
         .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30),
     ]
 
-    public init() {}
+    package init() {}
 
     private func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(metricName: name, unitName: "", helpText: help)

@@ -8,14 +8,14 @@ import Glibc
 #endif
 
 /// Why a pinned model file cannot be used.
-public struct ModelIntegrityError: Error, CustomStringConvertible, Sendable, Equatable {
-    public var path: String
-    public var expected: String
+package struct ModelIntegrityError: Error, CustomStringConvertible, Sendable, Equatable {
+    package var path: String
+    package var expected: String
     /// The digest found, when the file could be read.
-    public var actual: String?
-    public var reason: String
+    package var actual: String?
+    package var reason: String
 
-    public var description: String {
+    package var description: String {
         if let actual {
             return "model file \(path): SHA-256 is \(actual), the configuration pins \(expected); refusing to start workers with it"
         }
@@ -23,10 +23,10 @@ public struct ModelIntegrityError: Error, CustomStringConvertible, Sendable, Equ
     }
 }
 
-public enum ModelDigest {
+package enum ModelDigest {
     /// The SHA-256 of the file at `path` as 64 lowercase hex digits, read in
     /// 1 MiB chunks.
-    public static func sha256(path: String) throws(ModelIntegrityError) -> String {
+    package static func sha256(path: String) throws(ModelIntegrityError) -> String {
         func fail(_ why: String) -> ModelIntegrityError {
             ModelIntegrityError(path: path, expected: "", actual: nil, reason: why)
         }
@@ -60,7 +60,7 @@ public enum ModelDigest {
     }
 
     /// Checks `model` against its pinned digest.
-    public static func verify(_ model: ModelFile) throws(ModelIntegrityError) {
+    package static func verify(_ model: ModelFile) throws(ModelIntegrityError) {
         let actual: String
         do {
             actual = try sha256(path: model.path)

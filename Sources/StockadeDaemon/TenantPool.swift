@@ -11,9 +11,9 @@
 // records the exit, removes the worker and launches a replacement. A
 // request held by a worker that dies is answered with an explicit error and
 // is never retried: the daemon cannot know whether the worker acted on it.
-public import StockadeCgroups
-public import StockadeChannel
-public import StockadeJail
+package import StockadeCgroups
+import StockadeChannel
+import StockadeJail
 import StockadeSystem
 import Logging
 import Dispatch
@@ -24,12 +24,12 @@ import Glibc
 #endif
 
 /// How an inference request ended.
-public enum InferOutcome: Sendable {
+package enum InferOutcome: Sendable {
     case ok(response: [UInt8], worker: String)
     /// `status` is the HTTP status the API answers with; `code` a stable word.
     case failed(status: Int, code: String, message: String, worker: String?)
 
-    public var status: Int {
+    package var status: Int {
         switch self {
         case .ok: 200
         case .failed(let s, _, _, _): s
@@ -38,57 +38,57 @@ public enum InferOutcome: Sendable {
 }
 
 /// A worker as the API shows it.
-public struct WorkerInfo: Codable, Sendable {
-    public var id: String
-    public var tenant: String
-    public var state: String
-    public var pid: Int32
-    public var uptimeSeconds: Double
-    public var requests: Int
-    public var errors: Int
-    public var lastLatencyMs: Double?
-    public var meanLatencyMs: Double?
-    public var usage: CgroupUsage?
-    public var cgroup: String?
+package struct WorkerInfo: Codable, Sendable {
+    package var id: String
+    package var tenant: String
+    package var state: String
+    package var pid: Int32
+    package var uptimeSeconds: Double
+    package var requests: Int
+    package var errors: Int
+    package var lastLatencyMs: Double?
+    package var meanLatencyMs: Double?
+    package var usage: CgroupUsage?
+    package var cgroup: String?
     /// The worker's host id range ("first-last"), when the daemon runs as root.
-    public var hostIDs: String?
+    package var hostIDs: String?
 }
 
 /// A tenant as the API shows it.
-public struct TenantInfo: Codable, Sendable {
-    public var name: String
-    public var state: String
-    public var refusal: String?
-    public var workersMin: Int
-    public var workersMax: Int
-    public var starting: Int
-    public var idle: Int
-    public var busy: Int
-    public var queued: Int
-    public var queueLimit: Int
-    public var served: Int
-    public var failed: Int
-    public var workerExits: Int
-    public var oomKills: Int
-    public var seccompKills: Int
-    public var usage: TenantUsage
-    public var role: Role?
+package struct TenantInfo: Codable, Sendable {
+    package var name: String
+    package var state: String
+    package var refusal: String?
+    package var workersMin: Int
+    package var workersMax: Int
+    package var starting: Int
+    package var idle: Int
+    package var busy: Int
+    package var queued: Int
+    package var queueLimit: Int
+    package var served: Int
+    package var failed: Int
+    package var workerExits: Int
+    package var oomKills: Int
+    package var seccompKills: Int
+    package var usage: TenantUsage
+    package var role: Role?
     /// Each live worker's host id range ("first-last"), by worker id: no two
     /// workers, of this tenant or another, share one.
-    public var workerHostIDs: [String: String] = [:]
+    package var workerHostIDs: [String: String] = [:]
 }
 
 /// What a tenant's workers used, live ones and exited ones together.
-public struct TenantUsage: Codable, Sendable, Equatable {
-    public var cpuUserSeconds: Double = 0
-    public var cpuSystemSeconds: Double = 0
-    public var throttledSeconds: Double = 0
+package struct TenantUsage: Codable, Sendable, Equatable {
+    package var cpuUserSeconds: Double = 0
+    package var cpuSystemSeconds: Double = 0
+    package var throttledSeconds: Double = 0
     /// The largest memory peak of any one worker.
-    public var memoryPeakBytes: UInt64 = 0
-    public var pidsPeak: UInt64 = 0
-    public var budgetMemoryMaxBytes: UInt64?
-    public var budgetCPUs: Double?
-    public var budgetPidsMax: UInt64?
+    package var memoryPeakBytes: UInt64 = 0
+    package var pidsPeak: UInt64 = 0
+    package var budgetMemoryMaxBytes: UInt64?
+    package var budgetCPUs: Double?
+    package var budgetPidsMax: UInt64?
 
     mutating func add(_ u: CgroupUsage) {
         cpuUserSeconds += Double(u.cpuUserMicros ?? 0) / 1e6
@@ -161,8 +161,8 @@ func describe(_ exit: JailExit?) -> String {
     }
 }
 
-public final class TenantPool: @unchecked Sendable {
-    public let config: TenantConfig
+package final class TenantPool: @unchecked Sendable {
+    package let config: TenantConfig
     var name: String { config.name }
     private let cgroups: CgroupManager?
     private let audit: AuditLog
@@ -321,7 +321,7 @@ public final class TenantPool: @unchecked Sendable {
 
     /// Hands `payload` to a free worker, or queues it; `completion` is called
     /// exactly once, from some thread.
-    public func submit(_ payload: [UInt8], client: String = "", completion: @escaping @Sendable (InferOutcome) -> Void) {
+    package func submit(_ payload: [UInt8], client: String = "", completion: @escaping @Sendable (InferOutcome) -> Void) {
         let accepted = ContinuousClock.now
         let pending = Pending(payload: payload, client: client, accepted: accepted, completion: completion)
         enum Action { case run(Worker), queued, refuse(InferOutcome) }
@@ -367,7 +367,7 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     /// Async form of ``submit(_:completion:)``.
-    public func submit(_ payload: [UInt8], client: String = "") async -> InferOutcome {
+    package func submit(_ payload: [UInt8], client: String = "") async -> InferOutcome {
         await withCheckedContinuation { c in submit(payload, client: client) { c.resume(returning: $0) } }
     }
 
@@ -750,7 +750,7 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     /// Live usage is read from each worker's cgroup.
-    public func info(role: Role? = nil) -> TenantInfo {
+    package func info(role: Role? = nil) -> TenantInfo {
         let (snapshot, workers) = state.withLock { s in (s, s.workers.values.map(\.worker)) }
         var hostIDs: [String: String] = [:]
         for w in workers { hostIDs[w.id] = w.jail.hostIDs?.description }
@@ -777,12 +777,12 @@ public final class TenantPool: @unchecked Sendable {
                           usage: usage, role: role, workerHostIDs: hostIDs)
     }
 
-    public func workers() -> [WorkerInfo] {
+    package func workers() -> [WorkerInfo] {
         let records = state.withLock { Array($0.workers.values) }
         return records.sorted { $0.worker.id < $1.worker.id }.map(workerInfo)
     }
 
-    public func worker(_ id: String) -> WorkerInfo? {
+    package func worker(_ id: String) -> WorkerInfo? {
         guard let r = state.withLock({ $0.workers[id] }) else { return nil }
         return workerInfo(r)
     }
