@@ -352,12 +352,8 @@ struct JailTests {
         #expect(started > 64 && started < 128, "\(started) processes started under pids_max = 128: \(bomb.output.suffix(300))")
 
         // The same profile without the waiver: refused, naming file, line and key.
-        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
-            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
-        let copy = "/tmp/stockade-unwaived-\(getpid()).toml"
-        try text.write(toFile: copy, atomically: true, encoding: .utf8)
+        let (copy, text) = try CgroupDirs.unwaivedMinimal("unwaived")
         defer { unlink(copy) }
-        chmod(copy, 0o644)
         let line = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.hasPrefix("memory_max") }! + 1
         let refused = try host(nobody + ["-p", copy, "--", "/bin/echo", "ran"])
         #expect(refused.status == 125, "\(refused.output)")
@@ -386,12 +382,8 @@ struct JailTests {
         #expect(stat(delegated + "/memory.limit_in_bytes", &st) == 0 && st.st_uid == 0)
 
         // minimal.toml without its waiver: held by the cgroup, nothing to waive.
-        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
-            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
-        let copy = "/tmp/stockade-delegated-\(getpid()).toml"
-        try text.write(toFile: copy, atomically: true, encoding: .utf8)
+        let (copy, _) = try CgroupDirs.unwaivedMinimal("delegated")
         defer { unlink(copy) }
-        chmod(copy, 0o644)
         let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run", "-p", copy]
 
         // The budget is in the jail's cgroup while it runs.
@@ -473,8 +465,20 @@ func stk_landlock_abi_available() -> Bool {
     stk_landlock_abi() > 0
 }
 
-/// The jail cgroups (`jail-*`) in a tenant's directory.
+/// Helpers of the rootless budget tests.
 enum CgroupDirs {
+    /// profiles/minimal.toml without its memory_max waiver, written to a
+    /// world-readable file in /tmp (the caller unlinks it); and its text.
+    static func unwaivedMinimal(_ tag: String) throws -> (path: String, text: String) {
+        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
+            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
+        let copy = "/tmp/stockade-\(tag)-\(getpid()).toml"
+        try text.write(toFile: copy, atomically: true, encoding: .utf8)
+        chmod(copy, 0o644)
+        return (copy, text)
+    }
+
+    /// The jail cgroups (`jail-*`) in a tenant's directory.
     static func jails(under tenant: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: tenant)) ?? []).filter { $0.hasPrefix("jail-") }
     }
