@@ -118,10 +118,27 @@ extension JailTests {
               arguments: shippedProfiles)
         func everyProbePasses(profile: String) throws {
             let report = try Self.battery(profile)
-            let bad = report.failures.filter { $0.number != Self.budgetProbe }
-            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report))")
-            #expect(report.probes.count >= 41)
+            let bad = report.failures.filter { $0.number != Self.budgetProbe && Self.knownFailures[$0.number] == nil }
+            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report, among: Set(bad.map(\.number))))")
+            #expect(report.probes.count >= 48, "1-41 and 43-49 (42 needs --python)")
+            for (number, why) in Self.knownFailures.sorted(by: { $0.key < $1.key }) {
+                let probe = report.probe(number)
+                withKnownIssue(Comment(rawValue: why)) {
+                    #expect(probe?.pass == true, "\(number): \(probe?.result ?? "did not run")")
+                } when: {
+                    number != 46 || isatty(0) == 1
+                }
+            }
         }
+
+        /// Probes that fail under the shipped profiles until Stockade holds
+        /// there, and why. Each expectation is a known issue: once a probe
+        /// passes, the test fails until its entry is removed.
+        static let knownFailures: [Int: String] = [
+            43: "PID 1 is a clone of the launcher and shows its argv until it is an init of its own",
+            46: "a terminal stdin is passed in as it is until the launcher gives the jail a pty of its own",
+            49: "the jail's user namespace belongs to the launcher's user, who is charged its per-user counts",
+        ]
 
         @Test("the budget probe passes in the profile's cgroup",
               .enabled(if: cgroupAvailable, "no jail cgroup yet (ProbeBatteryTests.jailCgroup)"),
