@@ -1,4 +1,6 @@
-import StockadeCore
+import StockadeCgroups
+import StockadeConfig
+import StockadeJail
 
 /// Any bytes as a profile: parsing must end in a profile or a ProfileError
 /// whose message names the file, never in a crash or a hang. A profile that

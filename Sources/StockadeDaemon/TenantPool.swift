@@ -11,7 +11,9 @@
 // records the exit, removes the worker and launches a replacement. A
 // request held by a worker that dies is answered with an explicit error and
 // is never retried: the daemon cannot know whether the worker acted on it.
-public import StockadeCore
+public import StockadeCgroups
+public import StockadeChannel
+public import StockadeJail
 import StockadeSystem
 import Logging
 import Dispatch

@@ -6,7 +6,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import StockadeCore
+import StockadeCgroups
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -5,7 +5,7 @@
 // travel through bulk memfds on the channel, and through the socket raw.
 import Foundation
 import Dispatch
-import StockadeCore
+import StockadeChannel
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)

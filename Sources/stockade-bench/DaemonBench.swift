@@ -5,7 +5,7 @@
 // so that both see the same machine load. Needs `make venv` and a build
 // that can launch jails (root, or unprivileged user namespaces).
 import Foundation
-import StockadeCore
+import StockadeChannel
 import StockadeDaemon
 import StockadeSystem
 import SystemPackage

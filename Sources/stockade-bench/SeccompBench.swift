@@ -7,7 +7,8 @@
 // TIOCSTI/TIOCLINUX), so it runs the filter every time. Interleaved rounds,
 // medians reported.
 import Foundation
-import StockadeCore
+import StockadeSeccomp
+import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif

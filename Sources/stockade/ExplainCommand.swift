@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import StockadeCore
+import StockadeConfig
+import StockadeSeccomp
+import StockadeJail
 
 /// `stockade explain PROFILE`: what a jail built from the profile can and cannot do.
 struct ExplainCommand: ParsableCommand {

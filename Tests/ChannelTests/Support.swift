@@ -3,7 +3,7 @@
 // comes with the launcher; these tests check the protocol).
 import Foundation
 import SystemPackage
-@testable import StockadeCore
+@testable import StockadeChannel
 import StockadeSystem
 #if canImport(Glibc)
 import Glibc

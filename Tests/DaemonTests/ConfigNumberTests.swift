@@ -1,4 +1,4 @@
-import StockadeCore
+import StockadeConfig
 import StockadeDaemon
 import Testing
 

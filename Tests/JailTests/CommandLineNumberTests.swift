@@ -1,5 +1,5 @@
 import Foundation
-import StockadeCore
+import StockadeJail
 import Testing
 
 /// `stockade run` and `stockade lint` on numbers no launcher can hold, and

@@ -1,5 +1,6 @@
 import Foundation
-import StockadeCore
+import StockadeCgroups
+import StockadeJail
 import Testing
 
 /// The escape-probe battery (probe/stockade-probe.c) in real jails built by

@@ -1,5 +1,6 @@
 import Foundation
-import StockadeCore
+import StockadeConfig
+import StockadeJail
 import Testing
 
 @Suite("stockade lint: warnings for settings that weaken the jail")

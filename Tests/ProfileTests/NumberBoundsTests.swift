@@ -1,5 +1,8 @@
 import Foundation
-import StockadeCore
+import StockadeCgroups
+import StockadeConfig
+import StockadeJail
+import StockadeSeccomp
 import Testing
 
 private func parse(_ text: String) throws(ProfileError) -> Profile {

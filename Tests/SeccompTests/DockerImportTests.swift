@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
 
 /// Docker's default profile, imported unchanged, against a table of what
 /// Docker decides (Helpers/docker-verdicts.txt).

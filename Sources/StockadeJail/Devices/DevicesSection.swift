@@ -1,3 +1,4 @@
+package import StockadeConfig
 /// The profile's `[devices]`: which device nodes a jail sees and may open.
 ///
 /// ```toml
@@ -90,7 +91,7 @@ public struct DevicesSection: Sendable, Equatable {
 
     public init() {}
 
-    public init(reading table: TableReader) throws(ProfileError) {
+    package init(reading table: TableReader) throws(ProfileError) {
         declared = true
         if let list = try table.strings("standard") {
             var seen: [StandardNode] = []

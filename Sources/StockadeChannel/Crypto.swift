@@ -27,6 +27,39 @@ public struct CryptoError: Error, CustomStringConvertible, Sendable {
     public var description: String { "OpenSSL \(operation) failed: \(detail)" }
 }
 
+/// SHA-256 over data that arrives in pieces (the channel's transcript hash,
+/// and the daemon's digest of a model file read in chunks).
+package struct SHA256Hasher: ~Copyable {
+    private let ctx: OpaquePointer
+
+    package init() {
+        guard let ctx = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
+        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else {
+            fatalError(String(describing: CryptoError("EVP_DigestInit_ex")))
+        }
+        self.ctx = ctx
+    }
+
+    deinit { EVP_MD_CTX_free(ctx) }
+
+    package mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        guard EVP_DigestUpdate(ctx, bytes.baseAddress, bytes.count) == 1 else {
+            fatalError(String(describing: CryptoError("EVP_DigestUpdate")))
+        }
+    }
+
+    /// The 32-byte digest; the hasher is used up.
+    package consuming func finalize() -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1, length == 32 else {
+            fatalError(String(describing: CryptoError("EVP_DigestFinal_ex")))
+        }
+        return out
+    }
+}
+
 enum Crypto {
     static let hashLength = 32
     static let keyLength = 32
@@ -38,18 +71,11 @@ enum Crypto {
     }
 
     static func sha256(parts: [[UInt8]]) -> [UInt8] {
-        guard let ctx = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
-        defer { EVP_MD_CTX_free(ctx) }
-        var out = [UInt8](repeating: 0, count: hashLength)
-        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else { fatalError(String(describing: CryptoError("EVP_DigestInit_ex"))) }
+        var hasher = SHA256Hasher()
         for part in parts {
-            part.withUnsafeBytes { _ = EVP_DigestUpdate(ctx, $0.baseAddress, $0.count) }
+            part.withUnsafeBytes { hasher.update($0) }
         }
-        var length: UInt32 = 0
-        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1, length == 32 else {
-            fatalError(String(describing: CryptoError("EVP_DigestFinal_ex")))
-        }
-        return out
+        return hasher.finalize()
     }
 
     /// HMAC-SHA256(key, data).

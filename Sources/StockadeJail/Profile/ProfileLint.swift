@@ -1,3 +1,6 @@
+package import StockadeConfig
+import StockadeSeccomp
+
 /// One thing a valid profile allows that a reviewer should look at twice:
 /// where it is (file, line, key) and why it weakens the jail.
 ///
@@ -21,7 +24,7 @@ public struct LintFinding: Sendable, Equatable, CustomStringConvertible {
 public enum ProfileLint {
     /// The findings for `profile`, each placed by `index` (the line index
     /// of the profile's text) when one is given.
-    public static func findings(_ profile: Profile, index: TOMLLineIndex? = nil) -> [LintFinding] {
+    package static func findings(_ profile: Profile, index: TOMLLineIndex? = nil) -> [LintFinding] {
         var result: [LintFinding] = []
         func warn(_ key: String, _ message: String) {
             result.append(LintFinding(file: profile.file, line: index?.line(of: key), key: key, message: message))

@@ -1,3 +1,4 @@
+public import StockadeConfig
 internal import CStockadeSpawn
 import Foundation
 

@@ -1,3 +1,4 @@
+package import StockadeConfig
 /// The profile's `[landlock]`: filesystem and network access rules.
 ///
 /// ```toml
@@ -21,7 +22,7 @@ public struct LandlockSection: Sendable, Equatable {
 
     public init() {}
 
-    public init(reading table: TableReader) throws(ProfileError) {
+    package init(reading table: TableReader) throws(ProfileError) {
         enabled = try table.bool("enabled") ?? true
         required = try table.bool("required") ?? false
         tcpBind = try Self.ports(table, "tcp_bind")

@@ -1,4 +1,4 @@
-public import TOMLKit
+import TOMLKit
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -33,10 +33,10 @@ public struct ProfileError: Error, CustomStringConvertible, Sendable, Equatable 
 /// text once: table headers (`[a.b]`, `[[a]]`, counting array-of-table
 /// entries) and `key =` lines, skipping multi-line strings and arrays. Keys are
 /// recorded as dotted paths with array indices: `mount[1].target`.
-public struct TOMLLineIndex: Sendable {
+package struct TOMLLineIndex: Sendable {
     private var lines: [String: Int] = [:]
 
-    public init(text: String) {
+    package init(text: String) {
         var table = ""
         var arrayCounts: [String: Int] = [:]
         var inMultilineString: String? = nil
@@ -84,7 +84,7 @@ public struct TOMLLineIndex: Sendable {
 
     /// The line of `path` (`jail.hostname`, `mount[2].source`), or of the
     /// nearest enclosing table that has one.
-    public func line(of path: String) -> Int? {
+    package func line(of path: String) -> Int? {
         var candidate = path
         while true {
             if let line = lines[candidate] { return line }
@@ -94,7 +94,7 @@ public struct TOMLLineIndex: Sendable {
     }
 
     /// The line of `path` itself; nil when the text does not set that key.
-    public func exactLine(of path: String) -> Int? {
+    package func exactLine(of path: String) -> Int? {
         lines[path]
     }
 
@@ -158,7 +158,7 @@ public struct TOMLLineIndex: Sendable {
 }
 
 extension StringProtocol {
-    func trimmingCharacters(in set: String) -> String {
+    package func trimmingCharacters(in set: String) -> String {
         var s = Substring(self)
         while let f = s.first, set.contains(f) { s = s.dropFirst() }
         while let l = s.last, set.contains(l) { s = s.dropLast() }
@@ -168,16 +168,16 @@ extension StringProtocol {
 
 /// The parsed text of one profile (or tenants file): its name for messages
 /// and where its keys are.
-public struct TOMLSource: Sendable {
-    public var file: String
-    public var index: TOMLLineIndex
+package struct TOMLSource: Sendable {
+    package var file: String
+    package var index: TOMLLineIndex
 
-    public init(file: String, text: String) {
+    package init(file: String, text: String) {
         self.file = file
         self.index = TOMLLineIndex(text: text)
     }
 
-    public func error(_ key: String, _ message: String) -> ProfileError {
+    package func error(_ key: String, _ message: String) -> ProfileError {
         ProfileError(file: file, line: index.line(of: key), key: key, message: message)
     }
 }
@@ -188,13 +188,13 @@ public struct TOMLSource: Sendable {
 /// Sections of a profile are parsed with one reader each; a reader for
 /// `[[mount]]` entry 2 has the path `mount[2]`, so errors name
 /// `mount[2].target` and its line.
-public final class TableReader {
-    public let path: String
-    public let source: TOMLSource
+package final class TableReader {
+    package let path: String
+    package let source: TOMLSource
     private let table: TOMLTable
     private var used: Set<String> = []
 
-    public init(table: TOMLTable, path: String, source: TOMLSource) {
+    init(table: TOMLTable, path: String, source: TOMLSource) {
         self.table = table
         self.path = path
         self.source = source
@@ -202,7 +202,7 @@ public final class TableReader {
 
     /// Reads a TOML file's text; `what` names the kind of file in messages
     /// ("profile", "tenants file").
-    public static func readText(path: String, what: String) throws(ProfileError) -> String {
+    package static func readText(path: String, what: String) throws(ProfileError) -> String {
         guard let data = FileManager.default.contents(atPath: path) else {
             let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
             throw ProfileError(file: path, line: nil, key: "", message: "\(what) \(reason)")
@@ -214,7 +214,7 @@ public final class TableReader {
     }
 
     /// Parses a whole document; a syntax error names the file and line.
-    public static func parse(text: String, file: String) throws(ProfileError) -> TableReader {
+    package static func parse(text: String, file: String) throws(ProfileError) -> TableReader {
         let source = TOMLSource(file: file, text: text)
         if let failure = TOMLSyntax.check(text) {
             throw ProfileError(file: file, line: failure.line, key: "", message: "TOML syntax: \(failure.message)")
@@ -229,27 +229,27 @@ public final class TableReader {
         }
     }
 
-    public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    package func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     /// An error located at `key` of this table.
-    public func error(_ key: String, _ message: String) -> ProfileError {
+    package func error(_ key: String, _ message: String) -> ProfileError {
         source.error(keyPath(key), message)
     }
 
     /// An error about this table as a whole.
-    public func error(_ message: String) -> ProfileError {
+    package func error(_ message: String) -> ProfileError {
         source.error(path, message)
     }
 
     /// The keys in document order (the TOML library sorts them).
-    public var keys: [String] {
+    package var keys: [String] {
         table.keys.sorted { a, b in
             let la = source.index.line(of: keyPath(a)) ?? Int.max, lb = source.index.line(of: keyPath(b)) ?? Int.max
             return la != lb ? la < lb : a < b
         }
     }
 
-    public func has(_ key: String) -> Bool { table[key] != nil }
+    package func has(_ key: String) -> Bool { table[key] != nil }
 
     private func value(_ key: String, _ type: TOMLType) throws(ProfileError) -> (any TOMLValueConvertible)? {
         guard let value = table[key] else { return nil }
@@ -265,16 +265,16 @@ public final class TableReader {
         return "a"
     }
 
-    public func string(_ key: String) throws(ProfileError) -> String? {
+    package func string(_ key: String) throws(ProfileError) -> String? {
         try value(key, .string)?.string
     }
 
-    public func bool(_ key: String) throws(ProfileError) -> Bool? {
+    package func bool(_ key: String) throws(ProfileError) -> Bool? {
         try value(key, .bool)?.bool
     }
 
     /// A number written as an integer or a float (`2`, `0.5`).
-    public func number(_ key: String) throws(ProfileError) -> Double? {
+    package func number(_ key: String) throws(ProfileError) -> Double? {
         guard let raw = table[key] else { return nil }
         used.insert(key)
         if let n = raw.int { return Double(n) }
@@ -282,7 +282,7 @@ public final class TableReader {
         throw error(key, "expected a number, found \(Self.article(raw.type.description)) \(raw.type.description)")
     }
 
-    public func int(_ key: String, in range: ClosedRange<Int> = Int.min...Int.max) throws(ProfileError) -> Int? {
+    package func int(_ key: String, in range: ClosedRange<Int> = Int.min...Int.max) throws(ProfileError) -> Int? {
         guard let v = try value(key, .int)?.int else { return nil }
         guard range.contains(v) else {
             throw error(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
@@ -290,13 +290,13 @@ public final class TableReader {
         return v
     }
 
-    public func table(_ key: String) throws(ProfileError) -> TableReader? {
+    package func table(_ key: String) throws(ProfileError) -> TableReader? {
         guard let t = try value(key, .table)?.table else { return nil }
         return TableReader(table: t, path: keyPath(key), source: source)
     }
 
     /// `[[key]]` entries (or an inline array of tables).
-    public func tables(_ key: String) throws(ProfileError) -> [TableReader] {
+    package func tables(_ key: String) throws(ProfileError) -> [TableReader] {
         guard let array = try value(key, .array)?.array else { return [] }
         var result: [TableReader] = []
         for (i, element) in array.enumerated() {
@@ -308,7 +308,7 @@ public final class TableReader {
         return result
     }
 
-    public func strings(_ key: String) throws(ProfileError) -> [String]? {
+    package func strings(_ key: String) throws(ProfileError) -> [String]? {
         guard let array = try value(key, .array)?.array else { return nil }
         var result: [String] = []
         for (i, element) in array.enumerated() {
@@ -320,7 +320,7 @@ public final class TableReader {
         return result
     }
 
-    public func ints(_ key: String) throws(ProfileError) -> [Int]? {
+    package func ints(_ key: String) throws(ProfileError) -> [Int]? {
         guard let array = try value(key, .array)?.array else { return nil }
         var result: [Int] = []
         for (i, element) in array.enumerated() {
@@ -333,7 +333,7 @@ public final class TableReader {
     }
 
     /// A table of string values, in the document's key order.
-    public func stringTable(_ key: String) throws(ProfileError) -> [(String, String)]? {
+    package func stringTable(_ key: String) throws(ProfileError) -> [(String, String)]? {
         guard let sub = try table(key) else { return nil }
         var result: [(String, String)] = []
         for k in sub.keys {
@@ -346,7 +346,7 @@ public final class TableReader {
     /// A size: an integer number of bytes, or a string with a binary suffix
     /// (`"64K"`, `"512M"`, `"2G"`, `"1T"`, optional `i`/`B`), or `"max"` (nil).
     /// At most ``SizeValue/largest`` bytes, so that no sum of sizes overflows.
-    public func size(_ key: String) throws(ProfileError) -> SizeValue? {
+    package func size(_ key: String) throws(ProfileError) -> SizeValue? {
         guard let raw = table[key] else { return nil }
         used.insert(key)
         let value: SizeValue
@@ -372,7 +372,7 @@ public final class TableReader {
 
     /// A duration: seconds as an integer or float, or a string such as
     /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`; at most ``DurationValue/longest``.
-    public func duration(_ key: String) throws(ProfileError) -> Duration? {
+    package func duration(_ key: String) throws(ProfileError) -> Duration? {
         guard let raw = table[key] else { return nil }
         used.insert(key)
         let reading: DurationValue
@@ -395,7 +395,7 @@ public final class TableReader {
     }
 
     /// Rejects keys that no accessor read: every unknown key is an error.
-    public func finish() throws(ProfileError) {
+    package func finish() throws(ProfileError) {
         for key in table.keys.sorted() where !used.contains(key) {
             throw error(key, "unknown key")
         }

@@ -1,3 +1,6 @@
+public import StockadeConfig
+public import StockadeSeccomp
+public import StockadeCgroups
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,3 +1,4 @@
+package import StockadeConfig
 import Foundation
 
 /// The profile's `[seccomp]`: the system-call policy.
@@ -49,7 +50,7 @@ public struct SeccompSection: Sendable, Equatable {
         rules = Self.stockRules(notes: &notes)
     }
 
-    public init(reading table: TableReader) throws(ProfileError) {
+    package init(reading table: TableReader) throws(ProfileError) {
         let file = table.source.file
         func origin(_ key: String) -> String {
             table.source.index.line(of: table.keyPath(key)).map { "\(file):\($0)" } ?? file

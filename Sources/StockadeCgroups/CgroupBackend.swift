@@ -62,7 +62,7 @@ extension LimitsSection {
 /// Kills every process in a cgroup the slow way: freeze (when a freezer is
 /// at hand) so nothing forks while we look, SIGKILL each pid, thaw, and
 /// again until the cgroup is empty. `cgroup.kill` does this in the kernel.
-func killEach(procs: () -> [Int32], freeze: ((Bool) -> Void)?, seconds: Double) -> Bool {
+package func killEach(procs: () -> [Int32], freeze: ((Bool) -> Void)?, seconds: Double) -> Bool {
     CgroupFS.wait(seconds: seconds) {
         let pids = procs()
         if pids.isEmpty { return true }

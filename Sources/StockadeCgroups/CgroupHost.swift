@@ -159,7 +159,7 @@ public struct CgroupHost: Sendable, Equatable {
     }
 
     /// Our path as seen inside a mount that shows the subtree `mountRoot`.
-    static func relative(_ path: String, toMountRoot mountRoot: String) -> String {
+    package static func relative(_ path: String, toMountRoot mountRoot: String) -> String {
         if mountRoot == "/" { return path }
         if path == mountRoot { return "/" }
         if path.hasPrefix(mountRoot + "/") { return String(path.dropFirst(mountRoot.count)) }
@@ -167,7 +167,7 @@ public struct CgroupHost: Sendable, Equatable {
     }
 
     /// mountinfo escapes space, tab, newline and backslash as octal.
-    static func unescape(_ s: String) -> String {
+    package static func unescape(_ s: String) -> String {
         guard s.contains("\\") else { return s }
         var out: [UInt8] = []
         let bytes = Array(s.utf8)

@@ -37,9 +37,9 @@ public struct CgroupError: Error, CustomStringConvertible, Sendable, Equatable {
 
 /// Reads and writes of cgroupfs files. A cgroup file is read whole and
 /// written with one `write(2)` (the kernel parses each write on its own).
-enum CgroupFS {
-    static let cgroup2Magic: Int = 0x6367_7270
-    static let cgroup1Magic: Int = 0x0027_e0eb
+package enum CgroupFS {
+    package static let cgroup2Magic: Int = 0x6367_7270
+    package static let cgroup1Magic: Int = 0x0027_e0eb
 
     /// The `f_type` of the filesystem at `path`, or nil if it cannot be stat'ed.
     #if arch(x86_64)
@@ -50,7 +50,7 @@ enum CgroupFS {
     #error("statfs/getxattr syscall numbers for this architecture")
     #endif
 
-    static func magic(_ path: String) -> Int? {
+    package static func magic(_ path: String) -> Int? {
         // struct statfs starts with f_type (a long) on every Linux ABI; the
         // buffer is larger than the struct.
         var buffer = [Int](repeating: 0, count: 32)
@@ -63,16 +63,16 @@ enum CgroupFS {
     }
 
     /// True when `path` has the extended attribute `name`.
-    static func hasXattr(_ path: String, _ name: String) -> Bool {
+    package static func hasXattr(_ path: String, _ name: String) -> Bool {
         let rc = path.withCString { p in
             name.withCString { n in stk_syscall6(sysGetxattr, Int(bitPattern: p), Int(bitPattern: n), 0, 0, 0, 0) }
         }
         return rc >= 0
     }
 
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    package static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-    static func read(_ path: String) -> String? {
+    package static func read(_ path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -87,18 +87,18 @@ enum CgroupFS {
         return String(decoding: result, as: UTF8.self)
     }
 
-    static func readTrimmed(_ path: String) -> String? {
+    package static func readTrimmed(_ path: String) -> String? {
         read(path).map { $0.trimmingCharacters(in: " \n") }
     }
 
     /// A number, or nil for "max" / missing.
-    static func readNumber(_ path: String) -> UInt64? {
+    package static func readNumber(_ path: String) -> UInt64? {
         guard let s = readTrimmed(path) else { return nil }
         return UInt64(s)
     }
 
     /// `key value` lines (`cpu.stat`, `memory.events`) as a dictionary.
-    static func readKeyed(_ path: String) -> [String: UInt64]? {
+    package static func readKeyed(_ path: String) -> [String: UInt64]? {
         guard let text = read(path) else { return nil }
         var result: [String: UInt64] = [:]
         for line in text.split(separator: "\n") {
@@ -108,7 +108,7 @@ enum CgroupFS {
         return result
     }
 
-    static func write(_ path: String, _ value: String) throws(CgroupError) {
+    package static func write(_ path: String, _ value: String) throws(CgroupError) {
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw CgroupError(.io, "cannot open \(path) to write \"\(value)\"", cause: Errno(rawValue: errno))
@@ -127,7 +127,7 @@ enum CgroupFS {
     /// `mkdir`; an existing directory is fine when `existingOK`.
     /// Returns true when it created the directory.
     @discardableResult
-    static func mkdir(_ path: String, existingOK: Bool) throws(CgroupError) -> Bool {
+    package static func mkdir(_ path: String, existingOK: Bool) throws(CgroupError) -> Bool {
         if Glibc.mkdir(path, 0o755) == 0 { return true }
         let e = errno
         if e == EEXIST && existingOK { return false }
@@ -135,19 +135,19 @@ enum CgroupFS {
     }
 
     /// `rmdir`; a missing directory counts as removed. Returns the errno on failure.
-    static func rmdir(_ path: String) -> Errno? {
+    package static func rmdir(_ path: String) -> Errno? {
         if Glibc.rmdir(path) == 0 || errno == ENOENT { return nil }
         return Errno(rawValue: errno)
     }
 
     /// The pids in `cgroup.procs` under `dir`.
-    static func procs(_ dir: String) -> [Int32] {
+    package static func procs(_ dir: String) -> [Int32] {
         guard let text = read(dir + "/cgroup.procs") else { return [] }
         return text.split(separator: "\n").compactMap { Int32($0) }
     }
 
     /// Names of the subdirectories of `dir` (child cgroups).
-    static func children(_ dir: String) -> [String] {
+    package static func children(_ dir: String) -> [String] {
         guard let d = opendir(dir) else { return [] }
         defer { closedir(d) }
         var names: [String] = []
@@ -162,7 +162,7 @@ enum CgroupFS {
     }
 
     /// Polls `condition` every 10 ms until it holds or `seconds` pass.
-    static func wait(seconds: Double, _ condition: () -> Bool) -> Bool {
+    package static func wait(seconds: Double, _ condition: () -> Bool) -> Bool {
         let deadline = monotonicSeconds() + seconds
         while true {
             if condition() { return true }
@@ -171,7 +171,7 @@ enum CgroupFS {
         }
     }
 
-    static func monotonicSeconds() -> Double {
+    package static func monotonicSeconds() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
@@ -213,10 +213,10 @@ public struct LauncherIdentity: Sendable, Equatable {
     }
 
     /// `jail-<pid>-<starttime>-<n>`.
-    func jailName(_ n: Int) -> String { "jail-\(pid)-\(startTime)-\(n)" }
+    package func jailName(_ n: Int) -> String { "jail-\(pid)-\(startTime)-\(n)" }
 
     /// Parses a jail cgroup name back into its owner.
-    static func owner(ofJail name: String) -> LauncherIdentity? {
+    package static func owner(ofJail name: String) -> LauncherIdentity? {
         let parts = name.split(separator: "-")
         guard parts.count == 4, parts[0] == "jail", let pid = Int32(parts[1]), let start = UInt64(parts[2]),
               Int(parts[3]) != nil else { return nil }

@@ -1,3 +1,4 @@
+package import StockadeConfig
 /// The profile's [limits]: the jail's cgroup budget.
 ///
 /// ```toml
@@ -46,7 +47,7 @@ public struct LimitsSection: Sendable, Equatable {
         self.ioMax = ioMax
     }
 
-    public init(reading table: TableReader) throws(ProfileError) {
+    package init(reading table: TableReader) throws(ProfileError) {
         try read(table)
         required = try table.bool("required") ?? true
     }
@@ -93,7 +94,7 @@ public struct LimitsSection: Sendable, Equatable {
     }
 
     /// Reads the limit keys from `t`; the tenants file reuses this for budgets.
-    public mutating func read(_ t: TableReader) throws(ProfileError) {
+    package mutating func read(_ t: TableReader) throws(ProfileError) {
         memoryMax = try Self.bytes(t, "memory_max", minimum: 1 << 20, why: "a jail needs at least 1M to start")
         memoryHigh = try Self.bytes(t, "memory_high", minimum: 1 << 20, why: "below 1M the jail would only be reclaimed")
         swapMax = try Self.bytes(t, "swap_max", minimum: 0, why: "")

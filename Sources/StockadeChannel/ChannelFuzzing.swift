@@ -3,7 +3,7 @@
 // input must end in a value or a ChannelViolation, never a crash.
 
 /// Fuzzing entry points (used by `stockade-fuzz`; not for applications).
-public enum ChannelFuzzing {
+package enum ChannelFuzzing {
     private static let key = [UInt8](repeating: 0x42, count: 32)
 
     /// The record decoder. Byte 0 picks what the rest is:
@@ -13,7 +13,7 @@ public enum ChannelFuzzing {
     ///   decryption (body header, bulk descriptor) see arbitrary values;
     /// - 2: the params memfd's contents;
     /// - 3: a `STOCKADE_CHANNEL` value.
-    public static func records(_ input: [UInt8]) {
+    package static func records(_ input: [UInt8]) {
         guard let mode = input.first else { return }
         let rest = Array(input.dropFirst())
         let suite: CipherSuite = mode & 0x80 == 0 ? .aesGCM : .chaChaPoly
@@ -65,7 +65,7 @@ public enum ChannelFuzzing {
     /// The handshake parser. Byte 0: 0 reads the rest as the launcher's
     /// first message (worker side); 1 sends a first message and reads the
     /// rest as the worker's reply (launcher side). Bit 7 picks ChaChaPoly.
-    public static func handshake(_ input: [UInt8]) {
+    package static func handshake(_ input: [UInt8]) {
         guard let mode = input.first else { return }
         let rest = Array(input.dropFirst())
         let suite: CipherSuite = mode & 0x80 == 0 ? .aesGCM : .chaChaPoly
@@ -101,10 +101,10 @@ public enum ChannelFuzzing {
 }
 
 /// Measurement hooks for `stockade-bench channel` (not for applications).
-public enum ChannelBenchmarking {
+package enum ChannelBenchmarking {
     /// Seals and opens `size` bytes `iterations` times in place through the
     /// record layer's AEAD path; returns the seconds taken.
-    public static func aeadRoundTrips(suite: CipherSuite, size: Int, iterations: Int) throws -> Double {
+    package static func aeadRoundTrips(suite: CipherSuite, size: Int, iterations: Int) throws -> Double {
         let key = try AEADKey(suite: suite, key: [UInt8](repeating: 9, count: 32))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size + 16, alignment: 16)
         defer { buffer.deallocate() }

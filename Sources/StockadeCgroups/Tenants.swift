@@ -1,3 +1,4 @@
+public import StockadeConfig
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -1,3 +1,4 @@
+public import StockadeCgroups
 import SystemPackage
 import StockadeSystem
 import CStockadeSpawn

@@ -1,3 +1,4 @@
+public import StockadeCgroups
 public import SystemPackage
 public import StockadeSystem
 import CStockadeSpawn
