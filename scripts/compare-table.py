@@ -58,7 +58,11 @@ out.append("profiles carry a budget marked `required = false`: as root the jail 
 out.append("cgroup; rootless, without a delegated cgroup, there is none to make, so the")
 out.append("jail runs without it (with a note) and probe 31 fails there. `docker-default`")
 out.append("is Docker's own seccomp policy imported unchanged; that policy allows netlink")
-out.append("sockets, which probe 25 counts against it. The GPU profile needs an NVIDIA host.\n")
+out.append("sockets, which probe 25 counts against it. The GPU profile needs an NVIDIA host.")
+out.append("Probe 47 reads `uid_map` from inside, where the outside ids are those of the parent")
+out.append("user namespace: for a sandbox that nests namespaces (bubblewrap as nobody) its")
+out.append("\"host id 0\" is bubblewrap's own outer namespace, not host root. Stdin is")
+out.append("`/dev/null` here, so probe 46 only shows that no other fd brings a terminal in.\n")
 out.append("## Sandboxes\n")
 for n in names:
     desc, data = runs[n]
