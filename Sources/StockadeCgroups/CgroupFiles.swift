@@ -3,6 +3,7 @@ public import SystemPackage
 import Glibc
 #endif
 import CStockadeSpawn
+import StockadeSystem
 
 /// An error from the cgroup manager, with what it was doing, the path and
 /// the errno behind it.
@@ -42,32 +43,15 @@ package enum CgroupFS {
     package static let cgroup1Magic: Int = 0x0027_e0eb
 
     /// The `f_type` of the filesystem at `path`, or nil if it cannot be stat'ed.
-    #if arch(x86_64)
-    private static let sysStatfs = 137, sysGetxattr = 191
-    #elseif arch(arm64)
-    private static let sysStatfs = 43, sysGetxattr = 8
-    #else
-    #error("statfs/getxattr syscall numbers for this architecture")
-    #endif
-
     package static func magic(_ path: String) -> Int? {
-        // struct statfs starts with f_type (a long) on every Linux ABI; the
-        // buffer is larger than the struct.
-        var buffer = [Int](repeating: 0, count: 32)
-        let rc = path.withCString { p in
-            buffer.withUnsafeMutableBytes { b in
-                stk_syscall6(sysStatfs, Int(bitPattern: p), Int(bitPattern: b.baseAddress), 0, 0, 0, 0)
-            }
-        }
-        return rc == 0 ? buffer[0] : nil
+        var type = 0
+        guard (try? retryingSyscall({ stk_statfs_type(path, &type) })) != nil else { return nil }
+        return type
     }
 
     /// True when `path` has the extended attribute `name`.
     package static func hasXattr(_ path: String, _ name: String) -> Bool {
-        let rc = path.withCString { p in
-            name.withCString { n in stk_syscall6(sysGetxattr, Int(bitPattern: p), Int(bitPattern: n), 0, 0, 0, 0) }
-        }
-        return rc >= 0
+        (try? retryingSyscall { stk_getxattr_size(path, name) }) != nil
     }
 
     package static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
@@ -79,8 +63,8 @@ package enum CgroupFS {
         var result: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return nil }
+            guard let n = try? retryingSyscall({ buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } })
+            else { return nil }
             if n == 0 { break }
             result.append(contentsOf: buffer[0..<n])
         }
@@ -115,12 +99,14 @@ package enum CgroupFS {
         }
         defer { close(fd) }
         let bytes = Array(value.utf8)
-        var n: Int
-        repeat {
-            n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        } while n < 0 && errno == EINTR
+        let n: Int
+        do {
+            n = try retryingSyscall { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } }
+        } catch {
+            throw CgroupError(.io, "writing \"\(value)\" to \(path) failed", cause: error)
+        }
         guard n == bytes.count else {
-            throw CgroupError(.io, "writing \"\(value)\" to \(path) failed", cause: n < 0 ? Errno(rawValue: errno) : nil)
+            throw CgroupError(.io, "writing \"\(value)\" to \(path) wrote \(n) of \(bytes.count) bytes")
         }
     }
 

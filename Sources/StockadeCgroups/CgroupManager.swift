@@ -1,4 +1,5 @@
 public import SystemPackage
+import StockadeSystem
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -257,12 +258,24 @@ public final class CgroupManager: Sendable {
                          directory: backend.openDirectory(rel))
     }
 
+    /// Runs `body` holding an exclusive `flock` on the tenant's cgroup
+    /// directory, so that launchers admitting into one tenant take turns.
+    /// Without the lock nothing is admitted: two launchers could each see
+    /// room for one more jail and both start it.
     private func withLock(on rel: String, _ body: () throws(CgroupError) -> Void) throws(CgroupError) {
-        let fd = open(backend.lockPath(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            while flock(fd, LOCK_EX) != 0 && errno == EINTR {}
+        let path = backend.lockPath(rel)
+        let fd: Int32
+        do {
+            fd = try retryingSyscall { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        } catch {
+            throw CgroupError(.io, "cannot open \(path) to lock it while admitting a jail", cause: error)
         }
-        defer { if fd >= 0 { Glibc.close(fd) } }
+        defer { Glibc.close(fd) }
+        do {
+            _ = try retryingSyscall { flock(fd, LOCK_EX) }
+        } catch {
+            throw CgroupError(.io, "cannot lock \(path) while admitting a jail", cause: error)
+        }
         try body()
     }
 
@@ -297,6 +310,23 @@ public final class CgroupManager: Sendable {
             }
         }
         return removed
+    }
+
+    /// A jail cgroup for a launch that has no manager of its own (a device
+    /// allowlist on a jail launched without limits): a manager is made for
+    /// it, and removing the jail closes that manager too, so the tenant and
+    /// base cgroups it created go with it.
+    package static func standaloneJail(configuration: Configuration, limits: LimitsSection) throws(CgroupError) -> JailGroup {
+        let manager = try CgroupManager(configuration: configuration)
+        let group: JailGroup
+        do {
+            group = try manager.jail(limits: limits)
+        } catch {
+            try? manager.close()
+            throw error
+        }
+        group.closesManager.store(true, ordering: .relaxed)
+        return group
     }
 
     /// Removes this manager's jails that are still there, the tenants it
@@ -348,6 +378,8 @@ public final class JailGroup: JailCgroup {
     let rel: String
     private let manager: CgroupManager
     private let fd: Mutex<FileDescriptor?>
+    /// Set when the manager exists only for this jail (``CgroupManager/standaloneJail(configuration:limits:)``).
+    let closesManager = Atomic<Bool>(false)
 
     init(manager: CgroupManager, rel: String, name: String, tenant: String, limits: LimitsSection,
          notes: [String], directory: FileDescriptor?) {
@@ -400,5 +432,6 @@ public final class JailGroup: JailCgroup {
         }
         try manager.backend.remove(rel)
         manager.forget(rel)
+        if closesManager.load(ordering: .relaxed) { try manager.close() }
     }
 }

@@ -119,6 +119,6 @@ package enum ChannelBenchmarking {
             }
         }
         let elapsed = ContinuousClock.now - start
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return elapsed.inSeconds
     }
 }

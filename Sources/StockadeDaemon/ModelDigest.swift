@@ -2,6 +2,7 @@
 // hashes each file (streaming, the channel's SHA-256) before it binds it read-only into
 // a jail, and refuses to start the tenant's workers on a mismatch.
 import StockadeChannel
+import StockadeSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,10 +39,11 @@ public enum ModelDigest {
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { chunk.deallocate() }
         while true {
-            let n = read(fd, chunk.baseAddress, chunk.count)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw fail("read failed: \(String(cString: strerror(errno)))")
+            let n: Int
+            do {
+                n = try retryingSyscall { read(fd, chunk.baseAddress, chunk.count) }
+            } catch {
+                throw fail("read failed: \(errnoName(error.rawValue))")
             }
             if n == 0 { break }
             hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))

@@ -138,7 +138,7 @@ public final class Jail: Sendable {
         try? cgroup?.remove()
         let killedFor = state.withLock { $0.killedFor }
         var exit = JailExit(reason: .exited, exitCode: nil, signal: nil, signalName: nil,
-                            wallSeconds: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18,
+                            wallSeconds: wall.inSeconds,
                             status: worker.shellStatus, profile: profileName, usage: usage)
         switch worker {
         case .exited(let code):

@@ -11,7 +11,7 @@ import Glibc
 /// jail: one entry per probe, decoded from the binary's `--json` output.
 public struct ProbeReport: Sendable, Codable, Equatable {
     public struct Probe: Sendable, Codable, Equatable {
-        /// The number in PROBES.md (36 and up: the "still works" checks).
+        /// The number in probe/stockade-probe.c's `probes[]` table (36 and up: the "still works" checks).
         public var number: Int
         public var name: String
         /// What the kernel answered, in the probe's words.
@@ -132,8 +132,7 @@ public enum ProbeBattery {
 
     /// The caller's session keyring serial (nil when keyctl fails).
     static func sessionKeyring() -> Int? {
-        // keyctl (250 on x86-64) (KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create = 0)
-        let r = stk_syscall6(250, 0, -3, 0, 0, 0, 0)
+        let r = stk_session_keyring()
         return r > 0 ? r : nil
     }
 
@@ -288,11 +287,7 @@ public enum ProbeBattery {
         guard leader >= 0 else {
             throw ProbeBatteryError(message: "cannot open /dev/ptmx for the terminal stdin: \(Errno(rawValue: errno))")
         }
-        var unlock: Int32 = 0
-        // TIOCSPTLCK(0) unlocks the follower; TIOCGPTPEER opens it by the leader's fd.
-        let follower = stk_ioctl_ptr(leader, 0x4004_5431, &unlock) == 0
-            ? stk_ioctl_ptr(leader, 0x5441, UnsafeMutableRawPointer(bitPattern: Int(O_RDWR | O_NOCTTY | O_CLOEXEC)))
-            : -1
+        let follower = stk_pty_follower(leader, O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard follower >= 0 else {
             let e = errno
             close(leader)

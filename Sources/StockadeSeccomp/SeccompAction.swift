@@ -1,3 +1,5 @@
+import StockadeSystem
+
 /// What a seccomp filter does with a system call.
 ///
 /// Written in profiles as `allow`, `errno:EPERM` (or `errno:13`),
@@ -101,22 +103,4 @@ public enum SeccompAction: Sendable, Hashable, CustomStringConvertible {
     }
 
     static let spellings = "allow, errno:NAME (errno:EPERM), errno:NUMBER, kill-process, kill-thread, trap, log, notify"
-}
-
-/// errno names and numbers (x86_64 Linux), for profiles and messages.
-public enum ErrnoNames {
-    static let table: [(String, Int32)] = [
-        ("EPERM", 1), ("ENOENT", 2), ("ESRCH", 3), ("EINTR", 4), ("EIO", 5), ("ENXIO", 6), ("E2BIG", 7),
-        ("ENOEXEC", 8), ("EBADF", 9), ("ECHILD", 10), ("EAGAIN", 11), ("ENOMEM", 12), ("EACCES", 13),
-        ("EFAULT", 14), ("EBUSY", 16), ("EEXIST", 17), ("EXDEV", 18), ("ENODEV", 19), ("ENOTDIR", 20),
-        ("EISDIR", 21), ("EINVAL", 22), ("ENFILE", 23), ("EMFILE", 24), ("ENOTTY", 25), ("ETXTBSY", 26),
-        ("EFBIG", 27), ("ENOSPC", 28), ("ESPIPE", 29), ("EROFS", 30), ("EMLINK", 31), ("EPIPE", 32),
-        ("EDOM", 33), ("ERANGE", 34), ("EDEADLK", 35), ("ENAMETOOLONG", 36), ("ENOLCK", 37), ("ENOSYS", 38),
-        ("ENOTEMPTY", 39), ("ELOOP", 40), ("ENODATA", 61), ("ETIME", 62), ("EOVERFLOW", 75),
-        ("ENOTSOCK", 88), ("EPROTONOSUPPORT", 93), ("EOPNOTSUPP", 95), ("EAFNOSUPPORT", 97),
-        ("EADDRINUSE", 98), ("EADDRNOTAVAIL", 99), ("ENETUNREACH", 101), ("ECONNREFUSED", 111),
-        ("ETIMEDOUT", 110), ("EHOSTUNREACH", 113), ("ECANCELED", 125),
-    ]
-    public static func number(of name: String) -> Int32? { table.first { $0.0 == name }?.1 }
-    public static func name(of number: Int32) -> String? { table.first { $0.1 == number }?.0 }
 }

@@ -1,5 +1,6 @@
 internal import CSeccomp
 internal import CStockadeSpawn
+import StockadeSystem
 import Foundation
 
 /// A finished seccomp filter: the `sock_filter` array the jail's child
@@ -84,9 +85,13 @@ public struct SeccompProgram: Sendable {
         var bytes = [UInt8](repeating: 0, count: Int(size))
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw SeccompCompileError("reading the exported filter back: \(libseccompErrno(errno))") }
+            let n: Int
+            do {
+                n = try retryingSyscall { bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) } }
+            } catch {
+                throw SeccompCompileError("reading the exported filter back: \(libseccompErrno(error.rawValue))")
+            }
+            guard n > 0 else { throw SeccompCompileError("the exported filter ended after \(done) of \(bytes.count) bytes") }
             done += n
         }
         guard let program = BPFInstruction.decode(bytes) else {

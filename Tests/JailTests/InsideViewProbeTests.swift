@@ -66,7 +66,7 @@ extension JailTests.ProbeBatteryTests {
         var options = try Self.options(loaded, only: [44])
         let manager = try #require(Self.cgroupManager("cgpath"))
         defer { #expect(throws: Never.self) { try manager.close() } }
-        options.cgroup = Self.jailCgroup(for: loaded, in: manager)
+        options.cgroup = try Self.jailCgroup(for: loaded, in: manager)
         let probe = try #require(try ProbeBattery.run(options).report.probe(44))
         withKnownIssue("on cgroup v1 the jail joins its cgroup after clone, so its cgroup namespace is rooted above it") {
             #expect(probe.pass, "\(probe.result)")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import StockadeSeccomp
+import StockadeSystem
 @testable import StockadeJail
 
 /// The C helpers in Helpers/, built static once per test run into

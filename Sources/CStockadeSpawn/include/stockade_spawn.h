@@ -86,9 +86,7 @@ struct stk_plan {
     int32_t status_fd;         /* reaper writes the worker's raw wait status (4 bytes) */
     int32_t parent_fds[4];     /* the parent's ends, closed first thing in the child; -1 unused */
 
-    /* filesystem */
-    int32_t pivot;             /* build a new root and pivot into it */
-    int32_t _pad0;
+    /* filesystem: every jail gets a new root and pivots into it */
     const char *staging;       /* host dir to mount the staging tmpfs on, e.g. "/tmp" */
     const char *root_options;  /* tmpfs options for the new root, e.g. "size=16m,mode=0755" */
     const struct stk_mount *mounts;
@@ -109,7 +107,6 @@ struct stk_plan {
     int32_t new_session;       /* setsid(): no TIOCSTI through the caller's terminal */
     const struct stk_fd_map *fds;
     uint32_t n_fds;
-    int32_t no_new_privs;
     const char *cwd;           /* inside the new root */
 
     /* Landlock (abi == 0: not applied) */
@@ -135,6 +132,11 @@ struct stk_plan {
     char *const *argv;
     char *const *envp;
 };
+
+/* The i-th host device node every jail's /dev binds ("null", ...), NULL past
+ * the last; beside them /dev has a private devpts instance and /dev/shm.
+ * `stockade explain` and the device allowlist read this list; there is no other. */
+const char *stk_dev_node(int i);
 
 /* The steps, in the order the child runs them; the parent prints their names. */
 enum stk_step {
@@ -192,18 +194,26 @@ const char *stk_step_name(int step);
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup);
 
 /* ---- Small raw-syscall shims for Swift (it cannot call variadic syscall()). ---- */
-int stk_pidfd_open(pid_t pid);
+/* Each returns -1 with errno set on failure unless its comment says -errno;
+ * the Swift side calls them through retryingSyscall (EINTR, Errno). The
+ * system call numbers come from <sys/syscall.h> for the architecture built. */
 int stk_pidfd_send_signal(int pidfd, int sig);
 int stk_memfd_create(const char *name, unsigned int flags);
-int stk_close_range(unsigned int first, unsigned int last, unsigned int flags);
-int stk_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
 int stk_fcntl_int(int fd, int cmd, int arg);
-int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
-long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+/* bpf(cmd, attr, size): glibc has no wrapper. */
+long stk_bpf(int cmd, void *attr, unsigned int size);
+/* statfs(path): stores the filesystem's f_type (its magic) in *type; 0. */
+int stk_statfs_type(const char *path, long *type);
+/* getxattr(path, name, NULL, 0): the value's size, following symlinks. */
+long stk_getxattr_size(const char *path, const char *name);
 /* waitid(P_PIDFD): fills *status like waitpid's status word; returns 0 or -errno. */
 int stk_wait_pidfd(int pidfd, int *status, int options);
 /* Landlock ABI of the running kernel: >0 version, -errno when unavailable. */
 int stk_landlock_abi(void);
+/* The caller's session keyring serial (keyctl), or -1 with errno. */
+long stk_session_keyring(void);
+/* Unlocks and opens the follower of a pty leader, or -1 with errno. */
+int stk_pty_follower(int leader, int flags);
 /* pipe2(O_CLOEXEC). */
 int stk_pipe2_cloexec(int fds[2]);
 /* Forwards `signals` to the process behind `pidfd` from a signal handler

@@ -41,7 +41,7 @@ extension DevicePlan {
             // one (no limits) to hold the program.
             let group: JailGroup
             do {
-                group = try CgroupManager(configuration: .init(backend: .v2)).jail(limits: LimitsSection())
+                group = try CgroupManager.standaloneJail(configuration: .init(backend: .v2), limits: LimitsSection())
             } catch {
                 throw DeviceError("the device allowlist is enforced through the jail's cgroup, and none could be made for it: \(error.description)")
             }

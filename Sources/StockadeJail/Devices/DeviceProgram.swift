@@ -253,22 +253,14 @@ public struct DeviceProgram: Sendable, Equatable {
     // accepts a shorter one (the rest reads as zero).
     static let attrSize = 120
 
-    #if arch(x86_64)
-    static let sysBPF = 321
-    #elseif arch(arm64)
-    static let sysBPF = 280
-    #else
-    #error("bpf syscall number for this architecture")
-    #endif
 
     /// `bpf(cmd, attr, size)`; returns the result or -errno.
     static func bpf(_ cmd: Int, _ attr: inout [UInt8]) -> Int {
         attr.withUnsafeMutableBytes { raw in
-            while true {
-                let r = stk_syscall6(sysBPF, cmd, Int(bitPattern: raw.baseAddress), raw.count, 0, 0, 0)
-                if r >= 0 { return r }
-                if errno == EINTR { continue }
-                return -Int(errno)
+            do throws(Errno) {
+                return try retryingSyscall { stk_bpf(Int32(cmd), raw.baseAddress, UInt32(raw.count)) }
+            } catch {
+                return -Int(error.rawValue)
             }
         }
     }

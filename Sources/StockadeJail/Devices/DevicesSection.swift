@@ -1,3 +1,4 @@
+import CStockadeSpawn
 package import StockadeConfig
 /// The profile's `[devices]`: which device nodes a jail sees and may open.
 ///
@@ -37,7 +38,16 @@ public struct DevicesSection: Sendable, Equatable {
     /// True when the profile has a `[devices]` section at all.
     public var declared = false
 
-    /// The nodes every jail's /dev has (the C trampoline builds them).
+    /// The host nodes the trampoline binds into every jail's /dev, as it
+    /// lists them (`stk_dev_node`).
+    public static let jailDevNodes: [String] = {
+        var nodes: [String] = []
+        while let name = stk_dev_node(Int32(nodes.count)) { nodes.append(String(cString: name)) }
+        return nodes
+    }()
+
+    /// The nodes every jail's /dev has (the C trampoline builds them; a test
+    /// holds this list to ``jailDevNodes``), with their device numbers.
     public enum StandardNode: String, Sendable, CaseIterable, Equatable {
         case null, zero, full, random, urandom, tty
         /// `/dev/ptmx` and the jail's own `/dev/pts/*`.
