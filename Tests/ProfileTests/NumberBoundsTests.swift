@@ -75,7 +75,7 @@ struct NumberBoundsTests {
         expectError("[fds]\npass = [3, 9223372036854775807]\n", line: 2, key: "fds.pass", contains: "cannot be passed")
         expectError("[landlock]\ntcp_bind = [65536]\n", line: 2, key: "landlock.tcp_bind", contains: "not a TCP port")
         expectError("[[mount]]\ntype = \"dir\"\ntarget = \"/d\"\nmode = \"77777777777\"\n", line: 4, key: "mount[0].mode",
-                      contains: "octal")
+                    contains: "octal")
         expectError("[limits]\npids_max = 9223372036854775807\n", line: 2, key: "limits.pids_max", contains: "out of range")
         expectError("[limits]\ncpu = 1e300\n", line: 2, key: "limits.cpu", contains: "cannot be enforced")
         expectError("[limits]\ncpu = \"nan\"\n", line: 2, key: "limits.cpu", contains: "cannot be enforced")
