@@ -35,6 +35,7 @@
 #include <sched.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
@@ -47,6 +48,13 @@
 #endif
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
 #endif
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
@@ -154,56 +162,114 @@ __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, i
 
 #define CHECK(cond, step, detail) do { if (!(cond)) fail(p, (step), errno, (detail)); } while (0)
 
-/* mkdir -p: creates every missing directory of `path` (mode for the last). */
-static int mkdir_p(const char *path, mode_t mode) {
-    char buf[4096];
-    size_t n = s_len(path);
-    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (buf[i] != '/' && buf[i] != 0) continue;
-        char saved = buf[i];
-        buf[i] = 0;
-        if (mkdir(buf, saved == 0 ? mode : 0755) < 0 && errno != EEXIST) return -1;
-        buf[i] = saved;
-    }
-    return 0;
+/* ------------------------------------------------------------------ */
+/* Paths by fd. A jail may have written anything below a writable bind:  */
+/* a symlink where a directory was, swapped in and out while we work.    */
+/* So no path is handed to the kernel whole: targets are walked beneath  */
+/* the new root one component at a time with symlinks refused, sources   */
+/* are opened without following any symlink and checked against what the */
+/* launcher saw, and the mounts are made on and from those fds.          */
+/* ------------------------------------------------------------------ */
+
+/* openat2(2): `resolve` restricts the whole lookup (RESOLVE_* bits). */
+static int open2(int dirfd, const char *path, int flags, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 }
 
-/* Creates the parent directories of `path` and an empty file at it (a mount point for a file bind). */
-static int touch_p(const char *path) {
-    /* An existing node is already a mount point, and may sit in a read-only
-     * bind where even opening it for writing fails (EROFS, EACCES). */
-    struct stat st;
-    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) return 0;
+/* No symlink (magic or not) anywhere on the way, and never above `dirfd`. */
+#define STK_RESOLVE_BENEATH (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+
+enum { STK_OPEN_ONLY = 0, STK_MAKE_DIR = 1, STK_MAKE_FILE = 2 };
+
+/*
+ * Opens `path` (absolute or relative, inside the jail) beneath the directory
+ * `root` and returns an O_PATH fd, or -1 with errno (ELOOP: a symlink on the
+ * way). One component per openat2 call, so each step is a single name in a
+ * directory already checked; missing components are created when `make`
+ * says so (directories 0755, the last one `mode`, or an empty file).
+ */
+static int open_beneath(int root, const char *path, int make, mode_t mode) {
     char buf[4096];
     size_t n = s_len(path);
-    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    if (n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
     memcpy(buf, path, n + 1);
-    for (size_t i = n; i > 0; i--) {
-        if (buf[i] == '/') { buf[i] = 0; break; }
+    int cur = root;
+    size_t i = 0;
+    for (;;) {
+        while (buf[i] == '/') i++;
+        if (buf[i] == 0) break;
+        char *name = &buf[i];
+        while (buf[i] && buf[i] != '/') i++;
+        int last = 1;
+        if (buf[i] == '/') {
+            buf[i++] = 0;
+            size_t j = i;
+            while (buf[j] == '/') j++;
+            last = buf[j] == 0;
+        }
+        /* ".." never reaches here (the launcher refuses it); refuse it again. */
+        if (name[0] == '.' && name[1] == '.' && name[2] == 0) { errno = EINVAL; goto fail; }
+        int next = open2(cur, name, O_PATH, STK_RESOLVE_BENEATH);
+        if (next < 0 && errno == ENOENT && make != STK_OPEN_ONLY) {
+            if (last && make == STK_MAKE_FILE) {
+                /* O_EXCL: an existing name (a planted symlink too) is never opened here. */
+                int fd = openat(cur, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                if (fd >= 0) close(fd);
+                else if (errno != EEXIST) goto fail;
+            } else if (mkdirat(cur, name, last ? mode : 0755) < 0 && errno != EEXIST) {
+                goto fail;
+            }
+            next = open2(cur, name, O_PATH, STK_RESOLVE_BENEATH);
+        }
+        if (next < 0) goto fail;
+        if (cur != root) close(cur);
+        cur = next;
+        if (!last) {
+            struct stat st;
+            if (fstat(cur, &st) < 0) goto fail;
+            if (!S_ISDIR(st.st_mode)) { errno = ENOTDIR; goto fail; }
+        }
     }
-    if (buf[0] && mkdir_p(buf, 0755) < 0) return -1;
-    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0) return errno == EEXIST ? 0 : -1;
-    close(fd);
-    return 0;
+    /* An empty path means `root` itself. */
+    return cur == root ? fcntl(root, F_DUPFD_CLOEXEC, 0) : cur;
+fail:
+    if (cur != root) {
+        int saved = errno;
+        close(cur);
+        errno = saved;
+    }
+    return -1;
 }
 
 /*
- * Adds mount flags to the bind at `target`, recursively when the kernel has
- * mount_setattr (5.12+). Flags can only be added: a flag locked by the host
- * mount (e.g. nosuid on the source) stays, which is what we want.
+ * Opens a host source ("/oldroot/...", a path the launcher canonicalised)
+ * without following any symlink, and checks that it is still the file the
+ * launcher checked (device, inode, type): a swap after the check fails with
+ * ELOOP (a symlink now) or ESTALE (another file now).
  */
-static int restrict_mount(const char *target, int readonly, int nodev, int noexec) {
-    struct mount_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.attr_set = MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0) |
-                    (nodev ? MOUNT_ATTR_NODEV : 0) | (noexec ? MOUNT_ATTR_NOEXEC : 0);
-    if (syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &attr, sizeof attr) == 0) return 0;
-    if (errno != ENOSYS) return -1;
-    /* Older kernels: remount the top of the bind, keeping the flags the
-     * source mount already has (a user namespace may not clear them). */
+static int open_source(const struct stk_mount *m) {
+    int fd = open2(AT_FDCWD, m->source, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    if (fd < 0 || m->src_type == 0) return fd;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (uint32_t)(st.st_mode & S_IFMT) != m->src_type || (uint64_t)st.st_dev != m->src_dev ||
+        (uint64_t)st.st_ino != m->src_ino) {
+        close(fd);
+        errno = ESTALE;
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * Old kernels (before 5.12, no mount_setattr): adds flags to the mount at
+ * `target` by remounting it, keeping the flags the source mount already has
+ * (a user namespace may not clear them).
+ */
+static int restrict_mount_path(const char *target, int readonly, int nodev, int noexec) {
     struct statfs st;
     if (statfs(target, &st) < 0) return -1;
     unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID;
@@ -219,13 +285,69 @@ static int restrict_mount(const char *target, int readonly, int nodev, int noexe
     return mount(NULL, target, NULL, flags, NULL);
 }
 
-/* Binds host `source` at `target`, creating a dir or file mount point to match. */
-static int bind_path(const char *source, const char *target, int readonly, int nodev, int noexec) {
+/* "/oldroot/proc/self/fd/<fd>" into buf (the old-kernel fallback only). */
+static const char *fd_path(char *buf, size_t cap, int fd) {
+    char digits[16];
+    int n = 0;
+    do digits[n++] = (char)('0' + fd % 10); while ((fd /= 10) > 0 && n < 15);
+    char num[16];
+    for (int i = 0; i < n; i++) num[i] = digits[n - 1 - i];
+    num[n] = 0;
+    return s_join(buf, cap, "/oldroot/proc/self/fd/", num);
+}
+
+/*
+ * Binds the tree at fd `src` onto fd `dst`: a detached copy of the source
+ * mount (with its submounts), flags added while it is detached (nosuid
+ * always; read-only, nodev, noexec as asked; recursively), then moved onto
+ * the target. Flags can only be added: a flag locked by the host mount stays.
+ */
+static int bind_fd(int src, int dst, int readonly, int nodev, int noexec) {
+    int tree = (int)syscall(SYS_open_tree, src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+    if (tree < 0) return -1;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0) | (nodev ? MOUNT_ATTR_NODEV : 0) |
+                    (noexec ? MOUNT_ATTR_NOEXEC : 0);
+    int set = (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+    int rc = -1;
+    if (set < 0 && errno != ENOSYS) goto out;
+    if (syscall(SYS_move_mount, tree, "", dst, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) goto out;
+    if (set < 0) {
+        /* No mount_setattr: remount the now attached tree through its fd. */
+        char buf[64];
+        if (!fd_path(buf, sizeof buf, tree) || restrict_mount_path(buf, readonly, nodev, noexec) < 0) goto out;
+    }
+    rc = 0;
+out:
+    if (rc < 0) {
+        int saved = errno;
+        close(tree);
+        errno = saved;
+    } else {
+        close(tree);
+    }
+    return rc;
+}
+
+/* Mounts a fresh filesystem on the directory fd `dst` (through the working
+ * directory: "." names exactly that directory, no lookup). */
+static int mount_on(int dst, const char *fstype, unsigned long flags, const char *data) {
+    if (fchdir(dst) < 0) return -1;
+    return mount(fstype, ".", fstype, flags, data);
+}
+
+/* Opens `target` beneath root, making it (a directory, or a file when the
+ * source is not a directory) to match `src`; returns the fd or fails. */
+static int open_target_for(const struct stk_plan *p, int root, int src, const char *target) {
     struct stat st;
-    if (stat(source, &st) < 0) return -1;
-    if (S_ISDIR(st.st_mode) ? mkdir_p(target, 0755) : touch_p(target)) return -1;
-    if (mount(source, target, NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
-    return restrict_mount(target, readonly, nodev, noexec);
+    CHECK(fstat(src, &st) == 0, STK_STEP_MOUNT, target);
+    int dst = open_beneath(root, target, S_ISDIR(st.st_mode) ? STK_MAKE_DIR : STK_MAKE_FILE, 0755);
+    CHECK(dst >= 0, STK_STEP_MOUNT, target);
+    struct stat dt;
+    CHECK(fstat(dst, &dt) == 0, STK_STEP_MOUNT, target);
+    if (S_ISDIR(st.st_mode) != S_ISDIR(dt.st_mode)) fail(p, STK_STEP_MOUNT, S_ISDIR(st.st_mode) ? ENOTDIR : EISDIR, target);
+    return dst;
 }
 
 /*
@@ -239,99 +361,142 @@ const char *stk_dev_node(int i) {
     return i >= 0 && (size_t)i < sizeof stk_dev_nodes / sizeof stk_dev_nodes[0] ? stk_dev_nodes[i] : NULL;
 }
 
-static void build_dev(const struct stk_plan *p, const char *dev) {
-    char src[512], dst[512], buf[512];
-    CHECK(mkdir_p(dev, 0755) == 0, STK_STEP_DEV, dev);
-    CHECK(mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") == 0, STK_STEP_DEV, dev);
+static void build_dev(const struct stk_plan *p, int root, const char *dev) {
+    char src[64];
+    int at = open_beneath(root, dev, STK_MAKE_DIR, 0755);
+    CHECK(at >= 0, STK_STEP_DEV, dev);
+    CHECK(mount_on(at, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") == 0, STK_STEP_DEV, dev);
+    close(at);
+    /* Reopen: the fd above names the directory under the new tmpfs. */
+    int d = open_beneath(root, dev, STK_OPEN_ONLY, 0);
+    CHECK(d >= 0, STK_STEP_DEV, dev);
     for (size_t i = 0; stk_dev_nodes[i] != NULL; i++) {
-        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i]) || !s_join(buf, sizeof buf, dev, "/") ||
-            !s_join(dst, sizeof dst, buf, stk_dev_nodes[i]))
-            fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
+        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i])) fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
+        struct stk_mount node = {.source = src};
+        int s = open_source(&node);
+        struct stat st;
+        CHECK(s >= 0 && fstat(s, &st) == 0, STK_STEP_DEV, src);
+        if (!S_ISCHR(st.st_mode)) fail(p, STK_STEP_DEV, ENODEV, src);
+        int t = open_beneath(d, stk_dev_nodes[i], STK_MAKE_FILE, 0);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
-        CHECK(bind_path(src, dst, 0, 0, 1) == 0, STK_STEP_DEV, dst);
+        CHECK(t >= 0 && bind_fd(s, t, 0, 0, 1) == 0, STK_STEP_DEV, src);
+        close(s);
+        close(t);
     }
-    CHECK(s_join(dst, sizeof dst, dev, "/pts") && mkdir_p(dst, 0755) == 0, STK_STEP_DEV, "/dev/pts");
-    CHECK(mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
+    int pts = open_beneath(d, "pts", STK_MAKE_DIR, 0755);
+    CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
           STK_STEP_DEV, "/dev/pts");
-    CHECK(s_join(dst, sizeof dst, dev, "/shm") && mkdir_p(dst, 01777) == 0, STK_STEP_DEV, "/dev/shm");
-    CHECK(mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
+    close(pts);
+    int shm = open_beneath(d, "shm", STK_MAKE_DIR, 01777);
+    CHECK(shm >= 0 && mount_on(shm, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
+    close(shm);
     static const char *const links[][2] = {
-        {"/ptmx", "pts/ptmx"}, {"/fd", "/proc/self/fd"}, {"/stdin", "/proc/self/fd/0"},
-        {"/stdout", "/proc/self/fd/1"}, {"/stderr", "/proc/self/fd/2"},
+        {"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+        {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
     };
-    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
-        CHECK(s_join(dst, sizeof dst, dev, links[i][0]) && symlink(links[i][1], dst) == 0, STK_STEP_DEV, links[i][0]);
-    }
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        CHECK(symlinkat(links[i][1], d, links[i][0]) == 0, STK_STEP_DEV, links[i][0]);
+    close(d);
 }
 
 /* Hides `target`: /dev/null over a file, an empty read-only tmpfs over a directory. */
-static void mask_path(const struct stk_plan *p, const struct stk_mount *m) {
-    struct stat st;
-    if (lstat(m->target, &st) < 0) {
+static void mask_path(const struct stk_plan *p, int root, const struct stk_mount *m) {
+    int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+    if (t < 0) {
         if (errno == ENOENT) return; /* nothing to hide */
         fail(p, STK_STEP_MASK, errno, m->target);
     }
+    struct stat st;
+    CHECK(fstat(t, &st) == 0, STK_STEP_MASK, m->target);
     if (S_ISDIR(st.st_mode)) {
-        CHECK(mount("tmpfs", m->target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0000") == 0,
+        CHECK(mount_on(t, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0000") == 0,
               STK_STEP_MASK, m->target);
     } else {
-        CHECK(mount(m->source, m->target, NULL, MS_BIND, NULL) == 0, STK_STEP_MASK, m->target);
-        CHECK(restrict_mount(m->target, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        int s = open_source(m);
+        CHECK(s >= 0 && bind_fd(s, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        close(s);
     }
+    close(t);
 }
 
-/* One entry of the plan's mount list. */
-static void apply_mount(const struct stk_plan *p, const struct stk_mount *m) {
+/* Reports a failed bind with the target, and says so when the source was swapped. */
+__attribute__((noreturn)) static void fail_source(const struct stk_plan *p, const struct stk_mount *m) {
+    int err = errno;
+    char detail[sizeof ((struct stk_error *)0)->detail];
+    const char *why = err == ESTALE ? ": the source is no longer the file the launcher checked"
+                      : err == ELOOP ? ": the source path now holds a symlink" : "";
+    if (!s_join(detail, sizeof detail, m->target, why)) fail(p, STK_STEP_MOUNT, err, m->target);
+    fail(p, STK_STEP_MOUNT, err, detail);
+}
+
+/* One entry of the plan's mount list; `root` is the new root's directory fd. */
+static void apply_mount(const struct stk_plan *p, int root, const struct stk_mount *m) {
     int optional = (m->flags & STK_MF_OPTIONAL) != 0;
     switch (m->kind) {
     case STK_MOUNT_BIND:
     case STK_MOUNT_DEVNODE: {
-        struct stat st;
-        if (stat(m->source, &st) < 0 && errno == ENOENT && optional) return;
+        int src = open_source(m);
+        if (src < 0) {
+            if (errno == ENOENT && optional) return;
+            fail_source(p, m);
+        }
+        int dst = open_target_for(p, root, src, m->target);
         int nodev = m->kind == STK_MOUNT_DEVNODE ? 0 : !(m->flags & STK_MF_DEV);
         int ro = !(m->flags & STK_MF_WRITABLE);
-        CHECK(bind_path(m->source, m->target, ro, nodev, (m->flags & STK_MF_NOEXEC) != 0) == 0, STK_STEP_MOUNT, m->target);
+        CHECK(bind_fd(src, dst, ro, nodev, (m->flags & STK_MF_NOEXEC) != 0) == 0, STK_STEP_MOUNT, m->target);
+        close(src);
+        close(dst);
         return;
     }
     case STK_MOUNT_TMPFS: {
-        unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & STK_MF_NOEXEC) ? MS_NOEXEC : 0);
-        CHECK(mkdir_p(m->target, 0755) == 0, STK_STEP_MOUNT, m->target);
-        CHECK(mount("tmpfs", m->target, "tmpfs", flags, m->data) == 0, STK_STEP_MOUNT, m->target);
-        if (!(m->flags & STK_MF_WRITABLE))
-            CHECK(mount(NULL, m->target, NULL, MS_REMOUNT | MS_RDONLY | flags, m->data) == 0, STK_STEP_MOUNT, m->target);
+        unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & STK_MF_NOEXEC) ? MS_NOEXEC : 0) |
+                              ((m->flags & STK_MF_WRITABLE) ? 0 : MS_RDONLY);
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, 0755);
+        CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
+        CHECK(mount_on(dst, "tmpfs", flags, m->data) == 0, STK_STEP_MOUNT, m->target);
+        close(dst);
         return;
     }
-    case STK_MOUNT_PROC:
+    case STK_MOUNT_PROC: {
         /* A fresh procfs shows only the jail's pid namespace. */
-        CHECK(mkdir_p(m->target, 0555) == 0, STK_STEP_PROC, m->target);
-        CHECK(mount("proc", m->target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0, STK_STEP_PROC, m->target);
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, 0555);
+        CHECK(dst >= 0, STK_STEP_PROC, m->target);
+        CHECK(mount_on(dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0, STK_STEP_PROC, m->target);
+        close(dst);
         return;
+    }
     case STK_MOUNT_DEV:
-        build_dev(p, m->target);
+        build_dev(p, root, m->target);
         return;
-    case STK_MOUNT_DIR:
-        CHECK(mkdir_p(m->target, m->mode ? m->mode : 0755) == 0, STK_STEP_MOUNT, m->target);
+    case STK_MOUNT_DIR: {
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, m->mode ? m->mode : 0755);
+        CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
+        close(dst);
         return;
+    }
     case STK_MOUNT_SYMLINK: {
+        /* The parent directory by fd, then the link by name in it. */
         char parent[4096];
         size_t n = s_len(m->target);
         if (n >= sizeof parent) fail(p, STK_STEP_MOUNT, ENAMETOOLONG, m->target);
         memcpy(parent, m->target, n + 1);
         while (n > 0 && parent[n] != '/') n--;
         parent[n] = 0;
-        CHECK(parent[0] == 0 || mkdir_p(parent, 0755) == 0, STK_STEP_MOUNT, m->target);
-        CHECK(symlink(m->source, m->target) == 0 || errno == EEXIST, STK_STEP_MOUNT, m->target);
+        int dir = open_beneath(root, parent, STK_MAKE_DIR, 0755);
+        CHECK(dir >= 0, STK_STEP_MOUNT, m->target);
+        CHECK(symlinkat(m->source, dir, &m->target[n + 1]) == 0 || errno == EEXIST, STK_STEP_MOUNT, m->target);
+        close(dir);
         return;
     }
     case STK_MOUNT_MASK:
-        mask_path(p, m);
+        mask_path(p, root, m);
         return;
     case STK_MOUNT_RO: {
-        struct stat st;
-        if (stat(m->target, &st) < 0 && errno == ENOENT) return;
-        /* /proc/sys and friends: bind onto themselves, then read-only. */
-        CHECK(mount(m->target, m->target, NULL, MS_BIND | MS_REC, NULL) == 0, STK_STEP_MASK, m->target);
-        CHECK(restrict_mount(m->target, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        /* /proc/sys and friends: a read-only copy of the mount onto itself. */
+        int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+        if (t < 0 && errno == ENOENT) return;
+        CHECK(t >= 0 && bind_fd(t, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        close(t);
         return;
     }
     default:
@@ -356,10 +521,17 @@ static void build_root(const struct stk_plan *p) {
     CHECK(syscall(SYS_pivot_root, ".", "oldroot") == 0, STK_STEP_STAGING, "pivot_root");
     CHECK(chdir("/") == 0, STK_STEP_STAGING, "/");
 
-    /* The jail's root: its own small tmpfs, nosuid and nodev. */
+    /* The jail's root: its own small tmpfs, nosuid and nodev. Every mount
+     * below is resolved beneath this fd. */
     CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
+    int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
-    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, &p->mounts[i]);
+    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, root, &p->mounts[i]);
+    /* No fd and no working directory inside the host's tree survive the
+     * set-up (each mount closed its own; mount_on left us in a target). */
+    close(root);
+    CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
 
     /* Nothing in the jail may create files in its root. */
     if (p->root_readonly)
