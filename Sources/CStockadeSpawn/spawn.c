@@ -67,6 +67,12 @@
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
+#ifndef SYS_execveat
+#define SYS_execveat 322
+#endif
+#ifndef KEYCTL_JOIN_SESSION_KEYRING
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+#endif
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
@@ -79,6 +85,7 @@
 static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_NONE] = "unknown step",
     [STK_STEP_SYNC] = "wait for the launcher",
+    [STK_STEP_CGROUPNS] = "enter a cgroup namespace rooted at the jail's cgroup",
     [STK_STEP_PDEATHSIG] = "set parent-death signal",
     [STK_STEP_SIGNALS] = "reset signals",
     [STK_STEP_BECOME_ROOT] = "become root in the user namespace",
@@ -103,8 +110,10 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_GROUPS] = "drop supplementary groups",
     [STK_STEP_SETGID] = "setgid",
     [STK_STEP_SETUID] = "setuid",
+    [STK_STEP_KEYRING] = "join a fresh session keyring",
     [STK_STEP_CAPS] = "clear capabilities",
     [STK_STEP_NO_NEW_PRIVS] = "set no_new_privs",
+    [STK_STEP_INIT] = "exec the jail's init",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
     [STK_STEP_EXEC] = "execve",
@@ -619,6 +628,11 @@ static void drop_privileges(const struct stk_plan *p) {
     if (p->drop_groups) CHECK(syscall(SYS_setgroups, 0, NULL) == 0, STK_STEP_GROUPS, "setgroups");
     CHECK(syscall(SYS_setresgid, p->gid, p->gid, p->gid) == 0, STK_STEP_SETGID, "setresgid");
     CHECK(syscall(SYS_setresuid, p->uid, p->uid, p->uid) == 0, STK_STEP_SETUID, "setresuid");
+    /* The launcher's session keyring came with clone: replace it with a new
+     * anonymous one owned by the jail's uid, so no key of the launcher is
+     * in reach even where the profile lets keyctl through seccomp. */
+    CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL, 0, 0, 0) >= 0, STK_STEP_KEYRING,
+          "keyctl(KEYCTL_JOIN_SESSION_KEYRING)");
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
@@ -676,43 +690,41 @@ static void apply_landlock(const struct stk_plan *p) {
     close(rs);
 }
 
+/* Writes `v` in decimal into buf (at least 12 bytes). */
+static void u32_to_dec(char *buf, uint32_t v) {
+    char tmp[12];
+    int n = 0;
+    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    for (int i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
+    buf[n] = 0;
+}
+
 /*
- * PID 1 of the jail: forwards the launcher's signals to the worker, reaps
- * orphans (a pid namespace's init inherits them), and exits with the
- * worker's status once the worker is gone. Its own exit tears down the
- * namespace: the kernel kills everything left in it.
+ * PID 1 becomes stockade-init, exec'd from the fd the launcher opened
+ * before the root was switched: nothing of the launcher (its memory, its
+ * argv, its environment) stays in the jail. The init gets exactly:
+ *   argv = {"stockade-init", "<worker pid>"}, an empty environment,
+ *   fd 3 = the status pipe (it writes the worker's raw wait status),
+ *   fd 4 = the go pipe (it writes one byte once it is non-dumpable; the
+ *          worker waits for that byte before it runs anything of its own).
+ * Every other fd is closed or close-on-exec, stdio included.
  */
-__attribute__((noreturn)) static void run_reaper(const struct stk_plan *p, pid_t worker) {
-    /* Not dumpable: the worker (same uid) cannot ptrace it or write its memory. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    /* Keep only the status pipe and the launcher-liveness pipe; the
-     * worker's fds (channel, stdio) must close when the worker exits. */
-    unsigned int lo = (unsigned int)p->status_fd, hi = (unsigned int)p->sync_fd;
-    if (lo > hi) { unsigned int t = lo; lo = hi; hi = t; }
-    if (lo > 0) syscall(SYS_close_range, 0, lo - 1, 0);
-    if (hi > lo + 1) syscall(SYS_close_range, lo + 1, hi - 1, 0);
-    syscall(SYS_close_range, hi + 1, ~0U, 0);
-    uint64_t all = ~0ULL;
-    for (;;) {
-        siginfo_t info;
-        int sig = (int)syscall(SYS_rt_sigtimedwait, &all, &info, NULL, 8);
-        if (sig < 0) continue;
-        if (sig != SIGCHLD) {
-            /* Forward what a supervisor sends: terminate, interrupt, hang up, ... */
-            kill(worker, sig);
-            continue;
-        }
-        for (;;) {
-            int status = 0;
-            pid_t r = (pid_t)syscall(SYS_wait4, -1, &status, WNOHANG, NULL);
-            if (r <= 0) break;
-            if (r != worker) continue; /* an orphan: reaped, nothing more */
-            int32_t raw = status;
-            write_all(p->status_fd, &raw, sizeof raw);
-            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-            _exit(128 + WTERMSIG(status));
-        }
-    }
+__attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t worker, int go_write) {
+    /* Above 4 first, so that the dups below cannot overwrite them. */
+    int status = fcntl(p->status_fd, F_DUPFD_CLOEXEC, 5);
+    int go = fcntl(go_write, F_DUPFD_CLOEXEC, 5);
+    CHECK(status >= 0 && go >= 0, STK_STEP_INIT, "move init fds");
+    CHECK(dup3(status, 3, 0) == 3 && dup3(go, 4, 0) == 4, STK_STEP_INIT, "place init fds");
+    /* The worker's fds (stdio, the channel) close when the worker exits. */
+    syscall(SYS_close_range, 0, 2, 0);
+    syscall(SYS_close_range, 5, ~0U, CLOSE_RANGE_CLOEXEC);
+    char pid_text[12];
+    u32_to_dec(pid_text, (uint32_t)worker);
+    char *const argv[] = {"stockade-init", pid_text, NULL};
+    char *const envp[] = {NULL};
+    /* init_fd is close-on-exec; that is fine for an ELF executable. */
+    syscall(SYS_execveat, p->init_fd, "", argv, envp, AT_EMPTY_PATH);
+    fail(p, STK_STEP_INIT, errno, "execveat(stockade-init)");
 }
 
 static void exec_worker(const struct stk_plan *p) {
@@ -730,9 +742,24 @@ static void exec_worker(const struct stk_plan *p) {
 /* The worker's own stack while it shares PID 1's memory (see child_main). */
 static char worker_stack[256 * 1024] __attribute__((aligned(16)));
 
-/* The worker's last steps: unblock signals, Landlock, seccomp, execve. */
+/* The go pipe between PID 1 and the worker (see child_main); -1: none. */
+static int go_pipe[2] = {-1, -1};
+
+/* The worker's last steps: wait for the init, unblock signals, Landlock, seccomp, execve. */
 static int worker_main(void *arg) {
     const struct stk_plan *p = arg;
+    if (go_pipe[0] >= 0) {
+        /* Run nothing of the jail's until PID 1 is stockade-init and
+         * non-dumpable: no window in which the worker could ptrace or read
+         * a PID 1 that still holds a copy of the launcher. EOF: PID 1 failed. */
+        close(go_pipe[1]);
+        char go = 0;
+        ssize_t n;
+        do n = read(go_pipe[0], &go, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1) _exit(1);
+        close(go_pipe[0]);
+    }
     uint64_t none = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
     apply_landlock(p);
@@ -753,10 +780,18 @@ static void move_high(const struct stk_plan *p, int32_t *fd) {
     *fd = moved;
 }
 
-__attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
+__attribute__((noreturn)) static void child_main(const struct stk_plan *plan, int late_cgroupns) {
     /* A private copy: the pipe fd numbers below change. */
     struct stk_plan local = *plan;
     const struct stk_plan *p = &local;
+
+    /* This process is a copy of the launcher's memory until it execs:
+     * nothing in the jail may ptrace it or read it through /proc. A root
+     * launcher makes it non-dumpable at once; a rootless one must first
+     * open our /proc files as their owner to write the id maps (a
+     * non-dumpable process's files belong to root), so we wait for that
+     * (no process of the jail exists before it). */
+    if (p->become_root) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     /* The launcher's ends of our pipes are not ours to hold. */
     for (int i = 0; i < 4; i++)
@@ -767,6 +802,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
     move_high(p, &local.error_fd);
     move_high(p, &local.sync_fd);
     move_high(p, &local.status_fd);
+    if (p->use_reaper) move_high(p, &local.init_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this. */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
@@ -782,6 +818,13 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
         if (n == 0) _exit(1);
         fail(p, STK_STEP_SYNC, errno, "read");
     }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    /* The launcher placed us in the jail's cgroup only now (a v1 host, or
+     * no CLONE_INTO_CGROUP): a cgroup namespace made by clone3 would be
+     * rooted at the launcher's cgroup and show its host path. Make it here,
+     * rooted where we are now, as clone3 does on v2. */
+    if (late_cgroupns) CHECK(unshare(CLONE_NEWCGROUP) == 0, STK_STEP_CGROUPNS, "unshare(CLONE_NEWCGROUP)");
 
     /* A root launcher's uid is not mapped in the jail's user namespace;
      * files made with an unmapped id fail (EOVERFLOW). Take the mapped
@@ -808,23 +851,26 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
     if (!p->use_reaper) worker_main((void *)p);
 
     /* Block everything before the fork so that no signal is lost between
-     * fork and the reaper's wait loop; the worker unblocks. The worker is a
-     * CLONE_VM|CLONE_VFORK child on its own stack: no page tables to copy
-     * (PID 1 is a copy of the launcher), and PID 1 stays suspended until
-     * the worker has exec'd or failed, so they never run on shared memory
-     * at the same time. */
+     * fork and the init's wait loop; the worker unblocks. */
     uint64_t all = ~0ULL;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
-    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)p);
+    CHECK(pipe2(go_pipe, O_CLOEXEC) == 0, STK_STEP_REAPER, "pipe2");
+    /* The worker is a CLONE_VM child on its own stack: no page tables to
+     * copy (PID 1 is a copy of the launcher). PID 1 only execs the init
+     * after this, which gives PID 1 a new address space and leaves the old
+     * one to the worker alone; the worker reads nothing but the plan (in
+     * this frame, which PID 1 never leaves) until the init's go byte. */
+    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | SIGCHLD, (void *)p);
     if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
-    close(p->error_fd); /* EOF reaches the launcher once the worker has exec'd */
-    run_reaper(p, worker);
+    close(go_pipe[0]);
+    exec_init(p, worker, go_pipe[1]);
 }
 
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) {
     struct clone_args args;
     int child_pidfd = -1;
     memset(&args, 0, sizeof args);
+    if (plan->use_reaper && plan->init_fd < 0) return -EBADF;
     args.flags = plan->clone_flags | CLONE_PIDFD;
     args.pidfd = (uint64_t)(uintptr_t)&child_pidfd;
     args.exit_signal = SIGCHLD;
@@ -833,18 +879,64 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) 
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)plan->cgroup_fd;
     }
+    /* Root launchers: the user namespace is made with the jail's own host
+     * ids as euid/egid, so the namespace, and every per-user count charged
+     * to it (inotify, user namespaces, mqueue bytes, the rest of the
+     * ucounts), belongs to that unprivileged host uid, not to root. The raw
+     * syscalls change this thread's credentials only. SECBIT_NO_SETUID_FIXUP
+     * keeps the effective capabilities through the euid change:
+     * CLONE_INTO_CGROUP checks write access to the cgroup as this thread.
+     * Real and saved ids stay 0, so the thread can take euid 0 back. */
+    int charged = 0, old_bits = 0;
+    uid_t ruid, euid, suid;
+    gid_t rgid, egid, sgid;
+    if (plan->charge_ids) {
+        if (getresuid(&ruid, &euid, &suid) < 0 || getresgid(&rgid, &egid, &sgid) < 0) return -errno;
+        old_bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
+        if (old_bits < 0) return -errno;
+        if (prctl(PR_SET_SECUREBITS, old_bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0) return -errno;
+        if (syscall(SYS_setresgid, -1, plan->charge_gid, -1) < 0 || syscall(SYS_setresuid, -1, plan->charge_uid, -1) < 0) {
+            int e = errno;
+            syscall(SYS_setresgid, -1, egid, -1);
+            prctl(PR_SET_SECUREBITS, old_bits, 0, 0, 0);
+            return -e;
+        }
+        charged = 1;
+    }
+    /* A jail placed in its cgroup by the parent after clone (a v1 host, no
+     * CLONE_INTO_CGROUP) makes its cgroup namespace itself once it is
+     * there (see child_main): one made by clone3 would be rooted at the
+     * launcher's cgroup and show the jail its host path. */
+    int late_cgroupns = 0;
+    int wants_cgroupns = plan->has_cgroup && (plan->clone_flags & CLONE_NEWCGROUP);
+    if (wants_cgroupns && plan->cgroup_fd < 0) {
+        args.flags &= ~(uint64_t)CLONE_NEWCGROUP;
+        late_cgroupns = 1;
+    }
     long r = syscall(SYS_clone3, &args, sizeof args);
     if (r < 0 && plan->cgroup_fd >= 0 && (errno == EINVAL || errno == EBADF || errno == EOPNOTSUPP || errno == E2BIG)) {
         /* No CLONE_INTO_CGROUP here (kernel < 5.7, or a v1 cgroup fd): the
          * launcher places the child before it releases it. */
         args.flags &= ~(uint64_t)CLONE_INTO_CGROUP;
         args.cgroup = 0;
+        if (wants_cgroupns) {
+            args.flags &= ~(uint64_t)CLONE_NEWCGROUP;
+            late_cgroupns = 1;
+        }
         r = syscall(SYS_clone3, &args, sizeof args);
-    } else if (r >= 0 && plan->cgroup_fd >= 0) {
+    } else if (r > 0 && plan->cgroup_fd >= 0) {
         *used_into_cgroup = 1;
     }
-    if (r < 0) return -errno;
-    if (r == 0) child_main(plan);
+    int saved = errno;
+    if (r == 0) child_main(plan, late_cgroupns);
+    if (charged) {
+        /* Back to the launcher's own ids and securebits; the effective
+         * capabilities never left, so these cannot fail. */
+        syscall(SYS_setresuid, -1, euid, -1);
+        syscall(SYS_setresgid, -1, egid, -1);
+        prctl(PR_SET_SECUREBITS, old_bits, 0, 0, 0);
+    }
+    if (r < 0) return -saved;
     *pidfd = child_pidfd;
     return (pid_t)r;
 }

@@ -111,6 +111,9 @@ public struct LaunchRequest: Sendable {
     /// Device nodes, driver files and /proc entries from the profile's
     /// `[devices]` (filled by ``JailSecurity/prepare(_:)``).
     public var devices: DevicePlan?
+    /// Where a root launch takes the jail's host ids from when the profile
+    /// sets no `host_base`; nil: ``HostIDPool/configured()``.
+    public var idPool: HostIDPool?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -131,6 +134,13 @@ public enum Launcher {
         try checkKernel(profile)
         let rootless = getuid() != 0
         let spawnPlan = try SpawnPlan(request)
+        // PID 1 is stockade-init, opened here while the host's tree is ours.
+        let initFD = profile.namespaces.contains(.pid) ? try InitExecutable.open() : nil
+        defer { try? initFD?.close() }
+        // Root: the jail's own host ids, held until it has ended.
+        let lease = try rootless || !profile.namespaces.contains(.user) ? nil : leaseHostIDs(request)
+        var leaseHandedOver = false
+        defer { if !leaseHandedOver { lease?.release() } }
 
         let sync = try PipeEnds.make()
         let errors = try PipeEnds.make()
@@ -222,6 +232,15 @@ public enum Launcher {
         plan.n_exec_paths = UInt32(execPaths.count)
         plan.argv = arena.stringVector(request.command)
         plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
+        plan.init_fd = initFD?.rawValue ?? -1
+        plan.has_cgroup = request.cgroup == nil ? 0 : 1
+        if let lease {
+            // The user namespace and its per-user counts belong to the
+            // range's first id (the jail's inside root), not to root.
+            plan.charge_ids = 1
+            plan.charge_uid = lease.range.first
+            plan.charge_gid = lease.range.first
+        }
 
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.
@@ -253,7 +272,7 @@ public enum Launcher {
             if let cgroup = request.cgroup, intoCgroup == 0 {
                 try cgroup.attach(pid: pid)
             }
-            try writeIDMaps(pid: pid, user: profile.user, rootless: rootless)
+            try writeIDMaps(pid: pid, user: profile.user, hostIDs: lease?.range)
         } catch {
             throw abort(error)
         }
@@ -281,8 +300,9 @@ public enum Launcher {
                                         detail: detail.replacing("/newroot/", with: "/"))
         }
         keepParentEnds = true
+        leaseHandedOver = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
-                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started)
+                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease)
     }
 
     static func buildEnvironment(_ request: LaunchRequest) -> [(String, String)] {
@@ -339,18 +359,29 @@ public enum Launcher {
         }
     }
 
+    /// The host ids of a root launch: the profile's `host_base` when it sets
+    /// one (checked and held like a pool range), else a range of the pool.
+    static func leaseHostIDs(_ request: LaunchRequest) throws -> HostIDLease {
+        let pool = try request.idPool ?? HostIDPool.configured()
+        if let base = request.profile.user.hostBase {
+            let place = request.profile.user.hostBaseLine.map { "\(request.profile.file):\($0)" } ?? request.profile.file
+            return try HostIDAllocator.acquire(fixedBase: base, lockDirectory: pool.lockDirectory, place: place)
+        }
+        return try HostIDAllocator.acquire(from: pool)
+    }
+
     /// Rootless: the caller's one uid/gid maps to the profile's ids (setgroups
-    /// must be denied first). Root: inside ids 0-65535 map to `hostBase`
-    /// onwards, an unprivileged range no host account uses, so inside uid 0
+    /// must be denied first). Root: inside ids 0-65535 map to the jail's own
+    /// host range, unprivileged and used by nothing else, so inside uid 0
     /// (used only during set-up) is no host privilege either.
-    static func writeIDMaps(pid: Int32, user: Profile.UserSpec, rootless: Bool) throws {
-        if rootless {
+    static func writeIDMaps(pid: Int32, user: Profile.UserSpec, hostIDs: HostIDRange?) throws {
+        if let hostIDs {
+            try writeProcFile(pid: pid, "uid_map", "0 \(hostIDs.first) \(hostIDs.count)\n")
+            try writeProcFile(pid: pid, "gid_map", "0 \(hostIDs.first) \(hostIDs.count)\n")
+        } else {
             try writeProcFile(pid: pid, "setgroups", "deny")
             try writeProcFile(pid: pid, "uid_map", "\(user.uid) \(getuid()) 1\n")
             try writeProcFile(pid: pid, "gid_map", "\(user.gid) \(getgid()) 1\n")
-        } else {
-            try writeProcFile(pid: pid, "uid_map", "0 \(user.hostBase) 65536\n")
-            try writeProcFile(pid: pid, "gid_map", "0 \(user.hostBase) 65536\n")
         }
     }
 

@@ -161,7 +161,8 @@ struct SpawnPlan {
         for path in profile.filesystem.masked {
             mounts.append(Mount(kind: STK_MOUNT_MASK.rawValue, source: Self.devNull, target: path))
         }
-        var inputs = [profile.file, "/proc/self/exe"] + request.launcherFiles
+        // The launcher, the init it execs as PID 1, and every file it read for this jail.
+        var inputs = [profile.file, "/proc/self/exe"] + InitExecutable.candidates() + request.launcherFiles
         if case let .docker(path) = profile.seccomp.base { inputs.append(path) }
         try Self.checkLauncherInputs(planned, inputs: inputs)
     }

@@ -145,6 +145,14 @@ struct stk_plan {
     int32_t _pad1;
     char *const *argv;
     char *const *envp;
+
+    /* PID 1 and kernel accounting */
+    int32_t init_fd;           /* O_PATH fd of stockade-init, exec'd as PID 1 (with use_reaper); -1: none */
+    int32_t has_cgroup;        /* the jail gets a cgroup (placed by clone3 or, failing that, by the parent) */
+    int32_t charge_ids;        /* clone3 with euid/egid = charge_uid/gid on the spawner thread (root launchers) */
+    uint32_t charge_uid;       /* host uid the jail's user namespace (and its ucounts) is charged to */
+    uint32_t charge_gid;
+    int32_t _pad3;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -156,6 +164,7 @@ const char *stk_dev_node(int i);
 enum stk_step {
     STK_STEP_NONE = 0,
     STK_STEP_SYNC,          /* wait for the parent's go-ahead */
+    STK_STEP_CGROUPNS,      /* cgroup namespace rooted at the jail's cgroup (parent-placed jails) */
     STK_STEP_PDEATHSIG,     /* die with the launcher */
     STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
     STK_STEP_BECOME_ROOT,   /* take the mapped uid 0 for the set-up (root launchers) */
@@ -180,8 +189,10 @@ enum stk_step {
     STK_STEP_GROUPS,
     STK_STEP_SETGID,
     STK_STEP_SETUID,
+    STK_STEP_KEYRING,       /* a fresh anonymous session keyring */
     STK_STEP_CAPS,          /* clear effective/permitted/inheritable */
     STK_STEP_NO_NEW_PRIVS,
+    STK_STEP_INIT,          /* PID 1 execs stockade-init from init_fd */
     STK_STEP_LANDLOCK,
     STK_STEP_SECCOMP,
     STK_STEP_EXEC,

@@ -48,9 +48,14 @@ public struct Profile: Sendable {
     public struct UserSpec: Sendable, Equatable {
         public var uid: UInt32 = 1000
         public var gid: UInt32 = 1000
-        /// Root launchers map inside id N to host id `hostBase + N`, far from
-        /// any real account. Unprivileged launchers map the one id to themselves.
-        public var hostBase: UInt32 = 100_000
+        /// Root launchers map inside id N to host id `hostBase + N`. Unset
+        /// (the default), each jail gets a range of its own from the host id
+        /// pool; set, the range must be clear of every account and
+        /// subordinate-id range and of every live jail (checked at launch).
+        /// Unprivileged launchers map the one id to themselves.
+        public var hostBase: UInt32?
+        /// The line of `host_base`, for messages.
+        public var hostBaseLine: Int?
     }
 
     public struct FilesystemSpec: Sendable, Equatable {
@@ -185,7 +190,10 @@ extension Profile {
         if let user = try root.table("user") {
             profile.user.uid = UInt32(try user.int("uid", in: 0...65534) ?? 1000)
             profile.user.gid = UInt32(try user.int("gid", in: 0...65534) ?? 1000)
-            profile.user.hostBase = UInt32(try user.int("host_base", in: 1...(Int(UInt32.max) - 65536)) ?? 100_000)
+            if let base = try user.int("host_base", in: 1...(Int(UInt32.max) - 65536)) {
+                profile.user.hostBase = UInt32(base)
+                profile.user.hostBaseLine = user.error("host_base", "").line
+            }
             try user.finish()
         }
         if let fs = try root.table("filesystem") {
