@@ -1970,8 +1970,8 @@ static int w_python(void)
 /* 43: PID 1's argv. In a jail with a pid namespace PID 1 is the sandbox's
  * own init; /proc/1/cmdline is world-readable, so whatever argv that init
  * carries (a launcher's host paths, its --setenv values) is readable by the
- * worker. A secure jail shows a minimal argv of its own: at most one word,
- * without '/' or '=', at most 64 bytes (or the worker is PID 1 itself). */
+ * worker. A secure jail shows a minimal argv of its own: at most 64 bytes
+ * with no '/' or '=' (no host path, no variable), or the worker is PID 1. */
 static int p_pid1_cmdline(void)
 {
     if (g_pid == 1) {
@@ -2003,7 +2003,7 @@ static int p_pid1_cmdline(void)
     while (k > 0 && shown[k - 1] == ' ')
         k--;
     shown[k] = 0;
-    int ok = words <= 1 && !odd && n <= 64;
+    int ok = !odd && n <= 64;
     note("/proc/1/cmdline: %d word%s, %ld bytes: \"%s%s\"%s", words, words == 1 ? "" : "s", n, shown,
          (size_t)n >= sizeof shown ? "..." : "", ok ? "" : " (the launcher's argv!)");
     return ok;

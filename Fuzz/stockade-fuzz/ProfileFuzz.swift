@@ -30,7 +30,7 @@ func fuzzProfile(_ bytes: [UInt8]) {
         let timeout = Jail.pollTimeout(limit)
         precondition(timeout >= 1)
     }
-    precondition(UInt64(profile.user.hostBase) + 65536 <= UInt64(UInt32.max) + 1)
+    if let base = profile.user.hostBase { precondition(UInt64(base) + 65536 <= UInt64(UInt32.max) + 1) }
     precondition(profile.filesystem.rootSize <= SizeValue.largest)
     for m in profile.mounts { precondition((m.size ?? 0) <= SizeValue.largest) }
     for r in profile.rlimits {

@@ -7,9 +7,9 @@ import Testing
 /// inside (43-49): each is run where the weakness is, as an attacker would
 /// set it up (a terminal stdin, a profile lifting keyctl, a second live
 /// jail, a profile whose directory the jail can write, a caller holding
-/// inotify instances). Where Stockade does not hold yet, the expectation is
-/// a known issue with its reason, so that it fails once the fix lands and
-/// the marker is due to be removed.
+/// inotify instances). Where Stockade does not hold yet (the terminal), the
+/// expectation is a known issue with its reason, so that it fails once the
+/// fix lands and the marker is due to be removed.
 extension JailTests.ProbeBatteryTests {
     static func options(_ profile: Profile, only: [Int]) throws -> ProbeBattery.Options {
         var options = ProbeBattery.Options(profile: profile, binary: try probe.get())
@@ -51,13 +51,8 @@ extension JailTests.ProbeBatteryTests {
     func pid1Cmdline() throws {
         let report = try ProbeBattery.run(Self.options(try Self.profile("profiles/minimal.toml"), only: [43])).report
         let probe = try #require(report.probe(43))
-        withKnownIssue("PID 1 is a clone of the launcher and shows its argv until it is an init of its own") {
-            #expect(probe.pass, "\(probe.result)")
-        }
+        #expect(probe.pass, "\(probe.result)")
     }
-
-    static let hostCgroupV1: Bool = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8))
-        .map { !$0.split(separator: "\n").allSatisfy { $0.hasPrefix("0::") } } ?? false
 
     @Test("a jail in a cgroup of its own sees \"/\" in /proc/self/cgroup, not the host path (probe 44)",
           .enabled(if: cgroupAvailable, "no jail cgroup here (root and a cgroup hierarchy needed)"))
@@ -68,11 +63,7 @@ extension JailTests.ProbeBatteryTests {
         defer { #expect(throws: Never.self) { try manager.close() } }
         options.cgroup = try Self.jailCgroup(for: loaded, in: manager)
         let probe = try #require(try ProbeBattery.run(options).report.probe(44))
-        withKnownIssue("on cgroup v1 the jail joins its cgroup after clone, so its cgroup namespace is rooted above it") {
-            #expect(probe.pass, "\(probe.result)")
-        } when: {
-            Self.hostCgroupV1
-        }
+        #expect(probe.pass, "\(probe.result)")
     }
 
     @Test("with keyctl lifted, the jail's session keyring is a fresh one, not the caller's (probe 45)")
@@ -82,9 +73,7 @@ extension JailTests.ProbeBatteryTests {
         // The control: keyctl really is reachable in this jail.
         #expect(report.probe(18)?.result.contains("keyctl(GET_KEYRING_ID)=ok") == true, "\(report.probe(18)?.result ?? "")")
         let probe = try #require(report.probe(45))
-        withKnownIssue("the jail inherits the launcher's session keyring until each jail starts in a fresh one") {
-            #expect(probe.pass, "\(probe.result)")
-        }
+        #expect(probe.pass, "\(probe.result)")
     }
 
     @Test("a caller's terminal on stdin does not reach the jail (probe 46)")
@@ -118,9 +107,7 @@ extension JailTests.ProbeBatteryTests {
         options.reservedIDs = [start...(start + count - 1)]
         let probe = try #require(try ProbeBattery.run(options).report.probe(47))
         #expect(!probe.result.contains("host id 0"), "\(probe.result)")
-        withKnownIssue("every root-launched jail maps the same host ids until each gets a range of its own") {
-            #expect(probe.pass, "\(probe.result)")
-        }
+        #expect(probe.pass, "\(probe.result)")
     }
 
     @Test("a jail cannot write the profile it was built from (probe 48)")
@@ -157,8 +144,6 @@ extension JailTests.ProbeBatteryTests {
         let probe = try #require(try ProbeBattery.run(Self.options(try Self.profile("profiles/minimal.toml"), only: [49]))
             .report.probe(49))
         #expect(!probe.result.contains("initial user namespace"), "\(probe.result)")
-        withKnownIssue("the jail's user namespace belongs to the launcher's user, who is charged its per-user counts") {
-            #expect(probe.pass, "\(probe.result)")
-        }
+        #expect(probe.pass, "\(probe.result)")
     }
 }

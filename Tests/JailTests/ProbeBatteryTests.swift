@@ -181,9 +181,7 @@ extension JailTests {
         /// and why. Each expectation is a known issue: once a probe passes,
         /// the test fails until its entry is removed.
         static let knownFailures: [Int: String] = [
-            43: "PID 1 is a clone of the launcher and shows its argv until it is an init of its own",
             46: "a terminal stdin is passed in as it is until the launcher gives the jail a pty of its own",
-            49: "the jail's user namespace belongs to the launcher's user, who is charged its per-user counts",
         ]
 
         @Test("every probe passes on the profiles that need hardware",

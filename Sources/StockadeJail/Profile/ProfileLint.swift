@@ -48,8 +48,8 @@ public enum ProfileLint {
         if profile.user.uid == 0 {
             warn("user.uid", "the worker runs as uid 0 inside the jail (no capabilities, but files it creates are root's inside)")
         }
-        if index?.exactLine(of: "user.host_base") != nil || profile.user.hostBase != Profile.UserSpec().hostBase {
-            warn("user.host_base", "a fixed host id base (\(profile.user.hostBase)): every jail with this profile shares those host ids, and a wrong base lands on real accounts")
+        if let base = profile.user.hostBase {
+            warn("user.host_base", "a fixed host id base (\(base)) instead of a range from the pool: every jail with this profile shares those host ids")
         }
 
         // [filesystem] and [[mount]]
