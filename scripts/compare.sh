@@ -153,6 +153,11 @@ if wanted stockade; then
         done
         # The same launcher unprivileged (rootless: a user namespace of its own).
         cp "$STOCKADE" "$WORK/stockade"
+        # Every jail's PID 1 lives beside the launcher.
+        if [ -x "$(dirname "$STOCKADE")/stockade-init" ]; then
+            cp "$(dirname "$STOCKADE")/stockade-init" "$WORK/stockade-init"
+            chmod 755 "$WORK/stockade-init"
+        fi
         cp profiles/minimal.toml "$WORK/minimal.toml"
         chmod 755 "$WORK/stockade"
         chmod 644 "$WORK/minimal.toml"
