@@ -49,6 +49,10 @@ int stk_memfd_create(const char *name, unsigned int flags) {
 
 int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 
+/* ioctl with a pointer (or a small integer passed as one); the terminal
+ * requests of PseudoTerminal use it. */
+int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+
 long stk_bpf(int cmd, void *attr, unsigned int size) { return syscall(SYS_bpf, cmd, attr, size); }
 
 int stk_statfs_type(const char *path, long *type) {

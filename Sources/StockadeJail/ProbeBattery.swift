@@ -2,7 +2,11 @@ public import StockadeCgroups
 import SystemPackage
 import StockadeSystem
 import CStockadeSpawn
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -94,8 +94,10 @@ struct RunCommand: ParsableCommand {
                 throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 500ms, 2m)")
             }
         }
-        let cgroups = try JailBudget.make(profile: profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
+        let cgroups = try JailBudget.make(profile: &request.profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
         request.cgroup = cgroups?.jail
+
+        let terminal = try JailTerminal.prepare(&request)
 
         let jail: Jail
         do {
@@ -103,13 +105,17 @@ struct RunCommand: ParsableCommand {
             try JailSecurity.prepare(&request)
             jail = try Launcher.launch(request)
         } catch {
+            terminal?.close()
             try? request.cgroup?.remove()
             try? cgroups?.manager.close()
             if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
             throw StockadeFailure(message: "\(error)", status: 125)
         }
         let forwarding = SignalForwarder(jail: jail)
+        terminal?.startRelay()
         let exit = try jail.wait(timeLimit: limit)
+        // The jail's last output, then the caller's terminal as it was.
+        terminal?.finish()
         forwarding.stop()
         try? cgroups?.manager.close()
         if let report { printReport(exit, format: report) }
