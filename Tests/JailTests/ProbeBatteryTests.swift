@@ -180,9 +180,7 @@ extension JailTests {
         /// Probes that fail under every profile until Stockade holds there,
         /// and why. Each expectation is a known issue: once a probe passes,
         /// the test fails until its entry is removed.
-        static let knownFailures: [Int: String] = [
-            46: "a terminal stdin is passed in as it is until the launcher gives the jail a pty of its own",
-        ]
+        static let knownFailures: [Int: String] = [:]
 
         @Test("every probe passes on the profiles that need hardware",
               .enabled(if: hardwarePresent, "needs the hardware of \(hardwareProfiles.keys.sorted()): \(hardwareProfiles.values.sorted()) missing"),
