@@ -155,6 +155,17 @@ final class APIServer: Sendable {
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)
+        let inherited: SystemdSocket.Inherited?
+        do { inherited = try SystemdSocket.inherited.get() } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+        if let inherited {
+            // Socket activation: the unit's path, mode and group.
+            channel = try Self.listen(on: inherited, bootstrap: bootstrap, group: group, daemon: daemon, configured: path)
+            self.group = group
+            return
+        }
         do {
             channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
         } catch {

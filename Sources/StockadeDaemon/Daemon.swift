@@ -104,7 +104,7 @@ public final class Daemon: Service, @unchecked Sendable {
         group.wait()
         serverBox.withLock { $0 }?.close()
         serverBox.withLock { $0 = nil }
-        unlink(config.socketPath)
+        SystemdSocket.unlinkUnlessInherited(config.socketPath)
         if let cgroups {
             do { try cgroups.close() } catch { logger.warning("cgroup clean-up", metadata: ["error": "\(error)"]) }
         }
