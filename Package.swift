@@ -1,9 +1,16 @@
 // swift-tools-version: 6.1
 //
 // Stockade: a Linux sandbox runner for untrusted model-inference workers.
-// The layers follow the design: C trampoline and system-library shims at the
-// bottom, Swift syscall wrappers, the core (profiles, seccomp, cgroups, the
-// launcher, the channel), and the two executables on top.
+// The layers, bottom to top; a target imports only targets below it, so the
+// compiler checks the direction (docs/ARCHITECTURE.md):
+//   CStockadeSpawn, CSeccomp, COpenSSL   C trampoline, system libraries
+//   StockadeSystem                       Swift syscall wrappers
+//   StockadeConfig                       TOML, ProfileError, sizes, durations
+//   StockadeSeccomp, StockadeCgroups     filter compiler; cgroup backends, budgets
+//   StockadeChannel                      the Noise channel (nothing of the jail)
+//   StockadeJail                         Profile, spawn plan, launcher, Landlock, devices
+//   StockadeDaemon                       tenants, pools, the API (a library for tests)
+//   stockade, stockaded, ...             the executables
 
 import PackageDescription
 
@@ -18,7 +25,9 @@ let package = Package(
     products: [
         .executable(name: "stockade", targets: ["stockade"]),
         .executable(name: "stockaded", targets: ["stockaded"]),
-        .library(name: "StockadeCore", targets: ["StockadeCore"]),
+        // A worker written in Swift links only the channel.
+        .library(name: "StockadeChannel", targets: ["StockadeChannel"]),
+        .library(name: "StockadeJail", targets: ["StockadeJail"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -50,20 +59,58 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The layers above StockadeSystem. Each imports only the ones below
+        // it, so the compiler checks the direction:
+        //   StockadeConfig  <- StockadeSeccomp, StockadeCgroups <- StockadeJail
+        //   StockadeChannel (beside them: a worker links only this)
+        // TOML reading with line positions, the syntax check, ProfileError,
+        // sizes and durations: what every profile section parses with.
         .target(
-            name: "StockadeCore",
+            name: "StockadeConfig",
             dependencies: [
-                "StockadeSystem", "CStockadeSpawn", "CSeccomp", "CCap", "COpenSSL",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The seccomp filter compiler, simulator, disassembler and the
+        // Docker/Moby profile import.
+        .target(
+            name: "StockadeSeccomp",
+            dependencies: ["StockadeConfig", "StockadeSystem", "CStockadeSpawn", "CSeccomp"],
+            swiftSettings: swiftSettings
+        ),
+        // The cgroup backends (v1, v2), budgets ([limits]) and tenants.
+        .target(
+            name: "StockadeCgroups",
+            dependencies: [
+                "StockadeConfig", "StockadeSystem", "CStockadeSpawn",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Noise channel and its records; nothing of the jail.
+        .target(
+            name: "StockadeChannel",
+            dependencies: [
+                "StockadeSystem", "COpenSSL",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Profile, the spawn plan, the launcher, jails, Landlock, devices.
+        .target(
+            name: "StockadeJail",
+            dependencies: [
+                "StockadeConfig", "StockadeSeccomp", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "stockade",
             dependencies: [
-                "StockadeCore", "StockadeSystem", "CStockadeSpawn",
+                "StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeConfig", "StockadeSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -74,7 +121,7 @@ let package = Package(
         .target(
             name: "StockadeDaemon",
             dependencies: [
-                "StockadeCore", "StockadeSystem", "COpenSSL",
+                "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -89,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "stockaded",
             dependencies: [
-                "StockadeDaemon", "StockadeCore",
+                "StockadeDaemon", "StockadeCgroups", "StockadeConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -99,14 +146,14 @@ let package = Package(
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeCore", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
         // the channel (the Swift counterpart of python/stockade_worker).
         .executableTarget(
             name: "stockade-swift-worker",
-            dependencies: ["StockadeCore"],
+            dependencies: ["StockadeChannel"],
             path: "examples/swift-worker",
             swiftSettings: swiftSettings
         ),
@@ -114,24 +161,24 @@ let package = Package(
         // with `-sanitize=fuzzer -DFUZZING` (make fuzz) libFuzzer drives them.
         .executableTarget(
             name: "stockade-fuzz",
-            dependencies: ["StockadeCore"],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel"],
             path: "Fuzz/stockade-fuzz",
             swiftSettings: swiftSettings
         ),
 
-        .testTarget(name: "ProfileTests", dependencies: ["StockadeCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "JailTests", dependencies: ["StockadeCore", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "SeccompTests", dependencies: ["StockadeCore", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
-        .testTarget(name: "DeviceTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
-        .testTarget(name: "CgroupTests", dependencies: ["StockadeCore", "StockadeSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
+        .testTarget(name: "DeviceTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "CgroupTests", dependencies: ["StockadeCgroups", "StockadeJail", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChannelTests",
-            dependencies: ["StockadeCore", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["StockadeChannel", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["StockadeDaemon", "StockadeCore", "StockadeSystem"],
+            dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem"],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

@@ -1,5 +1,6 @@
 /*
- * stockade-probe: the escape-probe battery of PROBES.md as one static binary.
+ * stockade-probe: the escape-probe battery (the `probes[]` table below) as one
+ * static binary.
  *
  * It runs inside a jail (Stockade, bubblewrap, firejail, or nothing at all) and
  * asks the kernel directly, with raw system calls, for everything a jailed
@@ -2069,7 +2070,7 @@ static void usage(FILE *f)
             "usage: stockade-probe [--json] [--only N,M,...] [--channel-fd N]... [--psk-fd N]\n"
             "                      [--expect-devices a,b] [--abstract NAME,...] [--python PATH]\n"
             "\n"
-            "Runs the escape-probe battery of PROBES.md (probes 1-35) and the \"still works\"\n"
+            "Runs the escape-probe battery (probes 1-35) and the \"still works\"\n"
             "checks (36-41; 42 with --python) and prints one line per probe and a closing\n"
             "\"N passed, N failed\". Exit status 0 when all passed, 1 otherwise.\n"
             "\n"

@@ -21,8 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PROBE=${PROBE:-$ROOT/.build/stockade-probe}
-MOBY=${MOBY:-$ROOT/../shared/testdata/moby-seccomp-default.json}
-[ -f "$MOBY" ] || MOBY=/work/shared/testdata/moby-seccomp-default.json
+MOBY=${MOBY:-$ROOT/profiles/moby-seccomp-default.json}
 OUT=${OUT:-$ROOT/docs/COMPARISON.md}
 ONLY=${COMPARE_ONLY:-}
 

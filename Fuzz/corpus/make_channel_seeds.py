@@ -1,5 +1,5 @@
 """Writes seed inputs for the channel fuzz targets (keys and prologue match
-ChannelFuzzing in Sources/StockadeCore/Channel/ChannelFuzzing.swift).
+ChannelFuzzing in Sources/StockadeChannel/ChannelFuzzing.swift).
 Run: .venv/bin/python3 Fuzz/corpus/make_channel_seeds.py"""
 import os
 import struct

@@ -1,6 +1,6 @@
 // Fuzz targets for the channel: the record decoder (and the params and
 // environment parsers) and the Noise handshake message parser.
-import StockadeCore
+import StockadeChannel
 
 func fuzzChannelRecord(_ input: [UInt8]) { ChannelFuzzing.records(input) }
 

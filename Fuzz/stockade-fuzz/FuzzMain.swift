@@ -5,7 +5,6 @@
 // by STOCKADE_FUZZ_TARGET. Built normally it replays files given on the
 // command line through a target, so a crash found by the fuzzer can be
 // re-run under a debugger: `stockade-fuzz profile crash-1234`.
-import StockadeCore
 #if canImport(Glibc)
 import Glibc
 #endif

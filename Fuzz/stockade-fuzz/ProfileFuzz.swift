@@ -1,4 +1,4 @@
-import StockadeCore
+import StockadeJail
 
 /// Any bytes as a profile: parsing must end in a profile or a ProfileError
 /// whose message names the file, never in a crash or a hang.

@@ -1,5 +1,5 @@
 import Foundation
-import StockadeCore
+import StockadeSeccomp
 
 /// Any bytes as a Docker seccomp JSON profile: the import ends in rules or
 /// an ImportError, never a crash; and whatever the JSON says, the compiled

@@ -1,4 +1,4 @@
-import StockadeCore
+import StockadeCgroups
 
 /// Any bytes as a tenants file: parsing ends in budgets or a ProfileError
 /// naming the file. Budgets that parse keep their invariants: valid names,

@@ -1,7 +1,8 @@
 /*
  * Raw-syscall shims for the Swift side. Swift cannot call variadic C
- * functions (syscall, prctl, fcntl, ioctl), and some of these calls have no
- * glibc wrapper on Debian 12 (pidfd_send_signal, close_range, landlock).
+ * functions (syscall, fcntl), and some of these calls have no glibc wrapper
+ * on Debian 12 (pidfd_send_signal, bpf, landlock); their numbers come from
+ * <sys/syscall.h>, so the Swift side holds no per-architecture table.
  * Each shim is one system call; errors come back as -1 with errno set,
  * except where the comment says -errno.
  */
@@ -11,23 +12,16 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <linux/landlock.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
 #endif
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
@@ -35,8 +29,6 @@
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
-
-int stk_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
 int stk_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
@@ -46,21 +38,18 @@ int stk_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
 
-int stk_close_range(unsigned int first, unsigned int last, unsigned int flags) {
-    return (int)syscall(SYS_close_range, first, last, flags);
-}
-
-int stk_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
-    return prctl(option, a2, a3, a4, a5);
-}
-
 int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 
-int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+long stk_bpf(int cmd, void *attr, unsigned int size) { return syscall(SYS_bpf, cmd, attr, size); }
 
-long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
-    return syscall(nr, a1, a2, a3, a4, a5, a6);
+int stk_statfs_type(const char *path, long *type) {
+    struct statfs st;
+    if (statfs(path, &st) < 0) return -1;
+    *type = (long)st.f_type;
+    return 0;
 }
+
+long stk_getxattr_size(const char *path, const char *name) { return (long)getxattr(path, name, NULL, 0); }
 
 int stk_wait_pidfd(int pidfd, int *status, int options) {
     siginfo_t info = {0};

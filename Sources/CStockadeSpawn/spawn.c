@@ -9,7 +9,7 @@
  *   - strings are built in stack buffers with the helpers at the top;
  *   - every failing step reports (step, errno, detail) on error_fd and exits.
  *
- * The steps run in the order of DESIGN.md "The spawn path"; each has a
+ * The steps run in the order of docs/ARCHITECTURE.md "The spawn path"; each has a
  * comment saying what it protects against.
  */
 #include "stockade_spawn.h"
@@ -233,15 +233,20 @@ static int bind_path(const char *source, const char *target, int readonly, int n
  * user namespace cannot mknod), a private devpts instance (so the jail
  * cannot reach the host's terminals), /dev/shm and the usual symlinks.
  */
+static const char *const stk_dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+
+const char *stk_dev_node(int i) {
+    return i >= 0 && (size_t)i < sizeof stk_dev_nodes / sizeof stk_dev_nodes[0] ? stk_dev_nodes[i] : NULL;
+}
+
 static void build_dev(const struct stk_plan *p, const char *dev) {
-    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
     char src[512], dst[512], buf[512];
     CHECK(mkdir_p(dev, 0755) == 0, STK_STEP_DEV, dev);
     CHECK(mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") == 0, STK_STEP_DEV, dev);
-    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
-        if (!s_join(src, sizeof src, "/oldroot/dev/", nodes[i]) || !s_join(buf, sizeof buf, dev, "/") ||
-            !s_join(dst, sizeof dst, buf, nodes[i]))
-            fail(p, STK_STEP_DEV, ENAMETOOLONG, nodes[i]);
+    for (size_t i = 0; stk_dev_nodes[i] != NULL; i++) {
+        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i]) || !s_join(buf, sizeof buf, dev, "/") ||
+            !s_join(dst, sizeof dst, buf, stk_dev_nodes[i]))
+            fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
         CHECK(bind_path(src, dst, 0, 0, 1) == 0, STK_STEP_DEV, dst);
     }

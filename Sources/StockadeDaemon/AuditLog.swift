@@ -6,6 +6,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import StockadeSystem
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -93,8 +94,7 @@ public final class AuditLog: Sendable {
         line.withUnsafeBytes { buf in
             var off = 0
             while off < buf.count {
-                let n = write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if errno == EINTR { continue }; return }
+                guard let n = try? retryingSyscall({ write(fd, buf.baseAddress! + off, buf.count - off) }) else { return }
                 off += n
             }
         }

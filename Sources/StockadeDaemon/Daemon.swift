@@ -1,6 +1,6 @@
 // stockaded: tenants and their warm pools, the API, the audit log and the
 // metrics, started and stopped as one service.
-public import StockadeCore
+public import StockadeCgroups
 public import Logging
 public import ServiceLifecycle
 import NIOCore

@@ -5,7 +5,9 @@
 // Relative paths are relative to the directory of the configuration file,
 // and `${CONFIG_DIR}` in a command or a bind stands for that directory, so a
 // configuration kept beside a checkout works wherever the checkout lives.
-public import StockadeCore
+public import StockadeConfig
+public import StockadeCgroups
+public import StockadeJail
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

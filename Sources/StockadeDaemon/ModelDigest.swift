@@ -1,7 +1,8 @@
 // Model integrity: a tenant pins its model files by SHA-256. The daemon
-// hashes each file (streaming, OpenSSL EVP) before it binds it read-only into
+// hashes each file (streaming, the channel's SHA-256) before it binds it read-only into
 // a jail, and refuses to start the tenant's workers on a mismatch.
-import COpenSSL
+import StockadeChannel
+import StockadeSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,23 +35,20 @@ public enum ModelDigest {
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw fail("not a regular file") }
-        guard let ctx = EVP_MD_CTX_new() else { throw fail("EVP_MD_CTX_new failed") }
-        defer { EVP_MD_CTX_free(ctx) }
-        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else { throw fail("EVP_DigestInit_ex failed") }
+        var hasher = SHA256Hasher()
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { chunk.deallocate() }
         while true {
-            let n = read(fd, chunk.baseAddress, chunk.count)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw fail("read failed: \(String(cString: strerror(errno)))")
+            let n: Int
+            do {
+                n = try retryingSyscall { read(fd, chunk.baseAddress, chunk.count) }
+            } catch {
+                throw fail("read failed: \(errnoName(error.rawValue))")
             }
             if n == 0 { break }
-            guard EVP_DigestUpdate(ctx, chunk.baseAddress, n) == 1 else { throw fail("EVP_DigestUpdate failed") }
+            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))
         }
-        var out = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 0
-        guard EVP_DigestFinal_ex(ctx, &out, &length) == 1, length == 32 else { throw fail("EVP_DigestFinal_ex failed") }
+        let out = hasher.finalize()
         let hex: [UInt8] = Array("0123456789abcdef".utf8)
         var text = [UInt8]()
         text.reserveCapacity(64)

@@ -11,7 +11,9 @@
 // records the exit, removes the worker and launches a replacement. A
 // request held by a worker that dies is answered with an explicit error and
 // is never retried: the daemon cannot know whether the worker acted on it.
-public import StockadeCore
+public import StockadeCgroups
+public import StockadeChannel
+public import StockadeJail
 import StockadeSystem
 import Logging
 import Dispatch
@@ -139,7 +141,7 @@ final class Worker: @unchecked Sendable {
     func awaitExit(grace: Duration) -> JailExit? {
         exitState.lock()
         defer { exitState.unlock() }
-        let deadline = Date().addingTimeInterval(Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
+        let deadline = Date().addingTimeInterval(grace.inSeconds)
         while !exited {
             if !exitState.wait(until: deadline) { break }
         }
@@ -268,7 +270,7 @@ public final class TenantPool: @unchecked Sendable {
     func stop(timeout: Duration) {
         state.withLock { $0.stopped = true }
         drain()
-        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        let deadline = Date().addingTimeInterval(timeout.inSeconds)
         emptied.lock()
         while !isEmpty {
             if !emptied.wait(until: deadline) { break }
@@ -731,7 +733,7 @@ public final class TenantPool: @unchecked Sendable {
     private func workerInfo(_ r: Record) -> WorkerInfo {
         let up = ContinuousClock.now - r.worker.startedAt
         return WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
-                          uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
+                          uptimeSeconds: up.inSeconds,
                           requests: r.requests, errors: r.errors,
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),
                           meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
@@ -740,6 +742,6 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     static func milliseconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+        d.inMilliseconds
     }
 }

@@ -82,16 +82,3 @@ public func signalName(_ sig: Int32) -> String {
     ]
     return names[sig] ?? "signal \(sig)"
 }
-
-/// The symbolic name of an errno value (`EPERM`), for messages people search for.
-public func errnoName(_ code: Int32) -> String {
-    let names: [Int32: String] = [
-        1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 6: "ENXIO", 7: "E2BIG", 8: "ENOEXEC", 9: "EBADF",
-        10: "ECHILD", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 15: "ENOTBLK", 16: "EBUSY",
-        17: "EEXIST", 18: "EXDEV", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 23: "ENFILE",
-        24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 29: "ESPIPE", 30: "EROFS",
-        31: "EMLINK", 32: "EPIPE", 36: "ENAMETOOLONG", 38: "ENOSYS", 39: "ENOTEMPTY", 40: "ELOOP",
-        95: "EOPNOTSUPP", 97: "EAFNOSUPPORT", 101: "ENETUNREACH", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
-    ]
-    return names[code] ?? "errno \(code)"
-}

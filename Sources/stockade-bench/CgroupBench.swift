@@ -1,12 +1,13 @@
 // Part "cgroup": how long a jail cgroup takes to set up and tear down, and
 // how close the kernel holds a CPU quota to the share asked for, on this
 // host's backend (cgroup v1 on hybrid hosts, v2 elsewhere). Needs root.
+import StockadeSystem
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
 import Foundation
 #endif
-import StockadeCore
+import StockadeCgroups
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,7 +31,7 @@ func cgroupBench() throws {
         let jail = try manager.jail(limits: limits)
         try jail.remove()
         let d = ContinuousClock.now - start
-        samples.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+        samples.append(d.inMilliseconds)
     }
     let stats = Stats(samples: samples)
     print("cgroup: create+remove a jail cgroup (memory, swap, pids, cpu): median \(fmt(stats.median, 3)) ms, p90 \(fmt(stats.percentile(0.9), 3)) ms over \(runs) runs")
@@ -76,10 +77,10 @@ func cgroupBench() throws {
         usleep(UInt32(seconds * 1_000_000))
         let c1 = try used()
         let wall = ContinuousClock.now - t0
-        let share = (c1 - c0) / (Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+        let share = (c1 - c0) / (wall.inSeconds)
         try jail.kill()
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = try? retryingSyscall { waitpid(pid, &status, 0) }
         try jail.remove()
         print("cgroup: cpu \(fmt(asked)) asked, \(fmt(share, 3)) used (\(share >= asked ? "+" : "")\(fmt((share / asked - 1) * 100, 1))%) over \(fmt(seconds, 1)) s")
     }

@@ -5,7 +5,7 @@
 // travel through bulk memfds on the channel, and through the socket raw.
 import Foundation
 import Dispatch
-import StockadeCore
+import StockadeChannel
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)
@@ -167,7 +167,7 @@ private func spawnChild(_ argv: [String], socket: FileDescriptor, params: FileDe
 
 private func reap(_ pid: pid_t) {
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = try? retryingSyscall { waitpid(pid, &status, 0) }
 }
 
 private enum PeerKind: String { case swift = "swift", python = "python" }
@@ -221,7 +221,7 @@ private func measure(_ peer: inout any EchoPeer, size: Int, iterations: Int) thr
         guard try peer.roundTrip(payload) == size else { throw ChannelBenchError(description: "short echo") }
     }
     let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    return elapsed.inSeconds
 }
 
 private func sizeName(_ n: Int) -> String {
@@ -289,7 +289,7 @@ func channelBench() throws {
                 let start = ContinuousClock.now
                 try peer.stream(payload, count: n, window: 4)
                 let elapsed = ContinuousClock.now - start
-                return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                return elapsed.inSeconds
             }
             let tRaw = try time(&raw), tAES = try time(&aes), tChaCha = try time(&chacha)
             func cell(_ t: Double) -> String { fmt(Double(size) * Double(n) / t / 1e6, 0) + " MB/s" }

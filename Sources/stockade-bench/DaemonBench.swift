@@ -5,7 +5,7 @@
 // so that both see the same machine load. Needs `make venv` and a build
 // that can launch jails (root, or unprivileged user namespaces).
 import Foundation
-import StockadeCore
+import StockadeChannel
 import StockadeDaemon
 import StockadeSystem
 import SystemPackage
@@ -169,13 +169,13 @@ private func runClients(count: Int, requests: Int, _ make: (Int) throws -> @Send
                 return
             }
             let took = ContinuousClock.now - t0
-            mine.append(Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15)
+            mine.append(took.inMilliseconds)
         }
         results.lock.withLock { results.samples += mine }
     }
     let wall = ContinuousClock.now - start
     if let failure = results.failure { throw failure }
-    return (results.samples, Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+    return (results.samples, wall.inSeconds)
 }
 
 /// Starts worker.py without a jail, with the channel at fds 3 and 4, and

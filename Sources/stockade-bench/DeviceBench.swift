@@ -4,7 +4,8 @@
 // open() of a device node, so open+close of /dev/null is timed with and
 // without it. Needs root and a cgroup2 mount for the v2 numbers, the v1
 // devices controller for the v1 number.
-import StockadeCore
+import StockadeCgroups
+import StockadeJail
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

@@ -7,7 +7,8 @@
 // TIOCSTI/TIOCLINUX), so it runs the filter every time. Interleaved rounds,
 // medians reported.
 import Foundation
-import StockadeCore
+import StockadeSeccomp
+import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -59,7 +60,7 @@ func seccompBench() throws {
     } else {
         variants.append(("stock allowlist", try SeccompSection().compile()))
     }
-    let docker = root + "/../shared/testdata/moby-seccomp-default.json"
+    let docker = root + "/profiles/moby-seccomp-default.json"
     if FileManager.default.fileExists(atPath: docker) {
         let p = try Profile.parse(text: "[seccomp]\nimport = \"docker:\(docker)\"", file: root + "/bench.toml")
         variants.append(("docker default (imported)", try p.seccomp.compile()))

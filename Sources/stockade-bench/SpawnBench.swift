@@ -1,6 +1,7 @@
 // Part one: spawn-to-exit latency of /bin/true under the full minimal
 // profile, beside bubblewrap and unshare, interleaved in one run so that
 // all three see the same machine load.
+import StockadeSystem
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -22,10 +23,10 @@ func timeCommand(_ argv: [String]) -> Double? {
     let start = ContinuousClock.now
     guard posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0 else { return nil }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = try? retryingSyscall { waitpid(pid, &status, 0) }
     let elapsed = ContinuousClock.now - start
     guard status == 0 else { return nil }
-    return Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+    return elapsed.inMilliseconds
 }
 
 struct Stats {

@@ -1,5 +1,4 @@
 // `make bench`: each part is a subcommand; `all` runs them in order.
-import StockadeCore
 #if canImport(Glibc)
 import Glibc
 #endif

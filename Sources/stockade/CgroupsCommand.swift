@@ -1,5 +1,6 @@
 import ArgumentParser
-import StockadeCore
+import StockadeConfig
+import StockadeCgroups
 
 struct CgroupsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

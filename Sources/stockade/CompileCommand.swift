@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import StockadeCore
+import StockadeConfig
+import StockadeSeccomp
+import StockadeJail
 
 /// `stockade compile PROFILE`: the seccomp filter a profile produces.
 struct CompileCommand: ParsableCommand {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import StockadeCore
+import StockadeConfig
+import StockadeSeccomp
+import StockadeCgroups
+import StockadeJail
 
 /// `stockade explain PROFILE`: what a jail built from the profile can and cannot do.
 struct ExplainCommand: ParsableCommand {
@@ -54,7 +57,7 @@ struct ExplainCommand: ParsableCommand {
         say("Filesystem")
         say("  / is a fresh \(p.filesystem.readonlyRoot ? "read-only" : "writable") tmpfs holding only what is listed here")
         if p.filesystem.proc { say("  /proc: its own pid namespace's processes, sensitive files masked") }
-        if p.filesystem.dev { say("  /dev: null, zero, full, random, urandom, tty, pts, shm") }
+        if p.filesystem.dev { say("  /dev: \((DevicesSection.jailDevNodes + ["pts", "shm"]).joined(separator: ", "))") }
         for m in p.mounts {
             let flags = [m.writable ? "writable" : "read-only", m.noexec ? "noexec" : nil, m.optional ? "if present" : nil]
                 .compactMap { $0 }.joined(separator: ", ")
@@ -123,7 +126,52 @@ struct ExplainCommand: ParsableCommand {
         for r in p.rlimits.sorted(by: { $0.name < $1.name }) {
             say("  rlimit \(r.name): \(r.soft.map { String($0) } ?? "unlimited")")
         }
-        say("  cgroup budget: see [limits]")
+        say("  cgroup budget: " + budget(p.limits).joined(separator: "; "))
+
+        say("")
+        say("Devices")
+        for line in devices(p) { say("  " + line) }
         return out.joined(separator: "\n")
+    }
+
+    /// The profile's [limits] in words, as the kernel will be told them.
+    static func budget(_ l: LimitsSection) -> [String] {
+        var parts: [String] = []
+        if let m = l.memoryMax { parts.append("memory at most \(SizeValue.bytes(m)) (OOM kill past it)") }
+        if let m = l.memoryHigh { parts.append("reclaimed and throttled past \(SizeValue.bytes(m))") }
+        if let s = l.swapMax { parts.append("swap at most \(SizeValue.bytes(s))") }
+        if let n = l.pidsMax { parts.append("at most \(n) processes and threads") }
+        if let c = l.cpu { parts.append("at most \(String(format: "%.2f", c.cpus)) CPUs (cpu.max \(c))") }
+        if let w = l.cpuWeight { parts.append("cpu weight \(w)") }
+        if let s = l.cpuset { parts.append("only CPUs \(s)") }
+        for io in l.ioMax { parts.append("io.max \(io)") }
+        if parts.isEmpty { return ["none of its own (its tenant's total still applies)"] }
+        parts.append(l.required ? "refused where it cannot be enforced" : "run without it, with a note, where no cgroup can be made")
+        return parts
+    }
+
+    /// What the jail may open of the host's devices.
+    static func devices(_ p: Profile) -> [String] {
+        let d = p.devices
+        guard d.declared else {
+            return ["no [devices]: only its own /dev nodes; no other device node is in its root"]
+        }
+        var lines = ["may open: " + d.standard.map(\.rawValue).joined(separator: ", ")]
+        if !d.allow.isEmpty { lines.append("host devices: " + d.allow.map(\.description).joined(separator: ", ")) }
+        switch d.gpus {
+        case .none: break
+        case .all: lines.append("every NVIDIA GPU of the host")
+        case .some(let ids): lines.append("NVIDIA GPUs: " + ids.joined(separator: ", "))
+        }
+        if d.gpus != .none {
+            lines.append("nvidia-uvm-tools (profiling): \(d.nvidiaUVMTools ? "yes" : "no")")
+            switch d.driverLibraries {
+            case .loaderCache: lines.append("driver libraries: those /etc/ld.so.cache lists, read-only")
+            case .directory(let dir): lines.append("driver libraries: \(dir), read-only")
+            case .none: lines.append("driver libraries: none (the profile binds them)")
+            }
+        }
+        lines.append("the kernel refuses every other device (cgroup device program, or devices.* on cgroup v1)")
+        return lines
     }
 }

@@ -1,4 +1,6 @@
-import StockadeCore
+import StockadeConfig
+import StockadeCgroups
+import StockadeJail
 
 /// The cgroup a jail started from the command line runs in: made when the
 /// profile has [limits] or a tenant is named, for `stockade run` and

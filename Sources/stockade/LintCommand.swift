@@ -1,5 +1,6 @@
 import ArgumentParser
-import StockadeCore
+import StockadeConfig
+import StockadeJail
 
 struct LintCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

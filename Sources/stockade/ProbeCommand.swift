@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import StockadeCore
+import StockadeJail
 
 struct ProbeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

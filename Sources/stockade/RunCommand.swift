@@ -4,9 +4,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import CStockadeSpawn
 import SystemPackage
-import StockadeCore
+import StockadeConfig
+import StockadeJail
 import StockadeSystem
 #if canImport(Glibc)
 import Glibc
@@ -210,14 +210,15 @@ struct SignalForwarder: ~Copyable {
     static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
 
     init(jail: Jail) {
-        let rc = Self.forwarded.withUnsafeBufferPointer {
-            stk_forward_signals(jail.process.fd.rawValue, $0.baseAddress, Int32($0.count))
+        do {
+            try jail.forwardSignals(Self.forwarded)
+        } catch {
+            printError("stockade: warning: signals will not reach the jail (sigaction: \(error))")
         }
-        if rc != 0 { printError("stockade: warning: signals will not reach the jail (sigaction: \(Errno(rawValue: errno)))") }
     }
 
     func stop() {
-        stk_stop_forwarding()
+        Jail.stopForwardingSignals()
     }
 }
 

@@ -1,5 +1,5 @@
 import ArgumentParser
-import StockadeCore
+import StockadeConfig
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -3,7 +3,6 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
-import StockadeCore
 import StockadeDaemon
 #if canImport(Glibc)
 import Glibc

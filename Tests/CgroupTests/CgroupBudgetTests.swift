@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeCgroups
 #if canImport(Glibc)
 import Glibc
 #endif

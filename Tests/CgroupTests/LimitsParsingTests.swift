@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeConfig
+@testable import StockadeCgroups
+@testable import StockadeJail
 
 @Suite("CgroupLimitsParsing")
 struct LimitsParsingTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeCgroups
+@testable import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif

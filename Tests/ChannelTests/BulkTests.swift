@@ -3,7 +3,7 @@ import Testing
 import SystemPackage
 import StockadeSystem
 import Synchronization
-@testable import StockadeCore
+@testable import StockadeChannel
 
 /// Bulk transfers whose chunks are split across threads: every chunk
 /// sealed and opened exactly once, whatever the split, and a bad chunk

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import SystemPackage
-@testable import StockadeCore
+@testable import StockadeChannel
 
 private func pattern(_ n: Int, seed: UInt8 = 0) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
 

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeChannel
 
 private struct Vector: Decodable {
     struct Message: Decodable { let payload: String; let ciphertext: String }

@@ -3,7 +3,7 @@
 // comes with the launcher; these tests check the protocol).
 import Foundation
 import SystemPackage
-@testable import StockadeCore
+@testable import StockadeChannel
 import StockadeSystem
 #if canImport(Glibc)
 import Glibc
@@ -16,8 +16,7 @@ enum Paths {
         for _ in 0..<3 { url.deleteLastPathComponent() }
         return url.path
     }()
-    static let shared = packageRoot + "/../shared"
-    static let vectors = shared + "/testdata/noise-cacophony.json"
+    static let vectors = packageRoot + "/Tests/TestData/noise-cacophony.json"
     static let venvPython = packageRoot + "/.venv/bin/python3"
     static let pythonDir = packageRoot + "/python"
     /// The example worker, from the same build as the tests.

@@ -3,7 +3,7 @@ import Testing
 import SystemPackage
 import Logging
 import StockadeSystem
-@testable import StockadeCore
+@testable import StockadeChannel
 #if canImport(Glibc)
 import Glibc
 #endif

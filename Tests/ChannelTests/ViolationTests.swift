@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import SystemPackage
 import StockadeSystem
-@testable import StockadeCore
+@testable import StockadeChannel
 #if canImport(Glibc)
 import Glibc
 #endif

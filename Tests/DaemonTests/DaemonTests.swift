@@ -2,7 +2,7 @@
 import Foundation
 import Testing
 @testable import StockadeDaemon
-import StockadeCore
+import StockadeConfig
 #if canImport(Glibc)
 import Glibc
 #endif

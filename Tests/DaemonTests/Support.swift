@@ -4,7 +4,6 @@
 import Foundation
 import Testing
 @testable import StockadeDaemon
-import StockadeCore
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)

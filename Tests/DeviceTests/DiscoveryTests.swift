@@ -1,5 +1,6 @@
 import Foundation
-@testable import StockadeCore
+@testable import StockadeConfig
+@testable import StockadeJail
 import Testing
 
 @Suite("[devices] in profiles")

@@ -1,5 +1,6 @@
 import Foundation
-import StockadeCore
+import StockadeCgroups
+import StockadeJail
 import StockadeSystem
 import SystemPackage
 

@@ -1,5 +1,5 @@
 import Foundation
-import StockadeCore
+import StockadeJail
 import StockadeSystem
 import Testing
 import CStockadeSpawn

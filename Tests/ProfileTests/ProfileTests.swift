@@ -1,5 +1,6 @@
 import Foundation
-import StockadeCore
+import StockadeConfig
+import StockadeJail
 import Testing
 
 private func parse(_ text: String) throws(ProfileError) -> Profile {

@@ -1,8 +1,8 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
 
-/// The BPF interpreter in StockadeCore against the kernel: the same
+/// The BPF interpreter in StockadeSeccomp against the kernel: the same
 /// program, the same system call and arguments, the same verdict. The
 /// policy answers with errno values no real call returns (4000-4007), so
 /// "the filter said no" cannot be confused with "the kernel said no".

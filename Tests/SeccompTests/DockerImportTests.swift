@@ -1,13 +1,13 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
 
 /// Docker's default profile, imported unchanged, against a table of what
 /// Docker decides (Helpers/docker-verdicts.txt).
 extension SeccompTests {
 @Suite struct DockerImportTests {
-    static let dockerFile = Helpers.repository.appendingPathComponent("../shared/testdata/moby-seccomp-default.json").standardized.path
-    static var haveDockerFile: Bool { FileManager.default.fileExists(atPath: dockerFile) }
+    /// Shipped beside profiles/docker-default.toml (origin and licence in profiles/README.md).
+    static let dockerFile = Helpers.repository.appendingPathComponent("profiles/moby-seccomp-default.json").path
 
     struct Row: CustomStringConvertible, Sendable {
         var line: Int
@@ -58,8 +58,7 @@ extension SeccompTests {
         #expect(Self.rows.count > 60)
     }
 
-    @Test("the imported profile decides as Docker does, except where the hardening says otherwise",
-          .enabled(if: haveDockerFile, "needs ../shared/testdata/moby-seccomp-default.json"))
+    @Test("the imported profile decides as Docker does, except where the hardening says otherwise")
     func verdictsMatch() throws {
         let section = try Self.imported()
         let program = try section.compile()
@@ -77,8 +76,7 @@ extension SeccompTests {
         }
     }
 
-    @Test("what the import changed is reported, not silent",
-          .enabled(if: haveDockerFile, "needs ../shared/testdata/moby-seccomp-default.json"))
+    @Test("what the import changed is reported, not silent")
     func importNotes() throws {
         let notes = try Self.imported().notes.joined(separator: "\n")
         #expect(notes.contains("ptrace is allowed by the Docker profile but denied by the hardening"))
@@ -88,8 +86,7 @@ extension SeccompTests {
         #expect(notes.contains("only the native architecture is compiled"))
     }
 
-    @Test("the import runs real work in the kernel: fork, threads, sockets",
-          .enabled(if: haveDockerFile, "needs ../shared/testdata/moby-seccomp-default.json"))
+    @Test("the import runs real work in the kernel: fork, threads, sockets")
     func importedProfileRunsWork() throws {
         let program = try Self.imported().compile()
         let r = try Helpers.run(program, [try Helpers.path("works")])

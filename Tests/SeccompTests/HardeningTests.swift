@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
 
 /// The hardening every jail gets, checked against the running kernel: each
 /// call runs in a fresh `sysc` process under the compiled filter. The test

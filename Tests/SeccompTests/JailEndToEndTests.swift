@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeJail
 
 /// Seccomp and Landlock in real jails started by the Launcher, the way
 /// `stockade run` starts them: the filter and the ruleset come from

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeConfig
+@testable import StockadeJail
 
 /// The Landlock plan derived from a profile's mounts, for each ABI.
 extension SeccompTests {

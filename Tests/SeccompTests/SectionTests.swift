@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeConfig
+@testable import StockadeSeccomp
+@testable import StockadeJail
 
 /// `[seccomp]` as written in profiles: shapes, and the errors a user can make.
 extension SeccompTests {

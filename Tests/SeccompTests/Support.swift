@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import StockadeCore
+@testable import StockadeSeccomp
+import StockadeSystem
+@testable import StockadeJail
 
 /// The C helpers in Helpers/, built static once per test run into
 /// .build/seccomp-helpers, and a way to run a program under a filter:

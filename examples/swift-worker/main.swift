@@ -8,7 +8,7 @@
 //     sha256:<bytes>   -> the 32-byte SHA-256 digest
 //
 // Anything else is answered with an error message.
-import StockadeCore
+import StockadeChannel
 import Foundation
 
 enum WorkerFailure: Error, CustomStringConvertible {

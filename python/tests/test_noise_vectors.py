@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stockade_worker.noise import AESGCM_SUITE, CHACHAPOLY_SUITE, Handshake  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VECTORS = os.path.join(ROOT, "..", "shared", "testdata", "noise-cacophony.json")
+VECTORS = os.path.join(ROOT, "Tests", "TestData", "noise-cacophony.json")
 SUITES = {"Noise_NNpsk0_25519_AESGCM_SHA256": AESGCM_SUITE, "Noise_NNpsk0_25519_ChaChaPoly_SHA256": CHACHAPOLY_SUITE}
 
 

@@ -3,7 +3,7 @@
 # read-only over 9p, and runs the cgroup tests inside it against a real,
 # pure cgroup v2 hierarchy (every controller free). Our build hosts bind
 # memory/cpu/pids to cgroup v1, so this is the only place the v2 backend
-# meets a real kernel. See /work/shared/VM.md for the recipe.
+# meets a real kernel. docs/CGROUPS.md says what it covers.
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match

@@ -136,6 +136,11 @@ struct stk_plan {
     char *const *envp;
 };
 
+/* The i-th host device node every jail's /dev binds ("null", ...), NULL past
+ * the last; beside them /dev has a private devpts instance and /dev/shm.
+ * `stockade explain` and the device allowlist read this list; there is no other. */
+const char *stk_dev_node(int i);
+
 /* The steps, in the order the child runs them; the parent prints their names. */
 enum stk_step {
     STK_STEP_NONE = 0,
@@ -192,14 +197,18 @@ const char *stk_step_name(int step);
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup);
 
 /* ---- Small raw-syscall shims for Swift (it cannot call variadic syscall()). ---- */
-int stk_pidfd_open(pid_t pid);
+/* Each returns -1 with errno set on failure unless its comment says -errno;
+ * the Swift side calls them through retryingSyscall (EINTR, Errno). The
+ * system call numbers come from <sys/syscall.h> for the architecture built. */
 int stk_pidfd_send_signal(int pidfd, int sig);
 int stk_memfd_create(const char *name, unsigned int flags);
-int stk_close_range(unsigned int first, unsigned int last, unsigned int flags);
-int stk_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
 int stk_fcntl_int(int fd, int cmd, int arg);
-int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
-long stk_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+/* bpf(cmd, attr, size): glibc has no wrapper. */
+long stk_bpf(int cmd, void *attr, unsigned int size);
+/* statfs(path): stores the filesystem's f_type (its magic) in *type; 0. */
+int stk_statfs_type(const char *path, long *type);
+/* getxattr(path, name, NULL, 0): the value's size, following symlinks. */
+long stk_getxattr_size(const char *path, const char *name);
 /* waitid(P_PIDFD): fills *status like waitpid's status word; returns 0 or -errno. */
 int stk_wait_pidfd(int pidfd, int *status, int options);
 /* Landlock ABI of the running kernel: >0 version, -errno when unavailable. */

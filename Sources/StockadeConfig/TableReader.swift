@@ -1,0 +1,423 @@
+import TOMLKit
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A user error in a profile: names the file, the line and the key.
+///
+/// Printed as `profiles/x.toml:12: mount[1].target: must be an absolute path`.
+public struct ProfileError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var file: String
+    public var line: Int?
+    public var key: String
+    public var message: String
+
+    public init(file: String, line: Int?, key: String, message: String) {
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        let place = line.map { "\(file):\($0)" } ?? file
+        return key.isEmpty ? "\(place): \(message)" : "\(place): \(key): \(message)"
+    }
+}
+
+/// Where each key of a TOML document sits, for error messages.
+///
+/// The TOML library gives no source positions for values, so this scans the
+/// text once: table headers (`[a.b]`, `[[a]]`, counting array-of-table
+/// entries) and `key =` lines, skipping multi-line strings and arrays. Keys are
+/// recorded as dotted paths with array indices: `mount[1].target`.
+package struct TOMLLineIndex: Sendable {
+    private var lines: [String: Int] = [:]
+
+    package init(text: String) {
+        var table = ""
+        var arrayCounts: [String: Int] = [:]
+        var inMultilineString: String? = nil
+        var bracketDepth = 0
+        var lineNumber = 0
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            var line = Substring(rawLine)
+            if let delimiter = inMultilineString {
+                if Self.count(delimiter, in: line) % 2 == 1 { inMultilineString = nil }
+                continue
+            }
+            if bracketDepth > 0 {
+                bracketDepth += Self.bracketBalance(line)
+                continue
+            }
+            line = line.drop(while: { $0 == " " || $0 == "\t" })
+            if line.isEmpty || line.first == "#" { continue }
+            if line.hasPrefix("[[") {
+                let name = Self.headerName(line.dropFirst(2), closing: "]]")
+                let index = arrayCounts[name, default: 0]
+                arrayCounts[name] = index + 1
+                // Nested tables of an earlier entry are forgotten when a new entry starts.
+                for key in arrayCounts.keys where key.hasPrefix(name + "[") { arrayCounts[key] = nil }
+                table = "\(name)[\(index)]"
+                lines[table] = lineNumber
+                continue
+            }
+            if line.hasPrefix("[") {
+                table = Self.resolve(Self.headerName(line.dropFirst(), closing: "]"), arrayCounts: arrayCounts)
+                lines[table] = lineNumber
+                continue
+            }
+            guard let eq = Self.assignmentIndex(line) else { continue }
+            let key = Self.normalizeKey(line[..<eq])
+            let path = table.isEmpty ? key : "\(table).\(key)"
+            if lines[path] == nil { lines[path] = lineNumber }
+            let value = line[line.index(after: eq)...].drop(while: { $0 == " " || $0 == "\t" })
+            for delimiter in ["\"\"\"", "'''"] where value.hasPrefix(delimiter) {
+                if Self.count(delimiter, in: value) == 1 { inMultilineString = delimiter }
+            }
+            if inMultilineString == nil { bracketDepth = max(0, Self.bracketBalance(value)) }
+        }
+    }
+
+    /// The line of `path` (`jail.hostname`, `mount[2].source`), or of the
+    /// nearest enclosing table that has one.
+    package func line(of path: String) -> Int? {
+        var candidate = path
+        while true {
+            if let line = lines[candidate] { return line }
+            guard let cut = candidate.lastIndex(where: { $0 == "." || $0 == "[" }) else { return nil }
+            candidate = String(candidate[..<cut])
+        }
+    }
+
+    private static func headerName(_ s: Substring, closing: String) -> String {
+        let end = s.range(of: closing)?.lowerBound ?? s.endIndex
+        return normalizeKey(s[..<end])
+    }
+
+    /// `[mount.options]` after three `[[mount]]` entries means `mount[2].options`.
+    private static func resolve(_ name: String, arrayCounts: [String: Int]) -> String {
+        var result = ""
+        for part in name.split(separator: ".") {
+            result = result.isEmpty ? String(part) : "\(result).\(part)"
+            if let count = arrayCounts[result] { result += "[\(count - 1)]" }
+        }
+        return result
+    }
+
+    private static func normalizeKey(_ s: Substring) -> String {
+        s.split(separator: ".")
+            .map { $0.trimmingCharacters(in: " \t\"'") }
+            .joined(separator: ".")
+    }
+
+    /// The `=` of a `key = value` line, outside quotes.
+    private static func assignmentIndex(_ line: Substring) -> Substring.Index? {
+        var quote: Character? = nil
+        for index in line.indices {
+            let c = line[index]
+            if let q = quote { if c == q { quote = nil }; continue }
+            if c == "\"" || c == "'" { quote = c; continue }
+            if c == "=" { return index }
+            if c == "#" { return nil }
+        }
+        return nil
+    }
+
+    private static func count(_ needle: String, in s: Substring) -> Int {
+        var count = 0
+        var rest = s[...]
+        while let r = rest.range(of: needle) { count += 1; rest = rest[r.upperBound...] }
+        return count
+    }
+
+    /// Net `[` minus `]` outside strings and comments.
+    private static func bracketBalance(_ s: Substring) -> Int {
+        var balance = 0
+        var quote: Character? = nil
+        for c in s {
+            if let q = quote { if c == q { quote = nil }; continue }
+            switch c {
+            case "\"", "'": quote = c
+            case "[": balance += 1
+            case "]": balance -= 1
+            case "#": return balance
+            default: break
+            }
+        }
+        return balance
+    }
+}
+
+extension StringProtocol {
+    package func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// The parsed text of one profile (or tenants file): its name for messages
+/// and where its keys are.
+package struct TOMLSource: Sendable {
+    package var file: String
+    package var index: TOMLLineIndex
+
+    package init(file: String, text: String) {
+        self.file = file
+        self.index = TOMLLineIndex(text: text)
+    }
+
+    package func error(_ key: String, _ message: String) -> ProfileError {
+        ProfileError(file: file, line: index.line(of: key), key: key, message: message)
+    }
+}
+
+/// Reads one TOML table with typed accessors, remembering which keys were
+/// read so that ``finish()`` can reject every key nobody asked for.
+///
+/// Sections of a profile are parsed with one reader each; a reader for
+/// `[[mount]]` entry 2 has the path `mount[2]`, so errors name
+/// `mount[2].target` and its line.
+package final class TableReader {
+    package let path: String
+    package let source: TOMLSource
+    private let table: TOMLTable
+    private var used: Set<String> = []
+
+    init(table: TOMLTable, path: String, source: TOMLSource) {
+        self.table = table
+        self.path = path
+        self.source = source
+    }
+
+    /// Reads a TOML file's text; `what` names the kind of file in messages
+    /// ("profile", "tenants file").
+    package static func readText(path: String, what: String) throws(ProfileError) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+            throw ProfileError(file: path, line: nil, key: "", message: "\(what) \(reason)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ProfileError(file: path, line: nil, key: "", message: "\(what) is not UTF-8 text")
+        }
+        return text
+    }
+
+    /// Parses a whole document; a syntax error names the file and line.
+    package static func parse(text: String, file: String) throws(ProfileError) -> TableReader {
+        let source = TOMLSource(file: file, text: text)
+        if let failure = TOMLSyntax.check(text) {
+            throw ProfileError(file: file, line: failure.line, key: "", message: "TOML syntax: \(failure.message)")
+        }
+        do {
+            let table = try TOMLTable(string: text)
+            return TableReader(table: table, path: "", source: source)
+        } catch let error as TOMLParseError {
+            throw ProfileError(file: file, line: error.source.begin.line, key: "", message: "TOML syntax: \(error.description)")
+        } catch {
+            throw ProfileError(file: file, line: nil, key: "", message: "TOML syntax: \(error)")
+        }
+    }
+
+    package func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    /// An error located at `key` of this table.
+    package func error(_ key: String, _ message: String) -> ProfileError {
+        source.error(keyPath(key), message)
+    }
+
+    /// An error about this table as a whole.
+    package func error(_ message: String) -> ProfileError {
+        source.error(path, message)
+    }
+
+    /// The keys in document order (the TOML library sorts them).
+    package var keys: [String] {
+        table.keys.sorted { a, b in
+            let la = source.index.line(of: keyPath(a)) ?? Int.max, lb = source.index.line(of: keyPath(b)) ?? Int.max
+            return la != lb ? la < lb : a < b
+        }
+    }
+
+    package func has(_ key: String) -> Bool { table[key] != nil }
+
+    private func value(_ key: String, _ type: TOMLType) throws(ProfileError) -> (any TOMLValueConvertible)? {
+        guard let value = table[key] else { return nil }
+        used.insert(key)
+        guard value.type == type else {
+            throw error(key, "expected \(Self.article(type.description)) \(type.description), found \(Self.article(value.type.description)) \(value.type.description)")
+        }
+        return value
+    }
+
+    private static func article(_ word: String) -> String {
+        if let f = word.first, "aeiou".contains(f) { return "an" }
+        return "a"
+    }
+
+    package func string(_ key: String) throws(ProfileError) -> String? {
+        try value(key, .string)?.string
+    }
+
+    package func bool(_ key: String) throws(ProfileError) -> Bool? {
+        try value(key, .bool)?.bool
+    }
+
+    /// A number written as an integer or a float (`2`, `0.5`).
+    package func number(_ key: String) throws(ProfileError) -> Double? {
+        guard let raw = table[key] else { return nil }
+        used.insert(key)
+        if let n = raw.int { return Double(n) }
+        if let d = raw.double, d.isFinite { return d }
+        throw error(key, "expected a number, found \(Self.article(raw.type.description)) \(raw.type.description)")
+    }
+
+    package func int(_ key: String, in range: ClosedRange<Int> = Int.min...Int.max) throws(ProfileError) -> Int? {
+        guard let v = try value(key, .int)?.int else { return nil }
+        guard range.contains(v) else {
+            throw error(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
+        return v
+    }
+
+    package func table(_ key: String) throws(ProfileError) -> TableReader? {
+        guard let t = try value(key, .table)?.table else { return nil }
+        return TableReader(table: t, path: keyPath(key), source: source)
+    }
+
+    /// `[[key]]` entries (or an inline array of tables).
+    package func tables(_ key: String) throws(ProfileError) -> [TableReader] {
+        guard let array = try value(key, .array)?.array else { return [] }
+        var result: [TableReader] = []
+        for (i, element) in array.enumerated() {
+            guard let t = element.table else {
+                throw error(key, "entry \(i) must be a table")
+            }
+            result.append(TableReader(table: t, path: "\(keyPath(key))[\(i)]", source: source))
+        }
+        return result
+    }
+
+    package func strings(_ key: String) throws(ProfileError) -> [String]? {
+        guard let array = try value(key, .array)?.array else { return nil }
+        var result: [String] = []
+        for (i, element) in array.enumerated() {
+            guard let s = element.string else {
+                throw error(key, "entry \(i) must be a string, found \(element.type.description)")
+            }
+            result.append(s)
+        }
+        return result
+    }
+
+    package func ints(_ key: String) throws(ProfileError) -> [Int]? {
+        guard let array = try value(key, .array)?.array else { return nil }
+        var result: [Int] = []
+        for (i, element) in array.enumerated() {
+            guard let n = element.int else {
+                throw error(key, "entry \(i) must be an integer, found \(element.type.description)")
+            }
+            result.append(n)
+        }
+        return result
+    }
+
+    /// A table of string values, in the document's key order.
+    package func stringTable(_ key: String) throws(ProfileError) -> [(String, String)]? {
+        guard let sub = try table(key) else { return nil }
+        var result: [(String, String)] = []
+        for k in sub.keys {
+            guard let v = try sub.string(k) else { continue }
+            result.append((k, v))
+        }
+        return result
+    }
+
+    /// A size: an integer number of bytes, or a string with a binary suffix
+    /// (`"64K"`, `"512M"`, `"2G"`, `"1T"`, optional `i`/`B`), or `"max"` (nil).
+    package func size(_ key: String) throws(ProfileError) -> SizeValue? {
+        guard let raw = table[key] else { return nil }
+        used.insert(key)
+        if let n = raw.int {
+            guard n >= 0 else { throw error(key, "a size cannot be negative") }
+            return .bytes(UInt64(n))
+        }
+        guard let s = raw.string else { throw error(key, "expected a size (bytes, or a string like \"512M\")") }
+        guard let parsed = SizeValue(parsing: s) else {
+            throw error(key, "cannot read \"\(s)\" as a size; use bytes or a suffix K, M, G, T (\"512M\"), or \"max\"")
+        }
+        return parsed
+    }
+
+    /// A duration: seconds as an integer or float, or a string such as
+    /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+    package func duration(_ key: String) throws(ProfileError) -> Duration? {
+        guard let raw = table[key] else { return nil }
+        used.insert(key)
+        if let n = raw.int, n >= 0 { return .seconds(n) }
+        if let d = raw.double, d >= 0, d.isFinite { return .milliseconds(Int64(d * 1000)) }
+        if let s = raw.string, let d = parseDuration(s) { return d }
+        throw error(key, "expected a duration such as 30, \"30s\", \"500ms\", \"2m\" or \"1h\"")
+    }
+
+    /// Rejects keys that no accessor read: every unknown key is an error.
+    package func finish() throws(ProfileError) {
+        for key in table.keys.sorted() where !used.contains(key) {
+            throw error(key, "unknown key")
+        }
+    }
+}
+
+/// A size in bytes, or no limit.
+public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
+    case bytes(UInt64)
+    case unlimited
+
+    public init?(parsing text: String) {
+        let s = text.trimmingCharacters(in: " ").uppercased()
+        if s == "MAX" || s == "UNLIMITED" { self = .unlimited; return }
+        var digits = Substring(s)
+        var suffix = ""
+        while let last = digits.last, !last.isNumber && last != "." { suffix = String(last) + suffix; digits = digits.dropLast() }
+        guard let number = Double(digits), number >= 0, number.isFinite else { return nil }
+        let shifts: [String: Int] = ["": 0, "B": 0, "K": 10, "KB": 10, "KIB": 10, "M": 20, "MB": 20, "MIB": 20,
+                                     "G": 30, "GB": 30, "GIB": 30, "T": 40, "TB": 40, "TIB": 40]
+        guard let shift = shifts[suffix] else { return nil }
+        let value = number * Double(UInt64(1) << UInt64(shift))
+        guard value < 1.8e19 else { return nil }
+        self = .bytes(UInt64(value))
+    }
+
+    public var bytes: UInt64? {
+        if case .bytes(let b) = self { return b }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .unlimited: return "max"
+        case .bytes(let b):
+            for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where b >= (1 << shift) && b % (1 << shift) == 0 {
+                return "\(b >> shift)\(unit)"
+            }
+            return "\(b)"
+        }
+    }
+}
+
+/// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`.
+public func parseDuration(_ text: String) -> Duration? {
+    let s = text.trimmingCharacters(in: " ")
+    let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)]
+    for (unit, scale) in units where s.hasSuffix(unit) {
+        guard let n = Double(s.dropLast(unit.count)), n >= 0, n.isFinite else { return nil }
+        return .microseconds(Int64(n * scale * 1_000_000))
+    }
+    guard let n = Double(s), n >= 0, n.isFinite else { return nil }
+    return .microseconds(Int64(n * 1_000_000))
+}

@@ -1,0 +1,149 @@
+public import StockadeCgroups
+public import SystemPackage
+public import StockadeSystem
+import CStockadeSpawn
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How and why a jail ended, as `stockade run --report json` prints it.
+public struct JailExit: Sendable, Codable, Equatable {
+    public enum Reason: String, Sendable, Codable {
+        /// The worker exited on its own.
+        case exited
+        /// The worker was killed by a signal it did not choose (see `signal`).
+        case signaled
+        /// The wall-clock limit ran out and the jail was killed.
+        case timeLimit = "time-limit"
+        /// The kernel's OOM killer ended the worker inside its memory budget.
+        case outOfMemory = "oom"
+        /// The launcher killed the jail on request.
+        case killed
+    }
+
+    public var reason: Reason
+    /// The worker's exit status, when it exited.
+    public var exitCode: Int32?
+    /// The signal that ended the worker, when one did.
+    public var signal: Int32?
+    public var signalName: String?
+    public var wallSeconds: Double
+    /// The shell-style status: exit code, or 128 + signal.
+    public var status: Int32
+    public var profile: String
+    public var usage: CgroupUsage?
+}
+
+/// A running jail: its PID 1, the pipe that ties its life to the launcher,
+/// and its cgroup.
+public final class Jail: Sendable {
+    public let process: ProcessHandle
+    public var pid: Int32 { process.pid }
+    public let cgroup: (any JailCgroup)?
+    public let profileName: String
+    public let startedAt: ContinuousClock.Instant
+    /// The launcher's end of the sync pipe: the jail sees POLLHUP when it closes.
+    private let liveness: FileDescriptor
+    /// PID 1 writes the worker's raw wait status here before it exits.
+    private let status: FileDescriptor
+    private let hasReaper: Bool
+    private let state = Mutex<State>(State())
+
+    private struct State {
+        var killedFor: JailExit.Reason?
+        var exit: JailExit?
+    }
+
+    init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant) {
+        self.process = process
+        self.liveness = liveness
+        self.status = status
+        self.cgroup = cgroup
+        self.hasReaper = hasReaper
+        self.profileName = profileName
+        self.startedAt = startedAt
+    }
+
+    /// Sends `signal` to the jail's PID 1, which forwards it to the worker.
+    public func signal(_ signal: Int32) throws(Errno) {
+        try process.send(signal: signal)
+    }
+
+    /// Kills everything in the jail (PID 1 first: the kernel then kills the
+    /// whole pid namespace; the cgroup catches anything that escaped it).
+    public func kill(reason: JailExit.Reason = .killed) {
+        state.withLock { if $0.killedFor == nil { $0.killedFor = reason } }
+        try? process.send(signal: SIGKILL)
+        try? cgroup?.kill()
+    }
+
+    /// Waits for the jail to end, killing it when `timeLimit` runs out, then
+    /// reads its accounting and removes its cgroup.
+    public func wait(timeLimit: Duration? = nil) throws -> JailExit {
+        if let done = state.withLock({ $0.exit }) { return done }
+        let deadline = timeLimit.map { startedAt + $0 }
+        while true {
+            var timeout: Int32 = -1
+            if let deadline {
+                let left = deadline - .now
+                if left <= .zero {
+                    kill(reason: .timeLimit)
+                    timeout = -1
+                } else {
+                    let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
+                    timeout = Int32(clamping: ms)
+                }
+            }
+            if try process.waitForExit(timeoutMilliseconds: timeout) { break }
+        }
+        return try finish()
+    }
+
+    private func finish() throws -> JailExit {
+        let pid1 = try process.reap()
+        let wall = ContinuousClock.now - startedAt
+        var worker = pid1
+        if hasReaper {
+            let raw = (try? status.readUpTo(4)) ?? []
+            if raw.count == 4 {
+                let value = raw.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+                worker = ProcessTermination(waitStatus: value)
+            }
+        }
+        try? status.close()
+        try? liveness.close()
+        try? process.fd.close()
+        // Anything left in the cgroup (a process that left the pid namespace
+        // cannot, but be thorough) dies before the cgroup is read and removed.
+        try? cgroup?.kill()
+        let usage = try? cgroup?.usage()
+        try? cgroup?.remove()
+        let killedFor = state.withLock { $0.killedFor }
+        var exit = JailExit(reason: .exited, exitCode: nil, signal: nil, signalName: nil,
+                            wallSeconds: wall.inSeconds,
+                            status: worker.shellStatus, profile: profileName, usage: usage)
+        switch worker {
+        case .exited(let code):
+            exit.exitCode = code
+        case .signaled(let sig, _):
+            exit.signal = sig
+            exit.signalName = signalName(sig)
+            exit.reason = .signaled
+        }
+        if let killedFor {
+            exit.reason = killedFor
+        } else if exit.signal == SIGKILL, let kills = usage?.oomKills, kills > 0 {
+            exit.reason = .outOfMemory
+        }
+        state.withLock { $0.exit = exit }
+        return exit
+    }
+}
+
