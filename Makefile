@@ -72,9 +72,9 @@ PYVER := $(shell $(PYTHON_SYS) -c 'import sys; print("%d.%d" % sys.version_info[
 PYTHONDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 RELEASE_BIN := .build/release
 INSTALL_BINARIES := stockade stockaded
-# docker-default.toml is left out: it imports a Moby seccomp JSON file that
-# is not part of this tree.
-INSTALL_PROFILES := minimal inference-cpu inference-gpu
+# The profiles, the Moby seccomp JSON docker-default.toml imports, and the
+# README that says where that file comes from (its licence).
+INSTALL_PROFILES := $(wildcard profiles/*.toml) profiles/moby-seccomp-default.json profiles/README.md
 VERSION := $(shell sed -n 's/.*public static let version = "\(.*\)"/\1/p' $$(grep -rl 'public static let version = "' Sources) | head -1)
 SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 	-e 's|@PYTHONDIR@|$(PYTHONDIR)|g' -e 's|@VERSION@|$(VERSION)|g'
@@ -92,7 +92,7 @@ install-files:
 		$(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/vendor-completions \
 		$(DESTDIR)$(DATADIR)/fish/vendor_completions.d
 	for b in $(INSTALL_BINARIES); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(BINDIR)/$$b; done
-	install -m 0644 $(INSTALL_PROFILES:%=profiles/%.toml) $(DESTDIR)$(DATADIR)/stockade/profiles/
+	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
 	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
 	install -m 0644 python/stockade_worker/*.py $(DESTDIR)$(PYTHONDIR)/stockade_worker/
 	$(SUBST) packaging/stockaded.toml.in > $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml
