@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib
 APT_PACKAGES := libseccomp-dev libcap-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
-	systemd man-db groff-base python3-cryptography
+	systemd man-db groff-base dpkg-dev python3-cryptography
 STAMP := .build-stamps
 
 # A fixed seed and a fixed number of runs: CI explores exactly the inputs a
@@ -25,7 +25,7 @@ FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
 .PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench fuzz compare clean \
-	install install-files deb
+	release-bins install install-files deb
 
 all: release
 
@@ -79,7 +79,12 @@ VERSION := $(shell sed -n 's/.*public static let version = "\(.*\)"/\1/p' $$(gre
 SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 	-e 's|@PYTHONDIR@|$(PYTHONDIR)|g' -e 's|@VERSION@|$(VERSION)|g'
 
-install: release
+# Only the installed products in release mode (the same flags and build
+# directory as `make release`, so either reuses the other's work).
+release-bins: deps
+	for p in $(INSTALL_BINARIES); do $(SWIFT) build $(RELEASE_FLAGS) --product $$p || exit 1; done
+
+install: release-bins
 	$(MAKE) --no-print-directory install-files
 	@if [ -z "$(DESTDIR)" ]; then $(SUBST) packaging/debian/postinst | sh -s configure; fi
 
@@ -113,7 +118,7 @@ DEB_ROOT := $(DEB_DIR)/root
 DEB := $(DEB_DIR)/stockade_$(VERSION)_$(DEB_ARCH).deb
 deb: PREFIX := /usr
 deb: UNITDIR := /lib/systemd/system
-deb: release
+deb: release-bins
 	rm -rf $(DEB_ROOT) && mkdir -p $(DEB_ROOT)/DEBIAN
 	$(MAKE) --no-print-directory install-files DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=$(PREFIX) UNITDIR=$(UNITDIR)
 	strip --strip-unneeded $(addprefix $(DEB_ROOT)$(BINDIR)/,$(INSTALL_BINARIES))
@@ -121,7 +126,13 @@ deb: release
 	for f in postinst prerm postrm; do \
 		$(SUBST) packaging/debian/$$f > $(DEB_ROOT)/DEBIAN/$$f && chmod 0755 $(DEB_ROOT)/DEBIAN/$$f; \
 	done
-	$(SUBST) -e 's|@ARCH@|$(DEB_ARCH)|g' -e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)|g" \
+	# Depends: the packages of the shared libraries the binaries load.
+	mkdir -p $(DEB_DIR)/shlibs/debian
+	printf 'Source: stockade\n\nPackage: stockade\nArchitecture: any\n' > $(DEB_DIR)/shlibs/debian/control
+	shlibs=$$(cd $(DEB_DIR)/shlibs && dpkg-shlibdeps -O $(addprefix -e$(CURDIR)/$(DEB_ROOT)$(BINDIR)/,$(INSTALL_BINARIES)) 2>/dev/null \
+		| sed -n 's/^shlibs:Depends=//p'); \
+	[ -n "$$shlibs" ] || { echo "dpkg-shlibdeps found no dependencies"; exit 1; }; \
+	$(SUBST) -e 's|@ARCH@|$(DEB_ARCH)|g' -e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)|g" -e "s|@SHLIBS@|$$shlibs|g" \
 		packaging/debian/control.in > $(DEB_ROOT)/DEBIAN/control
 	dpkg-deb --root-owner-group -Zzstd --build $(DEB_ROOT) $(DEB)
 

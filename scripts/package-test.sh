@@ -50,7 +50,7 @@ trap cleanup EXIT
 step "metadata of $(basename "$DEB")"
 dpkg-deb --info "$DEB" > "$T/info"
 depends=$(dpkg-deb --field "$DEB" Depends)
-for need in libseccomp2 libcap2 libssl3; do
+for need in libc6 libseccomp2 libssl3; do
     grep -qw "$need" <<<"$depends" || fail "Depends lacks $need: $depends"
 done
 [ "$(dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles)" = /etc/stockade/stockaded.toml ] || fail "conffiles is not /etc/stockade/stockaded.toml"
