@@ -41,3 +41,17 @@ params = (b"STKCHAN1" + bytes([1, 2, 1, 2]) + bytes(32) + bytes(16)
           + struct.pack(">IIQQQ", 1 << 20, 64, 256 << 20, 256 << 20, 1 << 16)
           + struct.pack(">H", 4) + b"acme" + struct.pack(">H", 3) + b"w-1")
 write("channel-record", "params", b"\x02" + params)
+
+# Mode 4: scripts for a worker writing into a live launcher channel (see
+# ChannelFuzzing.liveStream): step bytes, then their operands.
+HELLO = bytes([0x00, 0, 0, 0, 1])           # sealed hello, 16-byte payload
+RESPONSE_1 = bytes([0x00, 2, 0, 1, 0])      # sealed response to request 1
+BULK_2 = bytes([0x02, 2, 7])                # bulk response to request 2, 8 KiB, right memfd
+SHUTDOWN = bytes([0x00, 6, 0, 0, 0])
+for suite, bit in ((1, 0), (2, 0x80)):
+    write("channel-record", f"live-{suite}", bytes([bit | 4]) + HELLO + RESPONSE_1 + BULK_2 + SHUTDOWN)
+write("channel-record", "live-devnull-bytewise", bytes([4]) + HELLO + bytes([0x03 | 5 << 2]) + bytes([0xa0, 2, 0, 1, 0]))
+write("channel-record", "live-own-socket", bytes([4]) + HELLO + bytes([0x40, 2, 0, 1, 0]))
+write("channel-record", "live-two-memfds", bytes([4]) + HELLO + bytes([0x62, 2, 7]))
+write("channel-record", "live-sparse-bulk", bytes([4]) + HELLO + bytes([0x02 | 2 << 2, 2, 63]))
+write("channel-record", "live-deadline", bytes([0x44]) + HELLO + bytes([0x03 | 7 << 2]) + RESPONSE_1)

@@ -347,7 +347,6 @@ static void apply_mount(const struct stk_plan *p, const struct stk_mount *m) {
 static void build_root(const struct stk_plan *p) {
     /* No mount event inside the jail propagates to the host, nor back. */
     CHECK(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, STK_STEP_MAKE_PRIVATE, "/");
-    if (!p->pivot) return;
 
     /* A scratch tmpfs becomes the root for a moment, with the host's root
      * below it at /oldroot: the binds read their sources from there. */

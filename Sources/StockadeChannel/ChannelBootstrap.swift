@@ -21,7 +21,9 @@ public final class ChannelBootstrap {
     public static let workerSocketFD: CInt = 3
     public static let workerParamsFD: CInt = 4
 
-    public let parameters: ChannelParameters
+    /// The channel's parameters; the PSK in them is wiped once
+    /// ``connect(logger:handshakeTimeoutMilliseconds:)`` has run.
+    public private(set) var parameters: ChannelParameters
     /// The launcher's end of the socket pair (close-on-exec).
     public let launcherSocket: FileDescriptor
     /// The worker's end: map it into the jail, then ``closeWorkerEnds()``.
@@ -113,6 +115,9 @@ public final class ChannelBootstrap {
     public func connect(logger: Logger? = nil, handshakeTimeoutMilliseconds: Int? = 30_000) throws(ChannelError) -> SecureChannel {
         precondition(!connected, "connect() once per bootstrap")
         connected = true
+        // Not needed again, whatever the handshake's outcome (the channel
+        // keeps no copy, and this buffer is the only one left by then).
+        defer { parameters.psk.wipe() }
         return try SecureChannel.initiate(socket: launcherSocket, parameters: parameters, logger: logger,
                                           handshakeTimeoutMilliseconds: handshakeTimeoutMilliseconds)
     }

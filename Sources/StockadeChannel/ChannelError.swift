@@ -32,6 +32,9 @@ public struct ChannelViolation: Error, CustomStringConvertible, Sendable, Equata
         case badParameters = "bad-parameters"
         /// The peer asked for a cipher suite that was not offered.
         case badSuite = "bad-suite"
+        /// The peer did not answer within the deadline (the handshake and
+        /// hellos, a ping, a shutdown) or stopped reading while one ran.
+        case timedOut = "timed-out"
     }
 
     public let kind: Kind

@@ -1,6 +1,10 @@
 // Entry points for the libFuzzer targets in Fuzz/stockade-fuzz: they drive
 // the record decoder and the handshake parser with arbitrary bytes. Every
 // input must end in a value or a ChannelViolation, never a crash.
+import Foundation
+import Logging
+import SystemPackage
+import StockadeSystem
 
 /// Fuzzing entry points (used by `stockade-fuzz`; not for applications).
 package enum ChannelFuzzing {
@@ -12,7 +16,10 @@ package enum ChannelFuzzing {
     ///   sealed with the receiver's key so that the checks after
     ///   decryption (body header, bulk descriptor) see arbitrary values;
     /// - 2: the params memfd's contents;
-    /// - 3: a `STOCKADE_CHANNEL` value.
+    /// - 3: a `STOCKADE_CHANNEL` value;
+    /// - 4: a script for a worker that writes into a live launcher channel,
+    ///   with descriptors and pauses (``liveStream(_:suite:deadlineMilliseconds:)``);
+    ///   bit 6 sets a read deadline of `(byte 0 & 15) + 1` ms.
     package static func records(_ input: [UInt8]) {
         guard let mode = input.first else { return }
         let rest = Array(input.dropFirst())
@@ -57,8 +64,145 @@ package enum ChannelFuzzing {
             _ = try? ChannelParameters(decoding: rest)
         case 3:
             _ = try? WorkerChannel.parseEnvironmentValue(String(decoding: rest, as: UTF8.self))
+        case 4:
+            liveStream(rest, suite: suite, deadlineMilliseconds: mode & 0x40 != 0 ? Int(mode & 0x0f) + 1 : nil)
         default:
             return
+        }
+    }
+
+    /// Mode 4: a hostile worker's stream, with descriptors and timing,
+    /// written by a thread over a real socket pair into an established
+    /// launcher-side channel that has three requests in flight and reads
+    /// until it ends. Each step is one byte `s` and its operands:
+    /// - `s & 3` = 0: a sealed record (type, flags, request id, payload
+    ///   length / 16); 1: raw bytes (count, bytes); 2: a bulk record with a
+    ///   memfd (request id, total KiB) whose kind is `s >> 2 & 3`: right,
+    ///   unsealed, all holes, wrong size; 3: a pause of `s >> 2 & 7` ms;
+    /// - `s >> 5 & 3`: what else rides on the send: nothing, /dev/null, the
+    ///   worker's own socket end, two sealed memfds;
+    /// - `s >> 7`: send the bytes one at a time.
+    /// With a deadline (mode bit 6) the reads end at it. Whatever happens,
+    /// every descriptor the launcher received must be closed once the
+    /// channel is: the process's descriptor count comes back to where it was.
+    static func liveStream(_ script: [UInt8], suite: CipherSuite, deadlineMilliseconds: Int?) {
+        let limits = ChannelLimits(maxRecordPayload: 4096, maxBytesInFlight: 1 << 20, maxBulkLength: 1 << 20, rekeyInterval: 3)
+        let before = openDescriptorCount()
+        guard let (launcherEnd, workerEnd) = try? UnixSocketPair.make(),
+              let send = try? cipher(suite), let receive = try? cipher(suite), let workerSend = try? cipher(suite) else { return }
+        var parameters = ChannelParameters(psk: key, tenant: "fuzz", worker: "w", spawnNonce: [UInt8](repeating: 0, count: 16),
+                                           suites: [suite], limits: limits)
+        parameters.psk = []
+        var quiet = Logger(label: "stockade.channel.fuzz")
+        quiet.logLevel = .critical
+        var inbox = Inbox(capacity: 64 << 10)
+        inbox.acceptsDescriptors = true
+        let channel = SecureChannel(role: .initiator, suite: suite, parameters: parameters, socket: launcherEnd, inbox: inbox,
+                                    send: send, receive: receive, handshakeHash: [], logger: quiet)
+        for id in 1...3 { try? channel.send(type: .request, requestID: UInt64(id), payload: [UInt8(id)]) }
+        let sealer = UncheckedSendable(RecordSealer(cipher: workerSend, rekeyInterval: limits.rekeyInterval))
+        let writer = Thread {
+            playWorker(script, socket: workerEnd, sealer: sealer.value, suite: suite)
+            try? workerEnd.close()
+        }
+        writer.start()
+        if let ms = deadlineMilliseconds { channel.setReceiveDeadlineForFuzzing(.now + .milliseconds(ms)) }
+        while true {
+            do {
+                guard try channel.receive() != nil else { break }
+            } catch {
+                break
+            }
+        }
+        channel.close()
+        while !writer.isFinished { usleep(100) }
+        withExtendedLifetime(channel) {}
+        let after = openDescriptorCount()
+        precondition(after <= before, "the channel leaked descriptors: \(before) before, \(after) after")
+    }
+
+    private static func openDescriptorCount() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
+    }
+
+    private static func playWorker(_ script: [UInt8], socket: FileDescriptor, sealer: RecordSealer, suite: CipherSuite) {
+        var rest = script[...]
+        func next() -> Int { Int(rest.popFirst() ?? 0) }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096 + RecordFormat.overhead, alignment: 16)
+        defer { scratch.deallocate() }
+        while let step = rest.popFirst() {
+            var bytes: [UInt8] = []
+            var owned: [FileDescriptor] = []
+            defer { for fd in owned { try? fd.close() } }
+            switch step & 3 {
+            case 0:
+                let type = MessageType(rawValue: UInt8(next() % 8 + 1)) ?? .response
+                let flags = MessageFlags(rawValue: UInt8(next() & 1))
+                let id = UInt64(next())
+                let payload = [UInt8](repeating: 0x5a, count: next() * 16)
+                guard let n = try? payload.withUnsafeBytes({ try sealer.seal(type: type, flags: flags, requestID: id, payload: $0, into: scratch) })
+                else { return }
+                bytes = Array(scratch[0..<n])
+            case 1:
+                let count = next()
+                bytes = Array(rest.prefix(count))
+                rest = rest.dropFirst(count)
+            case 2:
+                let id = UInt64(next())
+                let total = (next() + 1) * 1024
+                let kind = Int(step >> 2 & 3)
+                var descriptor = BulkDescriptor(innerType: .response, chunkSize: 4096, totalLength: total,
+                                                key: [UInt8](repeating: 7, count: 32))
+                guard let memfd = try? FileDescriptor.memfd(name: "fuzz-bulk") else { return }
+                owned.append(memfd)
+                let size = descriptor.sealedLength + (kind == 3 ? 16 : 0)
+                _ = try? memfd.resize(to: Int64(size))
+                if kind != 2 {
+                    let payload = [UInt8](repeating: 1, count: total)
+                    try? payload.withUnsafeBytes { try descriptor.seal($0, requestID: id, suite: suite, into: memfd) }
+                }
+                if kind != 1 { try? memfd.addSeals(.immutable) }
+                let encoded = descriptor.encoded()
+                descriptor.key.wipe()
+                guard let n = try? encoded.withUnsafeBytes({ try sealer.seal(type: .bulk, flags: [], requestID: id, payload: $0, into: scratch) })
+                else { return }
+                bytes = Array(scratch[0..<n])
+            default:
+                usleep(UInt32(step >> 2 & 7) * 1000)
+                continue
+            }
+            var passing = owned
+            switch step >> 5 & 3 {
+            case 1:
+                if let null = try? FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec) {
+                    owned.append(null)
+                    passing = [null]
+                }
+            case 2:
+                passing = [socket]
+            case 3:
+                for _ in 0..<2 {
+                    if let fd = try? FileDescriptor.memfd(name: "fuzz-extra") {
+                        try? fd.addSeals(.immutable)
+                        owned.append(fd)
+                    }
+                }
+                passing = owned
+            default:
+                break
+            }
+            guard !bytes.isEmpty else { continue }
+            do {
+                if step & 0x80 != 0 {
+                    for (i, byte) in bytes.enumerated() {
+                        try [byte].withUnsafeBytes { try socket.sendAll($0, passing: i == 0 ? passing : []) }
+                    }
+                } else {
+                    try bytes.withUnsafeBytes { try socket.sendAll($0, passing: passing) }
+                }
+            } catch {
+                return
+            }
         }
     }
 
@@ -91,7 +235,8 @@ package enum ChannelFuzzing {
 
     private static func cipher(_ suite: CipherSuite) throws -> NoiseCipherState {
         let state = NoiseCipherState(suite: suite)
-        try state.initializeKey(key)
+        var copy = key
+        try state.initializeKey(&copy)
         return state
     }
 

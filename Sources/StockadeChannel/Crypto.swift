@@ -94,11 +94,16 @@ enum Crypto {
 
     /// Noise's HKDF(chaining key, input key material, n) with n = 2 or 3.
     static func hkdf(chainingKey: [UInt8], input: [UInt8], outputs: Int) -> [[UInt8]] {
-        let tempKey = hmacSHA256(key: chainingKey, data: input)
+        var tempKey = hmacSHA256(key: chainingKey, data: input)
+        defer { tempKey.wipe() }
         let output1 = hmacSHA256(key: tempKey, data: [0x01])
-        let output2 = hmacSHA256(key: tempKey, data: output1 + [0x02])
+        var input2 = output1 + [0x02]
+        defer { input2.wipe() }
+        let output2 = hmacSHA256(key: tempKey, data: input2)
         if outputs == 2 { return [output1, output2] }
-        let output3 = hmacSHA256(key: tempKey, data: output2 + [0x03])
+        var input3 = output2 + [0x03]
+        defer { input3.wipe() }
+        let output3 = hmacSHA256(key: tempKey, data: input3)
         return [output1, output2, output3]
     }
 
@@ -106,6 +111,16 @@ enum Crypto {
         var out = [UInt8](repeating: 0, count: count)
         guard RAND_bytes(&out, Int32(count)) == 1 else { throw CryptoError("RAND_bytes") }
         return out
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Overwrites the bytes with zeros (`explicit_bzero`, which the
+    /// compiler may not drop) and empties the array: for keys once they are
+    /// used. Only this buffer is wiped; make copies of secrets rarely.
+    mutating func wipe() {
+        withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } }
+        removeAll()
     }
 }
 
@@ -117,7 +132,7 @@ public enum SHA256 {
 
 /// An X25519 key pair.
 struct X25519KeyPair {
-    let privateKey: [UInt8]
+    private(set) var privateKey: [UInt8]
     let publicKey: [UInt8]
 
     /// A fresh key pair from OpenSSL's CSPRNG.
@@ -163,6 +178,9 @@ struct X25519KeyPair {
         guard EVP_PKEY_derive(ctx, &out, &length) == 1, length == 32 else { throw CryptoError("EVP_PKEY_derive") }
         return out
     }
+
+    /// Overwrites the private key.
+    mutating func wipe() { privateKey.wipe() }
 }
 
 /// The AEAD a Noise cipher suite names.

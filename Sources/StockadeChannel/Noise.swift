@@ -9,8 +9,9 @@
 
 /// A Noise CipherState: a key (or none yet) and the 64-bit nonce counter.
 final class NoiseCipherState {
+    /// The key lives only inside OpenSSL's contexts, which clear it when
+    /// they are freed (on rekey and when the channel goes).
     private(set) var key: AEADKey?
-    private(set) var rawKey: [UInt8]?
     let suite: CipherSuite
     /// The next nonce. 2^64-1 is reserved (Rekey uses it).
     private(set) var nonce: UInt64 = 0
@@ -19,9 +20,13 @@ final class NoiseCipherState {
 
     var hasKey: Bool { key != nil }
 
-    func initializeKey(_ k: [UInt8]) throws(CryptoError) {
+    /// Forgets the key (its OpenSSL contexts clear it when freed).
+    func dropKey() { key = nil }
+
+    /// Sets the key from `k` and wipes `k`.
+    func initializeKey(_ k: inout [UInt8]) throws(CryptoError) {
+        defer { k.wipe() }
         key = try AEADKey(suite: suite, key: k)
-        rawKey = k
         nonce = 0
     }
 
@@ -52,9 +57,11 @@ final class NoiseCipherState {
     /// The nonce counter carries on.
     func rekey() throws(CryptoError) {
         guard let key else { return }
-        let next = try key.seal(nonce: UInt64.max, ad: [], plaintext: [UInt8](repeating: 0, count: 32))
+        var sealed = try key.seal(nonce: UInt64.max, ad: [], plaintext: [UInt8](repeating: 0, count: 32))
+        defer { sealed.wipe() }
+        var next = Array(sealed.prefix(32))
         let keepNonce = nonce
-        try initializeKey(Array(next.prefix(32)))
+        try initializeKey(&next)
         nonce = keepNonce
     }
 }
@@ -80,9 +87,10 @@ final class NoiseSymmetricState {
     }
 
     func mixKey(_ input: [UInt8]) throws(CryptoError) {
-        let out = Crypto.hkdf(chainingKey: chainingKey, input: input, outputs: 2)
+        var out = Crypto.hkdf(chainingKey: chainingKey, input: input, outputs: 2)
+        chainingKey.wipe()
         chainingKey = out[0]
-        try cipher.initializeKey(out[1])
+        try cipher.initializeKey(&out[1])
     }
 
     func mixHash(_ data: [UInt8]) {
@@ -90,10 +98,12 @@ final class NoiseSymmetricState {
     }
 
     func mixKeyAndHash(_ input: [UInt8]) throws(CryptoError) {
-        let out = Crypto.hkdf(chainingKey: chainingKey, input: input, outputs: 3)
+        var out = Crypto.hkdf(chainingKey: chainingKey, input: input, outputs: 3)
+        chainingKey.wipe()
         chainingKey = out[0]
         mixHash(out[1])
-        try cipher.initializeKey(out[2])
+        out[1].wipe()
+        try cipher.initializeKey(&out[2])
     }
 
     func encryptAndHash(_ plaintext: [UInt8]) throws -> [UInt8] {
@@ -109,12 +119,18 @@ final class NoiseSymmetricState {
     }
 
     func split() throws(CryptoError) -> (NoiseCipherState, NoiseCipherState) {
-        let out = Crypto.hkdf(chainingKey: chainingKey, input: [], outputs: 2)
+        var out = Crypto.hkdf(chainingKey: chainingKey, input: [], outputs: 2)
         let c1 = NoiseCipherState(suite: suite)
         let c2 = NoiseCipherState(suite: suite)
-        try c1.initializeKey(out[0])
-        try c2.initializeKey(out[1])
+        try c1.initializeKey(&out[0])
+        try c2.initializeKey(&out[1])
         return (c1, c2)
+    }
+
+    /// Overwrites the chaining key and drops the handshake cipher's key.
+    func wipe() {
+        chainingKey.wipe()
+        cipher.dropKey()
     }
 }
 
@@ -131,8 +147,8 @@ public final class NoiseHandshake {
 
     let role: Role
     let symmetric: NoiseSymmetricState
-    private let psk: [UInt8]
-    private let ephemeral: X25519KeyPair
+    private var psk: [UInt8]
+    private var ephemeral: X25519KeyPair
     private var remoteEphemeral: [UInt8]?
     private var step = 0
 
@@ -143,7 +159,11 @@ public final class NoiseHandshake {
          fixedEphemeralKey: [UInt8]? = nil) throws(CryptoError) {
         precondition(psk.count == 32, "a Noise PSK is 32 bytes")
         self.role = role
-        self.psk = psk
+        // A buffer of its own, so that wipe() clears this copy in place.
+        self.psk = [UInt8](unsafeUninitializedCapacity: psk.count) { buffer, count in
+            _ = buffer.initialize(from: psk)
+            count = psk.count
+        }
         symmetric = NoiseSymmetricState(protocolName: suite.protocolName, suite: suite)
         symmetric.mixHash(prologue)
         if let fixedEphemeralKey {
@@ -213,6 +233,15 @@ public final class NoiseHandshake {
         let payload = try symmetric.decryptAndHash(rest)
         step += 1
         return payload
+    }
+
+    /// Overwrites every secret the handshake holds (its PSK copy, the
+    /// ephemeral private key, the chaining key): call it once the
+    /// handshake is split or has failed.
+    func wipe() {
+        psk.wipe()
+        ephemeral.wipe()
+        symmetric.wipe()
     }
 
     /// The two transport cipher states: (initiator to responder, responder

@@ -102,14 +102,7 @@ final class RecordSealer {
         let total = RecordFormat.overhead + payload.count
         precondition(buffer.count >= total)
         let base = buffer.baseAddress!
-        let length = UInt32(RecordFormat.bodyHeaderLength + payload.count + RecordFormat.tagLength)
-        base.storeBigEndian(length, toByteOffset: 0)
-        base.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
-        let body = base + RecordFormat.headerLength
-        body.storeBytes(of: type.rawValue, toByteOffset: 0, as: UInt8.self)
-        body.storeBytes(of: flags.rawValue, toByteOffset: 1, as: UInt8.self)
-        body.storeBigEndian(UInt16(0), toByteOffset: 2)
-        body.storeBigEndian(requestID, toByteOffset: 4)
+        let body = RecordFormat.writeHeaders(type: type, flags: flags, requestID: requestID, payloadCount: payload.count, at: base)
         guard let key = cipher.key else { preconditionFailure("transport cipher without a key") }
         let nonce = try cipher.nextNonce()
         // Header and payload go through the cipher in turn: nothing is
@@ -142,14 +135,7 @@ extension RecordSealer {
                        scratch: UnsafeMutableRawBufferPointer, emit: (UnsafeRawBufferPointer) throws -> Void) throws {
         precondition(scratch.count >= RecordFormat.overhead)
         let base = scratch.baseAddress!
-        let length = UInt32(RecordFormat.bodyHeaderLength + payload.count + RecordFormat.tagLength)
-        base.storeBigEndian(length, toByteOffset: 0)
-        base.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
-        let body = base + RecordFormat.headerLength
-        body.storeBytes(of: type.rawValue, toByteOffset: 0, as: UInt8.self)
-        body.storeBytes(of: flags.rawValue, toByteOffset: 1, as: UInt8.self)
-        body.storeBigEndian(UInt16(0), toByteOffset: 2)
-        body.storeBigEndian(requestID, toByteOffset: 4)
+        let body = RecordFormat.writeHeaders(type: type, flags: flags, requestID: requestID, payloadCount: payload.count, at: base)
         guard let key = cipherKey else { preconditionFailure("transport cipher without a key") }
         let nonce = try nextNonce()
         try key.beginSeal(nonce: nonce, ad: UnsafeRawBufferPointer(start: base, count: RecordFormat.headerLength))
@@ -365,5 +351,23 @@ struct BulkDescriptor: Equatable {
         ad.appendBigEndian(UInt64(totalLength))
         ad.appendBigEndian(UInt64(index))
         return ad
+    }
+}
+
+extension RecordFormat {
+    /// Writes the record header (`u32 length ‖ type`) and the body header
+    /// (`type ‖ flags ‖ reserved ‖ request id`) at `base`; returns where the
+    /// body starts.
+    static func writeHeaders(type: MessageType, flags: MessageFlags, requestID: UInt64, payloadCount: Int,
+                             at base: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        let length = UInt32(RecordFormat.bodyHeaderLength + payloadCount + RecordFormat.tagLength)
+        base.storeBigEndian(length, toByteOffset: 0)
+        base.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
+        let body = base + RecordFormat.headerLength
+        body.storeBytes(of: type.rawValue, toByteOffset: 0, as: UInt8.self)
+        body.storeBytes(of: flags.rawValue, toByteOffset: 1, as: UInt8.self)
+        body.storeBigEndian(UInt16(0), toByteOffset: 2)
+        body.storeBigEndian(requestID, toByteOffset: 4)
+        return body
     }
 }

@@ -16,6 +16,8 @@ public final class SecureChannel: @unchecked Sendable {
 
     public let role: Role
     public let suite: CipherSuite
+    /// The channel's parameters, without the PSK: the channel keeps no
+    /// copy of it (``ChannelParameters/psk`` is empty here).
     public let parameters: ChannelParameters
     /// The Noise handshake hash: both ends hold the same value.
     public let handshakeHash: [UInt8]
@@ -39,8 +41,13 @@ public final class SecureChannel: @unchecked Sendable {
     // Receive side (receiveLock).
     private let receiveLock = NSLock()
     private var inbox: Inbox
-    private var pendingDescriptors: [FileDescriptor] = []
+    /// Messages a waiting ``request(_:)`` or ``ping(_:timeoutMilliseconds:)``
+    /// read that were not its own, for the next ``receive()``; bounded by
+    /// ``stashLimit``.
     private var stash: [ChannelMessage] = []
+    private var stashBytes = 0
+    // Send-side deadline (sendLock): when set, no send waits past it.
+    private var sendDeadline: ContinuousClock.Instant?
     // Shared state (stateLock).
     private let stateLock = NSLock()
     private var closed = false
@@ -50,6 +57,11 @@ public final class SecureChannel: @unchecked Sendable {
     private var inFlight: [UInt64: Int] = [:]
     private var bytesInFlight = 0
     private var nextRequestID: UInt64 = 1
+    /// Pings sent and not yet answered: id -> payload length. A reply is
+    /// accepted only for one of these, with the same length.
+    private var outstandingPings: [UInt64: Int] = [:]
+    /// At most this many pings wait for a reply at once.
+    static let maxOutstandingPings = 16
 
     /// The violation that closed this channel, if one did.
     public var violation: ChannelViolation? { stateLock.withLock { _violation } }
@@ -57,12 +69,21 @@ public final class SecureChannel: @unchecked Sendable {
 
     static let agent = "stockade-swift/1"
 
-    private init(role: Role, suite: CipherSuite, parameters: ChannelParameters, socket: FileDescriptor,
+    /// For the handshake above and for the fuzz target that plays a
+    /// worker's stream into an established channel.
+    init(role: Role, suite: CipherSuite, parameters: ChannelParameters, socket: FileDescriptor,
                  inbox: Inbox, send: NoiseCipherState, receive: NoiseCipherState, handshakeHash: [UInt8], logger: Logger) {
         self.role = role
         self.suite = suite
-        self.parameters = parameters
+        var withoutPSK = parameters
+        withoutPSK.psk = []
+        self.parameters = withoutPSK
         self.socket = socket
+        // From the first record on, a descriptor is judged by the record it
+        // came with (the peer may send its hello and a bulk record back to
+        // back, and both may arrive in one read).
+        var inbox = inbox
+        inbox.acceptsDescriptors = true
         self.inbox = inbox
         self.handshakeHash = handshakeHash
         self.logger = logger
@@ -75,7 +96,6 @@ public final class SecureChannel: @unchecked Sendable {
         outbox.deallocate()
         inbox.deallocate()
         if !closed { try? socket.close() }
-        for fd in pendingDescriptors { try? fd.close() }
     }
 
     static func defaultLogger(_ parameters: ChannelParameters, role: Role) -> Logger {
@@ -104,12 +124,17 @@ public final class SecureChannel: @unchecked Sendable {
                          handshakeTimeoutMilliseconds: Int?, fixedEphemeralKey: [UInt8]?) throws(ChannelError) -> SecureChannel {
         let logger = logger ?? defaultLogger(parameters, role: .initiator)
         var inbox = Inbox(capacity: 64 << 10)
+        // One deadline over the suite choice, the handshake and the hellos,
+        // however the worker spreads its bytes.
+        if let ms = handshakeTimeoutMilliseconds {
+            inbox.deadline = .now + .milliseconds(ms)
+            inbox.deadlineWhat = "handshake and hello from the worker within \(ms) ms"
+        }
         let channel: SecureChannel
         do {
-            if let ms = handshakeTimeoutMilliseconds { try socket.setReceiveTimeout(milliseconds: ms) }
             // 1. The worker names the suite it picked from our offer.
-            let select = try readFrame(socket, &inbox)
-            guard select.count == 2, select[0] == 1 else {
+            let select = try readFrame(socket, &inbox, length: 2, what: "suite selection")
+            guard select[0] == 1 else {
                 throw ChannelViolation(.malformed, "bad suite selection frame")
             }
             guard let suite = CipherSuite(rawValue: select[1]), parameters.suites.contains(suite) else {
@@ -118,14 +143,12 @@ public final class SecureChannel: @unchecked Sendable {
             // 2. -> psk, e
             let handshake = try NoiseHandshake(role: .initiator, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
                                                fixedEphemeralKey: fixedEphemeralKey)
+            defer { handshake.wipe() }
             try writeFrame(socket, handshake.writeMessage(payload: []))
-            // 3. <- e, ee
-            let reply = try readFrame(socket, &inbox)
-            guard try handshake.readMessage(reply).isEmpty else {
-                throw ChannelViolation(.malformed, "unexpected handshake payload")
-            }
+            // 3. <- e, ee (empty payload: exactly the overhead)
+            let reply = try readFrame(socket, &inbox, length: NoiseHandshake.overhead, what: "handshake message 2")
+            _ = try handshake.readMessage(reply)
             let (toWorker, toLauncher) = try handshake.split()
-            if handshakeTimeoutMilliseconds != nil { try socket.setReceiveTimeout(milliseconds: nil) }
             channel = SecureChannel(role: .initiator, suite: suite, parameters: parameters, socket: socket, inbox: inbox,
                                     send: toWorker, receive: toLauncher, handshakeHash: handshake.handshakeHash, logger: logger)
         } catch {
@@ -157,10 +180,9 @@ public final class SecureChannel: @unchecked Sendable {
             try writeFrame(socket, [1, suite.rawValue])
             let handshake = try NoiseHandshake(role: .responder, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
                                                fixedEphemeralKey: fixedEphemeralKey)
-            let first = try readFrame(socket, &inbox)
-            guard try handshake.readMessage(first).isEmpty else {
-                throw ChannelViolation(.malformed, "unexpected handshake payload")
-            }
+            defer { handshake.wipe() }
+            let first = try readFrame(socket, &inbox, length: NoiseHandshake.overhead, what: "handshake message 1")
+            _ = try handshake.readMessage(first)
             try writeFrame(socket, handshake.writeMessage(payload: []))
             let (toWorker, toLauncher) = try handshake.split()
             channel = SecureChannel(role: .responder, suite: suite, parameters: parameters, socket: socket, inbox: inbox,
@@ -203,16 +225,17 @@ public final class SecureChannel: @unchecked Sendable {
         try frame.withUnsafeBytes { try socket.sendAll($0) }
     }
 
-    private static func readFrame(_ socket: FileDescriptor, _ inbox: inout Inbox) throws -> [UInt8] {
-        var descriptors: [FileDescriptor] = []
-        defer { for fd in descriptors { try? fd.close() } }
-        try inbox.fill(2, from: socket, descriptors: &descriptors, during: "handshake")
-        let length = Int(inbox.readable.baseAddress!.loadBigEndian(as: UInt16.self))
-        guard length <= NoiseHandshake.maxMessageLength else { throw ChannelViolation(.oversized, "handshake frame too long") }
-        try inbox.fill(2 + length, from: socket, descriptors: &descriptors, during: "handshake")
-        guard descriptors.isEmpty else {
-            throw ChannelViolation(.unexpectedFileDescriptors, "\(descriptors.count) descriptors during the handshake")
+    /// Reads one handshake frame whose length must be exactly `length`
+    /// (checked from its 2-byte prefix before anything more is read). The
+    /// inbox refuses any descriptor during the handshake.
+    private static func readFrame(_ socket: FileDescriptor, _ inbox: inout Inbox, length: Int, what: String) throws -> [UInt8] {
+        try inbox.fill(2, from: socket, during: what)
+        let announced = Int(inbox.readable.baseAddress!.loadBigEndian(as: UInt16.self))
+        guard announced == length else {
+            throw ChannelViolation(announced > length ? .oversized : .malformed,
+                                   "\(what) frame of \(announced) bytes; it is exactly \(length)")
         }
+        try inbox.fill(2 + length, from: socket, during: what)
         let frame = Array(inbox.readable[2..<2 + length])
         inbox.consume(2 + length)
         return frame
@@ -228,6 +251,8 @@ public final class SecureChannel: @unchecked Sendable {
             throw fail(ChannelViolation(.unexpectedMessage, "first record is \(hello.type), not hello"))
         }
         peerAgent = String(decoding: hello.payload, as: UTF8.self)
+        // The handshake deadline ends here.
+        inbox.deadline = nil
     }
 
     // MARK: Sending
@@ -306,27 +331,50 @@ public final class SecureChannel: @unchecked Sendable {
             // first piece while we encrypt the next.
             var pending = descriptors
             try sealer.sealStreaming(type: type, flags: flags, requestID: requestID, payload: payload, scratch: outbox) { piece in
-                try socket.sendAll(piece, passing: pending)
+                try sendAll(piece, passing: pending)
                 pending = []
             }
             return
         }
         let size = try sealer.seal(type: type, flags: flags, requestID: requestID, payload: payload, into: outbox)
-        try socket.sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
+        try sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
+    }
+
+    /// Sends every byte (sendLock held). Under a deadline each `sendmsg`
+    /// may block only for the time left, so a peer that stops reading (or
+    /// reads a byte now and then) cannot hold the sender past it.
+    private func sendAll(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor]) throws {
+        guard let deadline = sendDeadline else { return try socket.sendAll(bytes, passing: descriptors) }
+        defer { try? socket.setSendTimeout(milliseconds: nil) }
+        var offset = 0
+        var pending = descriptors
+        while offset < bytes.count || !pending.isEmpty {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw ChannelViolation(.timedOut, "the peer stopped reading; a send missed its deadline") }
+            try socket.setSendTimeout(milliseconds: max(1, Int(left.inMilliseconds.rounded(.up))))
+            do {
+                offset += try socket.sendMessage(UnsafeRawBufferPointer(rebasing: bytes[offset...]), passing: pending)
+                pending = []
+            } catch {
+                guard error == .wouldBlock else { throw error }
+            }
+        }
     }
 
     /// Encrypts `payload` in chunks under a fresh key into a new memfd
     /// (see ``BulkDescriptor/seal(_:requestID:suite:into:)``), seals it, and
     /// sends a bulk record that carries the key with the memfd attached.
     private func sendBulk(innerType: MessageType, requestID: UInt64, payload: UnsafeRawBufferPointer) throws {
-        let descriptor = BulkDescriptor(innerType: innerType, chunkSize: 1 << 20, totalLength: payload.count,
+        var descriptor = BulkDescriptor(innerType: innerType, chunkSize: 1 << 20, totalLength: payload.count,
                                         key: try Crypto.randomBytes(32))
+        defer { descriptor.key.wipe() }
         let memfd = try FileDescriptor.memfd(name: "stockade-bulk")
         defer { try? memfd.close() }
         _ = try memfd.resize(to: Int64(descriptor.sealedLength))
         try descriptor.seal(payload, requestID: requestID, suite: suite, into: memfd)
         try Self.sealImmutable(memfd)
-        let record = descriptor.encoded()
+        var record = descriptor.encoded()
+        defer { record.wipe() }
         try record.withUnsafeBytes {
             try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd])
         }
@@ -387,7 +435,11 @@ public final class SecureChannel: @unchecked Sendable {
     public func receive() throws(ChannelError) -> ChannelMessage? {
         receiveLock.lock()
         defer { receiveLock.unlock() }
-        if !stash.isEmpty { return stash.removeFirst() }
+        if !stash.isEmpty {
+            let message = stash.removeFirst()
+            stashBytes -= message.payload.count
+            return message
+        }
         while true {
             guard let message = try receiveRecord() else { return nil }
             if message.type == .ping, !message.flags.contains(.reply) {
@@ -398,33 +450,61 @@ public final class SecureChannel: @unchecked Sendable {
         }
     }
 
+    /// The most messages (and payload bytes) kept for ``receive()`` while a
+    /// request or ping waits for its own answer. Everything the peer may
+    /// legitimately send meanwhile is bounded by what was asked of it (a
+    /// response per request in flight, a reply per ping, one shutdown), so
+    /// more is a violation, not a reason to grow.
+    var stashLimit: (count: Int, bytes: Int) {
+        (limits.maxRequestsInFlight + Self.maxOutstandingPings + 1,
+         limits.maxRequestsInFlight.multipliedReportingOverflow(by: max(limits.maxRecordPayload, limits.maxBulkLength)).partialValue)
+    }
+
+    /// Keeps `message` for a later ``receive()``, within ``stashLimit``.
+    private func keep(_ message: ChannelMessage) throws(ChannelError) {
+        let limit = stashLimit
+        guard stash.count < limit.count, message.payload.count <= limit.bytes - stashBytes else {
+            throw fail(ChannelViolation(.unexpectedMessage,
+                                        "\(stash.count) messages (\(stashBytes) bytes) are already waiting unread; the limit is \(limit.count) (\(limit.bytes) bytes)"))
+        }
+        stash.append(message)
+        stashBytes += message.payload.count
+    }
+
     private func receiveRecord() throws(ChannelError) -> ChannelMessage? {
-        if isClosed { throw .closed }
+        if isClosed {
+            inbox.dropDescriptor()
+            throw .closed
+        }
         do {
-            guard try inbox.fillOrEOF(RecordFormat.headerLength, from: socket, descriptors: &pendingDescriptors, during: "a record header") else {
+            let recordStart = inbox.consumedTotal
+            guard try inbox.fillOrEOF(RecordFormat.headerLength, from: socket, during: "a record header") else {
                 return try endOfStream()
             }
             let header = UnsafeRawBufferPointer(rebasing: inbox.readable[0..<RecordFormat.headerLength])
             let (length, type) = try opener.parseHeader(header)
+            let recordEnd = recordStart + RecordFormat.headerLength + length
+            // A descriptor with the header of a record that is not bulk is refused before its body is read.
+            try inbox.checkDescriptor(recordStart: recordStart, recordEnd: recordEnd, type: type)
             var message: ChannelMessage
             if RecordFormat.headerLength + length > Self.streamingThreshold {
-                message = try receiveStreaming(length: length, type: type)
+                message = try receiveStreaming(length: length, type: type, recordStart: recordStart, recordEnd: recordEnd)
             } else {
-                try inbox.fill(RecordFormat.headerLength + length, from: socket, descriptors: &pendingDescriptors, during: "a record")
+                try inbox.fill(RecordFormat.headerLength + length, from: socket, during: "a record")
+                try inbox.checkDescriptor(recordStart: recordStart, recordEnd: recordEnd, type: type)
                 let record = inbox.readable
                 message = try opener.open(header: UnsafeRawBufferPointer(rebasing: record[0..<RecordFormat.headerLength]),
                                           ciphertext: UnsafeRawBufferPointer(rebasing: record[RecordFormat.headerLength..<RecordFormat.headerLength + length]))
                 inbox.consume(RecordFormat.headerLength + length)
             }
             if message.type == .bulk {
-                message = try receiveBulk(message)
+                message = try receiveBulk(message, recordStart: recordStart, recordEnd: recordEnd)
+            } else {
+                try account(message, commit: true)
             }
-            if pendingDescriptors.count > 1 || (!pendingDescriptors.isEmpty && inbox.readable.isEmpty) {
-                throw ChannelViolation(.unexpectedFileDescriptors, "\(pendingDescriptors.count) descriptors arrived with no bulk record")
-            }
-            try account(message)
             return message
         } catch {
+            inbox.dropDescriptor()
             throw fail(error)
         }
     }
@@ -433,12 +513,13 @@ public final class SecureChannel: @unchecked Sendable {
     /// into the payload, instead of being buffered whole first.
     static let streamingThreshold = 32 << 10
 
-    private func receiveStreaming(length: Int, type: MessageType) throws -> ChannelMessage {
+    private func receiveStreaming(length: Int, type: MessageType, recordStart: Int, recordEnd: Int) throws -> ChannelMessage {
         let header = Array(inbox.readable[0..<RecordFormat.headerLength])
         inbox.consume(RecordFormat.headerLength)
         let key = try header.withUnsafeBytes { try opener.beginStreaming(header: $0) }
         func corrupt() -> ChannelViolation { ChannelViolation(.malformed, "AEAD update failed") }
-        try inbox.fill(RecordFormat.bodyHeaderLength, from: socket, descriptors: &pendingDescriptors, during: "a record")
+        try inbox.fill(RecordFormat.bodyHeaderLength, from: socket, during: "a record")
+        try inbox.checkDescriptor(recordStart: recordStart, recordEnd: recordEnd, type: type)
         var bodyHeader = [UInt8](repeating: 0, count: RecordFormat.bodyHeaderLength)
         guard bodyHeader.withUnsafeMutableBytes({ key.openUpdate(inbox.readable.baseAddress!, $0.baseAddress!, RecordFormat.bodyHeaderLength) })
         else { throw corrupt() }
@@ -453,22 +534,22 @@ public final class SecureChannel: @unchecked Sendable {
             }
             // The rest goes from the socket straight into the payload and is
             // decrypted in place; nothing is released before the tag checks.
+            // These reads stop at the payload's end, so a descriptor that
+            // comes with them came with this record (never a bulk one).
             while position < payloadCount {
-                let received = try socket.receiveMessage(
-                    into: UnsafeMutableRawBufferPointer(start: out + position, count: payloadCount - position), maxDescriptors: 4)
-                pendingDescriptors += received.descriptors
-                if received.controlTruncated {
-                    throw ChannelViolation(.unexpectedFileDescriptors, "more descriptors than allowed in one message")
-                }
-                if received.byteCount == 0 {
+                let received = try inbox.receiveDirect(
+                    into: UnsafeMutableRawBufferPointer(start: out + position, count: payloadCount - position), from: socket)
+                try inbox.checkDescriptor(recordStart: recordStart, recordEnd: recordEnd, type: type)
+                if received == 0 {
                     throw ChannelViolation(.truncated, "stream ended \(position) bytes into a \(payloadCount) byte payload")
                 }
-                guard key.openUpdate(out + position, out + position, received.byteCount) else { throw corrupt() }
-                position += received.byteCount
+                guard key.openUpdate(out + position, out + position, received) else { throw corrupt() }
+                position += received
             }
             count = payloadCount
         }
-        try inbox.fill(RecordFormat.tagLength, from: socket, descriptors: &pendingDescriptors, during: "a record tag")
+        try inbox.fill(RecordFormat.tagLength, from: socket, during: "a record tag")
+        try inbox.checkDescriptor(recordStart: recordStart, recordEnd: recordEnd, type: type)
         let message = try opener.finishStreaming(key: key, tag: inbox.readable.baseAddress!, clearType: type,
                                                  bodyHeader: bodyHeader, payload: payload)
         inbox.consume(RecordFormat.tagLength)
@@ -484,79 +565,108 @@ public final class SecureChannel: @unchecked Sendable {
         throw ChannelViolation(.closed, "the peer closed the channel without a shutdown")
     }
 
-    /// Checks a received message against the direction rules and credits.
-    private func account(_ message: ChannelMessage) throws {
+    /// Checks a received message against the direction rules and credits;
+    /// with `commit` false only checks (a bulk record is checked this way
+    /// before its memfd is touched, and committed once it is read).
+    private func account(_ message: ChannelMessage, commit: Bool) throws {
+        try account(type: message.type, flags: message.flags, requestID: message.requestID, payloadCount: message.payload.count, commit: commit)
+    }
+
+    private func account(type: MessageType, flags: MessageFlags, requestID: UInt64, payloadCount: Int, commit: Bool) throws {
         try stateLock.withLock { () throws in
-            switch (role, message.type) {
+            if type != .hello, opener.recordCount == 1 {
+                throw ChannelViolation(.unexpectedMessage, "first record is \(type), not hello")
+            }
+            switch (role, type) {
             case (_, .hello):
                 guard !helloReceived, opener.recordCount == 1 else {
                     throw ChannelViolation(.unexpectedMessage, "a second hello")
                 }
-                helloReceived = true
+                if commit { helloReceived = true }
             case (.responder, .request):
-                guard inFlight[message.requestID] == nil else {
-                    throw ChannelViolation(.unexpectedMessage, "request id \(message.requestID) is already in flight")
+                guard inFlight[requestID] == nil else {
+                    throw ChannelViolation(.unexpectedMessage, "request id \(requestID) is already in flight")
                 }
                 guard inFlight.count < limits.maxRequestsInFlight else {
                     throw ChannelViolation(.creditExceeded, "more than \(limits.maxRequestsInFlight) requests in flight")
                 }
-                guard message.payload.count <= limits.maxBytesInFlight - bytesInFlight else {
+                guard payloadCount <= limits.maxBytesInFlight - bytesInFlight else {
                     throw ChannelViolation(.creditExceeded, "more than \(limits.maxBytesInFlight) request bytes in flight")
                 }
-                inFlight[message.requestID] = message.payload.count
-                bytesInFlight += message.payload.count
+                if commit {
+                    inFlight[requestID] = payloadCount
+                    bytesInFlight += payloadCount
+                }
             case (.responder, .cancel):
                 break
             case (.initiator, .response), (.initiator, .error):
-                guard let bytes = inFlight.removeValue(forKey: message.requestID) else {
-                    throw ChannelViolation(.unexpectedMessage, "\(message.type) for request \(message.requestID), which is not in flight")
+                guard let bytes = inFlight[requestID] else {
+                    throw ChannelViolation(.unexpectedMessage, "\(type) for request \(requestID), which is not in flight")
                 }
-                bytesInFlight -= bytes
+                if commit {
+                    inFlight[requestID] = nil
+                    bytesInFlight -= bytes
+                }
+            case (_, .ping) where flags.contains(.reply):
+                guard let sent = outstandingPings[requestID] else {
+                    throw ChannelViolation(.unexpectedMessage, "a ping reply for id \(requestID), which no ping is waiting for")
+                }
+                guard sent == payloadCount else {
+                    throw ChannelViolation(.malformed, "ping reply of \(payloadCount) bytes to a ping of \(sent)")
+                }
+                if commit { outstandingPings[requestID] = nil }
             case (_, .ping):
                 break
             case (_, .shutdown):
-                shutdownSeen = true
+                if commit { shutdownSeen = true }
             default:
-                throw ChannelViolation(.unexpectedMessage, "a \(role == .initiator ? "launcher" : "worker") does not accept \(message.type)")
-            }
-            if message.type != .hello, opener.recordCount == 1 {
-                throw ChannelViolation(.unexpectedMessage, "first record is \(message.type), not hello")
+                throw ChannelViolation(.unexpectedMessage, "a \(role == .initiator ? "launcher" : "worker") does not accept \(type)")
             }
         }
     }
 
-    /// Opens a bulk transfer: checks the memfd's seals and size, then
-    /// decrypts it chunk by chunk into the payload
+    /// Opens a bulk transfer. In this order: the descriptor's fields, the
+    /// inner message against the direction and credit rules (so a transfer
+    /// for a request not in flight is refused untouched), the memfd that
+    /// arrived with this very record (type, seals, exact size, no holes),
+    /// then the chunks, decrypted one by one into the payload
     /// (``BulkDescriptor/open(_:requestID:suite:)``).
-    private func receiveBulk(_ record: ChannelMessage) throws -> ChannelMessage {
-        let descriptor = try BulkDescriptor(decoding: record.payload, maxBulkLength: limits.maxBulkLength)
-        guard !pendingDescriptors.isEmpty else {
+    private func receiveBulk(_ record: ChannelMessage, recordStart: Int, recordEnd: Int) throws -> ChannelMessage {
+        var descriptor = try BulkDescriptor(decoding: record.payload, maxBulkLength: limits.maxBulkLength)
+        defer { descriptor.key.wipe() }
+        try account(type: descriptor.innerType, flags: [], requestID: record.requestID, payloadCount: descriptor.totalLength, commit: false)
+        guard let memfd = inbox.takeDescriptor(recordStart: recordStart, recordEnd: recordEnd) else {
             throw ChannelViolation(.unexpectedFileDescriptors, "bulk record without a memfd")
         }
-        let memfd = pendingDescriptors.removeFirst()
         defer { try? memfd.close() }
-        let seals: FileSeals
-        do { seals = try memfd.seals() } catch {
-            throw ChannelViolation(.unsealedMemfd, "bulk descriptor is not a sealable memfd (\(error))")
+        // Checked on arrival; again here, next to the use.
+        if let problem = Inbox.bulkMemfdProblem(memfd) { throw ChannelViolation(.unsealedMemfd, problem) }
+        let status = try memfd.fileStatus()
+        guard status.size == descriptor.sealedLength else {
+            throw ChannelViolation(.malformed, "bulk memfd holds \(status.size) bytes, expected \(descriptor.sealedLength)")
         }
-        guard seals.isSuperset(of: [.write, .shrink, .grow]) else {
-            throw ChannelViolation(.unsealedMemfd, "bulk memfd seals are \(seals), need write,shrink,grow")
+        // A hole would be allocated here, in the launcher's memory, by the
+        // first touch of the mapping. The write seal forbids punching new
+        // ones, so a file with none now has none while it is read.
+        guard status.allocatedBytes >= status.size else {
+            throw ChannelViolation(.malformed, "bulk memfd of \(status.size) bytes has holes (\(status.allocatedBytes) bytes allocated)")
         }
-        let size = try memfd.fileSize()
-        guard size == descriptor.sealedLength else {
-            throw ChannelViolation(.malformed, "bulk memfd holds \(size) bytes, expected \(descriptor.sealedLength)")
-        }
-        let mapping = try FileMapping(memfd, count: size, writable: false, populate: true)
+        let mapping = try FileMapping(memfd, count: status.size, writable: false, populate: true)
         let payload = try withExtendedLifetime(mapping) {
             try descriptor.open(mapping.bytes, requestID: record.requestID, suite: suite)
         }
-        return ChannelMessage(type: descriptor.innerType, requestID: record.requestID, payload: payload, viaBulk: true)
+        let message = ChannelMessage(type: descriptor.innerType, requestID: record.requestID, payload: payload, viaBulk: true)
+        try account(message, commit: true)
+        return message
     }
 
     // MARK: Requests (launcher side)
 
     /// Sends `payload` as a request and waits for its response. Other
     /// messages that arrive meanwhile are kept for ``receive()``.
+    ///
+    /// There is no deadline here: whoever bounds the request's time calls
+    /// ``interrupt()`` from another thread when it runs out.
     public func request(_ payload: [UInt8]) throws(ChannelError) -> [UInt8] {
         let id = stateLock.withLock { () -> UInt64 in
             defer { nextRequestID += 1 }
@@ -572,7 +682,7 @@ public final class SecureChannel: @unchecked Sendable {
                 continue
             }
             guard message.requestID == id, message.type == .response || message.type == .error else {
-                stash.append(message)
+                try keep(message)
                 continue
             }
             if message.type == .error { throw .remote(String(decoding: message.payload, as: UTF8.self)) }
@@ -588,37 +698,95 @@ public final class SecureChannel: @unchecked Sendable {
         }
     }
 
-    /// Sends a ping and waits for its reply.
-    public func ping(_ payload: [UInt8] = []) throws(ChannelError) {
+    /// Sends a ping and waits for its reply, at most `timeoutMilliseconds`
+    /// (nil: for ever) for the send and the reply together. A peer that
+    /// misses the deadline is a `timed-out` violation: the channel closes
+    /// and the launcher kills the worker.
+    public func ping(_ payload: [UInt8] = [], timeoutMilliseconds: Int? = 10_000) throws(ChannelError) {
         let id = makeRequestID()
-        try send(type: .ping, requestID: id, payload: payload)
-        receiveLock.lock()
-        defer { receiveLock.unlock() }
-        while true {
-            guard let message = try receiveRecord() else { throw .closed }
-            if message.type == .ping, message.flags.contains(.reply), message.requestID == id {
-                guard message.payload == payload else {
-                    throw fail(ChannelViolation(.malformed, "ping reply does not echo the payload"))
+        stateLock.lock()
+        guard outstandingPings.count < Self.maxOutstandingPings else {
+            defer { stateLock.unlock() }
+            throw .noCredit("\(outstandingPings.count) pings are waiting for a reply (limit \(Self.maxOutstandingPings))")
+        }
+        outstandingPings[id] = payload.count
+        stateLock.unlock()
+        let deadline = timeoutMilliseconds.map { ContinuousClock.now + .milliseconds($0) }
+        try withDeadline(deadline, what: "ping reply within \(timeoutMilliseconds ?? 0) ms") { () throws(ChannelError) in
+            try send(type: .ping, requestID: id, payload: payload)
+            receiveLock.lock()
+            defer { receiveLock.unlock() }
+            while true {
+                guard let message = try receiveRecord() else { throw .closed }
+                if message.type == .ping, message.flags.contains(.reply), message.requestID == id {
+                    guard message.payload == payload else {
+                        throw fail(ChannelViolation(.malformed, "ping reply does not echo the payload"))
+                    }
+                    return
                 }
-                return
+                if message.type == .ping, !message.flags.contains(.reply) {
+                    try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
+                    continue
+                }
+                try keep(message)
             }
-            stash.append(message)
         }
     }
 
     /// Orderly close from the launcher: sends shutdown, waits for the
-    /// worker's reply and its end of stream, and closes.
-    public func shutdown() throws(ChannelError) {
-        try send(type: .shutdown, requestID: 0, payload: [])
-        while let message = try receive() {
-            if message.type == .shutdown { continue }
+    /// worker's reply and its end of stream, and closes. Waits at most
+    /// `timeoutMilliseconds` (nil: for ever) in all; a worker that is
+    /// later is a `timed-out` violation (the channel closes; kill it).
+    public func shutdown(timeoutMilliseconds: Int? = 5_000) throws(ChannelError) {
+        let deadline = timeoutMilliseconds.map { ContinuousClock.now + .milliseconds($0) }
+        try withDeadline(deadline, what: "shutdown reply and end of stream within \(timeoutMilliseconds ?? 0) ms") { () throws(ChannelError) in
+            try send(type: .shutdown, requestID: 0, payload: [])
+            while let message = try receive() {
+                if message.type == .shutdown { continue }
+            }
         }
+    }
+
+    /// Sets or clears the receive deadline: for the fuzz target.
+    func setReceiveDeadlineForFuzzing(_ deadline: ContinuousClock.Instant?) {
+        receiveLock.withLock {
+            inbox.deadline = deadline
+            inbox.deadlineWhat = "fuzz input"
+        }
+    }
+
+    /// Runs `body` with every send and receive of this channel bounded by
+    /// `deadline` (nil: no bound).
+    private func withDeadline(_ deadline: ContinuousClock.Instant?, what: String, _ body: () throws(ChannelError) -> Void) throws(ChannelError) {
+        guard let deadline else { return try body() }
+        sendLock.withLock { sendDeadline = deadline }
+        receiveLock.withLock {
+            inbox.deadline = deadline
+            inbox.deadlineWhat = what
+        }
+        defer {
+            sendLock.withLock { sendDeadline = nil }
+            receiveLock.withLock { inbox.deadline = nil }
+        }
+        try body()
     }
 
     /// Answers a shutdown (worker side) and closes.
     public func acknowledgeShutdown() throws(ChannelError) {
         try send(type: .shutdown, flags: .reply, requestID: 0, payload: [])
         close()
+    }
+
+    /// Ends every wait on this channel now, from any thread: shuts the
+    /// socket down in both directions (the descriptor stays open until
+    /// ``close()``), so a thread blocked reading sees end of stream and one
+    /// blocked writing fails, whatever the worker does with its end, even
+    /// if a copy of that end is held by someone else. For watchdogs.
+    public func interrupt() {
+        stateLock.withLock {
+            guard !closed else { return }
+            try? socket.shutdownBoth()
+        }
     }
 
     /// Closes the socket. Idempotent.
@@ -649,28 +817,131 @@ public final class SecureChannel: @unchecked Sendable {
     }
 }
 
-/// A growable receive buffer: bytes in `[start, end)` are unread.
+/// A growable receive buffer: bytes in `[start, end)` are unread. It also
+/// holds the one descriptor a bulk record may bring, and the deadline (if
+/// any) for every read.
 struct Inbox {
     private(set) var storage: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
+    /// The stream offset of `start`: every byte consumed so far, those read
+    /// straight into a payload included.
+    private(set) var consumedTotal = 0
+    /// The descriptor received and not yet taken by its bulk record, with
+    /// the stream offset of the last byte of the `recvmsg` that brought it.
+    /// The kernel ends a read at the message that carries descriptors, so
+    /// that byte belongs to the record the descriptor was sent with.
+    private(set) var descriptor: (fd: FileDescriptor, anchor: Int)?
+    /// False during the Noise handshake: any descriptor then is a violation.
+    var acceptsDescriptors = false
+    /// When set, every read waits only until then (a monotonic clock).
+    var deadline: ContinuousClock.Instant?
+    /// What the peer is late with, for the violation's reason.
+    var deadlineWhat = ""
 
     init(capacity: Int) { storage = .allocate(byteCount: capacity, alignment: 16) }
 
-    func deallocate() { storage.deallocate() }
+    /// Frees the buffer and closes a pending descriptor.
+    mutating func deallocate() {
+        storage.deallocate()
+        dropDescriptor()
+    }
 
     var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[start..<end]) }
 
+    /// The stream offset just past the last byte received.
+    var receivedTotal: Int { consumedTotal + end - start }
+
     mutating func consume(_ n: Int) {
         start += n
+        consumedTotal += n
         if start == end { start = 0; end = 0 }
     }
 
-    /// Reads until at least `count` bytes are unread. Descriptors that
-    /// arrive are appended to `descriptors` (the caller decides whether
-    /// they were expected). Returns false on end of stream before any
-    /// byte of the wanted unit; end of stream after some is a violation.
-    mutating func fillOrEOF(_ count: Int, from socket: FileDescriptor, descriptors: inout [FileDescriptor], during what: String) throws -> Bool {
+    /// Closes the pending descriptor, if any.
+    mutating func dropDescriptor() {
+        if let d = descriptor { try? d.fd.close() }
+        descriptor = nil
+    }
+
+    /// A record occupies stream offsets `[start, end)` and has `type`: a
+    /// descriptor that came with its bytes is a violation unless it is a
+    /// bulk record, and so is one left over from an earlier record.
+    mutating func checkDescriptor(recordStart: Int, recordEnd: Int, type: MessageType) throws(ChannelViolation) {
+        guard let d = descriptor else { return }
+        if d.anchor < recordStart || (d.anchor < recordEnd && type != .bulk) {
+            dropDescriptor()
+            throw ChannelViolation(.unexpectedFileDescriptors, "a descriptor arrived with a \(type) record")
+        }
+    }
+
+    /// The descriptor that arrived with the bulk record at `[start, end)`, if one did.
+    mutating func takeDescriptor(recordStart: Int, recordEnd: Int) -> FileDescriptor? {
+        guard let d = descriptor, d.anchor >= recordStart, d.anchor < recordEnd else { return nil }
+        descriptor = nil
+        return d.fd
+    }
+
+    /// One `recvmsg` into `buffer`, with room for one descriptor, after
+    /// waiting for data until the deadline. A descriptor is checked at once:
+    /// during the handshake, beside another one, or in the same message as
+    /// another one it is `unexpected-fds`; one that is not a sealed regular
+    /// memfd is `unsealed-memfd`. Either way it is closed before the throw.
+    private mutating func receive(into buffer: UnsafeMutableRawBufferPointer, from socket: FileDescriptor) throws -> Int {
+        if let deadline { try Self.waitReadable(socket, until: deadline, what: deadlineWhat) }
+        let received = try socket.receiveMessage(into: buffer, maxDescriptors: 1)
+        let anchor = receivedTotal + received.byteCount - 1
+        if received.descriptors.isEmpty && !received.controlTruncated { return received.byteCount }
+        func refuse(_ kind: ChannelViolation.Kind, _ reason: String) -> ChannelViolation {
+            for fd in received.descriptors { try? fd.close() }
+            return ChannelViolation(kind, reason)
+        }
+        if received.controlTruncated || received.descriptors.count > 1 {
+            throw refuse(.unexpectedFileDescriptors, "more than one descriptor in one message")
+        }
+        guard acceptsDescriptors else { throw refuse(.unexpectedFileDescriptors, "a descriptor during the handshake") }
+        guard descriptor == nil else { throw refuse(.unexpectedFileDescriptors, "a second descriptor before the first was used") }
+        guard received.byteCount > 0 else { throw refuse(.unexpectedFileDescriptors, "a descriptor with no bytes") }
+        let fd = received.descriptors[0]
+        if let problem = Self.bulkMemfdProblem(fd) { throw refuse(.unsealedMemfd, problem) }
+        descriptor = (fd, anchor)
+        return received.byteCount
+    }
+
+    /// Why `fd` is not what a bulk record claims (a regular file whose
+    /// seals forbid writing, growing and shrinking), or nil when it is.
+    static func bulkMemfdProblem(_ fd: FileDescriptor) -> String? {
+        guard let status = try? fd.fileStatus() else { return "fstat of the descriptor failed" }
+        guard status.isRegularFile else { return "the descriptor is not a regular file (mode \(String(status.mode, radix: 8)))" }
+        let seals: FileSeals
+        do { seals = try fd.seals() } catch { return "the descriptor is not a sealable memfd (\(error))" }
+        guard seals.isSuperset(of: [.write, .shrink, .grow]) else { return "the memfd's seals are \(seals), need write,shrink,grow" }
+        return nil
+    }
+
+    /// Waits until `socket` is readable or `deadline` passes (then the
+    /// peer is late: `timed-out`).
+    static func waitReadable(_ socket: FileDescriptor, until deadline: ContinuousClock.Instant, what: String) throws {
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw ChannelViolation(.timedOut, "no \(what) before the deadline") }
+            if try socket.waitReadable(timeoutMilliseconds: Int(left.inMilliseconds.rounded(.up))) { return }
+        }
+    }
+
+    /// Reads straight into `buffer` (the inbox must be empty): for a large
+    /// record's payload. Returns the byte count; 0 is end of stream.
+    mutating func receiveDirect(into buffer: UnsafeMutableRawBufferPointer, from socket: FileDescriptor) throws -> Int {
+        precondition(start == end, "direct reads only with an empty inbox")
+        let n = try receive(into: buffer, from: socket)
+        consumedTotal += n
+        return n
+    }
+
+    /// Reads until at least `count` bytes are unread. Returns false on end
+    /// of stream before any byte of the wanted unit; end of stream after
+    /// some is a violation.
+    mutating func fillOrEOF(_ count: Int, from socket: FileDescriptor, during what: String) throws -> Bool {
         while end - start < count {
             if storage.count - start < count {
                 if storage.count < count {
@@ -685,22 +956,18 @@ struct Inbox {
                 end -= start
                 start = 0
             }
-            let received = try socket.receiveMessage(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), maxDescriptors: 4)
-            descriptors += received.descriptors
-            if received.controlTruncated {
-                throw ChannelViolation(.unexpectedFileDescriptors, "more descriptors than allowed in one message")
-            }
-            if received.byteCount == 0 {
+            let n = try receive(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), from: socket)
+            if n == 0 {
                 if end - start == 0 { return false }
                 throw ChannelViolation(.truncated, "stream ended \(end - start) bytes into \(what) of \(count)")
             }
-            end += received.byteCount
+            end += n
         }
         return true
     }
 
-    mutating func fill(_ count: Int, from socket: FileDescriptor, descriptors: inout [FileDescriptor], during what: String) throws {
-        guard try fillOrEOF(count, from: socket, descriptors: &descriptors, during: what) else {
+    mutating func fill(_ count: Int, from socket: FileDescriptor, during what: String) throws {
+        guard try fillOrEOF(count, from: socket, during: what) else {
             throw ChannelViolation(.truncated, "stream ended before \(what)")
         }
     }

@@ -47,6 +47,7 @@ public enum WorkerChannel {
             throw .violation(ChannelViolation(.badParameters, "params memfd holds \(size) bytes; the limit is \(ChannelParameters.maxEncodedLength)"))
         }
         var bytes = [UInt8](repeating: 0, count: size)
+        defer { bytes.wipe() }
         var done = 0
         while done < size {
             let n: Int
@@ -71,8 +72,13 @@ public enum WorkerChannel {
             throw .bootstrap("\(ChannelBootstrap.environmentVariable) is not set; this program must be started by stockade")
         }
         let (socketFD, paramsFD) = try parseEnvironmentValue(value)
-        let parameters = try readParameters(from: FileDescriptor(rawValue: paramsFD))
-        return try SecureChannel.respond(socket: FileDescriptor(rawValue: socketFD), parameters: parameters,
+        var parameters = try readParameters(from: FileDescriptor(rawValue: paramsFD))
+        defer { parameters.psk.wipe() }
+        let socket = FileDescriptor(rawValue: socketFD)
+        // Nothing this worker executes inherits the channel: a child holding
+        // it could keep the launcher waiting for an end of stream.
+        do { try socket.setCloseOnExec(true) } catch { throw .system("close-on-exec on the channel socket", error) }
+        return try SecureChannel.respond(socket: socket, parameters: parameters,
                                          supportedSuites: supportedSuites, logger: logger)
     }
 

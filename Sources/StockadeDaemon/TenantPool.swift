@@ -350,6 +350,10 @@ public final class TenantPool: @unchecked Sendable {
             let watchdog = DispatchWorkItem { [weak worker] in
                 guard let worker else { return }
                 worker.timedOut.store(true, ordering: .sequentiallyConsistent)
+                // Killing the jail is not enough to end the wait: a worker
+                // may have passed its socket end to us, or to a process
+                // outside the jail. Shutting our end down always is.
+                worker.channel.interrupt()
                 worker.kill(reason: .timeLimit)
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(config.requestTimeout.components.seconds * 1000
@@ -453,10 +457,12 @@ public final class TenantPool: @unchecked Sendable {
         return nil
     }
 
-    /// Orderly shutdown through the channel; killed if it lingers.
+    /// Orderly shutdown through the channel; killed if it lingers: the
+    /// shutdown waits at most 5 s for the reply and the end of stream, the
+    /// exit 2 s more.
     private func stopWorker(_ worker: Worker) {
         worker.queue.async {
-            try? worker.channel.shutdown()
+            try? worker.channel.shutdown(timeoutMilliseconds: 5_000)
             _ = worker.awaitExit(grace: .seconds(2))
         }
     }

@@ -159,7 +159,6 @@ public enum Launcher {
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
-        plan.pivot = 1
         plan.staging = arena.string("/tmp")
         plan.root_options = arena.string("size=\(profile.filesystem.rootSize),mode=0755")
         let cMounts = mounts.map { m in
@@ -196,7 +195,6 @@ public enum Launcher {
         }
         plan.fds = arena.array(fdMap)
         plan.n_fds = UInt32(fdMap.count)
-        plan.no_new_privs = 1
         plan.cwd = arena.string(profile.cwd)
         if let ll = request.landlock, ll.abi > 0 {
             plan.landlock_abi = ll.abi

@@ -74,6 +74,30 @@ extension FileDescriptor {
     }
 }
 
+/// What `fstat` says about a file, the parts a receiver of a passed
+/// descriptor checks before it uses it.
+public struct FileStatus: Sendable {
+    /// `st_mode`: type and permission bits.
+    public var mode: UInt32
+    public var size: Int
+    /// `st_blocks` × 512: the storage the file really holds. Below `size`,
+    /// the file has holes that the first read or mapping would allocate.
+    public var allocatedBytes: Int
+
+    public var isRegularFile: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFREG) }
+}
+
+extension FileDescriptor {
+    /// Type, size and allocated storage of the open file.
+    ///
+    /// The corresponding C function is `fstat`.
+    public func fileStatus() throws(Errno) -> FileStatus {
+        var info = Glibc.stat()
+        _ = try retryingSyscall { Glibc.fstat(rawValue, &info) }
+        return FileStatus(mode: UInt32(info.st_mode), size: Int(info.st_size), allocatedBytes: Int(info.st_blocks) * 512)
+    }
+}
+
 /// A memory mapping of a file, unmapped when the value is released.
 public final class FileMapping {
     public let pointer: UnsafeMutableRawPointer

@@ -170,6 +170,36 @@ extension FileDescriptor {
         _ = try retryingSyscall { stk_fcntl_int(rawValue, F_SETFD, wanted) }
     }
 
+    /// Sets a send timeout (`SO_SNDTIMEO`); nil removes it. A send that
+    /// times out fails with ``Errno/wouldBlock`` (or sends fewer bytes).
+    ///
+    /// The corresponding C function is `setsockopt`.
+    public func setSendTimeout(milliseconds: Int?) throws(Errno) {
+        let ms = milliseconds ?? 0
+        var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
+        _ = try retryingSyscall {
+            setsockopt(rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    /// Waits until the descriptor is readable (or at end of stream) for at
+    /// most `timeoutMilliseconds`; false when the time ran out.
+    ///
+    /// The corresponding C function is `poll` with `POLLIN`.
+    public func waitReadable(timeoutMilliseconds: Int) throws(Errno) -> Bool {
+        var entry = pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)
+        return try retryingSyscall { poll(&entry, 1, Int32(clamping: timeoutMilliseconds)) } > 0
+    }
+
+    /// Shuts the socket down in both directions without closing the
+    /// descriptor: a thread blocked reading it sees end of stream, one
+    /// blocked writing it gets ``Errno/brokenPipe``, whatever the peer does.
+    ///
+    /// The corresponding C function is `shutdown` with `SHUT_RDWR`.
+    public func shutdownBoth() throws(Errno) {
+        _ = try retryingSyscall { Glibc.shutdown(rawValue, Int32(SHUT_RDWR)) }
+    }
+
     /// Sets a receive timeout (`SO_RCVTIMEO`); nil removes it. A read that
     /// times out fails with ``Errno/wouldBlock``.
     ///

@@ -68,8 +68,9 @@ func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined()
         let key = [UInt8](repeating: 7, count: 32)
         let a = NoiseCipherState(suite: suite)
         let b = NoiseCipherState(suite: suite)
-        try a.initializeKey(key)
-        try b.initializeKey(key)
+        var keyA = key, keyB = key
+        try a.initializeKey(&keyA)
+        try b.initializeKey(&keyB)
         let sealer = RecordSealer(cipher: a, rekeyInterval: 2)
         let payload = (0..<300).map { UInt8($0 & 0xff) }
         var buffer = [UInt8](repeating: 0, count: RecordFormat.overhead + payload.count)

@@ -47,10 +47,24 @@ private func connectedPair(limits: ChannelLimits = ChannelLimits()) throws -> (S
     @Test func descriptorOnAnOrdinaryRecordIsRejected() throws {
         let (channel, raw, worker) = try connectedPair()
         defer { channel.close(); try? raw.close() }
+        // A descriptor a bulk record could carry (a sealed memfd), on a ping.
+        let stray = try FileDescriptor.memfd(name: "stray")
+        defer { try? stray.close() }
+        _ = try stray.resize(to: 4096)
+        try stray.addSeals(.immutable)
+        try channel.sendRawRecordForTesting(type: .ping, requestID: 1, payload: [], passing: [stray])
+        #expect(worker.join()?.violation?.kind == .unexpectedFileDescriptors)
+    }
+
+    @Test func descriptorThatIsNotAMemfdIsRejectedOnArrival() throws {
+        let (channel, raw, worker) = try connectedPair()
+        defer { channel.close(); try? raw.close() }
         let stray = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
         defer { try? stray.close() }
         try channel.sendRawRecordForTesting(type: .ping, requestID: 1, payload: [], passing: [stray])
-        #expect(worker.join()?.violation?.kind == .unexpectedFileDescriptors)
+        let violation = worker.join()?.violation
+        #expect(violation?.kind == .unsealedMemfd)
+        #expect(violation?.reason.contains("not a regular file") == true)
     }
 
     @Test func unsealedBulkMemfdIsRejected() throws {

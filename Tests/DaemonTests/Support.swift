@@ -56,6 +56,8 @@ enum Fixture {
         /// The jail budget in a copy of profiles/minimal.toml for this tenant
         /// (nil: minimal.toml's own).
         var memoryMax: String?
+        /// The worker script in Tests/DaemonTests/Fixtures.
+        var worker = "test_worker.py"
     }
 
     /// Writes a configuration with `tenants` and returns its path.
@@ -99,7 +101,7 @@ enum Fixture {
 
                 [tenant.\(t.name)]
                 profile = "\(profile)"
-                command = ["\(venvPython)", "\(repo)/Tests/DaemonTests/Fixtures/test_worker.py"]
+                command = ["\(venvPython)", "\(repo)/Tests/DaemonTests/Fixtures/\(t.worker)"]
                 binds = ["\(repo)/.venv", "\(repo)/python", "\(repo)/Tests/DaemonTests/Fixtures"]
                 workers_min = \(t.min)
                 workers_max = \(t.max)

@@ -6,6 +6,7 @@ import logging
 import mmap
 import os
 import socket
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -13,7 +14,7 @@ from typing import Callable, Optional
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, CipherState, Handshake, NoiseError
+from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, HANDSHAKE_OVERHEAD, CipherState, Handshake, LowOrderPoint, NoiseError
 
 log = logging.getLogger("stockade_worker")
 
@@ -162,6 +163,8 @@ class Channel:
         self.start = 0
         self.end = 0
         self.fds: list[int] = []
+        # Descriptors are refused during the Noise handshake.
+        self.accept_fds = False
         self.in_flight: dict[int, int] = {}
         self.bytes_in_flight = 0
         self.recv_count = 0
@@ -197,13 +200,27 @@ class Channel:
                 self.end = len(pending)
                 self.start = 0
             view = memoryview(self.buf)[self.end:]
-            n, anc, flags, _ = self.sock.recvmsg_into([view], socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+            # Room for one descriptor: a bulk record brings exactly one.
+            n, anc, flags, _ = self.sock.recvmsg_into([view], socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+            arrived = []
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     usable = len(data) - len(data) % 4
-                    self.fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-            if flags & socket.MSG_CTRUNC:
-                raise ChannelViolation("unexpected-fds", "more descriptors than allowed in one message")
+                    arrived.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+            if arrived or flags & socket.MSG_CTRUNC:
+                # Checked at once; every refused descriptor is closed before the raise.
+                why = None
+                if flags & socket.MSG_CTRUNC or len(arrived) > 1:
+                    why = "more than one descriptor in one message"
+                elif not self.accept_fds:
+                    why = "a descriptor during the handshake"
+                elif self.fds:
+                    why = "a second descriptor before the first was used"
+                if why is not None:
+                    for fd in arrived:
+                        os.close(fd)
+                    raise ChannelViolation("unexpected-fds", why)
+                self.fds.extend(arrived)
             if n == 0:
                 if self.end == self.start and eof_ok:
                     return False
@@ -221,6 +238,8 @@ class Channel:
     def _read_frame(self) -> bytes:
         self._fill(2, "handshake")
         (n,) = struct.unpack_from(">H", self.buf, self.start)
+        if n != HANDSHAKE_OVERHEAD:
+            raise ChannelViolation("malformed", f"handshake frame of {n} bytes; it is exactly {HANDSHAKE_OVERHEAD}")
         self._fill(2 + n, "handshake")
         self._take(2)
         if self.fds:
@@ -240,12 +259,20 @@ class Channel:
         try:
             if hs.read_message(self._read_frame()) != b"":
                 raise ChannelViolation("malformed", "unexpected handshake payload")
+            reply = hs.write_message(b"")
+        except LowOrderPoint as e:
+            raise ChannelViolation("malformed", str(e)) from None
         except NoiseError as e:
             raise ChannelViolation("bad-tag", str(e)) from None
-        self._write_frame(hs.write_message(b""))
+        # The PSK is not needed again; drop this reference to it.
+        self.params.psk = b""
+        self._write_frame(reply)
         to_worker, to_launcher = hs.split()
         self.rx, self.tx = to_worker, to_launcher
         self.handshake_hash = hs.handshake_hash
+        # From the first record on, a descriptor is judged by its record: the
+        # launcher may send its hello and a bulk request back to back.
+        self.accept_fds = True
         self.send(HELLO, 0, AGENT)
         msg = self._receive_record()
         if msg is None or msg[0] != HELLO:
@@ -257,15 +284,18 @@ class Channel:
     def send(self, mtype: int, request_id: int, payload: bytes, flags: int = 0) -> None:
         if self.closed:
             raise ChannelViolation("closed", "channel is closed")
+        if mtype in (RESPONSE, ERROR) and request_id not in self.in_flight:
+            raise ValueError(f"no request {request_id} to answer")
+        bulk = len(payload) > self.params.max_record
+        if bulk and mtype != RESPONSE:
+            raise ValueError("payload too large for a record")
+        if bulk and len(payload) > self.params.max_bulk:
+            raise ValueError("payload exceeds the bulk limit")
+        # Only a request that is answered leaves in_flight: one refused
+        # above can still get its error.
         if mtype in (RESPONSE, ERROR):
-            if request_id not in self.in_flight:
-                raise ValueError(f"no request {request_id} to answer")
             self.bytes_in_flight -= self.in_flight.pop(request_id)
-        if len(payload) > self.params.max_record:
-            if mtype != RESPONSE:
-                raise ValueError("payload too large for a record")
-            if len(payload) > self.params.max_bulk:
-                raise ValueError("payload exceeds the bulk limit")
+        if bulk:
             self._send_bulk(mtype, request_id, payload)
             return
         self._send_record(mtype, request_id, payload, flags)
@@ -341,9 +371,9 @@ class Channel:
         if mtype == BULK:
             mtype, payload = self._receive_bulk(request_id, payload)
             via_bulk = True
-        if len(self.fds) > 1 or (self.fds and self.start == self.end):
+        if self.fds and self.start == self.end:
             raise ChannelViolation("unexpected-fds", "descriptors arrived with no bulk record")
-        self._account(mtype, flags, request_id, payload)
+        self._account(mtype, flags, request_id, len(payload))
         return mtype, flags, request_id, payload, via_bulk
 
     def _receive_bulk(self, request_id: int, desc: bytes):
@@ -355,10 +385,17 @@ class Channel:
             raise ChannelViolation("malformed", "bad bulk descriptor")
         if not BULK_MIN_CHUNK <= chunk <= BULK_MAX_CHUNK or not 1 <= total <= self.params.max_bulk:
             raise ChannelViolation("oversized", "bulk sizes out of range")
+        # The inner message is checked before the descriptor is touched.
+        if inner != REQUEST:
+            raise ChannelViolation("unexpected-message", f"a worker does not accept a bulk {TYPE_NAMES[inner]}")
+        self._account(inner, 0, request_id, total, commit=False)
         if not self.fds:
             raise ChannelViolation("unexpected-fds", "bulk record without a memfd")
         fd = self.fds.pop(0)
         try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ChannelViolation("unsealed-memfd", "bulk descriptor is not a regular file")
             try:
                 seals = fcntl.fcntl(fd, F_GET_SEALS)
             except OSError:
@@ -368,8 +405,10 @@ class Channel:
                 raise ChannelViolation("unsealed-memfd", f"bulk memfd seals {seals:#x}")
             chunks = (total + chunk - 1) // chunk
             size = total + chunks * TAG
-            if os.fstat(fd).st_size != size:
+            if info.st_size != size:
                 raise ChannelViolation("malformed", "bulk memfd has the wrong size")
+            if info.st_blocks * 512 < size:
+                raise ChannelViolation("malformed", f"bulk memfd of {size} bytes has holes")
             aead = _aead(self.suite, key)
             out = bytearray(total)
             with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
@@ -391,7 +430,7 @@ class Channel:
         finally:
             os.close(fd)
 
-    def _account(self, mtype: int, flags: int, request_id: int, payload: bytes) -> None:
+    def _account(self, mtype: int, flags: int, request_id: int, size: int, commit: bool = True) -> None:
         if mtype == HELLO:
             if self.recv_count != 1:
                 raise ChannelViolation("unexpected-message", "a second hello")
@@ -403,11 +442,17 @@ class Channel:
                 raise ChannelViolation("unexpected-message", f"request id {request_id} already in flight")
             if len(self.in_flight) >= self.params.max_requests:
                 raise ChannelViolation("credit-exceeded", "too many requests in flight")
-            if len(payload) > self.params.max_bytes - self.bytes_in_flight:
+            if size > self.params.max_bytes - self.bytes_in_flight:
                 raise ChannelViolation("credit-exceeded", "too many request bytes in flight")
-            self.in_flight[request_id] = len(payload)
+            if commit:
+                self.in_flight[request_id] = size
+                self.bytes_in_flight += size
         elif mtype == SHUTDOWN:
-            self.shutdown_seen = True
+            if commit:
+                self.shutdown_seen = True
+        elif mtype == PING and flags & FLAG_REPLY:
+            # This SDK sends no pings, so no reply is ever expected.
+            raise ChannelViolation("unexpected-message", f"a ping reply for id {request_id}, which no ping is waiting for")
         elif mtype not in (CANCEL, PING):
             raise ChannelViolation("unexpected-message", f"a worker does not accept {TYPE_NAMES[mtype]}")
 
@@ -443,6 +488,9 @@ def connect(environ=None, supported=(AESGCM_SUITE, CHACHAPOLY_SUITE)) -> Channel
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise ChannelViolation("bad-parameters", f"fd {sock_fd} is not a unix stream socket")
+    # Nothing this worker starts inherits the channel: a child holding it
+    # would keep the launcher from seeing this worker's end of stream.
+    sock.set_inheritable(False)
     return Channel(sock, params, supported)
 
 

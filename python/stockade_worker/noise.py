@@ -28,6 +28,10 @@ class NoiseError(Exception):
     """A handshake or transport message failed (bad tag, bad length)."""
 
 
+class LowOrderPoint(NoiseError):
+    """The peer's ephemeral key is a low-order X25519 point (the shared secret would be all zero)."""
+
+
 def protocol_name(suite: int) -> str:
     return f"Noise_NNpsk0_25519_{SUITE_NAMES[suite]}_SHA256"
 
@@ -168,7 +172,11 @@ class Handshake:
         elif not self.initiator and self.step == 1:
             self.ss.mix_hash(e_pub)
             self.ss.mix_key(e_pub)
-            self.ss.mix_key(self.e.exchange(X25519PublicKey.from_public_bytes(self.re)))
+            try:
+                shared = self.e.exchange(X25519PublicKey.from_public_bytes(self.re))
+            except ValueError:
+                raise LowOrderPoint("peer ephemeral is a low-order point") from None
+            self.ss.mix_key(shared)
         else:
             raise NoiseError(f"cannot write handshake message {self.step + 1}")
         out = e_pub + self.ss.encrypt_and_hash(payload)
@@ -193,7 +201,7 @@ class Handshake:
             try:
                 shared = self.e.exchange(X25519PublicKey.from_public_bytes(re))
             except ValueError:
-                raise NoiseError("peer ephemeral is a low-order point") from None
+                raise LowOrderPoint("peer ephemeral is a low-order point") from None
             self.ss.mix_key(shared)
         else:
             raise NoiseError(f"unexpected handshake message {self.step + 1}")

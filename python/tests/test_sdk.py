@@ -7,8 +7,9 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from stockade_worker import noise  # noqa: E402
 from stockade_worker.channel import (  # noqa: E402
-    SEALS_IMMUTABLE, ChannelViolation, F_ADD_SEALS, parse_env, parse_params, read_params)
+    RESPONSE, SEALS_IMMUTABLE, Channel, ChannelViolation, F_ADD_SEALS, parse_env, parse_params, read_params)
 
 PARAMS = (b"STKCHAN1" + bytes([1, 2, 1, 2]) + bytes(range(32)) + bytes(16)
           + struct.pack(">IIQQQ", 1 << 20, 64, 256 << 20, 256 << 20, 1 << 16)
@@ -65,6 +66,35 @@ class Bootstrap(unittest.TestCase):
         with self.assertRaises(ChannelViolation):
             read_params(r)
         self.assertFalse(is_open(r))
+
+
+class Hostile(unittest.TestCase):
+    def test_low_order_ephemeral_is_the_sdks_own_error(self):
+        # A first message whose ephemeral is the all-zero (low-order) point,
+        # with a valid tag (message 1 involves no DH, so the PSK suffices).
+        psk, prologue = bytes(range(32)), b"p"
+        initiator = noise.Handshake(True, noise.AESGCM_SUITE, prologue, psk)
+        zero = bytes(32)
+        initiator.ss.mix_key_and_hash(psk)
+        initiator.ss.mix_hash(zero)
+        initiator.ss.mix_key(zero)
+        message = zero + initiator.ss.encrypt_and_hash(b"")
+        responder = noise.Handshake(False, noise.AESGCM_SUITE, prologue, psk)
+        self.assertEqual(responder.read_message(message), b"")
+        with self.assertRaises(noise.LowOrderPoint):
+            responder.write_message(b"")
+        self.assertTrue(issubclass(noise.LowOrderPoint, noise.NoiseError))
+
+    def test_refused_answer_keeps_its_request_in_flight(self):
+        # send() refuses a response over the bulk limit; the request must
+        # still be in flight so that an error can answer it.
+        c = Channel.__new__(Channel)
+        c.closed = False
+        c.params = parse_params(PARAMS)
+        c.in_flight, c.bytes_in_flight = {7: 10}, 10
+        with self.assertRaises(ValueError):
+            c.send(RESPONSE, 7, bytes(c.params.max_bulk + 1))
+        self.assertEqual((c.in_flight, c.bytes_in_flight), ({7: 10}, 10))
 
 
 if __name__ == "__main__":

@@ -86,9 +86,7 @@ struct stk_plan {
     int32_t status_fd;         /* reaper writes the worker's raw wait status (4 bytes) */
     int32_t parent_fds[4];     /* the parent's ends, closed first thing in the child; -1 unused */
 
-    /* filesystem */
-    int32_t pivot;             /* build a new root and pivot into it */
-    int32_t _pad0;
+    /* filesystem: every jail gets a new root and pivots into it */
     const char *staging;       /* host dir to mount the staging tmpfs on, e.g. "/tmp" */
     const char *root_options;  /* tmpfs options for the new root, e.g. "size=16m,mode=0755" */
     const struct stk_mount *mounts;
@@ -109,7 +107,6 @@ struct stk_plan {
     int32_t new_session;       /* setsid(): no TIOCSTI through the caller's terminal */
     const struct stk_fd_map *fds;
     uint32_t n_fds;
-    int32_t no_new_privs;
     const char *cwd;           /* inside the new root */
 
     /* Landlock (abi == 0: not applied) */
