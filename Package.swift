@@ -47,6 +47,17 @@ let package = Package(
             name: "CStockadeSpawn",
             cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"])]
         ),
+        // PID 1 of every jail: a tiny static C program (reaps, forwards
+        // signals, exits with the worker's status), exec'd by the trampoline
+        // so that nothing of the launcher stays in the jail. Static: it runs
+        // in any jail root. Found beside the stockade executables.
+        .executableTarget(
+            name: "stockade-init",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror"])],
+            // swiftc links: -static-executable makes it static, -nostartfiles
+            // leaves out swiftrt.o, so nothing pulls in the Swift runtime.
+            linkerSettings: [.unsafeFlags(["-static-executable", "-nostartfiles"])]
+        ),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
 
@@ -166,7 +177,7 @@ let package = Package(
         ),
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig"], swiftSettings: swiftSettings),
-        .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn", "stockade-init"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCgroups", "StockadeJail", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
@@ -177,7 +188,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem"],
+            dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem", "stockade-init"],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

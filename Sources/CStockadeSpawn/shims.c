@@ -19,6 +19,14 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <linux/landlock.h>
+#include <linux/openat2.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
@@ -114,4 +122,16 @@ void stk_stop_forwarding(void) {
      * the signal now), so a late SIGTERM cannot kill stockade half-way
      * through its report. */
     forward_pidfd = -1;
+}
+
+int stk_openat2(int dirfd, const char *path, int flags, unsigned long long resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int stk_rename_exchange(const char *a, const char *b) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
 }

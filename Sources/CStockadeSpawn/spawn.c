@@ -35,6 +35,7 @@
 #include <sched.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
@@ -48,6 +49,13 @@
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
 #endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
 #define SYS_landlock_add_rule 445
@@ -58,6 +66,12 @@
 #endif
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
+#endif
+#ifndef SYS_execveat
+#define SYS_execveat 322
+#endif
+#ifndef KEYCTL_JOIN_SESSION_KEYRING
+#define KEYCTL_JOIN_SESSION_KEYRING 1
 #endif
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
@@ -71,6 +85,7 @@
 static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_NONE] = "unknown step",
     [STK_STEP_SYNC] = "wait for the launcher",
+    [STK_STEP_CGROUPNS] = "enter a cgroup namespace rooted at the jail's cgroup",
     [STK_STEP_PDEATHSIG] = "set parent-death signal",
     [STK_STEP_SIGNALS] = "reset signals",
     [STK_STEP_BECOME_ROOT] = "become root in the user namespace",
@@ -95,8 +110,10 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_GROUPS] = "drop supplementary groups",
     [STK_STEP_SETGID] = "setgid",
     [STK_STEP_SETUID] = "setuid",
+    [STK_STEP_KEYRING] = "join a fresh session keyring",
     [STK_STEP_CAPS] = "clear capabilities",
     [STK_STEP_NO_NEW_PRIVS] = "set no_new_privs",
+    [STK_STEP_INIT] = "exec the jail's init",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
     [STK_STEP_EXEC] = "execve",
@@ -154,56 +171,114 @@ __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, i
 
 #define CHECK(cond, step, detail) do { if (!(cond)) fail(p, (step), errno, (detail)); } while (0)
 
-/* mkdir -p: creates every missing directory of `path` (mode for the last). */
-static int mkdir_p(const char *path, mode_t mode) {
-    char buf[4096];
-    size_t n = s_len(path);
-    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (buf[i] != '/' && buf[i] != 0) continue;
-        char saved = buf[i];
-        buf[i] = 0;
-        if (mkdir(buf, saved == 0 ? mode : 0755) < 0 && errno != EEXIST) return -1;
-        buf[i] = saved;
-    }
-    return 0;
+/* ------------------------------------------------------------------ */
+/* Paths by fd. A jail may have written anything below a writable bind:  */
+/* a symlink where a directory was, swapped in and out while we work.    */
+/* So no path is handed to the kernel whole: targets are walked beneath  */
+/* the new root one component at a time with symlinks refused, sources   */
+/* are opened without following any symlink and checked against what the */
+/* launcher saw, and the mounts are made on and from those fds.          */
+/* ------------------------------------------------------------------ */
+
+/* openat2(2): `resolve` restricts the whole lookup (RESOLVE_* bits). */
+static int open2(int dirfd, const char *path, int flags, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 }
 
-/* Creates the parent directories of `path` and an empty file at it (a mount point for a file bind). */
-static int touch_p(const char *path) {
-    /* An existing node is already a mount point, and may sit in a read-only
-     * bind where even opening it for writing fails (EROFS, EACCES). */
-    struct stat st;
-    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) return 0;
+/* No symlink (magic or not) anywhere on the way, and never above `dirfd`. */
+#define STK_RESOLVE_BENEATH (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+
+enum { STK_OPEN_ONLY = 0, STK_MAKE_DIR = 1, STK_MAKE_FILE = 2 };
+
+/*
+ * Opens `path` (absolute or relative, inside the jail) beneath the directory
+ * `root` and returns an O_PATH fd, or -1 with errno (ELOOP: a symlink on the
+ * way). One component per openat2 call, so each step is a single name in a
+ * directory already checked; missing components are created when `make`
+ * says so (directories 0755, the last one `mode`, or an empty file).
+ */
+static int open_beneath(int root, const char *path, int make, mode_t mode) {
     char buf[4096];
     size_t n = s_len(path);
-    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    if (n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
     memcpy(buf, path, n + 1);
-    for (size_t i = n; i > 0; i--) {
-        if (buf[i] == '/') { buf[i] = 0; break; }
+    int cur = root;
+    size_t i = 0;
+    for (;;) {
+        while (buf[i] == '/') i++;
+        if (buf[i] == 0) break;
+        char *name = &buf[i];
+        while (buf[i] && buf[i] != '/') i++;
+        int last = 1;
+        if (buf[i] == '/') {
+            buf[i++] = 0;
+            size_t j = i;
+            while (buf[j] == '/') j++;
+            last = buf[j] == 0;
+        }
+        /* ".." never reaches here (the launcher refuses it); refuse it again. */
+        if (name[0] == '.' && name[1] == '.' && name[2] == 0) { errno = EINVAL; goto fail; }
+        int next = open2(cur, name, O_PATH, STK_RESOLVE_BENEATH);
+        if (next < 0 && errno == ENOENT && make != STK_OPEN_ONLY) {
+            if (last && make == STK_MAKE_FILE) {
+                /* O_EXCL: an existing name (a planted symlink too) is never opened here. */
+                int fd = openat(cur, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                if (fd >= 0) close(fd);
+                else if (errno != EEXIST) goto fail;
+            } else if (mkdirat(cur, name, last ? mode : 0755) < 0 && errno != EEXIST) {
+                goto fail;
+            }
+            next = open2(cur, name, O_PATH, STK_RESOLVE_BENEATH);
+        }
+        if (next < 0) goto fail;
+        if (cur != root) close(cur);
+        cur = next;
+        if (!last) {
+            struct stat st;
+            if (fstat(cur, &st) < 0) goto fail;
+            if (!S_ISDIR(st.st_mode)) { errno = ENOTDIR; goto fail; }
+        }
     }
-    if (buf[0] && mkdir_p(buf, 0755) < 0) return -1;
-    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0) return errno == EEXIST ? 0 : -1;
-    close(fd);
-    return 0;
+    /* An empty path means `root` itself. */
+    return cur == root ? fcntl(root, F_DUPFD_CLOEXEC, 0) : cur;
+fail:
+    if (cur != root) {
+        int saved = errno;
+        close(cur);
+        errno = saved;
+    }
+    return -1;
 }
 
 /*
- * Adds mount flags to the bind at `target`, recursively when the kernel has
- * mount_setattr (5.12+). Flags can only be added: a flag locked by the host
- * mount (e.g. nosuid on the source) stays, which is what we want.
+ * Opens a host source ("/oldroot/...", a path the launcher canonicalised)
+ * without following any symlink, and checks that it is still the file the
+ * launcher checked (device, inode, type): a swap after the check fails with
+ * ELOOP (a symlink now) or ESTALE (another file now).
  */
-static int restrict_mount(const char *target, int readonly, int nodev, int noexec) {
-    struct mount_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.attr_set = MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0) |
-                    (nodev ? MOUNT_ATTR_NODEV : 0) | (noexec ? MOUNT_ATTR_NOEXEC : 0);
-    if (syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &attr, sizeof attr) == 0) return 0;
-    if (errno != ENOSYS) return -1;
-    /* Older kernels: remount the top of the bind, keeping the flags the
-     * source mount already has (a user namespace may not clear them). */
+static int open_source(const struct stk_mount *m) {
+    int fd = open2(AT_FDCWD, m->source, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    if (fd < 0 || m->src_type == 0) return fd;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (uint32_t)(st.st_mode & S_IFMT) != m->src_type || (uint64_t)st.st_dev != m->src_dev ||
+        (uint64_t)st.st_ino != m->src_ino) {
+        close(fd);
+        errno = ESTALE;
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * Old kernels (before 5.12, no mount_setattr): adds flags to the mount at
+ * `target` by remounting it, keeping the flags the source mount already has
+ * (a user namespace may not clear them).
+ */
+static int restrict_mount_path(const char *target, int readonly, int nodev, int noexec) {
     struct statfs st;
     if (statfs(target, &st) < 0) return -1;
     unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID;
@@ -219,13 +294,69 @@ static int restrict_mount(const char *target, int readonly, int nodev, int noexe
     return mount(NULL, target, NULL, flags, NULL);
 }
 
-/* Binds host `source` at `target`, creating a dir or file mount point to match. */
-static int bind_path(const char *source, const char *target, int readonly, int nodev, int noexec) {
+/* "/oldroot/proc/self/fd/<fd>" into buf (the old-kernel fallback only). */
+static const char *fd_path(char *buf, size_t cap, int fd) {
+    char digits[16];
+    int n = 0;
+    do digits[n++] = (char)('0' + fd % 10); while ((fd /= 10) > 0 && n < 15);
+    char num[16];
+    for (int i = 0; i < n; i++) num[i] = digits[n - 1 - i];
+    num[n] = 0;
+    return s_join(buf, cap, "/oldroot/proc/self/fd/", num);
+}
+
+/*
+ * Binds the tree at fd `src` onto fd `dst`: a detached copy of the source
+ * mount (with its submounts), flags added while it is detached (nosuid
+ * always; read-only, nodev, noexec as asked; recursively), then moved onto
+ * the target. Flags can only be added: a flag locked by the host mount stays.
+ */
+static int bind_fd(int src, int dst, int readonly, int nodev, int noexec) {
+    int tree = (int)syscall(SYS_open_tree, src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+    if (tree < 0) return -1;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0) | (nodev ? MOUNT_ATTR_NODEV : 0) |
+                    (noexec ? MOUNT_ATTR_NOEXEC : 0);
+    int set = (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+    int rc = -1;
+    if (set < 0 && errno != ENOSYS) goto out;
+    if (syscall(SYS_move_mount, tree, "", dst, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) goto out;
+    if (set < 0) {
+        /* No mount_setattr: remount the now attached tree through its fd. */
+        char buf[64];
+        if (!fd_path(buf, sizeof buf, tree) || restrict_mount_path(buf, readonly, nodev, noexec) < 0) goto out;
+    }
+    rc = 0;
+out:
+    if (rc < 0) {
+        int saved = errno;
+        close(tree);
+        errno = saved;
+    } else {
+        close(tree);
+    }
+    return rc;
+}
+
+/* Mounts a fresh filesystem on the directory fd `dst` (through the working
+ * directory: "." names exactly that directory, no lookup). */
+static int mount_on(int dst, const char *fstype, unsigned long flags, const char *data) {
+    if (fchdir(dst) < 0) return -1;
+    return mount(fstype, ".", fstype, flags, data);
+}
+
+/* Opens `target` beneath root, making it (a directory, or a file when the
+ * source is not a directory) to match `src`; returns the fd or fails. */
+static int open_target_for(const struct stk_plan *p, int root, int src, const char *target) {
     struct stat st;
-    if (stat(source, &st) < 0) return -1;
-    if (S_ISDIR(st.st_mode) ? mkdir_p(target, 0755) : touch_p(target)) return -1;
-    if (mount(source, target, NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
-    return restrict_mount(target, readonly, nodev, noexec);
+    CHECK(fstat(src, &st) == 0, STK_STEP_MOUNT, target);
+    int dst = open_beneath(root, target, S_ISDIR(st.st_mode) ? STK_MAKE_DIR : STK_MAKE_FILE, 0755);
+    CHECK(dst >= 0, STK_STEP_MOUNT, target);
+    struct stat dt;
+    CHECK(fstat(dst, &dt) == 0, STK_STEP_MOUNT, target);
+    if (S_ISDIR(st.st_mode) != S_ISDIR(dt.st_mode)) fail(p, STK_STEP_MOUNT, S_ISDIR(st.st_mode) ? ENOTDIR : EISDIR, target);
+    return dst;
 }
 
 /*
@@ -239,99 +370,142 @@ const char *stk_dev_node(int i) {
     return i >= 0 && (size_t)i < sizeof stk_dev_nodes / sizeof stk_dev_nodes[0] ? stk_dev_nodes[i] : NULL;
 }
 
-static void build_dev(const struct stk_plan *p, const char *dev) {
-    char src[512], dst[512], buf[512];
-    CHECK(mkdir_p(dev, 0755) == 0, STK_STEP_DEV, dev);
-    CHECK(mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") == 0, STK_STEP_DEV, dev);
+static void build_dev(const struct stk_plan *p, int root, const char *dev) {
+    char src[64];
+    int at = open_beneath(root, dev, STK_MAKE_DIR, 0755);
+    CHECK(at >= 0, STK_STEP_DEV, dev);
+    CHECK(mount_on(at, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") == 0, STK_STEP_DEV, dev);
+    close(at);
+    /* Reopen: the fd above names the directory under the new tmpfs. */
+    int d = open_beneath(root, dev, STK_OPEN_ONLY, 0);
+    CHECK(d >= 0, STK_STEP_DEV, dev);
     for (size_t i = 0; stk_dev_nodes[i] != NULL; i++) {
-        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i]) || !s_join(buf, sizeof buf, dev, "/") ||
-            !s_join(dst, sizeof dst, buf, stk_dev_nodes[i]))
-            fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
+        if (!s_join(src, sizeof src, "/oldroot/dev/", stk_dev_nodes[i])) fail(p, STK_STEP_DEV, ENAMETOOLONG, stk_dev_nodes[i]);
+        struct stk_mount node = {.source = src};
+        int s = open_source(&node);
+        struct stat st;
+        CHECK(s >= 0 && fstat(s, &st) == 0, STK_STEP_DEV, src);
+        if (!S_ISCHR(st.st_mode)) fail(p, STK_STEP_DEV, ENODEV, src);
+        int t = open_beneath(d, stk_dev_nodes[i], STK_MAKE_FILE, 0);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
-        CHECK(bind_path(src, dst, 0, 0, 1) == 0, STK_STEP_DEV, dst);
+        CHECK(t >= 0 && bind_fd(s, t, 0, 0, 1) == 0, STK_STEP_DEV, src);
+        close(s);
+        close(t);
     }
-    CHECK(s_join(dst, sizeof dst, dev, "/pts") && mkdir_p(dst, 0755) == 0, STK_STEP_DEV, "/dev/pts");
-    CHECK(mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
+    int pts = open_beneath(d, "pts", STK_MAKE_DIR, 0755);
+    CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
           STK_STEP_DEV, "/dev/pts");
-    CHECK(s_join(dst, sizeof dst, dev, "/shm") && mkdir_p(dst, 01777) == 0, STK_STEP_DEV, "/dev/shm");
-    CHECK(mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
+    close(pts);
+    int shm = open_beneath(d, "shm", STK_MAKE_DIR, 01777);
+    CHECK(shm >= 0 && mount_on(shm, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
+    close(shm);
     static const char *const links[][2] = {
-        {"/ptmx", "pts/ptmx"}, {"/fd", "/proc/self/fd"}, {"/stdin", "/proc/self/fd/0"},
-        {"/stdout", "/proc/self/fd/1"}, {"/stderr", "/proc/self/fd/2"},
+        {"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+        {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
     };
-    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
-        CHECK(s_join(dst, sizeof dst, dev, links[i][0]) && symlink(links[i][1], dst) == 0, STK_STEP_DEV, links[i][0]);
-    }
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        CHECK(symlinkat(links[i][1], d, links[i][0]) == 0, STK_STEP_DEV, links[i][0]);
+    close(d);
 }
 
 /* Hides `target`: /dev/null over a file, an empty read-only tmpfs over a directory. */
-static void mask_path(const struct stk_plan *p, const struct stk_mount *m) {
-    struct stat st;
-    if (lstat(m->target, &st) < 0) {
+static void mask_path(const struct stk_plan *p, int root, const struct stk_mount *m) {
+    int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+    if (t < 0) {
         if (errno == ENOENT) return; /* nothing to hide */
         fail(p, STK_STEP_MASK, errno, m->target);
     }
+    struct stat st;
+    CHECK(fstat(t, &st) == 0, STK_STEP_MASK, m->target);
     if (S_ISDIR(st.st_mode)) {
-        CHECK(mount("tmpfs", m->target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0000") == 0,
+        CHECK(mount_on(t, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0000") == 0,
               STK_STEP_MASK, m->target);
     } else {
-        CHECK(mount(m->source, m->target, NULL, MS_BIND, NULL) == 0, STK_STEP_MASK, m->target);
-        CHECK(restrict_mount(m->target, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        int s = open_source(m);
+        CHECK(s >= 0 && bind_fd(s, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        close(s);
     }
+    close(t);
 }
 
-/* One entry of the plan's mount list. */
-static void apply_mount(const struct stk_plan *p, const struct stk_mount *m) {
+/* Reports a failed bind with the target, and says so when the source was swapped. */
+__attribute__((noreturn)) static void fail_source(const struct stk_plan *p, const struct stk_mount *m) {
+    int err = errno;
+    char detail[sizeof ((struct stk_error *)0)->detail];
+    const char *why = err == ESTALE ? ": the source is no longer the file the launcher checked"
+                      : err == ELOOP ? ": the source path now holds a symlink" : "";
+    if (!s_join(detail, sizeof detail, m->target, why)) fail(p, STK_STEP_MOUNT, err, m->target);
+    fail(p, STK_STEP_MOUNT, err, detail);
+}
+
+/* One entry of the plan's mount list; `root` is the new root's directory fd. */
+static void apply_mount(const struct stk_plan *p, int root, const struct stk_mount *m) {
     int optional = (m->flags & STK_MF_OPTIONAL) != 0;
     switch (m->kind) {
     case STK_MOUNT_BIND:
     case STK_MOUNT_DEVNODE: {
-        struct stat st;
-        if (stat(m->source, &st) < 0 && errno == ENOENT && optional) return;
+        int src = open_source(m);
+        if (src < 0) {
+            if (errno == ENOENT && optional) return;
+            fail_source(p, m);
+        }
+        int dst = open_target_for(p, root, src, m->target);
         int nodev = m->kind == STK_MOUNT_DEVNODE ? 0 : !(m->flags & STK_MF_DEV);
         int ro = !(m->flags & STK_MF_WRITABLE);
-        CHECK(bind_path(m->source, m->target, ro, nodev, (m->flags & STK_MF_NOEXEC) != 0) == 0, STK_STEP_MOUNT, m->target);
+        CHECK(bind_fd(src, dst, ro, nodev, (m->flags & STK_MF_NOEXEC) != 0) == 0, STK_STEP_MOUNT, m->target);
+        close(src);
+        close(dst);
         return;
     }
     case STK_MOUNT_TMPFS: {
-        unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & STK_MF_NOEXEC) ? MS_NOEXEC : 0);
-        CHECK(mkdir_p(m->target, 0755) == 0, STK_STEP_MOUNT, m->target);
-        CHECK(mount("tmpfs", m->target, "tmpfs", flags, m->data) == 0, STK_STEP_MOUNT, m->target);
-        if (!(m->flags & STK_MF_WRITABLE))
-            CHECK(mount(NULL, m->target, NULL, MS_REMOUNT | MS_RDONLY | flags, m->data) == 0, STK_STEP_MOUNT, m->target);
+        unsigned long flags = MS_NOSUID | MS_NODEV | ((m->flags & STK_MF_NOEXEC) ? MS_NOEXEC : 0) |
+                              ((m->flags & STK_MF_WRITABLE) ? 0 : MS_RDONLY);
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, 0755);
+        CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
+        CHECK(mount_on(dst, "tmpfs", flags, m->data) == 0, STK_STEP_MOUNT, m->target);
+        close(dst);
         return;
     }
-    case STK_MOUNT_PROC:
+    case STK_MOUNT_PROC: {
         /* A fresh procfs shows only the jail's pid namespace. */
-        CHECK(mkdir_p(m->target, 0555) == 0, STK_STEP_PROC, m->target);
-        CHECK(mount("proc", m->target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0, STK_STEP_PROC, m->target);
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, 0555);
+        CHECK(dst >= 0, STK_STEP_PROC, m->target);
+        CHECK(mount_on(dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0, STK_STEP_PROC, m->target);
+        close(dst);
         return;
+    }
     case STK_MOUNT_DEV:
-        build_dev(p, m->target);
+        build_dev(p, root, m->target);
         return;
-    case STK_MOUNT_DIR:
-        CHECK(mkdir_p(m->target, m->mode ? m->mode : 0755) == 0, STK_STEP_MOUNT, m->target);
+    case STK_MOUNT_DIR: {
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, m->mode ? m->mode : 0755);
+        CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
+        close(dst);
         return;
+    }
     case STK_MOUNT_SYMLINK: {
+        /* The parent directory by fd, then the link by name in it. */
         char parent[4096];
         size_t n = s_len(m->target);
         if (n >= sizeof parent) fail(p, STK_STEP_MOUNT, ENAMETOOLONG, m->target);
         memcpy(parent, m->target, n + 1);
         while (n > 0 && parent[n] != '/') n--;
         parent[n] = 0;
-        CHECK(parent[0] == 0 || mkdir_p(parent, 0755) == 0, STK_STEP_MOUNT, m->target);
-        CHECK(symlink(m->source, m->target) == 0 || errno == EEXIST, STK_STEP_MOUNT, m->target);
+        int dir = open_beneath(root, parent, STK_MAKE_DIR, 0755);
+        CHECK(dir >= 0, STK_STEP_MOUNT, m->target);
+        CHECK(symlinkat(m->source, dir, &m->target[n + 1]) == 0 || errno == EEXIST, STK_STEP_MOUNT, m->target);
+        close(dir);
         return;
     }
     case STK_MOUNT_MASK:
-        mask_path(p, m);
+        mask_path(p, root, m);
         return;
     case STK_MOUNT_RO: {
-        struct stat st;
-        if (stat(m->target, &st) < 0 && errno == ENOENT) return;
-        /* /proc/sys and friends: bind onto themselves, then read-only. */
-        CHECK(mount(m->target, m->target, NULL, MS_BIND | MS_REC, NULL) == 0, STK_STEP_MASK, m->target);
-        CHECK(restrict_mount(m->target, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        /* /proc/sys and friends: a read-only copy of the mount onto itself. */
+        int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+        if (t < 0 && errno == ENOENT) return;
+        CHECK(t >= 0 && bind_fd(t, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
+        close(t);
         return;
     }
     default:
@@ -356,10 +530,17 @@ static void build_root(const struct stk_plan *p) {
     CHECK(syscall(SYS_pivot_root, ".", "oldroot") == 0, STK_STEP_STAGING, "pivot_root");
     CHECK(chdir("/") == 0, STK_STEP_STAGING, "/");
 
-    /* The jail's root: its own small tmpfs, nosuid and nodev. */
+    /* The jail's root: its own small tmpfs, nosuid and nodev. Every mount
+     * below is resolved beneath this fd. */
     CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
+    int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
-    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, &p->mounts[i]);
+    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, root, &p->mounts[i]);
+    /* No fd and no working directory inside the host's tree survive the
+     * set-up (each mount closed its own; mount_on left us in a target). */
+    close(root);
+    CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
 
     /* Nothing in the jail may create files in its root. */
     if (p->root_readonly)
@@ -447,6 +628,11 @@ static void drop_privileges(const struct stk_plan *p) {
     if (p->drop_groups) CHECK(syscall(SYS_setgroups, 0, NULL) == 0, STK_STEP_GROUPS, "setgroups");
     CHECK(syscall(SYS_setresgid, p->gid, p->gid, p->gid) == 0, STK_STEP_SETGID, "setresgid");
     CHECK(syscall(SYS_setresuid, p->uid, p->uid, p->uid) == 0, STK_STEP_SETUID, "setresuid");
+    /* The launcher's session keyring came with clone: replace it with a new
+     * anonymous one owned by the jail's uid, so no key of the launcher is
+     * in reach even where the profile lets keyctl through seccomp. */
+    CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL, 0, 0, 0) >= 0, STK_STEP_KEYRING,
+          "keyctl(KEYCTL_JOIN_SESSION_KEYRING)");
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
@@ -504,43 +690,41 @@ static void apply_landlock(const struct stk_plan *p) {
     close(rs);
 }
 
+/* Writes `v` in decimal into buf (at least 12 bytes). */
+static void u32_to_dec(char *buf, uint32_t v) {
+    char tmp[12];
+    int n = 0;
+    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    for (int i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
+    buf[n] = 0;
+}
+
 /*
- * PID 1 of the jail: forwards the launcher's signals to the worker, reaps
- * orphans (a pid namespace's init inherits them), and exits with the
- * worker's status once the worker is gone. Its own exit tears down the
- * namespace: the kernel kills everything left in it.
+ * PID 1 becomes stockade-init, exec'd from the fd the launcher opened
+ * before the root was switched: nothing of the launcher (its memory, its
+ * argv, its environment) stays in the jail. The init gets exactly:
+ *   argv = {"stockade-init", "<worker pid>"}, an empty environment,
+ *   fd 3 = the status pipe (it writes the worker's raw wait status),
+ *   fd 4 = the go pipe (it writes one byte once it is non-dumpable; the
+ *          worker waits for that byte before it runs anything of its own).
+ * Every other fd is closed or close-on-exec, stdio included.
  */
-__attribute__((noreturn)) static void run_reaper(const struct stk_plan *p, pid_t worker) {
-    /* Not dumpable: the worker (same uid) cannot ptrace it or write its memory. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    /* Keep only the status pipe and the launcher-liveness pipe; the
-     * worker's fds (channel, stdio) must close when the worker exits. */
-    unsigned int lo = (unsigned int)p->status_fd, hi = (unsigned int)p->sync_fd;
-    if (lo > hi) { unsigned int t = lo; lo = hi; hi = t; }
-    if (lo > 0) syscall(SYS_close_range, 0, lo - 1, 0);
-    if (hi > lo + 1) syscall(SYS_close_range, lo + 1, hi - 1, 0);
-    syscall(SYS_close_range, hi + 1, ~0U, 0);
-    uint64_t all = ~0ULL;
-    for (;;) {
-        siginfo_t info;
-        int sig = (int)syscall(SYS_rt_sigtimedwait, &all, &info, NULL, 8);
-        if (sig < 0) continue;
-        if (sig != SIGCHLD) {
-            /* Forward what a supervisor sends: terminate, interrupt, hang up, ... */
-            kill(worker, sig);
-            continue;
-        }
-        for (;;) {
-            int status = 0;
-            pid_t r = (pid_t)syscall(SYS_wait4, -1, &status, WNOHANG, NULL);
-            if (r <= 0) break;
-            if (r != worker) continue; /* an orphan: reaped, nothing more */
-            int32_t raw = status;
-            write_all(p->status_fd, &raw, sizeof raw);
-            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-            _exit(128 + WTERMSIG(status));
-        }
-    }
+__attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t worker, int go_write) {
+    /* Above 4 first, so that the dups below cannot overwrite them. */
+    int status = fcntl(p->status_fd, F_DUPFD_CLOEXEC, 5);
+    int go = fcntl(go_write, F_DUPFD_CLOEXEC, 5);
+    CHECK(status >= 0 && go >= 0, STK_STEP_INIT, "move init fds");
+    CHECK(dup3(status, 3, 0) == 3 && dup3(go, 4, 0) == 4, STK_STEP_INIT, "place init fds");
+    /* The worker's fds (stdio, the channel) close when the worker exits. */
+    syscall(SYS_close_range, 0, 2, 0);
+    syscall(SYS_close_range, 5, ~0U, CLOSE_RANGE_CLOEXEC);
+    char pid_text[12];
+    u32_to_dec(pid_text, (uint32_t)worker);
+    char *const argv[] = {"stockade-init", pid_text, NULL};
+    char *const envp[] = {NULL};
+    /* init_fd is close-on-exec; that is fine for an ELF executable. */
+    syscall(SYS_execveat, p->init_fd, "", argv, envp, AT_EMPTY_PATH);
+    fail(p, STK_STEP_INIT, errno, "execveat(stockade-init)");
 }
 
 static void exec_worker(const struct stk_plan *p) {
@@ -558,9 +742,24 @@ static void exec_worker(const struct stk_plan *p) {
 /* The worker's own stack while it shares PID 1's memory (see child_main). */
 static char worker_stack[256 * 1024] __attribute__((aligned(16)));
 
-/* The worker's last steps: unblock signals, Landlock, seccomp, execve. */
+/* The go pipe between PID 1 and the worker (see child_main); -1: none. */
+static int go_pipe[2] = {-1, -1};
+
+/* The worker's last steps: wait for the init, unblock signals, Landlock, seccomp, execve. */
 static int worker_main(void *arg) {
     const struct stk_plan *p = arg;
+    if (go_pipe[0] >= 0) {
+        /* Run nothing of the jail's until PID 1 is stockade-init and
+         * non-dumpable: no window in which the worker could ptrace or read
+         * a PID 1 that still holds a copy of the launcher. EOF: PID 1 failed. */
+        close(go_pipe[1]);
+        char go = 0;
+        ssize_t n;
+        do n = read(go_pipe[0], &go, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1) _exit(1);
+        close(go_pipe[0]);
+    }
     uint64_t none = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
     apply_landlock(p);
@@ -581,10 +780,18 @@ static void move_high(const struct stk_plan *p, int32_t *fd) {
     *fd = moved;
 }
 
-__attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
+__attribute__((noreturn)) static void child_main(const struct stk_plan *plan, int late_cgroupns) {
     /* A private copy: the pipe fd numbers below change. */
     struct stk_plan local = *plan;
     const struct stk_plan *p = &local;
+
+    /* This process is a copy of the launcher's memory until it execs:
+     * nothing in the jail may ptrace it or read it through /proc. A root
+     * launcher makes it non-dumpable at once; a rootless one must first
+     * open our /proc files as their owner to write the id maps (a
+     * non-dumpable process's files belong to root), so we wait for that
+     * (no process of the jail exists before it). */
+    if (p->become_root) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     /* The launcher's ends of our pipes are not ours to hold. */
     for (int i = 0; i < 4; i++)
@@ -595,6 +802,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
     move_high(p, &local.error_fd);
     move_high(p, &local.sync_fd);
     move_high(p, &local.status_fd);
+    if (p->use_reaper) move_high(p, &local.init_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this. */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
@@ -610,6 +818,13 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
         if (n == 0) _exit(1);
         fail(p, STK_STEP_SYNC, errno, "read");
     }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    /* The launcher placed us in the jail's cgroup only now (a v1 host, or
+     * no CLONE_INTO_CGROUP): a cgroup namespace made by clone3 would be
+     * rooted at the launcher's cgroup and show its host path. Make it here,
+     * rooted where we are now, as clone3 does on v2. */
+    if (late_cgroupns) CHECK(unshare(CLONE_NEWCGROUP) == 0, STK_STEP_CGROUPNS, "unshare(CLONE_NEWCGROUP)");
 
     /* A root launcher's uid is not mapped in the jail's user namespace;
      * files made with an unmapped id fail (EOVERFLOW). Take the mapped
@@ -636,23 +851,26 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan) {
     if (!p->use_reaper) worker_main((void *)p);
 
     /* Block everything before the fork so that no signal is lost between
-     * fork and the reaper's wait loop; the worker unblocks. The worker is a
-     * CLONE_VM|CLONE_VFORK child on its own stack: no page tables to copy
-     * (PID 1 is a copy of the launcher), and PID 1 stays suspended until
-     * the worker has exec'd or failed, so they never run on shared memory
-     * at the same time. */
+     * fork and the init's wait loop; the worker unblocks. */
     uint64_t all = ~0ULL;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
-    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)p);
+    CHECK(pipe2(go_pipe, O_CLOEXEC) == 0, STK_STEP_REAPER, "pipe2");
+    /* The worker is a CLONE_VM child on its own stack: no page tables to
+     * copy (PID 1 is a copy of the launcher). PID 1 only execs the init
+     * after this, which gives PID 1 a new address space and leaves the old
+     * one to the worker alone; the worker reads nothing but the plan (in
+     * this frame, which PID 1 never leaves) until the init's go byte. */
+    pid_t worker = clone(worker_main, worker_stack + sizeof worker_stack, CLONE_VM | SIGCHLD, (void *)p);
     if (worker < 0) fail(p, STK_STEP_REAPER, errno, "clone");
-    close(p->error_fd); /* EOF reaches the launcher once the worker has exec'd */
-    run_reaper(p, worker);
+    close(go_pipe[0]);
+    exec_init(p, worker, go_pipe[1]);
 }
 
 pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) {
     struct clone_args args;
     int child_pidfd = -1;
     memset(&args, 0, sizeof args);
+    if (plan->use_reaper && plan->init_fd < 0) return -EBADF;
     args.flags = plan->clone_flags | CLONE_PIDFD;
     args.pidfd = (uint64_t)(uintptr_t)&child_pidfd;
     args.exit_signal = SIGCHLD;
@@ -661,18 +879,64 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) 
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)plan->cgroup_fd;
     }
+    /* Root launchers: the user namespace is made with the jail's own host
+     * ids as euid/egid, so the namespace, and every per-user count charged
+     * to it (inotify, user namespaces, mqueue bytes, the rest of the
+     * ucounts), belongs to that unprivileged host uid, not to root. The raw
+     * syscalls change this thread's credentials only. SECBIT_NO_SETUID_FIXUP
+     * keeps the effective capabilities through the euid change:
+     * CLONE_INTO_CGROUP checks write access to the cgroup as this thread.
+     * Real and saved ids stay 0, so the thread can take euid 0 back. */
+    int charged = 0, old_bits = 0;
+    uid_t ruid, euid, suid;
+    gid_t rgid, egid, sgid;
+    if (plan->charge_ids) {
+        if (getresuid(&ruid, &euid, &suid) < 0 || getresgid(&rgid, &egid, &sgid) < 0) return -errno;
+        old_bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
+        if (old_bits < 0) return -errno;
+        if (prctl(PR_SET_SECUREBITS, old_bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0) return -errno;
+        if (syscall(SYS_setresgid, -1, plan->charge_gid, -1) < 0 || syscall(SYS_setresuid, -1, plan->charge_uid, -1) < 0) {
+            int e = errno;
+            syscall(SYS_setresgid, -1, egid, -1);
+            prctl(PR_SET_SECUREBITS, old_bits, 0, 0, 0);
+            return -e;
+        }
+        charged = 1;
+    }
+    /* A jail placed in its cgroup by the parent after clone (a v1 host, no
+     * CLONE_INTO_CGROUP) makes its cgroup namespace itself once it is
+     * there (see child_main): one made by clone3 would be rooted at the
+     * launcher's cgroup and show the jail its host path. */
+    int late_cgroupns = 0;
+    int wants_cgroupns = plan->has_cgroup && (plan->clone_flags & CLONE_NEWCGROUP);
+    if (wants_cgroupns && plan->cgroup_fd < 0) {
+        args.flags &= ~(uint64_t)CLONE_NEWCGROUP;
+        late_cgroupns = 1;
+    }
     long r = syscall(SYS_clone3, &args, sizeof args);
     if (r < 0 && plan->cgroup_fd >= 0 && (errno == EINVAL || errno == EBADF || errno == EOPNOTSUPP || errno == E2BIG)) {
         /* No CLONE_INTO_CGROUP here (kernel < 5.7, or a v1 cgroup fd): the
          * launcher places the child before it releases it. */
         args.flags &= ~(uint64_t)CLONE_INTO_CGROUP;
         args.cgroup = 0;
+        if (wants_cgroupns) {
+            args.flags &= ~(uint64_t)CLONE_NEWCGROUP;
+            late_cgroupns = 1;
+        }
         r = syscall(SYS_clone3, &args, sizeof args);
-    } else if (r >= 0 && plan->cgroup_fd >= 0) {
+    } else if (r > 0 && plan->cgroup_fd >= 0) {
         *used_into_cgroup = 1;
     }
-    if (r < 0) return -errno;
-    if (r == 0) child_main(plan);
+    int saved = errno;
+    if (r == 0) child_main(plan, late_cgroupns);
+    if (charged) {
+        /* Back to the launcher's own ids and securebits; the effective
+         * capabilities never left, so these cannot fail. */
+        syscall(SYS_setresuid, -1, euid, -1);
+        syscall(SYS_setresgid, -1, egid, -1);
+        prctl(PR_SET_SECUREBITS, old_bits, 0, 0, 0);
+    }
+    if (r < 0) return -saved;
     *pidfd = child_pidfd;
     return (pid_t)r;
 }

@@ -46,7 +46,8 @@ public final class Daemon: Service, @unchecked Sendable {
         devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw DaemonError("cannot open /dev/null") }
         var pools: [String: TenantPool] = [:]
-        for t in config.tenants {
+        for var t in config.tenants {
+            t.launcherFiles.append(config.file)
             pools[t.name] = TenantPool(config: t, cgroups: cgroups, audit: audit, metrics: metrics, logger: logger, devNull: devNull)
         }
         self.pools = pools

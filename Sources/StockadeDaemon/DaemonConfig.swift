@@ -70,6 +70,9 @@ public struct TenantConfig: Sendable {
     public var budget: TenantBudget
     public var profilePath: String
     public var profile: Profile
+    /// Files the daemon read to configure this tenant (its configuration
+    /// file): no writable bind of a worker may hold them.
+    public var launcherFiles: [String] = []
     /// argv inside the jail.
     public var command: [String]
     /// Host paths bound read-only at the same path in the jail.

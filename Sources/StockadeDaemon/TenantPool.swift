@@ -50,6 +50,8 @@ public struct WorkerInfo: Codable, Sendable {
     public var meanLatencyMs: Double?
     public var usage: CgroupUsage?
     public var cgroup: String?
+    /// The worker's host id range ("first-last"), when the daemon runs as root.
+    public var hostIDs: String?
 }
 
 /// A tenant as the API shows it.
@@ -71,6 +73,9 @@ public struct TenantInfo: Codable, Sendable {
     public var seccompKills: Int
     public var usage: TenantUsage
     public var role: Role?
+    /// Each live worker's host id range ("first-last"), by worker id: no two
+    /// workers, of this tenant or another, share one.
+    public var workerHostIDs: [String: String] = [:]
 }
 
 /// What a tenant's workers used, live ones and exited ones together.
@@ -598,6 +603,7 @@ public final class TenantPool: @unchecked Sendable {
         }
         let bootstrap = try ChannelBootstrap(tenant: name, worker: id)
         var request = LaunchRequest(profile: config.profile, command: config.command)
+        request.launcherFiles = config.launcherFiles
         for path in config.binds {
             request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
         }
@@ -703,6 +709,8 @@ public final class TenantPool: @unchecked Sendable {
     /// Live usage is read from each worker's cgroup.
     public func info(role: Role? = nil) -> TenantInfo {
         let (snapshot, workers) = state.withLock { s in (s, s.workers.values.map(\.worker)) }
+        var hostIDs: [String: String] = [:]
+        for w in workers { hostIDs[w.id] = w.jail.hostIDs?.description }
         var usage = snapshot.exitedUsage
         for w in workers {
             if let u = try? w.jail.cgroup?.usage() { usage.add(u) }
@@ -723,7 +731,7 @@ public final class TenantPool: @unchecked Sendable {
                           starting: snapshot.starting, idle: counts[.idle] ?? 0, busy: counts[.busy] ?? 0,
                           queued: snapshot.queued, queueLimit: config.queueLimit, served: snapshot.served, failed: snapshot.failed,
                           workerExits: snapshot.exits, oomKills: snapshot.oomKills, seccompKills: snapshot.seccompKills,
-                          usage: usage, role: role)
+                          usage: usage, role: role, workerHostIDs: hostIDs)
     }
 
     public func workers() -> [WorkerInfo] {
@@ -744,7 +752,7 @@ public final class TenantPool: @unchecked Sendable {
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),
                           meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
                           usage: try? r.worker.jail.cgroup?.usage(),
-                          cgroup: (r.worker.jail.cgroup as? JailGroup)?.path)
+                          cgroup: (r.worker.jail.cgroup as? JailGroup)?.path, hostIDs: r.worker.jail.hostIDs?.description)
     }
 
     static func milliseconds(_ d: Duration) -> Double {

@@ -48,6 +48,10 @@ public final class Jail: Sendable {
     public let cgroup: (any JailCgroup)?
     public let profileName: String
     public let startedAt: ContinuousClock.Instant
+    /// The jail's host ids (root launches with a user namespace), held until
+    /// the jail has ended.
+    public var hostIDs: HostIDRange? { lease?.range }
+    private let lease: HostIDLease?
     /// The launcher's end of the sync pipe: the jail sees POLLHUP when it closes.
     private let liveness: FileDescriptor
     /// PID 1 writes the worker's raw wait status here before it exits.
@@ -61,7 +65,8 @@ public final class Jail: Sendable {
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
-         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant) {
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil) {
+        self.lease = hostIDs
         self.process = process
         self.liveness = liveness
         self.status = status
@@ -125,6 +130,8 @@ public final class Jail: Sendable {
         try? cgroup?.kill()
         let usage = try? cgroup?.usage()
         try? cgroup?.remove()
+        // Nothing of the jail runs any more: its host ids may go to the next.
+        lease?.release()
         let killedFor = state.withLock { $0.killedFor }
         var exit = JailExit(reason: .exited, exitCode: nil, signal: nil, signalName: nil,
                             wallSeconds: wall.inSeconds,

@@ -91,8 +91,13 @@ public struct LaunchRequest: Sendable {
     public var profile: Profile
     /// argv; `command[0]` is looked up in the jail's PATH when it has no '/'.
     public var command: [String]
-    /// Mounts added after the profile's (e.g. `--ro-bind` on the command line).
+    /// Mounts added after the profile's (e.g. `--ro-bind` on the command
+    /// line), in the order given; they get every check the profile's get.
     public var extraMounts: [MountSpec] = []
+    /// Files the launcher read to build this jail besides the profile and
+    /// its own binary (a tenants file, a daemon config): no writable bind
+    /// may hold them.
+    public var launcherFiles: [String] = []
     /// Variables added after the profile's `[env]`.
     public var extraEnvironment: [(String, String)] = []
     /// Launcher fds that appear in the jail as `to` (the channel, stdio redirections).
@@ -106,6 +111,9 @@ public struct LaunchRequest: Sendable {
     /// Device nodes, driver files and /proc entries from the profile's
     /// `[devices]` (filled by ``JailSecurity/prepare(_:)``).
     public var devices: DevicePlan?
+    /// Where a root launch takes the jail's host ids from when the profile
+    /// sets no `host_base`; nil: ``HostIDPool/configured()``.
+    public var idPool: HostIDPool?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -125,7 +133,14 @@ public enum Launcher {
         }
         try checkKernel(profile)
         let rootless = getuid() != 0
-        let mounts = try resolveMounts(request)
+        let spawnPlan = try SpawnPlan(request)
+        // PID 1 is stockade-init, opened here while the host's tree is ours.
+        let initFD = profile.namespaces.contains(.pid) ? try InitExecutable.open() : nil
+        defer { try? initFD?.close() }
+        // Root: the jail's own host ids, held until it has ended.
+        let lease = try rootless || !profile.namespaces.contains(.user) ? nil : leaseHostIDs(request)
+        var leaseHandedOver = false
+        defer { if !leaseHandedOver { lease?.release() } }
 
         let sync = try PipeEnds.make()
         let errors = try PipeEnds.make()
@@ -159,15 +174,7 @@ public enum Launcher {
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
-        plan.staging = arena.string("/tmp")
-        plan.root_options = arena.string("size=\(profile.filesystem.rootSize),mode=0755")
-        let cMounts = mounts.map { m in
-            stk_mount(kind: m.kind, flags: m.flags, mode: m.mode, _pad: 0,
-                      source: arena.optionalString(m.source), target: arena.string(m.target), data: arena.optionalString(m.data))
-        }
-        plan.mounts = arena.array(cMounts)
-        plan.n_mounts = UInt32(cMounts.count)
-        plan.root_readonly = profile.filesystem.readonlyRoot ? 1 : 0
+        spawnPlan.fill(&plan, arena: arena)
         plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
         plan.uid = profile.user.uid
         plan.gid = profile.user.gid
@@ -225,6 +232,15 @@ public enum Launcher {
         plan.n_exec_paths = UInt32(execPaths.count)
         plan.argv = arena.stringVector(request.command)
         plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
+        plan.init_fd = initFD?.rawValue ?? -1
+        plan.has_cgroup = request.cgroup == nil ? 0 : 1
+        if let lease {
+            // The user namespace and its per-user counts belong to the
+            // range's first id (the jail's inside root), not to root.
+            plan.charge_ids = 1
+            plan.charge_uid = lease.range.first
+            plan.charge_gid = lease.range.first
+        }
 
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.
@@ -256,7 +272,7 @@ public enum Launcher {
             if let cgroup = request.cgroup, intoCgroup == 0 {
                 try cgroup.attach(pid: pid)
             }
-            try writeIDMaps(pid: pid, user: profile.user, rootless: rootless)
+            try writeIDMaps(pid: pid, user: profile.user, hostIDs: lease?.range)
         } catch {
             throw abort(error)
         }
@@ -284,95 +300,9 @@ public enum Launcher {
                                         detail: detail.replacing("/newroot/", with: "/"))
         }
         keepParentEnds = true
+        leaseHandedOver = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
-                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started)
-    }
-
-    /// The mount list the child carries out: /dev, /proc and its masks, the
-    /// profile's mounts, then extra masks. Host sources are resolved here
-    /// (symlinks included), so the child never follows a host symlink.
-    struct PlannedMount {
-        var kind: UInt32
-        var flags: UInt32 = 0
-        var mode: UInt32 = 0
-        var source: String?
-        var target: String
-        var data: String?
-    }
-
-    static func resolveMounts(_ request: LaunchRequest) throws -> [PlannedMount] {
-        let profile = request.profile
-        var result: [PlannedMount] = []
-        let newroot = "/newroot"
-        let devNull = "/oldroot/dev/null"
-        if profile.filesystem.dev {
-            result.append(PlannedMount(kind: STK_MOUNT_DEV.rawValue, target: newroot + "/dev"))
-        }
-        if profile.filesystem.proc {
-            result.append(PlannedMount(kind: STK_MOUNT_PROC.rawValue, target: newroot + "/proc"))
-            let unmasked = Set(request.devices?.unmaskedProc ?? [])
-            for path in ProcMasks.hidden where !unmasked.contains(path) {
-                result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
-            }
-            for path in ProcMasks.readOnly {
-                result.append(PlannedMount(kind: STK_MOUNT_RO.rawValue, target: newroot + path))
-            }
-        }
-        // Read-only mounts made so far: a later mount point inside one of
-        // them cannot be created there, so it must already exist.
-        var readOnly: [(target: String, hostSource: String?)] = []
-        for (i, m) in (profile.mounts + request.extraMounts).enumerated() {
-            let label = i < profile.mounts.count ? "\(profile.file): mount[\(i)]" : "mount"
-            if let outer = readOnly.last(where: { m.target.hasPrefix($0.target == "/" ? "/" : $0.target + "/") && m.target != $0.target }) {
-                let rest = String(m.target.dropFirst(outer.target.count))
-                let exists = outer.hostSource.map { FileManager.default.fileExists(atPath: $0 + rest) } ?? false
-                if !exists {
-                    let place = outer.hostSource.map { "the read-only bind \(outer.target), and \($0 + rest) does not exist on the host" }
-                        ?? "the read-only tmpfs \(outer.target), which is empty"
-                    throw JailError.invalidRequest("\(label): the mount point \(m.target) lies inside \(place); "
-                        + "a mount point cannot be created in a read-only mount: create it in the source, mount it elsewhere, or make \(outer.target) writable")
-                }
-            }
-            var planned = PlannedMount(kind: 0, target: newroot + m.target)
-            if m.writable { planned.flags |= STK_MF_WRITABLE.rawValue }
-            if m.optional { planned.flags |= STK_MF_OPTIONAL.rawValue }
-            if m.noexec { planned.flags |= STK_MF_NOEXEC.rawValue }
-            switch m.kind {
-            case .bind:
-                let source = m.source ?? m.target
-                guard let real = realPath(source) else {
-                    if m.optional { continue }
-                    throw JailError.invalidRequest("\(label): bind source \(source) does not exist")
-                }
-                planned.kind = STK_MOUNT_BIND.rawValue
-                planned.source = "/oldroot" + (real == "/" ? "" : real)
-                if !m.writable { readOnly.append((m.target, real == "/" ? "" : real)) }
-            case .tmpfs:
-                planned.kind = STK_MOUNT_TMPFS.rawValue
-                var options = "mode=\(String(m.mode ?? 0o1777, radix: 8))"
-                if let size = m.size { options += ",size=\(size)" }
-                planned.data = options
-                if !m.writable { readOnly.append((m.target, nil)) }
-            case .dir:
-                planned.kind = STK_MOUNT_DIR.rawValue
-                planned.mode = m.mode ?? 0o755
-            case .symlink:
-                planned.kind = STK_MOUNT_SYMLINK.rawValue
-                planned.source = m.source
-            }
-            result.append(planned)
-        }
-        result += request.devices?.plannedMounts() ?? []
-        for path in profile.filesystem.masked {
-            result.append(PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: newroot + path))
-        }
-        return result
-    }
-
-    static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
+                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease)
     }
 
     static func buildEnvironment(_ request: LaunchRequest) -> [(String, String)] {
@@ -399,8 +329,12 @@ public enum Launcher {
         for ns in profile.namespaces.sorted() where access("/proc/self/ns/\(ns.procName)", F_OK) != 0 {
             throw JailError.missingKernelFeature("the \(ns.rawValue) namespace is not available on this kernel (no /proc/self/ns/\(ns.procName)); remove \"\(ns.rawValue)\" from [jail] namespaces in \(profile.file)")
         }
-        if access("/tmp", F_OK) != 0 {
-            throw JailError.missingKernelFeature("/tmp does not exist on the host; the jail's staging root is mounted there")
+        if access(SpawnPlan.staging, F_OK) != 0 {
+            throw JailError.missingKernelFeature("\(SpawnPlan.staging) does not exist on the host; the jail's staging root is mounted there")
+        }
+        // Every mount is resolved with openat2 (Linux 5.6): no fallback that follows links.
+        if !SpawnPlan.kernelHasOpenat2 {
+            throw JailError.missingKernelFeature("this kernel has no openat2 (Linux 5.6 or newer is needed to resolve mount paths without following symlinks)")
         }
     }
 
@@ -425,18 +359,29 @@ public enum Launcher {
         }
     }
 
+    /// The host ids of a root launch: the profile's `host_base` when it sets
+    /// one (checked and held like a pool range), else a range of the pool.
+    static func leaseHostIDs(_ request: LaunchRequest) throws -> HostIDLease {
+        let pool = try request.idPool ?? HostIDPool.configured()
+        if let base = request.profile.user.hostBase {
+            let place = request.profile.user.hostBaseLine.map { "\(request.profile.file):\($0)" } ?? request.profile.file
+            return try HostIDAllocator.acquire(fixedBase: base, lockDirectory: pool.lockDirectory, place: place)
+        }
+        return try HostIDAllocator.acquire(from: pool)
+    }
+
     /// Rootless: the caller's one uid/gid maps to the profile's ids (setgroups
-    /// must be denied first). Root: inside ids 0-65535 map to `hostBase`
-    /// onwards, an unprivileged range no host account uses, so inside uid 0
+    /// must be denied first). Root: inside ids 0-65535 map to the jail's own
+    /// host range, unprivileged and used by nothing else, so inside uid 0
     /// (used only during set-up) is no host privilege either.
-    static func writeIDMaps(pid: Int32, user: Profile.UserSpec, rootless: Bool) throws {
-        if rootless {
+    static func writeIDMaps(pid: Int32, user: Profile.UserSpec, hostIDs: HostIDRange?) throws {
+        if let hostIDs {
+            try writeProcFile(pid: pid, "uid_map", "0 \(hostIDs.first) \(hostIDs.count)\n")
+            try writeProcFile(pid: pid, "gid_map", "0 \(hostIDs.first) \(hostIDs.count)\n")
+        } else {
             try writeProcFile(pid: pid, "setgroups", "deny")
             try writeProcFile(pid: pid, "uid_map", "\(user.uid) \(getuid()) 1\n")
             try writeProcFile(pid: pid, "gid_map", "\(user.gid) \(getgid()) 1\n")
-        } else {
-            try writeProcFile(pid: pid, "uid_map", "0 \(user.hostBase) 65536\n")
-            try writeProcFile(pid: pid, "gid_map", "0 \(user.hostBase) 65536\n")
         }
     }
 

@@ -85,3 +85,250 @@ enum ProcMasks {
     ]
     static let readOnly = ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq"]
 }
+
+/// The plan of one launch's filesystem: every mount the child makes, in
+/// order, with host sources resolved and recorded, and the layout of the
+/// staging root the child builds it in. The one place that decides what a
+/// jail sees; ``Launcher`` hands it to the child (``fill(_:arena:)``).
+///
+/// Order: the built-in /dev and /proc (with their masks), the profile's
+/// mounts, the launch's own (`--ro-bind`/`--bind`, in command-line order),
+/// the device plan's, then the profile's extra masks.
+///
+/// Refused before anything is created, each naming the mount:
+/// - a bind source reached through a symlink a jail could have written
+///   (see ``HostPath``), a target or a command-line path with `..`;
+/// - a read-only mount that a later mount of the same path or a parent
+///   would shadow;
+/// - a writable bind that covers a file the launcher reads to build the
+///   jail (profile, its imported seccomp JSON, tenants file, daemon config,
+///   the launcher's binary): a jail could rewrite the next launch.
+struct SpawnPlan {
+    /// Where the child sees the host's root and the jail's root while it
+    /// builds the jail (inside its staging tmpfs).
+    static let oldRoot = "/oldroot"
+    static let staging = "/tmp"
+    static let devNull = oldRoot + "/dev/null"
+
+    struct Mount {
+        var kind: UInt32
+        var flags: UInt32 = 0
+        var mode: UInt32 = 0
+        /// A host path under ``oldRoot`` (binds), or a symlink's text.
+        var source: String?
+        /// The path inside the jail.
+        var target: String
+        var data: String?
+        /// What the launcher found at `source` (binds only).
+        var recorded: HostPath?
+    }
+
+    var mounts: [Mount] = []
+    /// tmpfs options of the jail's root, and whether it ends read-only.
+    var rootOptions: String
+    var rootReadOnly: Bool
+
+    /// Whether openat2(2) exists here (asked once: a directory fd on "/").
+    static let kernelHasOpenat2: Bool = {
+        let fd = stk_openat2(AT_FDCWD, "/", O_RDONLY | O_DIRECTORY, 0)
+        if fd >= 0 { close(fd) }
+        return fd >= 0 || errno != ENOSYS
+    }()
+
+    init(_ request: LaunchRequest) throws {
+        let profile = request.profile
+        rootOptions = "size=\(profile.filesystem.rootSize),mode=0755"
+        rootReadOnly = profile.filesystem.readonlyRoot
+        if profile.filesystem.dev {
+            mounts.append(Mount(kind: STK_MOUNT_DEV.rawValue, target: "/dev"))
+        }
+        if profile.filesystem.proc {
+            mounts.append(Mount(kind: STK_MOUNT_PROC.rawValue, target: "/proc"))
+            let unmasked = Set(request.devices?.unmaskedProc ?? [])
+            for path in ProcMasks.hidden where !unmasked.contains(path) {
+                mounts.append(Mount(kind: STK_MOUNT_MASK.rawValue, source: Self.devNull, target: path))
+            }
+            for path in ProcMasks.readOnly {
+                mounts.append(Mount(kind: STK_MOUNT_RO.rawValue, target: path))
+            }
+        }
+        let specs = profile.mounts.enumerated().map { ($1, "\(profile.file): mount[\($0)]") }
+            + request.extraMounts.map { ($0, Self.label(extra: $0)) }
+        let planned = try Self.plan(specs)
+        let devices = try Self.plan(devices: request.devices)
+        try Self.checkShadowing(planned + devices)
+        mounts += planned.map(\.mount) + devices.map(\.mount)
+        for path in profile.filesystem.masked {
+            mounts.append(Mount(kind: STK_MOUNT_MASK.rawValue, source: Self.devNull, target: path))
+        }
+        // The launcher, the init it execs as PID 1, and every file it read for this jail.
+        var inputs = [profile.file, "/proc/self/exe"] + InitExecutable.candidates() + request.launcherFiles
+        if case let .docker(path) = profile.seccomp.base { inputs.append(path) }
+        try Self.checkLauncherInputs(planned, inputs: inputs)
+    }
+
+    /// How a mount that came with the launch (not from the profile) is named in messages.
+    static func label(extra m: MountSpec) -> String {
+        switch m.kind {
+        case .bind: return "\(m.writable ? "--bind" : "--ro-bind") \(m.source ?? m.target):\(m.target)"
+        default: return "mount \(m.kind.rawValue) \(m.target)"
+        }
+    }
+
+    typealias Labelled = (mount: Mount, label: String, writable: Bool)
+
+    /// The profile's and the launch's mounts, resolved, in the order given.
+    static func plan(_ specs: [(MountSpec, String)]) throws -> [Labelled] {
+        var result: [Labelled] = []
+        // Read-only mounts made so far: a later mount point inside one of
+        // them cannot be created there, so it must already exist.
+        var readOnly: [(target: String, hostSource: String?)] = []
+        for (m, label) in specs {
+            // Every mount gets the checks a profile's [[mount]] gets when it is read.
+            guard Profile.isCleanAbsolute(m.target), m.target.split(separator: "/").count > 0 else {
+                throw JailError.invalidRequest("\(label): the target \(m.target) must be an absolute path inside the jail, without '..', and not / itself")
+            }
+            if m.kind == .bind, let source = m.source, !Profile.isCleanAbsolute(source) {
+                throw JailError.invalidRequest("\(label): the source \(source) must be an absolute host path without '..'")
+            }
+            if let outer = readOnly.last(where: { m.target.hasPrefix($0.target + "/") }) {
+                let rest = String(m.target.dropFirst(outer.target.count))
+                let exists = outer.hostSource.map { access($0 + rest, F_OK) == 0 } ?? false
+                if !exists {
+                    let place = outer.hostSource.map { "the read-only bind \(outer.target), and \($0 + rest) does not exist on the host" }
+                        ?? "the read-only tmpfs \(outer.target), which is empty"
+                    throw JailError.invalidRequest("\(label): the mount point \(m.target) lies inside \(place); "
+                        + "a mount point cannot be created in a read-only mount: create it in the source, mount it elsewhere, or make \(outer.target) writable")
+                }
+            }
+            var planned = Mount(kind: 0, target: m.target)
+            if m.writable { planned.flags |= STK_MF_WRITABLE.rawValue }
+            if m.optional { planned.flags |= STK_MF_OPTIONAL.rawValue }
+            if m.noexec { planned.flags |= STK_MF_NOEXEC.rawValue }
+            switch m.kind {
+            case .bind:
+                let source = m.source ?? m.target
+                let host: HostPath
+                do {
+                    host = try HostPath.resolve(source, followAnyLink: m.followSymlinks)
+                } catch {
+                    if m.optional, case .system(_, ENOENT) = error { continue }
+                    throw JailError.invalidRequest(error.describe("\(label): bind source \(source)"))
+                }
+                planned.kind = STK_MOUNT_BIND.rawValue
+                planned.source = oldRoot + (host.path == "/" ? "" : host.path)
+                planned.recorded = host
+                if !m.writable { readOnly.append((m.target, host.path == "/" ? "" : host.path)) }
+            case .tmpfs:
+                planned.kind = STK_MOUNT_TMPFS.rawValue
+                var options = "mode=\(String(m.mode ?? 0o1777, radix: 8))"
+                if let size = m.size { options += ",size=\(size)" }
+                planned.data = options
+                if !m.writable { readOnly.append((m.target, nil)) }
+            case .dir:
+                planned.kind = STK_MOUNT_DIR.rawValue
+                planned.mode = m.mode ?? 0o755
+            case .symlink:
+                planned.kind = STK_MOUNT_SYMLINK.rawValue
+                planned.source = m.source
+            }
+            result.append((planned, label, m.writable))
+        }
+        return result
+    }
+
+    /// The device plan's mounts (after the profile's: the built-in /dev and
+    /// /proc must exist first). Host sources follow the same rule as binds.
+    static func plan(devices: DevicePlan?) throws -> [Labelled] {
+        guard let devices else { return [] }
+        return try devices.mounts.map { m in
+            let label = "[devices] \(m.kind.rawValue) \(m.target)"
+            func host(_ path: String) throws -> (String, HostPath) {
+                do {
+                    let h = try HostPath.resolve(path)
+                    return (oldRoot + h.path, h)
+                } catch {
+                    throw JailError.invalidRequest(error.describe("\(label): source \(path)"))
+                }
+            }
+            switch m.kind {
+            case .deviceNode:
+                // Device binds keep dev and stay writable, like the built-in /dev nodes.
+                let (source, h) = try host(m.source ?? m.target)
+                return (Mount(kind: STK_MOUNT_DEVNODE.rawValue, flags: STK_MF_WRITABLE.rawValue | STK_MF_NOEXEC.rawValue,
+                              source: source, target: m.target, recorded: h), label, false)
+            case .readOnlyBind:
+                let (source, h) = try host(m.source ?? m.target)
+                return (Mount(kind: STK_MOUNT_BIND.rawValue, source: source, target: m.target, recorded: h), label, false)
+            case .symlink:
+                return (Mount(kind: STK_MOUNT_SYMLINK.rawValue, source: m.source, target: m.target), label, false)
+            case .mask:
+                return (Mount(kind: STK_MOUNT_MASK.rawValue, source: devNull, target: m.target), label, false)
+            case .readOnly:
+                return (Mount(kind: STK_MOUNT_RO.rawValue, target: m.target), label, false)
+            }
+        }
+    }
+
+    /// A read-only mount stays read-only: no later bind or tmpfs may cover
+    /// it by mounting its path or a parent of it (the jail would see the
+    /// later mount's writable copy there instead).
+    static func checkShadowing(_ planned: [Labelled]) throws {
+        let covering: Set<UInt32> = [STK_MOUNT_BIND.rawValue, STK_MOUNT_TMPFS.rawValue, STK_MOUNT_DEVNODE.rawValue]
+        for (j, later) in planned.enumerated() where covering.contains(later.mount.kind) {
+            for earlier in planned[..<j] where covering.contains(earlier.mount.kind)
+                && earlier.mount.flags & STK_MF_WRITABLE.rawValue == 0 {
+                let t = earlier.mount.target
+                if t == later.mount.target || t.hasPrefix(later.mount.target + "/") {
+                    throw JailError.invalidRequest("\(later.label) (\(later.mount.target)) would shadow the read-only "
+                        + "\(earlier.label) (\(t)), which comes before it; mounts are made in the order given, so put the read-only mount after the one that covers it")
+                }
+            }
+        }
+    }
+
+    /// No writable bind may hold a file the launcher reads to build a jail:
+    /// a jail could rewrite the profile (ids, binds) or the launcher for
+    /// the next run. Compared by (device, inode) of every directory on the
+    /// way to each file, so another path to the same directory is caught.
+    static func checkLauncherInputs(_ planned: [Labelled], inputs: [String]) throws {
+        var covered: [HostPath.FileID: String] = [:]
+        for input in inputs {
+            var path = input.hasPrefix("/") ? input : Self.currentDirectory() + "/" + input
+            if input == "/proc/self/exe" {
+                var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+                let n = readlink(input, &buffer, buffer.count - 1)
+                guard n > 0 else { continue }
+                path = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            // A profile parsed from text has no file; an input that cannot be read cannot be covered.
+            guard let host = try? HostPath.resolve(path, followAnyLink: true) else { continue }
+            for id in host.chain where covered[id] == nil { covered[id] = host.path }
+        }
+        for p in planned where p.writable {
+            guard let source = p.mount.recorded, let file = covered[source.id] else { continue }
+            throw JailError.invalidRequest("\(p.label): the writable bind of \(source.path) holds \(file), which the "
+                + "launcher reads to build jails; a jail could rewrite it for the next run. Bind it read-only, or bind a directory that holds none of the launcher's files")
+        }
+    }
+
+    static func currentDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buffer, buffer.count) != nil else { return "/" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The filesystem part of the child's C plan; the strings live in `arena`.
+    func fill(_ plan: inout stk_plan, arena: PlanArena) {
+        plan.staging = arena.string(Self.staging)
+        plan.root_options = arena.string(rootOptions)
+        plan.root_readonly = rootReadOnly ? 1 : 0
+        let cMounts = mounts.map { m in
+            stk_mount(kind: m.kind, flags: m.flags, mode: m.mode, src_type: m.recorded?.type ?? 0,
+                      source: arena.optionalString(m.source), target: arena.string(m.target),
+                      data: arena.optionalString(m.data), src_dev: m.recorded?.device ?? 0, src_ino: m.recorded?.inode ?? 0)
+        }
+        plan.mounts = arena.array(cMounts)
+        plan.n_mounts = UInt32(cMounts.count)
+    }
+}

@@ -72,8 +72,11 @@ struct RunCommand: ParsableCommand {
             throw StockadeFailure(message: error.description, status: 125)
         }
         var request = LaunchRequest(profile: profile, command: argv)
-        for spec in readOnlyBinds { request.extraMounts.append(try bind(spec, writable: false)) }
-        for spec in writableBinds { request.extraMounts.append(try bind(spec, writable: true)) }
+        // In command-line order: a later bind covers an earlier one.
+        for (spec, writable) in Self.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
+            request.extraMounts.append(try bind(spec, writable: writable))
+        }
+        if let tenants { request.launcherFiles.append(tenants) }
         for pair in environment {
             guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
                 throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
@@ -116,10 +119,35 @@ struct RunCommand: ParsableCommand {
         let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
         let source = parts[0]
         let target = parts.count > 1 ? parts[1] : source
+        let flag = writable ? "--bind" : "--ro-bind"
         guard source.hasPrefix("/"), target.hasPrefix("/") else {
-            throw ValidationError("bind paths must be absolute: \(spec)")
+            throw ValidationError("\(flag) \(spec): bind paths must be absolute")
+        }
+        guard !source.split(separator: "/").contains(".."), !target.split(separator: "/").contains("..") else {
+            throw ValidationError("\(flag) \(spec): a bind path may not contain '..'")
+        }
+        guard target.split(separator: "/").count > 0 else {
+            throw ValidationError("\(flag) \(spec): cannot mount over the jail's root itself")
         }
         return MountSpec(kind: .bind, source: source, target: target, writable: writable)
+    }
+
+    /// `--ro-bind` and `--bind` values in the order they were given: the
+    /// two lists keep their own order, and the command line (up to `--`)
+    /// says how they interleave.
+    static func bindsInOrder(readOnly: [String], writable: [String],
+                             arguments: [String] = CommandLine.arguments) -> [(String, Bool)] {
+        var ro = readOnly[...], rw = writable[...]
+        var result: [(String, Bool)] = []
+        for arg in arguments.dropFirst() {
+            if arg == "--" || (ro.isEmpty && rw.isEmpty) { break }
+            if arg == "--ro-bind" || arg.hasPrefix("--ro-bind="), let next = ro.popFirst() {
+                result.append((next, false))
+            } else if arg == "--bind" || arg.hasPrefix("--bind="), let next = rw.popFirst() {
+                result.append((next, true))
+            }
+        }
+        return result + ro.map { ($0, false) } + rw.map { ($0, true) }
     }
 
     private func printReport(_ exit: JailExit, format: ReportFormat) {

@@ -113,6 +113,45 @@ struct DaemonTests {
         #expect(d.auditEvents().contains { $0["event"] as? String == "exit" && $0["outcome"] as? String == "oom" })
     }
 
+    @Test(.enabled(if: Fixture.isRoot, "host id ranges are given to root-launched jails; rootless, every jail maps the caller"))
+    func everyWorkerOfEveryTenantHasHostUIDsOfItsOwn() throws {
+        let d = try RunningDaemon(tenants: [
+            .init(name: "alpha", min: 2, max: 2, access: ["alice": "viewer"]),
+            .init(name: "beta", min: 2, max: 2, access: ["alice": "viewer"]),
+        ])
+        defer { d.close() }
+        let client = d.client("alice")
+        var ranges: [String: String] = [:]
+        d.waitUntil {
+            let list = (try? client.get("/v1/tenants").json["tenants"] as? [[String: Any]]) ?? []
+            ranges = [:]
+            for t in list {
+                for (worker, range) in (t["workerHostIDs"] as? [String: String]) ?? [:] { ranges[worker] = range }
+            }
+            return ranges.count == 4
+        }
+        #expect(ranges.count == 4, "\(ranges)")
+        // Each range is what the worker's user namespace really maps (read from the host).
+        var firsts: [UInt64] = []
+        for tenant in ["alpha", "beta"] {
+            let workers = (try client.get("/v1/tenants/\(tenant)/workers").json["workers"] as? [[String: Any]]) ?? []
+            for w in workers {
+                let id = try #require(w["id"] as? String), pid = try #require(w["pid"] as? Int)
+                let range = try #require(w["hostIDs"] as? String)
+                #expect(ranges[id] == range)
+                let map = try String(contentsOfFile: "/proc/\(pid)/uid_map", encoding: .utf8)
+                    .split(whereSeparator: { $0 == " " || $0 == "\n" })
+                #expect(map.count == 3 && "\(map[1])-\(UInt64(map[1])! + UInt64(map[2])! - 1)" == range, "\(map) vs \(range)")
+                firsts.append(UInt64(map[1]) ?? 0)
+            }
+        }
+        // No two workers, of one tenant or of two, share a host uid.
+        firsts.sort()
+        #expect(firsts.count == 4)
+        for (a, b) in zip(firsts, firsts.dropFirst()) { #expect(b - a >= 65536, "\(firsts)") }
+        #expect(!firsts.contains(100_000))
+    }
+
     @Test func clientsAreAuthenticatedAndHeldToTheirRoles() throws {
         let d = try RunningDaemon(tenants: [
             .init(name: "alpha", min: 1, max: 1, access: ["alice": "invoker", "viewer": "viewer", "stranger": "admin"]),

@@ -171,20 +171,21 @@ struct NvidiaDiscoveryTests {
         #expect(try DevicePlan.resolve(section, environment: fake.environment).gpus.map(\.index) == [1])
     }
 
-    @Test("the launcher's mount list: nodes keep dev, host sources under /oldroot, masks over /dev/null")
+    @Test("the spawn plan's device mounts: nodes keep dev, host sources under /oldroot and recorded, masks over /dev/null")
     func plannedMounts() throws {
         let fake = try FakeDriver()
         defer { fake.remove() }
         var section = DevicesSection()
         section.gpus = .some(["0"])
         let plan = try DevicePlan.resolve(section, environment: fake.environment)
-        let planned = plan.plannedMounts()
+        let planned = try SpawnPlan.plan(devices: plan).map(\.mount)
         #expect(planned.count == plan.mounts.count)
-        let ctl = try #require(planned.first { $0.target == "/newroot/dev/nvidiactl" })
+        let ctl = try #require(planned.first { $0.target == "/dev/nvidiactl" })
         #expect(ctl.kind == 9) // STK_MOUNT_DEVNODE
         #expect(ctl.source == "/oldroot" + fake.environment.devRoot + "/nvidiactl")
+        #expect(ctl.recorded?.path == fake.environment.devRoot + "/nvidiactl")
         #expect(ctl.flags & 1 != 0, "device binds stay writable")
-        let mask = try #require(planned.first { $0.target == "/newroot/proc/driver/nvidia/gpus/0000:02:00.0" })
+        let mask = try #require(planned.first { $0.target == "/proc/driver/nvidia/gpus/0000:02:00.0" })
         #expect(mask.kind == 7 && mask.source == "/oldroot/dev/null")
         let link = try #require(planned.first { $0.kind == 6 })
         #expect(link.source == "libcuda.so.550.54.15" || link.source?.hasPrefix("lib") == true)

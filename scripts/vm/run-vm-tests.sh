@@ -7,7 +7,8 @@
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
-#   $VM_TEST_FILTER (default "Cgroup") from the debug test binary.
+#   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount": budgets, the cgroup
+#   namespace, host id ranges and kernel counts) from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -15,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-Cgroup}
+FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
@@ -32,7 +33,7 @@ if [ $# -gt 0 ]; then
 	CMD="$*"
 else
 	[ -x "$TESTBIN" ] || { echo "run-vm-tests: $TESTBIN missing; run 'swift build --build-tests' first" >&2; exit 1; }
-	CMD="$TESTBIN --testing-library swift-testing --filter $FILTER"
+	CMD="$TESTBIN --testing-library swift-testing --filter '$FILTER'"
 fi
 
 # The static workload program the tests run (the tree is read-only in the VM).

@@ -18,12 +18,24 @@
 extern "C" {
 #endif
 
-/* ---- Mount operations, applied in order inside the staging root. ---- */
+/*
+ * ---- Mount operations, applied in order inside the staging root. ----
+ *
+ * Paths a jail may have written are never followed. Every `target` is a
+ * path inside the jail ("/usr/lib") that the child opens beneath the new
+ * root one component at a time, refusing any symlink and any way out of
+ * the root (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), creating missing
+ * directories on the way; what gets mounted on is that fd. A host `source`
+ * ("/oldroot/...") was canonicalised by the launcher, which recorded the
+ * file it found (src_dev, src_ino, src_type); the child opens the canonical
+ * path without following any symlink, checks it is still that file, and
+ * mounts that fd (open_tree + move_mount).
+ */
 enum stk_mount_kind {
     STK_MOUNT_BIND = 1,   /* bind host `source` at `target` */
     STK_MOUNT_TMPFS = 2,  /* fresh tmpfs at `target`, options in `data` */
     STK_MOUNT_PROC = 3,   /* fresh procfs at `target` (needs the new pid namespace) */
-    STK_MOUNT_DEV = 4,    /* minimal /dev at `target` (see stk_dev_nodes) */
+    STK_MOUNT_DEV = 4,    /* minimal /dev at `target` (see stk_dev_node) */
     STK_MOUNT_DIR = 5,    /* mkdir -p `target` (mode in `mode`) */
     STK_MOUNT_SYMLINK = 6,/* symlink `target` -> `source` (source is the link text) */
     STK_MOUNT_MASK = 7,   /* hide `target`: /dev/null over a file, empty ro tmpfs over a dir */
@@ -42,10 +54,12 @@ struct stk_mount {
     uint32_t kind;        /* enum stk_mount_kind */
     uint32_t flags;       /* enum stk_mount_flag bits */
     uint32_t mode;        /* DIR/TMPFS: directory mode */
-    uint32_t _pad;
+    uint32_t src_type;    /* BIND/DEVNODE: S_IFMT bits the launcher saw at `source`; 0: not recorded */
     const char *source;   /* host path as seen from the staging root ("/oldroot/..."), or link text */
-    const char *target;   /* path under the new root as seen from the staging root ("/newroot/...") */
+    const char *target;   /* absolute path inside the jail ("/usr"), resolved beneath the new root */
     const char *data;     /* filesystem options (tmpfs: "size=...,mode=...") or NULL */
+    uint64_t src_dev;     /* st_dev and st_ino of `source` as the launcher saw it */
+    uint64_t src_ino;
 };
 
 struct stk_rlimit {
@@ -131,6 +145,14 @@ struct stk_plan {
     int32_t _pad1;
     char *const *argv;
     char *const *envp;
+
+    /* PID 1 and kernel accounting */
+    int32_t init_fd;           /* O_PATH fd of stockade-init, exec'd as PID 1 (with use_reaper); -1: none */
+    int32_t has_cgroup;        /* the jail gets a cgroup (placed by clone3 or, failing that, by the parent) */
+    int32_t charge_ids;        /* clone3 with euid/egid = charge_uid/gid on the spawner thread (root launchers) */
+    uint32_t charge_uid;       /* host uid the jail's user namespace (and its ucounts) is charged to */
+    uint32_t charge_gid;
+    int32_t _pad3;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -142,6 +164,7 @@ const char *stk_dev_node(int i);
 enum stk_step {
     STK_STEP_NONE = 0,
     STK_STEP_SYNC,          /* wait for the parent's go-ahead */
+    STK_STEP_CGROUPNS,      /* cgroup namespace rooted at the jail's cgroup (parent-placed jails) */
     STK_STEP_PDEATHSIG,     /* die with the launcher */
     STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
     STK_STEP_BECOME_ROOT,   /* take the mapped uid 0 for the set-up (root launchers) */
@@ -166,8 +189,10 @@ enum stk_step {
     STK_STEP_GROUPS,
     STK_STEP_SETGID,
     STK_STEP_SETUID,
+    STK_STEP_KEYRING,       /* a fresh anonymous session keyring */
     STK_STEP_CAPS,          /* clear effective/permitted/inheritable */
     STK_STEP_NO_NEW_PRIVS,
+    STK_STEP_INIT,          /* PID 1 execs stockade-init from init_fd */
     STK_STEP_LANDLOCK,
     STK_STEP_SECCOMP,
     STK_STEP_EXEC,
@@ -212,6 +237,10 @@ int stk_wait_pidfd(int pidfd, int *status, int options);
 int stk_landlock_abi(void);
 /* pipe2(O_CLOEXEC). */
 int stk_pipe2_cloexec(int fds[2]);
+/* openat2(dirfd, path, flags | O_CLOEXEC, resolve): an fd (ENOSYS before Linux 5.6). */
+int stk_openat2(int dirfd, const char *path, int flags, unsigned long long resolve);
+/* renameat2(RENAME_EXCHANGE): swaps two names at once (the tests' swap race). */
+int stk_rename_exchange(const char *a, const char *b);
 /* Forwards `signals` to the process behind `pidfd` from a signal handler
  * (no thread); 0, or -1 with errno from sigaction. */
 int stk_forward_signals(int pidfd, const int *signals, int count);

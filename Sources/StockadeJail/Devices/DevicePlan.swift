@@ -1,12 +1,11 @@
-import CStockadeSpawn
-
 /// What a profile's `[devices]` turns into for one launch on this host: the
 /// nodes and files to bind into the jail, the /proc paths to show or hide,
 /// the environment, and the allowlist the kernel enforces.
 ///
 /// Made by ``resolve(_:profileMounts:environment:)`` in the parent before
-/// clone; the launcher adds ``mounts`` to the child's mount list (after
-/// the built-in /dev and /proc, after the profile's own mounts) and
+/// clone; the spawn plan (`SpawnPlan.plan(devices:)`) turns ``mounts``
+/// into entries of the child's mount list (after the built-in /dev and
+/// /proc, after the profile's own mounts, host sources resolved like binds) and
 /// ``environment`` to the worker's, and hands its cgroup to
 /// ``enforce(on:)`` (see there) before the child is released.
 public struct DevicePlan: Sendable, Equatable {
@@ -282,33 +281,6 @@ public struct DevicePlan: Sendable, Equatable {
                 break
             }
             return binds.contains { p.hasPrefix($0 + "/") || p == $0 }
-        }
-    }
-}
-
-extension DevicePlan {
-    /// ``mounts`` as entries of the child's mount list, with the launcher's
-    /// conventions: host sources under `/oldroot`, targets under `/newroot`.
-    /// They go after the profile's own mounts (the built-in /dev and /proc
-    /// must exist first), and the built-in /proc masks named in
-    /// ``unmaskedProc`` are left out of the list.
-    func plannedMounts() -> [Launcher.PlannedMount] {
-        mounts.map { m in
-            let target = "/newroot" + m.target
-            switch m.kind {
-            case .deviceNode:
-                // Device binds keep dev and stay writable, like the built-in /dev nodes.
-                return Launcher.PlannedMount(kind: STK_MOUNT_DEVNODE.rawValue, flags: STK_MF_WRITABLE.rawValue | STK_MF_NOEXEC.rawValue,
-                                             source: "/oldroot" + (m.source ?? m.target), target: target)
-            case .readOnlyBind:
-                return Launcher.PlannedMount(kind: STK_MOUNT_BIND.rawValue, source: "/oldroot" + (m.source ?? m.target), target: target)
-            case .symlink:
-                return Launcher.PlannedMount(kind: STK_MOUNT_SYMLINK.rawValue, source: m.source, target: target)
-            case .mask:
-                return Launcher.PlannedMount(kind: STK_MOUNT_MASK.rawValue, source: "/oldroot/dev/null", target: target)
-            case .readOnly:
-                return Launcher.PlannedMount(kind: STK_MOUNT_RO.rawValue, target: target)
-            }
         }
     }
 }

@@ -48,9 +48,14 @@ public struct Profile: Sendable {
     public struct UserSpec: Sendable, Equatable {
         public var uid: UInt32 = 1000
         public var gid: UInt32 = 1000
-        /// Root launchers map inside id N to host id `hostBase + N`, far from
-        /// any real account. Unprivileged launchers map the one id to themselves.
-        public var hostBase: UInt32 = 100_000
+        /// Root launchers map inside id N to host id `hostBase + N`. Unset
+        /// (the default), each jail gets a range of its own from the host id
+        /// pool; set, the range must be clear of every account and
+        /// subordinate-id range and of every live jail (checked at launch).
+        /// Unprivileged launchers map the one id to themselves.
+        public var hostBase: UInt32?
+        /// The line of `host_base`, for messages.
+        public var hostBaseLine: Int?
     }
 
     public struct FilesystemSpec: Sendable, Equatable {
@@ -89,6 +94,9 @@ public struct MountSpec: Sendable, Equatable {
     public var writable = false
     public var optional = false
     public var noexec = false
+    /// Bind only: follow every symlink in `source` (by default only links
+    /// root owns in directories only root can write are followed).
+    public var followSymlinks = false
     /// tmpfs size in bytes.
     public var size: UInt64?
     public var mode: UInt32?
@@ -124,7 +132,50 @@ public struct RlimitSpec: Sendable, Equatable {
 extension Profile {
     /// Reads and validates a profile file.
     public static func load(path: String) throws(ProfileError) -> Profile {
-        try parse(text: TableReader.readText(path: path, what: "profile"), file: path)
+        try checkOwnership(path: path)
+        return try parse(text: TableReader.readText(path: path, what: "profile"), file: path)
+    }
+
+    /// A profile decides the jail's ids and binds, so only the caller and
+    /// root may have written it: a profile writable by group or others, or
+    /// in a directory others can write (without the sticky bit, so they
+    /// could replace it), is refused; so is one owned by another user,
+    /// unless the caller is root. Root-owned profiles are for everyone.
+    static func checkOwnership(path: String, caller: uid_t = getuid()) throws(ProfileError) {
+        func refuse(_ message: String) -> ProfileError {
+            ProfileError(file: path, line: nil, key: "", message: message)
+        }
+        var st = stat()
+        // A missing file is reported by the reader, with its own message.
+        guard stat(path, &st) == 0 else { return }
+        if st.st_mode & 0o022 != 0 {
+            throw refuse("the profile is writable by \(st.st_mode & 0o002 != 0 ? "everyone" : "its group") "
+                + "(mode \(String(st.st_mode & 0o7777, radix: 8))); whoever can write it decides what the jail may do. chmod go-w it")
+        }
+        if st.st_uid != caller && st.st_uid != 0 && caller != 0 {
+            throw refuse("the profile is owned by uid \(st.st_uid), not by you (uid \(caller)) or root; "
+                + "another user's profile decides what your jail may do. Copy it and use your copy")
+        }
+        // Every directory above it, on the path given and on the path to the
+        // file itself: one others may write lets them swap the file.
+        let given = path.hasPrefix("/") ? path : SpawnPlan.currentDirectory() + "/" + path
+        var real: String?
+        if let p = realpath(path, nil) {
+            real = String(decoding: UnsafeRawBufferPointer(start: p, count: strlen(p)), as: UTF8.self)
+            free(p)
+        }
+        for start in [given] + (real.map { [$0] } ?? []) {
+            var dir = start
+            while let slash = dir.lastIndex(of: "/") {
+                dir = slash == dir.startIndex ? "/" : String(dir[..<slash])
+                var d = stat()
+                if stat(dir, &d) == 0, d.st_mode & 0o022 != 0, d.st_mode & UInt32(S_ISVTX) == 0 {
+                    throw refuse("the profile lies in \(dir), which others may write (mode \(String(d.st_mode & 0o7777, radix: 8)), "
+                        + "no sticky bit): they could replace it. Keep profiles in a directory only you or root can write")
+                }
+                if dir == "/" { break }
+            }
+        }
     }
 
     /// Parses and validates profile text; `file` names it in messages.
@@ -139,7 +190,10 @@ extension Profile {
         if let user = try root.table("user") {
             profile.user.uid = UInt32(try user.int("uid", in: 0...65534) ?? 1000)
             profile.user.gid = UInt32(try user.int("gid", in: 0...65534) ?? 1000)
-            profile.user.hostBase = UInt32(try user.int("host_base", in: 1...(Int(UInt32.max) - 65536)) ?? 100_000)
+            if let base = try user.int("host_base", in: 1...(Int(UInt32.max) - 65536)) {
+                profile.user.hostBase = UInt32(base)
+                profile.user.hostBaseLine = user.error("host_base", "").line
+            }
             try user.finish()
         }
         if let fs = try root.table("filesystem") {
@@ -373,6 +427,10 @@ extension MountSpec {
         spec.writable = try t.bool("writable") ?? (kind == .tmpfs)
         spec.optional = try t.bool("optional") ?? false
         spec.noexec = try t.bool("noexec") ?? false
+        spec.followSymlinks = try t.bool("follow_symlinks") ?? false
+        if spec.followSymlinks && kind != .bind {
+            throw t.error("follow_symlinks", "only a bind has a host source to follow")
+        }
         if let size = try t.size("size") {
             guard kind == .tmpfs else { throw t.error("size", "only a tmpfs has a size") }
             spec.size = size.bytes
