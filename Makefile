@@ -72,6 +72,9 @@ PYVER := $(shell $(PYTHON_SYS) -c 'import sys; print("%d.%d" % sys.version_info[
 PYTHONDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 RELEASE_BIN := .build/release
 INSTALL_BINARIES := stockade stockaded
+# Every jail's PID 1 (static C); stockade looks for it in ../libexec/stockade.
+INSTALL_HELPERS := stockade-init
+LIBEXECDIR ?= $(PREFIX)/libexec
 # The profiles, the Moby seccomp JSON docker-default.toml imports, and the
 # README that says where that file comes from (its licence).
 INSTALL_PROFILES := $(wildcard profiles/*.toml) profiles/moby-seccomp-default.json profiles/README.md
@@ -82,7 +85,7 @@ SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@SYS
 # Only the installed products in release mode (the same flags and build
 # directory as `make release`, so either reuses the other's work).
 release-bins: deps
-	for p in $(INSTALL_BINARIES); do $(SWIFT) build $(RELEASE_FLAGS) --product $$p || exit 1; done
+	for p in $(INSTALL_BINARIES) $(INSTALL_HELPERS); do $(SWIFT) build $(RELEASE_FLAGS) --product $$p || exit 1; done
 
 install: release-bins
 	$(MAKE) --no-print-directory install-files
@@ -90,13 +93,14 @@ install: release-bins
 
 # The install step alone, from binaries already in $(RELEASE_BIN).
 install-files:
-	@for b in $(INSTALL_BINARIES); do [ -x $(RELEASE_BIN)/$$b ] || { echo "$(RELEASE_BIN)/$$b is missing: make release"; exit 1; }; done
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/stockade/profiles $(DESTDIR)$(DATADIR)/stockade/examples \
+	@for b in $(INSTALL_BINARIES) $(INSTALL_HELPERS); do [ -x $(RELEASE_BIN)/$$b ] || { echo "$(RELEASE_BIN)/$$b is missing: make release"; exit 1; }; done
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)/stockade $(DESTDIR)$(DATADIR)/stockade/profiles $(DESTDIR)$(DATADIR)/stockade/examples \
 		$(DESTDIR)$(SYSCONFDIR)/stockade $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PYTHONDIR)/stockade_worker \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/vendor-completions \
 		$(DESTDIR)$(DATADIR)/fish/vendor_completions.d
 	for b in $(INSTALL_BINARIES); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	for b in $(INSTALL_HELPERS); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(LIBEXECDIR)/stockade/$$b; done
 	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
 	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
 	install -m 0644 python/stockade_worker/*.py $(DESTDIR)$(PYTHONDIR)/stockade_worker/

@@ -55,7 +55,7 @@ for need in libc6 libseccomp2 libssl3; do
 done
 [ "$(dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles)" = /etc/stockade/stockaded.toml ] || fail "conffiles is not /etc/stockade/stockaded.toml"
 dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|' > "$T/contents"
-for f in /usr/bin/stockade /usr/bin/stockaded /etc/stockade/stockaded.toml \
+for f in /usr/bin/stockade /usr/bin/stockaded /usr/libexec/stockade/stockade-init /etc/stockade/stockaded.toml \
     /usr/share/stockade/profiles/minimal.toml /usr/share/stockade/profiles/inference-cpu.toml \
     /lib/systemd/system/stockaded.service /lib/systemd/system/stockaded.socket \
     /usr/lib/python3/dist-packages/stockade_worker/__init__.py \
@@ -234,7 +234,7 @@ while read -r path; do
     esac
     [ -z "$path" ] || [ ! -e "$path" ] || fail "$path is left after dpkg --purge"
 done < <(dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|')
-for leftover in /etc/stockade /usr/share/stockade /var/log/stockade /usr/lib/python3/dist-packages/stockade_worker; do
+for leftover in /etc/stockade /usr/share/stockade /usr/libexec/stockade /var/log/stockade /usr/lib/python3/dist-packages/stockade_worker; do
     [ ! -e "$leftover" ] || fail "$leftover is left after dpkg --purge"
 done
 getent group stockade >/dev/null && fail "the stockade group is left after dpkg --purge"
