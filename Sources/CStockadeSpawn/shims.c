@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -47,6 +48,10 @@ int stk_memfd_create(const char *name, unsigned int flags) {
 }
 
 int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+
+/* ioctl with a pointer (or a small integer passed as one); the terminal
+ * requests of PseudoTerminal use it. */
+int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 
 long stk_bpf(int cmd, void *attr, unsigned int size) { return syscall(SYS_bpf, cmd, attr, size); }
 

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -709,6 +710,41 @@ static void u32_to_dec(char *buf, uint32_t v) {
  *          worker waits for that byte before it runs anything of its own).
  * Every other fd is closed or close-on-exec, stdio included.
  */
+#define STK_LL_SCOPE_SIGNAL 2ULL
+
+/* Whether PID 1 is the root of a Landlock domain that scopes signals (set
+ * only outside a pid namespace); stockade-init is told with argv[2]. */
+static int reaper_confined;
+
+/*
+ * Outside a pid namespace nothing tears the jail down when its first process
+ * dies, and setsid() plus a double fork leaves the process tree. The jail's
+ * processes are tracked by a Landlock domain instead: PID 1 restricts itself
+ * to a domain that only scopes signals before it forks the worker, so every
+ * process of the jail, however it forked, lives in that domain or one nested
+ * in it, and a signalling process in a scoped domain reaches no process
+ * outside it. kill(-1, SIGKILL) from stockade-init then kills exactly the
+ * jail. The worker, in a nested domain, cannot signal PID 1. The domain,
+ * the subreaper flag and the parent-death signal survive the exec of the init.
+ */
+static void confine_reaper(const struct stk_plan *p) {
+    if ((p->clone_flags & CLONE_NEWPID) || p->landlock_abi < 6 || !(p->landlock_scoped & STK_LL_SCOPE_SIGNAL)) return;
+    struct {
+        uint64_t fs;
+        uint64_t net;
+        uint64_t scoped;
+    } attr = {0, 0, STK_LL_SCOPE_SIGNAL};
+    int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (rs < 0) fail(p, STK_STEP_LANDLOCK, errno, "landlock_create_ruleset (PID 1's signal scope)");
+    if (syscall(SYS_landlock_restrict_self, rs, 0) < 0) fail(p, STK_STEP_LANDLOCK, errno, "landlock_restrict_self (PID 1)");
+    close(rs);
+    /* Orphans of the jail come to PID 1, not to the host's init. */
+    CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, STK_STEP_REAPER, "PR_SET_CHILD_SUBREAPER");
+    /* When the launcher dies, PID 1 kills the jail instead of dying alone. */
+    CHECK(prctl(PR_SET_PDEATHSIG, STK_SIG_KILL_JAIL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
+    reaper_confined = 1;
+}
+
 __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t worker, int go_write) {
     /* Above 4 first, so that the dups below cannot overwrite them. */
     int status = fcntl(p->status_fd, F_DUPFD_CLOEXEC, 5);
@@ -720,7 +756,7 @@ __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t 
     syscall(SYS_close_range, 5, ~0U, CLOSE_RANGE_CLOEXEC);
     char pid_text[12];
     u32_to_dec(pid_text, (uint32_t)worker);
-    char *const argv[] = {"stockade-init", pid_text, NULL};
+    char *const argv[] = {"stockade-init", pid_text, reaper_confined ? "domain" : NULL, NULL};
     char *const envp[] = {NULL};
     /* init_fd is close-on-exec; that is fine for an ELF executable. */
     syscall(SYS_execveat, p->init_fd, "", argv, envp, AT_EMPTY_PATH);
@@ -841,6 +877,11 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     if (p->new_session) CHECK(setsid() >= 0, STK_STEP_SETSID, "setsid");
     /* fds first: a lower RLIMIT_NOFILE would stop the moves above it. */
     arrange_fds(p);
+    /* The jail's own pseudo-terminal (never the caller's) becomes the new
+     * session's controlling terminal, so that ^C typed into it signals the
+     * jail's foreground job. */
+    if (p->has_ctty && p->new_session)
+        CHECK(ioctl(p->ctty_fd, TIOCSCTTY, 0) == 0, STK_STEP_SETSID, "TIOCSCTTY");
     for (uint32_t i = 0; i < p->n_rlimits; i++) {
         struct rlimit rl = {.rlim_cur = p->rlimits[i].soft, .rlim_max = p->rlimits[i].hard};
         CHECK(syscall(SYS_prlimit64, 0, p->rlimits[i].resource, &rl, NULL) == 0, STK_STEP_RLIMIT, "prlimit");
@@ -854,6 +895,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
      * fork and the init's wait loop; the worker unblocks. */
     uint64_t all = ~0ULL;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, 8);
+    confine_reaper(p);
     CHECK(pipe2(go_pipe, O_CLOEXEC) == 0, STK_STEP_REAPER, "pipe2");
     /* The worker is a CLONE_VM child on its own stack: no page tables to
      * copy (PID 1 is a copy of the launcher). PID 1 only execs the init

@@ -11,9 +11,14 @@ package import StockadeConfig
 /// cpu_weight = 100        # cpu.weight, 1...10000
 /// cpuset = "0-1"          # cpuset.cpus
 /// io_max = ["8:0 rbps=1048576 wiops=100"]   # io.max lines
-/// required = true         # false: run without the budget where no cgroup
-///                         # can be made (rootless, no delegation), with a note
+/// waive = ["memory_max"]  # limits this jail may run without where no cgroup
+///                         # can be made for it (rootless, no delegation)
 /// ```
+///
+/// Where no cgroup can be made, what rlimits can hold is held (pids_max as
+/// RLIMIT_NPROC in the jail's own user namespace, see ``withoutCgroup(reason:)``);
+/// every other limit that is set refuses the launch, naming its line, unless
+/// `waive` names it. A waived limit is reported at every launch.
 ///
 /// Every key is optional; a limit that is not set is not enforced for the
 /// jail itself (its tenant's total still is). `"max"` means the same as
@@ -28,10 +33,15 @@ public struct LimitsSection: Sendable, Equatable {
     public var cpuWeight: UInt64?
     public var cpuset: CPUSet?
     public var ioMax: [IOLimit] = []
-    /// Whether a launch must fail when no cgroup can be made for the jail
-    /// (an unprivileged launcher without a delegated cgroup). Profiles only;
-    /// a tenant's budget is always required.
-    public var required = true
+    /// Limits the profile lets the jail run without where no cgroup can be
+    /// made for it (`waive`). Profiles only; a tenant's budget is always held.
+    public var waived: Set<String> = []
+    /// Where each key was written (`file`, line), for messages.
+    public var file = ""
+    public var lines: [String: Int] = [:]
+
+    /// The limit keys a profile may set, in the order messages list them.
+    public static let keys = ["memory_max", "memory_high", "swap_max", "pids_max", "cpu", "cpu_max", "cpu_weight", "cpuset", "io_max"]
 
     public init() {}
 
@@ -49,7 +59,64 @@ public struct LimitsSection: Sendable, Equatable {
 
     package init(reading table: TableReader) throws(ProfileError) {
         try read(table)
-        required = try table.bool("required") ?? true
+        file = table.source.file
+        for key in Self.keys + ["waive"] where table.has(key) {
+            if let line = table.source.index.line(of: table.keyPath(key)) { lines[key] = line }
+        }
+        if table.has("required") {
+            throw table.error("required", "a budget that cannot be enforced is refused unless the profile waives each such limit by name: write waive = [\"memory_max\", ...] instead of required")
+        }
+        for (i, key) in (try table.strings("waive") ?? []).enumerated() {
+            guard let set = setKey(key) else {
+                throw table.error("waive", "entry \(i): \"\(key)\" is not a limit set in this [limits] (set: \(setKeys.joined(separator: ", ")))")
+            }
+            waived.insert(set)
+        }
+    }
+
+    /// The keys set in this section (cpu_max counts as cpu).
+    public var setKeys: [String] {
+        var keys: [String] = []
+        if memoryMax != nil { keys.append("memory_max") }
+        if memoryHigh != nil { keys.append("memory_high") }
+        if swapMax != nil { keys.append("swap_max") }
+        if pidsMax != nil { keys.append("pids_max") }
+        if cpu != nil { keys.append(lines["cpu_max"] != nil ? "cpu_max" : "cpu") }
+        if cpuWeight != nil { keys.append("cpu_weight") }
+        if cpuset != nil { keys.append("cpuset") }
+        if !ioMax.isEmpty { keys.append("io_max") }
+        return keys
+    }
+
+    private func setKey(_ key: String) -> String? { setKeys.contains(key) ? key : nil }
+
+    /// The jail's budget where no cgroup can be made for it (`reason`): the
+    /// limits rlimits hold, and notes that say what is held and what the
+    /// profile waived. Throws, at the first limit's line, when a limit can
+    /// be held neither way and the profile does not waive it.
+    ///
+    /// pids_max becomes RLIMIT_NPROC, which the kernel counts per user in
+    /// each user namespace: in the jail's own namespace it counts the jail's
+    /// processes only, as pids.max would. Nothing else in a budget has an
+    /// rlimit that holds the whole jail (RLIMIT_AS is per process).
+    package func withoutCgroup(reason: String) throws(ProfileError) -> (nproc: UInt64?, notes: [String]) {
+        var notes: [String] = []
+        var nproc: UInt64?
+        if let pids = pidsMax {
+            nproc = pids
+            notes.append("no cgroup for this jail (\(reason)); pids_max = \(pids) is held as RLIMIT_NPROC in the jail's user namespace")
+        }
+        let unheld = setKeys.filter { $0 != "pids_max" }
+        if let missing = unheld.first(where: { !waived.contains($0) }) {
+            throw ProfileError(file: file, line: lines[missing], key: "limits.\(missing)",
+                               message: "\(missing) cannot be enforced: no cgroup for this jail (\(reason)); run as root, from a delegated cgroup (systemd Delegate=yes), or waive it by name: waive = [\"\(missing)\"]")
+        }
+        let waivedHere = unheld.filter { waived.contains($0) }
+        if !waivedHere.isEmpty {
+            let place = lines["waive"].map { "\(file):\($0)" } ?? file
+            notes.append("not enforced, waived by the profile (\(place)): \(waivedHere.joined(separator: ", "))" + (nproc == nil ? " (no cgroup: \(reason))" : ""))
+        }
+        return (nproc, notes)
     }
 
     /// What a budget is short of: the first key where `asked` does not fit
@@ -89,7 +156,9 @@ public struct LimitsSection: Sendable, Equatable {
     /// True when no limit is set (nothing to write into a cgroup).
     public var isEmpty: Bool {
         var limits = self
-        limits.required = true
+        limits.waived = []
+        limits.file = ""
+        limits.lines = [:]
         return limits == LimitsSection()
     }
 

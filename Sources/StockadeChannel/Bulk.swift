@@ -8,7 +8,12 @@
 // this a 64 MiB transfer runs on one core end to end.
 import SystemPackage
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Dispatch
 import Synchronization
 
 extension BulkDescriptor {

@@ -2,7 +2,14 @@
 // interface: SHA-256, HMAC-SHA256 and the Noise HKDF, X25519, and the two
 // AEADs (AES-256-GCM, ChaCha20-Poly1305) with in-place operation.
 import COpenSSL
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A failure inside OpenSSL. These are not expected at run time (the inputs
 /// are checked before they reach OpenSSL); one means the library is broken

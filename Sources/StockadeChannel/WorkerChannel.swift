@@ -4,7 +4,11 @@
 public import Logging
 public import SystemPackage
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 public enum WorkerChannel {
     /// The descriptors named by a `STOCKADE_CHANNEL` value such as

@@ -57,6 +57,10 @@ public final class Jail: Sendable {
     /// PID 1 writes the worker's raw wait status here before it exits.
     private let status: FileDescriptor
     private let hasReaper: Bool
+    /// What ends the whole jail when sent to PID 1: SIGKILL in a pid
+    /// namespace (the kernel kills the rest); outside one, the signal on
+    /// which PID 1 kills every process of the jail's Landlock domain.
+    private let killSignal: Int32
     private let state = Mutex<State>(State())
 
     private struct State {
@@ -65,7 +69,9 @@ public final class Jail: Sendable {
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
-         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil) {
+         hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil,
+         killSignal: Int32 = SIGKILL) {
+        self.killSignal = killSignal
         self.lease = hostIDs
         self.process = process
         self.liveness = liveness
@@ -85,7 +91,7 @@ public final class Jail: Sendable {
     /// whole pid namespace; the cgroup catches anything that escaped it).
     public func kill(reason: JailExit.Reason = .killed) {
         state.withLock { if $0.killedFor == nil { $0.killedFor = reason } }
-        try? process.send(signal: SIGKILL)
+        try? process.send(signal: killSignal)
         try? cgroup?.kill()
     }
 

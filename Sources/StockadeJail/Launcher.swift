@@ -100,8 +100,13 @@ public struct LaunchRequest: Sendable {
     public var launcherFiles: [String] = []
     /// Variables added after the profile's `[env]`.
     public var extraEnvironment: [(String, String)] = []
-    /// Launcher fds that appear in the jail as `to` (the channel, stdio redirections).
+    /// Launcher fds that appear in the jail as `to` (the channel, stdio
+    /// redirections); checked by type (``JailFDs``).
     public var passedFDs: [(from: Int32, to: Int32)] = []
+    /// The jail's own pseudo-terminal (the fd of ``PseudoTerminal/peer``), the only
+    /// terminal that may be among `passedFDs`; it becomes the controlling
+    /// terminal of the jail's new session.
+    public var terminal: Int32?
     /// The finished seccomp BPF program (8 bytes per instruction); empty: none.
     public var seccompFilter: [UInt8] = []
     public var seccompFlags: UInt32 = 0
@@ -135,8 +140,8 @@ public enum Launcher {
         let rootless = getuid() != 0
         let spawnPlan = try SpawnPlan(request)
         // PID 1 is stockade-init, opened here while the host's tree is ours.
-        let initFD = profile.namespaces.contains(.pid) ? try InitExecutable.open() : nil
-        defer { try? initFD?.close() }
+        let initFD = try InitExecutable.open()
+        defer { try? initFD.close() }
         // Root: the jail's own host ids, held until it has ended.
         let lease = try rootless || !profile.namespaces.contains(.user) ? nil : leaseHostIDs(request)
         var leaseHandedOver = false
@@ -169,7 +174,9 @@ public enum Launcher {
         var plan = stk_plan()
         plan.clone_flags = profile.namespaces.reduce(0) { $0 | $1.cloneFlag }
         plan.cgroup_fd = request.cgroup?.directory?.rawValue ?? -1
-        plan.use_reaper = profile.namespaces.contains(.pid) ? 1 : 0
+        // Outside a pid namespace too: there PID 1 tracks the jail's
+        // processes in a Landlock domain and kills them with the launcher.
+        plan.use_reaper = 1
         plan.sync_fd = sync.read.rawValue
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
@@ -187,21 +194,11 @@ public enum Launcher {
         plan.rlimits = arena.array(rlimits)
         plan.n_rlimits = UInt32(rlimits.count)
         plan.new_session = profile.newSession ? 1 : 0
-        var fdMap = profile.passFDs.map { stk_fd_map(from: $0, to: $0) }
-        fdMap += request.passedFDs.map { stk_fd_map(from: $0.from, to: $0.to) }
-        for m in fdMap {
-            guard (0...255).contains(m.to) else {
-                throw JailError.invalidRequest("fd \(m.from) cannot land on \(m.to) in the jail (0...255)")
-            }
-            guard fcntl(m.from, F_GETFD) >= 0 else {
-                throw JailError.invalidRequest("fd \(m.from) is to be passed into the jail but is not open")
-            }
-        }
-        guard Set(fdMap.map(\.to)).count == fdMap.count else {
-            throw JailError.invalidRequest("two fds are passed to the same number in the jail")
-        }
-        plan.fds = arena.array(fdMap)
-        plan.n_fds = UInt32(fdMap.count)
+        let fds = try JailFDs.plan(request)
+        defer { for fd in fds.opened { close(fd) } }
+        plan.fds = arena.array(fds.map)
+        plan.n_fds = UInt32(fds.map.count)
+        if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
         plan.cwd = arena.string(profile.cwd)
         if let ll = request.landlock, ll.abi > 0 {
             plan.landlock_abi = ll.abi
@@ -232,7 +229,7 @@ public enum Launcher {
         plan.n_exec_paths = UInt32(execPaths.count)
         plan.argv = arena.stringVector(request.command)
         plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
-        plan.init_fd = initFD?.rawValue ?? -1
+        plan.init_fd = initFD.rawValue
         plan.has_cgroup = request.cgroup == nil ? 0 : 1
         if let lease {
             // The user namespace and its per-user counts belong to the
@@ -302,7 +299,8 @@ public enum Launcher {
         keepParentEnds = true
         leaseHandedOver = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
-                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease)
+                    hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease,
+                    killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL)
     }
 
     static func buildEnvironment(_ request: LaunchRequest) -> [(String, String)] {

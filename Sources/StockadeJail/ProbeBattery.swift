@@ -1,7 +1,11 @@
 public import StockadeCgroups
 import SystemPackage
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif

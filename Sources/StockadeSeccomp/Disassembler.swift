@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// Prints a seccomp BPF program as readable pseudo-assembly: one line per
 /// instruction, absolute jump targets, and comments that name what the

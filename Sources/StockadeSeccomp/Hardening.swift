@@ -81,7 +81,12 @@ enum Prelude {
         var asm = BPFAssembler()
         typealias I = BPFInstruction
         let offsetNr: UInt32 = 0, offsetArch: UInt32 = 4
-        func argLow(_ n: Int) -> UInt32 { 16 + UInt32(n) * 8 }
+        // The prelude compares one 32-bit word of an argument: only arguments
+        // the kernel reads as 32 bits (``IntArguments``) can be checked here.
+        func argLow(_ call: HardenedCall, _ n: Int) -> UInt32 {
+            precondition(IntArguments.isInt(call.name, n), "\(call.name) arg\(n) is not a 32-bit argument")
+            return 16 + UInt32(n) * 8
+        }
 
         // Another architecture (i386 through int 0x80 shares the process): kill.
         asm.load(offsetArch)
@@ -111,14 +116,14 @@ enum Prelude {
             switch call.check {
             case .deny: break
             case .denyFlags(let arg, let mask):
-                asm.load(argLow(arg))
+                asm.load(argLow(call, arg))
                 asm.jump(I.JSET, mask, ifTrue: .label("eperm"), ifFalse: .label("pass"))
             case .denyValues(let arg, let values):
-                asm.load(argLow(arg))
+                asm.load(argLow(call, arg))
                 for v in values { asm.jump(I.JEQ, v, ifTrue: .label("eperm")) }
                 asm.goto("pass")
             case .allowOnlyValues(let arg, let values):
-                asm.load(argLow(arg))
+                asm.load(argLow(call, arg))
                 for v in values { asm.jump(I.JEQ, v, ifTrue: .label("pass")) }
                 asm.goto("eperm")
             }

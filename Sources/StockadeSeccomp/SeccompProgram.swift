@@ -1,7 +1,14 @@
 internal import CSeccomp
 internal import CStockadeSpawn
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A finished seccomp filter: the `sock_filter` array the jail's child
 /// loads with `seccomp(SECCOMP_SET_MODE_FILTER, flags, ...)` as its last
@@ -24,6 +31,10 @@ public struct SeccompProgram: Sendable {
     public var notes: [String]
     /// Hardening entries lifted by the profile, with their reasons.
     public var lifted: [String: String]
+
+    /// The most rules one rule may become once its 32-bit comparisons are
+    /// written for libseccomp (two range tests on two arguments: 32 x 32).
+    static let maxRulesPerRule = 1024
 
     /// The kernel accepts at most this many instructions per filter.
     public static let maxInstructions = 4096
@@ -59,7 +70,17 @@ public struct SeccompProgram: Sendable {
         rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         if rc != 0 { notes.append("libseccomp \(libseccompVersion) has no binary-tree optimisation; the filter is a linear list") }
 
+        // Conditions on 32-bit arguments compare the low half only, as the
+        // kernel reads it; that can split a rule into several.
+        var expanded: [SeccompRule] = []
         for rule in section.rules where rule.action != section.defaultAction {
+            let low = rule.lowWordRules()
+            guard low.count <= maxRulesPerRule else {
+                throw SeccompCompileError("\(rule) from \(rule.origin) needs \(low.count) comparisons on the low 32 bits of its arguments; split it into rules with fewer ranges or != tests (at most \(maxRulesPerRule))")
+            }
+            expanded += low
+        }
+        for rule in expanded {
             var cmps = rule.conditions.map { c in
                 c.op == .maskedEq
                     ? scmp_arg_cmp(arg: UInt32(c.arg), op: c.op.scmp, datum_a: c.mask, datum_b: c.value)

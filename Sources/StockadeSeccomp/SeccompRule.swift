@@ -1,5 +1,12 @@
 internal import CSeccomp
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One comparison on a system-call argument, as libseccomp expresses it:
 /// `arg1 == 3`, `arg0 < 38`, `arg0 & 0x7e020000 == 0`.
@@ -34,9 +41,16 @@ public struct SeccompCondition: Sendable, Hashable, CustomStringConvertible {
         self.mask = mask
     }
 
-    /// What the kernel-side filter decides for a 64-bit argument (libseccomp
-    /// compares all 64 bits, unsigned).
-    public func matches(_ x: UInt64) -> Bool {
+    /// What the condition means for an argument as the kernel reads it:
+    /// all 64 bits, or for a 32-bit argument (``IntArguments``) the low 32
+    /// bits of both sides; unsigned either way.
+    public func matches(_ x: UInt64, int: Bool = false) -> Bool {
+        if int {
+            var low = self
+            low.value &= 0xffff_ffff
+            low.mask &= 0xffff_ffff
+            return low.matches(x & 0xffff_ffff)
+        }
         switch op {
         case .eq: return x == value
         case .ne: return x != value
@@ -50,6 +64,44 @@ public struct SeccompCondition: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         op == .maskedEq ? "arg\(arg) & \(hex(mask)) == \(hex(value))" : "arg\(arg) \(op.rawValue) \(hex(value))"
+    }
+
+    /// This condition on the low 32 bits of an argument, written as
+    /// comparisons libseccomp can make (it compares all 64 bits): nil when it
+    /// always holds, an empty list when it never does, else alternatives
+    /// (ORed) that each test bits of the low half and ignore the high half.
+    ///
+    /// `==` and `&==` mask the high half away. The others compare bit by
+    /// bit from the top: `x < v` holds exactly when, at some bit i set in v,
+    /// x has v's bits above i and a 0 at i; `x > v` when, at some bit i
+    /// clear in v, x has v's bits above i and a 1 at i; `x != v` when x
+    /// differs from v in some single bit. At most 32 alternatives.
+    func lowWordAlternatives() -> [SeccompCondition]? {
+        let v = value & 0xffff_ffff
+        let full: UInt64 = 0xffff_ffff
+        func masked(_ mask: UInt64, _ datum: UInt64) -> SeccompCondition {
+            SeccompCondition(arg: arg, op: .maskedEq, value: datum & mask, mask: mask)
+        }
+        /// Bits i and above of the low word.
+        func from(_ i: Int) -> UInt64 { full & ~((UInt64(1) << i) - 1) }
+        func below(_ v: UInt64) -> [SeccompCondition] {
+            (0..<32).filter { v & (1 << $0) != 0 }.reversed().map { masked(from($0), v & ~(UInt64(1) << $0)) }
+        }
+        func above(_ v: UInt64) -> [SeccompCondition] {
+            (0..<32).filter { v & (1 << $0) == 0 }.reversed().map { masked(from($0), v | (UInt64(1) << $0)) }
+        }
+        switch op {
+        case .eq: return [masked(full, v)]
+        case .maskedEq:
+            let m = mask & full
+            if m == 0 { return v == 0 ? nil : [] }
+            return v & ~m != 0 ? [] : [masked(m, v)]
+        case .ne: return (0..<32).reversed().map { masked(UInt64(1) << $0, ~v) }
+        case .lt: return below(v)
+        case .le: return v == full ? nil : below(v + 1)
+        case .gt: return above(v)
+        case .ge: return v == 0 ? nil : above(v - 1)
+        }
     }
 
     private func hex(_ v: UInt64) -> String { v < 10 ? String(v) : "0x" + String(v, radix: 16) }
@@ -126,6 +178,8 @@ public enum SeccompConstants {
         "CLONE_IO": 0x80000000, "CLONE_NEWTIME": 0x80,
         "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16, "AF_PACKET": 17,
         "AF_VSOCK": 40, "AF_ALG": 38,
+        "IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_ICMPV6": 58,
+        "IPPROTO_SCTP": 132, "IPPROTO_UDPLITE": 136, "IPPROTO_MPTCP": 262,
         "SOCK_STREAM": 1, "SOCK_DGRAM": 2, "SOCK_RAW": 3, "SOCK_SEQPACKET": 5,
         "SOCK_NONBLOCK": 0o4000, "SOCK_CLOEXEC": 0o2000000,
         "TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX, "TCGETS": 0x5401, "TCSETS": 0x5402, "TIOCGWINSZ": 0x5413,
@@ -158,6 +212,31 @@ public struct SeccompRule: Sendable, Hashable, CustomStringConvertible {
         self.conditions = conditions
         self.origin = origin
         self.imported = imported
+    }
+
+    /// Whether every condition holds for these arguments, each compared as
+    /// the kernel reads it (``IntArguments``).
+    public func matches(_ args: [UInt64]) -> Bool {
+        conditions.allSatisfy { c in
+            c.matches(c.arg < args.count ? args[c.arg] : 0, int: IntArguments.isInt(syscall, c.arg))
+        }
+    }
+
+    /// The rule as libseccomp can compile it: conditions on 32-bit arguments
+    /// rewritten to test the low half only (``SeccompCondition/lowWordAlternatives()``),
+    /// which may turn one rule into several (ORed); none when it can never
+    /// match.
+    public func lowWordRules() -> [SeccompRule] {
+        var alternatives: [[SeccompCondition]] = [[]]
+        for c in conditions {
+            guard IntArguments.isInt(syscall, c.arg) else {
+                alternatives = alternatives.map { $0 + [c] }
+                continue
+            }
+            guard let options = c.lowWordAlternatives() else { continue }
+            alternatives = alternatives.flatMap { prefix in options.map { prefix + [$0] } }
+        }
+        return alternatives.map { var r = self; r.conditions = $0; return r }
     }
 
     public var description: String {

@@ -1,5 +1,9 @@
 package import StockadeConfig
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// The profile's `[seccomp]`: the system-call policy.
 ///
@@ -222,18 +226,29 @@ public struct SeccompSection: Sendable, Equatable {
                 notes.append("stock allowlist: \(name) skipped: \(whyUnknown(name))")
             }
         }
-        // Sockets of the local and IP families only: no netlink, packet,
-        // AF_ALG or vsock sockets, whose kernel code is large and rarely needed.
-        for (name, families) in [("socket", [1, 2, 10]), ("socketpair", [1])] {
+        // Sockets of the local and IP families only, with the default
+        // protocol or plain TCP and UDP: no netlink, packet, AF_ALG or vsock
+        // sockets, and no MPTCP, UDP-Lite or SCTP, whose kernel code is large
+        // and rarely needed. (Compared on the low 32 bits, as the kernel reads them.)
+        for (name, family, protocols) in stockSockets {
             guard let nr = Syscalls.number(of: name) else { continue }
-            for family in families {
+            for proto in protocols {
                 result.append(SeccompRule(syscall: name, number: nr, action: .allow,
-                                          conditions: [SeccompCondition(arg: 0, op: .eq, value: UInt64(family))],
+                                          conditions: [SeccompCondition(arg: 0, op: .eq, value: family),
+                                                       SeccompCondition(arg: 2, op: .eq, value: proto)],
                                           origin: "stock allowlist"))
             }
         }
         return result
     }
+
+    /// The sockets the stock allowlist makes: (call, family, protocols).
+    public static let stockSockets: [(String, UInt64, [UInt64])] = [
+        ("socket", 1, [0]),            // AF_UNIX
+        ("socket", 2, [0, 6, 17]),     // AF_INET: default, IPPROTO_TCP, IPPROTO_UDP
+        ("socket", 10, [0, 6, 17]),    // AF_INET6
+        ("socketpair", 1, [0]),
+    ]
 
     /// The stock allowlist for inference workers: Python with numpy and
     /// native extensions, threads, fork/exec of helpers, files, pipes,

@@ -62,12 +62,13 @@ public struct ProcessHandle: Sendable {
     /// The corresponding C function is `waitid`.
     public func reap() throws(Errno) -> ProcessTermination {
         var status: Int32 = 0
-        while true {
+        _ = try retryingSyscall { () -> Int32 in
+            // The shim returns -errno; retryingSyscall reads errno.
             let r = stk_wait_pidfd(fd.rawValue, &status, 0)
-            if r == 0 { return ProcessTermination(waitStatus: status) }
-            if r == -EINTR { continue }
-            throw Errno(rawValue: -r)
+            if r < 0 { errno = -r; return -1 }
+            return r
         }
+        return ProcessTermination(waitStatus: status)
     }
 }
 

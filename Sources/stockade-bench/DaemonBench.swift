@@ -8,6 +8,7 @@ import Foundation
 import StockadeChannel
 import StockadeDaemon
 import StockadeSystem
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -150,32 +151,32 @@ private func benchPayload(repo: String) throws -> [UInt8] {
 
 /// `count` client threads, each running `requests` calls of the closure
 /// `make(i)` returns; per-call latencies in ms and the wall time in s.
-private final class Results: @unchecked Sendable {
-    let lock = NSLock()
+private struct Results {
     var samples: [Double] = []
     var failure: (any Error)?
 }
 
 private func runClients(count: Int, requests: Int, _ make: (Int) throws -> @Sendable () throws -> Void) throws -> (samples: [Double], wall: Double) {
     let calls = try (0..<count).map(make)
-    let results = Results()
+    let results = Mutex(Results())
     let start = ContinuousClock.now
     DispatchQueue.concurrentPerform(iterations: count) { i in
         var mine: [Double] = []
         for _ in 0..<requests {
             let t0 = ContinuousClock.now
             do { try calls[i]() } catch {
-                results.lock.withLock { results.failure = error }
+                results.withLock { $0.failure = error }
                 return
             }
             let took = ContinuousClock.now - t0
             mine.append(took.inMilliseconds)
         }
-        results.lock.withLock { results.samples += mine }
+        results.withLock { $0.samples += mine }
     }
     let wall = ContinuousClock.now - start
-    if let failure = results.failure { throw failure }
-    return (results.samples, wall.inSeconds)
+    let (samples, failure) = results.withLock { ($0.samples, $0.failure) }
+    if let failure { throw failure }
+    return (samples, wall.inSeconds)
 }
 
 /// Starts worker.py without a jail, with the channel at fds 3 and 4, and

@@ -1,5 +1,6 @@
 /*
- * stockade-init: PID 1 of every jail with a pid namespace.
+ * stockade-init: PID 1 of every jail (in its pid namespace, or outside one
+ * the root of the jail's Landlock domain, see confine_reaper in spawn.c).
  *
  * The trampoline execs this program (from an fd the launcher opened before
  * the jail's root was switched) after it has cloned the worker, so that PID
@@ -33,7 +34,10 @@ int main(int argc, char **argv) {
      * /proc/1/mem or /proc/1/exe, or read its environment. The worker runs
      * nothing of its own before the go byte below. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return 127;
-    if (argc != 2) return 127;
+    /* argv[2] "domain": outside a pid namespace, PID 1 is the root of a
+     * Landlock domain that scopes signals; kill(-1) reaches the jail only. */
+    if (argc != 2 && !(argc == 3 && argv[2][0] == 'd')) return 127;
+    int domain = argc == 3;
     pid_t worker = 0;
     for (const char *c = argv[1]; *c; c++) {
         if (*c < '0' || *c > '9' || worker > 100000000) return 127;
@@ -59,9 +63,19 @@ int main(int argc, char **argv) {
         siginfo_t info;
         int sig = sigwaitinfo(&all, &info);
         if (sig < 0) continue;
+        if (sig == 64 /* STK_SIG_KILL_JAIL */ && domain) {
+            /* The launcher died or ends the jail: every process of it. */
+            kill(-1, SIGKILL);
+            int32_t raw = SIGKILL; /* the wait status of a process killed by SIGKILL */
+            do n = write(3, &raw, sizeof raw);
+            while (n < 0 && errno == EINTR);
+            _exit(128 + SIGKILL);
+        }
         if (sig != SIGCHLD) {
-            /* Forward what a supervisor sends: terminate, interrupt, hang up, ... */
-            kill(worker, sig);
+            /* Forward what a supervisor sends: terminate, interrupt, hang up, ...
+             * A key typed into the jail's terminal (SI_KERNEL) already reached
+             * the worker, which shares PID 1's foreground process group. */
+            if (info.si_code != SI_KERNEL) kill(worker, sig);
             continue;
         }
         for (;;) {
@@ -70,6 +84,8 @@ int main(int argc, char **argv) {
             if (r <= 0) break;
             if (r != worker) continue; /* an orphan: reaped, nothing more */
             int32_t raw = status;
+            /* What the worker left behind (a setsid'd daemon) ends with it. */
+            if (domain) kill(-1, SIGKILL);
             do n = write(3, &raw, sizeof raw);
             while (n < 0 && errno == EINTR);
             if (WIFEXITED(status)) _exit(WEXITSTATUS(status));

@@ -146,7 +146,9 @@ struct ExplainCommand: ParsableCommand {
         if let s = l.cpuset { parts.append("only CPUs \(s)") }
         for io in l.ioMax { parts.append("io.max \(io)") }
         if parts.isEmpty { return ["none of its own (its tenant's total still applies)"] }
-        parts.append(l.required ? "refused where it cannot be enforced" : "run without it, with a note, where no cgroup can be made")
+        let waived = l.setKeys.filter { l.waived.contains($0) }
+        parts.append("without a cgroup: pids_max held as RLIMIT_NPROC; " +
+                     (waived.isEmpty ? "any other limit refuses the launch" : "waived by name: \(waived.joined(separator: ", "))"))
         return parts
     }
 

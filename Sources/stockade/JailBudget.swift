@@ -6,7 +6,12 @@ import StockadeJail
 /// profile has [limits] or a tenant is named, for `stockade run` and
 /// `stockade probe` alike.
 enum JailBudget {
-    static func make(profile: Profile, tenants: String? = nil, tenant: String? = nil,
+    /// Where no cgroup can be made and no tenant was asked for, the profile's
+    /// budget is held by rlimits as far as they can hold it (added to
+    /// `profile`'s rlimits), and what they cannot hold must be waived by the
+    /// profile (`Profile.holdLimitsWithoutCgroup`); else the launch is
+    /// refused, naming the limit.
+    static func make(profile: inout Profile, tenants: String? = nil, tenant: String? = nil,
                      cgroupBase: String? = nil) throws -> (manager: CgroupManager, jail: JailGroup)? {
         guard !profile.limits.isEmpty || tenant != nil || tenants != nil else { return nil }
         do {
@@ -24,13 +29,18 @@ enum JailBudget {
         } catch let error as ProfileError {
             throw StockadeFailure(message: error.description, status: 125)
         } catch let error as CgroupError {
-            // A budget the profile marks optional, with no tenant asked for:
-            // run without it, and say so.
-            if !profile.limits.required && tenant == nil && tenants == nil {
-                printError("stockade: note: running without the profile's [limits] (it says required = false): cgroup: \(error)")
-                return nil
+            // A tenant's budget is always held by its cgroup.
+            guard tenant == nil && tenants == nil else {
+                throw StockadeFailure(message: "cgroup: \(error)", status: 125)
             }
-            throw StockadeFailure(message: "cgroup: \(error)", status: 125)
+            let notes: [String]
+            do {
+                notes = try profile.holdLimitsWithoutCgroup(reason: "\(error)")
+            } catch {
+                throw StockadeFailure(message: error.description, status: 125)
+            }
+            for note in notes { printError("stockade: note: \(note)") }
+            return nil
         }
     }
 }

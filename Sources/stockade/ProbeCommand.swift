@@ -78,7 +78,7 @@ struct ProbeCommand: ParsableCommand {
         }
 
         // The profile's budget, as `stockade run` would give it (probe 31).
-        let cgroups = try JailBudget.make(profile: loaded)
+        let cgroups = try JailBudget.make(profile: &options.profile)
         defer { try? cgroups?.manager.close() }
         options.cgroup = cgroups?.jail
         let result: (report: ProbeReport, exit: JailExit)

@@ -90,8 +90,10 @@ struct RunCommand: ParsableCommand {
             }
             limit = d
         }
-        let cgroups = try JailBudget.make(profile: profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
+        let cgroups = try JailBudget.make(profile: &request.profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
         request.cgroup = cgroups?.jail
+
+        let terminal = try JailTerminal.prepare(&request)
 
         let jail: Jail
         do {
@@ -99,13 +101,17 @@ struct RunCommand: ParsableCommand {
             try JailSecurity.prepare(&request)
             jail = try Launcher.launch(request)
         } catch {
+            terminal?.close()
             try? request.cgroup?.remove()
             try? cgroups?.manager.close()
             if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
             throw StockadeFailure(message: "\(error)", status: 125)
         }
         let forwarding = SignalForwarder(jail: jail)
+        terminal?.startRelay()
         let exit = try jail.wait(timeLimit: limit)
+        // The jail's last output, then the caller's terminal as it was.
+        terminal?.finish()
         forwarding.stop()
         try? cgroups?.manager.close()
         if let report { printReport(exit, format: report) }

@@ -56,13 +56,36 @@ struct LimitsParsingTests {
         #expect(l.isEmpty)
     }
 
-    @Test func requiredIsABudgetPolicyNotALimit() throws {
-        #expect(try limits("pids_max = 8").required)
-        let optional = try limits("pids_max = 8\nrequired = false")
-        #expect(!optional.required && !optional.isEmpty)
-        // required alone sets no limit: no cgroup is made for it.
-        #expect(try limits("required = false").isEmpty)
-        #expect(message("required = \"no\"").hasPrefix("p.toml:2: limits.required:"))
+    @Test func waiveNamesLimitsAndIsNotALimit() throws {
+        let l = try limits("memory_max = \"64M\"\npids_max = 8\ncpu = 0.5\nwaive = [\"memory_max\", \"cpu\"]")
+        #expect(l.waived == ["memory_max", "cpu"] && !l.isEmpty)
+        #expect(l.lines["pids_max"] == 3 && l.lines["waive"] == 5)
+        // Only a limit that is set can be waived, by its own name.
+        #expect(message("pids_max = 8\nwaive = [\"memory_max\"]").hasPrefix("p.toml:3: limits.waive: entry 0: \"memory_max\" is not a limit set"))
+        #expect(message("waive = [\"pidsmax\"]").hasPrefix("p.toml:2: limits.waive:"))
+        #expect(message("waive = \"memory_max\"").hasPrefix("p.toml:2: limits.waive:"))
+        // The old all-or-nothing switch says what to write instead.
+        #expect(message("pids_max = 8\nrequired = false").contains("waive = ["))
+    }
+
+    @Test func withoutCgroupHoldsPidsAndRefusesWhatIsNotWaived() throws {
+        let both = try limits("memory_max = \"64M\"\npids_max = 8")
+        let e = #expect(throws: ProfileError.self) { _ = try both.withoutCgroup(reason: "EACCES") }
+        #expect(e?.description.hasPrefix("p.toml:2: limits.memory_max: memory_max cannot be enforced: no cgroup for this jail (EACCES)") == true,
+                "\(String(describing: e))")
+        #expect(e?.description.contains("waive = [\"memory_max\"]") == true)
+        let waived = try limits("memory_max = \"64M\"\npids_max = 8\nwaive = [\"memory_max\"]").withoutCgroup(reason: "EACCES")
+        #expect(waived.nproc == 8)
+        #expect(waived.notes.contains { $0.contains("pids_max = 8 is held as RLIMIT_NPROC") })
+        #expect(waived.notes.contains { $0.contains("waived by the profile (p.toml:4): memory_max") })
+        let pidsOnly = try limits("pids_max = 8").withoutCgroup(reason: "EACCES")
+        #expect(pidsOnly.nproc == 8 && pidsOnly.notes.count == 1)
+        // Each limit no rlimit can hold is named in turn.
+        for key in ["memory_high = \"64M\"", "swap_max = 0", "cpu = 0.5", "cpu_max = \"50000 100000\"", "cpu_weight = 100", "cpuset = \"0\""] {
+            let name = String(key.prefix { $0 != " " })
+            let e = #expect(throws: ProfileError.self) { _ = try limits("pids_max = 8\n" + key).withoutCgroup(reason: "x") }
+            #expect(e?.description.hasPrefix("p.toml:3: limits.\(name):") == true, "\(key): \(String(describing: e))")
+        }
     }
 
     @Test func mistakesNameTheKeyAndLine() {

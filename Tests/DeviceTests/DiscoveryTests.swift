@@ -320,7 +320,7 @@ func firstBlockDevice() -> String? {
 
 @Suite("The loader cache")
 struct LoaderCacheTests {
-    @Test("the host's /etc/ld.so.cache reads as ldconfig -p prints it", .enabled(if: FileManager.default.fileExists(atPath: "/etc/ld.so.cache")))
+    @Test("the host's /etc/ld.so.cache reads as ldconfig -p prints it", .enabled(if: FileManager.default.fileExists(atPath: "/etc/ld.so.cache"), "needs /etc/ld.so.cache (glibc's loader cache) on the host"))
     func matchesLdconfig() throws {
         let cache = try LoaderCache.load(path: "/etc/ld.so.cache")
         let process = Process()

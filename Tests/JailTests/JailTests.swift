@@ -330,29 +330,40 @@ struct JailTests {
         #expect(gone, "the jail outlived its launcher")
     }
 
-    @Test("rootless, a budget the profile requires fails by name; an optional one is skipped with a note",
+    @Test("rootless without a cgroup: pids_max is held by RLIMIT_NPROC, a waived limit is named, one not waived refuses the launch by name",
           .enabled(if: getuid() == 0, "needs root to switch to an unprivileged user"))
     func rootlessBudget() throws {
         let stockade = packageRoot + "/.build/debug/stockade"
         try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
-        // minimal.toml has [limits] with required = false.
-        let optional = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run",
-                                 "-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/echo", "ran"])
-        #expect(optional.status == 0, "\(optional.output)")
-        #expect(optional.output.contains("stockade: note: running without the profile's [limits] (it says required = false): cgroup:"))
-        #expect(optional.output.hasSuffix("ran\n"), "\(optional.output)")
-        // The same profile with the budget required (a copy anyone can read).
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run"]
+        // minimal.toml: pids_max = 128, memory_max waived by name.
+        let waived = try host(nobody + ["-p", packageRoot + "/profiles/minimal.toml", "--", "/bin/echo", "ran"])
+        #expect(waived.status == 0, "\(waived.output)")
+        #expect(waived.output.contains("stockade: note: no cgroup for this jail ("), "\(waived.output)")
+        #expect(waived.output.contains("pids_max = 128 is held as RLIMIT_NPROC in the jail's user namespace"), "\(waived.output)")
+        #expect(waived.output.contains("not enforced, waived by the profile (") && waived.output.contains("minimal.toml:"), "\(waived.output)")
+        #expect(waived.output.hasSuffix("memory_max\nran\n"), "\(waived.output)")
+
+        // The attacker's fork bomb stops at the budget: sleepers started in a
+        // loop until fork fails (the shell and PID 1 count too).
+        let bomb = try host(nobody + ["-p", packageRoot + "/profiles/minimal.toml", "--time-limit", "60s", "--", "/bin/sh", "-c",
+                                      "i=0; while [ $i -lt 400 ]; do /bin/sleep 30 & echo started; i=$((i+1)); done"])
+        let started = bomb.output.split(separator: "\n").filter { $0 == "started" }.count
+        #expect(started > 64 && started < 128, "\(started) processes started under pids_max = 128: \(bomb.output.suffix(300))")
+
+        // The same profile without the waiver: refused, naming file, line and key.
         let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
-            .replacingOccurrences(of: "required = false", with: "required = true")
-        let copy = "/tmp/stockade-required-\(getpid()).toml"
+            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
+        let copy = "/tmp/stockade-unwaived-\(getpid()).toml"
         try text.write(toFile: copy, atomically: true, encoding: .utf8)
         defer { unlink(copy) }
         chmod(copy, 0o644)
-        let required = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run",
-                                 "-p", copy, "--", "/bin/echo", "ran"])
-        #expect(required.status == 125, "\(required.output)")
-        #expect(required.output.hasPrefix("stockade: cgroup: "), "\(required.output)")
-        #expect(!required.output.contains("ran"))
+        let line = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.hasPrefix("memory_max") }! + 1
+        let refused = try host(nobody + ["-p", copy, "--", "/bin/echo", "ran"])
+        #expect(refused.status == 125, "\(refused.output)")
+        #expect(refused.output.hasPrefix("stockade: \(copy):\(line): limits.memory_max: memory_max cannot be enforced: no cgroup for this jail"),
+                "\(refused.output)")
+        #expect(!refused.output.contains("ran"))
     }
 
     @Test("an unprivileged user gets the same jail (rootless)", .enabled(if: getuid() == 0, "needs root to switch to an unprivileged user"))

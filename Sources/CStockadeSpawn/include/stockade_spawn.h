@@ -119,6 +119,8 @@ struct stk_plan {
     const struct stk_rlimit *rlimits;
     uint32_t n_rlimits;
     int32_t new_session;       /* setsid(): no TIOCSTI through the caller's terminal */
+    int32_t has_ctty;          /* after setsid: make ctty_fd (the jail's own pty) the controlling terminal */
+    int32_t ctty_fd;           /* its number in the jail */
     const struct stk_fd_map *fds;
     uint32_t n_fds;
     const char *cwd;           /* inside the new root */
@@ -206,6 +208,11 @@ struct stk_error {
     char detail[248];   /* the path or value involved, NUL-terminated */
 };
 
+/* Outside a pid namespace, the signal on which stockade-init kills every
+ * process of the jail's Landlock domain: its parent-death signal, and what
+ * the launcher sends to end the jail. SIGRTMAX, never forwarded. */
+#define STK_SIG_KILL_JAIL 64
+
 /* Name of a step for messages ("mount /proc"); never NULL. */
 const char *stk_step_name(int step);
 
@@ -225,6 +232,8 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup);
 int stk_pidfd_send_signal(int pidfd, int sig);
 int stk_memfd_create(const char *name, unsigned int flags);
 int stk_fcntl_int(int fd, int cmd, int arg);
+/* ioctl(fd, request, arg): Swift cannot call the variadic ioctl. */
+int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
 /* bpf(cmd, attr, size): glibc has no wrapper. */
 long stk_bpf(int cmd, void *attr, unsigned int size);
 /* statfs(path): stores the filesystem's f_type (its magic) in *type; 0. */

@@ -100,6 +100,23 @@ public struct LandlockPlan: Sendable, Equatable {
         rules = []
         ports = []
         report = []
+        // Without a pid or net namespace, only Landlock's scoping keeps the
+        // jail from signalling host processes (other jails' workers among
+        // them) and from the host's abstract unix sockets.
+        let shared = [Profile.Namespace.pid, .net].filter { !profile.namespaces.contains($0) }.map(\.rawValue)
+        let needsScoping = !shared.isEmpty && section.unscoped == nil
+        if needsScoping {
+            let what = "without a \(shared.joined(separator: " or ")) namespace the jail needs Landlock's scoping of signals and abstract unix sockets"
+            let waive = "(or waive it: [landlock] unscoped = \"why\")"
+            guard section.enabled else {
+                throw ProfileError(file: profile.file, line: nil, key: "landlock.enabled", message: "\(what); enable Landlock \(waive)")
+            }
+            guard kernel >= 6 else {
+                throw ProfileError(file: profile.file, line: nil, key: "jail.namespaces",
+                                   message: "\(what), which needs Landlock ABI 6; this kernel offers \(kernel > 0 ? "ABI \(kernel)" : "none") \(waive)")
+            }
+            required = true  // the trampoline refuses to start the jail unscoped
+        }
         guard section.enabled else {
             (abi, fsHandled, netHandled) = (0, 0, 0)
             report.append("Landlock: disabled by the profile ([landlock] enabled = false)")

@@ -7,7 +7,15 @@ package import StockadeConfig
 /// required = false        # true: refuse to start when the kernel cannot enforce them
 /// tcp_bind = [8080]       # TCP ports the worker may bind (Landlock ABI 4+); default none
 /// tcp_connect = [443]     # TCP ports it may connect to; default none
+/// unscoped = "why"        # only for a jail without a pid or net namespace that
+///                         # is to run without signal and abstract-socket scoping
 /// ```
+///
+/// A jail that shares the host's pid or network namespace is kept from
+/// signalling processes outside it and from the host's abstract unix
+/// sockets by Landlock's scoping (ABI 6) alone: such a profile is refused
+/// with Landlock disabled or on an older kernel, unless `unscoped` gives
+/// the reason it may run without.
 ///
 /// The filesystem rules are not written here: they follow the mounts (see
 /// ``LandlockPlan``), so that the two cannot disagree.
@@ -19,6 +27,8 @@ public struct LandlockSection: Sendable, Equatable {
     public var required = false
     public var tcpBind: [UInt16] = []
     public var tcpConnect: [UInt16] = []
+    /// Why a jail without a pid or net namespace may run unscoped (nil: it may not).
+    public var unscoped: String?
 
     public init() {}
 
@@ -27,6 +37,12 @@ public struct LandlockSection: Sendable, Equatable {
         required = try table.bool("required") ?? false
         tcpBind = try Self.ports(table, "tcp_bind")
         tcpConnect = try Self.ports(table, "tcp_connect")
+        if let why = try table.string("unscoped") {
+            guard !why.trimmingCharacters(in: " ").isEmpty else {
+                throw table.error("unscoped", "give the reason as a string: unscoped = \"why this jail may signal and reach sockets outside it\"")
+            }
+            unscoped = why
+        }
         if required && !enabled {
             throw table.error("required", "Landlock cannot be both required and disabled")
         }

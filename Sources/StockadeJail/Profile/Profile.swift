@@ -33,6 +33,9 @@ public struct Profile: Sendable {
     public var rlimits: [RlimitSpec]
     /// Host fds passed into the jail under the same numbers.
     public var passFDs: [Int32]
+    /// Those of `passFDs` that may be directories (`[fds] directories`); any
+    /// other directory fd is refused at launch.
+    public var passDirectories: Set<Int32> = []
 
     public var seccomp: SeccompSection
     public var landlock: LandlockSection
@@ -218,6 +221,12 @@ extension Profile {
                     throw fds.error("pass", "entry \(i): fd \(fd) cannot be passed (use 3...255; 0-2 are stdio)")
                 }
                 profile.passFDs.append(Int32(fd))
+            }
+            for (i, fd) in (try fds.ints("directories") ?? []).enumerated() {
+                guard let n = Int32(exactly: fd), profile.passFDs.contains(n) else {
+                    throw fds.error("directories", "entry \(i): fd \(fd) is not in [fds] pass")
+                }
+                profile.passDirectories.insert(n)
             }
             try fds.finish()
         }
