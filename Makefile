@@ -24,7 +24,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench fuzz compare clean \
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench soak fuzz compare clean \
 	release-bins install install-files deb
 
 all: release
@@ -206,6 +206,12 @@ fuzz: deps
 		grep -E "^(stat::number_of_executed_units|SUMMARY)|Done [0-9]+ runs" fuzz-artifacts/$$t.log; \
 		if [ $$rc -ne 0 ]; then tail -30 fuzz-artifacts/$$t.log; echo "fuzz target $$t failed (exit $$rc)"; exit 1; fi; \
 	done
+
+# A few minutes of mixed load on stockaded with attacks and faults (not in
+# CI); prints what was lost, which must be zero. SOAK_SECONDS sets the length.
+soak: deps venv
+	$(SWIFT) build --product stockaded
+	$(PY) scripts/soak.py --stockaded .build/debug/stockaded
 
 bench: release venv
 	.build/release/stockade-bench all

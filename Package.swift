@@ -188,7 +188,8 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem", "stockade-init"],
+            dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem", "stockade-init",
+                           .product(name: "Logging", package: "swift-log")],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

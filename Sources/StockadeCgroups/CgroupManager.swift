@@ -353,6 +353,24 @@ public final class CgroupManager: Sendable {
         if let firstError { throw firstError }
     }
 
+    /// ``close()``, then also removes what it finds of the base whoever
+    /// made it (a launcher killed with SIGKILL, an earlier run): jails of
+    /// dead launchers, every empty `tenant-*` cgroup, and the base once it
+    /// is empty. Jails of live launchers, and their tenants, are kept. For
+    /// a launcher that owns its base (stockaded, under its instance lock).
+    public func closeRemovingBase() throws(CgroupError) {
+        var firstError: CgroupError?
+        do { try close() } catch { firstError = error }
+        sweepStale()
+        for tenant in backend.children("") where tenant.hasPrefix("tenant-") && backend.children(tenant).isEmpty {
+            do { try backend.remove(tenant) } catch { firstError = firstError ?? error }
+        }
+        if backend.exists(""), backend.children("").isEmpty {
+            do { try backend.remove("") } catch { firstError = firstError ?? error }
+        }
+        if let firstError { throw firstError }
+    }
+
     func forget(_ rel: String) {
         state.withLock { _ = $0.liveJails.remove(rel) }
     }

@@ -1,6 +1,10 @@
 // The audit log: one JSON object per line for every launch, exit, kill,
-// policy violation, denied client and request. Appended with O_APPEND and
-// one write(2) per line, so concurrent writers never interleave a line.
+// policy violation, denied client and request. Lines are written one at a
+// time under a lock; a write that fails part-way (a full disk, an I/O
+// error) is cut back to the last whole line, so no partial line is ever
+// left for the next record to be joined to. Every failure is counted
+// (`stockaded_audit_write_failures_total`), logged once per run of failures,
+// and marks the daemon degraded until a line is written again.
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -8,6 +12,7 @@ import Foundation
 #endif
 import StockadeSystem
 import Synchronization
+public import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,6 +30,8 @@ public struct AuditEvent: Codable, Sendable, Equatable {
         case modelRejected = "model-rejected"
         case denied
         case request
+        /// An answer the client was gone before it could be written.
+        case undelivered
         case drain
         case resume
     }
@@ -57,18 +64,96 @@ public struct AuditEvent: Codable, Sendable, Equatable {
     }
 }
 
+extension AuditEvent {
+    /// The event as one JSON object and a newline, keys sorted, absent
+    /// fields left out (what JSONEncoder with sorted keys writes, without
+    /// its generic machinery on every request).
+    func jsonLine() -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "{")]
+        out.reserveCapacity(256)
+        var first = true
+        func key(_ k: String) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            out.append(UInt8(ascii: "\""))
+            out += k.utf8
+            out += Array("\":".utf8)
+        }
+        func string(_ k: String, _ v: String?) {
+            guard let v else { return }
+            key(k)
+            out.append(UInt8(ascii: "\""))
+            for b in v.utf8 {
+                switch b {
+                case UInt8(ascii: "\""): out += Array("\\\"".utf8)
+                case UInt8(ascii: "\\"): out += Array("\\\\".utf8)
+                case 0x0A: out += Array("\\n".utf8)
+                case 0x0D: out += Array("\\r".utf8)
+                case 0x09: out += Array("\\t".utf8)
+                case 0..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out += Array("\\u00".utf8)
+                    out.append(hex[Int(b >> 4)])
+                    out.append(hex[Int(b & 15)])
+                default: out.append(b)
+                }
+            }
+            out.append(UInt8(ascii: "\""))
+        }
+        func number(_ k: String, _ v: (any CustomStringConvertible)?) {
+            guard let v else { return }
+            key(k)
+            out += v.description.utf8
+        }
+        // Sorted by key, as the readers of the log have always seen them.
+        number("bytesIn", bytesIn)
+        number("bytesOut", bytesOut)
+        string("client", client)
+        number("cpuMicros", cpuMicros)
+        number("durationMs", durationMs.map { $0.isFinite ? $0 : 0 })
+        string("event", event.rawValue)
+        number("exitCode", exitCode)
+        number("memoryPeakBytes", memoryPeakBytes)
+        string("method", method)
+        string("outcome", outcome)
+        string("path", path)
+        number("pid", pid)
+        string("reason", reason)
+        string("signal", signal)
+        number("status", status)
+        string("tenant", tenant)
+        string("time", time)
+        number("uid", uid)
+        string("worker", worker)
+        out += Array("}\n".utf8)
+        return out
+    }
+}
+
 public final class AuditLog: Sendable {
     public let path: String
     private let fd: Int32
-    private let encoder = Mutex<JSONEncoder>({
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return e
-    }())
+    private let writer = Mutex<Writer>(Writer())
+    private let logger: Logger
+    /// Called (outside the lock) for every line that could not be written.
+    let onFailure = Mutex<(@Sendable () -> Void)?>(nil)
+
+    private struct Writer {
+        var failures = 0
+        var lastError: String?
+        var failing = false
+    }
+
+    /// Lines lost since the daemon started.
+    public var failures: Int { writer.withLock { $0.failures } }
+    /// Why the last line was lost, while the log is failing (nil once a
+    /// line is written again).
+    public var failing: String? { writer.withLock { $0.failing ? $0.lastError : nil } }
 
     /// Opens (creating it 0600, and its directory) the log at `path` for appending.
-    public init(path: String) throws(DaemonError) {
+    public init(path: String, logger: Logger = Logger(label: "stockaded")) throws(DaemonError) {
         self.path = path
+        self.logger = logger
         let dir = DaemonPath.directory(of: path)
         if !FileManager.default.fileExists(atPath: dir) {
             do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
@@ -82,22 +167,70 @@ public final class AuditLog: Sendable {
 
     deinit { close(fd) }
 
-    /// Appends `event`, stamped with the current UTC time.
-    public func record(_ event: AuditEvent) {
+    /// Appends `event`, stamped with the current UTC time, as one whole
+    /// line. Returns false when the line could not be written (nothing of
+    /// it is left in the file).
+    @discardableResult
+    public func record(_ event: AuditEvent) -> Bool {
         var event = event
         event.time = Self.timestamp()
-        let line: [UInt8]? = encoder.withLock { e in
-            guard let data = try? e.encode(event) else { return nil }
-            return Array(data) + [0x0A]
+        let line = event.jsonLine()
+        let (ok, report): (Bool, String?) = writer.withLock { w in
+            let error = Self.appendWhole(fd, line)
+            if let error {
+                w.failures += 1
+                w.lastError = error
+                // One log line per run of failures, not one per lost record.
+                defer { w.failing = true }
+                return (false, w.failing ? nil : error)
+            }
+            if w.failing {
+                w.failing = false
+                w.lastError = nil
+            }
+            return (true, nil)
         }
-        guard let line else { return }
+        if !ok {
+            if let report {
+                logger.error("audit log write failed; records are being lost",
+                             metadata: ["path": "\(path)", "error": "\(report)", "event": "\(event.event.rawValue)"])
+            }
+            onFailure.withLock { $0 }?()
+        }
+        return ok
+    }
+
+    /// Appends `line` in one piece or not at all: on a short or failed
+    /// write the file is cut back to where it ended before. Returns why it
+    /// failed, or nil.
+    static func appendWhole(_ fd: Int32, _ line: [UInt8]) -> String? {
+        let before = lseek(fd, 0, SEEK_END)
+        guard before >= 0 else { return "lseek: \(String(cString: strerror(errno)))" }
+        var off = 0
+        var failure: String?
         line.withUnsafeBytes { buf in
-            var off = 0
             while off < buf.count {
-                guard let n = try? retryingSyscall({ write(fd, buf.baseAddress! + off, buf.count - off) }) else { return }
+                let n: Int
+                do { n = try retryingSyscall { write(fd, buf.baseAddress! + off, buf.count - off) } } catch {
+                    failure = "write: \(error)"
+                    return
+                }
+                if n == 0 {
+                    failure = "write: no progress"
+                    return
+                }
                 off += n
             }
         }
+        guard let failure else { return nil }
+        if off > 0 {
+            // Only this process writes the log (the instance lock), and
+            // only under `writer`: the file ended at `before`.
+            do { _ = try retryingSyscall { ftruncate(fd, before) } } catch {
+                return failure + "; the partial line could not be removed: \(error)"
+            }
+        }
+        return failure
     }
 
     static func timestamp() -> String {

@@ -20,10 +20,12 @@ public final class Daemon: Service, @unchecked Sendable {
     let logger: Logger
     private let pools: [String: TenantPool]
     private let tenantOrder: [String]
-    private let clientsByToken: [String: ClientConfig]
+    private let clientDigests: [(TokenDigest, ClientConfig)]
     private let devNull: Int32
     private let lifecycle = Mutex<Lifecycle>(.created)
     private let serverBox = Mutex<APIServer?>(nil)
+    /// Held from init to the end of stop(): no second daemon on this socket.
+    private let instanceLock = Mutex<InstanceLock?>(nil)
 
     private enum Lifecycle { case created, running, stopping, stopped }
 
@@ -32,7 +34,12 @@ public final class Daemon: Service, @unchecked Sendable {
     public init(config: DaemonConfig, logger: Logger = Logger(label: "stockaded")) throws {
         self.config = config
         self.logger = logger
-        audit = try AuditLog(path: config.auditLogPath)
+        // First, before anything is swept, opened or bound: a second daemon
+        // on the same socket stops here and names the first one's pid.
+        let lock = try InstanceLock(socket: config.socketPath)
+        instanceLock.withLock { $0 = lock }
+        audit = try AuditLog(path: config.auditLogPath, logger: logger)
+        audit.onFailure.withLock { [metrics] in $0 = { metrics.auditWriteFailures().increment() } }
         if config.cgroups {
             let budgets = config.tenants.map(\.budget)
             do {
@@ -46,15 +53,15 @@ public final class Daemon: Service, @unchecked Sendable {
         devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw DaemonError("cannot open /dev/null") }
         var pools: [String: TenantPool] = [:]
+        let models = ModelStore()
         for var t in config.tenants {
             t.launcherFiles.append(config.file)
-            pools[t.name] = TenantPool(config: t, cgroups: cgroups, audit: audit, metrics: metrics, logger: logger, devNull: devNull)
+            pools[t.name] = TenantPool(config: t, cgroups: cgroups, audit: audit, metrics: metrics, logger: logger, devNull: devNull,
+                                       modelStore: models, maxRequestBytes: config.maxRequestBytes)
         }
         self.pools = pools
         tenantOrder = config.tenants.map(\.name)
-        var byToken: [String: ClientConfig] = [:]
-        for c in config.clients { byToken[c.token] = c }
-        clientsByToken = byToken
+        clientDigests = config.clients.map { (TokenDigest($0.token), $0) }
     }
 
     deinit { close(devNull) }
@@ -105,12 +112,17 @@ public final class Daemon: Service, @unchecked Sendable {
         group.wait()
         serverBox.withLock { $0 }?.close()
         serverBox.withLock { $0 = nil }
+        // Still ours: the instance lock is held until the line below it
+        // (a socket systemd passed stays: its .socket unit owns the path).
         SystemdSocket.unlinkUnlessInherited(config.socketPath)
         if let cgroups {
-            do { try cgroups.close() } catch { logger.warning("cgroup clean-up", metadata: ["error": "\(error)"]) }
+            // Everything under the base is this daemon's (one daemon per base,
+            // held by the instance lock): what an earlier run left goes too.
+            do { try cgroups.closeRemovingBase() } catch { logger.warning("cgroup clean-up", metadata: ["error": "\(error)"]) }
         }
         audit.record(AuditEvent(.daemonStop, reason: "stopped cleanly"))
         lifecycle.withLock { $0 = .stopped }
+        instanceLock.withLock { $0 = nil }
         logger.info("stopped")
     }
 
@@ -131,27 +143,26 @@ public final class Daemon: Service, @unchecked Sendable {
 
     // MARK: Routing
 
-    func handle(_ request: APIRequest, reply: @escaping @Sendable (APIResponse) -> Void) {
+    /// Routes `request`; `reply` gets the answer and its audit event, which
+    /// the connection records with ``recordAnswer(_:_:delivered:)`` before
+    /// it writes the answer.
+    func handle(_ request: APIRequest, reply: @escaping @Sendable (APIResponse, AuditEvent) -> Void) {
         let start = ContinuousClock.now
         var event = AuditEvent(.request)
         event.method = request.method.rawValue
         event.path = request.path
         event.uid = request.peer?.uid
         event.bytesIn = request.body.count
-        let respond: @Sendable (APIResponse, AuditEvent) -> Void = { [audit] response, e in
+        let respond: @Sendable (APIResponse, AuditEvent) -> Void = { response, e in
             var e = e
-            e.status = Int(response.status.code)
-            e.bytesOut = response.body.count
             e.durationMs = TenantPool.milliseconds(ContinuousClock.now - start)
-            audit.record(e)
-            reply(response)
+            reply(response, e)
         }
 
         let client: ClientConfig
         switch authenticate(request) {
         case .success(let c): client = c
         case .failure(let denial):
-            metrics.denied("unauthenticated").increment()
             var denied = event
             denied.event = .denied
             denied.reason = denial.why
@@ -163,7 +174,6 @@ public final class Daemon: Service, @unchecked Sendable {
         let path = request.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.path
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         func forbid(_ tenant: String?, _ why: String) {
-            metrics.denied("forbidden").increment()
             var denied = event
             denied.event = .denied
             denied.tenant = tenant
@@ -184,7 +194,21 @@ public final class Daemon: Service, @unchecked Sendable {
             return pool
         }
 
+        // Nothing is served that cannot be audited, when so configured: a
+        // failing audit log refuses calls until a line is written again
+        // (each refusal's own record is the retry).
+        // Health and metrics stay readable: they are how the failure is seen.
+        if config.auditFailure == .refuse, let why = audit.failing, !Self.isObservability(request.method, parts) {
+            event.tenant = parts.count >= 3 && parts[1] == "tenants" ? parts[2] : nil
+            respond(.error(.serviceUnavailable, "audit-unavailable",
+                           "the audit log cannot be written (\(why)); requests are refused until it can (audit_failure = \"refuse\")"), event)
+            return
+        }
+
         switch (request.method, parts.count, parts.first) {
+        case (.GET, 2, "v1") where parts[1] == "health":
+            let h = health()
+            respond(.json(h.problems.isEmpty ? .ok : .serviceUnavailable, h), event)
         case (.GET, 1, "metrics"):
             let text = metricsText()
             respond(APIResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text), event)
@@ -217,7 +241,7 @@ public final class Daemon: Service, @unchecked Sendable {
                 return
             }
             let base = event
-            pool.submit(request.body) { outcome in
+            pool.submit(request.body, client: client.name) { outcome in
                 var e = base
                 switch outcome {
                 case .ok(let response, let worker):
@@ -248,12 +272,16 @@ public final class Daemon: Service, @unchecked Sendable {
         }
     }
 
-    /// The client behind the bearer token, when the peer's uid may present it.
     private func authenticate(_ request: APIRequest) -> Result<ClientConfig, Denial> {
-        guard let peer = request.peer else {
+        authenticate(authorization: request.authorization, peer: request.peer)
+    }
+
+    /// The client behind the bearer token, when the peer's uid may present it.
+    func authenticate(authorization: String?, peer: PeerCredentials?) -> Result<ClientConfig, Denial> {
+        guard let peer else {
             return .failure(Denial(.error(.unauthorized, "unauthenticated", "the peer's credentials could not be read"), "no peer credentials"))
         }
-        guard let header = request.authorization else {
+        guard let header = authorization else {
             return .failure(Denial(.error(.unauthorized, "unauthenticated", "missing Authorization: Bearer <token>"), "no token (uid \(peer.uid))"))
         }
         let prefix = "Bearer "
@@ -261,16 +289,21 @@ public final class Daemon: Service, @unchecked Sendable {
             return .failure(Denial(.error(.unauthorized, "unauthenticated", "the Authorization header must be Bearer <token>"), "not a bearer token (uid \(peer.uid))"))
         }
         let token = String(header.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
-        // Compare against every token in constant time per token, so the
-        // answer's timing does not say how much of a guess was right.
+        // Tokens are compared as SHA-256 digests: fixed length, so neither
+        // the comparison nor its timing depends on the length of a guess, and
+        // every known digest is compared in full (constant time per client).
+        let presented = TokenDigest(token)
         var found: ClientConfig?
-        for (known, client) in clientsByToken where Self.constantTimeEqual(known, token) { found = client }
+        for (known, client) in clientDigests where known.matches(presented) { found = client }
+        // An unknown token and a valid token presented by the wrong uid get
+        // the same answer: a different one would confirm a stolen token.
+        // The audit log (for the operator) says which it was.
+        func refusal() -> APIResponse { .error(.unauthorized, "unauthenticated", "the token is not valid for this connection") }
         guard let client = found else {
-            return .failure(Denial(.error(.unauthorized, "unauthenticated", "unknown token"), "unknown token (uid \(peer.uid))"))
+            return .failure(Denial(refusal(), "unknown token (uid \(peer.uid))"))
         }
         guard client.uid == peer.uid else {
-            return .failure(Denial(.error(.unauthorized, "unauthenticated", "this token is not valid for uid \(peer.uid)"),
-                                   "token of client \(client.name) presented by uid \(peer.uid), allowed uid \(client.uid)"))
+            return .failure(Denial(refusal(), "token of client \(client.name) presented by uid \(peer.uid), allowed uid \(client.uid)"))
         }
         return .success(client)
     }
@@ -284,11 +317,74 @@ public final class Daemon: Service, @unchecked Sendable {
         }
     }
 
-    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
-        for i in 0..<x.count { diff |= x[i] ^ (i < y.count ? y[i] : 0) }
-        return diff == 0
+    // MARK: Answers: audited and counted as what they were
+
+    /// The audit event of an answer given by the connection itself (a
+    /// refusal before the request was read, a timeout, a malformed request).
+    func earlyEvent(method: HTTPMethod?, uri: String?, peer: PeerCredentials?, response: APIResponse, reason: String, denied: Bool) -> AuditEvent {
+        var e = AuditEvent(denied ? .denied : .request)
+        e.method = method?.rawValue
+        e.path = uri
+        e.uid = peer?.uid
+        e.outcome = response.code
+        e.reason = reason
+        let parts = (uri ?? "").split(separator: "?", maxSplits: 1).first.map { $0.split(separator: "/").map(String.init) } ?? []
+        if parts.count >= 3, parts[0] == "v1", parts[1] == "tenants", pools[parts[2]] != nil {
+            e.tenant = parts[2]
+            if parts.count == 4, parts[3] == "infer", !denied { metrics.requests(parts[2], response.code).increment() }
+        }
+        return e
+    }
+
+    /// Records an answer before it is written (`delivered` nil), or, with
+    /// `delivered` false, that the client was gone before it could be.
+    /// Returns what to write: with `audit_failure = "refuse"`, a successful
+    /// answer whose record could not be written is replaced by a 503.
+    @discardableResult
+    func recordAnswer(_ event: AuditEvent, _ response: APIResponse, delivered: Bool?) -> APIResponse {
+        var e = event
+        e.status = Int(response.status.code)
+        e.bytesOut = response.body.count
+        if e.outcome == nil, response.code != "ok" { e.outcome = response.code }
+        if delivered == false {
+            e.event = .undelivered
+            e.reason = "the client closed the connection before the answer was written"
+            metrics.undelivered().increment()
+            audit.record(e)
+            return response
+        }
+        if e.event == .denied { metrics.denied(response.status == .unauthorized ? "unauthenticated" : response.code).increment() }
+        var sent = response
+        let observing = e.method == "GET" && (e.path == "/metrics" || e.path == "/v1/health")
+        if !audit.record(e), config.auditFailure == .refuse, response.status.code < 400, !observing {
+            sent = .error(.serviceUnavailable, "audit-unavailable",
+                          "the answer could not be audited and is withheld (audit_failure = \"refuse\")")
+        }
+        metrics.answers(Int(sent.status.code), sent.code).increment()
+        return sent
+    }
+
+    static func isObservability(_ method: HTTPMethod, _ parts: [String]) -> Bool {
+        method == .GET && (parts == ["metrics"] || parts == ["v1", "health"])
+    }
+
+    /// What is wrong with the daemon, if anything.
+    struct Health: Encodable {
+        var status: String
+        var problems: [String]
+        var auditWriteFailures: Int
+        var connections: Int
+    }
+
+    func health() -> Health {
+        var problems: [String] = []
+        if let why = audit.failing { problems.append("the audit log \(audit.path) cannot be written: \(why)") }
+        for t in tenantOrder {
+            let info = pools[t]!.info(role: nil)
+            if let refusal = info.refusal { problems.append("tenant \(t): \(refusal)") }
+        }
+        let open = serverBox.withLock { $0?.connections.count } ?? 0
+        return Health(status: problems.isEmpty ? "ok" : "degraded", problems: problems, auditWriteFailures: audit.failures, connections: open)
     }
 
     func metricsText() -> [UInt8] {

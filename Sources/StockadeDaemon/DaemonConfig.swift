@@ -8,6 +8,7 @@
 public import StockadeConfig
 public import StockadeCgroups
 public import StockadeJail
+import StockadeChannel
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -48,20 +49,29 @@ public struct ClientConfig: Sendable, Equatable {
     }
 }
 
-/// A model file pinned by its SHA-256 digest, bound read-only into each jail.
+/// A model file pinned by its SHA-256 digest. The daemon copies it once
+/// into a sealed memfd, checks the copy's digest, and hands that memfd to
+/// every worker of the tenants that name the model.
 public struct ModelFile: Sendable, Equatable {
     /// The host path.
     public var path: String
-    /// Where the jail sees it.
-    public var target: String
+    /// The file's name within the model (`tokenizer.json`,
+    /// `1_Pooling/config.json`), as the worker sees it in STOCKADE_MODEL_FDS.
+    public var name: String
     /// 64 lowercase hex digits.
     public var sha256: String
 
-    public init(path: String, target: String, sha256: String) {
+    public init(path: String, name: String, sha256: String) {
         self.path = path
-        self.target = target
+        self.name = name
         self.sha256 = sha256
     }
+}
+
+/// A model declared once (`[model.NAME]`) and named by tenants.
+public struct ModelConfig: Sendable, Equatable {
+    public var name: String
+    public var files: [ModelFile]
 }
 
 /// One tenant: its budget, the jail its workers run in, and its pool.
@@ -84,7 +94,11 @@ public struct TenantConfig: Sendable {
     public var queueLimit: Int
     /// A request whose worker has not answered after this long kills the worker.
     public var requestTimeout: Duration
-    public var models: [ModelFile]
+    /// The declared models this tenant's workers get.
+    public var models: [ModelConfig]
+    /// The largest answer a worker may send; a larger one is refused by the
+    /// channel before the daemon maps or copies it (the worker is killed).
+    public var maxResponseBytes: Int
     /// Client name -> role.
     public var access: [String: Role]
 
@@ -101,8 +115,39 @@ public struct TenantConfig: Sendable {
         self.queueLimit = 64
         self.requestTimeout = .seconds(60)
         self.models = []
+        self.maxResponseBytes = 64 << 20
         self.access = [:]
     }
+}
+
+/// What the daemon does with requests it cannot audit.
+public enum AuditFailurePolicy: String, Sendable {
+    /// Answer 503 instead of serving (the default): nothing is served
+    /// without its audit record.
+    case refuse
+    /// Go on serving; the loss is still counted, logged and shown as a
+    /// degraded health.
+    case `continue`
+}
+
+/// Bounds on the API's client connections.
+public struct ConnectionLimits: Sendable, Equatable {
+    /// Open connections in all.
+    public var total = 1024
+    /// Open connections of one peer uid.
+    public var perUid = 256
+    /// From the first byte of a request (or the connection's start) to
+    /// the end of its head.
+    public var headerTimeout: Duration = .seconds(10)
+    /// From the end of a request's head to the end of its body.
+    public var bodyTimeout: Duration = .seconds(30)
+    /// A keep-alive connection with no request is closed after this long.
+    public var idleTimeout: Duration = .seconds(60)
+    /// File descriptors kept free of connections for worker launches,
+    /// the audit log and cgroups.
+    public var fdReserve = 256
+
+    public init() {}
 }
 
 /// The whole configuration file.
@@ -122,6 +167,11 @@ public struct DaemonConfig: Sendable {
     public var drainTimeout: Duration
     public var clients: [ClientConfig]
     public var tenants: [TenantConfig]
+    /// The declared models (`[model.NAME]`).
+    public var models: [ModelConfig] = []
+    public var connections = ConnectionLimits()
+    /// What happens to requests when the audit log cannot be written.
+    public var auditFailure: AuditFailurePolicy = .refuse
 
     public static func load(path: String) throws(ProfileError) -> DaemonConfig {
         try parse(text: TableReader.readText(path: path, what: "configuration file"), file: path)
@@ -177,6 +227,26 @@ public struct DaemonConfig: Sendable {
             throw daemon.error("cgroup_base", "a cgroup name must be 1-64 ASCII letters, digits, '-' or '_'")
         }
         let drain = try daemon.duration("drain_timeout") ?? .seconds(10)
+        var limits = ConnectionLimits()
+        limits.total = try daemon.int("max_connections", in: 1...1_000_000) ?? limits.total
+        limits.perUid = try daemon.int("max_connections_per_uid", in: 1...1_000_000) ?? min(limits.perUid, limits.total)
+        guard limits.perUid <= limits.total else {
+            throw daemon.error("max_connections_per_uid", "\(limits.perUid) is above max_connections \(limits.total)")
+        }
+        for (key, keyPath) in [("header_timeout", \ConnectionLimits.headerTimeout), ("body_timeout", \.bodyTimeout), ("idle_timeout", \.idleTimeout)] {
+            if let d = try daemon.duration(key) {
+                guard d > .zero else { throw daemon.error(key, "must be above zero") }
+                limits[keyPath: keyPath] = d
+            }
+        }
+        limits.fdReserve = try daemon.int("fd_reserve", in: 16...1_000_000) ?? limits.fdReserve
+        var auditFailure = AuditFailurePolicy.refuse
+        if let word = try daemon.string("audit_failure") {
+            guard let p = AuditFailurePolicy(rawValue: word) else {
+                throw daemon.error("audit_failure", "expected \"refuse\" or \"continue\", got \"\(word)\"")
+            }
+            auditFailure = p
+        }
         try daemon.finish()
 
         var clients: [ClientConfig] = []
@@ -213,6 +283,40 @@ public struct DaemonConfig: Sendable {
             try all.finish()
         }
 
+        var models: [ModelConfig] = []
+        if let all = try root.table("model") {
+            for name in all.keys {
+                guard TenantBudget.isValidName(name) else {
+                    throw all.error(name, "a model name must be 1-64 ASCII letters, digits, '-' or '_'")
+                }
+                guard let m = try all.table(name) else { throw all.error(name, "must be a table: [model.\(name)]") }
+                var files: [ModelFile] = []
+                for f in try m.tables("file") {
+                    guard let p = try path(f, "path") else { throw f.error("path", "missing: the model file on the host") }
+                    guard let digest = try f.string("sha256") else { throw f.error("sha256", "missing: the file's SHA-256 digest (64 hex digits)") }
+                    let lower = digest.lowercased()
+                    guard lower.utf8.count == 64, lower.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+                        throw f.error("sha256", "expected 64 hex digits, got \"\(digest)\"")
+                    }
+                    let fileName = try f.string("name") ?? String(p.split(separator: "/").last ?? "")
+                    let parts = fileName.split(separator: "/", omittingEmptySubsequences: false)
+                    guard !fileName.isEmpty, !fileName.hasPrefix("/"), !parts.contains(".."), !parts.contains(""),
+                          !fileName.utf8.contains(where: { $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: "=") || $0 < 0x20 }) else {
+                        throw f.error("name", "\"\(fileName)\" must be a relative path without '..', empty parts, ',' or '='")
+                    }
+                    guard !files.contains(where: { $0.name == fileName }) else {
+                        throw f.error("name", "two files of model \(name) are named \(fileName)")
+                    }
+                    try f.finish()
+                    files.append(ModelFile(path: p, name: fileName, sha256: lower))
+                }
+                guard !files.isEmpty else { throw m.error("file", "model \(name) has no files: add [[model.\(name).file]] tables (path, sha256, name)") }
+                try m.finish()
+                models.append(ModelConfig(name: name, files: files))
+            }
+            try all.finish()
+        }
+
         var tenants: [TenantConfig] = []
         guard let all = try root.table("tenant") else {
             throw root.error("tenant", "no tenants: add a [tenant.NAME] table")
@@ -241,6 +345,12 @@ public struct DaemonConfig: Sendable {
                 throw t.error("workers_max", "\(tenant.maxWorkers) is below workers_min \(tenant.minWorkers)")
             }
             tenant.queueLimit = try t.int("queue", in: 0...1_000_000) ?? 64
+            if let size = try t.size("max_response_bytes") {
+                guard case .bytes(let n) = size, n >= 64, n <= UInt64(ChannelLimits.bulkCeiling) else {
+                    throw t.error("max_response_bytes", "must be between 64 bytes and 4G")
+                }
+                tenant.maxResponseBytes = Int(n)
+            }
             if let d = try t.duration("request_timeout") {
                 guard d > .zero else { throw t.error("request_timeout", "must be above zero") }
                 tenant.requestTimeout = d
@@ -263,17 +373,16 @@ public struct DaemonConfig: Sendable {
                 }
                 tenant.budget = budget
             }
-            for m in try t.tables("model") {
-                guard let p = try path(m, "path") else { throw m.error("path", "missing: the model file on the host") }
-                guard let digest = try m.string("sha256") else { throw m.error("sha256", "missing: the file's SHA-256 digest (64 hex digits)") }
-                let lower = digest.lowercased()
-                guard lower.utf8.count == 64, lower.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
-                    throw m.error("sha256", "expected 64 hex digits, got \"\(digest)\"")
+            if t.has("model") {
+                throw t.error("model", "models are declared once, as [model.NAME] with their files and digests; name them here: models = [\"NAME\"]")
+            }
+            for (i, modelName) in (try t.strings("models") ?? []).enumerated() {
+                guard let model = models.first(where: { $0.name == modelName }) else {
+                    let known = models.map(\.name).joined(separator: ", ")
+                    throw t.error("models", "models[\(i)]: no [model.\(modelName)] is declared (declared: \(known.isEmpty ? "none" : known))")
                 }
-                let target = try m.string("target") ?? p
-                guard target.hasPrefix("/") else { throw m.error("target", "the path in the jail must be absolute") }
-                try m.finish()
-                tenant.models.append(ModelFile(path: p, target: target, sha256: lower))
+                guard !tenant.models.contains(model) else { throw t.error("models", "\(modelName) is named twice") }
+                tenant.models.append(model)
             }
             if let access = try t.table("access") {
                 for client in access.keys {
@@ -294,9 +403,13 @@ public struct DaemonConfig: Sendable {
         }
         try all.finish()
         try root.finish()
-        return DaemonConfig(file: file, socketPath: socket, auditLogPath: audit, socketMode: modeValue,
-                            maxRequestBytes: maxRequestBytes, cgroups: cgroups, cgroupBase: cgroupBase,
-                            drainTimeout: drain, clients: clients, tenants: tenants)
+        var config = DaemonConfig(file: file, socketPath: socket, auditLogPath: audit, socketMode: modeValue,
+                                  maxRequestBytes: maxRequestBytes, cgroups: cgroups, cgroupBase: cgroupBase,
+                                  drainTimeout: drain, clients: clients, tenants: tenants)
+        config.connections = limits
+        config.models = models
+        config.auditFailure = auditFailure
+        return config
     }
 }
 

@@ -16,16 +16,29 @@ public final class DaemonMetrics: Sendable {
         MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
+    /// Handles already made, by name and labels: the registry checks names
+    /// and help texts on every make, which is not for every request.
+    private let made = Mutex<[String: any Sendable]>([:])
+
+    private func cached<M: Sendable>(_ name: String, _ labels: [(String, String)], make: () -> M) -> M {
+        var key = name
+        for (k, v) in labels { key += "\u{0}" + k + "\u{0}" + v }
+        if let m = made.withLock({ $0[key] }) as? M { return m }
+        let m = make()
+        made.withLock { $0[key] = m }
+        return m
+    }
+
     private func counter(_ name: String, labels: [(String, String)], help: String) -> Counter {
-        registry.makeCounter(descriptor: descriptor(name, help), labels: labels)
+        cached(name, labels) { registry.makeCounter(descriptor: descriptor(name, help), labels: labels) }
     }
 
     private func gauge(_ name: String, labels: [(String, String)], help: String) -> Gauge {
-        registry.makeGauge(descriptor: descriptor(name, help), labels: labels)
+        cached(name, labels) { registry.makeGauge(descriptor: descriptor(name, help), labels: labels) }
     }
 
     private func histogram(_ name: String, labels: [(String, String)], buckets: [Duration], help: String) -> DurationHistogram {
-        registry.makeDurationHistogram(descriptor: descriptor(name, help), labels: labels, buckets: buckets)
+        cached(name, labels) { registry.makeDurationHistogram(descriptor: descriptor(name, help), labels: labels, buckets: buckets) }
     }
 
     /// Requests answered, by outcome (ok, worker-error, worker-died, timeout,
@@ -106,5 +119,21 @@ public final class DaemonMetrics: Sendable {
     func violations(_ tenant: String) -> Counter {
         counter( "stockaded_channel_violations_total", labels: [("tenant", tenant)],
                              help: "Channel protocol violations by workers (each kills the worker)")
+    }
+
+    func auditWriteFailures() -> Counter {
+        counter("stockaded_audit_write_failures_total", labels: [],
+                help: "Audit records that could not be written (nothing of them is left in the log)")
+    }
+
+    /// Every answer the API gave, by status and code (ok or the error word).
+    func answers(_ status: Int, _ code: String) -> Counter {
+        counter("stockaded_answers_total", labels: [("status", String(status)), ("code", code)],
+                help: "API answers by HTTP status and code, refusals before the request was read included")
+    }
+
+    func undelivered() -> Counter {
+        counter("stockaded_answers_undelivered_total", labels: [],
+                help: "Answers not written because the client had closed the connection")
     }
 }

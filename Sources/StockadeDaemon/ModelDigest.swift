@@ -1,6 +1,6 @@
-// Model integrity: a tenant pins its model files by SHA-256. The daemon
-// hashes each file (streaming, the channel's SHA-256) before it binds it read-only into
-// a jail, and refuses to start the tenant's workers on a mismatch.
+// Model integrity: a model's files are pinned by SHA-256. The daemon hashes
+// the sealed copy it hands to workers (ModelStore) and refuses to start the
+// tenant's workers on a mismatch; `stockaded --check` hashes the files.
 import StockadeChannel
 import StockadeSystem
 #if canImport(Glibc)
@@ -30,7 +30,7 @@ public enum ModelDigest {
         func fail(_ why: String) -> ModelIntegrityError {
             ModelIntegrityError(path: path, expected: "", actual: nil, reason: why)
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
         guard fd >= 0 else { throw fail("cannot open: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
@@ -73,28 +73,22 @@ public enum ModelDigest {
             throw ModelIntegrityError(path: model.path, expected: model.sha256, actual: actual, reason: "digest mismatch")
         }
     }
+}
 
-    /// Identity of a file as last verified: a change of any of these means
-    /// the file must be hashed again before the next launch.
-    struct Stamp: Equatable {
-        var device: UInt64
-        var inode: UInt64
-        var size: Int64
-        var mtimeSeconds: Int
-        var mtimeNanos: Int
-        var ctimeSeconds: Int
-        var ctimeNanos: Int
+/// The SHA-256 of a bearer token. Clients' tokens are kept and compared
+/// only as digests: 32 bytes whatever the token's length, compared in full.
+struct TokenDigest: Sendable, Equatable {
+    let bytes: [UInt8]
 
-        init?(path: String) {
-            var st = stat()
-            guard stat(path, &st) == 0 else { return nil }
-            device = UInt64(st.st_dev)
-            inode = UInt64(st.st_ino)
-            size = Int64(st.st_size)
-            mtimeSeconds = st.st_mtim.tv_sec
-            mtimeNanos = st.st_mtim.tv_nsec
-            ctimeSeconds = st.st_ctim.tv_sec
-            ctimeNanos = st.st_ctim.tv_nsec
-        }
+    init(_ token: String) {
+        bytes = SHA256.hash(Array(token.utf8))
+    }
+
+    /// Constant time: every byte is compared, whatever differs first.
+    func matches(_ other: TokenDigest) -> Bool {
+        guard bytes.count == 32, other.bytes.count == 32 else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<32 { diff |= bytes[i] ^ other.bytes[i] }
+        return diff == 0
     }
 }

@@ -180,6 +180,9 @@ public final class TenantPool: @unchecked Sendable {
     private let metrics: DaemonMetrics
     private let logger: Logger
     private let devNull: Int32
+    private let modelStore: ModelStore
+    /// The largest request body the API accepts (the channel carries it).
+    private let maxRequestBytes: Int
 
     private struct Record {
         var worker: Worker
@@ -194,6 +197,8 @@ public final class TenantPool: @unchecked Sendable {
 
     private struct Pending {
         var payload: [UInt8]
+        /// The client that sent it: queued requests are taken in turn per client.
+        var client: String
         var accepted: ContinuousClock.Instant
         var completion: @Sendable (InferOutcome) -> Void
     }
@@ -203,8 +208,12 @@ public final class TenantPool: @unchecked Sendable {
         /// Free workers, most recently freed last.
         var idle: [String] = []
         var starting = 0
-        var queue: [Pending] = []
-        var queueHead = 0
+        /// Waiting requests, one FIFO per client, served round-robin: one
+        /// client's pile of heavy requests waits behind the others' turns.
+        var queues: [String: [Pending]] = [:]
+        /// Clients with waiting requests, in the order of their next turn.
+        var turns: [String] = []
+        var queued = 0
         var nextNumber = 1
         var draining = false
         var stopped = false
@@ -216,16 +225,41 @@ public final class TenantPool: @unchecked Sendable {
         var oomKills = 0
         var seccompKills = 0
         var exitedUsage = TenantUsage()
-        var verified: [String: ModelDigest.Stamp] = [:]
         var watchers = 0
-        var queued: Int { queue.count - queueHead }
+
+        mutating func enqueue(_ p: Pending) {
+            if queues[p.client, default: []].isEmpty { turns.append(p.client) }
+            queues[p.client, default: []].append(p)
+            queued += 1
+        }
+
+        /// The next client's oldest request.
+        mutating func dequeue() -> Pending? {
+            guard !turns.isEmpty else { return nil }
+            let client = turns.removeFirst()
+            guard var q = queues[client], !q.isEmpty else { return dequeue() }
+            let p = q.removeFirst()
+            queues[client] = q.isEmpty ? nil : q
+            if !q.isEmpty { turns.append(client) }
+            queued -= 1
+            return p
+        }
+
+        mutating func drainQueue() -> [Pending] {
+            var all: [Pending] = []
+            while let p = dequeue() { all.append(p) }
+            return all
+        }
     }
 
     private let state = Mutex<State>(State())
     /// Signalled when the last worker is gone (stop and drain wait on it).
     private let emptied = NSCondition()
 
-    init(config: TenantConfig, cgroups: CgroupManager?, audit: AuditLog, metrics: DaemonMetrics, logger: Logger, devNull: Int32) {
+    init(config: TenantConfig, cgroups: CgroupManager?, audit: AuditLog, metrics: DaemonMetrics, logger: Logger, devNull: Int32,
+         modelStore: ModelStore = ModelStore(), maxRequestBytes: Int = 16 << 20) {
+        self.modelStore = modelStore
+        self.maxRequestBytes = maxRequestBytes
         self.config = config
         self.cgroups = cgroups
         self.audit = audit
@@ -282,10 +316,7 @@ public final class TenantPool: @unchecked Sendable {
         }
         emptied.unlock()
         let (left, queued): ([Worker], [Pending]) = state.withLock { s in
-            let q = Array(s.queue[s.queueHead...])
-            s.queue = []
-            s.queueHead = 0
-            return (s.workers.values.map(\.worker), q)
+            (s.workers.values.map(\.worker), s.drainQueue())
         }
         for p in queued {
             p.completion(.failed(status: 503, code: "stopping", message: "the daemon is stopping", worker: nil))
@@ -308,9 +339,9 @@ public final class TenantPool: @unchecked Sendable {
 
     /// Hands `payload` to a free worker, or queues it; `completion` is called
     /// exactly once, from some thread.
-    public func submit(_ payload: [UInt8], completion: @escaping @Sendable (InferOutcome) -> Void) {
+    public func submit(_ payload: [UInt8], client: String = "", completion: @escaping @Sendable (InferOutcome) -> Void) {
         let accepted = ContinuousClock.now
-        let pending = Pending(payload: payload, accepted: accepted, completion: completion)
+        let pending = Pending(payload: payload, client: client, accepted: accepted, completion: completion)
         enum Action { case run(Worker), queued, refuse(InferOutcome) }
         let action: Action = state.withLock { s in
             if s.draining {
@@ -325,12 +356,20 @@ public final class TenantPool: @unchecked Sendable {
                                        message: "tenant \(name): all \(s.workers.count) workers are busy and \(s.queued) requests are waiting (the queue holds \(config.queueLimit)); retry later",
                                        worker: nil))
             }
+            // One client may fill at most half the queue while others may
+            // call this tenant: the rest stays for them.
+            let share = config.access.count > 1 ? max(1, config.queueLimit / 2) : config.queueLimit
+            if let mine = s.queues[client]?.count, mine >= share {
+                return .refuse(.failed(status: 429, code: "queue-full",
+                                       message: "tenant \(name): client \(client) already has \(mine) requests waiting, its share of the queue; retry later",
+                                       worker: nil))
+            }
             // Launches keep failing (a model that fails its check, a broken
             // profile): say why now rather than queue behind the back-off.
             if s.workers.isEmpty, s.consecutiveFailures > 0, let why = s.lastFailure {
                 return .refuse(.failed(status: 503, code: "unavailable", message: "tenant \(name) has no worker: \(why)", worker: nil))
             }
-            s.queue.append(pending)
+            s.enqueue(pending)
             return .queued
         }
         switch action {
@@ -346,8 +385,8 @@ public final class TenantPool: @unchecked Sendable {
     }
 
     /// Async form of ``submit(_:completion:)``.
-    public func submit(_ payload: [UInt8]) async -> InferOutcome {
-        await withCheckedContinuation { c in submit(payload) { c.resume(returning: $0) } }
+    public func submit(_ payload: [UInt8], client: String = "") async -> InferOutcome {
+        await withCheckedContinuation { c in submit(payload, client: client) { c.resume(returning: $0) } }
     }
 
     private func run(_ pending: Pending, on worker: Worker) {
@@ -374,12 +413,20 @@ public final class TenantPool: @unchecked Sendable {
             let took = ContinuousClock.now - start
             metrics.workerLatency(name).record(took)
             switch result {
+            case .success(let response) where response.count > config.maxResponseBytes:
+                finish(pending, .failed(status: 502, code: "answer-too-large",
+                                        message: "worker \(worker.id) answered \(response.count) bytes; tenant \(name) allows \(config.maxResponseBytes) (max_response_bytes)",
+                                        worker: worker.id), outcome: "answer-too-large")
+                requestDone(worker, took: took, healthy: true)
             case .success(let response):
                 finish(pending, .ok(response: response, worker: worker.id), outcome: "ok")
                 requestDone(worker, took: took, healthy: true)
             case .failure(.remote(let message)):
-                finish(pending, .failed(status: 502, code: "worker-error", message: "worker \(worker.id) reported an error: \(message)", worker: worker.id),
-                       outcome: "worker-error")
+                let refusal = Self.errorKind(message)
+                finish(pending, .failed(status: refusal.status, code: refusal.code,
+                                        message: refusal.status == 502 ? "worker \(worker.id) reported an error: \(message)" : refusal.message,
+                                        worker: worker.id),
+                       outcome: refusal.code)
                 requestDone(worker, took: took, healthy: true)
             case .failure(let error):
                 requestDone(worker, took: took, healthy: false)
@@ -413,6 +460,17 @@ public final class TenantPool: @unchecked Sendable {
         }
     }
 
+    /// The answer for a worker's error record: the kinds a worker gives for
+    /// a request it refuses (docs/PROTOCOL.md) are the client's fault;
+    /// anything else is the worker's (502).
+    static func errorKind(_ message: String) -> (status: Int, code: String, message: String) {
+        for (kind, status, code) in [("input", 400, "bad-input"), ("too-large", 413, "too-large"), ("unprocessable", 422, "unprocessable")] {
+            let prefix = kind + ": "
+            if message.hasPrefix(prefix) { return (status, code, String(message.dropFirst(prefix.count))) }
+        }
+        return (502, "worker-error", message)
+    }
+
     private func finish(_ pending: Pending, _ outcome: InferOutcome, outcome word: String) {
         metrics.requests(name, word).increment()
         metrics.latency(name).record(ContinuousClock.now - pending.accepted)
@@ -441,13 +499,7 @@ public final class TenantPool: @unchecked Sendable {
     /// With the lock held: the next queued request for `worker`, or nil
     /// after marking it idle (or stopping it when draining).
     private func takeWork(_ worker: Worker, _ s: inout State) -> Pending? {
-        if s.queueHead < s.queue.count {
-            let p = s.queue[s.queueHead]
-            s.queueHead += 1
-            if s.queueHead > 64, s.queueHead * 2 > s.queue.count {
-                s.queue.removeFirst(s.queueHead)
-                s.queueHead = 0
-            }
+        if let p = s.dequeue() {
             s.workers[worker.id]?.state = .busy
             return p
         }
@@ -573,10 +625,7 @@ public final class TenantPool: @unchecked Sendable {
             // Nobody is left to serve the queue: answer it now rather than
             // keep clients waiting through the back-off.
             guard s.workers.isEmpty, s.starting == 0 else { return [] }
-            let q = Array(s.queue[s.queueHead...])
-            s.queue = []
-            s.queueHead = 0
-            return q
+            return s.drainQueue()
         }
         for p in failed {
             finish(p, .failed(status: 503, code: "unavailable", message: "tenant \(name) could not start a worker: \(message)", worker: nil),
@@ -587,36 +636,42 @@ public final class TenantPool: @unchecked Sendable {
         replenish()
     }
 
-    /// Verifies the pinned models (hashing again only when a file changed
-    /// since its last check), then launches the jail and runs the handshake.
+    /// Gets the models' sealed copies (verified when first made, their
+    /// seals re-checked now), then launches the jail with those memfds, its
+    /// stdout and stderr on pipes the daemon reads, and runs the handshake.
     private func launch(id: String) throws -> Worker {
-        for model in config.models {
-            let stamp = ModelDigest.Stamp(path: model.path)
-            let known = state.withLock { s in stamp != nil && s.verified[model.path] == stamp }
-            if !known {
-                try ModelDigest.verify(model)
-                // A file replaced while it was hashed is hashed again next time.
-                if let after = ModelDigest.Stamp(path: model.path), after == stamp {
-                    state.withLock { $0.verified[model.path] = after }
-                }
-            }
-        }
-        let bootstrap = try ChannelBootstrap(tenant: name, worker: id)
+        var sealed: [SealedModelFile] = []
+        for model in config.models { sealed += try modelStore.files(of: model) }
+        // The channel refuses a larger bulk transfer before it is mapped.
+        let limits = ChannelLimits(maxBulkLength: max(config.maxResponseBytes, maxRequestBytes, 1 << 20))
+        let bootstrap = try ChannelBootstrap(tenant: name, worker: id, limits: limits)
         var request = LaunchRequest(profile: config.profile, command: config.command)
         request.launcherFiles = config.launcherFiles
         for path in config.binds {
             request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
         }
-        for model in config.models {
-            request.extraMounts.append(MountSpec(kind: .bind, source: model.path, target: model.target))
-        }
         request.extraEnvironment = config.environment
         request.extraEnvironment.append((ChannelBootstrap.environmentVariable, ChannelBootstrap.environmentValue()))
+        if let memory = config.profile.limits.memoryMax {
+            request.extraEnvironment.append(("STOCKADE_MEMORY_MAX", String(memory)))
+        }
+        let output = try WorkerLog()
+        var launched = false
+        defer { if !launched { output.abandon() } }
         request.passedFDs = [
             (devNull, 0),
+            (output.stdoutWrite.rawValue, 1),
+            (output.stderrWrite.rawValue, 2),
             (bootstrap.workerSocket.rawValue, ChannelBootstrap.workerSocketFD),
             (bootstrap.paramsMemfd.rawValue, ChannelBootstrap.workerParamsFD),
         ]
+        var named: [String] = []
+        for (i, f) in sealed.enumerated() {
+            let to = Self.firstModelFD + Int32(i)
+            request.passedFDs.append((f.fd.rawValue, to))
+            named.append("\(f.file.name)=\(to)")
+        }
+        if !named.isEmpty { request.extraEnvironment.append((Self.modelFDsVariable, named.joined(separator: ","))) }
         if let cgroups {
             request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
         }
@@ -628,6 +683,9 @@ public final class TenantPool: @unchecked Sendable {
             try? request.cgroup?.remove()
             throw error
         }
+        launched = true
+        output.closeWriteEnds()
+        output.start(logger: logger, tenant: name, worker: id)
         bootstrap.closeWorkerEnds()
         do {
             var channelLogger = logger
@@ -640,6 +698,11 @@ public final class TenantPool: @unchecked Sendable {
             throw DaemonError("worker \(id): channel handshake failed (\(error)); the worker \(describe(exit))")
         }
     }
+
+    /// The environment variable naming the model memfds (`name=fd,...`).
+    static let modelFDsVariable = "STOCKADE_MODEL_FDS"
+    /// Model memfds land from here up in the jail (after stdio, 3 and 4).
+    static let firstModelFD: Int32 = 10
 
     /// Blocks until the worker's jail ends, then accounts for it.
     private func watch(_ worker: Worker) {

@@ -18,14 +18,20 @@ private let workers = 2
 private let requestsPerClientPerRound = 15
 private let rounds = 10
 
-func daemonBench() throws {
+/// The repository, the venv's python and `worker` (relative to the
+/// repository), or nil after saying why the part is skipped.
+private func benchWorker(_ part: String, _ worker: String) -> (repo: String, python: String, worker: String)? {
     let repo = FileManager.default.currentDirectoryPath
     let python = repo + "/.venv/bin/python3"
-    let worker = repo + "/examples/minilm/worker.py"
-    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: worker) else {
-        print("daemon: skipped (needs make venv and examples/minilm; run from the repository root)")
-        return
+    guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: repo + "/" + worker) else {
+        print("\(part): skipped (needs make venv and \(worker); run from the repository root)")
+        return nil
     }
+    return (repo, python, repo + "/" + worker)
+}
+
+func daemonBench() throws {
+    guard let (repo, python, worker) = benchWorker("daemon", "examples/minilm/worker.py") else { return }
     let payload = try benchPayload(repo: repo)
     print("daemon: MiniLM embeddings of 8 sentences per request, \(workers) workers, \(workers) clients, "
           + "\(rounds) interleaved rounds of \(requestsPerClientPerRound) requests per client")
@@ -220,34 +226,149 @@ private final class KeepAliveClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// One request, its answer read and checked. The head is scanned as
+    /// bytes (no String or Foundation search per call), so the client's own
+    /// cost stays small next to what it measures.
     func infer(_ tenant: String, _ body: [UInt8]) throws {
         let head = "POST /v1/tenants/\(tenant)/infer HTTP/1.1\r\nHost: stockaded\r\nAuthorization: Bearer \(token)\r\nContent-Length: \(body.count)\r\n\r\n"
-        let out = Array(head.utf8) + body
+        var out = Array(head.utf8)
+        out += body
         do {
             try out.withUnsafeBytes { try FileDescriptor(rawValue: fd).sendAll($0) }
         } catch {
             throw DaemonError("send: \(error)")
         }
-        var headEnd: Range<Int>?
-        while true {
-            if let r = buffer.firstRange(of: [13, 10, 13, 10]) { headEnd = r; break }
-            try fill()
+        var scanned = 0
+        var headEnd = -1
+        while headEnd < 0 {
+            while scanned + 3 < buffer.count {
+                if buffer[scanned] == 13, buffer[scanned + 1] == 10, buffer[scanned + 2] == 13, buffer[scanned + 3] == 10 {
+                    headEnd = scanned + 4
+                    break
+                }
+                scanned += 1
+            }
+            if headEnd < 0 { try fill() }
         }
-        let headText = String(decoding: buffer[..<headEnd!.lowerBound], as: UTF8.self)
-        guard headText.hasPrefix("HTTP/1.1 200") else { throw DaemonError("daemon answered: \(headText.prefix(80))") }
+        // "HTTP/1.1 200"
+        guard buffer.count > 12, buffer[9] == 0x32, buffer[10] == 0x30, buffer[11] == 0x30 else {
+            throw DaemonError("daemon answered: \(String(decoding: buffer.prefix(min(80, headEnd)), as: UTF8.self))")
+        }
+        let key = Array("\r\ncontent-length:".utf8)
         var length = 0
-        for line in headText.components(separatedBy: "\r\n") where line.lowercased().hasPrefix("content-length:") {
-            length = Int(line.dropFirst(15).trimmingCharacters(in: .whitespaces)) ?? 0
+        var i = 0
+        search: while i + key.count < headEnd {
+            for j in 0..<key.count where (buffer[i + j] | (j >= 2 ? 0x20 : 0)) != key[j] { i += 1; continue search }
+            var k = i + key.count
+            while buffer[k] == 0x20 { k += 1 }
+            while buffer[k] >= 0x30 && buffer[k] <= 0x39 { length = length * 10 + Int(buffer[k] - 0x30); k += 1 }
+            break
         }
-        let total = headEnd!.upperBound + length
+        let total = headEnd + length
         while buffer.count < total { try fill() }
-        buffer.removeFirst(total)
+        buffer.removeSubrange(0..<total)
     }
 
+    private var chunk = [UInt8](repeating: 0, count: 65536)
+
     private func fill() throws {
-        var chunk = [UInt8](repeating: 0, count: 65536)
         let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         guard n > 0 else { throw DaemonError("recv: \(n == 0 ? "closed" : "errno \(errno)")") }
-        buffer += chunk[0..<n]
+        buffer.append(contentsOf: chunk[0..<n])
     }
+}
+
+// Part `broker`: what stockaded itself adds to a request. A 64-byte request
+// to a trivial echo worker (python/tests/echo_worker.py), one at a time,
+// through the daemon (HTTP on the unix socket with keep-alive, token check,
+// routing, the tenant queue, the audit line, the channel) against the same
+// request over a direct channel to the same worker run unjailed. Rounds
+// alternate so both see the same load; the difference of the medians is
+// the broker's dispatch overhead. Goal: at most 100 microseconds at p50.
+func brokerBench() throws {
+    guard let (repo, python, worker) = benchWorker("broker", "python/tests/echo_worker.py") else { return }
+    let rounds = 10, perRound = 300
+    let payload = [UInt8](repeating: 0x61, count: 64)
+    print("broker: 64-byte requests to an echo worker, one at a time, \(rounds) interleaved rounds of \(perRound)")
+    let (pid, direct) = try startUnjailed(python: python, worker: worker, name: "direct-echo")
+    defer {
+        try? direct.shutdown()
+        var status: Int32 = 0
+        kill(pid, SIGTERM)
+        waitpid(pid, &status, 0)
+    }
+    let dir = NSTemporaryDirectory() + "stockade-bench-broker-\(getpid())"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    chmod(dir, 0o755)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let token = "bench-token-0123456789abcdef"
+    let config = """
+        [daemon]
+        socket = "api.sock"
+        audit_log = "audit.jsonl"
+        cgroups = false
+        [client.bench]
+        token = "\(token)"
+        uid = \(getuid())
+        [tenant.echo]
+        profile = "\(repo)/profiles/minimal.toml"
+        command = ["\(python)", "\(worker)"]
+        binds = ["\(repo)/.venv", "\(repo)/python"]
+        workers_min = 1
+        workers_max = 1
+        [tenant.echo.access]
+        bench = "invoker"
+        """
+    try config.write(toFile: dir + "/stockaded.toml", atomically: true, encoding: .utf8)
+    let daemon = try Daemon(config: try DaemonConfig.load(path: dir + "/stockaded.toml"))
+    try daemon.start()
+    defer { daemon.stop() }
+    let deadline = Date().addingTimeInterval(60)
+    while daemon.pool("echo")!.workers().first?.state != "idle" {
+        guard Date() < deadline else { throw DaemonError("the echo worker did not start within 60 s") }
+        usleep(50_000)
+    }
+    let client = try KeepAliveClient(socket: dir + "/api.sock", token: token)
+    func ms(_ d: Duration) -> Double { Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15 }
+    for _ in 0..<200 {
+        _ = try direct.request(payload)
+        try client.infer("echo", payload)
+    }
+    // CPU time of this process (client, channel and, on the daemon's
+    // rounds, the whole broker): the difference per request is what the
+    // broker spends of its own, apart from waiting for a CPU.
+    func cpuSeconds() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+    }
+    var viaDirect: [Double] = [], viaDaemon: [Double] = []
+    var cpuDirect = 0.0, cpuDaemon = 0.0
+    for _ in 0..<rounds {
+        var c0 = cpuSeconds()
+        for _ in 0..<perRound {
+            let t0 = ContinuousClock.now
+            _ = try direct.request(payload)
+            viaDirect.append(ms(ContinuousClock.now - t0))
+        }
+        cpuDirect += cpuSeconds() - c0
+        c0 = cpuSeconds()
+        for _ in 0..<perRound {
+            let t0 = ContinuousClock.now
+            try client.infer("echo", payload)
+            viaDaemon.append(ms(ContinuousClock.now - t0))
+        }
+        cpuDaemon += cpuSeconds() - c0
+    }
+    let d = Stats(samples: viaDirect), b = Stats(samples: viaDaemon)
+    print("  \(pad("", 34)) \(pad("p50 us", 9)) \(pad("p99 us", 9))")
+    print("  \(pad("direct channel", 34)) \(pad(fmt(d.median * 1000, 1), 9)) \(pad(fmt(d.percentile(0.99) * 1000, 1), 9))")
+    print("  \(pad("through stockaded", 34)) \(pad(fmt(b.median * 1000, 1), 9)) \(pad(fmt(b.percentile(0.99) * 1000, 1), 9))")
+    print("  \(pad("added by the broker", 34)) \(pad(fmt((b.median - d.median) * 1000, 1), 9)) \(pad(fmt((b.percentile(0.99) - d.percentile(0.99)) * 1000, 1), 9))")
+    let n = Double(rounds * perRound)
+    print("  CPU per request: \(fmt(cpuDirect / n * 1e6, 1)) us direct, \(fmt(cpuDaemon / n * 1e6, 1)) us through stockaded "
+          + "(\(fmt((cpuDaemon - cpuDirect) / n * 1e6, 1)) us of the broker's own; the rest of the added latency is waiting for a CPU)")
+    var load = [Double](repeating: 0, count: 3)
+    if getloadavg(&load, 3) == 3 { print("  load average during the run: \(fmt(load[0], 1)) on \(ProcessInfo.processInfo.activeProcessorCount) CPUs") }
+    print("  goal: at most 100 us added at p50")
 }

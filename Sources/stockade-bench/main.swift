@@ -10,6 +10,7 @@ let parts: [String: () throws -> Void] = [
     "channel": channelBench,
     "cgroup": cgroupBench,
     "daemon": daemonBench,
+    "broker": brokerBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

@@ -45,10 +45,10 @@ struct Stockaded: AsyncParsableCommand {
         }
         if check {
             var bad = false
-            for t in parsed.tenants {
-                for m in t.models {
-                    do { try ModelDigest.verify(m); print("\(t.name): \(m.path): ok") } catch {
-                        print("\(t.name): \(error)")
+            for model in parsed.models {
+                for m in model.files {
+                    do { try ModelDigest.verify(m); print("\(model.name): \(m.name): \(m.path): ok") } catch {
+                        print("\(model.name): \(error)")
                         bad = true
                     }
                 }

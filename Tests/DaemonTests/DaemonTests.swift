@@ -205,16 +205,22 @@ struct DaemonTests {
         defer { Fixture.removeDirectory(dir) }
 
         let d = try RunningDaemon(tenants: [
-            .init(name: "honest", min: 1, max: 1,
-                  extra: "model = [{ path = \"\(good)\", sha256 = \"\(digest)\", target = \"/models/w.bin\" }]",
-                  access: ["alice": "invoker"]),
-            .init(name: "tampered", min: 1, max: 1,
-                  extra: "model = [{ path = \"\(bad)\", sha256 = \"\(digest)\", target = \"/models/w.bin\" }]",
-                  access: ["alice": "invoker"]),
-        ])
+            .init(name: "honest", min: 1, max: 1, extra: "models = [\"good\"]", access: ["alice": "invoker"]),
+            .init(name: "tampered", min: 1, max: 1, extra: "models = [\"bad\"]", access: ["alice": "invoker"]),
+        ], preamble: """
+            [[model.good.file]]
+            path = "\(good)"
+            name = "w.bin"
+            sha256 = "\(digest)"
+
+            [[model.bad.file]]
+            path = "\(bad)"
+            name = "w.bin"
+            sha256 = "\(digest)"
+            """)
         defer { d.close() }
-        // The honest tenant's worker reads the pinned file, read-only, where the config says.
-        let seen = try d.client("alice").infer("honest", "model:/models/w.bin")
+        // The honest tenant's worker reads the pinned bytes from the sealed memfd it was given.
+        let seen = try d.client("alice").infer("honest", "modelfd:w.bin")
         #expect(seen.status == 200)
         #expect(seen.text == digest)
         // The tampered tenant never gets a worker.
@@ -278,7 +284,13 @@ struct DaemonTests {
         defer { Fixture.removeDirectory(dir) }
         let config = try Fixture.writeConfig(in: dir, tenants: [.init(name: "alpha", min: 2, max: 2, access: ["alice": "viewer"])],
                                              cgroupBase: "stockaded-sweep-test")
-        let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        // The small tmpfs the audit-log test mounts (under a test directory
+        // of its own, in a suite that may run meanwhile) is not a jail's.
+        func hostMounts() throws -> [Substring] {
+            try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).split(separator: "\n")
+                .filter { !$0.contains(" /tmp/stockaded-test-") }
+        }
+        let mountsBefore = try hostMounts()
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
@@ -312,9 +324,14 @@ struct DaemonTests {
         #expect(again.swept.allSatisfy { $0.contains("/stockaded-sweep-test/tenant-alpha/jail-\(process.processIdentifier)-") })
         #expect(cgroups.allSatisfy { !FileManager.default.fileExists(atPath: $0) })
         try again.start()
+        let bases = again.cgroups?.basePaths ?? []
         again.stop()
+        // A clean stop removes the base and its tenants, though the daemon
+        // killed before made them.
+        #expect(!bases.isEmpty)
+        #expect(bases.allSatisfy { !FileManager.default.fileExists(atPath: $0) }, "left behind: \(bases)")
         // Jails mount inside their own mount namespaces: the host's table is unchanged.
-        let mountsAfter = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mountsAfter = try hostMounts()
         #expect(mountsAfter == mountsBefore)
     }
 

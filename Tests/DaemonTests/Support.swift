@@ -6,6 +6,7 @@ import Testing
 @testable import StockadeDaemon
 import StockadeSystem
 import SystemPackage
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -61,14 +62,16 @@ enum Fixture {
     }
 
     /// Writes a configuration with `tenants` and returns its path.
-    static func writeConfig(in dir: String, tenants: [Tenant], cgroupBase: String = "stockaded-test") throws -> String {
+    static func writeConfig(in dir: String, tenants: [Tenant], cgroupBase: String = "stockaded-test",
+                            daemonExtra: String = "", preamble: String = "", auditLog: String = "audit.jsonl") throws -> String {
         var text = """
             [daemon]
             socket = "api.sock"
-            audit_log = "audit.jsonl"
+            audit_log = "\(auditLog)"
             cgroups = \(isRoot ? "true" : "false")
             cgroup_base = "\(cgroupBase)"
             drain_timeout = "5s"
+            \(daemonExtra)
 
             [client.alice]
             token = "\(tokens["alice"]!)"
@@ -85,6 +88,8 @@ enum Fixture {
             [client.stranger]
             token = "\(tokens["stranger"]!)"
             uid = \(getuid() + 4242)
+
+            \(preamble)
 
             """
         for t in tenants {
@@ -131,10 +136,12 @@ final class RunningDaemon: @unchecked Sendable {
     let dir: String
     var socket: String { daemon.config.socketPath }
 
-    init(tenants: [Fixture.Tenant]) throws {
-        dir = try Fixture.makeDirectory()
-        let path = try Fixture.writeConfig(in: dir, tenants: tenants)
-        daemon = try Daemon(config: try DaemonConfig.load(path: path))
+    init(tenants: [Fixture.Tenant], daemonExtra: String = "", preamble: String = "", dir: String? = nil, auditLog: String = "audit.jsonl",
+         cgroupBase: String = "stockaded-test", logger: Logger = Logger(label: "stockaded")) throws {
+        self.dir = try dir ?? Fixture.makeDirectory()
+        let path = try Fixture.writeConfig(in: self.dir, tenants: tenants, cgroupBase: cgroupBase, daemonExtra: daemonExtra, preamble: preamble,
+                                           auditLog: auditLog)
+        daemon = try Daemon(config: try DaemonConfig.load(path: path), logger: logger)
         try daemon.start()
     }
 
@@ -162,6 +169,21 @@ final class RunningDaemon: @unchecked Sendable {
             (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
         }
     }
+}
+
+/// A listening unix socket at `path` (a stand-in for another process's server).
+func listenUnix(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in path.utf8.enumerated() { raw[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0, listen(fd, 8) == 0 else { throw DaemonError("bind/listen \(path): errno \(errno)") }
+    return fd
 }
 
 /// A blocking HTTP/1.1 client on a unix socket, one connection per call.

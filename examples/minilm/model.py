@@ -318,8 +318,14 @@ class MiniLM:
         return (pooled / np.maximum(norms, _F32(1e-12))).astype(_F32, copy=False)
 
     def tokenize(self, texts: Sequence[str]):
-        """Token encodings (truncated to max_length, unpadded)."""
-        return self.tokenizer.encode_batch(list(texts))
+        """Token encodings (truncated to max_length, unpadded), made
+        TOKENIZE_CHUNK texts at a time: the tokenizer holds a whole text's
+        tokens before truncating them, so a request of many long texts
+        tokenized at once would hold them all."""
+        out = []
+        for i in range(0, len(texts), TOKENIZE_CHUNK):
+            out.extend(self.tokenizer.encode_batch(list(texts[i:i + TOKENIZE_CHUNK])))
+        return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Embed `texts`: (len(texts), dim) float32 rows of L2 norm 1.
@@ -355,6 +361,7 @@ class MiniLM:
 
 
 PADDING_SLACK = 1.5
+TOKENIZE_CHUNK = 32
 
 # At most this many (padded) tokens go through one forward pass. It bounds
 # the activations, and so the worker's peak memory: the attention scores of a

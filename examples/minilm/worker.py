@@ -50,17 +50,44 @@ MAX_REQUEST_BYTES = 8 << 20
 MAX_TEXTS = 1024
 MAX_TEXT_CHARS = 100_000
 BATCH_SIZE = 32
+# What the loaded model and a forward pass take (about 285 MiB measured at
+# MAX_BATCH_TOKENS), and what each request byte may cost while it is received,
+# parsed and tokenized (the payload and its copies, its decoded str, the
+# list of texts, a chunk of encodings): a request must fit in what the budget
+# leaves after the model. 24 bytes per byte: an 8 MB request of 1,024 texts
+# of 8,000 characters was OOM-killed under 384M at 8.
+MODEL_RESIDENT_BYTES = 320 << 20
+BYTES_PER_REQUEST_BYTE = 24
+
+
+def request_limit(environ=os.environ) -> int:
+    """The largest request this worker takes: MAX_REQUEST_BYTES, or less when
+    the jail's memory budget (STOCKADE_MEMORY_MAX, set by stockaded) cannot
+    hold that much besides the model."""
+    budget = environ.get("STOCKADE_MEMORY_MAX")
+    if not budget or not budget.isdigit():
+        return MAX_REQUEST_BYTES
+    room = int(budget) - MODEL_RESIDENT_BYTES
+    return max(64 << 10, min(MAX_REQUEST_BYTES, room // BYTES_PER_REQUEST_BYTE))
 
 
 class RequestError(ValueError):
-    """The request payload is not a valid embedding request."""
+    """The request payload is not a valid embedding request (400)."""
+
+    kind = "input"
 
 
-def parse_request(payload: bytes) -> list[str]:
+class RequestTooLarge(RequestError):
+    """The request is larger than this worker's budget can hold (413)."""
+
+    kind = "too-large"
+
+
+def parse_request(payload: bytes, limit: int = MAX_REQUEST_BYTES) -> list[str]:
     """The texts of a request payload, checked."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise RequestError(f"request has {len(payload)} bytes (at most "
-                           f"{MAX_REQUEST_BYTES})")
+    if len(payload) > limit:
+        raise RequestTooLarge(f"request has {len(payload)} bytes; this worker's "
+                              f"memory budget takes at most {limit}")
     try:
         request = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -74,13 +101,13 @@ def parse_request(payload: bytes) -> list[str]:
         raise RequestError(f'"texts" must be a list of strings, not '
                            f"{type(texts).__name__}")
     if len(texts) > MAX_TEXTS:
-        raise RequestError(f"too many texts: {len(texts)} (at most {MAX_TEXTS} "
+        raise RequestTooLarge(f"too many texts: {len(texts)} (at most {MAX_TEXTS} "
                            "per request)")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(f"texts[{i}] is {type(text).__name__}, not a string")
         if len(text) > MAX_TEXT_CHARS:
-            raise RequestError(f"texts[{i}] has {len(text)} characters (at most "
+            raise RequestTooLarge(f"texts[{i}] has {len(text)} characters (at most "
                                f"{MAX_TEXT_CHARS})")
     return texts
 
@@ -95,11 +122,12 @@ def encode_response(embeddings: np.ndarray) -> bytes:
 class Embedder:
     """The request handler: holds the loaded model."""
 
-    def __init__(self, model: MiniLM) -> None:
+    def __init__(self, model: MiniLM, limit: int = MAX_REQUEST_BYTES) -> None:
         self.model = model
+        self.limit = limit
 
     def __call__(self, payload: bytes) -> bytes:
-        texts = parse_request(payload)
+        texts = parse_request(payload, self.limit)
         return encode_response(self.model.encode(texts, batch_size=BATCH_SIZE))
 
 
@@ -124,8 +152,14 @@ def main(argv: list[str]) -> int:
         return 2
 
     # Load before serving, so that a warm worker answers its first request
-    # without paying for the model.
-    handler = Embedder(MiniLM())
+    # without paying for the model. Under stockaded the model files are the
+    # sealed memfds it hashed (STOCKADE_MODEL_FDS), never a path on disk.
+    model_path = None
+    if os.environ.get("STOCKADE_MODEL_FDS"):
+        _import_serve()
+        from stockade_worker import model_directory
+        model_path = model_directory()
+    handler = Embedder(MiniLM(model_path), request_limit())
 
     if len(argv) > 1 and argv[1] == "--stdin":
         try:

@@ -8,10 +8,16 @@
     stockade_worker.serve(handle)
 
 The launcher passes a socket and a sealed memfd (PSK and parameters) at the
-descriptors named in STOCKADE_CHANNEL; see docs/PROTOCOL.md.
+descriptors named in STOCKADE_CHANNEL; see docs/PROTOCOL.md. A handler
+refuses a bad request by raising RequestError (400), RequestTooLarge (413) or
+RequestUnprocessable (422); pinned model files arrive as sealed memfds
+(model_fds, model_directory).
 """
 from .channel import Channel, ChannelViolation, Params, connect, parse_params, serve
+from .errors import RequestError, RequestTooLarge, RequestUnprocessable
+from .models import ModelFdError, model_directory, model_fds
 from .noise import Handshake, NoiseError
 
-__all__ = ["serve", "connect", "Channel", "ChannelViolation", "Params", "parse_params", "Handshake", "NoiseError"]
+__all__ = ["serve", "connect", "Channel", "ChannelViolation", "Params", "parse_params", "Handshake", "NoiseError",
+           "RequestError", "RequestTooLarge", "RequestUnprocessable", "model_fds", "model_directory", "ModelFdError"]
 __version__ = "0.1.0"

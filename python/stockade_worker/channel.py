@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, HANDSHAKE_OVERHEAD, CipherState, Handshake, LowOrderPoint, NoiseError
+from .errors import error_payload
 
 log = logging.getLogger("stockade_worker")
 
@@ -512,7 +513,7 @@ def serve(handler: Callable[[bytes], bytes], environ=None) -> int:
                 try:
                     result = bytes(handler(payload))
                 except Exception as e:  # the handler's failure goes back as an error message
-                    channel.send(ERROR, request_id, f"{type(e).__name__}: {e}".encode()[:min(4096, channel.params.max_record)])
+                    channel.send(ERROR, request_id, error_payload(e)[:min(4096, channel.params.max_record)])
                     continue
                 if len(result) > max(channel.params.max_record, channel.params.max_bulk):
                     channel.send(ERROR, request_id, b"response exceeds the channel's limits")

@@ -276,3 +276,20 @@ def test_worker_runs_read_only_without_network_or_home(ref):
     got = client.decode_response(proc.stdout)
     cos = client.cosine_rows(got, np.asarray(ref["embeddings"], dtype=np.float32))
     assert cos.min() > 0.999
+
+
+def test_the_request_limit_follows_the_memory_budget_and_refusals_carry_a_kind():
+    sys.path.insert(0, str(EXAMPLE.parents[1] / "python"))
+    from stockade_worker.errors import error_payload
+    assert worker.request_limit({}) == worker.MAX_REQUEST_BYTES
+    assert worker.request_limit({"STOCKADE_MEMORY_MAX": str(4 << 30)}) == worker.MAX_REQUEST_BYTES
+    small = worker.request_limit({"STOCKADE_MEMORY_MAX": str(384 << 20)})
+    assert small == (64 << 20) // worker.BYTES_PER_REQUEST_BYTE
+    payload = json.dumps({"texts": ["x" * 7000] * (small // 7000 + 1)}).encode()
+    with pytest.raises(worker.RequestTooLarge) as too_large:
+        worker.parse_request(payload, small)
+    assert error_payload(too_large.value).startswith(b"too-large: ")
+    with pytest.raises(worker.RequestError) as bad:
+        worker.parse_request(b"\xff not utf-8")
+    assert error_payload(bad.value).startswith(b"input: ")
+    assert error_payload(RuntimeError("boom")) == b"RuntimeError: boom"
