@@ -6,8 +6,8 @@
 // The formats are systemd's documented interfaces: sd_listen_fds(3),
 // sd_notify(3), systemd.exec(5) on JOURNAL_STREAM, sd-daemon(3) on the
 // "<N>" priority prefixes.
-public import Logging
-public import ServiceLifecycle
+package import Logging
+import ServiceLifecycle
 import Foundation
 import NIOCore
 import NIOPosix
@@ -17,7 +17,7 @@ import Glibc
 
 /// The listening socket systemd passed (LISTEN_FDS, LISTEN_PID), taken once
 /// per process.
-public enum SystemdSocket {
+package enum SystemdSocket {
     /// The first passed descriptor (SD_LISTEN_FDS_START).
     static let firstDescriptor: Int32 = 3
 
@@ -25,14 +25,14 @@ public enum SystemdSocket {
     /// activated; an error when what was passed cannot be the API socket.
     /// Reading it unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES and marks
     /// the passed descriptors close-on-exec, so no jail can inherit them.
-    public static let inherited: Result<Inherited?, DaemonError> = take()
+    package static let inherited: Result<Inherited?, DaemonError> = take()
 
-    public struct Inherited: Sendable {
+    package struct Inherited: Sendable {
         /// The descriptor systemd passed; it stays open for the life of the
         /// process (systemd holds the socket; the daemon never unlinks it).
-        public var descriptor: Int32
+        package var descriptor: Int32
         /// The path it is bound to (empty for an abstract or unnamed socket).
-        public var path: String
+        package var path: String
     }
 
     static func take() -> Result<Inherited?, DaemonError> {
@@ -97,17 +97,17 @@ public enum SystemdSocket {
 }
 
 /// sd_notify(3): one datagram per state change to the socket in NOTIFY_SOCKET.
-public struct SystemdNotifier: Sendable {
+package struct SystemdNotifier: Sendable {
     /// The notification socket ("@name" is abstract), nil when the daemon
     /// was not started by a service manager that listens.
-    public let socketPath: String?
+    package let socketPath: String?
     /// WATCHDOG_USEC when set for this process (WATCHDOG_PID, when present,
     /// must be this process).
-    public let watchdogInterval: Duration?
+    package let watchdogInterval: Duration?
 
     /// Reads NOTIFY_SOCKET and the watchdog from `environment` (nil: this
     /// process's).
-    public init(environment: [String: String]? = nil) {
+    package init(environment: [String: String]? = nil) {
         let environment = environment ?? ProcessInfo.processInfo.environment
         let path = environment["NOTIFY_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
         socketPath = path
@@ -123,7 +123,7 @@ public struct SystemdNotifier: Sendable {
     /// separated). Returns false when there is no socket or the send failed
     /// (systemd gone: nothing to do about it).
     @discardableResult
-    public func notify(_ state: String) -> Bool {
+    package func notify(_ state: String) -> Bool {
         guard let socketPath else { return false }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -153,18 +153,18 @@ public struct SystemdNotifier: Sendable {
 /// STATUS= names), WATCHDOG=1 at half of WatchdogSec=, and STOPPING=1 when
 /// the drain begins. Run it in the ServiceGroup after the daemon: a graceful
 /// shutdown reaches it first, so STOPPING=1 goes out before the drain.
-public final class SystemdService: Service, Sendable {
+package final class SystemdService: Service, Sendable {
     let daemon: Daemon
     let notifier: SystemdNotifier
     let logger: Logger
 
-    public init(daemon: Daemon, notifier: SystemdNotifier = SystemdNotifier(), logger: Logger) {
+    package init(daemon: Daemon, notifier: SystemdNotifier = SystemdNotifier(), logger: Logger) {
         self.daemon = daemon
         self.notifier = notifier
         self.logger = logger
     }
 
-    public func run() async throws {
+    package func run() async throws {
         guard notifier.socketPath != nil else { return }
         // A graceful shutdown cancels the loop (and its sleep) at once.
         try? await cancelWhenGracefulShutdown { try await self.notifyUntilShutdown() }
@@ -216,26 +216,26 @@ public final class SystemdService: Service, Sendable {
 /// priority, one prefix per line. Used when JOURNAL_STREAM names the
 /// descriptor standard error is (systemd.exec(5)); otherwise stockaded
 /// logs as a terminal expects.
-public struct JournalLogHandler: LogHandler {
-    public var logLevel: Logger.Level
-    public var metadata: Logger.Metadata = [:]
-    public var metadataProvider: Logger.MetadataProvider?
+package struct JournalLogHandler: LogHandler {
+    package var logLevel: Logger.Level
+    package var metadata: Logger.Metadata = [:]
+    package var metadataProvider: Logger.MetadataProvider?
     let label: String
     let write: @Sendable (String) -> Void
 
-    public init(label: String, level: Logger.Level, write: @escaping @Sendable (String) -> Void = JournalLogHandler.standardError) {
+    package init(label: String, level: Logger.Level, write: @escaping @Sendable (String) -> Void = JournalLogHandler.standardError) {
         self.label = label
         self.logLevel = level
         self.write = write
     }
 
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
     /// syslog(3) priorities, as sd-daemon(3) defines the prefixes.
-    public static func priority(_ level: Logger.Level) -> Int {
+    package static func priority(_ level: Logger.Level) -> Int {
         switch level {
         case .trace, .debug: 7
         case .info: 6
@@ -246,7 +246,7 @@ public struct JournalLogHandler: LogHandler {
         }
     }
 
-    public func log(event: LogEvent) {
+    package func log(event: LogEvent) {
         var all = metadata
         if let provided = metadataProvider?.get() { all.merge(provided) { _, new in new } }
         if let explicit = event.metadata { all.merge(explicit) { _, new in new } }
@@ -261,7 +261,7 @@ public struct JournalLogHandler: LogHandler {
         write(text.split(separator: "\n", omittingEmptySubsequences: false).map { prefix + $0 + "\n" }.joined())
     }
 
-    public static let standardError: @Sendable (String) -> Void = { text in
+    package static let standardError: @Sendable (String) -> Void = { text in
         let bytes = Array(text.utf8)
         var done = 0
         while done < bytes.count {
@@ -274,7 +274,7 @@ public struct JournalLogHandler: LogHandler {
 
     /// True when standard error is the stream JOURNAL_STREAM ("device:inode")
     /// names: only then does journald read the prefixes.
-    public static func standardErrorIsJournal(environment: [String: String]? = nil) -> Bool {
+    package static func standardErrorIsJournal(environment: [String: String]? = nil) -> Bool {
         guard let value = (environment ?? ProcessInfo.processInfo.environment)["JOURNAL_STREAM"] else { return false }
         let parts = value.split(separator: ":")
         guard parts.count == 2, let dev = UInt64(parts[0]), let ino = UInt64(parts[1]) else { return false }
@@ -285,7 +285,7 @@ public struct JournalLogHandler: LogHandler {
 
     /// The handler stockaded logs with: journald's when standard error is
     /// the journal, else swift-log's standard error stream.
-    public static func daemonHandler(label: String, level: Logger.Level) -> any LogHandler {
+    package static func daemonHandler(label: String, level: Logger.Level) -> any LogHandler {
         if standardErrorIsJournal() { return JournalLogHandler(label: label, level: level) }
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level
