@@ -14,14 +14,8 @@ import Glibc
 
 /// `VmRSS` and `VmHWM` of this process, in KiB.
 private func rssAndPeakKiB() -> (rss: Int, peak: Int) {
-    var rss = -1, peak = -1
-    for line in ((try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? "").split(separator: "\n") {
-        let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard parts.count >= 2, let value = Int(parts[1]) else { continue }
-        if parts[0] == "VmRSS:" { rss = value }
-        if parts[0] == "VmHWM:" { peak = value }
-    }
-    return (rss, peak)
+    let status = procStatus(["VmRSS", "VmHWM"])
+    return (status["VmRSS"]!, status["VmHWM"]!)
 }
 
 /// Sends one infer request and reads the answer in 64 KiB pieces, keeping
