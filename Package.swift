@@ -171,12 +171,12 @@ let package = Package(
         // with `-sanitize=fuzzer -DFUZZING` (make fuzz) libFuzzer drives them.
         .executableTarget(
             name: "stockade-fuzz",
-            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel"],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeConfig"],
             path: "Fuzz/stockade-fuzz",
             swiftSettings: swiftSettings
         ),
 
-        .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig"], swiftSettings: swiftSettings),
+        .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig", "StockadeSeccomp", "StockadeCgroups"], swiftSettings: swiftSettings),
         .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn", "stockade-init"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),

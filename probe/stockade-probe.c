@@ -413,6 +413,12 @@ static int g_psk_fd = -1;
 static char g_expect_dev[1024];
 static const char *g_python;
 static char g_abstract[1024];
+/* What the caller says about itself, for the "what can be seen from inside"
+ * probes (43-49); each is optional. */
+static long g_caller_keyring = -1;       /* the caller's session keyring serial */
+static char g_reserved_ids[4096];        /* host id ranges of real accounts and other jails: "0,1000,100000-165535" */
+static char g_profile_paths[2048];       /* where the profile's file or directory shows inside: "/etc/p,/p.toml" */
+static int g_caller_inotify = -1;        /* inotify instances the caller holds as it launches */
 
 /* The fd table as found at start, before the battery opened anything. */
 #define MAX_FDS 256
@@ -1957,6 +1963,318 @@ static int w_python(void)
     return st == 0;
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* What can be seen from inside (43-49)                                     */
+
+/* 43: PID 1's argv. In a jail with a pid namespace PID 1 is the sandbox's
+ * own init; /proc/1/cmdline is world-readable, so whatever argv that init
+ * carries (a launcher's host paths, its --setenv values) is readable by the
+ * worker. A secure jail shows a minimal argv of its own: at most 64 bytes
+ * with no '/' or '=' (no host path, no variable), or the worker is PID 1. */
+static int p_pid1_cmdline(void)
+{
+    if (g_pid == 1) {
+        note("the probe is PID 1 (its own argv)");
+        return 1;
+    }
+    char buf[4096];
+    long n = read_file("/proc/1/cmdline", buf, sizeof buf);
+    if (n < 0) {
+        note("/proc/1/cmdline=%s", rs(n));
+        return 1;
+    }
+    int words = 0, odd = 0;
+    char shown[160];
+    size_t k = 0;
+    for (long i = 0; i < n; i++) {
+        char c = buf[i];
+        if (c == 0) {
+            words++;
+            c = ' ';
+        } else if (c == '/' || c == '=') {
+            odd = 1;
+        }
+        if (k + 1 < sizeof shown)
+            shown[k++] = (c >= 0x20 && c < 0x7f) ? c : '?';
+    }
+    if (n > 0 && buf[n - 1] != 0)
+        words++; /* a last word without its NUL */
+    while (k > 0 && shown[k - 1] == ' ')
+        k--;
+    shown[k] = 0;
+    int ok = !odd && n <= 64;
+    note("/proc/1/cmdline: %d word%s, %ld bytes: \"%s%s\"%s", words, words == 1 ? "" : "s", n, shown,
+         (size_t)n >= sizeof shown ? "..." : "", ok ? "" : " (the launcher's argv!)");
+    return ok;
+}
+
+/* 44: /proc/self/cgroup. Inside a cgroup namespace rooted at the jail's own
+ * cgroup every line reads "/"; anything else is a host cgroup path (the
+ * tenant and jail names, or "/../.." above the namespace root). */
+static int p_cgroup_path(void)
+{
+    char buf[4096];
+    long n = read_file("/proc/self/cgroup", buf, sizeof buf);
+    if (n < 0) {
+        note("/proc/self/cgroup=%s", rs(n));
+        return 1;
+    }
+    int ok = 1, lines = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        lines++;
+        if (strcmp(c2 + 1, "/") != 0) {
+            if (ok)
+                note("host cgroup paths(!):");
+            ok = 0;
+            note("%.200s", line);
+        }
+    }
+    if (ok)
+        note("%d line%s, every path \"/\"", lines, lines == 1 ? "" : "s");
+    return ok;
+}
+
+/* 45: the session keyring. Where keyctl is denied no keyring is reachable.
+ * Where a profile lifts it, the jail must start in a fresh anonymous session
+ * keyring: not the caller's (--caller-keyring SERIAL), not a uid's shared
+ * user-session keyring ("_uid_ses.N", which every process of that host uid
+ * without a session shares), and holding no key. All reads; nothing is added. */
+#define KEYCTL_DESCRIBE_ 6
+#define KEYCTL_READ_ 11
+static int p_session_keyring(void)
+{
+    long id = G(SYS_keyctl, KEYCTL_GET_KEYRING_ID_, KEY_SPEC_SESSION_KEYRING_, 0);
+    if (denied(id)) {
+        note("keyctl(GET_KEYRING_ID, session)=%s: no keyring reachable", rs(id));
+        return 1;
+    }
+    /* keyctl is allowed: the rest runs in place (results come back in memory). */
+    char desc[256] = "";
+    long d = SC(SYS_keyctl, KEYCTL_DESCRIBE_, id, desc, sizeof desc - 1);
+    if (d > 0)
+        desc[d < (long)sizeof desc ? d : (long)sizeof desc - 1] = 0;
+    const char *name = strrchr(desc, ';');
+    name = name ? name + 1 : desc;
+    int32_t serials[64];
+    long bytes = SC(SYS_keyctl, KEYCTL_READ_, id, serials, sizeof serials);
+    int ok = 1;
+    note("session keyring %ld \"%s\"", id, d > 0 ? name : rs(d));
+    if (g_caller_keyring > 0 && id == g_caller_keyring) {
+        ok = 0;
+        note("is the caller's session keyring(!)");
+    }
+    if (!strncmp(name, "_uid_ses.", 9) || !strncmp(name, "_uid.", 5)) {
+        ok = 0;
+        note("is a host uid's shared keyring(!)");
+    }
+    if (bytes > 0) {
+        ok = 0;
+        note("holds %ld key%s(!)", bytes / 4, bytes == 4 ? "" : "s");
+    } else {
+        note("read=%s", bytes == 0 ? "empty" : rs(bytes));
+    }
+    return ok;
+}
+
+/* 46: a terminal from outside. Every fd open at start that answers TCGETS
+ * must be a pty of the jail's own devpts instance (its st_dev is the one of
+ * /dev/pts/ptmx here); a terminal of the caller lets the worker change the
+ * caller's settings (echo, flush its input). /dev/tty is only noted. */
+static int p_caller_tty(void)
+{
+    struct stat pts;
+    long have_pts = stat_("/dev/pts/ptmx", &pts);
+    int ok = 1, ttys = 0;
+    for (int i = 0; i < g_n_fds; i++) {
+        int fd = g_fds[i].fd;
+        char t[64];
+        if (SC(SYS_ioctl, fd, TCGETS_, t) != 0)
+            continue;
+        ttys++;
+        struct stat st;
+        long r = SC(SYS_fstat, fd, &st);
+        int own = r == 0 && have_pts == 0 && st.st_dev == pts.st_dev;
+        note("fd %d is a terminal (%s)%s", fd, g_fds[i].link, own ? ", the jail's own pty" : " from outside the jail(!)");
+        if (!own)
+            ok = 0;
+    }
+    if (!ttys)
+        note("no fd is a terminal");
+    long tty = open_("/dev/tty", O_RDWR | O_NOCTTY);
+    note("open(/dev/tty)=%s", rs(tty));
+    close_(tty);
+    return ok;
+}
+
+/* Does [lo, hi] overlap a range in g_reserved_ids ("a,b-c,...")? */
+static int reserved_overlap(unsigned long lo, unsigned long hi, char *hit, size_t cap)
+{
+    const char *p = g_reserved_ids;
+    while (*p) {
+        char *end;
+        unsigned long a = strtoul(p, &end, 10), b = a;
+        if (end == p)
+            break;
+        if (*end == '-')
+            b = strtoul(end + 1, &end, 10);
+        if (a <= hi && lo <= b) {
+            snprintf(hit, cap, a == b ? "%lu" : "%lu-%lu", a, b);
+            return 1;
+        }
+        p = *end == ',' ? end + 1 : end;
+        if (*end != ',')
+            break;
+    }
+    return 0;
+}
+
+/* 47: the host ids behind this jail (/proc/self/uid_map, gid_map). No line
+ * may map to host id 0, nor overlap the ranges the caller names with
+ * --reserved-ids (real accounts, /etc/subuid and /etc/subgid ranges, other
+ * live jails). Outside any user namespace every host id is mapped. */
+static int check_id_map(const char *path, int *ok)
+{
+    char buf[2048];
+    long n = read_file(path, buf, sizeof buf);
+    if (n < 0) {
+        note("%s=%s", path, rs(n));
+        return 0;
+    }
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        unsigned long inside, outside, count;
+        if (sscanf(line, "%lu %lu %lu", &inside, &outside, &count) != 3 || count == 0)
+            continue;
+        unsigned long last = outside + count - 1;
+        char hit[64];
+        note("%s: %lu->%lu+%lu", path + 11, inside, outside, count);
+        if (outside == 0) {
+            *ok = 0;
+            note("(host id 0!)");
+        } else if (reserved_overlap(outside, last, hit, sizeof hit)) {
+            *ok = 0;
+            note("(overlaps host ids %s in use!)", hit);
+        }
+    }
+    return 1;
+}
+
+static int p_id_map(void)
+{
+    int ok = 1;
+    check_id_map("/proc/self/uid_map", &ok);
+    check_id_map("/proc/self/gid_map", &ok);
+    if (!g_reserved_ids[0])
+        note("(no --reserved-ids: only host id 0 checked)");
+    return ok;
+}
+
+/* 48: the profile's own file and directory. The caller names where they
+ * show inside the jail (--profile-paths); none of them may be writable, or a
+ * jail rewrites the profile the next run is built from. Nothing is written:
+ * a directory gets O_TMPFILE (an unnamed file that vanishes on close), a
+ * file an open for writing without O_TRUNC, closed at once. */
+static int p_profile_write(void)
+{
+    if (!g_profile_paths[0]) {
+        note("the profile is not visible in the jail (no --profile-paths)");
+        return 1;
+    }
+    int ok = 1;
+    char copy[sizeof g_profile_paths];
+    snprintf(copy, sizeof copy, "%s", g_profile_paths);
+    char *save = NULL;
+    for (char *path = strtok_r(copy, ",", &save); path; path = strtok_r(NULL, ",", &save)) {
+        struct stat st;
+        long r = stat_(path, &st);
+        if (r < 0) {
+            note("%s: %s", path, rs(r));
+            continue;
+        }
+        long w;
+        if (S_ISDIR(st.st_mode)) {
+            w = open_(path, O_TMPFILE | O_WRONLY);
+            if (w == -EOPNOTSUPP || w == -EISDIR) /* a filesystem without O_TMPFILE */
+                w = SC(SYS_faccessat, AT_FDCWD, path, W_OK);
+        } else {
+            w = open_(path, O_WRONLY | O_NOCTTY | O_NONBLOCK);
+        }
+        int writable = w >= 0;
+        if (w > 0)
+            close_(w);
+        note("%s%s: write=%s%s", path, S_ISDIR(st.st_mode) ? "/" : "", writable ? "ok" : rs(w), writable ? "(!)" : "");
+        if (writable)
+            ok = 0;
+    }
+    return ok;
+}
+
+/* 49: inotify instances, a per-user count (fs.inotify.max_user_instances).
+ * A user namespace charges its processes' counts to the namespace's owner in
+ * the parent too, so a jail whose namespace belongs to host root (or to the
+ * caller) shares that user's count: with the caller holding some instances
+ * (--caller-inotify N), the jail runs out before its own limit, and a jail
+ * that takes them all leaves host root none. The probe opens instances until
+ * the first failure and closes them at once; it reaches its namespace's
+ * limit only when the count is charged to a host uid of the jail's own.
+ * Outside a user namespace (where the count is plainly the host user's) it
+ * opens none. */
+static int p_inotify(void)
+{
+    if (ns_inode("user") == PROC_USER_INIT_INO) {
+        note("in the initial user namespace: instances are charged to this host user");
+        return 0;
+    }
+    char text[64];
+    long n = read_file("/proc/sys/fs/inotify/max_user_instances", text, sizeof text);
+    if (n <= 0) {
+        note("max_user_instances=%s", rs(n));
+        return 1;
+    }
+    long limit = atol(text);
+    if (limit <= 0 || limit > 4096) {
+        note("max_user_instances=%ld: not probed (0 or above 4096)", limit);
+        return 1;
+    }
+    /* Room in the fd table, so that EMFILE means the count. */
+    struct rlimit {
+        unsigned long cur, max;
+    } rl = {0, 0};
+    SC(SYS_getrlimit, 7, &rl);
+    if (rl.cur < (unsigned long)limit + 64 && rl.max >= (unsigned long)limit + 64) {
+        rl.cur = (unsigned long)limit + 64;
+        SC(SYS_setrlimit, 7, &rl);
+    }
+    static long fds[4096];
+    long got = 0, last = 0;
+    while (got < limit) {
+        last = SC(SYS_inotify_init1, O_CLOEXEC);
+        if (last < 0)
+            break;
+        fds[got++] = last;
+    }
+    for (long i = 0; i < got; i++)
+        close_(fds[i]);
+    if (got < limit && last == -EMFILE && rl.cur < (unsigned long)limit + 16) {
+        note("opened %ld of %ld: RLIMIT_NOFILE %lu is below the limit; not conclusive", got, limit, rl.cur);
+        return 1;
+    }
+    int ok = got == limit;
+    note("opened %ld of max_user_instances %ld%s", got, limit, got < limit ? "" : " (then closed)");
+    if (got < limit)
+        note("then %s: charged to a host user that holds others%s(!)", rs(last),
+             g_caller_inotify > 0 ? " (the caller's)" : "");
+    if (g_caller_inotify >= 0)
+        note("caller holds %d", g_caller_inotify);
+    return ok;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The table                                                                */
 
@@ -2011,6 +2329,13 @@ static const struct probe {
     {40, "works-mmap", w_mmap, KILL_IS_FAILURE, 20},
     {41, "works-signals", w_signals, KILL_IS_FAILURE, 20},
     {42, "works-python", w_python, KILL_IS_FAILURE, 120},
+    {43, "pid1-cmdline", p_pid1_cmdline, KILL_IS_FAILURE, 20},
+    {44, "cgroup-path", p_cgroup_path, KILL_IS_FAILURE, 20},
+    {45, "session-keyring", p_session_keyring, KILL_IS_DENIED, 20},
+    {46, "caller-terminal", p_caller_tty, KILL_IS_FAILURE, 20},
+    {47, "host-id-map", p_id_map, KILL_IS_FAILURE, 20},
+    {48, "profile-writable", p_profile_write, KILL_IS_FAILURE, 20},
+    {49, "inotify-charged", p_inotify, KILL_IS_FAILURE, 20},
 };
 #define N_PROBES ((int)(sizeof probes / sizeof *probes))
 
@@ -2070,8 +2395,9 @@ static void usage(FILE *f)
             "usage: stockade-probe [--json] [--only N,M,...] [--channel-fd N]... [--psk-fd N]\n"
             "                      [--expect-devices a,b] [--abstract NAME,...] [--python PATH]\n"
             "\n"
-            "Runs the escape-probe battery (probes 1-35) and the \"still works\"\n"
-            "checks (36-41; 42 with --python) and prints one line per probe and a closing\n"
+            "Runs the escape-probe battery (probes 1-35), the \"still works\"\n"
+            "checks (36-41; 42 with --python) and what can be seen from inside (43-49),\n"
+            "and prints one line per probe and a closing\n"
             "\"N passed, N failed\". Exit status 0 when all passed, 1 otherwise.\n"
             "\n"
             "  --json            machine-readable results\n"
@@ -2082,7 +2408,11 @@ static void usage(FILE *f)
             "  --expect-devices  extra /dev names the profile grants\n"
             "  --abstract NAMES  abstract unix socket names bound on the host, which must\n"
             "                    not be reachable\n"
-            "  --python PATH     also check that PATH can import numpy\n");
+            "  --python PATH     also check that PATH can import numpy\n"
+            "  --caller-keyring SERIAL  the caller's session keyring (probe 45)\n"
+            "  --reserved-ids LIST      host ids in use, \"0,1000,100000-165535\" (probe 47)\n"
+            "  --profile-paths LIST     where the profile's file and directory show inside (48)\n"
+            "  --caller-inotify N       inotify instances the caller holds (probe 49)\n");
 }
 
 static int parse_int(const char *s, int *out)
@@ -2153,6 +2483,21 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--python") && v) {
             g_python = v;
+            i++;
+        } else if (!strcmp(a, "--caller-keyring") && v) {
+            g_caller_keyring = strtol(v, NULL, 10);
+            i++;
+        } else if (!strcmp(a, "--reserved-ids") && v) {
+            snprintf(g_reserved_ids, sizeof g_reserved_ids, "%s", v);
+            i++;
+        } else if (!strcmp(a, "--profile-paths") && v) {
+            snprintf(g_profile_paths, sizeof g_profile_paths, "%s", v);
+            i++;
+        } else if (!strcmp(a, "--caller-inotify") && v) {
+            if (parse_int(v, &g_caller_inotify)) {
+                fprintf(stderr, "stockade-probe: --caller-inotify: \"%s\" is not a count\n", v);
+                return 2;
+            }
             i++;
         } else {
             fprintf(stderr, "stockade-probe: unknown or incomplete option \"%s\"\n\n", a);

@@ -13,8 +13,10 @@
 # sandbox at all (the baseline; every probe is harmless unconfined).
 #
 # Every run gets the same hostile caller: fd 7 open on the host's "/" (a
-# leaked directory fd is the runc CVE-2024-21626 class) and an abstract unix
-# socket bound on the host that must not be reachable from inside.
+# leaked directory fd is the runc CVE-2024-21626 class), an abstract unix
+# socket bound on the host that must not be reachable from inside, 8 inotify
+# instances held by root, and the probe is told the caller's session keyring
+# and the host ids in use (probes 45, 47, 49).
 # Needs root, bubblewrap, firejail, libseccomp-dev and python3 (Makefile deps).
 set -euo pipefail
 
@@ -50,17 +52,62 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The host-side canary: an abstract unix socket no jail may reach.
+# The host-side canary: an abstract unix socket no jail may reach, held by a
+# root process that also holds 8 inotify instances (a jail charged to host
+# root runs out of its own that much sooner: probe 49).
 CANARY="stockade-probe-canary-$$"
+CALLER_INOTIFY=8
 python3 -c '
-import socket, sys, time
+import ctypes, socket, sys, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind("\0" + sys.argv[1]); s.listen(16)
+libc = ctypes.CDLL(None, use_errno=True)
+held = [libc.inotify_init1(0o2000000) for _ in range(int(sys.argv[2]))]
 while True: time.sleep(3600)
-' "$CANARY" &
+' "$CANARY" "$CALLER_INOTIFY" &
 CANARY_PID=$!
 sleep 0.3
-PROBE_ARGS=(--json --abstract "$CANARY")
+# The caller's session keyring (probe 45): keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0).
+CALLER_KEYRING=$(python3 -c 'import ctypes; print(ctypes.CDLL(None).syscall(250, 0, -3, 0))')
+# Host ids in use (probe 47): /etc/passwd, /etc/group, /etc/subuid, /etc/subgid
+# and 0; $1 is an id left out (a rootless caller is its own uid by design).
+reserved_ids() {
+    python3 - "$1" <<'PY'
+import sys
+skip = int(sys.argv[1]) if sys.argv[1] else -1
+r = [(0, 0)]
+for f in ("/etc/passwd", "/etc/group"):
+    for line in open(f):
+        p = line.split(":")
+        if len(p) > 2 and p[2].isdigit() and int(p[2]) != skip:
+            r.append((int(p[2]), int(p[2])))
+for f in ("/etc/subuid", "/etc/subgid"):
+    try:
+        for line in open(f):
+            p = line.strip().split(":")
+            if len(p) == 3 and p[1].isdigit() and p[2].isdigit() and int(p[2]) > 0:
+                r.append((int(p[1]), int(p[1]) + int(p[2]) - 1))
+    except OSError:
+        pass
+m = []
+for a, b in sorted(r):
+    if m and a <= m[-1][1] + 1:
+        m[-1] = (m[-1][0], max(m[-1][1], b))
+    else:
+        m.append((a, b))
+out = ""
+for a, b in m:
+    item = str(a) if a == b else "%d-%d" % (a, b)
+    if len(out) + len(item) + 1 > 4000:  # the probe's buffer
+        break
+    out += ("," if out else "") + item
+print(out)
+PY
+}
+PROBE_ARGS=(--json --abstract "$CANARY" --caller-keyring "$CALLER_KEYRING" --caller-inotify "$CALLER_INOTIFY"
+            --reserved-ids "$(reserved_ids "")")
+PROBE_ARGS_NOBODY=(--json --abstract "$CANARY" --caller-keyring "$CALLER_KEYRING" --caller-inotify "$CALLER_INOTIFY"
+                   --reserved-ids "$(reserved_ids 65534)")
 
 # The Docker default profile as bubblewrap wants it: compiled BPF on an fd.
 BPF=$WORK/moby.bpf
@@ -106,13 +153,18 @@ if wanted stockade; then
         done
         # The same launcher unprivileged (rootless: a user namespace of its own).
         cp "$STOCKADE" "$WORK/stockade"
+        # Every jail's PID 1 lives beside the launcher.
+        if [ -x "$(dirname "$STOCKADE")/stockade-init" ]; then
+            cp "$(dirname "$STOCKADE")/stockade-init" "$WORK/stockade-init"
+            chmod 755 "$WORK/stockade-init"
+        fi
         cp profiles/minimal.toml "$WORK/minimal.toml"
         chmod 755 "$WORK/stockade"
         chmod 644 "$WORK/minimal.toml"
         run_one stockade-minimal-nobody "the same \`stockade run --profile profiles/minimal.toml\` as uid 65534 (setpriv), rootless" \
             setpriv --reuid=65534 --regid=65534 --clear-groups \
             "$WORK/stockade" run --profile "$WORK/minimal.toml" --ro-bind "$WORK/stockade-probe:/stockade-probe" \
-            -- /stockade-probe "${PROBE_ARGS[@]}"
+            -- /stockade-probe "${PROBE_ARGS_NOBODY[@]}"
     else
         echo "compare.sh: no stockade binary (make release, or set STOCKADE); Stockade columns skipped" >&2
     fi
@@ -123,7 +175,7 @@ if wanted bwrap && command -v bwrap >/dev/null; then
         "${BWRAP[@]}" --seccomp 9 "${BWRAP_FS[@]}" /stockade-probe "${PROBE_ARGS[@]}"
     run_one bwrap-nobody "the same bwrap command as uid 65534 (setpriv), unprivileged user namespace" \
         setpriv --reuid=65534 --regid=65534 --clear-groups \
-        "${BWRAP[@]}" --seccomp 9 "${BWRAP_FS[@]}" /stockade-probe "${PROBE_ARGS[@]}"
+        "${BWRAP[@]}" --seccomp 9 "${BWRAP_FS[@]}" /stockade-probe "${PROBE_ARGS_NOBODY[@]}"
     unset SECCOMP_FD9
 fi
 if wanted firejail && command -v firejail >/dev/null; then

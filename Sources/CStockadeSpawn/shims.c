@@ -81,6 +81,19 @@ int stk_wait_pidfd(int pidfd, int *status, int options) {
     return 0;
 }
 
+/* The calling thread's session keyring serial, without creating one:
+ * keyctl(KEYCTL_GET_KEYRING_ID = 0, KEY_SPEC_SESSION_KEYRING = -3, create 0). */
+long stk_session_keyring(void) { return syscall(SYS_keyctl, 0, -3, 0); }
+
+/* Opens the follower of pty leader `leader`: TIOCSPTLCK(0) unlocks it, then
+ * TIOCGPTPEER opens it with `flags` without a path lookup. Two ioctls. */
+int stk_pty_follower(int leader, int flags) {
+    int unlock = 0;
+    if (ioctl(leader, TIOCSPTLCK, &unlock) != 0)
+        return -1;
+    return ioctl(leader, TIOCGPTPEER, flags);
+}
+
 int stk_landlock_abi(void) {
     long v = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
     return v < 0 ? -errno : (int)v;

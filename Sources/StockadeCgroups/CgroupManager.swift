@@ -172,10 +172,20 @@ public final class CgroupManager: Sendable {
             let b = CgroupV2Backend(host: host, mount: u.mountPoint, basePath: basePath, ownDelegated: ownDelegated)
             return (b, why + ", base \(b.abs(""))")
         }
-        let fixed: String?
-        if case .path(let p) = config.base { fixed = try Self.cleanPath(p) } else { fixed = nil }
+        var fixed: String?
+        if case .path(let p) = config.base { fixed = try Self.cleanPath(p) }
         var autoName = "stockade"
-        if case .automatic(let n) = config.base { autoName = n }
+        if case .automatic(let n) = config.base {
+            autoName = n
+            // Unprivileged, the launcher cannot create cgroups below its
+            // own on v1: a cgroup root delegated to it is its base.
+            let delegated = CgroupDelegation.path(uid: geteuid(), name: n)
+            if geteuid() != 0, let memory = host.hierarchy(for: "memory"),
+               CgroupDelegation.isOwnedByCaller(memory.mountPoint + delegated) {
+                fixed = delegated
+                why += " (the cgroup delegated to uid \(geteuid()))"
+            }
+        }
         let b = CgroupV1Backend(host: host) { h in
             fixed ?? (h.ownPath == "/" ? "/" + autoName : h.ownPath + "/" + autoName)
         }

@@ -141,7 +141,7 @@ final class CgroupV1Backend: CgroupBackend {
             if let v = limits.memoryMax {
                 try CgroupFS.write(d + "/memory.limit_in_bytes", "\(v)")
                 if let swap = limits.swapMax, CgroupFS.exists(d + "/memory.memsw.limit_in_bytes") {
-                    try CgroupFS.write(d + "/memory.memsw.limit_in_bytes", "\(v + swap)")
+                    try CgroupFS.write(d + "/memory.memsw.limit_in_bytes", "\(v.addingReportingOverflow(swap).overflow ? UInt64.max : v + swap)")
                 }
             }
             if let v = limits.memoryHigh { try CgroupFS.write(d + "/memory.soft_limit_in_bytes", "\(v)") }

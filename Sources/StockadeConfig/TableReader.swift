@@ -93,6 +93,11 @@ package struct TOMLLineIndex: Sendable {
         }
     }
 
+    /// The line of `path` itself; nil when the text does not set that key.
+    package func exactLine(of path: String) -> Int? {
+        lines[path]
+    }
+
     private static func headerName(_ s: Substring, closing: String) -> String {
         let end = s.range(of: closing)?.lowerBound ?? s.endIndex
         return normalizeKey(s[..<end])
@@ -340,29 +345,53 @@ package final class TableReader {
 
     /// A size: an integer number of bytes, or a string with a binary suffix
     /// (`"64K"`, `"512M"`, `"2G"`, `"1T"`, optional `i`/`B`), or `"max"` (nil).
+    /// At most ``SizeValue/largest`` bytes, so that no sum of sizes overflows.
     package func size(_ key: String) throws(ProfileError) -> SizeValue? {
         guard let raw = table[key] else { return nil }
         used.insert(key)
+        let value: SizeValue
+        var written = ""
         if let n = raw.int {
             guard n >= 0 else { throw error(key, "a size cannot be negative") }
-            return .bytes(UInt64(n))
+            value = .bytes(UInt64(n))
+            written = "\(n)"
+        } else if let s = raw.string {
+            written = "\"\(s)\""
+            guard let parsed = SizeValue(parsing: s) else {
+                throw error(key, "cannot read \"\(s)\" as a size; use bytes or a suffix K, M, G, T (\"512M\"), or \"max\"")
+            }
+            value = parsed
+        } else {
+            throw error(key, "expected a size (bytes, or a string like \"512M\")")
         }
-        guard let s = raw.string else { throw error(key, "expected a size (bytes, or a string like \"512M\")") }
-        guard let parsed = SizeValue(parsing: s) else {
-            throw error(key, "cannot read \"\(s)\" as a size; use bytes or a suffix K, M, G, T (\"512M\"), or \"max\"")
+        if let b = value.bytes, b > SizeValue.largest {
+            throw error(key, "\(written) is above the largest size Stockade accepts, \(SizeValue.bytes(SizeValue.largest)) (use \"max\" for no limit)")
         }
-        return parsed
+        return value
     }
 
     /// A duration: seconds as an integer or float, or a string such as
-    /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+    /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`; at most ``DurationValue/longest``.
     package func duration(_ key: String) throws(ProfileError) -> Duration? {
         guard let raw = table[key] else { return nil }
         used.insert(key)
-        if let n = raw.int, n >= 0 { return .seconds(n) }
-        if let d = raw.double, d >= 0, d.isFinite { return .milliseconds(Int64(d * 1000)) }
-        if let s = raw.string, let d = parseDuration(s) { return d }
-        throw error(key, "expected a duration such as 30, \"30s\", \"500ms\", \"2m\" or \"1h\"")
+        let reading: DurationValue
+        if let n = raw.int {
+            reading = n < 0 ? .unreadable : n > DurationValue.longestSeconds ? .tooLong : .value(.seconds(n))
+        } else if let d = raw.double {
+            reading = DurationValue(seconds: d)
+        } else if let s = raw.string {
+            reading = DurationValue(parsing: s)
+        } else {
+            reading = .unreadable
+        }
+        switch reading {
+        case .value(let d): return d
+        case .tooLong:
+            throw error(key, "is longer than the longest duration Stockade accepts, \(DurationValue.longestText)")
+        case .unreadable:
+            throw error(key, "expected a duration such as 30, \"30s\", \"500ms\", \"2m\" or \"1h\"")
+        }
     }
 
     /// Rejects keys that no accessor read: every unknown key is an error.
@@ -378,6 +407,11 @@ public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     case bytes(UInt64)
     case unlimited
 
+    /// The largest size a file may give (1 PiB, printed "1024T"): far above
+    /// any host, and small enough that adding a few thousand sizes (a
+    /// tenant's jails, memory plus swap) cannot overflow 64 bits.
+    public static let largest: UInt64 = 1 << 50
+
     public init?(parsing text: String) {
         let s = text.trimmingCharacters(in: " ").uppercased()
         if s == "MAX" || s == "UNLIMITED" { self = .unlimited; return }
@@ -389,8 +423,8 @@ public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
                                      "G": 30, "GB": 30, "GIB": 30, "T": 40, "TB": 40, "TIB": 40]
         guard let shift = shifts[suffix] else { return nil }
         let value = number * Double(UInt64(1) << UInt64(shift))
-        guard value < 1.8e19 else { return nil }
-        self = .bytes(UInt64(value))
+        // Saturates rather than trapping; readers refuse anything above `largest`.
+        self = .bytes(value < 1.8e19 ? UInt64(value) : UInt64.max)
     }
 
     public var bytes: UInt64? {
@@ -410,14 +444,61 @@ public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`.
-public func parseDuration(_ text: String) -> Duration? {
-    let s = text.trimmingCharacters(in: " ")
-    let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)]
-    for (unit, scale) in units where s.hasSuffix(unit) {
-        guard let n = Double(s.dropLast(unit.count)), n >= 0, n.isFinite else { return nil }
-        return .microseconds(Int64(n * scale * 1_000_000))
+/// A duration read from a profile, a configuration file or the command
+/// line: a value, or why there is none. Every duration a user gives is
+/// bounded by ``longest`` before it becomes a `Duration`, so that no later
+/// arithmetic on it (deadlines, poll timeouts in milliseconds) can overflow.
+public enum DurationValue: Sendable, Equatable {
+    case value(Duration)
+    /// Not a number, negative, not finite, or an unknown unit.
+    case unreadable
+    /// Above ``longest``.
+    case tooLong
+
+    /// The longest duration accepted anywhere: 365 days.
+    public static let longestSeconds: Int64 = 365 * 24 * 3600
+    public static let longest: Duration = .seconds(longestSeconds)
+    public static let longestText = "8760h (365 days)"
+
+    /// Seconds as a number: negative, NaN and infinite are unreadable.
+    public init(seconds: Double) {
+        guard seconds.isFinite, seconds >= 0 else { self = .unreadable; return }
+        guard seconds <= Double(Self.longestSeconds) else { self = .tooLong; return }
+        // Bounded above: the product fits an Int64 with room to spare.
+        self = .value(.microseconds(Int64((seconds * 1_000_000).rounded(.down))))
     }
-    guard let n = Double(s), n >= 0, n.isFinite else { return nil }
-    return .microseconds(Int64(n * 1_000_000))
+
+    /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`, or plain seconds (`"30"`).
+    public init(parsing text: String) {
+        let s = text.trimmingCharacters(in: " ")
+        let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)]
+        var number = Substring(s)
+        var scale = 1.0
+        for (unit, unitScale) in units where s.hasSuffix(unit) {
+            number = number.dropLast(unit.count)
+            scale = unitScale
+            break
+        }
+        // Double() also reads "nan", "inf" and hex floats; only decimal digits,
+        // one '.', and an exponent are a duration.
+        guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || ".eE+-".contains($0)) }),
+              let n = Double(number) else {
+            self = .unreadable
+            return
+        }
+        guard n.isFinite, n >= 0 else { self = .unreadable; return }
+        // n * scale cannot overflow a Double here (n is finite, scale <= 3600).
+        self.init(seconds: n * scale)
+    }
+
+    public var duration: Duration? {
+        if case .value(let d) = self { return d }
+        return nil
+    }
+}
+
+/// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`; nil when unreadable or
+/// longer than ``DurationValue/longest``.
+public func parseDuration(_ text: String) -> Duration? {
+    DurationValue(parsing: text).duration
 }

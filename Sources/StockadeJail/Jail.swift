@@ -99,7 +99,9 @@ public final class Jail: Sendable {
     /// reads its accounting and removes its cgroup.
     public func wait(timeLimit: Duration? = nil) throws -> JailExit {
         if let done = state.withLock({ $0.exit }) { return done }
-        let deadline = timeLimit.map { startedAt + $0 }
+        // Capped far beyond any limit a file or the command line may give
+        // (a year), so that the addition cannot overflow.
+        let deadline = timeLimit.map { startedAt + min($0, .seconds(Int64(1) << 40)) }
         while true {
             var timeout: Int32 = -1
             if let deadline {
@@ -108,13 +110,22 @@ public final class Jail: Sendable {
                     kill(reason: .timeLimit)
                     timeout = -1
                 } else {
-                    let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
-                    timeout = Int32(clamping: ms)
+                    timeout = Self.pollTimeout(left)
                 }
             }
             if try process.waitForExit(timeoutMilliseconds: timeout) { break }
         }
         return try finish()
+    }
+
+    /// Milliseconds for one poll when `left` remains (rounded up, at least
+    /// 1; saturating at Int32.max for any longer duration, so that no time
+    /// limit a caller passes can overflow here).
+    public static func pollTimeout(_ left: Duration) -> Int32 {
+        let (seconds, attoseconds) = left.components
+        guard seconds >= 0 else { return 0 }
+        guard seconds < Int64(Int32.max / 1000) else { return Int32.max }
+        return Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
     }
 
     private func finish() throws -> JailExit {

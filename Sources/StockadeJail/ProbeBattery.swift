@@ -1,6 +1,7 @@
 public import StockadeCgroups
 import SystemPackage
 import StockadeSystem
+import CStockadeSpawn
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -55,7 +56,12 @@ public struct ProbeBatteryError: Error, CustomStringConvertible, Sendable {
 /// comes back through a pipe passed as the jail's fd 1. The caller is made
 /// deliberately hostile: a directory fd is left open (not close-on-exec) and
 /// an abstract unix socket is bound in the launcher's network namespace; the
-/// probe must see neither (probes 28 and 26).
+/// probe must see neither (probes 28 and 26). It also tells the probe what
+/// it must not find from inside: its session keyring's serial (45), the host
+/// ids in use (47: every /etc/passwd, /etc/group, /etc/subuid and
+/// /etc/subgid entry, and ranges the caller adds, such as another live
+/// jail's), where the profile's file and directory show in the jail (48),
+/// and it holds a few inotify instances while the jail runs (49).
 public enum ProbeBattery {
     /// Where the binary appears inside the jail.
     public static let jailPath = "/stockade-probe"
@@ -79,6 +85,12 @@ public enum ProbeBattery {
         /// The jail's cgroup (its budget). Without one, probe 31 (fork bomb,
         /// memory hog) fails: that is the finding.
         public var cgroup: (any JailCgroup)?
+        /// Host id ranges the jail must not be mapped onto, besides the host's
+        /// accounts and subordinate ranges (e.g. another live jail's).
+        public var reservedIDs: [ClosedRange<UInt32>] = []
+        /// Give the jail a terminal as its stdin (a pty the caller opened),
+        /// as a person running the launcher from a shell does (probe 46).
+        public var terminalStdin = false
 
         public init(profile: Profile, binary: String) {
             self.profile = profile
@@ -99,14 +111,99 @@ public enum ProbeBattery {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
+    /// What the hostile caller tells the probe about itself.
+    struct CallerFacts {
+        var canary: String?
+        var keyring: Int?
+        var reservedIDs = ""
+        var profilePaths: [String] = []
+        var inotifyHeld: Int?
+    }
+
     /// The probe's command line inside the jail.
-    static func arguments(_ options: Options, canary: String?) -> [String] {
+    static func arguments(_ options: Options, caller: CallerFacts) -> [String] {
         var argv = [jailPath, "--json"]
         if !options.only.isEmpty { argv += ["--only", options.only.map(String.init).joined(separator: ",")] }
         if let python = options.python { argv += ["--python", python] }
         if !options.expectDevices.isEmpty { argv += ["--expect-devices", options.expectDevices.joined(separator: ",")] }
-        if let canary { argv += ["--abstract", canary] }
+        if let canary = caller.canary { argv += ["--abstract", canary] }
+        if let keyring = caller.keyring { argv += ["--caller-keyring", String(keyring)] }
+        if !caller.reservedIDs.isEmpty { argv += ["--reserved-ids", caller.reservedIDs] }
+        if !caller.profilePaths.isEmpty { argv += ["--profile-paths", caller.profilePaths.joined(separator: ",")] }
+        if let held = caller.inotifyHeld { argv += ["--caller-inotify", String(held)] }
         return argv
+    }
+
+    /// The caller's session keyring serial (nil when keyctl fails).
+    static func sessionKeyring() -> Int? {
+        let r = stk_session_keyring()
+        return r > 0 ? r : nil
+    }
+
+    /// Host ids in use: every id in /etc/passwd and /etc/group, every range
+    /// in /etc/subuid and /etc/subgid, plus `extra`, as "0,1000,100000-165535"
+    /// (merged, sorted). A rootless caller's own uid and gid are left out:
+    /// a rootless jail is that user by design.
+    static func hostIDsInUse(extra: [ClosedRange<UInt32>]) -> String {
+        var ranges = extra + [0...0]
+        for file in ["/etc/passwd", "/etc/group"] {
+            for line in ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n") {
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                if fields.count > 2, let id = UInt32(fields[2]) { ranges.append(id...id) }
+            }
+        }
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            for line in ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n") {
+                let fields = line.split(separator: ":")
+                if fields.count == 3, let start = UInt32(fields[1]), let count = UInt32(fields[2]), count > 0,
+                   start <= UInt32.max - (count - 1) {
+                    ranges.append(start...(start + (count - 1)))
+                }
+            }
+        }
+        if getuid() != 0 {
+            ranges.removeAll { $0 == getuid()...getuid() || $0 == getgid()...getgid() }
+        }
+        var merged: [ClosedRange<UInt32>] = []
+        for r in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = merged.last, UInt64(r.lowerBound) <= UInt64(last.upperBound) + 1 {
+                merged[merged.count - 1] = last.lowerBound...max(last.upperBound, r.upperBound)
+            } else {
+                merged.append(r)
+            }
+        }
+        var text = ""
+        for r in merged {
+            let item = r.lowerBound == r.upperBound ? "\(r.lowerBound)" : "\(r.lowerBound)-\(r.upperBound)"
+            if text.utf8.count + item.utf8.count + 1 > 4000 { break }  // the probe's buffer
+            text += text.isEmpty ? item : "," + item
+        }
+        return text
+    }
+
+    /// Where the profile's file and its directory show inside the jail:
+    /// for every bind whose host source holds them, the matching path below
+    /// its target.
+    static func profilePaths(profile: Profile, mounts: [MountSpec]) -> [String] {
+        let file = URL(fileURLWithPath: profile.file).standardizedFileURL.path
+        let dir = URL(fileURLWithPath: file).deletingLastPathComponent().path
+        var result: [String] = []
+        for m in mounts where m.kind == .bind {
+            guard let source = m.source.map({ URL(fileURLWithPath: $0).standardizedFileURL.path }) else { continue }
+            for host in [dir, file] {
+                let inside: String?
+                if host == source {
+                    inside = m.target
+                } else if host.hasPrefix(source == "/" ? "/" : source + "/") {
+                    let rest = host.dropFirst(source == "/" ? 1 : source.count + 1)
+                    inside = (m.target == "/" ? "" : m.target) + "/" + rest
+                } else {
+                    inside = nil
+                }
+                if let inside, !result.contains(inside) { result.append(inside) }
+            }
+        }
+        return result
     }
 
     /// Launches the battery and waits for it. Throws when the jail cannot be
@@ -118,24 +215,44 @@ public enum ProbeBattery {
         let binary = URL(fileURLWithPath: options.binary).standardizedFileURL.path
 
         // The hostile caller.
-        var canaryName: String?
+        var caller = CallerFacts()
         var canaryFD: Int32 = -1
         var plantedFD: Int32 = -1
-        if options.hostileCaller {
-            let name = "stockade-probe-canary-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-            canaryFD = bindAbstract(name)
-            if canaryFD >= 0 { canaryName = name }
-            plantedFD = open("/", O_RDONLY | O_DIRECTORY) // deliberately not O_CLOEXEC
-        }
+        var inotifyFDs: [Int32] = []
+        var terminal: (leader: Int32, follower: Int32) = (-1, -1)
         defer {
             if canaryFD >= 0 { close(canaryFD) }
             if plantedFD >= 0 { close(plantedFD) }
+            for fd in inotifyFDs { close(fd) }
+            if terminal.leader >= 0 { close(terminal.leader) }
+            if terminal.follower >= 0 { close(terminal.follower) }
+        }
+        let mounts = options.profile.mounts + options.extraMounts
+        if options.hostileCaller {
+            let name = "stockade-probe-canary-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            canaryFD = bindAbstract(name)
+            if canaryFD >= 0 { caller.canary = name }
+            plantedFD = open("/", O_RDONLY | O_DIRECTORY) // deliberately not O_CLOEXEC
+            caller.keyring = sessionKeyring()
+            caller.reservedIDs = hostIDsInUse(extra: options.reservedIDs)
+            caller.profilePaths = profilePaths(profile: options.profile, mounts: mounts)
+            // A few instances of the caller's own: a jail charged to the
+            // caller's user runs out that much sooner (probe 49).
+            for _ in 0..<8 {
+                let fd = inotify_init1(Int32(IN_CLOEXEC))
+                if fd >= 0 { inotifyFDs.append(fd) }
+            }
+            caller.inotifyHeld = inotifyFDs.count
+        }
+        if options.terminalStdin {
+            terminal = try openTerminal()
         }
 
-        var request = LaunchRequest(profile: options.profile, command: arguments(options, canary: canaryName))
+        var request = LaunchRequest(profile: options.profile, command: arguments(options, caller: caller))
         request.extraMounts.append(MountSpec(kind: .bind, source: binary, target: jailPath))
         request.extraMounts += options.extraMounts
         request.cgroup = options.cgroup
+        if terminal.follower >= 0 { request.passedFDs.append((from: terminal.follower, to: 0)) }
         try JailSecurity.prepare(&request)
 
         let output: PipeEnds
@@ -166,6 +283,21 @@ public enum ProbeBattery {
             throw ProbeBatteryError(message: "the probe gave no readable report (jail \(exit.reason.rawValue), status \(exit.status))"
                 + (text.isEmpty ? "" : ": \(text)"))
         }
+    }
+
+    /// A pty pair of the caller's (leader, follower), as a terminal stdin.
+    public static func openTerminal() throws -> (leader: Int32, follower: Int32) {
+        let leader = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard leader >= 0 else {
+            throw ProbeBatteryError(message: "cannot open /dev/ptmx for the terminal stdin: \(Errno(rawValue: errno))")
+        }
+        let follower = stk_pty_follower(leader, O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard follower >= 0 else {
+            let e = errno
+            close(leader)
+            throw ProbeBatteryError(message: "cannot open the pty's follower: \(Errno(rawValue: e))")
+        }
+        return (leader, follower)
     }
 
     /// Binds a listening abstract unix socket in the caller's network

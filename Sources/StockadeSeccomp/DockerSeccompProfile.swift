@@ -116,7 +116,7 @@ public enum DockerSeccompProfile {
             throw ImportError(description: "\(name): not a Docker seccomp profile: \(error.localizedDescription)")
         }
         var notes: [String] = []
-        let defaultErrno = Int32(file.defaultErrnoRet ?? 1)
+        let defaultErrno = try errnoValue(file.defaultErrnoRet, at: "\(name): defaultErrnoRet")
         guard let defaultAction = action(file.defaultAction, errno: defaultErrno) else {
             throw ImportError(description: "\(name): defaultAction \(file.defaultAction) is not a Docker action")
         }
@@ -149,7 +149,7 @@ public enum DockerSeccompProfile {
                 if let arches = exc.arches, arches.contains(nativeDockerArch) { continue }
                 if let mk = exc.minKernel, let want = parseVersion(mk), kernel >= want { continue }
             }
-            guard let act = action(entry.action, errno: Int32(entry.errnoRet ?? 1)) else {
+            guard let act = action(entry.action, errno: try errnoValue(entry.errnoRet, at: "\(origin): errnoRet")) else {
                 throw ImportError(description: "\(origin): action \(entry.action) is not a Docker action")
             }
             var conditions: [SeccompCondition] = []
@@ -215,6 +215,16 @@ public enum DockerSeccompProfile {
             if seen.insert(key).inserted { result.append(r) }
         }
         return result
+    }
+
+    /// `errnoRet` (EPERM when absent): the 16-bit data field of a seccomp
+    /// return value, so 0...65535; anything else is refused, not truncated.
+    static func errnoValue(_ raw: Int?, at place: String) throws(ImportError) -> Int32 {
+        guard let raw else { return 1 }
+        guard (0...0xffff).contains(raw) else {
+            throw ImportError(description: "\(place) \(raw) is out of range 0...65535")
+        }
+        return Int32(raw)
     }
 
     static func action(_ name: String, errno: Int32) -> SeccompAction? {

@@ -85,10 +85,14 @@ struct RunCommand: ParsableCommand {
         }
         var limit = profile.timeLimit
         if let timeLimit {
-            guard let d = parseDuration(timeLimit), d > .zero else {
-                throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a duration (e.g. 30s, 500ms, 2m)")
+            switch DurationValue(parsing: timeLimit) {
+            case .value(let d) where d > .zero:
+                limit = d
+            case .tooLong:
+                throw ValidationError("--time-limit: \"\(timeLimit)\" is longer than the longest limit, \(DurationValue.longestText)")
+            default:
+                throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 500ms, 2m)")
             }
-            limit = d
         }
         let cgroups = try JailBudget.make(profile: &request.profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
         request.cgroup = cgroups?.jail

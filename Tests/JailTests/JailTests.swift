@@ -352,18 +352,67 @@ struct JailTests {
         #expect(started > 64 && started < 128, "\(started) processes started under pids_max = 128: \(bomb.output.suffix(300))")
 
         // The same profile without the waiver: refused, naming file, line and key.
-        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
-            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
-        let copy = "/tmp/stockade-unwaived-\(getpid()).toml"
-        try text.write(toFile: copy, atomically: true, encoding: .utf8)
+        let (copy, text) = try CgroupDirs.unwaivedMinimal("unwaived")
         defer { unlink(copy) }
-        chmod(copy, 0o644)
         let line = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.hasPrefix("memory_max") }! + 1
         let refused = try host(nobody + ["-p", copy, "--", "/bin/echo", "ran"])
         #expect(refused.status == 125, "\(refused.output)")
         #expect(refused.output.hasPrefix("stockade: \(copy):\(line): limits.memory_max: memory_max cannot be enforced: no cgroup for this jail"),
                 "\(refused.output)")
         #expect(!refused.output.contains("ran"))
+    }
+
+    @Test("rootless with a cgroup delegated by `stockade cgroups --delegate`: the fork bomb stops at pids.max, memory_max is the jail cgroup's memory limit, --undelegate removes it",
+          .enabled(if: getuid() == 0, "needs root to delegate and to switch to an unprivileged user"),
+          .enabled(if: FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+                   "the v1 memory hierarchy at /sys/fs/cgroup/memory: on v2 a rootless launcher must already live in its delegated cgroup (the kernel's common-ancestor rule for moving processes)"))
+    func rootlessDelegatedBudget() throws {
+        let stockade = packageRoot + "/.build/debug/stockade"
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let delegated = "/sys/fs/cgroup/memory/stockade/user-65534"
+        let delegate = try host([stockade, "cgroups", "--delegate", "65534"])
+        try #require(delegate.status == 0, "\(delegate.output)")
+        #expect(delegate.output.contains("delegated to uid 65534: \(delegated)\n"), "\(delegate.output)")
+        var removed = false
+        defer { if !removed { _ = try? host([stockade, "cgroups", "--undelegate", "65534"]) } }
+        var st = stat()
+        #expect(stat(delegated, &st) == 0 && st.st_uid == 65534, "the delegated directory is not the user's")
+        #expect(stat(delegated + "/cgroup.procs", &st) == 0 && st.st_uid == 65534)
+        // The limit files of the delegated cgroup stay root's: the user cannot lift its own cap.
+        #expect(stat(delegated + "/memory.limit_in_bytes", &st) == 0 && st.st_uid == 0)
+
+        // minimal.toml without its waiver: held by the cgroup, nothing to waive.
+        let (copy, _) = try CgroupDirs.unwaivedMinimal("delegated")
+        defer { unlink(copy) }
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run", "-p", copy]
+
+        // The budget is in the jail's cgroup while it runs.
+        let jails = "\(delegated)/tenant-default/jail-*"
+        let seen = try host(["/bin/sh", "-c", "\"$@\" & sleep 2; cat \(jails)/memory.limit_in_bytes " +
+                             jails.replacingOccurrences(of: "/memory/", with: "/pids/") + "/pids.max; wait",
+                             "sh"] + nobody + ["--", "/bin/sleep", "4"])
+        #expect(!seen.output.contains("no cgroup for this jail"), "\(seen.output)")
+        #expect(seen.output.split(separator: "\n").filter { !$0.hasPrefix("stockade: note:") } == ["\(256 << 20)", "128"], "\(seen.output)")
+
+        // The attacker's fork bomb stops at pids.max, with no rlimit in play.
+        let bomb = try host(nobody + ["--time-limit", "60s", "--", "/bin/sh", "-c",
+                                      "i=0; while [ $i -lt 400 ]; do /bin/sleep 3 & echo started; i=$((i+1)); done"])
+        #expect(!bomb.output.contains("RLIMIT_NPROC"), "\(bomb.output.prefix(300))")
+        let started = bomb.output.split(separator: "\n").filter { $0 == "started" }.count
+        #expect(started > 64 && started < 128, "\(started) processes started under pids_max = 128: \(bomb.output.suffix(300))")
+        #expect(CgroupDirs.jails(under: delegated + "/tenant-default").isEmpty, "the launcher left its jail cgroups behind")
+
+        // The attacker's next try: lift the cap from inside the delegation.
+        let lift = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                             "echo -1 > \(delegated)/memory.limit_in_bytes"])
+        #expect(lift.status != 0, "uid 65534 could change its delegated cgroup's own limit")
+
+        let undelegate = try host([stockade, "cgroups", "--undelegate", "65534"])
+        removed = true
+        #expect(undelegate.status == 0, "\(undelegate.output)")
+        #expect(!FileManager.default.fileExists(atPath: delegated), "the delegated cgroup is still there")
+        let after = try host(nobody + ["--", "/bin/echo", "ran"])
+        #expect(after.status == 125 && after.output.contains("memory_max cannot be enforced: no cgroup for this jail"), "\(after.output)")
     }
 
     @Test("an unprivileged user gets the same jail (rootless)", .enabled(if: getuid() == 0, "needs root to switch to an unprivileged user"))
@@ -414,4 +463,23 @@ struct LandlockTrampolineTests {
 
 func stk_landlock_abi_available() -> Bool {
     stk_landlock_abi() > 0
+}
+
+/// Helpers of the rootless budget tests.
+enum CgroupDirs {
+    /// profiles/minimal.toml without its memory_max waiver, written to a
+    /// world-readable file in /tmp (the caller unlinks it); and its text.
+    static func unwaivedMinimal(_ tag: String) throws -> (path: String, text: String) {
+        let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
+            .replacingOccurrences(of: "waive = [\"memory_max\"]", with: "")
+        let copy = "/tmp/stockade-\(tag)-\(getpid()).toml"
+        try text.write(toFile: copy, atomically: true, encoding: .utf8)
+        chmod(copy, 0o644)
+        return (copy, text)
+    }
+
+    /// The jail cgroups (`jail-*`) in a tenant's directory.
+    static func jails(under tenant: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: tenant)) ?? []).filter { $0.hasPrefix("jail-") }
+    }
 }

@@ -153,22 +153,43 @@ extension JailTests {
         func everyProbePasses(profile: String) throws {
             let report = try Self.battery(profile)
             let documented = Self.documentedFindings[profile] ?? [:]
-            let bad = report.failures.filter { $0.number != Self.budgetProbe && documented[$0.number] == nil }
-            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report))")
+            let bad = report.failures.filter {
+                $0.number != Self.budgetProbe && documented[$0.number] == nil && Self.knownFailures[$0.number] == nil
+            }
+            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report, among: Set(bad.map(\.number))))")
             for (number, why) in documented {
                 #expect(report.probe(number)?.pass == false,
                         "\(profile): probe \(number) passes now (\(why) no longer holds): update documentedFindings and docs/COMPARISON.md")
             }
-            #expect(report.probes.count >= 41)
+            #expect(report.probes.count >= 48, "1-41 and 43-49 (42 needs --python)")
+            Self.expectKnownFailures(report, profile: profile)
         }
+
+        /// Each probe of ``knownFailures`` passing, as a known issue.
+        static func expectKnownFailures(_ report: ProbeReport, profile: String) {
+            for (number, why) in knownFailures.sorted(by: { $0.key < $1.key }) {
+                let probe = report.probe(number)
+                withKnownIssue(Comment(rawValue: why)) {
+                    #expect(probe?.pass == true, "\(profile): \(number): \(probe?.result ?? "did not run")")
+                } when: {
+                    number != 46 || isatty(0) == 1
+                }
+            }
+        }
+
+        /// Probes that fail under every profile until Stockade holds there,
+        /// and why. Each expectation is a known issue: once a probe passes,
+        /// the test fails until its entry is removed.
+        static let knownFailures: [Int: String] = [:]
 
         @Test("every probe passes on the profiles that need hardware",
               .enabled(if: hardwarePresent, "needs the hardware of \(hardwareProfiles.keys.sorted()): \(hardwareProfiles.values.sorted()) missing"),
               arguments: hardwareProfiles.keys.sorted())
         func hardwareProfilesPass(profile: String) throws {
             let report = try Self.battery(profile)
-            let bad = report.failures.filter { $0.number != Self.budgetProbe }
-            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report))")
+            let bad = report.failures.filter { $0.number != Self.budgetProbe && Self.knownFailures[$0.number] == nil }
+            #expect(bad.isEmpty, "\(profile):\n\(Self.failures(report, among: Set(bad.map(\.number))))")
+            Self.expectKnownFailures(report, profile: profile)
         }
 
         @Test("the budget probe passes in the profile's cgroup",

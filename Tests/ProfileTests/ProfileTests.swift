@@ -7,7 +7,7 @@ private func parse(_ text: String) throws(ProfileError) -> Profile {
     try Profile.parse(text: text, file: "p.toml")
 }
 
-private func expectError(_ text: String, line: Int?, key: String, contains message: String,
+func expectError(_ text: String, line: Int?, key: String, contains message: String,
                          sourceLocation: SourceLocation = #_sourceLocation) {
     do {
         _ = try parse(text)

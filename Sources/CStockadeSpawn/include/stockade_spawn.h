@@ -244,6 +244,10 @@ long stk_getxattr_size(const char *path, const char *name);
 int stk_wait_pidfd(int pidfd, int *status, int options);
 /* Landlock ABI of the running kernel: >0 version, -errno when unavailable. */
 int stk_landlock_abi(void);
+/* The caller's session keyring serial (keyctl), or -1 with errno. */
+long stk_session_keyring(void);
+/* Unlocks and opens the follower of a pty leader, or -1 with errno. */
+int stk_pty_follower(int leader, int flags);
 /* pipe2(O_CLOEXEC). */
 int stk_pipe2_cloexec(int fds[2]);
 /* openat2(dirfd, path, flags | O_CLOEXEC, resolve): an fd (ENOSYS before Linux 5.6). */
