@@ -61,9 +61,11 @@ extension BulkDescriptor {
         }
     }
 
-    /// Decrypts the sealed memfd contents (`sealedLength` bytes, mapped)
-    /// into a new payload. Throws `bad-tag` naming the first chunk that
-    /// fails; nothing is returned unless every chunk verifies.
+    /// Decrypts the sealed memfd contents (`sealedLength` bytes, mapped
+    /// shared and not populated) into a new payload, faulting each chunk's
+    /// pages in before it is opened and dropping them after. Throws
+    /// `bad-tag` naming the first chunk that fails; nothing is returned
+    /// unless every chunk verifies.
     func open(_ sealed: UnsafeRawBufferPointer, requestID: UInt64, suite: CipherSuite) throws -> [UInt8] {
         precondition(sealed.count == sealedLength)
         let source = UncheckedSendable(sealed)
@@ -78,10 +80,14 @@ extension BulkDescriptor {
                     let n = chunkLength(index)
                     let chunk = source.value.baseAddress! + sealedOffset(ofChunk: index)
                     let ad = Self.chunkAD(requestID: requestID, totalLength: totalLength, index: index)
+                    // Only the chunks being opened are resident: the mapped
+                    // memfd is not held in memory next to its plaintext.
+                    MappedPages.prefault(chunk, count: n + RecordFormat.tagLength)
                     let ok = ad.withUnsafeBytes { adBytes in
                         key.open(nonce: UInt64(index), ad: adBytes, source: chunk,
                                  destination: destination.value + index * chunkSize, count: n, tag: chunk + n)
                     }
+                    MappedPages.drop(chunk, count: n + RecordFormat.tagLength)
                     if !ok {
                         failed.withLock { $0 = min($0, index) }
                         return

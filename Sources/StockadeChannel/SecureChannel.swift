@@ -650,7 +650,7 @@ public final class SecureChannel: @unchecked Sendable {
         guard status.allocatedBytes >= status.size else {
             throw ChannelViolation(.malformed, "bulk memfd of \(status.size) bytes has holes (\(status.allocatedBytes) bytes allocated)")
         }
-        let mapping = try FileMapping(memfd, count: status.size, writable: false, populate: true)
+        let mapping = try FileMapping(memfd, count: status.size, writable: false)
         let payload = try withExtendedLifetime(mapping) {
             try descriptor.open(mapping.bytes, requestID: record.requestID, suite: suite)
         }

@@ -389,11 +389,18 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
         headers.replaceOrAdd(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let out = HTTPResponseHead(version: head.version, status: response.status, headers: headers)
         context.write(wrapOutboundOut(.head(out)), promise: nil)
-        var buffer = context.channel.allocator.buffer(capacity: response.body.count)
-        buffer.writeBytes(response.body)
-        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         let channel = context.channel
+        let done: EventLoopFuture<Void>
+        if response.body.count <= Self.bodySlice {
+            var buffer = channel.allocator.buffer(capacity: response.body.count)
+            buffer.writeBytes(response.body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        } else {
+            done = Self.writeBody(response.body, from: 0, on: channel).flatMap {
+                channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+            }
+        }
         let daemon = self.daemon
         done.whenComplete { result in
             if case .failure = result { daemon.recordAnswer(event, response, delivered: false) }
@@ -403,6 +410,22 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             served = true
             arm(daemon.config.connections.idleTimeout, phase: .idle)
         }
+    }
+
+    /// The most of an answer's body copied into one HTTP buffer: a large
+    /// answer goes out a slice at a time, the next copied once the last
+    /// is written, so the daemon holds the answer once (not twice) however
+    /// slowly the client reads.
+    static let bodySlice = 1 << 20
+
+    /// Writes `body[offset...]` to `channel` one ``bodySlice`` at a time.
+    private static func writeBody(_ body: [UInt8], from offset: Int, on channel: any Channel) -> EventLoopFuture<Void> {
+        let end = min(body.count, offset + bodySlice)
+        var buffer = channel.allocator.buffer(capacity: end - offset)
+        buffer.writeBytes(body[offset..<end])
+        let written = channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
+        guard end < body.count else { return written }
+        return written.flatMap { writeBody(body, from: end, on: channel) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -15,14 +15,8 @@ import Glibc
 /// The daemon process (this test process): descriptors, threads, RSS in KiB.
 private func daemonResources() -> (fds: Int, threads: Int, rssKiB: Int) {
     let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-    var threads = -1, rss = -1
-    for line in ((try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? "").split(separator: "\n") {
-        let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard parts.count >= 2, let value = Int(parts[1]) else { continue }
-        if parts[0] == "Threads:" { threads = value }
-        if parts[0] == "VmRSS:" { rss = value }
-    }
-    return (fds, threads, rss)
+    let status = procStatus(["Threads", "VmRSS"])
+    return (fds, status["Threads"]!, status["VmRSS"]!)
 }
 
 @Suite(.serialized, .enabled(if: Fixture.hasVenv, "needs the venv (make venv) for the jailed Python worker"))

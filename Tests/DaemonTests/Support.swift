@@ -241,3 +241,16 @@ struct APIClient {
         return Response(status: status, headers: headers, body: Array(data[end.upperBound...]))
     }
 }
+
+/// Fields of this process's `/proc/self/status` (the number after each
+/// name, e.g. `VmRSS` in KiB); -1 for a name not found.
+func procStatus(_ names: [String]) -> [String: Int] {
+    var values = Dictionary(uniqueKeysWithValues: names.map { ($0, -1) })
+    for line in ((try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? "").split(separator: "\n") {
+        let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        guard parts.count >= 2, parts[0].hasSuffix(":"), let value = Int(parts[1]) else { continue }
+        let name = String(parts[0].dropLast())
+        if values[name] != nil { values[name] = value }
+    }
+    return values
+}
