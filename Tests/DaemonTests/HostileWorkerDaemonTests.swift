@@ -76,7 +76,10 @@ struct HostileWorkerDaemonTests {
         let latencies = served.value.sorted()
         #expect(latencies.count >= 3, "the other tenant was served \(latencies.count) times during the attack")
         let worst = latencies.last ?? 0
-        #expect(worst < 1.0, "the other tenant's slowest answer during the attack took \(worst) s")
+        // A bystander held up by the attack would wait out the attacker's 3 s
+        // timeout; the bound sits below that and above what a loaded 2-core
+        // machine adds to an echo (1.2 s seen there).
+        #expect(worst < 2.5, "the other tenant's slowest answer during the attack took \(worst) s")
 
         // This process also runs other suites: a sample over the bounds is
         // retaken for up to 5 s (their transient use passes, a leak stays).

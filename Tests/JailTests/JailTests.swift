@@ -242,8 +242,10 @@ struct JailTests {
     @Test("the launcher leaves no process and no mount behind")
     func nothingLeftBehind() throws {
         let mountsBefore = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        let first = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "sleep 100 & sleep 100 & echo started"], timeLimit: .seconds(5))
-        let second = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "(sleep 100 &); exit 0"])
+        // A duration no other test uses, so that the host-wide search below
+        // finds only what these two jails left, not another suite's sleepers.
+        let first = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "sleep 100.0173 & sleep 100.0173 & echo started"], timeLimit: .seconds(5))
+        let second = try runJailed(try minimalProfile(), ["/bin/sh", "-c", "(sleep 100.0173 &); exit 0"])
         // Other suites launch jails at the same time: look only at these two.
         for pid in [first.pid, second.pid] {
             #expect(!childPids().contains(pid), "the jail's PID 1 (\(pid)) was not reaped")
@@ -251,7 +253,7 @@ struct JailTests {
         }
         let mountsAfter = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(mountsBefore == mountsAfter)
-        let strays = try host(["/bin/sh", "-c", "pgrep -f '^sleep 100$' | wc -l"])
+        let strays = try host(["/bin/sh", "-c", "pgrep -f '^sleep 100[.]0173$' | wc -l"])
         #expect(strays.output.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
     }
 
