@@ -8,7 +8,8 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib
 APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
-	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static
+	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
+	systemd man-db groff-base dpkg-dev python3-cryptography
 STAMP := .build-stamps
 
 # A fixed seed and a fixed number of runs: CI explores exactly the inputs a
@@ -23,7 +24,8 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python bench soak fuzz compare clean
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench soak fuzz compare clean \
+	release-bins install install-files deb
 
 all: release
 
@@ -54,6 +56,95 @@ build: deps
 release: deps
 	$(SWIFT) build $(RELEASE_FLAGS)
 
+# `make install` (PREFIX, DESTDIR; SYSCONFDIR is /etc for PREFIX=/usr):
+# the release binaries, profiles, man pages, completions, systemd units,
+# the example configuration and the Python worker SDK. Without DESTDIR it
+# also does what the package's postinst does: the stockade group and the
+# example admin client's token.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+PYVER := $(shell $(PYTHON_SYS) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PYTHONDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
+RELEASE_BIN := .build/release
+INSTALL_BINARIES := stockade stockaded
+# Every jail's PID 1 (static C); stockade looks for it in ../libexec/stockade.
+INSTALL_HELPERS := stockade-init
+LIBEXECDIR ?= $(PREFIX)/libexec
+# The profiles, the Moby seccomp JSON docker-default.toml imports, and the
+# README that says where that file comes from (its licence).
+INSTALL_PROFILES := $(wildcard profiles/*.toml) profiles/moby-seccomp-default.json profiles/README.md
+VERSION := $(shell sed -n 's/.*public static let version = "\(.*\)"/\1/p' $$(grep -rl 'public static let version = "' Sources) | head -1)
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	-e 's|@PYTHONDIR@|$(PYTHONDIR)|g' -e 's|@VERSION@|$(VERSION)|g'
+
+# Only the installed products in release mode (the same flags and build
+# directory as `make release`, so either reuses the other's work).
+release-bins: deps
+	for p in $(INSTALL_BINARIES) $(INSTALL_HELPERS); do $(SWIFT) build $(RELEASE_FLAGS) --product $$p || exit 1; done
+
+install: release-bins
+	$(MAKE) --no-print-directory install-files
+	@if [ -z "$(DESTDIR)" ]; then $(SUBST) packaging/debian/postinst | sh -s configure; fi
+
+# The install step alone, from binaries already in $(RELEASE_BIN).
+install-files:
+	@for b in $(INSTALL_BINARIES) $(INSTALL_HELPERS); do [ -x $(RELEASE_BIN)/$$b ] || { echo "$(RELEASE_BIN)/$$b is missing: make release"; exit 1; }; done
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)/stockade $(DESTDIR)$(DATADIR)/stockade/profiles $(DESTDIR)$(DATADIR)/stockade/examples \
+		$(DESTDIR)$(SYSCONFDIR)/stockade $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PYTHONDIR)/stockade_worker \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/vendor-completions \
+		$(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	for b in $(INSTALL_BINARIES); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	for b in $(INSTALL_HELPERS); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(LIBEXECDIR)/stockade/$$b; done
+	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
+	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
+	install -m 0644 python/stockade_worker/*.py $(DESTDIR)$(PYTHONDIR)/stockade_worker/
+	$(SUBST) packaging/stockaded.toml.in > $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml
+	$(SUBST) packaging/systemd/stockaded.service.in > $(DESTDIR)$(UNITDIR)/stockaded.service
+	install -m 0644 packaging/systemd/stockaded.socket $(DESTDIR)$(UNITDIR)/
+	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml $(DESTDIR)$(UNITDIR)/stockaded.service
+	for page in man/*.[158]; do gzip -9n < $$page > $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}.gz; done
+	for b in $(INSTALL_BINARIES); do \
+		$(RELEASE_BIN)/$$b --generate-completion-script bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b && \
+		$(RELEASE_BIN)/$$b --generate-completion-script zsh > $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b && \
+		$(RELEASE_BIN)/$$b --generate-completion-script fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish || exit 1; \
+	done
+
+# The Debian package, from the release build: .build/deb/stockade_VERSION_ARCH.deb.
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB_DIR := .build/deb
+DEB_ROOT := $(DEB_DIR)/root
+DEB := $(DEB_DIR)/stockade_$(VERSION)_$(DEB_ARCH).deb
+deb: PREFIX := /usr
+deb: UNITDIR := /lib/systemd/system
+deb: release-bins
+	rm -rf $(DEB_ROOT) && mkdir -p $(DEB_ROOT)/DEBIAN
+	$(MAKE) --no-print-directory install-files DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=$(PREFIX) UNITDIR=$(UNITDIR)
+	strip --strip-unneeded $(addprefix $(DEB_ROOT)$(BINDIR)/,$(INSTALL_BINARIES))
+	echo $(SYSCONFDIR)/stockade/stockaded.toml > $(DEB_ROOT)/DEBIAN/conffiles
+	for f in postinst prerm postrm; do \
+		$(SUBST) packaging/debian/$$f > $(DEB_ROOT)/DEBIAN/$$f && chmod 0755 $(DEB_ROOT)/DEBIAN/$$f; \
+	done
+	# Depends: the packages of the shared libraries the binaries load.
+	mkdir -p $(DEB_DIR)/shlibs/debian
+	printf 'Source: stockade\n\nPackage: stockade\nArchitecture: any\n' > $(DEB_DIR)/shlibs/debian/control
+	shlibs=$$(cd $(DEB_DIR)/shlibs && dpkg-shlibdeps -O $(addprefix -e$(CURDIR)/$(DEB_ROOT)$(BINDIR)/,$(INSTALL_BINARIES)) 2>/dev/null \
+		| sed -n 's/^shlibs:Depends=//p'); \
+	[ -n "$$shlibs" ] || { echo "dpkg-shlibdeps found no dependencies"; exit 1; }; \
+	$(SUBST) -e 's|@ARCH@|$(DEB_ARCH)|g' -e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)|g" -e "s|@SHLIBS@|$$shlibs|g" \
+		packaging/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	dpkg-deb --root-owner-group -Zzstd --build $(DEB_ROOT) $(DEB)
+
+# The package end to end (root): dpkg -i, the installed binaries, socket
+# activation and sd_notify, man pages, completions, then dpkg --purge.
+test-package: deb venv
+	scripts/package-test.sh $(DEB)
+
 # The static escape-probe binary (runs in an empty root).
 probe: .build/stockade-probe
 .build/stockade-probe: probe/stockade-probe.c
@@ -82,6 +173,7 @@ test: deps venv
 	$(MAKE) test-swift
 	$(MAKE) test-vm
 	$(MAKE) test-python
+	$(MAKE) test-package
 	$(MAKE) fuzz
 
 # The cgroup budget suite runs on its own: it starts jails and OOM kills,

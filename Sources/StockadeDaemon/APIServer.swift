@@ -454,6 +454,17 @@ final class APIServer: Sendable {
             }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
         connections = table
+        let inherited: SystemdSocket.Inherited?
+        do { inherited = try SystemdSocket.inherited.get() } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+        if let inherited {
+            // Socket activation: the unit's path, mode and group.
+            channel = try Self.listen(on: inherited, bootstrap: bootstrap, group: group, daemon: daemon, configured: path)
+            self.group = group
+            return
+        }
         do {
             try InstanceLock.clearStaleSocket(path)
             channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).wait()

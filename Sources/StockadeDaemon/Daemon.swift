@@ -112,8 +112,9 @@ public final class Daemon: Service, @unchecked Sendable {
         group.wait()
         serverBox.withLock { $0 }?.close()
         serverBox.withLock { $0 = nil }
-        // Still ours: the instance lock is held until the line below it.
-        unlink(config.socketPath)
+        // Still ours: the instance lock is held until the line below it
+        // (a socket systemd passed stays: its .socket unit owns the path).
+        SystemdSocket.unlinkUnlessInherited(config.socketPath)
         if let cgroups {
             // Everything under the base is this daemon's (one daemon per base,
             // held by the instance lock): what an earlier run left goes too.

@@ -126,8 +126,9 @@ public struct LaunchRequest: Sendable {
     }
 }
 
-/// Starts jails: builds the C plan, clones, maps ids, releases the child,
-/// and turns a failed setup step into a ``JailError``.
+/// Starts jails: builds the ``SpawnPlan`` (and from it the C plan), clones,
+/// maps ids, releases the child, and turns a failed setup step into a
+/// ``JailError``.
 public enum Launcher {
     /// Starts the jail and returns once the worker has been exec'd.
     public static func launch(_ request: LaunchRequest) throws -> Jail {
@@ -170,74 +171,11 @@ public enum Launcher {
             try? errors.read.close()
         }
 
-        let arena = PlanArena()
-        var plan = stk_plan()
-        plan.clone_flags = profile.namespaces.reduce(0) { $0 | $1.cloneFlag }
-        plan.cgroup_fd = request.cgroup?.directory?.rawValue ?? -1
-        // Outside a pid namespace too: there PID 1 tracks the jail's
-        // processes in a Landlock domain and kills them with the launcher.
-        plan.use_reaper = 1
-        plan.sync_fd = sync.read.rawValue
-        plan.error_fd = errors.write.rawValue
-        plan.status_fd = status.write.rawValue
-        plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
-        spawnPlan.fill(&plan, arena: arena)
-        plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
-        plan.uid = profile.user.uid
-        plan.gid = profile.user.gid
-        plan.drop_groups = rootless ? 0 : 1
-        plan.become_root = rootless ? 0 : 1
-        plan.cap_last_cap = capLastCap()
-        let rlimits = profile.rlimits.map {
-            stk_rlimit(resource: $0.resource, _pad: 0, soft: $0.soft ?? UInt64.max, hard: $0.hard ?? UInt64.max)
-        }
-        plan.rlimits = arena.array(rlimits)
-        plan.n_rlimits = UInt32(rlimits.count)
-        plan.new_session = profile.newSession ? 1 : 0
         let fds = try JailFDs.plan(request)
         defer { for fd in fds.opened { close(fd) } }
-        plan.fds = arena.array(fds.map)
-        plan.n_fds = UInt32(fds.map.count)
-        if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
-        plan.cwd = arena.string(profile.cwd)
-        if let ll = request.landlock, ll.abi > 0 {
-            plan.landlock_abi = ll.abi
-            plan.landlock_required = ll.required ? 1 : 0
-            plan.landlock_fs_handled = ll.fsHandled
-            plan.landlock_net_handled = ll.netHandled
-            plan.landlock_scoped = ll.abi >= 6 ? ll.scoped : 0
-            let rules = ll.rules.map {
-                stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
-            }
-            plan.landlock_rules = arena.array(rules)
-            plan.n_landlock_rules = UInt32(rules.count)
-            let ports = ll.tcpPorts.map { stk_landlock_port(port: UInt64($0.port), access: $0.access) }
-            plan.landlock_ports = arena.array(ports)
-            plan.n_landlock_ports = UInt32(ports.count)
-        }
-        if !request.seccompFilter.isEmpty {
-            guard request.seccompFilter.count % 8 == 0, request.seccompFilter.count / 8 <= 4096 else {
-                throw JailError.invalidRequest("seccomp program is malformed (\(request.seccompFilter.count) bytes)")
-            }
-            plan.seccomp_filter = arena.bytes(request.seccompFilter)?.assumingMemoryBound(to: sock_filter.self)
-            plan.seccomp_len = UInt32(request.seccompFilter.count / 8)
-            plan.seccomp_flags = request.seccompFlags
-        }
-        let environment = buildEnvironment(request)
-        let execPaths = executableCandidates(program, environment: environment)
-        plan.exec_paths = UnsafePointer(arena.stringVector(execPaths).withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: execPaths.count + 1) { $0 })
-        plan.n_exec_paths = UInt32(execPaths.count)
-        plan.argv = arena.stringVector(request.command)
-        plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
-        plan.init_fd = initFD.rawValue
-        plan.has_cgroup = request.cgroup == nil ? 0 : 1
-        if let lease {
-            // The user namespace and its per-user counts belong to the
-            // range's first id (the jail's inside root), not to root.
-            plan.charge_ids = 1
-            plan.charge_uid = lease.range.first
-            plan.charge_gid = lease.range.first
-        }
+        let arena = PlanArena()
+        let plan = try spawnPlan.cPlan(request, program: program, rootless: rootless, fds: fds, initFD: initFD,
+                                       chargeIDs: lease?.range, sync: sync, errors: errors, status: status, arena: arena)
 
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.
@@ -303,26 +241,6 @@ public enum Launcher {
                     killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL)
     }
 
-    static func buildEnvironment(_ request: LaunchRequest) -> [(String, String)] {
-        var env: [(String, String)] = []
-        func set(_ name: String, _ value: String) {
-            env.removeAll { $0.0 == name }
-            env.append((name, value))
-        }
-        for pair in request.profile.environment.set { set(pair.name, pair.value) }
-        for name in request.profile.environment.pass {
-            if let value = getenv(name) { set(name, String(cString: value)) }
-        }
-        for (name, value) in request.extraEnvironment { set(name, value) }
-        return env
-    }
-
-    static func executableCandidates(_ program: String, environment: [(String, String)]) -> [String] {
-        if program.contains("/") { return [program] }
-        let path = environment.last(where: { $0.0 == "PATH" })?.1 ?? "/usr/local/bin:/usr/bin:/bin"
-        return path.split(separator: ":").map { "\($0)/\(program)" }
-    }
-
     static func checkKernel(_ profile: Profile) throws {
         for ns in profile.namespaces.sorted() where access("/proc/self/ns/\(ns.procName)", F_OK) != 0 {
             throw JailError.missingKernelFeature("the \(ns.rawValue) namespace is not available on this kernel (no /proc/self/ns/\(ns.procName)); remove \"\(ns.rawValue)\" from [jail] namespaces in \(profile.file)")
@@ -334,12 +252,6 @@ public enum Launcher {
         if !SpawnPlan.kernelHasOpenat2 {
             throw JailError.missingKernelFeature("this kernel has no openat2 (Linux 5.6 or newer is needed to resolve mount paths without following symlinks)")
         }
-    }
-
-    static func capLastCap() -> Int32 {
-        guard let text = try? String(contentsOfFile: "/proc/sys/kernel/cap_last_cap", encoding: .utf8),
-              let n = Int32(text.trimmingCharacters(in: " \n")) else { return 63 }
-        return n
     }
 
     static func cloneHint(errno: Int32, rootless: Bool) -> String {

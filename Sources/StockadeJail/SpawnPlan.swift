@@ -1,4 +1,11 @@
 import CStockadeSpawn
+import StockadeSystem
+import SystemPackage
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -89,7 +96,9 @@ enum ProcMasks {
 /// The plan of one launch's filesystem: every mount the child makes, in
 /// order, with host sources resolved and recorded, and the layout of the
 /// staging root the child builds it in. The one place that decides what a
-/// jail sees; ``Launcher`` hands it to the child (``fill(_:arena:)``).
+/// jail sees; it also builds the child's whole C plan
+/// (``cPlan(_:program:rootless:fds:initFD:chargeIDs:sync:errors:status:arena:)``),
+/// which ``Launcher`` hands to the child.
 ///
 /// Order: the built-in /dev and /proc (with their masks), the profile's
 /// mounts, the launch's own (`--ro-bind`/`--bind`, in command-line order),
@@ -318,8 +327,88 @@ struct SpawnPlan {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The child's whole C plan for this launch: namespaces, cgroup, ids,
+    /// rlimits, fds, Landlock, seccomp, what to exec and with what, and the
+    /// mounts above. The strings and arrays live in `arena`; the fds are the
+    /// caller's and must stay open until the child has been cloned:
+    /// `sync`, `errors` and `status` (the child keeps their child ends and
+    /// closes the launcher's), `fds` (from ``JailFDs/plan(_:)``), `initFD`
+    /// (PID 1's executable). `chargeIDs`: the leased host range of a root
+    /// launch, whose first id the user namespace is charged to.
+    func cPlan(_ request: LaunchRequest, program: String, rootless: Bool, fds: JailFDs.Plan, initFD: FileDescriptor,
+               chargeIDs: HostIDRange?, sync: PipeEnds, errors: PipeEnds, status: PipeEnds,
+               arena: PlanArena) throws -> stk_plan {
+        let profile = request.profile
+        var plan = stk_plan()
+        plan.clone_flags = profile.namespaces.reduce(0) { $0 | $1.cloneFlag }
+        plan.cgroup_fd = request.cgroup?.directory?.rawValue ?? -1
+        // Outside a pid namespace too: there PID 1 tracks the jail's
+        // processes in a Landlock domain and kills them with the launcher.
+        plan.use_reaper = 1
+        plan.sync_fd = sync.read.rawValue
+        plan.error_fd = errors.write.rawValue
+        plan.status_fd = status.write.rawValue
+        plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
+        fillMounts(&plan, arena: arena)
+        plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
+        plan.uid = profile.user.uid
+        plan.gid = profile.user.gid
+        plan.drop_groups = rootless ? 0 : 1
+        plan.become_root = rootless ? 0 : 1
+        plan.cap_last_cap = Self.capLastCap()
+        let rlimits = profile.rlimits.map {
+            stk_rlimit(resource: $0.resource, _pad: 0, soft: $0.soft ?? UInt64.max, hard: $0.hard ?? UInt64.max)
+        }
+        plan.rlimits = arena.array(rlimits)
+        plan.n_rlimits = UInt32(rlimits.count)
+        plan.new_session = profile.newSession ? 1 : 0
+        plan.fds = arena.array(fds.map)
+        plan.n_fds = UInt32(fds.map.count)
+        if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
+        plan.cwd = arena.string(profile.cwd)
+        if let ll = request.landlock, ll.abi > 0 {
+            plan.landlock_abi = ll.abi
+            plan.landlock_required = ll.required ? 1 : 0
+            plan.landlock_fs_handled = ll.fsHandled
+            plan.landlock_net_handled = ll.netHandled
+            plan.landlock_scoped = ll.abi >= 6 ? ll.scoped : 0
+            let rules = ll.rules.map {
+                stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
+            }
+            plan.landlock_rules = arena.array(rules)
+            plan.n_landlock_rules = UInt32(rules.count)
+            let ports = ll.tcpPorts.map { stk_landlock_port(port: UInt64($0.port), access: $0.access) }
+            plan.landlock_ports = arena.array(ports)
+            plan.n_landlock_ports = UInt32(ports.count)
+        }
+        if !request.seccompFilter.isEmpty {
+            guard request.seccompFilter.count % 8 == 0, request.seccompFilter.count / 8 <= 4096 else {
+                throw JailError.invalidRequest("seccomp program is malformed (\(request.seccompFilter.count) bytes)")
+            }
+            plan.seccomp_filter = arena.bytes(request.seccompFilter)?.assumingMemoryBound(to: sock_filter.self)
+            plan.seccomp_len = UInt32(request.seccompFilter.count / 8)
+            plan.seccomp_flags = request.seccompFlags
+        }
+        let environment = Self.environment(request)
+        let execPaths = Self.executableCandidates(program, environment: environment)
+        plan.exec_paths = UnsafePointer(arena.stringVector(execPaths).withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: execPaths.count + 1) { $0 })
+        plan.n_exec_paths = UInt32(execPaths.count)
+        plan.argv = arena.stringVector(request.command)
+        plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
+        plan.init_fd = initFD.rawValue
+        plan.has_cgroup = request.cgroup == nil ? 0 : 1
+        if let chargeIDs {
+            // The user namespace and its per-user counts belong to the
+            // range's first id (the jail's inside root), not to root.
+            plan.charge_ids = 1
+            plan.charge_uid = chargeIDs.first
+            plan.charge_gid = chargeIDs.first
+        }
+        return plan
+    }
+
     /// The filesystem part of the child's C plan; the strings live in `arena`.
-    func fill(_ plan: inout stk_plan, arena: PlanArena) {
+    private func fillMounts(_ plan: inout stk_plan, arena: PlanArena) {
         plan.staging = arena.string(Self.staging)
         plan.root_options = arena.string(rootOptions)
         plan.root_readonly = rootReadOnly ? 1 : 0
@@ -330,5 +419,35 @@ struct SpawnPlan {
         }
         plan.mounts = arena.array(cMounts)
         plan.n_mounts = UInt32(cMounts.count)
+    }
+
+    /// The jail's environment: the profile's `[env]` set, then its `pass`
+    /// from the launcher's, then the launch's own; a later one replaces an earlier.
+    static func environment(_ request: LaunchRequest) -> [(String, String)] {
+        var env: [(String, String)] = []
+        func set(_ name: String, _ value: String) {
+            env.removeAll { $0.0 == name }
+            env.append((name, value))
+        }
+        for pair in request.profile.environment.set { set(pair.name, pair.value) }
+        for name in request.profile.environment.pass {
+            if let value = getenv(name) { set(name, String(cString: value)) }
+        }
+        for (name, value) in request.extraEnvironment { set(name, value) }
+        return env
+    }
+
+    /// Where the child tries to exec `program`: itself when it has a '/',
+    /// else each directory of the jail's PATH in order.
+    static func executableCandidates(_ program: String, environment: [(String, String)]) -> [String] {
+        if program.contains("/") { return [program] }
+        let path = environment.last(where: { $0.0 == "PATH" })?.1 ?? "/usr/local/bin:/usr/bin:/bin"
+        return path.split(separator: ":").map { "\($0)/\(program)" }
+    }
+
+    static func capLastCap() -> Int32 {
+        guard let text = try? String(contentsOfFile: "/proc/sys/kernel/cap_last_cap", encoding: .utf8),
+              let n = Int32(text.trimmingCharacters(in: " \n")) else { return 63 }
+        return n
     }
 }

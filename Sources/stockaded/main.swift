@@ -35,11 +35,7 @@ struct Stockaded: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { label in JournalLogHandler.daemonHandler(label: label, level: level) }
         let logger = Logger(label: "stockaded")
         let parsed: DaemonConfig
         do {
@@ -70,7 +66,14 @@ struct Stockaded: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        let group = ServiceGroup(configuration: .init(services: [daemon], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // The systemd notifier runs after the daemon, so a graceful
+        // shutdown reaches it first (STOPPING=1 before the drain).
+        let systemd = SystemdService(daemon: daemon, logger: logger)
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: daemon),
+            .init(service: systemd, successTerminationBehavior: .ignore),
+        ]
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

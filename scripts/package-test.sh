@@ -1,0 +1,241 @@
+#!/bin/bash
+# make test-package: the Debian package end to end on this machine (root).
+#
+#   scripts/package-test.sh .build/deb/stockade_VERSION_ARCH.deb
+#
+# Checks the package's metadata and that its Depends cover every shared
+# library the binaries load; installs it with dpkg -i; runs the installed
+# stockade and stockaded; verifies the systemd units (systemd-analyze);
+# starts the installed daemon the way systemd would, without systemd:
+# systemd-socket-activate hands it the listening socket (LISTEN_FDS), a
+# datagram socket this test owns is its NOTIFY_SOCKET (READY=1 once the
+# example tenant is warm, WATCHDOG=1, STOPPING=1 on SIGTERM), and its
+# standard error is the stream JOURNAL_STREAM names (priority prefixes);
+# renders every man page with warnings on; loads the completions; then
+# dpkg --purge and checks that nothing of the package is left.
+set -euo pipefail
+DEB=${1:?usage: package-test.sh PACKAGE.deb}
+DEB=$(realpath "$DEB")
+cd "$(dirname "$0")/.."
+
+fail() { echo "package test: FAIL: $*" >&2; exit 1; }
+step() { echo "package test: $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "package test: skipped: dpkg -i needs root"
+    exit 0
+fi
+if dpkg-query -W -f='${Status}' stockade 2>/dev/null | grep -q 'ok installed\|config-files'; then
+    fail "the stockade package is already installed here; this test installs and purges it itself (dpkg --purge stockade first)"
+fi
+for leftover in /etc/stockade /usr/share/stockade /var/log/stockade; do
+    [ ! -e "$leftover" ] || fail "$leftover exists before the package is installed; the purge check could not tell what the package left"
+done
+getent group stockade >/dev/null && fail "the stockade group exists before the package is installed"
+
+T=$(mktemp -d /tmp/stockade-package-test.XXXXXX)
+DAEMON=
+NOTIFY_READER=
+cleanup() {
+    [ -n "$DAEMON" ] && kill -KILL "$DAEMON" 2>/dev/null || true
+    [ -n "$NOTIFY_READER" ] && kill "$NOTIFY_READER" 2>/dev/null || true
+    if dpkg-query -W -f='${Status}' stockade 2>/dev/null | grep -q 'installed\|config-files'; then
+        dpkg --purge stockade >/dev/null 2>&1 || true
+    fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+# --- the package file -------------------------------------------------------
+step "metadata of $(basename "$DEB")"
+dpkg-deb --info "$DEB" > "$T/info"
+depends=$(dpkg-deb --field "$DEB" Depends)
+for need in libc6 libseccomp2 libssl3; do
+    grep -qw "$need" <<<"$depends" || fail "Depends lacks $need: $depends"
+done
+[ "$(dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles)" = /etc/stockade/stockaded.toml ] || fail "conffiles is not /etc/stockade/stockaded.toml"
+dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|' > "$T/contents"
+for f in /usr/bin/stockade /usr/bin/stockaded /usr/libexec/stockade/stockade-init /etc/stockade/stockaded.toml \
+    /usr/share/stockade/profiles/minimal.toml /usr/share/stockade/profiles/inference-cpu.toml \
+    /lib/systemd/system/stockaded.service /lib/systemd/system/stockaded.socket \
+    /usr/lib/python3/dist-packages/stockade_worker/__init__.py \
+    /usr/share/man/man1/stockade.1.gz /usr/share/man/man8/stockaded.8.gz \
+    /usr/share/man/man5/stockade-profile.5.gz /usr/share/man/man5/stockaded.toml.5.gz \
+    /usr/share/bash-completion/completions/stockade /usr/share/zsh/vendor-completions/_stockade \
+    /usr/share/fish/vendor_completions.d/stockade.fish; do
+    grep -qx "$f" "$T/contents" || fail "the package has no $f"
+done
+
+# Every shared library the binaries need comes from a package in Depends.
+dpkg-deb --extract "$DEB" "$T/root"
+for b in stockade stockaded; do
+    file "$T/root/usr/bin/$b" | grep -q 'ELF 64-bit' || fail "/usr/bin/$b is not an ELF binary"
+    readelf -d "$T/root/usr/bin/$b" > "$T/dynamic"
+    ldconfig -p > "$T/ldcache"
+    for lib in $(sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' "$T/dynamic"); do
+        path=$(awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}' "$T/ldcache")
+        [ -n "$path" ] || fail "/usr/bin/$b needs $lib, which this machine does not have"
+        owner=$( (dpkg -S "$path" || dpkg -S "$(realpath "$path")") 2>/dev/null | sed -n '1s/:.*//p')
+        [ -n "$owner" ] || fail "no package owns $path ($lib, needed by $b)"
+        echo "$owner" >> "$T/needed-packages"
+        grep -qw "$owner" <<<"$depends" || fail "/usr/bin/$b needs $lib from $owner, which Depends does not name: $depends"
+    done
+done
+# And every library package in Depends is one the binaries load.
+for dep in $(tr ',' '\n' <<<"$depends" | awk '{print $1}' | grep '^lib'); do
+    grep -qx "$dep" "$T/needed-packages" || fail "Depends names $dep, which no installed binary loads"
+done
+
+# The worker SDK also installs with pip (python/pyproject.toml), built from
+# a copy so that the build leaves nothing in the checkout.
+step "the worker SDK as a wheel"
+mkdir -p "$T/sdk"
+cp -r python/pyproject.toml python/stockade_worker "$T/sdk/"
+rm -rf "$T/sdk/stockade_worker/__pycache__"
+.venv/bin/python3 -m pip wheel -q --disable-pip-version-check --no-deps "$T/sdk" -w "$T/wheel" > "$T/pip.log" 2>&1 \
+    || { cat "$T/pip.log"; fail "pip cannot build the worker SDK from python/pyproject.toml"; }
+/usr/bin/python3 -m zipfile -l "$T"/wheel/stockade_worker-*.whl > "$T/wheel.list" || fail "the SDK wheel cannot be read"
+grep -q "stockade_worker/channel.py" "$T/wheel.list" || fail "the SDK wheel lacks stockade_worker/channel.py"
+
+# --- install ------------------------------------------------------------------
+step "dpkg -i"
+dpkg -i "$DEB" > "$T/dpkg-install.log" 2>&1 || { cat "$T/dpkg-install.log"; fail "dpkg -i failed"; }
+getent group stockade >/dev/null || fail "postinst did not create the stockade group"
+[ "$(stat -c %a /etc/stockade/admin.token)" = 600 ] || fail "the admin token is not mode 0600"
+[ "$(wc -c < /etc/stockade/admin.token)" -ge 33 ] || fail "the admin token is too short"
+
+step "the installed binaries"
+version=$(dpkg-deb --field "$DEB" Version)
+[ "$(/usr/bin/stockade --version)" = "$version" ] || fail "stockade --version is not the package version $version"
+/usr/bin/stockade lint /usr/share/stockade/profiles/*.toml > "$T/lint" 2>&1 || { cat "$T/lint"; fail "stockade lint of the shipped profiles"; }
+out=$(/usr/bin/stockade run --profile /usr/share/stockade/profiles/minimal.toml -- /bin/sh -c 'echo jailed uid=$(id -u)') \
+    || fail "stockade run under the installed minimal profile exited $?"
+[[ $out == "jailed uid="* ]] || fail "stockade run printed: $out"
+/usr/bin/stockade run --profile /usr/share/stockade/profiles/minimal.toml -- /bin/sh -c 'exit 7' && rc=0 || rc=$?
+[ "$rc" -eq 7 ] || fail "stockade run did not pass the command's status through (got $rc)"
+/usr/bin/stockaded --config /etc/stockade/stockaded.toml --check > "$T/check" 2>&1 || { cat "$T/check"; fail "stockaded --check of the shipped configuration"; }
+/usr/bin/python3 -c 'import stockade_worker, sys; sys.exit(0 if stockade_worker.__file__.startswith("/usr/lib/python3/dist-packages/") else 1)' \
+    || fail "python3 does not import the installed stockade_worker"
+
+step "man pages"
+for page in "1 stockade" "8 stockaded" "5 stockade-profile" "5 stockaded.toml"; do
+    set -- $page
+    where=$(man -w "$1" "$2") || fail "man cannot find $2($1)"
+    [ "$where" = "/usr/share/man/man$1/$2.$1.gz" ] || fail "man $1 $2 found $where"
+    LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 "$1" "$2" > "$T/man.out" 2> "$T/man.err" || fail "man $1 $2 exited $?"
+    [ ! -s "$T/man.err" ] || { cat "$T/man.err"; fail "man $1 $2 rendered with warnings"; }
+    grep -q "^NAME" "$T/man.out" || fail "man $1 $2 has no NAME section"
+done
+
+step "completions"
+for b in stockade stockaded; do
+    bash -c "source /usr/share/bash-completion/completions/$b && complete -p $b" > /dev/null || fail "the bash completion of $b does not load"
+    grep -q "#compdef $b" /usr/share/zsh/vendor-completions/_$b || fail "the zsh completion of $b has no #compdef line"
+    grep -q "^complete -c '$b'" /usr/share/fish/vendor_completions.d/$b.fish || fail "the fish completion of $b completes nothing"
+done
+for sub in run lint explain compile probe cgroups; do
+    grep -qw "$sub" /usr/share/bash-completion/completions/stockade || fail "the bash completion lacks stockade $sub"
+done
+
+step "systemd-analyze verify"
+# systemd-analyze also checks that ExecStart's binary exists and that the
+# socket unit's service is there.
+SYSTEMD_LOG_LEVEL=notice systemd-analyze verify /lib/systemd/system/stockaded.socket /lib/systemd/system/stockaded.service \
+    > "$T/verify" 2>&1 || { cat "$T/verify"; fail "systemd-analyze verify exited $?"; }
+if grep -v "^$" "$T/verify" | grep -q .; then cat "$T/verify"; fail "systemd-analyze verify complained"; fi
+
+# --- the daemon as systemd starts it --------------------------------------------
+step "socket activation and sd_notify"
+sed -e "s|^socket = .*|socket = \"$T/api.sock\"|" -e "s|^audit_log = .*|audit_log = \"$T/audit.jsonl\"|" \
+    /etc/stockade/stockaded.toml > "$T/stockaded.toml"
+cat > "$T/notify.py" <<'EOF'
+# The service manager's side of sd_notify: every datagram, one line per
+# assignment, flushed as it comes.
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a", buffering=1) as out:
+    while True:
+        for line in s.recv(4096).decode().split("\n"):
+            out.write(line + "\n")
+EOF
+cat > "$T/ask.py" <<'EOF'
+# One HTTP request over the unix socket: ask.py SOCKET TOKEN METHOD PATH [BODY]
+import http.client, socket, sys
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(sys.argv[1])
+c = Conn("localhost")
+body = sys.argv[5].encode() if len(sys.argv) > 5 else None
+c.request(sys.argv[3], sys.argv[4], body=body, headers={"Authorization": "Bearer " + sys.argv[2]})
+r = c.getresponse()
+data = r.read()
+sys.stdout.write(data.decode(errors="replace"))
+sys.exit(0 if r.status == 200 else 1)
+EOF
+: > "$T/notify.log"
+/usr/bin/python3 "$T/notify.py" "$T/notify.sock" "$T/notify.log" &
+NOTIFY_READER=$!
+for _ in $(seq 50); do [ -S "$T/notify.sock" ] && break; sleep 0.1; done
+# The stream JOURNAL_STREAM names: the daemon's standard error.
+: > "$T/daemon.log"
+journal=$(stat -c '%d:%i' "$T/daemon.log")
+(umask 022; exec env NOTIFY_SOCKET="$T/notify.sock" WATCHDOG_USEC=400000 JOURNAL_STREAM="$journal" \
+    systemd-socket-activate --listen="$T/api.sock" -E NOTIFY_SOCKET -E WATCHDOG_USEC -E JOURNAL_STREAM \
+    /usr/bin/stockaded --config "$T/stockaded.toml" 2>> "$T/daemon.log") &
+DAEMON=$!
+for _ in $(seq 100); do [ -S "$T/api.sock" ] && break; sleep 0.1; done
+[ -S "$T/api.sock" ] || fail "systemd-socket-activate made no socket"
+mode_before=$(stat -c %a "$T/api.sock")
+token=$(cat /etc/stockade/admin.token)
+# systemd-socket-activate starts the daemon on the first connection; the
+# answer comes once the daemon is up.
+/usr/bin/python3 "$T/ask.py" "$T/api.sock" "$token" GET /v1/tenants > "$T/tenants.json" || { cat "$T/daemon.log"; fail "GET /v1/tenants through the passed socket"; }
+for _ in $(seq 600); do grep -qx "READY=1" "$T/notify.log" && break; kill -0 "$DAEMON" 2>/dev/null || break; sleep 0.1; done
+grep -qx "READY=1" "$T/notify.log" || { cat "$T/daemon.log"; fail "no READY=1 on NOTIFY_SOCKET within 60 s"; }
+/usr/bin/python3 "$T/ask.py" "$T/api.sock" "$token" GET /v1/tenants/echo > "$T/echo.json" || fail "GET /v1/tenants/echo"
+/usr/bin/python3 - "$T/echo.json" <<'EOF' || fail "READY=1 came before the echo tenant's workers were warm: $(cat "$T/echo.json")"
+import json, sys
+t = json.load(open(sys.argv[1]))
+sys.exit(0 if t["idle"] + t["busy"] >= t["workersMin"] >= 1 else 1)
+EOF
+grep -q "^STATUS=echo: 1 warm" "$T/notify.log" || fail "READY=1 without the tenant status: $(cat "$T/notify.log")"
+answer=$(/usr/bin/python3 "$T/ask.py" "$T/api.sock" "$token" POST /v1/tenants/echo/infer "hello from the package test") || fail "POST /v1/tenants/echo/infer: $answer"
+[ "$answer" = "hello from the package test" ] || fail "the echo tenant answered: $answer"
+for _ in $(seq 50); do grep -qx "WATCHDOG=1" "$T/notify.log" && break; sleep 0.1; done
+grep -qx "WATCHDOG=1" "$T/notify.log" || fail "no WATCHDOG=1 within 5 s with WATCHDOG_USEC=400000"
+kill -TERM "$DAEMON"
+wait "$DAEMON" && rc=0 || rc=$?
+DAEMON=
+[ "$rc" -eq 0 ] || { cat "$T/daemon.log"; fail "stockaded exited $rc after SIGTERM"; }
+sed -n '/READY=1/,$p' "$T/notify.log" | grep -qx "STOPPING=1" || fail "no STOPPING=1 after READY=1: $(cat "$T/notify.log")"
+[ -S "$T/api.sock" ] || fail "stockaded removed the socket systemd passed (the .socket unit owns it)"
+[ "$(stat -c %a "$T/api.sock")" = "$mode_before" ] || fail "stockaded changed the passed socket's mode ($mode_before -> $(stat -c %a "$T/api.sock")); the unit sets it"
+grep -q "socket activated" "$T/daemon.log" || fail "the daemon did not log that it took the passed socket"
+# The daemon's lines follow systemd-socket-activate's own ("Execing ...").
+sed '1,/^Execing /d' "$T/daemon.log" > "$T/daemon-only.log"
+[ -s "$T/daemon-only.log" ] || fail "the daemon logged nothing"
+bad=$(grep -cv '^<[0-7]>' "$T/daemon-only.log" || true)
+[ "$bad" -eq 0 ] || { cat "$T/daemon.log"; fail "$bad log lines without a syslog priority prefix while JOURNAL_STREAM names standard error"; }
+grep -q '^<6>stockaded: ready' "$T/daemon.log" || fail "no info-level (<6>) ready line in the log"
+kill "$NOTIFY_READER" 2>/dev/null || true
+NOTIFY_READER=
+
+# --- purge ----------------------------------------------------------------------
+step "dpkg --purge"
+dpkg --purge stockade > "$T/dpkg-purge.log" 2>&1 || { cat "$T/dpkg-purge.log"; fail "dpkg --purge failed"; }
+dpkg-query -W -f='${Status}' stockade 2>/dev/null | grep -q 'installed\|config-files' && fail "dpkg still knows the package"
+ls /var/lib/dpkg/info/stockade.* >/dev/null 2>&1 && fail "dpkg left /var/lib/dpkg/info/stockade.*"
+while read -r path; do
+    case "$path" in
+        */) path=${path%/}; [[ $path == *stockade* ]] || continue ;;  # shared directories stay
+    esac
+    [ -z "$path" ] || [ ! -e "$path" ] || fail "$path is left after dpkg --purge"
+done < <(dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|')
+for leftover in /etc/stockade /usr/share/stockade /usr/libexec/stockade /var/log/stockade /usr/lib/python3/dist-packages/stockade_worker; do
+    [ ! -e "$leftover" ] || fail "$leftover is left after dpkg --purge"
+done
+getent group stockade >/dev/null && fail "the stockade group is left after dpkg --purge"
+step "ok"
