@@ -55,3 +55,7 @@ write("channel-record", "live-own-socket", bytes([4]) + HELLO + bytes([0x40, 2, 
 write("channel-record", "live-two-memfds", bytes([4]) + HELLO + bytes([0x62, 2, 7]))
 write("channel-record", "live-sparse-bulk", bytes([4]) + HELLO + bytes([0x02 | 2 << 2, 2, 63]))
 write("channel-record", "live-deadline", bytes([0x44]) + HELLO + bytes([0x03 | 7 << 2]) + RESPONSE_1)
+# A 256 KiB bulk record of the wrong size with /dev/null in place of its
+# memfd: the worker seals it on several threads, which starts libdispatch's
+# pool (and its event loop descriptors) in the middle of the input.
+write("channel-record", "live-bulk-devnull-256k", bytes([4, 0x2e, 3, 0xfd]))
