@@ -81,20 +81,23 @@ struct HostileWorkerDaemonTests {
         // machine adds to an echo (1.2 s seen there).
         #expect(worst < 2.5, "the other tenant's slowest answer during the attack took \(worst) s")
 
-        // This process also runs other suites: a sample over the bounds is
-        // retaken for up to 5 s (their transient use passes, a leak stays).
+        // This process also runs other suites (their daemons and jails open
+        // descriptors and threads too): a sample over the bounds is retaken
+        // for up to 10 s, and the slack (32) is far below what these attacks
+        // cost an unprotected launcher (thousands of descriptors).
+        let slack = 32
         func within(_ r: (fds: Int, threads: Int, rssKiB: Int)) -> Bool {
-            r.fds <= before.fds + 8 && r.threads <= before.threads + 8 && r.rssKiB <= before.rssKiB + 64 * 1024
+            r.fds <= before.fds + slack && r.threads <= before.threads + slack && r.rssKiB <= before.rssKiB + 64 * 1024
         }
         var after = daemonResources()
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(10)
         while !within(after) && Date() < deadline {
             usleep(200_000)
             after = daemonResources()
         }
         print("daemon under \(attack): \(before.fds) -> \(after.fds) fds, \(before.threads) -> \(after.threads) threads, RSS \(before.rssKiB / 1024) -> \(after.rssKiB / 1024) MiB; other tenant served \(latencies.count) times, slowest \(String(format: "%.3f", worst)) s")
-        #expect(after.fds <= before.fds + 8, "fds \(before.fds) -> \(after.fds)")
-        #expect(after.threads <= before.threads + 8, "threads \(before.threads) -> \(after.threads)")
+        #expect(after.fds <= before.fds + slack, "fds \(before.fds) -> \(after.fds)")
+        #expect(after.threads <= before.threads + slack, "threads \(before.threads) -> \(after.threads)")
         #expect(after.rssKiB <= before.rssKiB + 64 * 1024, "RSS \(before.rssKiB) -> \(after.rssKiB) KiB")
         let violations = d.auditEvents().filter { $0["event"] as? String == "violation" }
         if code == "violation" {
