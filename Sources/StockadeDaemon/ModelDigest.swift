@@ -35,18 +35,27 @@ package enum ModelDigest {
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw fail("not a regular file") }
+        return try sha256(of: fd, path: path)
+    }
+
+    /// The SHA-256 of everything in `fd` from offset 0, read with pread in
+    /// 1 MiB chunks (the descriptor's own offset is left alone), as 64
+    /// lowercase hex digits. `path` names the file in errors.
+    package static func sha256(of fd: Int32, path: String) throws(ModelIntegrityError) -> String {
         var hasher = SHA256Hasher()
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { chunk.deallocate() }
+        var offset: off_t = 0
         while true {
             let n: Int
             do {
-                n = try retryingSyscall { read(fd, chunk.baseAddress, chunk.count) }
+                n = try retryingSyscall { pread(fd, chunk.baseAddress, chunk.count, offset) }
             } catch {
-                throw fail("read failed: \(errnoName(error.rawValue))")
+                throw ModelIntegrityError(path: path, expected: "", actual: nil, reason: "read failed: \(errnoName(error.rawValue))")
             }
             if n == 0 { break }
             hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))
+            offset += off_t(n)
         }
         let out = hasher.finalize()
         let hex: [UInt8] = Array("0123456789abcdef".utf8)

@@ -97,28 +97,11 @@ final class ModelStore: Sendable {
         }
         do { try memfd.addSeals(.immutable) } catch { throw fail("sealing the copy: \(error)") }
         // Hash the sealed copy: these are the bytes every worker reads.
-        let actual = try digest(of: memfd, path: file.path, chunk: chunk)
+        let actual = try ModelDigest.sha256(of: memfd.rawValue, path: file.path)
         guard actual == file.sha256 else {
             throw ModelIntegrityError(path: file.path, expected: file.sha256, actual: actual, reason: "digest mismatch")
         }
         keep = true
         return SealedModelFile(file: file, fd: memfd, size: total)
-    }
-
-    private static func digest(of fd: FileDescriptor, path: String, chunk: UnsafeMutableRawBufferPointer) throws(ModelIntegrityError) -> String {
-        func fail(_ why: String) -> ModelIntegrityError { ModelIntegrityError(path: path, expected: "", actual: nil, reason: why) }
-        var hasher = SHA256Hasher()
-        var offset: off_t = 0
-        while true {
-            let n: Int
-            do { n = try retryingSyscall { pread(fd.rawValue, chunk.baseAddress, chunk.count, offset) } } catch {
-                throw fail("reading the sealed copy: \(error)")
-            }
-            if n == 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[..<n]))
-            offset += off_t(n)
-        }
-        let out = hasher.finalize()
-        return out.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 }
