@@ -406,19 +406,27 @@ struct DaemonAttackTests {
         defer { stop.store(true, ordering: .relaxed) }
         let client = d.client("alice")
         var seen: [String] = []
+        var failures: [Int] = []
         for _ in 0..<8 {
-            // Right after a crash the pool may not have seen the old worker go
-            // yet, and a request then fails over: retry for an answer; what
-            // every answer says is the check.
-            for _ in 0..<5 {
+            // The worker that answers must be the replacement of the one that
+            // crashed: wait for it (launches are backed off after failures),
+            // then retry an answer the pool could not give while the old
+            // worker was still being reaped. What every answer says is the check.
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
                 let r = try client.infer("alpha", "modelfd:config.json")
                 if r.status == 200 { seen.append(r.text); break }
+                failures.append(r.status)
                 usleep(200_000)
             }
+            let before = d.daemon.pool("alpha")?.workers().first?.id
             _ = try client.infer("alpha", "crash")
-            #expect(d.waitUntil(30) { d.daemon.pool("alpha")?.workers().first?.state == "idle" })
+            #expect(d.waitUntil(30) {
+                guard let w = d.daemon.pool("alpha")?.workers().first else { return false }
+                return w.id != before && w.state == "idle"
+            })
         }
-        #expect(seen.count == 8)
+        #expect(seen.count == 8, "statuses of the answers that were retried: \(failures)")
         #expect(seen.allSatisfy { $0 == digest })
         // A pinned path that is a symbolic link is refused, not followed.
         let link = dir + "/link.json"
