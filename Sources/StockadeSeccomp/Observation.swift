@@ -153,6 +153,11 @@ public enum SyscallDescription {
         0x59616d61: "PR_SET_PTRACER", 47: "PR_CAP_AMBIENT", 53: "PR_SET_SPECULATION_CTRL",
     ]
 
+    private static let noArguments: Set<String> = [
+        "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getpgrp", "setsid", "sched_yield",
+        "fork", "vfork", "pause", "sync", "munlockall", "vhangup", "inotify_init", "restart_syscall", "rt_sigreturn",
+    ]
+
     /// `name(arg, ...)` with the arguments that decide what the call can do
     /// decoded, the rest in hex (as many as the call takes, at most six).
     public static func describe(number: Int32, args: [UInt64]) -> String {
@@ -181,8 +186,7 @@ public enum SyscallDescription {
         case "ptrace": text = [ptraceRequests[low(a[0])] ?? String(low(a[0])), String(Int32(bitPattern: low(a[1])))]
         case "kill", "tkill": text = [String(Int32(bitPattern: low(a[0]))), String(low(a[1]))]
         case "bpf", "keyctl": text = [String(low(a[0]))]
-        case "mount", "umount2", "pivot_root", "chroot", "open_by_handle_at", "perf_event_open", "userfaultfd":
-            text = a.prefix(3).map(hex)
+        case _ where noArguments.contains(name): text = []
         default: text = a.prefix(3).map(hex)
         }
         return "\(name)(\(text.joined(separator: ", ")))"

@@ -140,6 +140,39 @@ extension SeccompTests {
         #expect(output2.contains("errno 1 count 3 other 0"), "a prelude denial must never be continued: \(output2)")
     }
 
+    @Test("stockade run --report lists the denied calls by name with a decoded example, on stderr after the jail ends",
+          .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
+    func runReport() throws {
+        let stockade = Helpers.repository.appendingPathComponent(".build/debug/stockade").path
+        try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-report-\(UUID().uuidString).toml")
+        try Self.profile.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let helpers = URL(fileURLWithPath: try Helpers.path("denyloop")).deletingLastPathComponent().path
+        let base = [stockade, "run", "-p", file.path, "--ro-bind", helpers + ":/helpers"]
+        let text = runProcess(base[0], Array(base.dropFirst()) + ["--report", "text", "--", "/helpers/denyloop", "41", "25", "16", "3", "0"])
+        // runProcess gives stdout and stderr as one stream.
+        guard case .exited(0, let out, _) = text else { Issue.record("\(text)"); return }
+        #expect(out.hasPrefix("errno 1 count 25 other 0"), "\(out)")
+        let lines = out.split(separator: "\n")
+        #expect(lines.firstIndex { $0.hasPrefix("stockade: minimal: exited") }! > lines.firstIndex { $0.hasPrefix("errno") }!)
+        #expect(lines.contains("stockade: denied calls: 25 (1 kinds)"), "\(out)")
+        #expect(lines.contains { $0.hasPrefix("  socket") && $0.contains(" 25  errno:EPERM  socket(AF_NETLINK, SOCK_RAW, 0)") }, "\(out)")
+
+        let json = runProcess(base[0], Array(base.dropFirst()) + ["--report", "json", "--", "/helpers/denyloop", "110", "4"])
+        guard case .exited(0, let all, _) = json, let report = all.split(separator: "\n").last.map(String.init) else { Issue.record("\(json)"); return }
+        struct Report: Decodable {
+            struct Denials: Decodable { var observed: Bool; var total: Int; var seccomp: [SeccompTally.Call] }
+            var status: Int32
+            var denials: Denials
+        }
+        let decoded = try JSONDecoder().decode(Report.self, from: Data(report.utf8))
+        #expect(decoded.status == 0 && decoded.denials.observed && decoded.denials.total == 4)
+        #expect(decoded.denials.seccomp.map(\.name) == ["getppid"])
+        #expect(decoded.denials.seccomp.first?.example == "getppid()")
+        #expect(decoded.denials.seccomp.first?.answer == "errno:EACCES")
+    }
+
     @Test("the listener never reaches the jail: the worker's fd table holds its stdio only",
           .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
     func noListenerInJail() throws {
