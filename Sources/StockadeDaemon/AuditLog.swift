@@ -34,6 +34,10 @@ package struct AuditEvent: Codable, Sendable, Equatable {
         case undelivered
         case drain
         case resume
+        /// A call a worker's seccomp profile denied: one per worker and call name.
+        case seccompDenial = "seccomp-denial"
+        /// on_denial acted: a worker killed, a tenant quarantined.
+        case denialPolicy = "denial-policy"
     }
 
     package var time: String = ""
@@ -55,6 +59,13 @@ package struct AuditEvent: Codable, Sendable, Equatable {
     package var bytesOut: Int?
     package var memoryPeakBytes: UInt64?
     package var cpuMicros: UInt64?
+    /// Denials: the call's name, its first example, how many so far, the
+    /// policy in force, and how many denial lines the rate limit left out.
+    package var syscall: String?
+    package var example: String?
+    package var count: Int?
+    package var policy: String?
+    package var suppressed: Int?
 
     package init(_ event: Kind, tenant: String? = nil, worker: String? = nil, reason: String? = nil) {
         self.event = event
@@ -109,18 +120,23 @@ extension AuditEvent {
         number("bytesIn", bytesIn)
         number("bytesOut", bytesOut)
         string("client", client)
+        number("count", count)
         number("cpuMicros", cpuMicros)
         number("durationMs", durationMs.map { $0.isFinite ? $0 : 0 })
         string("event", event.rawValue)
+        string("example", example)
         number("exitCode", exitCode)
         number("memoryPeakBytes", memoryPeakBytes)
         string("method", method)
         string("outcome", outcome)
         string("path", path)
         number("pid", pid)
+        string("policy", policy)
         string("reason", reason)
         string("signal", signal)
         number("status", status)
+        number("suppressed", suppressed)
+        string("syscall", syscall)
         string("tenant", tenant)
         string("time", time)
         number("uid", uid)

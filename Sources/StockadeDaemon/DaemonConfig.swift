@@ -101,6 +101,8 @@ package struct TenantConfig: Sendable {
     package var maxResponseBytes: Int
     /// Client name -> role.
     package var access: [String: Role]
+    /// on_denial and denials_per_minute: the tenant's own, over the profile's `[denials]`.
+    package var denials: DenialPolicy
 
     package init(name: String, profilePath: String, profile: Profile, command: [String]) {
         self.name = name
@@ -116,6 +118,7 @@ package struct TenantConfig: Sendable {
         self.requestTimeout = .seconds(60)
         self.models = []
         self.maxResponseBytes = 64 << 20
+        self.denials = profile.denials
         self.access = [:]
     }
 }
@@ -351,6 +354,7 @@ package struct DaemonConfig: Sendable {
                 }
                 tenant.maxResponseBytes = Int(n)
             }
+            tenant.denials = try DenialPolicy(reading: t, over: profile.denials)
             if let d = try t.duration("request_timeout") {
                 guard d > .zero else { throw t.error("request_timeout", "must be above zero") }
                 tenant.requestTimeout = d

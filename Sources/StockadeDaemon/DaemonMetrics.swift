@@ -91,6 +91,17 @@ package final class DaemonMetrics: Sendable {
                              help: "Workers killed by SIGSYS (a system call their seccomp filter kills on)")
     }
 
+    func seccompDenials(_ tenant: String, _ syscall: String) -> Counter {
+        counter("stockaded_seccomp_denials_total", labels: [("tenant", tenant), ("syscall", syscall)],
+                help: "System calls the workers' seccomp profiles denied (answered with the profile's errno, or ending the worker under on_denial)")
+    }
+
+    /// on_denial acting: policy kill or quarantine, trigger first-denial or per-minute.
+    func denialActions(_ tenant: String, _ policy: String, _ trigger: String) -> Counter {
+        counter("stockaded_denial_actions_total", labels: [("tenant", tenant), ("policy", policy), ("trigger", trigger)],
+                help: "Workers ended by on_denial, by policy (kill, quarantine) and trigger (first-denial, per-minute)")
+    }
+
     func launchFailures(_ tenant: String) -> Counter {
         counter( "stockaded_worker_launch_failures_total", labels: [("tenant", tenant)],
                              help: "Worker launches that failed (jail set-up, handshake, model integrity)")

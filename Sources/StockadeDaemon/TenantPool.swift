@@ -50,6 +50,9 @@ package struct WorkerInfo: Codable, Sendable {
     package var meanLatencyMs: Double?
     package var usage: CgroupUsage?
     package var cgroup: String?
+    /// Calls the worker's profile denied, in all and by call name.
+    package var denials: Int = 0
+    package var denialsByCall: [String: Int] = [:]
     /// The worker's host id range ("first-last"), when the daemon runs as root.
     package var hostIDs: String?
 }
@@ -72,6 +75,10 @@ package struct TenantInfo: Codable, Sendable {
     package var oomKills: Int
     package var seccompKills: Int
     package var usage: TenantUsage
+    /// Why on_denial = quarantine stopped routing requests here; nil: not quarantined.
+    package var quarantine: String? = nil
+    /// The tenant's on_denial policy in words.
+    package var denialPolicy: String? = nil
     package var role: Role?
     /// Each live worker's host id range ("first-last"), by worker id: no two
     /// workers, of this tenant or another, share one.
@@ -113,8 +120,11 @@ final class Worker: @unchecked Sendable {
     private let exitWakeups = Wakeups()
     /// Set when the watchdog killed the worker for a late answer.
     let timedOut = Atomic<Bool>(false)
+    /// The worker's denials and the on_denial policy over them.
+    let denials: DenialMonitor?
 
-    init(id: String, jail: Jail, channel: SecureChannel) {
+    init(id: String, jail: Jail, channel: SecureChannel, denials: DenialMonitor? = nil) {
+        self.denials = denials
         self.id = id
         self.jail = jail
         self.channel = channel
@@ -172,6 +182,7 @@ package final class TenantPool: @unchecked Sendable {
     private let modelStore: ModelStore
     /// The largest request body the API accepts (the channel carries it).
     private let maxRequestBytes: Int
+    private let denialAudit = DenialAuditLimiter()
 
     private struct Record {
         var worker: Worker
@@ -206,6 +217,8 @@ package final class TenantPool: @unchecked Sendable {
         var nextNumber = 1
         var draining = false
         var stopped = false
+        /// Set by on_denial = quarantine; cleared by resume().
+        var quarantined: String?
         var consecutiveFailures = 0
         var lastFailure: String?
         var served = 0
@@ -288,6 +301,7 @@ package final class TenantPool: @unchecked Sendable {
     func resume() {
         state.withLock { s in
             s.draining = false
+            s.quarantined = nil
             s.consecutiveFailures = 0
         }
         replenish()
@@ -328,6 +342,9 @@ package final class TenantPool: @unchecked Sendable {
         let action: Action = state.withLock { s in
             if s.draining {
                 return .refuse(.failed(status: 503, code: "draining", message: "tenant \(name) is draining and takes no new requests", worker: nil))
+            }
+            if let why = s.quarantined {
+                return .refuse(Self.quarantinedOutcome(name, why))
             }
             if let id = s.idle.popLast(), let w = s.workers[id]?.worker {
                 s.workers[id]?.state = .busy
@@ -424,7 +441,9 @@ package final class TenantPool: @unchecked Sendable {
                 }
                 let exit = worker.awaitExit(grace: .seconds(1))
                 let outcome: InferOutcome
-                if worker.timedOut.load(ordering: .sequentiallyConsistent) {
+                if let why = worker.denials?.actedReason {
+                    outcome = .failed(status: 502, code: "denied-call", message: why + "; the request was not retried", worker: worker.id)
+                } else if worker.timedOut.load(ordering: .sequentiallyConsistent) {
                     outcome = .failed(status: 504, code: "timeout",
                                       message: "worker \(worker.id) did not answer within \(config.requestTimeout) and was killed; the request was not retried",
                                       worker: worker.id)
@@ -657,6 +676,8 @@ package final class TenantPool: @unchecked Sendable {
         if let cgroups {
             request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
         }
+        let denials = denialMonitor(worker: id)
+        request.seccompObservation = SeccompObservation(options: denials.watchOptions)
         try JailSecurity.prepare(&request)
         let jail: Jail
         do {
@@ -664,6 +685,10 @@ package final class TenantPool: @unchecked Sendable {
         } catch {
             try? request.cgroup?.remove()
             throw error
+        }
+        denials.attach(jail)
+        if let why = jail.seccompUnobserved {
+            logger.warning("denied calls of this worker are not observed", metadata: ["worker": "\(id)", "why": "\(why)"])
         }
         launched = true
         output.closeWriteEnds()
@@ -673,12 +698,45 @@ package final class TenantPool: @unchecked Sendable {
             var channelLogger = logger
             channelLogger[metadataKey: "worker"] = "\(id)"
             let channel = try bootstrap.connect(logger: channelLogger, handshakeTimeoutMilliseconds: 60_000)
-            return Worker(id: id, jail: jail, channel: channel)
+            return Worker(id: id, jail: jail, channel: channel, denials: denials)
         } catch {
             jail.kill()
             let exit = try? jail.wait()
             throw DaemonError("worker \(id): channel handshake failed (\(error)); the worker \(describe(exit))")
         }
+    }
+
+    /// The monitor of one worker's denials; when on_denial acts it counts,
+    /// audits, and for quarantine stops routing requests to this tenant.
+    private func denialMonitor(worker id: String) -> DenialMonitor {
+        DenialMonitor(tenant: name, worker: id, policy: config.denials, metrics: metrics, audit: audit,
+                      limiter: denialAudit) { [weak self] trigger, reason in
+            guard let self else { return }
+            let policy = config.denials.onDenial.rawValue
+            metrics.denialActions(name, policy, trigger).increment()
+            var e = AuditEvent(.denialPolicy, tenant: name, worker: id, reason: reason)
+            e.policy = policy
+            e.outcome = trigger
+            audit.record(e)
+            logger.warning("on_denial acted", metadata: ["worker": "\(id)", "policy": "\(policy)", "reason": "\(reason)"])
+            if config.denials.onDenial == .quarantine { quarantine(reason) }
+        }
+    }
+
+    /// Stops routing requests here until resume(); queued ones are answered now.
+    private func quarantine(_ reason: String) {
+        let queued: [Pending] = state.withLock { s in
+            if s.quarantined == nil { s.quarantined = reason }
+            return s.drainQueue()
+        }
+        for p in queued { finish(p, Self.quarantinedOutcome(name, reason), outcome: "quarantined") }
+        updateGauges()
+    }
+
+    static func quarantinedOutcome(_ tenant: String, _ why: String) -> InferOutcome {
+        .failed(status: 503, code: "quarantined",
+                message: "tenant \(tenant) is quarantined (\(why)); an admin resumes it with POST /v1/tenants/\(tenant)/resume",
+                worker: nil)
     }
 
     /// The environment variable naming the model memfds (`name=fd,...`).
@@ -769,12 +827,14 @@ package final class TenantPool: @unchecked Sendable {
         for r in snapshot.workers.values { counts[r.state, default: 0] += 1 }
         let refusal = snapshot.consecutiveFailures > 0 ? snapshot.lastFailure : nil
         return TenantInfo(name: name,
-                          state: snapshot.stopped ? "stopped" : snapshot.draining ? "draining" : refusal != nil ? "failing" : "serving",
+                          state: snapshot.stopped ? "stopped" : snapshot.draining ? "draining" : snapshot.quarantined != nil ? "quarantined"
+                              : refusal != nil ? "failing" : "serving",
                           refusal: refusal, workersMin: config.minWorkers, workersMax: config.maxWorkers,
                           starting: snapshot.starting, idle: counts[.idle] ?? 0, busy: counts[.busy] ?? 0,
                           queued: snapshot.queued, queueLimit: config.queueLimit, served: snapshot.served, failed: snapshot.failed,
                           workerExits: snapshot.exits, oomKills: snapshot.oomKills, seccompKills: snapshot.seccompKills,
-                          usage: usage, role: role, workerHostIDs: hostIDs)
+                          usage: usage, quarantine: snapshot.quarantined, denialPolicy: config.denials.description,
+                          role: role, workerHostIDs: hostIDs)
     }
 
     package func workers() -> [WorkerInfo] {
@@ -789,13 +849,17 @@ package final class TenantPool: @unchecked Sendable {
 
     private func workerInfo(_ r: Record) -> WorkerInfo {
         let up = ContinuousClock.now - r.worker.startedAt
-        return WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
+        let tally = r.worker.jail.seccompWatch?.tally()
+        var info = WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
                           uptimeSeconds: up.inSeconds,
                           requests: r.requests, errors: r.errors,
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),
                           meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
                           usage: try? r.worker.jail.cgroup?.usage(),
                           cgroup: (r.worker.jail.cgroup as? JailGroup)?.path, hostIDs: r.worker.jail.hostIDs?.description)
+        info.denials = tally?.total ?? 0
+        info.denialsByCall = tally?.byCall ?? [:]
+        return info
     }
 
     static func milliseconds(_ d: Duration) -> Double {

@@ -3,6 +3,7 @@ import Testing
 @testable import StockadeSeccomp
 @testable import StockadeJail
 import StockadeSystem
+import StockadeConfig
 import Synchronization
 
 /// Denial monitoring through the seccomp user-notification supervisor, in
@@ -171,6 +172,33 @@ extension SeccompTests {
         #expect(decoded.denials.seccomp.map(\.name) == ["getppid"])
         #expect(decoded.denials.seccomp.first?.example == "getppid()")
         #expect(decoded.denials.seccomp.first?.answer == "errno:EACCES")
+    }
+
+    @Test("a profile's [denials] is read with errors that name the file, line and key")
+    func denialsSection() throws {
+        let good = try Profile.parse(text: Self.profile + "\n[denials]\non_denial = \"quarantine\"\ndenials_per_minute = 30\n", file: "p.toml")
+        #expect(good.denials == DenialPolicy(onDenial: .quarantine, perMinute: 30))
+        #expect(try Profile.parse(text: Self.profile, file: "p.toml").denials == DenialPolicy())
+        let text = Self.profile + "\n[denials]\non_denial = \"explode\"\n"
+        let line = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.hasPrefix("on_denial") }! + 1
+        #expect(throws: ProfileError.self) { try Profile.parse(text: text, file: "p.toml") }
+        do {
+            _ = try Profile.parse(text: text, file: "p.toml")
+        } catch {
+            #expect("\(error)".contains("p.toml:\(line)") && "\(error)".contains("denials.on_denial") && "\(error)".contains("log, kill or quarantine"), "\(error)")
+        }
+        do {
+            _ = try Profile.parse(text: Self.profile + "\n[denials]\ndenials_per_minute = -1\n", file: "p.toml")
+            Issue.record("a negative threshold was accepted")
+        } catch {
+            #expect("\(error)".contains("denials.denials_per_minute"), "\(error)")
+        }
+        do {
+            _ = try Profile.parse(text: Self.profile + "\n[denials]\non_deny = \"kill\"\n", file: "p.toml")
+            Issue.record("an unknown key was accepted")
+        } catch {
+            #expect("\(error)".contains("on_deny"), "\(error)")
+        }
     }
 
     @Test("the listener never reaches the jail: the worker's fd table holds its stdio only",

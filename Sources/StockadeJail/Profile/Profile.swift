@@ -41,6 +41,8 @@ public struct Profile: Sendable {
     public var landlock: LandlockSection
     public var limits: LimitsSection
     public var devices: DevicesSection
+    /// `[denials]`: what a daemon does when a worker calls something denied.
+    public var denials = DenialPolicy()
 
     public enum Namespace: String, Sendable, CaseIterable, Comparable {
         case user, pid, mount, net, ipc, uts, cgroup, time
@@ -244,6 +246,10 @@ extension Profile {
         }
         if let d = try root.table("devices") {
             profile.devices = try DevicesSection(reading: d)
+            try d.finish()
+        }
+        if let d = try root.table("denials") {
+            profile.denials = try DenialPolicy(reading: d)
             try d.finish()
         }
         try root.finish()
