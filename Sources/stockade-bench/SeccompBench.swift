@@ -100,4 +100,48 @@ func seccompBench() throws {
         print(pad(name, 28) + pad(program.map { String($0.instructions.count) } ?? "-", 7)
               + pad(fmt(g), 11) + pad(fmt(g / base["getpid"]!), 9) + pad(fmt(io), 10) + fmt(io / base["ioctl"]!))
     }
+    try observationRows(root: root, helpers: helpers, iterations: iterations, rounds: rounds)
+}
+
+/// Allowed calls in a real jail (profiles/minimal.toml, stock allowlist)
+/// with denial observation off and on: on, the denied calls' returns become
+/// user notifications and a supervisor holds the listener; allowed calls
+/// must cost the same (they never leave the kernel).
+private func observationRows(root: String, helpers: String, iterations: Int, rounds: Int) throws {
+    let profile = try Profile.load(path: root + "/profiles/minimal.toml")
+    func jailed(_ call: String, observed: Bool) throws -> Double {
+        var request = LaunchRequest(profile: profile, command: ["/helpers/sysloop", call, String(iterations)])
+        request.extraMounts = [MountSpec(kind: .bind, source: helpers, target: "/helpers")]
+        if observed { request.seccompObservation = SeccompObservation() }
+        let path = NSTemporaryDirectory() + "stockade-bench-\(getpid())-jail.out"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BenchError("open \(path): errno \(errno)") }
+        defer { unlink(path) }
+        request.passedFDs = [(fd, 1), (fd, 2)]
+        try JailSecurity.prepare(&request)
+        let jail = try Launcher.launch(request)
+        close(fd)
+        if observed, jail.seccompWatch == nil {
+            throw BenchError("observation is not available: \(jail.seccompUnobserved ?? "?")")
+        }
+        _ = try jail.wait(timeLimit: .seconds(300))
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        guard let ns = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw BenchError("sysloop in a jail printed \(text.debugDescription)")
+        }
+        return ns
+    }
+    var samples: [Bool: [String: [Double]]] = [false: [:], true: [:]]
+    for _ in 0..<rounds {
+        for observed in [false, true] {
+            for call in ["getpid", "ioctl"] { samples[observed]![call, default: []].append(try jailed(call, observed: observed)) }
+        }
+    }
+    func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }
+    let off = samples[false]!.mapValues(median), on = samples[true]!.mapValues(median)
+    print("seccomp observation: allowed calls in a jail (minimal.toml), denial observation off and on; x off = on / off (target within 1.05)")
+    print(pad("jail", 28) + pad("getpid ns", 11) + pad("x off", 9) + pad("ioctl ns", 10) + "x off")
+    print(pad("observation off", 28) + pad(fmt(off["getpid"]!), 11) + pad("1.00", 9) + pad(fmt(off["ioctl"]!), 10) + "1.00")
+    print(pad("observation on", 28) + pad(fmt(on["getpid"]!), 11) + pad(fmt(on["getpid"]! / off["getpid"]!), 9)
+          + pad(fmt(on["ioctl"]!), 10) + fmt(on["ioctl"]! / off["ioctl"]!))
 }
