@@ -688,7 +688,8 @@ static void apply_landlock(const struct stk_plan *p) {
         if (syscall(SYS_landlock_add_rule, rs, 2 /* LANDLOCK_RULE_NET_PORT */, &np, 0) < 0)
             fail(p, STK_STEP_LANDLOCK, errno, "tcp port rule");
     }
-    if (syscall(SYS_landlock_restrict_self, rs, 0) < 0) fail(p, STK_STEP_LANDLOCK, errno, "landlock_restrict_self");
+    if (syscall(SYS_landlock_restrict_self, rs, p->landlock_restrict_flags) < 0)
+        fail(p, STK_STEP_LANDLOCK, errno, "landlock_restrict_self");
     close(rs);
 }
 

@@ -96,6 +96,11 @@ package final class DaemonMetrics: Sendable {
                 help: "System calls the workers' seccomp profiles denied (answered with the profile's errno, or ending the worker under on_denial)")
     }
 
+    func landlockDenials(_ tenant: String) -> Counter {
+        counter("stockaded_landlock_denials_total", labels: [("tenant", tenant)],
+                help: "Accesses the workers' Landlock domains denied, from the kernel's audit records (only where audit is enabled and readable)")
+    }
+
     /// on_denial acting: policy kill or quarantine, trigger first-denial or per-minute.
     func denialActions(_ tenant: String, _ policy: String, _ trigger: String) -> Counter {
         counter("stockaded_denial_actions_total", labels: [("tenant", tenant), ("policy", policy), ("trigger", trigger)],

@@ -53,6 +53,8 @@ package struct WorkerInfo: Codable, Sendable {
     /// Calls the worker's profile denied, in all and by call name.
     package var denials: Int = 0
     package var denialsByCall: [String: Int] = [:]
+    /// Accesses its Landlock domain denied (where the kernel's audit reports them).
+    package var landlockDenials: Int?
     /// The worker's host id range ("first-last"), when the daemon runs as root.
     package var hostIDs: String?
 }
@@ -183,6 +185,8 @@ package final class TenantPool: @unchecked Sendable {
     /// The largest request body the API accepts (the channel carries it).
     private let maxRequestBytes: Int
     private let denialAudit = DenialAuditLimiter()
+    /// Whether the log already says why Landlock denials are not counted.
+    private let landlockNoted = Atomic<Bool>(false)
 
     private struct Record {
         var worker: Worker
@@ -677,7 +681,10 @@ package final class TenantPool: @unchecked Sendable {
             request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
         }
         let denials = denialMonitor(worker: id)
-        request.seccompObservation = SeccompObservation(options: denials.watchOptions)
+        let tenantName = name
+        request.seccompObservation = SeccompObservation(options: denials.watchOptions) { [metrics] _ in
+            metrics.landlockDenials(tenantName).increment()
+        }
         try JailSecurity.prepare(&request)
         let jail: Jail
         do {
@@ -689,6 +696,9 @@ package final class TenantPool: @unchecked Sendable {
         denials.attach(jail)
         if let why = jail.seccompUnobserved {
             logger.warning("denied calls of this worker are not observed", metadata: ["worker": "\(id)", "why": "\(why)"])
+        }
+        if let why = jail.landlockUnobserved, !landlockNoted.exchange(true, ordering: .relaxed) {
+            logger.notice("Landlock denials are not counted", metadata: ["why": "\(why)"])
         }
         launched = true
         output.closeWriteEnds()
@@ -859,6 +869,7 @@ package final class TenantPool: @unchecked Sendable {
                           cgroup: (r.worker.jail.cgroup as? JailGroup)?.path, hostIDs: r.worker.jail.hostIDs?.description)
         info.denials = tally?.total ?? 0
         info.denialsByCall = tally?.byCall ?? [:]
+        info.landlockDenials = r.worker.jail.landlockWatch?.tally().total
         return info
     }
 

@@ -66,6 +66,10 @@ public final class Jail: Sendable {
     public let seccompWatch: SeccompWatch?
     /// Why observation was asked for but this jail runs unobserved.
     public let seccompUnobserved: String?
+    /// The jail's Landlock denials from the kernel's audit records.
+    public let landlockWatch: LandlockWatch?
+    /// Why an observed jail's Landlock denials are not counted.
+    public let landlockUnobserved: String?
 
     private struct State {
         var killedFor: JailExit.Reason?
@@ -74,7 +78,10 @@ public final class Jail: Sendable {
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
          hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil,
-         killSignal: Int32 = SIGKILL, seccompWatch: SeccompWatch? = nil, seccompUnobserved: String? = nil) {
+         killSignal: Int32 = SIGKILL, seccompWatch: SeccompWatch? = nil, seccompUnobserved: String? = nil,
+         landlockWatch: LandlockWatch? = nil, landlockUnobserved: String? = nil) {
+        self.landlockWatch = landlockWatch
+        self.landlockUnobserved = landlockUnobserved
         self.killSignal = killSignal
         self.seccompWatch = seccompWatch
         self.seccompUnobserved = seccompUnobserved
@@ -149,6 +156,13 @@ public final class Jail: Sendable {
         try? liveness.close()
         // Every notified call was answered before its process could exit.
         seccompWatch?.stop()
+        // Landlock's audit records come through the kernel's audit thread,
+        // the domain's final count when it is freed: wait a moment for them.
+        if let landlockWatch {
+            usleep(20_000)
+            landlockWatch.settle(timeout: .milliseconds(200))
+            landlockWatch.stop()
+        }
         try? process.fd.close()
         // Anything left in the cgroup (a process that left the pid namespace
         // cannot, but be thorough) dies before the cgroup is read and removed.

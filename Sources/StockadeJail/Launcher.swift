@@ -278,10 +278,30 @@ public enum Launcher {
         }
         keepParentEnds = true
         leaseHandedOver = true
+        // Landlock denials of an observed jail, where the kernel reports them.
+        var landlockWatch: LandlockWatch?
+        var landlockUnobserved: String?
+        if let observation = request.seccompObservation, let ll = request.landlock, ll.abi > 0 {
+            if let why = LandlockAudit.unavailableReason {
+                landlockUnobserved = why
+            } else if let worker = firstChild(of: pid) {
+                landlockWatch = LandlockAudit.shared.watch(workerPID: worker, onDenial: observation.onLandlockDenial)
+            } else {
+                landlockUnobserved = "the worker's pid could not be read from /proc/\(pid)/task/\(pid)/children"
+            }
+        }
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
                     hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease,
                     killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL,
-                    seccompWatch: watch, seccompUnobserved: request.seccompObservation?.unavailable)
+                    seccompWatch: watch, seccompUnobserved: request.seccompObservation?.unavailable,
+                    landlockWatch: landlockWatch, landlockUnobserved: landlockUnobserved)
+    }
+
+    /// The first child of `pid` (the jail's worker, forked by PID 1 before
+    /// the exec this launch waited for).
+    static func firstChild(of pid: Int32) -> Int32? {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").first.flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
     /// Waits for the worker's seccomp listener on `socket`, or for the

@@ -404,12 +404,17 @@ public struct SeccompObservation: Sendable {
     /// notification, or the filter denies the hand-over): it then runs with
     /// the plain filter, and ``Jail/seccompUnobserved`` says why.
     public var unavailable: String?
+    /// Called (on the audit reader's thread; must not block) for each of
+    /// the jail's Landlock denials, where the kernel reports them
+    /// (``LandlockAudit``).
+    public var onLandlockDenial: (@Sendable (LandlockDenial) -> Void)?
 
     public init(notify: SeccompNotifySet = .denials, options: SeccompWatchOptions = SeccompWatchOptions(),
-                observed: ObservedSeccomp? = nil) {
+                observed: ObservedSeccomp? = nil, onLandlockDenial: (@Sendable (LandlockDenial) -> Void)? = nil) {
         self.notify = notify
         self.options = options
         self.observed = observed
+        self.onLandlockDenial = onLandlockDenial
     }
 
     /// SECCOMP_FILTER_FLAG_NEW_LISTENER | WAIT_KILLABLE_RECV (the child

@@ -373,6 +373,9 @@ struct SpawnPlan {
             plan.landlock_fs_handled = ll.fsHandled
             plan.landlock_net_handled = ll.netHandled
             plan.landlock_scoped = ll.abi >= 6 ? ll.scoped : 0
+            // Observed jails: audit reports the worker's denials after its
+            // execve too (LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON, ABI 7).
+            plan.landlock_restrict_flags = request.seccompObservation != nil && ll.abi >= 7 ? 1 << 1 : 0
             let rules = ll.rules.map {
                 stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
             }

@@ -192,13 +192,27 @@ struct RunReport: Encodable {
         var seccomp: [SeccompTally.Call]
         /// Notifications that waited because the jail was over its rate.
         var throttled: Int
+        var landlock: Landlock
+    }
+
+    struct Landlock: Encodable {
+        /// Whether the kernel's audit records were read (false: `unobserved` says why).
+        var observed: Bool
+        var unobserved: String?
+        var total: Int
+        var byBlocker: [String: Int]
+        var example: String?
     }
 
     init(exit: JailExit, jail: Jail) {
         self.exit = exit
         let tally = jail.seccompWatch?.tally() ?? SeccompTally()
+        let ll = jail.landlockWatch?.tally() ?? LandlockTally()
+        let landlock = Landlock(observed: jail.landlockWatch != nil,
+                                unobserved: jail.landlockWatch == nil ? jail.landlockUnobserved ?? "the profile has no Landlock rules" : nil,
+                                total: ll.total, byBlocker: ll.byBlocker, example: ll.example)
         denials = Denials(observed: jail.seccompWatch != nil, unobserved: jail.seccompUnobserved, total: tally.total,
-                          seccomp: tally.sorted, throttled: tally.throttled)
+                          seccomp: tally.sorted, throttled: tally.throttled, landlock: landlock)
     }
 
     enum Keys: String, CodingKey { case denials }
@@ -216,6 +230,14 @@ struct RunReport: Encodable {
         let frac = String(ms % 1000)
         line += ", \(ms / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac) s"
         var lines = [line]
+        if !denials.landlock.observed {
+            lines.append("stockade: Landlock denials not observed: \(denials.landlock.unobserved ?? "?")")
+        } else if denials.landlock.total > 0 {
+            let blockers = denials.landlock.byBlocker.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            lines.append("stockade: Landlock denials: \(denials.landlock.total) (\(blockers)); first: \(denials.landlock.example ?? "?")")
+        } else {
+            lines.append("stockade: Landlock denials: none")
+        }
         guard denials.observed else {
             lines.append("stockade: denied calls not observed: \(denials.unobserved ?? "observation was off")")
             return lines

@@ -25,12 +25,13 @@ extension SeccompTests {
 
     /// Runs `command` in an observed jail; returns what it printed and its watch.
     static func observed(_ command: [String], profile text: String = profile, options: SeccompWatchOptions = SeccompWatchOptions(),
-                         notify: SeccompNotifySet = .denials) throws -> (exit: JailExit, output: String, jail: Jail) {
+                         notify: SeccompNotifySet = .denials,
+                         onLandlockDenial: (@Sendable (LandlockDenial) -> Void)? = nil) throws -> (exit: JailExit, output: String, jail: Jail) {
         let profile = try Profile.parse(text: text, file: "observe.toml")
         var request = LaunchRequest(profile: profile, command: command)
         request.extraMounts = [MountSpec(kind: .bind, source: URL(fileURLWithPath: try Helpers.path("denyloop")).deletingLastPathComponent().path,
                                          target: "/helpers")]
-        request.seccompObservation = SeccompObservation(notify: notify, options: options)
+        request.seccompObservation = SeccompObservation(notify: notify, options: options, onLandlockDenial: onLandlockDenial)
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-observe-\(UUID().uuidString).out").path
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw Helpers.BuildError(description: "open \(path): \(errno)") }
@@ -199,6 +200,51 @@ extension SeccompTests {
         } catch {
             #expect("\(error)".contains("on_deny"), "\(error)")
         }
+    }
+
+    /// Turns the kernel's audit on or off (AUDIT_SET; root).
+    static func setAudit(_ on: Bool) throws {
+        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 9)
+        guard fd >= 0, LandlockAudit.bindNetlink(fd, groups: 0) == 0 else { throw Helpers.BuildError(description: "audit socket: errno \(errno)") }
+        defer { close(fd) }
+        // nlmsghdr (AUDIT_SET, NLM_F_REQUEST|NLM_F_ACK) + audit_status (mask AUDIT_STATUS_ENABLED, enabled).
+        var message = [UInt8](repeating: 0, count: 16 + 44)
+        func put(_ v: UInt32, at i: Int) { for k in 0..<4 { message[i + k] = UInt8((v >> (8 * UInt32(k))) & 0xff) } }
+        put(UInt32(message.count), at: 0)
+        put(1001 | (5 << 16), at: 4)
+        put(1, at: 16)
+        put(on ? 1 : 0, at: 20)
+        guard send(fd, message, message.count, 0) == message.count else { throw Helpers.BuildError(description: "AUDIT_SET: errno \(errno)") }
+        var reply = [UInt8](repeating: 0, count: 256)
+        _ = recv(fd, &reply, reply.count, 0)
+    }
+
+    @Test("Landlock denials are counted from the kernel's audit records, and where they cannot be, the reason is plain",
+          .enabled(if: getuid() == 0, "reading audit records needs CAP_AUDIT_READ (root)"),
+          .enabled(if: LandlockPlan.kernelABI() >= 7, "Landlock writes audit records from ABI 7 (Linux 6.15)"),
+          .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
+    func landlockDenials() throws {
+        let wasOn = try #require(LandlockAudit.auditEnabled(), "AUDIT_GET failed")
+        if !wasOn {
+            #expect(LandlockAudit.unavailableReason?.contains("audit is disabled") == true, "\(LandlockAudit.unavailableReason ?? "nil")")
+            // On for this test only (the host's setting comes back after it).
+            try Self.setAudit(true)
+        }
+        defer { if !wasOn { try? Self.setAudit(false) } }
+        #expect(LandlockAudit.unavailableReason == nil, "\(LandlockAudit.unavailableReason ?? "")")
+        let seen = Mutex<[String]>([])
+        // minimal.toml as root inside, with a writable root tmpfs: mkdir
+        // passes DAC and the mount, and only Landlock refuses it.
+        let text = JailEndToEndTests.rootInside + Self.profile.dropFirst(JailEndToEndTests.minimal.count)
+        let (exit, output, jail) = try Self.observed(["/bin/sh", "-c", "for i in 1 2 3; do mkdir /made-$i 2>/dev/null || echo denied; done"],
+                                                     profile: text, onLandlockDenial: { d in seen.withLock { $0.append(d.blockers) } })
+        #expect(exit.status == 0 && output == "denied\ndenied\ndenied\n", "\(output)")
+        let watch = try #require(jail.landlockWatch, "\(jail.landlockUnobserved ?? "")")
+        let tally = watch.tally()
+        #expect(tally.total == 3, "\(tally)")
+        #expect(tally.byBlocker["fs.make_dir"] == 3, "\(tally)")
+        #expect(tally.example?.hasPrefix("fs.make_dir path=") == true, "\(tally)")
+        #expect(seen.withLock { $0 } == ["fs.make_dir", "fs.make_dir", "fs.make_dir"])
     }
 
     @Test("the listener never reaches the jail: the worker's fd table holds its stdio only",

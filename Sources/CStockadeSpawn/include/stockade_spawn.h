@@ -161,7 +161,10 @@ struct stk_plan {
      * is loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER in seccomp_flags);
      * -1: no listener. The launcher's end of the socket is in parent_fds. */
     int32_t notify_fd;
-    int32_t _pad4;
+    /* landlock_restrict_self flags for the worker's domain (ABI 7:
+     * LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON, so that audit reports its
+     * denials after execve too); 0 on older kernels. */
+    uint32_t landlock_restrict_flags;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
