@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -189,4 +190,49 @@ int stk_notify_send(int listener, uint64_t id, int64_t val, int32_t error, uint3
 
 int stk_notify_id_valid(int listener, uint64_t id) {
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id);
+}
+
+int stk_recv_listener(int sock, int *fd, int32_t *pid) {
+    char byte = 0;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    /* Room for one fd and one struct ucred. */
+    union {
+        struct cmsghdr header;
+        char bytes[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                         .msg_controllen = sizeof control.bytes};
+    ssize_t n;
+    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    int got_fd = -1, extra = 0;
+    int32_t got_pid = -1;
+    /* Collect every fd that arrived, so that none leaks whatever was sent. */
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET) continue;
+        if (c->cmsg_type == SCM_RIGHTS) {
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < count; i++) {
+                int f;
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+                if (got_fd < 0) got_fd = f;
+                else { close(f); extra = 1; }
+            }
+        } else if (c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof cred);
+            got_pid = cred.pid;
+        }
+    }
+    if (n == 0 && got_fd < 0) return 0;
+    if (n != 1 || got_fd < 0 || extra || (msg.msg_flags & MSG_CTRUNC)) {
+        if (got_fd >= 0) close(got_fd);
+        errno = EPROTO;
+        return -1;
+    }
+    *fd = got_fd;
+    *pid = got_pid;
+    return 1;
 }

@@ -127,7 +127,7 @@ public final class LandlockAudit: @unchecked Sendable {
     }
 
     /// AUDIT_GET's `enabled`; nil when it cannot be asked.
-    static func auditEnabled() -> Bool? {
+    package static func auditEnabled() -> Bool? {
         let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkAudit)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -152,6 +152,51 @@ public final class LandlockAudit: @unchecked Sendable {
             return buffer[20..<24].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } != 0
         }
         return nil
+    }
+
+    /// Turns the kernel's audit on or off (AUDIT_SET; needs
+    /// CAP_AUDIT_CONTROL). For tests that need Landlock's records on a host
+    /// where audit is off: Stockade itself never changes the host's setting.
+    package static func setAuditEnabled(_ on: Bool) -> Bool {
+        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkAudit)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        guard bindNetlink(fd, groups: 0) == 0 else { return false }
+        // nlmsghdr (AUDIT_SET 1001, NLM_F_REQUEST|NLM_F_ACK) + struct audit_status
+        // (11 words: mask AUDIT_STATUS_ENABLED, enabled, the rest unused).
+        var message = [UInt8](repeating: 0, count: 16 + 44)
+        func put(_ v: UInt32, at i: Int) { for k in 0..<4 { message[i + k] = UInt8((v >> (8 * UInt32(k))) & 0xff) } }
+        put(UInt32(message.count), at: 0)
+        put(1001 | (5 << 16), at: 4)
+        put(1, at: 16)
+        put(on ? 1 : 0, at: 20)
+        guard send(fd, message, message.count, 0) == message.count else { return false }
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var reply = [UInt8](repeating: 0, count: 256)
+        guard recv(fd, &reply, reply.count, 0) >= 20 else { return false }
+        return reply[16..<20].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } == 0
+    }
+
+    private static let auditHolds = Mutex<(count: Int, restore: Bool)>((0, false))
+
+    /// Runs `body` with the kernel's audit on, turning it on first where it
+    /// is off and back off after the last concurrent holder (tests only).
+    package static func withAuditEnabled<T>(_ body: () throws -> T) rethrows -> T {
+        auditHolds.withLock { h in
+            if h.count == 0, auditEnabled() == false { h.restore = setAuditEnabled(true) }
+            h.count += 1
+        }
+        defer {
+            auditHolds.withLock { h in
+                h.count -= 1
+                if h.count == 0, h.restore {
+                    _ = setAuditEnabled(false)
+                    h.restore = false
+                }
+            }
+        }
+        return try body()
     }
 
     /// Counts the denials of the Landlock domain `workerPID` creates (or created).

@@ -181,6 +181,11 @@ public enum Launcher {
         // returns over this pair (see SeccompSupervisor).
         let observed = request.seccompObservation?.observed
         let notifyPair = try observed.map { _ in try UnixSocketPair.make() }
+        if let notifyPair {
+            // The worker's pid (as this process sees it) comes with its message.
+            var on: Int32 = 1
+            setsockopt(notifyPair.0.rawValue, SOL_SOCKET, SO_PASSCRED, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
         var notifyChildOpen = notifyPair != nil
         func closeNotifyChildEnd() {
             if notifyChildOpen, let pair = notifyPair { try? pair.1.close() }
@@ -245,10 +250,12 @@ public enum Launcher {
         // The listener arrives before the exec (or never, when a step
         // failed): served from here on, so that no call of the worker waits.
         var watch: SeccompWatch?
+        var workerPID: Int32?
         if let notifyPair, let observed, let observation = request.seccompObservation {
             do {
-                if let listener = try receiveListener(notifyPair.0, errors: errors.read) {
+                if let (listener, sender) = try receiveListener(notifyPair.0, errors: errors.read) {
                     watch = SeccompSupervisor.shared.watch(listener: listener, program: observed, options: observation.options)
+                    workerPID = sender > 0 ? sender : nil
                 }
             } catch {
                 throw abort(error)
@@ -284,10 +291,10 @@ public enum Launcher {
         if let observation = request.seccompObservation, let ll = request.landlock, ll.abi > 0 {
             if let why = LandlockAudit.unavailableReason {
                 landlockUnobserved = why
-            } else if let worker = firstChild(of: pid) {
+            } else if let worker = workerPID {
                 landlockWatch = LandlockAudit.shared.watch(workerPID: worker, onDenial: observation.onLandlockDenial)
             } else {
-                landlockUnobserved = "the worker's pid could not be read from /proc/\(pid)/task/\(pid)/children"
+                landlockUnobserved = "the worker's pid did not come with its seccomp listener"
             }
         }
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
@@ -297,17 +304,11 @@ public enum Launcher {
                     landlockWatch: landlockWatch, landlockUnobserved: landlockUnobserved)
     }
 
-    /// The first child of `pid` (the jail's worker, forked by PID 1 before
-    /// the exec this launch waited for).
-    static func firstChild(of pid: Int32) -> Int32? {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").first.flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-    }
-
     /// Waits for the worker's seccomp listener on `socket`, or for the
     /// error pipe to show that the child failed (a record) or exec'd
-    /// without sending one; nil in those cases.
-    static func receiveListener(_ socket: FileDescriptor, errors: FileDescriptor) throws -> FileDescriptor? {
+    /// without sending one; nil in those cases. With the listener comes the
+    /// worker's pid in this process's pid namespace (SO_PASSCRED).
+    static func receiveListener(_ socket: FileDescriptor, errors: FileDescriptor) throws -> (FileDescriptor, Int32)? {
         var fds = [pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: errors.rawValue, events: Int16(POLLIN), revents: 0)]
         while true {
@@ -320,18 +321,13 @@ public enum Launcher {
             // The socket's message, when there is one, precedes the exec.
             if fds[1].revents != 0, poll(&fds, 1, 0) == 0 { return nil }
         }
-        var byte: UInt8 = 0
-        let message: ReceivedMessage
-        do {
-            message = try withUnsafeMutableBytes(of: &byte) { try socket.receiveMessage(into: $0, maxDescriptors: 1) }
-        } catch let e as Errno {
-            throw JailError.launcherStep("receive the seccomp listener", errno: e.rawValue)
+        var listener: Int32 = -1
+        var sender: Int32 = -1
+        switch stk_recv_listener(socket.rawValue, &listener, &sender) {
+        case 1: return (FileDescriptor(rawValue: listener), sender)
+        case 0: return nil
+        default: throw JailError.launcherStep("receive the seccomp listener", errno: errno)
         }
-        guard message.byteCount == 1, message.descriptors.count == 1, !message.controlTruncated else {
-            for fd in message.descriptors { try? fd.close() }
-            return nil
-        }
-        return message.descriptors[0]
     }
 
     static func checkKernel(_ profile: Profile) throws {

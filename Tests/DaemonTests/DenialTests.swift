@@ -104,6 +104,28 @@ struct DenialTests {
         #expect(acted.first?["outcome"] as? String == "per-minute", "\(acted)")
     }
 
+    @Test("Landlock denials reach the metrics and the worker's landlockDenials where the kernel's audit reports them",
+          .enabled(if: Fixture.isRoot, "reading audit records needs CAP_AUDIT_READ (root)"),
+          .enabled(if: LandlockPlan.kernelABI() >= 7, "Landlock writes audit records from ABI 7 (Linux 6.15)"))
+    func landlockDenials() throws {
+        // Audit on for this test only where it is off (the host's setting comes back after it).
+        try LandlockAudit.withAuditEnabled { try landlockDenialsCounted() }
+    }
+
+    func landlockDenialsCounted() throws {
+        let d = try RunningDaemon(tenants: [Self.tenant("fenced")])
+        defer { d.close() }
+        let alice = d.client("alice")
+        // The profile grants no TCP port: Landlock refuses the bind (EACCES).
+        let r = try alice.infer("fenced", "bind:8081")
+        #expect(r.text == "errno 13", "\(r.text)")
+        #expect(d.waitUntil(10) {
+            ((try? alice.get("/metrics").text) ?? "").contains("stockaded_landlock_denials_total{tenant=\"fenced\"} 1")
+        })
+        let w = try #require(try Self.workers(d, "fenced").first)
+        #expect(w["landlockDenials"] as? Int == 1, "\(w)")
+    }
+
     @Test("a tenant flooding denials does not slow another tenant's requests (latency measured)")
     func floodIsolation() throws {
         let d = try RunningDaemon(tenants: [Self.tenant("flood"), Self.tenant("calm")])

@@ -205,35 +205,19 @@ extension SeccompTests {
         }
     }
 
-    /// Turns the kernel's audit on or off (AUDIT_SET; root).
-    static func setAudit(_ on: Bool) throws {
-        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 9)
-        guard fd >= 0, LandlockAudit.bindNetlink(fd, groups: 0) == 0 else { throw Helpers.BuildError(description: "audit socket: errno \(errno)") }
-        defer { close(fd) }
-        // nlmsghdr (AUDIT_SET, NLM_F_REQUEST|NLM_F_ACK) + audit_status (mask AUDIT_STATUS_ENABLED, enabled).
-        var message = [UInt8](repeating: 0, count: 16 + 44)
-        func put(_ v: UInt32, at i: Int) { for k in 0..<4 { message[i + k] = UInt8((v >> (8 * UInt32(k))) & 0xff) } }
-        put(UInt32(message.count), at: 0)
-        put(1001 | (5 << 16), at: 4)
-        put(1, at: 16)
-        put(on ? 1 : 0, at: 20)
-        guard send(fd, message, message.count, 0) == message.count else { throw Helpers.BuildError(description: "AUDIT_SET: errno \(errno)") }
-        var reply = [UInt8](repeating: 0, count: 256)
-        _ = recv(fd, &reply, reply.count, 0)
-    }
-
     @Test("Landlock denials are counted from the kernel's audit records, and where they cannot be, the reason is plain",
           .enabled(if: getuid() == 0, "reading audit records needs CAP_AUDIT_READ (root)"),
           .enabled(if: LandlockPlan.kernelABI() >= 7, "Landlock writes audit records from ABI 7 (Linux 6.15)"),
           .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
     func landlockDenials() throws {
-        let wasOn = try #require(LandlockAudit.auditEnabled(), "AUDIT_GET failed")
-        if !wasOn {
+        if LandlockAudit.auditEnabled() == false {
             #expect(LandlockAudit.unavailableReason?.contains("audit is disabled") == true, "\(LandlockAudit.unavailableReason ?? "nil")")
-            // On for this test only (the host's setting comes back after it).
-            try Self.setAudit(true)
         }
-        defer { if !wasOn { try? Self.setAudit(false) } }
+        // Audit on for this test only where it is off (the host's setting comes back after it).
+        try LandlockAudit.withAuditEnabled { try landlockDenialsCounted() }
+    }
+
+    func landlockDenialsCounted() throws {
         #expect(LandlockAudit.unavailableReason == nil, "\(LandlockAudit.unavailableReason ?? "")")
         let seen = Mutex<[String]>([])
         // minimal.toml as root inside, with a writable root tmpfs: mkdir
@@ -248,6 +232,16 @@ extension SeccompTests {
         #expect(tally.byBlocker["fs.make_dir"] == 3, "\(tally)")
         #expect(tally.example?.hasPrefix("fs.make_dir path=") == true, "\(tally)")
         #expect(seen.withLock { $0 } == ["fs.make_dir", "fs.make_dir", "fs.make_dir"])
+    }
+
+    @Test("a profile that denies sendmsg cannot hand the listener over: the jail runs unobserved with the profile's errno, and says why",
+          .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
+    func handoverDenied() throws {
+        let text = Self.profile.replacingOccurrences(of: "deny = [\"getppid\"]", with: "deny = [\"getppid\", \"sendmsg\"]")
+        let (exit, output, jail) = try Self.observed(["/helpers/denyloop", "110", "3"], profile: text)
+        #expect(exit.status == 0 && output.hasPrefix("errno 13 count 3 other 0\n"), "\(output)")
+        #expect(jail.seccompWatch == nil)
+        #expect(jail.seccompUnobserved?.contains("does not allow sendmsg") == true, "\(jail.seccompUnobserved ?? "nil")")
     }
 
     @Test("the listener never reaches the jail: the worker's fd table holds its stdio only",

@@ -296,6 +296,14 @@ int stk_notify_send(int listener, uint64_t id, int64_t val, int32_t error, uint3
  * for the answer to `id` (so a pid read from it is still that thread). */
 int stk_notify_id_valid(int listener, uint64_t id);
 
+/* Receives the worker's seccomp listener from `sock` (one byte with the fd
+ * as SCM_RIGHTS, installed close-on-exec) and, the socket having
+ * SO_PASSCRED on, the sender's pid as this process's pid namespace sees
+ * it (SCM_CREDENTIALS). Returns 1 with *fd and *pid set; 0 when the peer
+ * closed without sending; -1 with errno. An fd that came with anything
+ * unexpected is closed and -1/EPROTO returned. */
+int stk_recv_listener(int sock, int *fd, int32_t *pid);
+
 #ifdef __cplusplus
 }
 #endif

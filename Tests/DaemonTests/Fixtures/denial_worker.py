@@ -2,10 +2,13 @@
     b"deny:NR,COUNT"  -> makes raw system call NR (no arguments) COUNT times
                          and answers b"errno E count C other O" (E: the first
                          errno, C: calls that failed with it, O: the rest)
+    b"bind:PORT"      -> binds a TCP socket to 127.0.0.1:PORT in the jail's own
+                         network namespace; answers b"bound" or b"errno E"
 Everything else is test_worker.py's.
 """
 import ctypes
 import os
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +33,15 @@ def handle(payload: bytes) -> bytes:
                     continue
             other += 1
         return b"errno %d count %d other %d" % (first, same, other)
+    if payload.startswith(b"bind:"):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", int(payload[5:])))
+            return b"bound"
+        except OSError as e:
+            return b"errno %d" % e.errno
+        finally:
+            s.close()
     return test_worker.handle(payload)
 
 
