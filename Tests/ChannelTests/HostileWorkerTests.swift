@@ -282,6 +282,28 @@ struct HostileWorkerTests {
         expectFlat(before, workerSocket: workerSocket, sourceLocation: sourceLocation)
     }
 
+    /// The same two attacks against a request with a deadline of its own
+    /// (as the daemon's pools make them, with no watchdog thread): the
+    /// request ends at the deadline as `timed-out` and the channel closes,
+    /// whatever the worker does with its end.
+    @Test(arguments: ["hang-request", "ping-flood-no-read"])
+    func requestEndsAtItsDeadline(attack: String) throws {
+        let before = LauncherResources.now(workerSocket: "")
+        let (child, bootstrap, workerSocket) = try startAttack(attack)
+        let channel = try bootstrap.connect()
+        let start = ContinuousClock.now
+        let caught = bounded(10, onTimeout: { channel.interrupt() }) { () -> ChannelError? in
+            do throws(ChannelError) { _ = try channel.request(Array("hello".utf8), deadline: start + .seconds(1)) } catch { return error }
+            return nil
+        }
+        #expect(caught??.violation?.kind == .timedOut, "\(String(describing: caught))")
+        #expect(ContinuousClock.now - start < .milliseconds(1_500))
+        #expect(channel.isClosed)
+        child.kill()
+        _ = child.wait()
+        expectFlat(before, workerSocket: workerSocket)
+    }
+
     /// The worker answers the shutdown but keeps its socket open: the
     /// shutdown ends at its deadline as `timed-out`.
     @Test func lingeringShutdownEndsAtItsDeadline() throws {
