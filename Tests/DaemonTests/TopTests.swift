@@ -323,7 +323,7 @@ struct TopTests {
             .init(name: "alpha", min: 1, max: 2, extra: "[tenant.alpha.budget]\nmemory_max = \"1G\"\ncpu = 2",
                   access: ["viewer": "viewer", "alice": "invoker"]),
             .init(name: "beta", min: 2, max: 3, access: ["viewer": "viewer"]),
-        ])
+        ], cgroupBase: "stockaded-top-test")
         defer { d.close() }
         #expect(d.waitUntil(60) {
             d.daemon.pool("alpha")?.workers().filter { $0.state == "idle" }.count == 1
