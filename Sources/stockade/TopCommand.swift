@@ -219,10 +219,12 @@ struct DaemonAPI {
 /// and the alternate screen, both put back by ``leave()``.
 final class Terminal {
     let fd: Int32
-    private let saved: termios
+    /// The modes of standard input (where keys are read) when it is a
+    /// terminal, as they were.
+    private let saved: termios?
     private var left = false
 
-    private init(fd: Int32, saved: termios) {
+    private init(fd: Int32, saved: termios?) {
         self.fd = fd
         self.saved = saved
     }
@@ -234,16 +236,20 @@ final class Terminal {
     }
 
     /// Keys without echo or line editing (Ctrl-C still signals), the
-    /// alternate screen, the cursor hidden.
+    /// alternate screen on `fd`, the cursor hidden.
     static func enter(_ fd: Int32) throws -> Terminal {
+        var saved: termios?
         var t = termios()
-        guard tcgetattr(fd, &t) == 0 else {
-            throw StockadeFailure(message: "top: cannot read the terminal's modes: \(String(cString: strerror(errno)))", status: 71)
+        if isatty(0) == 1 {
+            guard tcgetattr(0, &t) == 0 else {
+                throw StockadeFailure(message: "top: cannot read the terminal's modes: \(String(cString: strerror(errno)))", status: 71)
+            }
+            saved = t
+            var raw = t
+            raw.c_lflag &= ~tcflag_t(ICANON | ECHO)
+            _ = tcsetattr(0, TCSANOW, &raw)
         }
-        let terminal = Terminal(fd: fd, saved: t)
-        var raw = t
-        raw.c_lflag &= ~tcflag_t(ICANON | ECHO)
-        if isatty(0) == 1 { _ = tcsetattr(0, TCSANOW, &raw) }
+        let terminal = Terminal(fd: fd, saved: saved)
         Terminal.write(fd, "\u{1B}[?1049h\u{1B}[?25l\u{1B}[H\u{1B}[2J")
         return terminal
     }
@@ -259,8 +265,7 @@ final class Terminal {
         guard !left else { return }
         left = true
         Terminal.write(fd, "\u{1B}[?25h\u{1B}[?1049l")
-        var t = saved
-        if isatty(0) == 1 { while tcsetattr(0, TCSADRAIN, &t) != 0 && errno == EINTR {} }
+        if var t = saved { while tcsetattr(0, TCSADRAIN, &t) != 0 && errno == EINTR {} }
     }
 
     static func write(_ fd: Int32, _ text: String) {
