@@ -159,28 +159,28 @@ public final class CgroupManager: Sendable {
                 basePath = try Self.cleanPath(p)
             case .automatic(let name):
                 let own = u.ownPath
+                // A cgroup root delegated to this user by root (`stockade
+                // cgroups --delegate`) is the base, as on v1; the kernel lets
+                // the launcher move its jails there only from a cgroup below it.
                 let delegated = CgroupDelegation.path(uid: geteuid(), name: name)
-                if geteuid() != 0, CgroupDelegation.isOwnedByCaller(u.mountPoint + delegated) {
-                    // The cgroup root delegated to this user is the base, as
-                    // on v1; the kernel lets the launcher move its jails
-                    // there only from a cgroup below it.
-                    guard own == delegated || own.hasPrefix(delegated + "/") else {
-                        let dir = u.mountPoint + delegated
-                        throw CgroupError(.unsupported, "the cgroup delegated to uid \(geteuid()), \(dir), takes jails only from a launcher that runs inside it (cgroup v2 moves a process only for a writer of the common ancestor's cgroup.procs), and this launcher runs in \(own); as root, start the session in \(dir)/\(CgroupDelegation.sessionLeaf) (write its pid to cgroup.procs there)")
-                    }
+                let hasDelegated = geteuid() != 0 && CgroupDelegation.isOwnedByCaller(u.mountPoint + delegated)
+                if hasDelegated && (own == delegated || own.hasPrefix(delegated + "/")) {
                     basePath = delegated
                     delegatedBase = true
                     // Started in the delegated cgroup itself (which then
                     // hands no controllers down yet): move to a leaf first.
                     if own == delegated { ownDelegated = own }
                     why += " (the cgroup delegated to uid \(geteuid()))"
-                } else if own == "/" {
+                } else if own == "/" && !hasDelegated {
                     basePath = "/" + name
-                } else if isDelegated(u.mountPoint + own) {
+                } else if own != "/" && isDelegated(u.mountPoint + own) {
                     basePath = own + "/" + name
                     ownDelegated = own
                 } else if geteuid() == 0 {
                     basePath = "/" + name
+                } else if hasDelegated {
+                    let dir = u.mountPoint + delegated
+                    throw CgroupError(.unsupported, "the cgroup delegated to uid \(geteuid()), \(dir), takes jails only from a launcher that runs inside it (cgroup v2 moves a process only for a writer of the common ancestor's cgroup.procs), and this launcher runs in \(own); as root, start the session in \(dir)/\(CgroupDelegation.sessionLeaf) (write its pid to cgroup.procs there)")
                 } else {
                     throw CgroupError(.unsupported, "the launcher's cgroup \(u.mountPoint + own) is not delegated to uid \(geteuid()); run Stockade as root, or in a systemd unit with Delegate=yes, or set the base cgroup to one this user may write")
                 }
