@@ -24,7 +24,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench soak fuzz compare clean \
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench check-image soak fuzz compare clean \
 	release-bins install install-files deb
 
 all: release
@@ -219,8 +219,16 @@ soak: deps venv
 	$(SWIFT) build --product stockaded
 	$(PY) scripts/soak.py --stockaded .build/debug/stockaded
 
-bench: release venv
+bench: release venv check-image
 	.build/release/stockade-bench all
+
+# The launch path links FoundationEssentials at most (docs/ARCHITECTURE.md):
+# no symbol of Foundation, CoreFoundation or ICU in the release `stockade`.
+check-image:
+	@[ -x $(RELEASE_BIN)/stockade ] || { echo "$(RELEASE_BIN)/stockade is missing: make release"; exit 1; }
+	@found=$$(nm $(RELEASE_BIN)/stockade | grep -cE '10Foundation|FoundationInternationalization|_FoundationICU|CFStringCreate|ucol_open' || true); \
+	if [ "$$found" -ne 0 ]; then echo "$(RELEASE_BIN)/stockade links Foundation ($$found symbols): see docs/ARCHITECTURE.md"; exit 1; fi; \
+	echo "$(RELEASE_BIN)/stockade: no Foundation ($$(du -m $(RELEASE_BIN)/stockade | cut -f1) MB)"
 
 clean:
 	rm -rf .build $(STAMP)

@@ -4,6 +4,7 @@ import StockadeSeccomp
 /// front end (the CLI, the daemon) before `Launcher.launch`.
 public enum JailSecurity {
     /// Compiles the profile's seccomp policy into `request.seccompFilter`
+    /// (as root through ``SeccompProgramCache``)
     /// and derives the Landlock rules from its mounts (and the request's
     /// extra mounts) for the running kernel's ABI. A filter or ruleset the
     /// caller already put in the request is kept. Throws a
@@ -23,7 +24,10 @@ public enum JailSecurity {
             request.devices = plan
         }
         if request.seccompFilter.isEmpty {
-            let program = try request.profile.seccomp.compile()
+            // As root, an unchanged policy's program comes from the
+            // root-only cache (SeccompProgramCache) instead of libseccomp.
+            let program = try SeccompProgramCache.shared?.program(for: request.profile.seccomp).0
+                ?? request.profile.seccomp.compile()
             request.seccompFilter = program.bytes
             request.seccompFlags = program.flags
         }
