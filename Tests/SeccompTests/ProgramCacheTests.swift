@@ -9,14 +9,8 @@ import Testing
 /// under /tmp (root's, 0700), never the shared /run/stockade/plans.
 extension SeccompTests {
 @Suite struct ProgramCacheTests {
-    static let policy = """
-        [seccomp]
-        default = "errno:4000"
-        [[seccomp.rule]]
-        syscall = "getppid"
-        action = "errno:4001"
-        args = ["arg0 == 5"]
-        """
+    /// The cross-check's policy: rules with conditions, errno verdicts no real call returns.
+    static let policy = CrossCheckTests.policyText
     static let other = """
         [seccomp]
         default = "errno:4002"
