@@ -116,12 +116,12 @@ enum Fixture {
                 [tenant.\(t.name)]
                 profile = "\(profile)"
                 command = ["\(venvPython)", "\(repo)/Tests/DaemonTests/Fixtures/\(t.worker)"]
-                binds = ["\(repo)/.venv", "\(repo)/python", "\(repo)/Tests/DaemonTests/Fixtures"]
+                binds = ["\(repo)/.venv", "\(repo)/Tests/DaemonTests/Fixtures"]
                 workers_min = \(t.min)
                 workers_max = \(t.max)
                 queue = \(t.queue)
                 request_timeout = "\(t.timeout)"
-                env = { TEST_TENANT = "\(t.name)", STOCKADE_SDK = "\(repo)/python" }
+                env = { TEST_TENANT = "\(t.name)" }
                 \(t.extra)
 
                 [tenant.\(t.name).access]
