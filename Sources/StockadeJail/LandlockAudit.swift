@@ -274,7 +274,11 @@ public final class LandlockAudit: @unchecked Sendable {
 
     /// `audit(1796148428.126:3049): domain=1247c64b2 blockers=fs.read_file path="/etc/hostname" ...`
     static func fields(_ text: String) -> (fields: [String: String], rest: Substring) {
-        let body = text.range(of: "): ").map { text[$0.upperBound...] } ?? Substring(text)
+        // The text after the "audit(TIME:SERIAL): " prefix.
+        var body = Substring(text)
+        if let close = text.firstIndex(of: ")"), text[close...].hasPrefix("): ") {
+            body = text[text.index(close, offsetBy: 3)...]
+        }
         var result: [String: String] = [:]
         for part in body.split(separator: " ") {
             guard let eq = part.firstIndex(of: "=") else { continue }
