@@ -117,10 +117,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Tools for testers of profiles: simulate, diff, fuzz, minimize, and
+        // the reference evaluation of a profile that shares no code with the
+        // compiler.
+        .target(
+            name: "StockadeProfileTesting",
+            dependencies: [
+                "StockadeJail", "StockadeSeccomp", "StockadeConfig", "StockadeSystem",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "stockade",
             dependencies: [
-                "StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeConfig", "StockadeSystem",
+                "StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeConfig", "StockadeSystem", "StockadeProfileTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -156,7 +167,7 @@ let package = Package(
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", "StockadeProfileTesting", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
@@ -178,7 +189,7 @@ let package = Package(
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig", "StockadeSeccomp", "StockadeCgroups"], swiftSettings: swiftSettings),
         .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn", "stockade-init"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
+        .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp", "StockadeProfileTesting"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCgroups", "StockadeJail", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(
