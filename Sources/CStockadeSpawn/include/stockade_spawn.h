@@ -155,6 +155,13 @@ struct stk_plan {
     uint32_t charge_uid;       /* host uid the jail's user namespace (and its ucounts) is charged to */
     uint32_t charge_gid;
     int32_t _pad3;
+
+    /* seccomp user notification: >= 0, a unix socket on which the worker
+     * sends the listener fd that loading the filter returned (the filter
+     * is loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER in seccomp_flags);
+     * -1: no listener. The launcher's end of the socket is in parent_fds. */
+    int32_t notify_fd;
+    int32_t _pad4;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -259,6 +266,32 @@ int stk_rename_exchange(const char *a, const char *b);
 int stk_forward_signals(int pidfd, const int *signals, int count);
 /* Stops forwarding before the pidfd is closed; the signals are then dropped. */
 void stk_stop_forwarding(void);
+
+/* ---- Seccomp user notification (the supervisor's side). ---- */
+
+/* One notification, as SECCOMP_IOCTL_NOTIF_RECV returns it (the layout of
+ * the kernel's struct seccomp_notif with its seccomp_data). */
+struct stk_notification {
+    uint64_t id;      /* the cookie to answer with */
+    uint32_t pid;     /* the calling thread, in the receiver's pid namespace */
+    uint32_t flags;
+    int32_t nr;       /* seccomp_data: number, architecture, ip, arguments */
+    uint32_t arch;
+    uint64_t ip;
+    uint64_t args[6];
+};
+
+/* seccomp(SECCOMP_GET_ACTION_AVAIL, action): 0 when the kernel has it, -1 with errno. */
+int stk_seccomp_action_available(uint32_t action);
+/* SECCOMP_IOCTL_NOTIF_RECV into *out: 0, or -1 with errno (ENOENT: the
+ * caller was gone before it could be received). */
+int stk_notify_recv(int listener, struct stk_notification *out);
+/* SECCOMP_IOCTL_NOTIF_SEND: the call returns `val`, or fails with `error`
+ * (a negative errno); `flags` SECCOMP_USER_NOTIF_FLAG_CONTINUE lets it run. 0 or -1 with errno. */
+int stk_notify_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
+/* SECCOMP_IOCTL_NOTIF_ID_VALID: 0 while the notifying thread still waits
+ * for the answer to `id` (so a pid read from it is still that thread). */
+int stk_notify_id_valid(int listener, uint64_t id);
 
 #ifdef __cplusplus
 }
