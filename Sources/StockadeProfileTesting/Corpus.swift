@@ -1,8 +1,8 @@
 public import StockadeSeccomp
 #if canImport(FoundationEssentials)
-public import FoundationEssentials
+import FoundationEssentials
 #else
-public import Foundation
+import Foundation
 #endif
 
 /// A corpus of system calls, one JSON object a line:
