@@ -1,6 +1,14 @@
 import TOMLKit
 public import StockadeSeccomp
 import StockadeSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A second reading of a profile's `[seccomp]`, written from the profile
 /// documentation and sharing no code with the compiler: it parses the TOML
@@ -10,7 +18,7 @@ import StockadeSystem
 /// the kernel's system-call table (as libseccomp names it), the list of
 /// hardened calls, the stock allowlist and the table of 32-bit arguments.
 /// `simulate --expect` and `fuzz` compare the compiled filter's verdicts
-/// with this one's.
+/// with this one's. A Docker import is read from its JSON here too.
 ///
 /// The meaning, as docs/PROFILES.md gives it:
 /// - another architecture, or an x32 number, is killed; `-1` and numbers
@@ -55,15 +63,24 @@ public struct ReferencePolicy: Sendable {
             return
         }
         func fail(_ m: String) -> ReadError { ReadError(description: "\(file): [seccomp] \(m)") }
-        if section["import"] != nil {
-            throw fail("imports a Docker profile; the reference evaluation reads Stockade's own rules only")
+        var baseRules: [Rule]
+        if let spec = section["import"]?.string {
+            guard spec.hasPrefix("docker:") else { throw fail("import: not docker:PATH") }
+            var path = String(spec.dropFirst(7))
+            if !path.hasPrefix("/") {
+                let dir = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
+                path = dir + "/" + path
+            }
+            let docker = try Self.docker(path: path)
+            defaultAction = docker.0
+            baseRules = docker.1
+        } else {
+            baseRules = (section["base"]?.string ?? "stock") == "stock" ? Self.stock() : []
         }
         if let d = section["default"]?.string {
             guard let a = Self.action(d) else { throw fail("default: unknown action \(d)") }
             defaultAction = a
         }
-        let base = section["base"]?.string ?? "stock"
-        var baseRules = base == "stock" ? Self.stock() : []
         var own: [Rule] = []
         func strings(_ value: (any TOMLValueConvertible)?) -> [String] {
             (value?.array ?? []).compactMap { $0.string }
@@ -164,6 +181,82 @@ public struct ReferencePolicy: Sendable {
             }
         }
         return result
+    }
+
+    /// A Docker/Moby seccomp JSON profile read the way Docker reads it, for
+    /// a jail holding no capabilities on x86_64: entries that need a
+    /// capability, or name only other architectures, or a newer kernel, are
+    /// left out; an unconditional entry for a call makes the call's later
+    /// entries moot (libseccomp's rule, which Docker inherits).
+    static func docker(path: String) throws(ReadError) -> (UInt32, [Rule]) {
+        struct Arg: Decodable { var index: Int; var value: UInt64; var valueTwo: UInt64?; var op: String }
+        struct Gate: Decodable { var caps: [String]?; var arches: [String]?; var minKernel: String? }
+        struct Entry: Decodable {
+            var names: [String]?; var name: String?; var action: String; var errnoRet: UInt32?
+            var args: [Arg]?; var includes: Gate?; var excludes: Gate?
+        }
+        struct Doc: Decodable { var defaultAction: String; var defaultErrnoRet: UInt32?; var syscalls: [Entry]? }
+        let doc: Doc
+        do {
+            guard let data = FileManager.default.contents(atPath: path) else { throw ReadError(description: "cannot read \(path)") }
+            doc = try JSONDecoder().decode(Doc.self, from: data)
+        } catch let e as ReadError { throw e } catch { throw ReadError(description: "\(path): \(error)") }
+        func act(_ name: String, _ errno: UInt32?) -> UInt32? {
+            switch name {
+            case "SCMP_ACT_ALLOW": return SeccompAction.retAllow
+            case "SCMP_ACT_ERRNO": return SeccompAction.retErrno | (errno ?? 1)
+            case "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD": return SeccompAction.retKillThread
+            case "SCMP_ACT_KILL_PROCESS": return SeccompAction.retKillProcess
+            case "SCMP_ACT_TRAP": return SeccompAction.retTrap
+            case "SCMP_ACT_LOG": return SeccompAction.retLog
+            case "SCMP_ACT_NOTIFY": return SeccompAction.retUserNotif
+            case "SCMP_ACT_TRACE": return SeccompAction.retTrace | ((errno ?? 1) & 0xffff)
+            default: return nil
+            }
+        }
+        func version(_ s: String) -> [Int] { s.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) } }
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let kernel = version(release)
+        guard let defaultAction = act(doc.defaultAction, doc.defaultErrnoRet) else {
+            throw ReadError(description: "\(path): defaultAction \(doc.defaultAction)")
+        }
+        var rules: [Rule] = []
+        var decided = Set<Int32>()  // calls with an unconditional entry
+        for e in doc.syscalls ?? [] {
+            if let inc = e.includes {
+                if !(inc.caps ?? []).isEmpty { continue }
+                if let a = inc.arches, !a.isEmpty, !a.contains("amd64") { continue }
+                if let k = inc.minKernel, kernel.lexicographicallyPrecedes(version(k)) { continue }
+            }
+            if let exc = e.excludes {
+                if (exc.arches ?? []).contains("amd64") { continue }
+                if let k = exc.minKernel, !kernel.lexicographicallyPrecedes(version(k)) { continue }
+            }
+            guard let action = act(e.action, e.errnoRet) else { throw ReadError(description: "\(path): action \(e.action)") }
+            let conditions = (e.args ?? []).compactMap { a -> Condition? in
+                switch a.op {
+                case "SCMP_CMP_EQ": return Condition(arg: a.index, op: .eq, value: a.value, mask: 0)
+                case "SCMP_CMP_NE": return Condition(arg: a.index, op: .ne, value: a.value, mask: 0)
+                case "SCMP_CMP_LT": return Condition(arg: a.index, op: .lt, value: a.value, mask: 0)
+                case "SCMP_CMP_LE": return Condition(arg: a.index, op: .le, value: a.value, mask: 0)
+                case "SCMP_CMP_GT": return Condition(arg: a.index, op: .gt, value: a.value, mask: 0)
+                case "SCMP_CMP_GE": return Condition(arg: a.index, op: .ge, value: a.value, mask: 0)
+                case "SCMP_CMP_MASKED_EQ": return Condition(arg: a.index, op: .masked, value: a.valueTwo ?? 0, mask: a.value)
+                default: return nil
+                }
+            }
+            for name in (e.names ?? []) + (e.name.map { [$0] } ?? []) {
+                guard let nr = Syscalls.number(of: name), !decided.contains(nr) else { continue }
+                if conditions.isEmpty {
+                    decided.insert(nr)
+                    rules.removeAll { $0.number == nr }
+                }
+                rules.append(Rule(number: nr, name: name, action: action, conditions: conditions))
+            }
+        }
+        return (defaultAction, rules)
     }
 
     static func stock() -> [Rule] {
