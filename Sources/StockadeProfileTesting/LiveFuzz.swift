@@ -90,9 +90,23 @@ public struct LiveFuzz {
     public static let helperPath = "/stockade-rawcall"
 
     public var helper: String
+    /// The escape-probe battery (`make probe`); nil: the battery is not run.
+    public var probeBinary: String?
     /// What each call does under a filter that allows everything.
     public var baseline: [Observed] = []
     public var jailsLaunched = 0
+    /// Mutants the battery ran under, and those it could not run under (a
+    /// mutant may refuse what the battery itself needs: fork, write, ...).
+    public var batteries = 0
+    public var batteriesSkipped = 0
+
+    /// The battery's probes of what the hardening refuses in every jail
+    /// (namespaces, clone3, setns, mount, ptrace, personality, TIOCSTI,
+    /// TIOCLINUX, io_uring, userfaultfd, bpf, perf, keyrings,
+    /// open_by_handle_at, kexec/reboot, modules, x32, int 0x80, numbers
+    /// past the table): simulate predicts a refusal for each under every
+    /// profile that lifts nothing, so each must pass.
+    public static let hardeningProbes = [4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]
 
     public init(helper: String) throws {
         self.helper = helper
@@ -151,6 +165,32 @@ public struct LiveFuzz {
         case .allow, .log: return observed == baseline
         case .notify, .trace: return observed == .exit(38)  // no supervisor, no tracer: ENOSYS
         }
+    }
+
+    /// The battery's hardening probes in a jail of the mutant (on the stock
+    /// allowlist, so that the battery can run at all; the mutant's own rules
+    /// replace the stock ones for their calls). Returns what failed.
+    public mutating func battery(_ mutant: SeccompSketch) throws -> String? {
+        guard let probeBinary, mutant.dangerous.isEmpty else { return nil }
+        var s = Self.runnable(mutant)
+        s.base = "stock"
+        guard let profile = try? Profile.parse(text: Self.jailText + s.toml, file: "fuzz-live-battery.toml") else { return nil }
+        var options = ProbeBattery.Options(profile: profile, binary: probeBinary)
+        options.only = Self.hardeningProbes
+        options.timeLimit = .seconds(120)
+        let result: (report: ProbeReport, exit: JailExit)
+        do {
+            result = try ProbeBattery.run(options)
+        } catch is ProbeBatteryError {
+            batteriesSkipped += 1
+            return nil
+        }
+        jailsLaunched += 1
+        batteries += 1
+        let failed = result.report.failures
+        guard !failed.isEmpty else { return nil }
+        return "the probe battery escaped under the mutant: " + failed.map { "\($0.number) \($0.name): \($0.result)" }.joined(separator: "; ")
+            + "\nprofile:\n" + s.toml
     }
 
     /// Runs the corpus in jails of the mutant; returns the first mismatch.

@@ -30,7 +30,8 @@ struct FuzzCommand: ParsableCommand {
         --live also launches jails from the mutants (root or user namespaces \
         needed): each makes raw system calls (probe/stockade-rawcall, built \
         by `make probe`), and what the kernel did must be what the \
-        simulation predicted.
+        simulation predicted; the escape-probe battery's probes of the \
+        hardening must all pass in a jail of each mutant that lifts nothing.
         """
     )
 
@@ -45,6 +46,9 @@ struct FuzzCommand: ParsableCommand {
 
     @Option(help: "With --live: the static raw-call helper (default: beside stockade, or .build/stockade-rawcall).")
     var rawcall: String?
+
+    @Option(name: .customLong("probe-binary"), help: "With --live: the escape-probe battery (default: as `stockade probe` finds it).")
+    var probeBinary: String?
 
     @Option(help: "With --live: how many of the mutants to launch (default: all).")
     var liveRuns: Int?
@@ -72,7 +76,10 @@ struct FuzzCommand: ParsableCommand {
                 throw StockadeFailure(message: "no raw-call helper: build it with `make probe`, or pass --rawcall PATH", status: 125)
             }
             var harness: LiveFuzz
-            do { harness = try LiveFuzz(helper: helper) } catch {
+            do {
+                harness = try LiveFuzz(helper: helper)
+                harness.probeBinary = ProbeBattery.locateBinary(explicit: probeBinary)
+            } catch {
                 throw StockadeFailure(message: "fuzz --live: the baseline jail failed: \(error)", status: 125)
             }
             let liveStart = ContinuousClock.now
@@ -85,6 +92,11 @@ struct FuzzCommand: ParsableCommand {
                         printError("stockade: fuzz --live mismatch (seed \(seed)): \(m)")
                         break
                     }
+                    if let escape = try harness.battery(sketch) {
+                        failed = true
+                        printError("stockade: fuzz --live (seed \(seed)): \(escape)")
+                        break
+                    }
                 } catch {
                     failed = true
                     printError("stockade: fuzz --live: a jail failed: \(error)")
@@ -93,7 +105,9 @@ struct FuzzCommand: ParsableCommand {
             }
             let elapsed = (ContinuousClock.now - liveStart).components
             let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
-            print(String(format: "live: %d mutants, %d jails, %.1f jails/s", mutants, harness.jailsLaunched, Double(harness.jailsLaunched) / max(seconds, 0.001)))
+            print(String(format: "live: %d mutants, %d jails, %.1f jails/s; probe battery under %d mutants (%d could not run it)", mutants, harness.jailsLaunched,
+                         Double(harness.jailsLaunched) / max(seconds, 0.001), harness.batteries, harness.batteriesSkipped)
+                  + (harness.probeBinary == nil ? "; no probe binary (make probe): battery skipped" : ""))
         }
         if failed { throw ExitCode(1) }
     }

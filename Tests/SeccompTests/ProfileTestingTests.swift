@@ -280,10 +280,14 @@ extension SeccompTests {
         var mutator = ProfileMutator(seed: 3)
         var t = SeccompSketch()
         for _ in 0..<2 { t = mutator.mutate(mutator.mutate(t)); sketches.append(t) }
+        live.probeBinary = try Helpers.probeBattery()
         for sketch in sketches {
             let m = try live.check(sketch)
             #expect(m == nil, "\(m?.description ?? "")")
+            let escape = try live.battery(sketch)
+            #expect(escape == nil, "\(escape ?? "")")
         }
+        #expect(live.batteries >= 1, "the battery ran under no mutant (\(live.batteriesSkipped) could not run it)")
         #expect(live.jailsLaunched >= LiveFuzz.corpus.count * 2)
     }
 
@@ -368,6 +372,18 @@ extension Helpers {
     }()
 
     static func rawcall() throws -> String { try rawcallBuilt.get() }
+
+    /// probe/stockade-probe.c, the escape-probe battery, built once.
+    static let probeBuilt: Result<String, BuildError> = {
+        let src = repository.appendingPathComponent("probe/stockade-probe.c").path
+        let exe = output.appendingPathComponent("stockade-probe").path
+        try? FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+        let r = runProcess("/usr/bin/cc", ["-static", "-O2", "-Wall", "-Wextra", "-o", exe, src])
+        guard case .exited(0, _, _) = r else { return .failure(BuildError(description: "cc stockade-probe.c: \(r)")) }
+        return .success(exe)
+    }()
+
+    static func probeBattery() throws -> String { try probeBuilt.get() }
 }
 
 /// Rules of one call with different actions must not overlap: found by
