@@ -50,11 +50,11 @@ extension SeccompTests {
     func simulateFindsWideComparison() throws {
         let text = Self.seccompOnly("[seccomp]\ndefault = \"allow\"\nbase = \"none\"\n[[seccomp.rule]]\nsyscall = \"socket\"\naction = \"errno:EACCES\"\nargs = [\"arg0 == AF_NETLINK\"]\n")
         var program = try profile(text).seccomp.compile().instructions
-        // libseccomp writes a masked compare on the high word (0 after
-        // masking); make the high word matter: compare it with 0 unmasked.
+        // Stockade's own filter compares the low word only: no difference.
         let reference = try ReferencePolicy(text: text, file: "t.toml")
         #expect(try Simulation(filters: [program], reference: reference).firstDifference(Boundaries.corpus(programs: [program], reference: reference)) == nil)
-        // Now a filter written by hand the naive way: 64-bit equality.
+        // A filter written the naive way, 64-bit equality (high word 0,
+        // low word AF_NETLINK), lets socket(AF_NETLINK | 1 << 32) through.
         typealias I = BPFInstruction
         program = [
             I(code: I.LD | I.W | I.ABS, k: 4), I(code: I.JMP | I.JEQ | I.K, jt: 1, jf: 0, k: SeccompArch.x86_64), I(code: I.RET | I.K, k: SeccompAction.retKillProcess),
