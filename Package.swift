@@ -18,6 +18,12 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
+// The launch path (`stockade run`) links FoundationEssentials at most, never
+// Foundation (its NSString bridge, CoreFoundation and ICU's data are most of
+// a static image and of its start-up). A member is only visible where its
+// module is imported, so a call cannot resolve to Foundation's overload
+// through a dependency that imports it (TOMLKit does).
+let launchPathSettings = swiftSettings + [.enableUpcomingFeature("MemberImportVisibility")]
 
 let package = Package(
     name: "stockade",
@@ -67,7 +73,7 @@ let package = Package(
                 "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The layers above StockadeSystem. Each imports only the ones below
         // it, so the compiler checks the direction:
@@ -80,14 +86,14 @@ let package = Package(
             dependencies: [
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The seccomp filter compiler, simulator, disassembler and the
         // Docker/Moby profile import.
         .target(
             name: "StockadeSeccomp",
             dependencies: ["StockadeConfig", "StockadeSystem", "CStockadeSpawn", "CSeccomp"],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The cgroup backends (v1, v2), budgets ([limits]) and tenants.
         .target(
@@ -96,7 +102,7 @@ let package = Package(
                 "StockadeConfig", "StockadeSystem", "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The Noise channel and its records; nothing of the jail.
         .target(
@@ -115,7 +121,7 @@ let package = Package(
                 "StockadeConfig", "StockadeSeccomp", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // Tools for testers of profiles: simulate, diff, fuzz, minimize, and
         // the reference evaluation of a profile that shares no code with the
@@ -135,7 +141,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The daemon: tenants, warm worker pools, the client API, audit log
         // and metrics. A library so that tests drive it in-process.

@@ -47,7 +47,7 @@ public enum CallCorpus {
     }
 
     static func number(_ s: String) -> UInt64? {
-        let t = s.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "")
+        let t = s.trimmedBlanks.without("_")
         if t.hasPrefix("-"), let v = Int64(t) { return UInt64(bitPattern: v) }
         if t.lowercased().hasPrefix("0x") { return UInt64(t.dropFirst(2), radix: 16) }
         return UInt64(t)
@@ -57,7 +57,7 @@ public enum CallCorpus {
     public static func parse(_ text: String, file: String) throws(LineError) -> [SeccompData] {
         var calls: [SeccompData] = []
         for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
+            let line = raw.trimmedBlanks
             if line.isEmpty || line.hasPrefix("#") { continue }
             func fail(_ m: String) -> LineError { LineError(description: "\(file):\(i + 1): \(m)") }
             let entry: Line

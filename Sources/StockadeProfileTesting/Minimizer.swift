@@ -92,7 +92,7 @@ public struct SeccompMinimizer: Sendable {
     /// The profile text keeping only `kept` of the units.
     public func render(keeping kept: Set<Unit>) -> String {
         func list(_ l: [String]) -> String { "[" + l.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
-        func quoted(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        func quoted(_ s: String) -> String { s.tomlQuoted }
         var s = rest.hasSuffix("\n") || rest.isEmpty ? rest : rest + "\n"
         s += "\n[seccomp]\n"
         for (k, v) in scalars { s += "\(k) = \(quoted(v))\n" }
@@ -115,7 +115,7 @@ public struct SeccompMinimizer: Sendable {
         var out: [Substring] = []
         var inSeccomp = false
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            let t = line.trimmingCharacters(in: .whitespaces)
+            let t = line.trimmedBlanks
             if t.hasPrefix("[") {
                 // `[seccomp]`, `[[seccomp.rule]]`, `[ seccomp.x ]  # comment`
                 let header = t.prefix { $0 != "#" }.filter { $0 != "[" && $0 != "]" && $0 != " " && $0 != "\t" }

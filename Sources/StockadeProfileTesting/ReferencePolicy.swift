@@ -68,7 +68,7 @@ public struct ReferencePolicy: Sendable {
             guard spec.hasPrefix("docker:") else { throw fail("import: not docker:PATH") }
             var path = String(spec.dropFirst(7))
             if !path.hasPrefix("/") {
-                let dir = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
+                let dir = file.lastIndex(of: "/").map { String(file[..<$0]) } ?? "."
                 path = dir + "/" + path
             }
             let docker = try Self.docker(path: path)
@@ -276,7 +276,7 @@ public struct ReferencePolicy: Sendable {
 
     /// `allow`, `errno:EPERM`, `errno:13`, `kill`, ... as a return value.
     static func action(_ text: String) -> UInt32? {
-        let t = text.trimmingCharacters(in: .whitespaces)
+        let t = text.trimmedBlanks
         switch t.lowercased() {
         case "allow": return SeccompAction.retAllow
         case "kill", "kill-process": return SeccompAction.retKillProcess
@@ -306,7 +306,7 @@ public struct ReferencePolicy: Sendable {
     static func value(_ text: String) -> UInt64? {
         var total: UInt64 = 0
         for part in text.split(separator: "|").map(String.init) {
-            let p = part.replacingOccurrences(of: "_", with: "")
+            let p = part.without("_")
             let lower = p.lowercased()
             if let named = SeccompConstants.table[part] {
                 total |= named

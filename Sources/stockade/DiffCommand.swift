@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeSeccomp
 import StockadeProfileTesting
 
@@ -46,7 +50,7 @@ struct DiffCommand: ParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             let data = try encoder.encode(Report(a: a, b: b, widens: diff.widens, pointsCompared: diff.pointsCompared, changes: diff.changes))
-            FileHandle.standardOutput.write(data + Data("\n".utf8))
+            print(String(decoding: data, as: UTF8.self))
         } else if diff.changes.isEmpty {
             print("no difference (\(diff.pointsCompared) calls compared)")
         } else {

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeJail
 import StockadeSeccomp
 import StockadeProfileTesting
@@ -105,8 +109,8 @@ struct FuzzCommand: ParsableCommand {
             }
             let elapsed = (ContinuousClock.now - liveStart).components
             let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
-            print(String(format: "live: %d mutants, %d jails, %.1f jails/s; probe battery under %d mutants (%d could not run it)", mutants, harness.jailsLaunched,
-                         Double(harness.jailsLaunched) / max(seconds, 0.001), harness.batteries, harness.batteriesSkipped)
+            let rate = (Double(harness.jailsLaunched) / max(seconds, 0.001) * 10).rounded() / 10
+            print("live: \(mutants) mutants, \(harness.jailsLaunched) jails, \(rate) jails/s; probe battery under \(harness.batteries) mutants (\(harness.batteriesSkipped) could not run it)"
                   + (harness.probeBinary == nil ? "; no probe binary (make probe): battery skipped" : ""))
         }
         if failed { throw ExitCode(1) }

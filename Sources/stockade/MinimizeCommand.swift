@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeJail
 import StockadeProfileTesting
 #if canImport(Glibc)
@@ -43,6 +47,49 @@ struct MinimizeCommand: ParsableCommand {
         if test.isEmpty { throw ValidationError("give the test after --: stockade minimize P -- TEST...") }
     }
 
+    /// Runs the test (PATH searched) with stdout and stderr on /dev/null and
+    /// the candidate in $STOCKADE_PROFILE; true when it exits 0 in time.
+    /// Past the timeout it gets SIGTERM, then SIGKILL, and fails.
+    static func runTest(_ argv: [String], profile: String, timeout: Int) throws -> Bool {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        var env = ProcessInfo.processInfo.environment
+        env["STOCKADE_PROFILE"] = profile
+        let cArgs = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in cArgs + cEnv { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, cEnv)
+        guard rc == 0 else { throw PolicyCommandError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        func reaped() -> Bool {
+            while true {
+                let r = waitpid(pid, &status, WNOHANG)
+                if r == pid { return true }
+                if r < 0 && errno == EINTR { continue }
+                return false
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        while !reaped() {
+            guard ContinuousClock.now < deadline else {
+                kill(pid, SIGTERM)
+                let grace = ContinuousClock.now + .seconds(5)
+                while !reaped() {
+                    if ContinuousClock.now >= grace { kill(pid, SIGKILL); while waitpid(pid, &status, 0) < 0 && errno == EINTR {}; break }
+                    usleep(20_000)
+                }
+                return false
+            }
+            usleep(20_000)
+        }
+        // Exited (not signalled) with status 0.
+        return status & 0x7f == 0 && (status >> 8) & 0xff == 0
+    }
+
     func run() throws {
         _ = try ProfileTools.load(profile)  // a clear message for a broken profile
         let text = try ProfileTools.read(profile, what: "profile")
@@ -64,28 +111,7 @@ struct MinimizeCommand: ParsableCommand {
             guard FileManager.default.createFile(atPath: candidate, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
                 throw PolicyCommandError("cannot write \(candidate)")
             }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = test.map { $0.replacingOccurrences(of: "{}", with: candidate) }
-            var env = ProcessInfo.processInfo.environment
-            env["STOCKADE_PROFILE"] = candidate
-            process.environment = env
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            // A candidate may make the test hang (a refused call retried
-            // forever): past the timeout it fails.
-            let deadline = ContinuousClock.now + .seconds(timeout)
-            while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
-            if process.isRunning {
-                process.terminate()
-                let grace = ContinuousClock.now + .seconds(5)
-                while process.isRunning && ContinuousClock.now < grace { usleep(20_000) }
-                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-                process.waitUntilExit()
-                return false
-            }
-            return process.terminationReason == .exit && process.terminationStatus == 0
+            return try Self.runTest(test.map { $0.split(separator: "{}", omittingEmptySubsequences: false).joined(separator: candidate) }, profile: candidate, timeout: timeout)
         }
         let all = Set(minimizer.units)
         guard try passes(minimizer.render(keeping: all)) else {

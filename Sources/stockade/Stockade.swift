@@ -11,7 +11,8 @@ struct StockadeCommand: ParsableCommand {
         abstract: "Run untrusted programs in a Linux jail.",
         version: Stockade.version,
         subcommands: [RunCommand.self, LintCommand.self, ProbeCommand.self, CompileCommand.self, ExplainCommand.self,
-                      CgroupsCommand.self, SimulateCommand.self, DiffCommand.self, FuzzCommand.self, MinimizeCommand.self]
+                      CgroupsCommand.self, SimulateCommand.self, DiffCommand.self, FuzzCommand.self, MinimizeCommand.self,
+                      TopCommand.self]
     )
 
     /// `stockade run` is on every jail's start-up path: its usual command
@@ -19,6 +20,11 @@ struct StockadeCommand: ParsableCommand {
     /// and any mistake, goes through ArgumentParser from the root.
     static func main() {
         let args = Array(CommandLine.arguments.dropFirst())
+        // What ArgumentParser would print, without building its command tree.
+        if args == ["--version"] {
+            print(Stockade.version)
+            Glibc.exit(0)
+        }
         if args.first == "run", let command = RunCommand.parseQuickly(Array(args.dropFirst())) {
             do {
                 try command.run()
