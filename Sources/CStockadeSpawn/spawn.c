@@ -867,6 +867,14 @@ static int worker_main(void *arg) {
         if (!found) fail(p, STK_STEP_EXEC, ENOENT, p->argv[0] ? p->argv[0] : "(no program)");
         close(p->error_fd);
         ((struct stk_plan *)p)->error_fd = -1;
+        /* While it waits, the worker holds nothing of the launcher's: every
+         * fd but the passed ones (left without close-on-exec by
+         * arrange_fds) and the FIFO is closed now, not at execve, so no
+         * pipe of the caller stays open for as long as the container waits. */
+        for (int fd = 3; fd < 1024; fd++) {
+            int flags = fcntl(fd, F_GETFD);
+            if (fd != p->exec_wait_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+        }
         char byte = 0;
         ssize_t n;
         do n = read(p->exec_wait_fd, &byte, 1);

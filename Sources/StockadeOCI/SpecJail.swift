@@ -111,6 +111,7 @@ public enum SpecJail {
         for (i, m) in (spec.mounts ?? []).enumerated() {
             if let mount = try mount(m, index: i, bundle: bundle, profile: &profile) { oci.mounts.append(mount) }
         }
+        try makeMountPoints(rootfs: rootPath, mounts: oci.mounts, proc: profile.filesystem.proc)
         oci.readonlyPaths = spec.linux?.readonlyPaths ?? []
         profile.filesystem.masked = spec.linux?.maskedPaths ?? []
 
@@ -306,6 +307,27 @@ public enum SpecJail {
         c.inheritable = try mask(caps?.inheritable, "inheritable")
         c.ambient = try mask(caps?.ambient, "ambient")
         return c
+    }
+
+    /// The mount points of `mounts` (and /dev, /proc) in the rootfs; what
+    /// lies below Stockade's own /dev is made by the jail in its tmpfs.
+    static func makeMountPoints(rootfs: String, mounts: [OCILaunch.Mount], proc: Bool) throws {
+        var targets: [(path: String, file: Bool, field: String)] = [("/dev", false, "config.json (the container's /dev)")]
+        if proc { targets.append(("/proc", false, "config.json mounts (proc)")) }
+        for (i, m) in mounts.enumerated() {
+            switch m {
+            case .spec(let spec):
+                var isFile = false
+                if spec.kind == .bind, let source = spec.source {
+                    var st = stat()
+                    isFile = stat(source, &st) == 0 && (st.st_mode & S_IFMT) != S_IFDIR
+                }
+                targets.append((spec.target, isFile, "config.json mounts[\(i)]"))
+            case .kernel(_, let target, _, _, _, _):
+                targets.append((target, false, "config.json mounts[\(i)]"))
+            }
+        }
+        try MountPoints.make(rootfs: rootfs, targets: targets.filter { !$0.path.hasPrefix("/dev/") })
     }
 
     /// One `mounts[]` entry; nil when Stockade's own /dev covers it.
