@@ -28,6 +28,8 @@ public struct OCILaunch: Sendable {
     /// The spec's mounts in order: binds and tmpfs as ``MountSpec``s, kernel
     /// filesystems (sysfs, mqueue, cgroup2, ...) by type.
     public var mounts: [Mount] = []
+    /// How each of `mounts` is named in messages (`config.json mounts[3]`).
+    public var mountFields: [String] = []
     /// Paths made read-only after the mounts (`linux.readonlyPaths`).
     public var readonlyPaths: [String] = []
     /// The uid and gid maps written for a new user namespace, as given by

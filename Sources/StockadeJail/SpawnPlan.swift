@@ -264,7 +264,7 @@ struct SpawnPlan {
     static func plan(oci: OCILaunch) throws -> [Labelled] {
         var result: [Labelled] = []
         for (i, m) in oci.mounts.enumerated() {
-            let label = "config.json mounts[\(i)]"
+            let label = i < oci.mountFields.count ? oci.mountFields[i] : "config.json mounts[\(i)]"
             switch m {
             case .spec(let spec):
                 result += try plan([(spec, label + " (\(spec.target))")])

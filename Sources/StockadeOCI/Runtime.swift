@@ -466,7 +466,8 @@ enum Hooks {
             } catch {
                 throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): \(error)")
             }
-            stdin.fileHandleForWriting.write(input)
+            // A hook need not read its stdin (EPIPE, not SIGPIPE: main ignores it).
+            try? stdin.fileHandleForWriting.write(contentsOf: input)
             try? stdin.fileHandleForWriting.close()
             let deadline = Date().addingTimeInterval(Double(hook.timeout ?? 30))
             while p.isRunning && Date() < deadline { usleep(5_000) }

@@ -109,9 +109,12 @@ public enum SpecJail {
         profile.filesystem.proc = false
         if !annotated { profile.mounts = [] }
         for (i, m) in (spec.mounts ?? []).enumerated() {
-            if let mount = try mount(m, index: i, bundle: bundle, profile: &profile) { oci.mounts.append(mount) }
+            if let mount = try mount(m, index: i, bundle: bundle, profile: &profile) {
+                oci.mounts.append(mount)
+                oci.mountFields.append("config.json mounts[\(i)]")
+            }
         }
-        try makeMountPoints(rootfs: rootPath, mounts: oci.mounts, proc: profile.filesystem.proc)
+        try makeMountPoints(rootfs: rootPath, mounts: oci.mounts, fields: oci.mountFields, proc: profile.filesystem.proc)
         oci.readonlyPaths = spec.linux?.readonlyPaths ?? []
         profile.filesystem.masked = spec.linux?.maskedPaths ?? []
 
@@ -311,7 +314,7 @@ public enum SpecJail {
 
     /// The mount points of `mounts` (and /dev, /proc) in the rootfs; what
     /// lies below Stockade's own /dev is made by the jail in its tmpfs.
-    static func makeMountPoints(rootfs: String, mounts: [OCILaunch.Mount], proc: Bool) throws {
+    static func makeMountPoints(rootfs: String, mounts: [OCILaunch.Mount], fields: [String], proc: Bool) throws {
         var targets: [(path: String, file: Bool, field: String)] = [("/dev", false, "config.json (the container's /dev)")]
         if proc { targets.append(("/proc", false, "config.json mounts (proc)")) }
         for (i, m) in mounts.enumerated() {
@@ -322,9 +325,9 @@ public enum SpecJail {
                     var st = stat()
                     isFile = stat(source, &st) == 0 && (st.st_mode & S_IFMT) != S_IFDIR
                 }
-                targets.append((spec.target, isFile, "config.json mounts[\(i)]"))
+                targets.append((spec.target, isFile, fields[i]))
             case .kernel(_, let target, _, _, _, _):
-                targets.append((target, false, "config.json mounts[\(i)]"))
+                targets.append((target, false, fields[i]))
             }
         }
         try MountPoints.make(rootfs: rootfs, targets: targets.filter { !$0.path.hasPrefix("/dev/") })

@@ -273,6 +273,9 @@ let usage = """
     commands: \(commands.keys.sorted().joined(separator: ", "))
     """
 
+// A hook that exits without reading the state on its stdin is an EPIPE,
+// not the end of the runtime. Every jail's signal dispositions are reset.
+signal(SIGPIPE, SIG_IGN)
 do {
     let (globals, rest) = try Globals.parse(Array(CommandLine.arguments.dropFirst()))
     Log.globals = globals

@@ -349,3 +349,146 @@ extension ISO8601DateFormatter {
         return f
     }
 }
+
+/// The parts of the protocol around the container: its terminal, its hooks,
+/// and a rootfs that tries to lead the runtime's mount points out of it.
+@Suite("OCIRuntimeProtocol", .serialized)
+struct RuntimeProtocolTests {
+    init() throws {
+        try #require(getuid() == 0, "stockade-runtime runs as root, as containerd runs runc")
+        try #require(FileManager.default.isExecutableFile(atPath: runtimeBinary), "build stockade-runtime first (swift build --build-tests)")
+    }
+
+    @Test("terminal: the console socket gets exactly one fd (the pty leader) in one message; the container's stdio is the follower")
+    func consoleSocket() throws {
+        let f = try RuntimeFixture("console")
+        let id = "tty1"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo stdio-is-a-tty; echo typed-$(head -c 5)"], cgroupsPath: f.cgroupsPath(id)) { config in
+            var process = config["process"] as! [String: Any]
+            process["terminal"] = true
+            config["process"] = process
+        }
+        let socketPath = f.dir + "/console.sock"
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in socketPath.utf8.enumerated() { raw[i] = b }
+        }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(bound == 0 && listen(listener, 1) == 0)
+        let created = try f.run(["create", "--bundle", f.bundle, "--console-socket", socketPath, id])
+        #expect(created.status == 0, "\(created)")
+        let conn = accept(listener, nil, nil)
+        try #require(conn >= 0)
+        defer { close(conn) }
+        // One recvmsg: the payload and the descriptors it carries.
+        var buffer = [UInt8](repeating: 0, count: 256)
+        var control = [UInt8](repeating: 0, count: 256)
+        var received: [Int32] = []
+        let n = buffer.withUnsafeMutableBytes { data in
+            control.withUnsafeMutableBytes { ctl in
+                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return withUnsafeMutablePointer(to: &iov) { iovp in
+                    var msg = msghdr()
+                    msg.msg_iov = iovp
+                    msg.msg_iovlen = 1
+                    msg.msg_control = ctl.baseAddress
+                    msg.msg_controllen = ctl.count
+                    let n = recvmsg(conn, &msg, 0)
+                    var cmsg = msg.msg_controllen > 0 ? UnsafeMutablePointer<cmsghdr>(OpaquePointer(ctl.baseAddress)) : nil
+                    while let c = cmsg, Int(c.pointee.cmsg_len) > MemoryLayout<cmsghdr>.size {
+                        if c.pointee.cmsg_level == SOL_SOCKET && c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                            let count = (Int(c.pointee.cmsg_len) - MemoryLayout<cmsghdr>.size) / 4
+                            let fds = UnsafeRawPointer(c + 1).assumingMemoryBound(to: Int32.self)
+                            for i in 0..<count { received.append(fds[i]) }
+                        }
+                        let next = UnsafeMutableRawPointer(c) + ((Int(c.pointee.cmsg_len) + 7) & ~7)
+                        cmsg = next < ctl.baseAddress! + msg.msg_controllen ? next.assumingMemoryBound(to: cmsghdr.self) : nil
+                    }
+                    return n
+                }
+            }
+        }
+        #expect(n > 0 && n < 256, "payload of \(n) bytes")
+        #expect(received.count == 1, "descriptors: \(received)")
+        let leader = try #require(received.first)
+        defer { close(leader) }
+        #expect(isatty(leader) == 1)
+        #expect(try f.run(["start", id]).status == 0)
+        _ = "hello\n".withCString { write(leader, $0, 6) }
+        var output = ""
+        for _ in 0..<100 where !output.contains("typed-hello") {
+            var poll = pollfd(fd: leader, events: Int16(POLLIN), revents: 0)
+            if Glibc.poll(&poll, 1, 50) > 0 {
+                var chunk = [UInt8](repeating: 0, count: 512)
+                let got = read(leader, &chunk, chunk.count)
+                if got > 0 { output += String(decoding: chunk[..<got], as: UTF8.self) }
+            }
+        }
+        #expect(output.contains("stdio-is-a-tty") && output.contains("typed-hello"), "\(output.debugDescription)")
+        _ = try f.run(["delete", "--force", id])
+    }
+
+    @Test("hooks run on the host with the state on stdin: createRuntime at create, poststart at start, poststop at delete")
+    func hooks() throws {
+        let f = try RuntimeFixture("hooks")
+        let id = "hook1"
+        let script = f.dir + "/hook.sh"
+        try "#!/bin/sh\ncat > \(f.dir)/hook-$1.json\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id)) { config in
+            config["hooks"] = [
+                "createRuntime": [["path": script, "args": ["hook.sh", "createRuntime"]]],
+                "poststart": [["path": script, "args": ["hook.sh", "poststart"]]],
+                "poststop": [["path": script, "args": ["hook.sh", "poststop"]]],
+            ]
+        }
+        #expect(try f.run(["create", "--bundle", f.bundle, id]).status == 0)
+        let pid = try f.state(id)["pid"] as? Int
+        func hookState(_ name: String) -> [String: Any]? {
+            guard let data = FileManager.default.contents(atPath: f.dir + "/hook-\(name).json") else { return nil }
+            return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        }
+        #expect(hookState("createRuntime")?["status"] as? String == "created")
+        #expect(hookState("createRuntime")?["pid"] as? Int == pid)
+        #expect(hookState("poststart") == nil)
+        #expect(try f.run(["start", id]).status == 0)
+        #expect(hookState("poststart")?["status"] as? String == "running")
+        #expect(try f.run(["delete", "--force", id]).status == 0)
+        #expect(hookState("poststop")?["status"] as? String == "stopped" && hookState("poststop")?["id"] as? String == id)
+
+        // A failing createRuntime hook fails create and leaves nothing behind.
+        try "#!/bin/sh\nexit 4\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let failed = try f.run(["create", "--bundle", f.bundle, "hook2"])
+        #expect(failed.status != 0 && failed.stderr.contains("hooks.createRuntime[0]") && failed.stderr.contains("status 4"), "\(failed)")
+        #expect(try f.run(["state", "hook2"]).stderr.contains("does not exist"))
+    }
+
+    @Test("a rootfs whose mount point is a symlink out of it: create is refused and nothing is made on the host")
+    func symlinkedMountPoint() throws {
+        let f = try RuntimeFixture("symlink")
+        let outside = f.dir + "/outside"
+        mkdir(outside, 0o755)
+        let rootfs = f.bundle + "/rootfs"
+        // The image's /mnt leads to a host directory, absolutely and relatively.
+        for link in [outside, "../../outside"] {
+            try? FileManager.default.removeItem(atPath: rootfs + "/mnt")
+            try FileManager.default.createSymbolicLink(atPath: rootfs + "/mnt", withDestinationPath: link)
+            let r = try f.run(["create", "--bundle", f.bundle, "sym1"])
+            #expect(r.status != 0 && r.stderr.contains("mounts[7]") && r.stderr.contains("symlink"), "\(link): \(r)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty, "a mount point was made outside the rootfs")
+        }
+        // A symlink as the last component (the file itself) is refused too.
+        try FileManager.default.removeItem(atPath: rootfs + "/mnt")
+        mkdir(rootfs + "/mnt", 0o755)
+        try FileManager.default.createSymbolicLink(atPath: rootfs + "/mnt/hostdata", withDestinationPath: outside + "/planted")
+        let last = try f.run(["create", "--bundle", f.bundle, "sym2"])
+        #expect(last.status != 0, "\(last)")
+        #expect(!FileManager.default.fileExists(atPath: outside + "/planted"))
+    }
+}
