@@ -184,3 +184,26 @@ int stk_hold_until_exit(int pidfd, const int *fds, int n) {
         if (r > 0 || (r < 0 && errno != EINTR)) _exit(0);
     }
 }
+
+/*
+ * A detached copy of the mount tree at the O_PATH fd `fd` (open_tree with
+ * OPEN_TREE_CLONE, recursive), made nosuid and nodev while detached. An OCI
+ * container's rootfs is cloned so by the launcher, which may search the
+ * directories above it (containerd's state is root-only); the jail's child
+ * then attaches the copy in its own mount namespace with move_mount.
+ * Returns the tree's fd (close-on-exec) or -errno.
+ */
+int stk_clone_tree(int fd) {
+    int tree = (int)syscall(428 /* open_tree */, fd, "", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x1000 /* AT_EMPTY_PATH */ |
+                                                          0x8000 /* AT_RECURSIVE */);
+    if (tree < 0) return -errno;
+    struct {
+        uint64_t attr_set, attr_clr, propagation, userns_fd;
+    } attr = {0x2 /* MOUNT_ATTR_NOSUID */ | 0x4 /* MOUNT_ATTR_NODEV */, 0, 0, 0};
+    if (syscall(442 /* mount_setattr */, tree, "", 0x1000 | 0x8000, &attr, sizeof attr) < 0) {
+        int e = errno;
+        close(tree);
+        return -e;
+    }
+    return tree;
+}

@@ -561,12 +561,27 @@ static void build_root(const struct stk_plan *p) {
      * bound (nosuid, nodev) on /newroot. */
     if (p->root_source) {
         struct stk_mount r = {.source = p->root_source, .src_type = S_IFDIR, .src_dev = p->root_dev, .src_ino = p->root_ino};
-        int src = open_source(&r);
-        CHECK(src >= 0, STK_STEP_NEW_ROOT, p->root_source);
-        int dst = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        CHECK(dst >= 0 && bind_fd(src, dst, 0, 1, 0) == 0, STK_STEP_NEW_ROOT, p->root_source);
-        close(src);
-        close(dst);
+        /* The launcher's fd when it gave one: a bundle below a directory
+         * only host root may search (containerd's state) cannot be reached
+         * by path with the jail's ids. Still checked against what it saw. */
+        if (p->root_fd > 0) {
+            /* The launcher's detached copy (already nosuid, nodev): still the directory it checked. */
+            struct stat rs;
+            if (fstat(p->root_fd, &rs) < 0 || !S_ISDIR(rs.st_mode) || (uint64_t)rs.st_dev != p->root_dev ||
+                (uint64_t)rs.st_ino != p->root_ino)
+                fail(p, STK_STEP_NEW_ROOT, ESTALE, p->root_source);
+            int dst = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            CHECK(dst >= 0 && syscall(SYS_move_mount, p->root_fd, "", dst, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+                  STK_STEP_NEW_ROOT, p->root_source);
+            close(dst);
+        } else {
+            int src = open_source(&r);
+            CHECK(src >= 0, STK_STEP_NEW_ROOT, p->root_source);
+            int dst = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            CHECK(dst >= 0 && bind_fd(src, dst, 0, 1, 0) == 0, STK_STEP_NEW_ROOT, p->root_source);
+            close(src);
+            close(dst);
+        }
     } else {
         CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
     }

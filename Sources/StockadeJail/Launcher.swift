@@ -142,6 +142,7 @@ public enum Launcher {
         try checkKernel(profile)
         let rootless = getuid() != 0
         let spawnPlan = try SpawnPlan(request)
+        defer { spawnPlan.closeRootFD() }
         // PID 1 is stockade-init, opened here while the host's tree is ours.
         let initFD = try InitExecutable.open()
         defer { try? initFD.close() }

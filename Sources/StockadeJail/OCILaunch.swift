@@ -55,11 +55,12 @@ public struct OCILaunch: Sendable {
 
 extension OCILaunch {
     /// Fills the OCI part of the child's C plan; strings and arrays live in `arena`.
-    func fill(_ plan: inout stk_plan, root: HostPath?, arena: PlanArena) {
+    func fill(_ plan: inout stk_plan, root: HostPath?, rootFD: Int32?, arena: PlanArena) {
         if let root {
             plan.root_source = arena.string(SpawnPlan.oldRoot + (root.path == "/" ? "" : root.path))
             plan.root_dev = root.device
             plan.root_ino = root.inode
+            plan.root_fd = rootFD ?? -1
         }
         plan.detached = detached ? 1 : 0
         if let fd = execWaitFD {

@@ -138,6 +138,12 @@ struct SpawnPlan {
     var rootReadOnly: Bool
     /// An OCI container's root directory (its bundle's rootfs), as found on the host.
     var rootDirectory: HostPath?
+    /// Its O_PATH fd, open from the plan until ``closeRootFD()`` (after the clone).
+    var rootFD: Int32?
+
+    func closeRootFD() {
+        if let rootFD { close(rootFD) }
+    }
 
     /// Whether openat2(2) exists here (asked once: a directory fd on "/").
     static let kernelHasOpenat2: Bool = {
@@ -174,6 +180,15 @@ struct SpawnPlan {
                 } catch {
                     throw JailError.invalidRequest(error.describe("root.path \(root)"))
                 }
+                // Cloned here, as the launcher: the child's ids may not
+                // search the directories above it. Closed after the clone.
+                let fd = stk_openat2(AT_FDCWD, rootDirectory!.path, 0o10000000 /* O_PATH */ | O_DIRECTORY,
+                                     0x04 | 0x02 /* RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS */)
+                guard fd >= 0 else { throw JailError.launcherStep("open root.path \(root)", errno: errno) }
+                let tree = stk_clone_tree(fd)
+                close(fd)
+                guard tree >= 0 else { throw JailError.launcherStep("clone the mount tree of root.path \(root)", errno: -tree) }
+                rootFD = tree
             }
         }
         let devices = try Self.plan(devices: request.devices)
@@ -392,7 +407,7 @@ struct SpawnPlan {
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
         fillMounts(&plan, arena: arena)
-        request.oci?.fill(&plan, root: rootDirectory, arena: arena)
+        request.oci?.fill(&plan, root: rootDirectory, rootFD: rootFD, arena: arena)
         plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
         plan.uid = profile.user.uid
         plan.gid = profile.user.gid

@@ -161,6 +161,10 @@ struct stk_plan {
     const char *root_source;   /* non-NULL: this host directory (a bundle's rootfs, as "/oldroot/...") is bound
                                   as the new root instead of a fresh tmpfs; checked like a bind source */
     uint64_t root_dev, root_ino; /* what the launcher found at root_source */
+    int32_t root_fd;           /* with root_source: a detached copy of its mount tree the launcher made
+                                  (stk_clone_tree: it may lie below directories only host root may
+                                  search), moved onto the new root; 0 or less: bind root_source */
+    int32_t _pad5;
     int32_t detached;          /* no parent-death signal: the jail outlives the launcher (create, then exit) */
     int32_t exec_wait;         /* the worker reports success, then blocks reading one byte from exec_wait_fd
                                   before Landlock, seccomp and execve (the exec FIFO `start` writes) */
@@ -283,6 +287,9 @@ void stk_stop_forwarding(void);
 /* Forks a holder that keeps `fds` open until the process behind `pidfd`
  * exits (an OCI container's host id locks); its pid, or -errno. */
 int stk_hold_until_exit(int pidfd, const int *fds, int n);
+/* A detached, nosuid and nodev copy of the mount tree at O_PATH fd `fd`
+ * (an OCI rootfs, attached by the child with move_mount); its fd or -errno. */
+int stk_clone_tree(int fd);
 
 #ifdef __cplusplus
 }
