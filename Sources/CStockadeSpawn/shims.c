@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <linux/landlock.h>
 #include <linux/openat2.h>
+#include <linux/seccomp.h>
 
 #ifndef SYS_openat2
 #define SYS_openat2 437
@@ -206,4 +207,40 @@ int stk_clone_tree(int fd) {
         return -e;
     }
     return tree;
+}
+
+/* ---- Seccomp user notification ---- */
+
+int stk_seccomp_action_available(uint32_t action) {
+    return (int)syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action);
+}
+
+/* The kernel insists on a zeroed buffer (the struct may grow). */
+int stk_notify_recv(int listener, struct stk_notification *out) {
+    struct seccomp_notif n;
+    _Static_assert(sizeof n == sizeof *out, "struct stk_notification mirrors struct seccomp_notif");
+    memset(&n, 0, sizeof n);
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) return -1;
+    out->id = n.id;
+    out->pid = n.pid;
+    out->flags = n.flags;
+    out->nr = n.data.nr;
+    out->arch = n.data.arch;
+    out->ip = n.data.instruction_pointer;
+    for (int i = 0; i < 6; i++) out->args[i] = n.data.args[i];
+    return 0;
+}
+
+int stk_notify_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags) {
+    struct seccomp_notif_resp r;
+    memset(&r, 0, sizeof r);
+    r.id = id;
+    r.val = val;
+    r.error = error;
+    r.flags = flags;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &r);
+}
+
+int stk_notify_id_valid(int listener, uint64_t id) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id);
 }

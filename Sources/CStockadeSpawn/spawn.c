@@ -25,6 +25,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -855,6 +856,51 @@ static char worker_stack[256 * 1024] __attribute__((aligned(16)));
 /* The go pipe between PID 1 and the worker (see child_main); -1: none. */
 static int go_pipe[2] = {-1, -1};
 
+/*
+ * Hands the seccomp listener to the launcher: one byte on notify_fd with the
+ * fd attached (SCM_RIGHTS). It runs under the filter, so the launcher checks
+ * beforehand that the filter allows sendmsg. Neither the listener nor the
+ * socket is closed here (a close the profile denies would wait for a
+ * supervisor): both are close-on-exec, so the worker never holds them.
+ */
+static void send_listener(const struct stk_plan *p, int listener) {
+    char byte = 'L';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char bytes[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                         .msg_controllen = sizeof control.bytes};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &listener, sizeof(int));
+    ssize_t n;
+    do n = sendmsg(p->notify_fd, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    CHECK(n == 1, STK_STEP_SECCOMP, "send the seccomp listener to the launcher");
+}
+
+/* Loads the filter. With a listener requested, the kernel returns its fd
+ * (close-on-exec), which goes to the launcher's supervisor at once. */
+static void load_seccomp(const struct stk_plan *p) {
+    struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
+    unsigned int flags = p->seccomp_flags;
+    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    /* WAIT_KILLABLE_RECV (Linux 6.0: a received call waits for its answer
+     * through ordinary signals) is a refinement: an older kernel refuses
+     * the flag with EINVAL before loading anything, so load without it. */
+    if (fd < 0 && errno == EINVAL && (flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)) {
+        flags &= ~(unsigned int)SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+        fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    }
+    CHECK(fd >= 0, STK_STEP_SECCOMP, "seccomp");
+    if (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) send_listener(p, (int)fd);
+}
+
 /* The worker's last steps: wait for the init, unblock signals, Landlock, seccomp, execve. */
 static int worker_main(void *arg) {
     const struct stk_plan *p = arg;
@@ -899,10 +945,7 @@ static int worker_main(void *arg) {
     }
     apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
-    if (p->seccomp_len > 0) {
-        struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len, .filter = (struct sock_filter *)p->seccomp_filter};
-        CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog) == 0, STK_STEP_SECCOMP, "seccomp");
-    }
+    if (p->seccomp_len > 0) load_seccomp(p);
     exec_worker(p);
     _exit(127);
 }
@@ -939,6 +982,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     move_high(p, &local.status_fd);
     if (p->use_reaper) move_high(p, &local.init_fd);
     if (p->exec_wait) move_high(p, &local.exec_wait_fd);
+    if (p->notify_fd >= 0) move_high(p, &local.notify_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this.
      * An OCI container (detached) outlives `create` by design. */

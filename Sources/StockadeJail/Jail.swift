@@ -62,6 +62,10 @@ public final class Jail: Sendable {
     /// which PID 1 kills every process of the jail's Landlock domain.
     private let killSignal: Int32
     private let state = Mutex<State>(State())
+    /// The supervisor's view of this jail's denied calls (observation on).
+    public let seccompWatch: SeccompWatch?
+    /// Why observation was asked for but this jail runs unobserved.
+    public let seccompUnobserved: String?
 
     private struct State {
         var killedFor: JailExit.Reason?
@@ -70,8 +74,10 @@ public final class Jail: Sendable {
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
          hasReaper: Bool, profileName: String, startedAt: ContinuousClock.Instant, hostIDs: HostIDLease? = nil,
-         killSignal: Int32 = SIGKILL) {
+         killSignal: Int32 = SIGKILL, seccompWatch: SeccompWatch? = nil, seccompUnobserved: String? = nil) {
         self.killSignal = killSignal
+        self.seccompWatch = seccompWatch
+        self.seccompUnobserved = seccompUnobserved
         self.lease = hostIDs
         self.process = process
         self.liveness = liveness
@@ -152,6 +158,8 @@ public final class Jail: Sendable {
         }
         try? status.close()
         try? liveness.close()
+        // Every notified call was answered before its process could exit.
+        seccompWatch?.stop()
         try? process.fd.close()
         // Anything left in the cgroup (a process that left the pid namespace
         // cannot, but be thorough) dies before the cgroup is read and removed.

@@ -21,6 +21,22 @@ public enum JailSecurity {
             request.cgroup = try plan.enforce(on: request.cgroup)
             request.devices = plan
         }
+        if var observation = request.seccompObservation, observation.observed == nil, observation.unavailable == nil {
+            if let why = SeccompSupervisor.unavailableReason {
+                observation.unavailable = why
+            } else {
+                let program = try request.profile.seccomp.compile()
+                let observed = try program.observing(observation.notify)
+                if let why = SeccompObservation.handoverProblem(observed) {
+                    observation.unavailable = why
+                } else {
+                    observation.observed = observed
+                    request.seccompFilter = observed.bytes
+                    request.seccompFlags = program.flags
+                }
+            }
+            request.seccompObservation = observation
+        }
         if request.seccompFilter.isEmpty {
             let program = try request.profile.seccomp.compile()
             request.seccompFilter = program.bytes

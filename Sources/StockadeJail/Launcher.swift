@@ -110,6 +110,10 @@ public struct LaunchRequest: Sendable {
     /// The finished seccomp BPF program (8 bytes per instruction); empty: none.
     public var seccompFilter: [UInt8] = []
     public var seccompFlags: UInt32 = 0
+    /// Send this jail's denied calls to ``SeccompSupervisor`` (nil: the
+    /// kernel answers them alone, unseen). ``JailSecurity/prepare(_:)``
+    /// fills in its program.
+    public var seccompObservation: SeccompObservation?
     public var landlock: LaunchLandlock?
     /// The cgroup the jail is born in.
     public var cgroup: (any JailCgroup)?
@@ -177,9 +181,27 @@ public enum Launcher {
 
         let fds = try JailFDs.plan(request)
         defer { for fd in fds.opened { close(fd) } }
+        // Observation: the worker sends the listener that loading its filter
+        // returns over this pair (see SeccompSupervisor).
+        let observed = request.seccompObservation?.observed
+        let notifyPair = try observed.map { _ in try UnixSocketPair.make() }
+        var notifyChildOpen = notifyPair != nil
+        func closeNotifyChildEnd() {
+            if notifyChildOpen, let pair = notifyPair { try? pair.1.close() }
+            notifyChildOpen = false
+        }
+        defer {
+            closeNotifyChildEnd()
+            try? notifyPair?.0.close()
+        }
         let arena = PlanArena()
-        let plan = try spawnPlan.cPlan(request, program: program, rootless: rootless, fds: fds, initFD: initFD,
+        var plan = try spawnPlan.cPlan(request, program: program, rootless: rootless, fds: fds, initFD: initFD,
                                        chargeIDs: lease?.range, sync: sync, errors: errors, status: status, arena: arena)
+        if let notifyPair {
+            plan.notify_fd = notifyPair.1.rawValue
+            plan.parent_fds.3 = notifyPair.0.rawValue
+            plan.seccomp_flags |= SeccompObservation.listenerFlags
+        }
 
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.
@@ -199,6 +221,7 @@ public enum Launcher {
         let process = ProcessHandle(fd: FileDescriptor(rawValue: pidfd), pid: pid)
         // The child's ends belong to the child now.
         closeChildEnds()
+        closeNotifyChildEnd()
 
         func abort(_ error: any Error) -> any Error {
             try? process.send(signal: SIGKILL)
@@ -229,7 +252,26 @@ public enum Launcher {
         } catch {
             throw abort(JailError.launcherStep("release child", errno: (error as? Errno)?.rawValue ?? EIO))
         }
-        let record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+        // The listener arrives before the exec (or never, when a step
+        // failed): served from here on, so that no call of the worker waits.
+        var watch: SeccompWatch?
+        if let notifyPair, let observed, let observation = request.seccompObservation {
+            do {
+                if let listener = try receiveListener(notifyPair.0, errors: errors.read) {
+                    watch = SeccompSupervisor.shared.watch(listener: listener, program: observed, options: observation.options)
+                }
+            } catch {
+                throw abort(error)
+            }
+        }
+        let record: [UInt8]
+        do {
+            record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+        } catch {
+            watch?.stop()
+            throw error
+        }
+        if !record.isEmpty { watch?.stop() }
         if !record.isEmpty {
             var e = stk_error()
             withUnsafeMutableBytes(of: &e) { raw in
@@ -248,7 +290,38 @@ public enum Launcher {
         leaseHandedOver = true
         return Jail(process: process, liveness: sync.write, status: status.read, cgroup: request.cgroup,
                     hasReaper: plan.use_reaper != 0, profileName: profile.name, startedAt: started, hostIDs: lease,
-                    killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL)
+                    killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL,
+                    seccompWatch: watch, seccompUnobserved: request.seccompObservation?.unavailable)
+    }
+
+    /// Waits for the worker's seccomp listener on `socket`, or for the
+    /// error pipe to show that the child failed (a record) or exec'd
+    /// without sending one; nil in those cases.
+    static func receiveListener(_ socket: FileDescriptor, errors: FileDescriptor) throws -> FileDescriptor? {
+        var fds = [pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: errors.rawValue, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let n = poll(&fds, 2, -1)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw JailError.launcherStep("wait for the seccomp listener", errno: errno)
+            }
+            if fds[0].revents != 0 { break }
+            // The socket's message, when there is one, precedes the exec.
+            if fds[1].revents != 0, poll(&fds, 1, 0) == 0 { return nil }
+        }
+        var byte: UInt8 = 0
+        let message: ReceivedMessage
+        do {
+            message = try withUnsafeMutableBytes(of: &byte) { try socket.receiveMessage(into: $0, maxDescriptors: 1) }
+        } catch let e as Errno {
+            throw JailError.launcherStep("receive the seccomp listener", errno: e.rawValue)
+        }
+        guard message.byteCount == 1, message.descriptors.count == 1, !message.controlTruncated else {
+            for fd in message.descriptors { try? fd.close() }
+            return nil
+        }
+        return message.descriptors[0]
     }
 
     static func checkKernel(_ profile: Profile) throws {

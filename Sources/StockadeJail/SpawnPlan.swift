@@ -406,6 +406,7 @@ struct SpawnPlan {
         plan.error_fd = errors.write.rawValue
         plan.status_fd = status.write.rawValue
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
+        plan.notify_fd = -1
         fillMounts(&plan, arena: arena)
         request.oci?.fill(&plan, root: rootDirectory, rootFD: rootFD, arena: arena)
         plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil

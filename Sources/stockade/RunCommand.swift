@@ -7,6 +7,7 @@ import Foundation
 import SystemPackage
 import StockadeConfig
 import StockadeJail
+import StockadeSeccomp
 import StockadeSystem
 #if canImport(Glibc)
 import Glibc
@@ -29,7 +30,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "The jail profile (TOML).")
     var profile: String
 
-    @Option(name: .long, help: "Print a summary when the jail ends: json or text (on stderr).")
+    @Option(name: .long, help: "Print a summary when the jail ends, with the calls seccomp denied: json or text (on stderr).")
     var report: ReportFormat?
 
     @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
@@ -98,6 +99,8 @@ struct RunCommand: ParsableCommand {
         request.cgroup = cgroups?.jail
 
         let terminal = try JailTerminal.prepare(&request)
+        // A report lists the denied calls: they go through the supervisor.
+        if report != nil { request.seccompObservation = SeccompObservation() }
 
         let jail: Jail
         do {
@@ -118,7 +121,7 @@ struct RunCommand: ParsableCommand {
         terminal?.finish()
         forwarding.stop()
         try? cgroups?.manager.close()
-        if let report { printReport(exit, format: report) }
+        if let report { printReport(RunReport(exit: exit, jail: jail), format: report) }
         if exit.reason == .timeLimit {
             printError("stockade: time limit reached; the jail was killed")
         }
@@ -160,22 +163,83 @@ struct RunCommand: ParsableCommand {
         return result + ro.map { ($0, false) } + rw.map { ($0, true) }
     }
 
-    private func printReport(_ exit: JailExit, format: ReportFormat) {
+    private func printReport(_ report: RunReport, format: ReportFormat) {
         switch format {
         case .json:
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            if let data = try? encoder.encode(exit) {
+            if let data = try? encoder.encode(report) {
                 printError(String(decoding: data, as: UTF8.self))
             }
         case .text:
-            var line = "stockade: \(exit.profile): \(exit.reason.rawValue), status \(exit.status)"
-            if let name = exit.signalName { line += " (\(name))" }
-            let ms = Int((exit.wallSeconds * 1000).rounded())
-            let frac = String(ms % 1000)
-            line += ", \(ms / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac) s"
-            printError(line)
+            for line in report.textLines { printError(line) }
         }
+    }
+}
+
+/// What `--report` prints: how the jail ended (``JailExit``'s keys) and,
+/// under `denials`, the calls seccomp denied, by call.
+struct RunReport: Encodable {
+    var exit: JailExit
+    var denials: Denials
+
+    struct Denials: Encodable {
+        /// Whether denied calls were seen (false: `unobserved` says why).
+        var observed: Bool
+        var unobserved: String?
+        var total: Int
+        /// Most frequent first: name, count, first example, answer, origin.
+        var seccomp: [SeccompTally.Call]
+        /// Notifications that waited because the jail was over its rate.
+        var throttled: Int
+    }
+
+    init(exit: JailExit, jail: Jail) {
+        self.exit = exit
+        let tally = jail.seccompWatch?.tally() ?? SeccompTally()
+        denials = Denials(observed: jail.seccompWatch != nil, unobserved: jail.seccompUnobserved, total: tally.total,
+                          seccomp: tally.sorted, throttled: tally.throttled)
+    }
+
+    enum Keys: String, CodingKey { case denials }
+
+    func encode(to encoder: any Encoder) throws {
+        try exit.encode(to: encoder)
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(denials, forKey: .denials)
+    }
+
+    var textLines: [String] {
+        var line = "stockade: \(exit.profile): \(exit.reason.rawValue), status \(exit.status)"
+        if let name = exit.signalName { line += " (\(name))" }
+        let ms = Int((exit.wallSeconds * 1000).rounded())
+        let frac = String(ms % 1000)
+        line += ", \(ms / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac) s"
+        var lines = [line]
+        guard denials.observed else {
+            lines.append("stockade: denied calls not observed: \(denials.unobserved ?? "observation was off")")
+            return lines
+        }
+        guard denials.total > 0 else {
+            lines.append("stockade: denied calls: none")
+            return lines
+        }
+        lines.append("stockade: denied calls: \(denials.total) (\(denials.seccomp.count) kinds)")
+        func pad(_ s: String, _ width: Int) -> String { s + String(repeating: " ", count: max(0, width - s.count)) }
+        let nameWidth = denials.seccomp.map(\.name.count).max() ?? 0
+        let answerWidth = denials.seccomp.map(\.answer.count).max() ?? 0
+        for call in denials.seccomp {
+            let count = String(call.count)
+            var text = "  \(pad(call.name, nameWidth)) \(String(repeating: " ", count: max(0, 7 - count.count)))\(count)  "
+                + "\(pad(call.answer, answerWidth))  \(call.example)"
+            if call.origin == "prelude" { text += "  (always-on hardening)" }
+            if let exe = call.executable { text += "  by \(exe)" }
+            lines.append(text)
+        }
+        if denials.throttled > 0 {
+            lines.append("stockade: the jail was over its denial rate \(denials.throttled) times; its denied calls were slowed")
+        }
+        return lines
     }
 }
 

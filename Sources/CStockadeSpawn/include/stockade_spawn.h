@@ -177,6 +177,11 @@ struct stk_plan {
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
     const uint32_t *groups;    /* supplementary groups set instead of none (with drop_groups) */
     uint32_t n_groups;
+    /* seccomp user notification: >= 0, a unix socket on which the worker
+     * sends the listener fd that loading the filter returned (the filter
+     * is loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER in seccomp_flags);
+     * -1: no listener. The launcher's end of the socket is in parent_fds. */
+    int32_t notify_fd;
     int32_t _pad4;
 };
 
@@ -290,6 +295,32 @@ int stk_hold_until_exit(int pidfd, const int *fds, int n);
 /* A detached, nosuid and nodev copy of the mount tree at O_PATH fd `fd`
  * (an OCI rootfs, attached by the child with move_mount); its fd or -errno. */
 int stk_clone_tree(int fd);
+
+/* ---- Seccomp user notification (the supervisor's side). ---- */
+
+/* One notification, as SECCOMP_IOCTL_NOTIF_RECV returns it (the layout of
+ * the kernel's struct seccomp_notif with its seccomp_data). */
+struct stk_notification {
+    uint64_t id;      /* the cookie to answer with */
+    uint32_t pid;     /* the calling thread, in the receiver's pid namespace */
+    uint32_t flags;
+    int32_t nr;       /* seccomp_data: number, architecture, ip, arguments */
+    uint32_t arch;
+    uint64_t ip;
+    uint64_t args[6];
+};
+
+/* seccomp(SECCOMP_GET_ACTION_AVAIL, action): 0 when the kernel has it, -1 with errno. */
+int stk_seccomp_action_available(uint32_t action);
+/* SECCOMP_IOCTL_NOTIF_RECV into *out: 0, or -1 with errno (ENOENT: the
+ * caller was gone before it could be received). */
+int stk_notify_recv(int listener, struct stk_notification *out);
+/* SECCOMP_IOCTL_NOTIF_SEND: the call returns `val`, or fails with `error`
+ * (a negative errno); `flags` SECCOMP_USER_NOTIF_FLAG_CONTINUE lets it run. 0 or -1 with errno. */
+int stk_notify_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
+/* SECCOMP_IOCTL_NOTIF_ID_VALID: 0 while the notifying thread still waits
+ * for the answer to `id` (so a pid read from it is still that thread). */
+int stk_notify_id_valid(int listener, uint64_t id);
 
 #ifdef __cplusplus
 }
