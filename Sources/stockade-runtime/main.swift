@@ -100,6 +100,15 @@ func printJSON<T: Encodable>(_ value: T, pretty: Bool = true) throws {
     FileHandle.standardOutput.write(try encoder.encode(value) + Data("\n".utf8))
 }
 
+/// A document named on the command line: a file, or `-` for stdin.
+func readInput(_ path: String, flag: String) throws -> Data {
+    guard let data = path == "-" ? FileHandle.standardInput.readDataToEndOfFile()
+        : FileHandle(forReadingAtPath: path)?.readDataToEndOfFile() else {
+        throw RuntimeError("\(flag) \(path): cannot be read")
+    }
+    return data
+}
+
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a container; its process waits for start.")
     @Option(name: [.customLong("bundle"), .customShort("b")]) var bundle: String = "."
@@ -179,11 +188,7 @@ struct Exec: ParsableCommand {
         let data: Data
         let file: String
         if let process {
-            guard let d = process == "-" ? FileHandle.standardInput.readDataToEndOfFile()
-                : FileHandle(forReadingAtPath: process)?.readDataToEndOfFile() else {
-                throw RuntimeError("--process \(process): cannot be read")
-            }
-            data = d
+            data = try readInput(process, flag: "--process")
             file = process
         } else {
             // runc's form with the command on the line: the container's own
@@ -228,10 +233,7 @@ struct Update: ParsableCommand {
         var data: Data
         var source = "--resources"
         if let resources {
-            guard let d = resources == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: resources) else {
-                throw RuntimeError("--resources \(resources): cannot be read")
-            }
-            data = d
+            data = try readInput(resources, flag: "--resources")
             source = resources == "-" ? "resources (stdin)" : resources
         } else {
             var r: [String: Any] = [:]

@@ -110,6 +110,15 @@ final class RuntimeFixture {
         try data.write(to: URL(fileURLWithPath: bundle + "/config.json"))
     }
 
+    /// A container of the fixture's bundle running `args`, created and started.
+    func startContainer(_ id: String, args: [String]) throws {
+        try Self.writeConfig(bundle, args: args, cgroupsPath: cgroupsPath(id))
+        let created = try run(["create", "--bundle", bundle, id])
+        guard created.status == 0 else { throw RuntimeTestError("create \(id): \(created)") }
+        let started = try run(["start", id])
+        guard started.status == 0 else { throw RuntimeTestError("start \(id): \(started)") }
+    }
+
     /// The cgroup path each test's container gets (`/parent/ID`).
     func cgroupsPath(_ id: String) -> String { cgroupParent + "/" + id }
 

@@ -70,9 +70,7 @@ struct RuntimeLifecycleTests {
     func startTwice() throws {
         let f = try RuntimeFixture("twice")
         let id = "twice1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id))
-        #expect(try f.run(["create", "--bundle", f.bundle, id]).status == 0)
-        #expect(try f.run(["start", id]).status == 0)
+        try f.startContainer(id, args: ["sleep", "60"])
         let again = try f.run(["start", id])
         #expect(again.status != 0 && again.stderr.contains("cannot start an already running container"), "\(again)")
         #expect(try f.run(["kill", id, "9"]).status == 0)
@@ -118,9 +116,7 @@ struct RuntimeLifecycleTests {
     func exec() throws {
         let f = try RuntimeFixture("exec")
         let id = "exec1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id))
-        #expect(try f.run(["create", "--bundle", f.bundle, id]).status == 0)
-        #expect(try f.run(["start", id]).status == 0)
+        try f.startContainer(id, args: ["sleep", "60"])
         let process: [String: Any] = [
             "user": ["uid": 0, "gid": 0], "cwd": "/", "env": ["PATH=/bin"],
             "args": ["sh", "-c", "hostname; cat /proc/1/cmdline | head -c 13; echo; cat /mnt/hostdata; cat /proc/2/comm; exit 3"],
@@ -149,9 +145,7 @@ struct RuntimeLifecycleTests {
     func guarantees() throws {
         let f = try RuntimeFixture("guarantee")
         let id = "guar1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id))
-        #expect(try f.run(["create", "--bundle", f.bundle, id]).status == 0)
-        #expect(try f.run(["start", id]).status == 0)
+        try f.startContainer(id, args: ["sleep", "60"])
         let file = f.dir + "/process.json"
         let process: [String: Any] = [
             "user": ["uid": 0, "gid": 0], "cwd": "/", "env": ["PATH=/bin"],
