@@ -11,6 +11,7 @@ let parts: [String: () throws -> Void] = [
     "cgroup": cgroupBench,
     "daemon": daemonBench,
     "broker": brokerBench,
+    "oci": ociBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
