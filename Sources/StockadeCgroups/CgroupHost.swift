@@ -121,6 +121,16 @@ public struct CgroupHost: Sendable, Equatable {
         return CgroupHost(unified: unified, hierarchies: hierarchies.sorted { $0.mountPoint < $1.mountPoint })
     }
 
+    /// Every cgroup and cgroup2 mount point in `mountinfo`, whatever it shows.
+    package static func mountPoints(mountinfo: String) -> [String] {
+        mountinfo.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count, fields.count > 4,
+                  fields[dash + 1] == "cgroup" || fields[dash + 1] == "cgroup2" else { return nil }
+            return unescape(String(fields[4]))
+        }
+    }
+
     /// One paragraph a person can act on: the layout, and which backend serves which limit.
     public var diagnosis: String {
         var lines: [String] = []

@@ -153,23 +153,40 @@ public final class CgroupManager: Sendable {
         if useV2, let u = host.unified {
             let basePath: String
             var ownDelegated: String?
+            var delegatedBase = false
             switch config.base {
             case .path(let p):
                 basePath = try Self.cleanPath(p)
             case .automatic(let name):
                 let own = u.ownPath
-                if own == "/" {
+                // A cgroup root delegated to this user by root (`stockade
+                // cgroups --delegate`) is the base, as on v1; the kernel lets
+                // the launcher move its jails there only from a cgroup below it.
+                let delegated = CgroupDelegation.path(uid: geteuid(), name: name)
+                let hasDelegated = geteuid() != 0 && CgroupDelegation.isOwnedByCaller(u.mountPoint + delegated)
+                if hasDelegated && (own == delegated || own.hasPrefix(delegated + "/")) {
+                    basePath = delegated
+                    delegatedBase = true
+                    // Started in the delegated cgroup itself (which then
+                    // hands no controllers down yet): move to a leaf first.
+                    if own == delegated { ownDelegated = own }
+                    why += " (the cgroup delegated to uid \(geteuid()))"
+                } else if own == "/" && !hasDelegated {
                     basePath = "/" + name
-                } else if isDelegated(u.mountPoint + own) {
+                } else if own != "/" && isDelegated(u.mountPoint + own) {
                     basePath = own + "/" + name
                     ownDelegated = own
                 } else if geteuid() == 0 {
                     basePath = "/" + name
+                } else if hasDelegated {
+                    let dir = u.mountPoint + delegated
+                    throw CgroupError(.unsupported, "the cgroup delegated to uid \(geteuid()), \(dir), takes jails only from a launcher that runs inside it (cgroup v2 moves a process only for a writer of the common ancestor's cgroup.procs), and this launcher runs in \(own); as root, start the session in \(dir)/\(CgroupDelegation.sessionLeaf) (write its pid to cgroup.procs there)")
                 } else {
                     throw CgroupError(.unsupported, "the launcher's cgroup \(u.mountPoint + own) is not delegated to uid \(geteuid()); run Stockade as root, or in a systemd unit with Delegate=yes, or set the base cgroup to one this user may write")
                 }
             }
-            let b = CgroupV2Backend(host: host, mount: u.mountPoint, basePath: basePath, ownDelegated: ownDelegated)
+            let b = CgroupV2Backend(host: host, mount: u.mountPoint, basePath: basePath, ownDelegated: ownDelegated,
+                                    delegatedBase: delegatedBase)
             return (b, why + ", base \(b.abs(""))")
         }
         var fixed: String?
@@ -238,7 +255,18 @@ public final class CgroupManager: Sendable {
         let budget = try budget(of: name)
         let rel = Self.tenantDirectory(name)
         _ = try backend.check(budget.limits, parent: "", owner: "tenant \(name)")
-        let created = try backend.create(rel, delegating: true)
+        let created: Bool
+        do {
+            created = try backend.create(rel, delegating: true)
+        } catch let error where error.cause == .noSuchFileOrDirectory {
+            // The base went away after this manager prepared it (another
+            // launcher closed it while empty, or an undelegation removed
+            // an empty parent): make it again, once.
+            let existed = backend.exists("")
+            try backend.prepare()
+            if !existed { state.withLock { $0.baseCreated = true } }
+            created = try backend.create(rel, delegating: true)
+        }
         if created { state.withLock { _ = $0.createdTenants.insert(rel) } }
         try backend.apply(budget.limits, to: rel)
         return budget

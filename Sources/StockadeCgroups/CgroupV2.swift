@@ -27,15 +27,19 @@ final class CgroupV2Backend: CgroupBackend {
     /// The launcher's own cgroup when the base is below it (we may move
     /// ourselves out of it into a leaf), else nil.
     let ownDelegated: String?
+    /// The base is a cgroup root delegated to this user: its parent is
+    /// root's, so the controllers are taken as root enabled them there.
+    let delegatedBase: Bool
 
     var version: Int { 2 }
     var baseDescription: String { "cgroup v2 at \(abs(""))" }
 
-    init(host: CgroupHost, mount: String, basePath: String, ownDelegated: String?) {
+    init(host: CgroupHost, mount: String, basePath: String, ownDelegated: String?, delegatedBase: Bool = false) {
         self.host = host
         self.mount = mount
         self.basePath = basePath
         self.ownDelegated = ownDelegated
+        self.delegatedBase = delegatedBase
     }
 
     func abs(_ rel: String) -> String {
@@ -54,7 +58,7 @@ final class CgroupV2Backend: CgroupBackend {
             if !CgroupFS.exists(child) {
                 try enableControllers(in: current)
                 try CgroupFS.mkdir(child, existingOK: true)
-            } else if child == abs("") {
+            } else if child == abs("") && !delegatedBase {
                 try enableControllers(in: current)
             }
             current = child

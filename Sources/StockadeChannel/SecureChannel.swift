@@ -664,13 +664,22 @@ public final class SecureChannel: @unchecked Sendable {
     /// Sends `payload` as a request and waits for its response. Other
     /// messages that arrive meanwhile are kept for ``receive()``.
     ///
-    /// There is no deadline here: whoever bounds the request's time calls
-    /// ``interrupt()`` from another thread when it runs out.
-    public func request(_ payload: [UInt8]) throws(ChannelError) -> [UInt8] {
-        let id = stateLock.withLock { () -> UInt64 in
-            defer { nextRequestID += 1 }
-            return nextRequestID
+    /// With a `deadline`, the send and every read of the answer wait only
+    /// until then: a peer that is late (silent, trickling, not reading) is a
+    /// `timed-out` violation and the channel closes, whatever the peer does
+    /// with its end of the socket. Without one, whoever bounds the request's
+    /// time calls ``interrupt()`` from another thread when it runs out.
+    public func request(_ payload: [UInt8], deadline: ContinuousClock.Instant? = nil) throws(ChannelError) -> [UInt8] {
+        guard let deadline else { return try exchange(payload) }
+        var answer: [UInt8] = []
+        try withDeadline(deadline, what: "answer to the request") { () throws(ChannelError) in
+            answer = try exchange(payload)
         }
+        return answer
+    }
+
+    private func exchange(_ payload: [UInt8]) throws(ChannelError) -> [UInt8] {
+        let id = makeRequestID()
         try send(type: .request, requestID: id, payload: payload)
         return try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
             while true {

@@ -53,6 +53,9 @@ struct APIRequest: Sendable {
     var authorization: String?
     var body: [UInt8]
     var peer: PeerCredentials?
+    /// The client the connection already found behind this request's
+    /// token (when its head was read); nil: the router checks the token.
+    var client: ClientConfig?
 }
 
 /// The open connections: counted in all and per peer uid, with those that
@@ -190,6 +193,8 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     private let connection: Int
     private var context: ChannelHandlerContext?
     private var head: HTTPRequestHead?
+    /// The client whose token the current request's head carried.
+    private var client: ClientConfig?
     private var body: ByteBuffer?
     private var deadline: Scheduled<Void>?
 
@@ -284,6 +289,7 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
+            client = nil
             body = nil
             phase = .body
             arm(daemon.config.connections.bodyTimeout, phase: .body)
@@ -293,7 +299,8 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             case .failure(let denial):
                 answerEarly(context, denial.response, reason: denial.why, head: h, denied: true)
                 return
-            case .success:
+            case .success(let c):
+                client = c
                 table.authenticated(connection)
             }
             let limit = daemon.config.maxRequestBytes
@@ -333,7 +340,8 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             let bytes = body.map { Array($0.readableBytesView) } ?? []
             body = nil
             let request = APIRequest(method: head.method, path: head.uri, authorization: head.headers.first(name: "authorization"),
-                                     body: bytes, peer: peer)
+                                     body: bytes, peer: peer, client: client)
+            client = nil
             let loop = context.eventLoop
             let bound = NIOLoopBound((self, context), eventLoop: loop)
             daemon.handle(request) { response, event in
@@ -548,7 +556,9 @@ final class APIServer: Sendable {
         case .admitted(let id):
             let watch = ByteWatch()
             try sync.addHandler(watch)
-            try sync.configureHTTPServerPipeline(withErrorHandling: false)
+            // Outbound headers are the daemon's own (fixed names, worker
+            // ids it made, numbers): no per-answer validation pass.
+            try sync.configureHTTPServerPipeline(withErrorHandling: false, withOutboundHeaderValidation: false)
             let api = APIHandler(daemon: daemon, peer: peer, table: table, connection: id, watch: watch)
             watch.api = api
             box.api = api

@@ -77,7 +77,7 @@ extension AuditEvent {
             first = false
             out.append(UInt8(ascii: "\""))
             out += k.utf8
-            out += Array("\":".utf8)
+            out.append(contentsOf: "\":".utf8)
         }
         func string(_ k: String, _ v: String?) {
             guard let v else { return }
@@ -85,14 +85,14 @@ extension AuditEvent {
             out.append(UInt8(ascii: "\""))
             for b in v.utf8 {
                 switch b {
-                case UInt8(ascii: "\""): out += Array("\\\"".utf8)
-                case UInt8(ascii: "\\"): out += Array("\\\\".utf8)
-                case 0x0A: out += Array("\\n".utf8)
-                case 0x0D: out += Array("\\r".utf8)
-                case 0x09: out += Array("\\t".utf8)
+                case UInt8(ascii: "\""): out.append(contentsOf: "\\\"".utf8)
+                case UInt8(ascii: "\\"): out.append(contentsOf: "\\\\".utf8)
+                case 0x0A: out.append(contentsOf: "\\n".utf8)
+                case 0x0D: out.append(contentsOf: "\\r".utf8)
+                case 0x09: out.append(contentsOf: "\\t".utf8)
                 case 0..<0x20:
                     let hex = Array("0123456789abcdef".utf8)
-                    out += Array("\\u00".utf8)
+                    out.append(contentsOf: "\\u00".utf8)
                     out.append(hex[Int(b >> 4)])
                     out.append(hex[Int(b & 15)])
                 default: out.append(b)
@@ -125,7 +125,7 @@ extension AuditEvent {
         string("time", time)
         number("uid", uid)
         string("worker", worker)
-        out += Array("}\n".utf8)
+        out.append(contentsOf: "}\n".utf8)
         return out
     }
 }
@@ -239,12 +239,23 @@ package final class AuditLog: Sendable {
         var t = ts.tv_sec
         var parts = tm()
         gmtime_r(&t, &parts)
-        func pad(_ v: Int32, _ w: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, w - s.count)) + s
+        // Written digit by digit: one of these stamps every audited request.
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        for (value, width, separator) in [(Int(parts.tm_year) + 1900, 4, "-"), (Int(parts.tm_mon) + 1, 2, "-"), (Int(parts.tm_mday), 2, "T"),
+                                          (Int(parts.tm_hour), 2, ":"), (Int(parts.tm_min), 2, ":"), (Int(parts.tm_sec), 2, "."),
+                                          (Int(ts.tv_nsec / 1_000_000), 3, "Z")] as [(Int, Int, Unicode.Scalar)] {
+            var divisor = 1
+            for _ in 1..<width { divisor *= 10 }
+            var v = value
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8((v / divisor) % 10))
+                v %= divisor
+                divisor /= 10
+            }
+            out.append(UInt8(ascii: separator))
         }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        return String(decoding: out, as: UTF8.self)
     }
 }
 

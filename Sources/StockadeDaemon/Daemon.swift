@@ -273,7 +273,8 @@ package final class Daemon: Service, @unchecked Sendable {
     }
 
     private func authenticate(_ request: APIRequest) -> Result<ClientConfig, Denial> {
-        authenticate(authorization: request.authorization, peer: request.peer)
+        if let client = request.client { return .success(client) }
+        return authenticate(authorization: request.authorization, peer: request.peer)
     }
 
     /// The client behind the bearer token, when the peer's uid may present it.
@@ -288,11 +289,15 @@ package final class Daemon: Service, @unchecked Sendable {
         guard header.hasPrefix(prefix) else {
             return .failure(Denial(.error(.unauthorized, "unauthenticated", "the Authorization header must be Bearer <token>"), "not a bearer token (uid \(peer.uid))"))
         }
-        let token = String(header.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
+        // The token without the spaces and tabs HTTP allows around it
+        // (trimmed as bytes: this runs for every request).
+        var token = header.utf8.dropFirst(prefix.utf8.count)
+        while let b = token.first, b == 0x20 || b == 0x09 { token = token.dropFirst() }
+        while let b = token.last, b == 0x20 || b == 0x09 { token = token.dropLast() }
         // Tokens are compared as SHA-256 digests: fixed length, so neither
         // the comparison nor its timing depends on the length of a guess, and
         // every known digest is compared in full (constant time per client).
-        let presented = TokenDigest(token)
+        let presented = TokenDigest(bytes: Array(token))
         var found: ClientConfig?
         for (known, client) in clientDigests where known.matches(presented) { found = client }
         // An unknown token and a valid token presented by the wrong uid get

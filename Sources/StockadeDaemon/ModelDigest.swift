@@ -90,7 +90,11 @@ struct TokenDigest: Sendable, Equatable {
     let bytes: [UInt8]
 
     init(_ token: String) {
-        bytes = SHA256.hash(Array(token.utf8))
+        self.init(bytes: Array(token.utf8))
+    }
+
+    init(bytes token: [UInt8]) {
+        bytes = SHA256.hash(token)
     }
 
     /// Constant time: every byte is compared, whatever differs first.

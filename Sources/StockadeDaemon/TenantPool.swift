@@ -18,6 +18,7 @@ import StockadeSystem
 import Logging
 import Dispatch
 import Synchronization
+import Prometheus
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -111,7 +112,7 @@ final class Worker: @unchecked Sendable {
     private let exitState = Mutex<(exited: Bool, exit: JailExit?)>((false, nil))
     /// Woken when `exitState` records the end.
     private let exitWakeups = Wakeups()
-    /// Set when the watchdog killed the worker for a late answer.
+    /// Set when the worker was killed for missing a request's deadline.
     let timedOut = Atomic<Bool>(false)
 
     init(id: String, jail: Jail, channel: SecureChannel) {
@@ -242,6 +243,13 @@ package final class TenantPool: @unchecked Sendable {
     }
 
     private let state = Mutex<State>(State())
+    /// This tenant's metrics on every request's path, looked up once.
+    private let hot: HotMetrics
+    private struct HotMetrics {
+        var idle, busy, stopping, starting, queueDepth: Gauge
+        var latency, workerLatency: DurationHistogram
+        var ok: Counter
+    }
     /// Woken when a worker is gone (stop waits on it for the last one).
     private let emptied = Wakeups()
 
@@ -257,8 +265,11 @@ package final class TenantPool: @unchecked Sendable {
         logger[metadataKey: "tenant"] = "\(config.name)"
         self.logger = logger
         self.devNull = devNull
-        for s in ["idle", "busy", "starting", "stopping"] { metrics.workers(config.name, s).set(to: 0) }
-        metrics.queueDepth(config.name).set(to: 0)
+        hot = HotMetrics(idle: metrics.workers(config.name, "idle"), busy: metrics.workers(config.name, "busy"),
+                         stopping: metrics.workers(config.name, "stopping"), starting: metrics.workers(config.name, "starting"),
+                         queueDepth: metrics.queueDepth(config.name), latency: metrics.latency(config.name),
+                         workerLatency: metrics.workerLatency(config.name), ok: metrics.requests(config.name, "ok"))
+        for g in [hot.idle, hot.busy, hot.stopping, hot.starting, hot.queueDepth] { g.set(to: 0) }
     }
 
     // MARK: Start and stop
@@ -373,27 +384,20 @@ package final class TenantPool: @unchecked Sendable {
 
     private func run(_ pending: Pending, on worker: Worker) {
         worker.queue.async { [self] in
-            let watchdog = DispatchWorkItem { [weak worker] in
-                guard let worker else { return }
-                worker.timedOut.store(true, ordering: .sequentiallyConsistent)
-                // Killing the jail is not enough to end the wait: a worker
-                // may have passed its socket end to us, or to a process
-                // outside the jail. Shutting our end down always is.
-                worker.channel.interrupt()
-                worker.kill(reason: .timeLimit)
-            }
-            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(config.requestTimeout.components.seconds * 1000
-                + config.requestTimeout.components.attoseconds / 1_000_000_000_000_000)), execute: watchdog)
+            // The request's time is bounded by a deadline on the channel
+            // itself (the send and every read wait only until then), not by
+            // a timer on another thread: a late worker ends the wait with a
+            // `timed-out` violation however it holds its end of the socket,
+            // and a request that is answered in time costs no extra wakeup.
             let start = ContinuousClock.now
             let result: Result<[UInt8], ChannelError>
             do throws(ChannelError) {
-                result = .success(try worker.channel.request(pending.payload))
+                result = .success(try worker.channel.request(pending.payload, deadline: start + config.requestTimeout))
             } catch {
                 result = .failure(error)
             }
-            watchdog.cancel()
             let took = ContinuousClock.now - start
-            metrics.workerLatency(name).record(took)
+            hot.workerLatency.record(took)
             switch result {
             case .success(let response) where response.count > config.maxResponseBytes:
                 finish(pending, .failed(status: 502, code: "answer-too-large",
@@ -412,9 +416,14 @@ package final class TenantPool: @unchecked Sendable {
                 requestDone(worker, took: took, healthy: true)
             case .failure(let error):
                 requestDone(worker, took: took, healthy: false)
-                // End of stream is how a dying worker looks; anything else
+                // Past the deadline the worker is killed for its time;
+                // end of stream is how a dying worker looks; anything else
                 // the worker sent wrong is a violation and kills it at once.
-                let violation = error.violation.flatMap { $0.kind == .closed || $0.kind == .truncated ? nil : $0 }
+                if error.violation?.kind == .timedOut {
+                    worker.timedOut.store(true, ordering: .sequentiallyConsistent)
+                    worker.kill(reason: .timeLimit)
+                }
+                let violation = error.violation.flatMap { [.closed, .truncated, .timedOut].contains($0.kind) ? nil : $0 }
                 if let v = violation {
                     metrics.violations(name).increment()
                     var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
@@ -454,8 +463,8 @@ package final class TenantPool: @unchecked Sendable {
     }
 
     private func finish(_ pending: Pending, _ outcome: InferOutcome, outcome word: String) {
-        metrics.requests(name, word).increment()
-        metrics.latency(name).record(ContinuousClock.now - pending.accepted)
+        (word == "ok" ? hot.ok : metrics.requests(name, word)).increment()
+        hot.latency.record(ContinuousClock.now - pending.accepted)
         state.withLock { s in
             if case .ok = outcome { s.served += 1 } else { s.failed += 1 }
         }
@@ -742,11 +751,11 @@ package final class TenantPool: @unchecked Sendable {
             for r in s.workers.values { counts[r.state, default: 0] += 1 }
             return (counts[.idle] ?? 0, counts[.busy] ?? 0, counts[.stopping] ?? 0, s.starting, s.queued)
         }
-        metrics.workers(name, "idle").set(to: Double(idle))
-        metrics.workers(name, "busy").set(to: Double(busy))
-        metrics.workers(name, "stopping").set(to: Double(stopping))
-        metrics.workers(name, "starting").set(to: Double(starting))
-        metrics.queueDepth(name).set(to: Double(queued))
+        hot.idle.set(to: Double(idle))
+        hot.busy.set(to: Double(busy))
+        hot.stopping.set(to: Double(stopping))
+        hot.starting.set(to: Double(starting))
+        hot.queueDepth.set(to: Double(queued))
     }
 
     /// Live usage is read from each worker's cgroup.

@@ -1,4 +1,5 @@
 import CStockadeSpawn
+import StockadeCgroups
 import StockadeSystem
 import SystemPackage
 #if canImport(FoundationEssentials)
@@ -201,6 +202,7 @@ struct SpawnPlan {
         var inputs = [profile.file, "/proc/self/exe"] + InitExecutable.candidates() + request.launcherFiles
         if case let .docker(path) = profile.seccomp.base { inputs.append(path) }
         try Self.checkLauncherInputs(planned, inputs: inputs)
+        try Self.checkCgroupBinds(planned)
     }
 
     /// How a mount that came with the launch (not from the profile) is named in messages.
@@ -375,6 +377,30 @@ struct SpawnPlan {
             guard let source = p.mount.recorded, let file = covered[source.id] else { continue }
             throw JailError.invalidRequest("\(p.label): the writable bind of \(source.path) holds \(file), which the "
                 + "launcher reads to build jails; a jail could rewrite it for the next run. Bind it read-only, or bind a directory that holds none of the launcher's files")
+        }
+    }
+
+    /// Refuses a writable bind that holds a cgroup filesystem, as its
+    /// source or mounted below it (binds are recursive). Through it a jail
+    /// could write `cgroup.procs` and move its processes out of its own
+    /// cgroup, away from its limits and the launcher's kill: rootless, the
+    /// jail runs as the caller, who owns the delegated cgroup above the
+    /// jail's, and the kernel stops such a move at the jail's cgroup
+    /// namespace only on a v2 mount with `nsdelegate`. A read-only bind
+    /// shows the tree and writes nothing.
+    static func checkCgroupBinds(_ planned: [Labelled],
+                                 mountinfo: String = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "") throws {
+        let writable = planned.filter(\.writable).compactMap { p in p.mount.recorded.map { (p.label, $0) } }
+        guard !writable.isEmpty else { return }
+        let cgroups = CgroupHost.mountPoints(mountinfo: mountinfo).map { point -> (String, UInt64?) in
+            var st = stat()
+            return (point, stat(point, &st) == 0 ? UInt64(st.st_dev) : nil)
+        }
+        for (label, source) in writable {
+            let below = source.path == "/" ? "/" : source.path + "/"
+            guard let (point, _) = cgroups.first(where: { $0.1 == source.device || $0.0 == source.path || $0.0.hasPrefix(below) }) else { continue }
+            throw JailError.invalidRequest("\(label): the writable bind of \(source.path) holds the cgroup filesystem at \(point); "
+                + "a jail could move its processes out of its own cgroup, past its limits and the launcher's kill. Bind it read-only")
         }
     }
 

@@ -40,6 +40,23 @@ public struct PseudoTerminal: Sendable {
         return PseudoTerminal(master: FileDescriptor(rawValue: m), peer: FileDescriptor(rawValue: p))
     }
 
+    /// The window size of the terminal `fd`, nil when it is not one.
+    public static func windowSize(_ fd: Int32) -> (rows: UInt16, columns: UInt16)? {
+        var size = winsize()
+        guard stk_ioctl_ptr(fd, TIOCGWINSZ, &size) == 0 else { return nil }
+        return (size.ws_row, size.ws_col)
+    }
+
+    /// Sets the window size of the terminal `fd` (its foreground process
+    /// group gets SIGWINCH).
+    @discardableResult
+    public static func setWindowSize(_ fd: Int32, rows: UInt16, columns: UInt16) -> Bool {
+        var size = winsize()
+        size.ws_row = rows
+        size.ws_col = columns
+        return stk_ioctl_ptr(fd, TIOCSWINSZ, &size) == 0
+    }
+
     /// Copies the window size of the terminal `from` to `to` (no-op when
     /// `from` has none).
     public static func copyWindowSize(from: Int32, to: Int32) {

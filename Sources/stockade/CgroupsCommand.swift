@@ -17,8 +17,10 @@ struct CgroupsCommand: ParsableCommand {
 
             --delegate USER, run once as root, prepares a cgroup for USER where \
             no service manager delegates one (/stockade/user-UID in each hierarchy), \
-            so that USER's rootless launches get their [limits] as cgroup limits; \
-            --undelegate USER removes it again.
+            so that USER's rootless launches get their [limits] as cgroup limits. \
+            On cgroup v2 the launcher must run inside it: root starts USER's \
+            session in its leaf /stockade/user-UID/session. --undelegate USER \
+            removes it again once nothing runs there.
 
             Examples:
               stockade cgroups --tenants examples/tenants.toml
@@ -61,7 +63,11 @@ struct CgroupsCommand: ParsableCommand {
         if let spec = delegate {
             let (uid, gid) = try Self.user(spec)
             do {
-                for dir in try CgroupDelegation.delegate(uid: uid, gid: gid) { print("delegated to uid \(uid): \(dir)") }
+                let delegated = try CgroupDelegation.delegate(uid: uid, gid: gid)
+                for dir in delegated.directories { print("delegated to uid \(uid): \(dir)") }
+                if let session = delegated.session {
+                    print("cgroup v2: start uid \(uid)'s session or service in \(session) (as root, write its pid to \(session)/cgroup.procs); a launcher outside the delegated cgroup cannot move jails into it")
+                }
             } catch {
                 throw StockadeFailure(message: "cgroup: \(error)", status: 1)
             }

@@ -282,21 +282,44 @@ struct HostileWorkerTests {
         expectFlat(before, workerSocket: workerSocket, sourceLocation: sourceLocation)
     }
 
+    /// The same two attacks against a request with a deadline of its own
+    /// (as the daemon's pools make them, with no watchdog thread): the
+    /// request ends at the deadline as `timed-out` and the channel closes,
+    /// whatever the worker does with its end.
+    @Test(arguments: ["hang-request", "ping-flood-no-read"])
+    func requestEndsAtItsDeadline(attack: String) throws {
+        let before = LauncherResources.now(workerSocket: "")
+        let workerSocket = try expectTimedOut(attack) { (channel, deadline) throws(ChannelError) in
+            _ = try channel.request(Array("hello".utf8), deadline: deadline)
+        }
+        expectFlat(before, workerSocket: workerSocket)
+    }
+
     /// The worker answers the shutdown but keeps its socket open: the
     /// shutdown ends at its deadline as `timed-out`.
     @Test func lingeringShutdownEndsAtItsDeadline() throws {
-        let (child, bootstrap, _) = try startAttack("shutdown-linger")
+        try expectTimedOut("shutdown-linger") { (channel, _) throws(ChannelError) in try channel.shutdown(timeoutMilliseconds: 1_000) }
+    }
+
+    /// Plays `attack` while `call` waits on the channel with a deadline 1 s
+    /// away: it ends as `timed-out` within 1.5 s and the channel is closed.
+    /// Returns the worker's socket (for ``expectFlat``).
+    @discardableResult
+    private func expectTimedOut(_ attack: String, sourceLocation: SourceLocation = #_sourceLocation,
+                                _ call: @escaping @Sendable (SecureChannel, ContinuousClock.Instant) throws(ChannelError) -> Void) throws -> String {
+        let (child, bootstrap, workerSocket) = try startAttack(attack)
         let channel = try bootstrap.connect()
         let start = ContinuousClock.now
         let caught = bounded(10, onTimeout: { channel.interrupt() }) { () -> ChannelError? in
-            do throws(ChannelError) { try channel.shutdown(timeoutMilliseconds: 1_000) } catch { return error }
+            do throws(ChannelError) { try call(channel, start + .seconds(1)) } catch { return error }
             return nil
         }
-        #expect(caught??.violation?.kind == .timedOut, "\(String(describing: caught))")
-        #expect(ContinuousClock.now - start < .milliseconds(1_500))
-        #expect(channel.isClosed)
+        #expect(caught??.violation?.kind == .timedOut, "\(String(describing: caught))", sourceLocation: sourceLocation)
+        #expect(ContinuousClock.now - start < .milliseconds(1_500), sourceLocation: sourceLocation)
+        #expect(channel.isClosed, sourceLocation: sourceLocation)
         child.kill()
         _ = child.wait()
+        return workerSocket
     }
 
     /// The worker starts a child that outlives it. The SDK's channel socket
