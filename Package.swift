@@ -18,6 +18,12 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
+// The launch path (`stockade run`) links FoundationEssentials at most, never
+// Foundation (its NSString bridge, CoreFoundation and ICU's data are most of
+// a static image and of its start-up). A member is only visible where its
+// module is imported, so a call cannot resolve to Foundation's overload
+// through a dependency that imports it (TOMLKit does).
+let launchPathSettings = swiftSettings + [.enableUpcomingFeature("MemberImportVisibility")]
 
 let package = Package(
     name: "stockade",
@@ -69,7 +75,7 @@ let package = Package(
                 "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The layers above StockadeSystem. Each imports only the ones below
         // it, so the compiler checks the direction:
@@ -82,14 +88,14 @@ let package = Package(
             dependencies: [
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The seccomp filter compiler, simulator, disassembler and the
         // Docker/Moby profile import.
         .target(
             name: "StockadeSeccomp",
             dependencies: ["StockadeConfig", "StockadeSystem", "CStockadeSpawn", "CSeccomp"],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The cgroup backends (v1, v2), budgets ([limits]) and tenants.
         .target(
@@ -98,7 +104,7 @@ let package = Package(
                 "StockadeConfig", "StockadeSystem", "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The Noise channel and its records; nothing of the jail.
         .target(
@@ -117,7 +123,7 @@ let package = Package(
                 "StockadeConfig", "StockadeSeccomp", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         .executableTarget(
             name: "stockade",
@@ -126,7 +132,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: launchPathSettings
         ),
         // The daemon: tenants, warm worker pools, the client API, audit log
         // and metrics. A library so that tests drive it in-process.

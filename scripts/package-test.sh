@@ -58,7 +58,7 @@ dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|' > "$T/contents"
 for f in /usr/bin/stockade /usr/bin/stockaded /usr/libexec/stockade/stockade-init /etc/stockade/stockaded.toml \
     /usr/share/stockade/profiles/minimal.toml /usr/share/stockade/profiles/inference-cpu.toml \
     /lib/systemd/system/stockaded.service /lib/systemd/system/stockaded.socket \
-    /usr/lib/python3/dist-packages/stockade_worker/__init__.py \
+    /usr/lib/python3/dist-packages/stockade_worker/__init__.py /usr/lib/python3/dist-packages/stockade_worker/py.typed \
     /usr/share/man/man1/stockade.1.gz /usr/share/man/man8/stockaded.8.gz \
     /usr/share/man/man5/stockade-profile.5.gz /usr/share/man/man5/stockaded.toml.5.gz \
     /usr/share/bash-completion/completions/stockade /usr/share/zsh/vendor-completions/_stockade \
@@ -96,6 +96,19 @@ rm -rf "$T/sdk/stockade_worker/__pycache__"
     || { cat "$T/pip.log"; fail "pip cannot build the worker SDK from python/pyproject.toml"; }
 /usr/bin/python3 -m zipfile -l "$T"/wheel/stockade_worker-*.whl > "$T/wheel.list" || fail "the SDK wheel cannot be read"
 grep -q "stockade_worker/channel.py" "$T/wheel.list" || fail "the SDK wheel lacks stockade_worker/channel.py"
+grep -q "stockade_worker/py.typed" "$T/wheel.list" || fail "the SDK wheel lacks stockade_worker/py.typed (PEP 561)"
+# Its version is the one version.py states, and its major the protocol's.
+sdk_version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' python/stockade_worker/version.py)
+protocol=$(sed -n 's/^PROTOCOL_VERSION = \([0-9]*\)$/\1/p' python/stockade_worker/version.py)
+ls "$T"/wheel/stockade_worker-"$sdk_version"-*.whl >/dev/null 2>&1 || fail "the SDK wheel is not version $sdk_version: $(ls "$T/wheel")"
+[ "${sdk_version%%.*}" = "$protocol" ] || fail "the SDK's major version ${sdk_version%%.*} is not the protocol version $protocol"
+# A worker author's venv takes the wheel as it is (its one dependency,
+# cryptography, from the system's python3-cryptography).
+/usr/bin/python3 -m venv --system-site-packages "$T/worker-venv" || fail "cannot make a venv for the SDK"
+"$T/worker-venv/bin/python3" -m pip install -q --disable-pip-version-check --no-index "$T"/wheel/stockade_worker-*.whl > "$T/pip-install.log" 2>&1 \
+    || { cat "$T/pip-install.log"; fail "pip cannot install the SDK wheel into a venv"; }
+"$T/worker-venv/bin/python3" -c 'import importlib.metadata as m, stockade_worker as s; assert m.version("stockade-worker") == s.__version__ and "/worker-venv/" in s.__file__, s.__file__' \
+    || fail "the venv does not import the SDK it installed"
 
 # --- install ------------------------------------------------------------------
 step "dpkg -i"

@@ -11,6 +11,8 @@ CONFIG=examples/stockaded.toml
 SOCK=.build/stockaded/api.sock
 TOKEN=demo-admin-token-change-me
 mkdir -p .build/stockaded
+# The workers import the SDK from the venv the jails bind (make venv installs it).
+"$PY" -c 'import stockade_worker' 2>/dev/null || { echo "the worker SDK is not installed in .venv: run make venv"; exit 1; }
 "$BIN" --config "$CONFIG" --check
 "$BIN" --config "$CONFIG" --log-level notice &
 DAEMON=$!

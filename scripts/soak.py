@@ -65,12 +65,12 @@ uid = {os.getuid()}
 [tenant.{name}]
 profile = "{REPO}/profiles/minimal.toml"
 command = ["{python}", "{worker}"]
-binds = ["{REPO}/.venv", "{REPO}/python", "{REPO}/Tests/DaemonTests/Fixtures"]
+binds = ["{REPO}/.venv", "{REPO}/Tests/DaemonTests/Fixtures"]
 workers_min = 1
 workers_max = 2
 queue = 64
 request_timeout = "10s"
-env = {{ TEST_TENANT = "{name}", STOCKADE_SDK = "{REPO}/python" }}
+env = {{ TEST_TENANT = "{name}" }}
 
 [tenant.{name}.access]
 alice = "invoker"

@@ -4,6 +4,7 @@ import Glibc
 #endif
 import CStockadeSpawn
 import StockadeSystem
+import StockadeConfig
 
 /// An error from the cgroup manager, with what it was doing, the path and
 /// the errno behind it.

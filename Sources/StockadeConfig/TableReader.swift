@@ -99,7 +99,7 @@ package struct TOMLLineIndex: Sendable {
     }
 
     private static func headerName(_ s: Substring, closing: String) -> String {
-        let end = s.range(of: closing)?.lowerBound ?? s.endIndex
+        let end = s.firstRange(of: closing)?.lowerBound ?? s.endIndex
         return normalizeKey(s[..<end])
     }
 
@@ -135,7 +135,7 @@ package struct TOMLLineIndex: Sendable {
     private static func count(_ needle: String, in s: Substring) -> Int {
         var count = 0
         var rest = s[...]
-        while let r = rest.range(of: needle) { count += 1; rest = rest[r.upperBound...] }
+        while let r = rest.firstRange(of: needle) { count += 1; rest = rest[r.upperBound...] }
         return count
     }
 
@@ -158,6 +158,11 @@ package struct TOMLLineIndex: Sendable {
 }
 
 extension StringProtocol {
+    /// Left-aligned in a field of `width` characters (never cut).
+    package func padded(to width: Int) -> String {
+        count >= width ? String(self) : String(self) + String(repeating: " ", count: width - count)
+    }
+
     package func trimmingCharacters(in set: String) -> String {
         var s = Substring(self)
         while let f = s.first, set.contains(f) { s = s.dropFirst() }

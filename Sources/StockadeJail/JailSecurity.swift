@@ -1,8 +1,10 @@
+import StockadeSeccomp
 /// The security layers that come from the profile and not from the caller:
 /// the seccomp program and the Landlock rules. Called by every launcher
 /// front end (the CLI, the daemon) before `Launcher.launch`.
 public enum JailSecurity {
     /// Compiles the profile's seccomp policy into `request.seccompFilter`
+    /// (as root through ``SeccompProgramCache``)
     /// and derives the Landlock rules from its mounts (and the request's
     /// extra mounts) for the running kernel's ABI. A filter or ruleset the
     /// caller already put in the request is kept. Throws a
@@ -14,6 +16,12 @@ public enum JailSecurity {
     /// the kernel-side allowlist on the jail's cgroup (an eBPF device
     /// program on v2, `devices.*` on v1; a cgroup is made for it when the
     /// request has none). Call this after the jail's cgroup exists.
+    /// As root, an unchanged policy's program comes from the root-only
+    /// cache (``SeccompProgramCache``) instead of libseccomp.
+    static func compiledProgram(_ section: SeccompSection) throws -> SeccompProgram {
+        try SeccompProgramCache.shared?.program(for: section).0 ?? section.compile()
+    }
+
     public static func prepare(_ request: inout LaunchRequest) throws {
         if request.devices == nil && request.profile.devices.declared {
             let plan = try DevicePlan.resolve(for: request.profile, extraMounts: request.extraMounts)
@@ -25,7 +33,7 @@ public enum JailSecurity {
             if let why = SeccompSupervisor.unavailableReason {
                 observation.unavailable = why
             } else {
-                let program = try request.profile.seccomp.compile()
+                let program = try compiledProgram(request.profile.seccomp)
                 let observed = try program.observing(observation.notify)
                 if let why = SeccompObservation.handoverProblem(observed) {
                     observation.unavailable = why
@@ -38,7 +46,7 @@ public enum JailSecurity {
             request.seccompObservation = observation
         }
         if request.seccompFilter.isEmpty {
-            let program = try request.profile.seccomp.compile()
+            let program = try compiledProgram(request.profile.seccomp)
             request.seccompFilter = program.bytes
             request.seccompFlags = program.flags
         }

@@ -1,6 +1,7 @@
 public import StockadeCgroups
 import SystemPackage
 import StockadeSystem
+import StockadeConfig
 import CStockadeSpawn
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -35,7 +36,7 @@ public struct ProbeReport: Sendable, Codable, Equatable {
     public var text: String {
         var lines = probes.map { p in
             let num = String(p.number)
-            let name = p.name.padding(toLength: max(18, p.name.count), withPad: " ", startingAt: 0)
+            let name = p.name.padded(to: 18)
             return "\(String(repeating: " ", count: max(0, 2 - num.count)))\(num) \(name) \(p.result)  \(p.pass ? "PASS" : "FAIL")"
         }
         lines.append("\(passed) passed, \(failed) failed")

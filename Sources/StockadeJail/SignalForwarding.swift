@@ -1,3 +1,4 @@
+import StockadeSystem
 import CStockadeSpawn
 public import SystemPackage
 #if canImport(Glibc)

@@ -1,3 +1,6 @@
+import StockadeConfig
+import StockadeSeccomp
+import StockadeCgroups
 import CStockadeSpawn
 import StockadeCgroups
 import StockadeSystem

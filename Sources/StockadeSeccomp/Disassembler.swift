@@ -1,3 +1,4 @@
+import StockadeConfig
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -23,8 +24,8 @@ public enum SeccompDisassembler {
             if preludeCount > 0 && pc == 0 { lines.append("; hardening prelude (every jail)") }
             if preludeCount > 0 && pc == preludeCount { lines.append("; profile policy (libseccomp)") }
             let (text, comment) = describe(ins, pc: pc, holds: &holds)
-            let padded = text.padding(toLength: 34, withPad: " ", startingAt: 0)
-            lines.append(String(format: "%04d  ", pc) + (comment.isEmpty ? text : "\(padded); \(comment)"))
+            let padded = text.padded(to: 34)
+            lines.append(pcLabel(pc) + "  " + (comment.isEmpty ? text : "\(padded); \(comment)"))
         }
         return lines.joined(separator: "\n")
     }
@@ -41,6 +42,12 @@ public enum SeccompDisassembler {
     }
 
     static func hex(_ k: UInt32) -> String { "#0x" + String(k, radix: 16) }
+
+    /// An instruction index as four digits, zero-padded ("%04d").
+    static func pcLabel(_ pc: Int) -> String {
+        let digits = String(pc)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+    }
 
     static func describe(_ ins: BPFInstruction, pc: Int, holds: inout String) -> (String, String) {
         typealias I = BPFInstruction
@@ -64,17 +71,17 @@ public enum SeccompDisassembler {
             let op = names[code & 0xf0] ?? "alu?"
             let src = (code & I.X) != 0 ? "x" : hex(ins.k)
             holds = op == "and" ? "\(holds) & \(src.dropFirst())" : "?"
-            return ("\(op.padding(toLength: 4, withPad: " ", startingAt: 0)) \(src)", "")
+            return ("\(op.padded(to: 4)) \(src)", "")
         case I.JMP:
             let op = code & 0xf0
             if op == I.JA {
-                return ("ja   \(String(format: "%04d", pc + 1 + Int(ins.k)))", "")
+                return ("ja   \(pcLabel(pc + 1 + Int(ins.k)))", "")
             }
             let names: [UInt16: String] = [I.JEQ: "jeq", I.JGT: "jgt", I.JGE: "jge", I.JSET: "jset"]
             let name = names[op] ?? "j?"
             let src = (code & I.X) != 0 ? "x" : hex(ins.k)
-            let t = String(format: "%04d", pc + 1 + Int(ins.jt)), f = String(format: "%04d", pc + 1 + Int(ins.jf))
-            let text = "\(name.padding(toLength: 4, withPad: " ", startingAt: 0)) \(src.padding(toLength: 12, withPad: " ", startingAt: 0)) \(t) \(f)"
+            let t = pcLabel(pc + 1 + Int(ins.jt)), f = pcLabel(pc + 1 + Int(ins.jf))
+            let text = "\(name.padded(to: 4)) \(src.padded(to: 12)) \(t) \(f)"
             var comment = ""
             if holds == "nr" && op == I.JEQ {
                 comment = Syscalls.name(of: Int32(bitPattern: ins.k)) ?? (ins.k == 0xffff_ffff ? "nr -1" : "nr \(ins.k)")

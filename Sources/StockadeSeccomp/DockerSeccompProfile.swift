@@ -1,4 +1,11 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The Docker/Moby seccomp JSON format, read unchanged and turned into
 /// Stockade rules with Docker's own semantics for a jail that holds no
@@ -113,7 +120,7 @@ public enum DockerSeccompProfile {
         } catch let DecodingError.valueNotFound(_, ctx) {
             throw ImportError(description: "\(name): null at \(path(ctx.codingPath))")
         } catch {
-            throw ImportError(description: "\(name): not a Docker seccomp profile: \(error.localizedDescription)")
+            throw ImportError(description: "\(name): not a Docker seccomp profile: \(error)")
         }
         var notes: [String] = []
         let defaultErrno = try errnoValue(file.defaultErrnoRet, at: "\(name): defaultErrnoRet")

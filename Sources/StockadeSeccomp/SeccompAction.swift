@@ -1,4 +1,5 @@
 import StockadeSystem
+import StockadeConfig
 
 /// What a seccomp filter does with a system call.
 ///

@@ -1,6 +1,7 @@
 internal import CSeccomp
 internal import CStockadeSpawn
 import StockadeSystem
+import SystemPackage
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

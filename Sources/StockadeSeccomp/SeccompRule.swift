@@ -151,9 +151,9 @@ public struct SeccompCondition: Sendable, Hashable, CustomStringConvertible {
     private static func literal(_ s: String) -> UInt64? {
         if s.hasPrefix("-"), let v = Int64(s) { return UInt64(bitPattern: v) }
         for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where s.lowercased().hasPrefix(prefix) {
-            return UInt64(s.dropFirst(2).replacingOccurrences(of: "_", with: ""), radix: radix)
+            return UInt64(String(s.dropFirst(2).filter { $0 != "_" }), radix: radix)
         }
-        return UInt64(s.replacingOccurrences(of: "_", with: ""))
+        return UInt64(String(s.filter { $0 != "_" }))
     }
 }
 

@@ -82,7 +82,7 @@ func daemonBench() throws {
             [tenant.bench]
             profile = "\(repo)/profiles/inference-cpu.toml"
             command = ["\(python)", "\(worker)"]
-            binds = ["\(repo)/.venv", "\(repo)/examples/minilm", "\(repo)/python"]
+            binds = ["\(repo)/.venv", "\(repo)/examples/minilm"]
             workers_min = \(workers)
             workers_max = \(workers)
             queue = 64

@@ -1,11 +1,13 @@
 // Part `seccomp`: what a seccomp filter costs per system call. A small C
-// loop (sysloop) times raw getpid and ioctl(FIONREAD) calls, run bare and
-// under each filter by the same loader the tests use (load-and-exec:
-// no_new_privs, seccomp(), execve: the jail's last steps). getpid's
-// verdict never depends on its arguments, so the kernel's constant-action
+// loop (sysloop) times raw getpid, read (/dev/zero), write (/dev/null),
+// futex (FUTEX_WAKE, nobody waiting) and ioctl(FIONREAD) calls, run bare
+// and under each filter by the same loader the tests use (load-and-exec:
+// no_new_privs, seccomp(), execve: the jail's last steps). The first four
+// verdicts never depend on their arguments, so the kernel's constant-action
 // cache may skip the filter entirely; ioctl's does (the hardening checks
-// TIOCSTI/TIOCLINUX), so it runs the filter every time. Interleaved rounds,
-// medians reported.
+// TIOCSTI/TIOCLINUX), so it runs the filter every time: its row is the
+// cost of the filter's search. Interleaved rounds, medians reported; the
+// added nanoseconds per call beside each ratio.
 import Foundation
 import StockadeSeccomp
 import StockadeJail
@@ -46,6 +48,9 @@ private func run(_ argv: [String]) -> (status: Int32?, output: String) {
     return (p.terminationReason == .exit ? p.terminationStatus : nil, String(decoding: data, as: UTF8.self))
 }
 
+/// The calls a worker makes most, and ioctl, whose verdict reads an argument.
+private let benchCalls = ["getpid", "read", "write", "futex", "ioctl"]
+
 func seccompBench() throws {
     let env = ProcessInfo.processInfo.environment
     let root = FileManager.default.currentDirectoryPath
@@ -80,7 +85,7 @@ func seccompBench() throws {
     var samples = [[String: [Double]]](repeating: [:], count: variants.count)
     for _ in 0..<rounds {
         for (i, file) in files.enumerated() {
-            for call in ["getpid", "ioctl"] {
+            for call in benchCalls {
                 var argv = ["\(helpers)/sysloop", call, String(iterations)]
                 if let file { argv = ["\(helpers)/load-and-exec", file] + argv }
                 let r = run(argv)
@@ -94,10 +99,13 @@ func seccompBench() throws {
     func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }
     let base = samples[0].mapValues(median)
     print("seccomp: ns per system call, median of \(rounds) rounds of \(iterations) calls (kernel \(DockerSeccompProfile.runningKernel()), libseccomp \(SeccompProgram.libseccompVersion))")
-    print(pad("filter", 28) + pad("insns", 7) + pad("getpid ns", 11) + pad("x bare", 9) + pad("ioctl ns", 10) + "x bare")
+    print(pad("filter", 28) + pad("insns", 7) + benchCalls.map { pad("\($0) ns (+, x)", 24) }.joined())
     for (i, (name, program)) in variants.enumerated() {
-        let g = median(samples[i]["getpid"]!), io = median(samples[i]["ioctl"]!)
-        print(pad(name, 28) + pad(program.map { String($0.instructions.count) } ?? "-", 7)
-              + pad(fmt(g), 11) + pad(fmt(g / base["getpid"]!), 9) + pad(fmt(io), 10) + fmt(io / base["ioctl"]!))
+        var row = pad(name, 28) + pad(program.map { String($0.instructions.count) } ?? "-", 7)
+        for call in benchCalls {
+            let ns = median(samples[i][call]!), bare = base[call]!
+            row += pad("\(fmt(ns, 1)) (+\(fmt(ns - bare, 1)), \(fmt(ns / bare)))", 24)
+        }
+        print(row)
     }
 }

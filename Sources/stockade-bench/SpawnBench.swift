@@ -58,6 +58,17 @@ func spawnBench() throws {
     let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
     let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
     let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
+    // The same profile without its [limits] table: the launch without a
+    // cgroup, the case bubblewrap (which makes none) is compared with.
+    let unlimited = (env["TMPDIR"] ?? "/tmp") + "/stockade-bench-\(getpid())-nolimits.toml"
+    defer { unlink(unlimited) }
+    var inLimits = false
+    let profileText = (try? String(contentsOfFile: profile, encoding: .utf8)) ?? ""
+    let unlimitedText = profileText.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+        if line.hasPrefix("[") { inLimits = line.hasPrefix("[limits]") || line.hasPrefix("[limits.") }
+        return !inLimits
+    }.joined(separator: "\n")
+    try unlimitedText.write(toFile: unlimited, atomically: true, encoding: .utf8)
     let contenders: [(String, [String])] = [
         ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
         ("bwrap --unshare-all ...", ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
@@ -66,6 +77,8 @@ func spawnBench() throws {
                                      "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]),
         ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
         ("/bin/true (no jail)", ["/bin/true"]),
+        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
+        ("stockade --version", [stockade, "--version"]),
     ]
     print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
     var samples = Array(repeating: [Double](), count: contenders.count)

@@ -1,8 +1,13 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeConfig
 import StockadeSeccomp
 import StockadeJail
+import SystemPackage
 
 /// `stockade compile PROFILE`: the seccomp filter a profile produces.
 struct CompileCommand: ParsableCommand {
@@ -55,7 +60,11 @@ struct CompileCommand: ParsableCommand {
                 throw PolicyCommandError("cannot write \(output)")
             }
         } else {
-            FileHandle.standardOutput.write(data)
+            do {
+                _ = try FileDescriptor.standardOutput.writeAll(data)
+            } catch {
+                throw PolicyCommandError("cannot write the filter to standard output: \(error)")
+            }
         }
     }
 }

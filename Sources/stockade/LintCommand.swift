@@ -1,4 +1,5 @@
 import ArgumentParser
+import StockadeSeccomp
 import StockadeConfig
 import StockadeJail
 

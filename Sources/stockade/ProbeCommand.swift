@@ -1,5 +1,11 @@
 import ArgumentParser
+import StockadeConfig
+import StockadeCgroups
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeJail
 
 struct ProbeCommand: ParsableCommand {
@@ -59,7 +65,7 @@ struct ProbeCommand: ParsableCommand {
         if let only {
             var numbers: [Int] = []
             for part in only.split(separator: ",") {
-                guard let n = Int(part.trimmingCharacters(in: .whitespaces)), n > 0 else {
+                guard let n = Int(part.trimmingCharacters(in: " \t")), n > 0 else {
                     throw ValidationError("--only takes probe numbers separated by commas, e.g. 3,7,28; got \"\(only)\"")
                 }
                 numbers.append(n)

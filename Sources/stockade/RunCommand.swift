@@ -1,4 +1,5 @@
 import ArgumentParser
+import StockadeCgroups
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -19,6 +19,11 @@ struct StockadeCommand: ParsableCommand {
     /// and any mistake, goes through ArgumentParser from the root.
     static func main() {
         let args = Array(CommandLine.arguments.dropFirst())
+        // What ArgumentParser would print, without building its command tree.
+        if args == ["--version"] {
+            print(Stockade.version)
+            Glibc.exit(0)
+        }
         if args.first == "run", let command = RunCommand.parseQuickly(Array(args.dropFirst())) {
             do {
                 try command.run()

@@ -3,6 +3,7 @@
 // and a blocking HTTP client on the unix socket.
 import Foundation
 import Testing
+import Synchronization
 @testable import StockadeDaemon
 import StockadeSystem
 import SystemPackage
@@ -62,7 +63,15 @@ enum Fixture {
     }
 
     /// Writes a configuration with `tenants` and returns its path.
-    static func writeConfig(in dir: String, tenants: [Tenant], cgroupBase: String = "stockaded-test",
+    /// A cgroup base of its own for each daemon a test starts: daemons of
+    /// suites running side by side must not share one, since a daemon's
+    /// clean stop removes the empty tenants and base it finds.
+    static func uniqueCgroupBase() -> String {
+        "stockaded-test-\(getpid())-\(baseCounter.add(1, ordering: .relaxed).newValue)"
+    }
+    private static let baseCounter = Atomic<Int>(0)
+
+    static func writeConfig(in dir: String, tenants: [Tenant], cgroupBase: String = uniqueCgroupBase(),
                             daemonExtra: String = "", preamble: String = "", auditLog: String = "audit.jsonl") throws -> String {
         var text = """
             [daemon]
@@ -107,12 +116,12 @@ enum Fixture {
                 [tenant.\(t.name)]
                 profile = "\(profile)"
                 command = ["\(venvPython)", "\(repo)/Tests/DaemonTests/Fixtures/\(t.worker)"]
-                binds = ["\(repo)/.venv", "\(repo)/python", "\(repo)/Tests/DaemonTests/Fixtures"]
+                binds = ["\(repo)/.venv", "\(repo)/Tests/DaemonTests/Fixtures"]
                 workers_min = \(t.min)
                 workers_max = \(t.max)
                 queue = \(t.queue)
                 request_timeout = "\(t.timeout)"
-                env = { TEST_TENANT = "\(t.name)", STOCKADE_SDK = "\(repo)/python" }
+                env = { TEST_TENANT = "\(t.name)" }
                 \(t.extra)
 
                 [tenant.\(t.name).access]
@@ -137,7 +146,7 @@ final class RunningDaemon: @unchecked Sendable {
     var socket: String { daemon.config.socketPath }
 
     init(tenants: [Fixture.Tenant], daemonExtra: String = "", preamble: String = "", dir: String? = nil, auditLog: String = "audit.jsonl",
-         cgroupBase: String = "stockaded-test", logger: Logger = Logger(label: "stockaded")) throws {
+         cgroupBase: String = Fixture.uniqueCgroupBase(), logger: Logger = Logger(label: "stockaded")) throws {
         self.dir = try dir ?? Fixture.makeDirectory()
         let path = try Fixture.writeConfig(in: self.dir, tenants: tenants, cgroupBase: cgroupBase, daemonExtra: daemonExtra, preamble: preamble,
                                            auditLog: auditLog)

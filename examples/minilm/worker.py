@@ -132,17 +132,9 @@ class Embedder:
 
 
 def _import_serve():
-    """The SDK's serve(), from the environment or from the repository's
-    python/ directory (examples/minilm/../../python) when that is present."""
-    try:
-        from stockade_worker import serve
-    except ImportError:
-        repo_python = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                   os.pardir, os.pardir, "python")
-        if not os.path.isdir(os.path.join(repo_python, "stockade_worker")):
-            raise
-        sys.path.insert(1, os.path.normpath(repo_python))
-        from stockade_worker import serve
+    """The SDK's serve(): the stockade-worker package installed in this
+    worker's venv (`pip install ./python`)."""
+    from stockade_worker import serve
     return serve
 
 
@@ -175,7 +167,8 @@ def main(argv: list[str]) -> int:
         serve = _import_serve()
     except ImportError as e:
         print("worker: the stockade_worker SDK is not importable "
-              f"({e}); run under the Stockade launcher, or use --stdin",
+              f"({e}); install it into this venv (pip install ./python), "
+              "or use --stdin",
               file=sys.stderr)
         return 2
     serve(handler)

@@ -17,7 +17,8 @@ from .channel import Channel, ChannelViolation, Params, connect, parse_params, s
 from .errors import RequestError, RequestTooLarge, RequestUnprocessable
 from .models import ModelFdError, model_directory, model_fds
 from .noise import Handshake, NoiseError
+from .version import PROTOCOL_VERSION, __version__
 
 __all__ = ["serve", "connect", "Channel", "ChannelViolation", "Params", "parse_params", "Handshake", "NoiseError",
-           "RequestError", "RequestTooLarge", "RequestUnprocessable", "model_fds", "model_directory", "ModelFdError"]
-__version__ = "0.1.0"
+           "RequestError", "RequestTooLarge", "RequestUnprocessable", "model_fds", "model_directory", "ModelFdError",
+           "PROTOCOL_VERSION", "__version__"]

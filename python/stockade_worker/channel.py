@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, HANDSHAKE_OVERHEAD, CipherState, Handshake, LowOrderPoint, NoiseError
 from .errors import error_payload
+from .version import PROTOCOL_VERSION
 
 log = logging.getLogger("stockade_worker")
 
 ENV = "STOCKADE_CHANNEL"
 MAGIC = b"STKCHAN1"
 PARAMS_MAX = 4096
-AGENT = b"stockade-python/1"
+AGENT = b"stockade-python/%d" % PROTOCOL_VERSION
 
 HELLO, REQUEST, RESPONSE, ERROR, CANCEL, PING, SHUTDOWN, BULK = range(1, 9)
 TYPE_NAMES = {1: "hello", 2: "request", 3: "response", 4: "error", 5: "cancel", 6: "ping", 7: "shutdown", 8: "bulk"}
@@ -87,7 +88,7 @@ def parse_params(data: bytes) -> Params:
 
     if take(8) != MAGIC:
         raise bad("bad magic")
-    if take(1) != b"\x01":
+    if take(1) != bytes([PROTOCOL_VERSION]):
         raise bad("unsupported params version")
     count = take(1)[0]
     if not 1 <= count <= 2:

@@ -10,8 +10,7 @@ import hashlib
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import stockade_worker  # noqa: E402
+import stockade_worker
 
 
 def handle(payload: bytes) -> bytes:

@@ -15,9 +15,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from stockade_worker import channel as ch  # noqa: E402
-from stockade_worker.noise import Handshake  # noqa: E402
+from stockade_worker import channel as ch
+from stockade_worker.noise import Handshake
 
 MIB = 1 << 20
 

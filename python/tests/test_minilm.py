@@ -279,7 +279,6 @@ def test_worker_runs_read_only_without_network_or_home(ref):
 
 
 def test_the_request_limit_follows_the_memory_budget_and_refusals_carry_a_kind():
-    sys.path.insert(0, str(EXAMPLE.parents[1] / "python"))
     from stockade_worker.errors import error_payload
     assert worker.request_limit({}) == worker.MAX_REQUEST_BYTES
     assert worker.request_limit({"STOCKADE_MEMORY_MAX": str(4 << 30)}) == worker.MAX_REQUEST_BYTES

@@ -1,11 +1,9 @@
 """The SDK's Noise implementation against the cacophony vectors (unittest; pytest runs it too)."""
 import json
 import os
-import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from stockade_worker.noise import AESGCM_SUITE, CHACHAPOLY_SUITE, Handshake  # noqa: E402
+from stockade_worker.noise import AESGCM_SUITE, CHACHAPOLY_SUITE, Handshake
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VECTORS = os.path.join(ROOT, "Tests", "TestData", "noise-cacophony.json")

@@ -3,12 +3,10 @@ The end-to-end tests against the Swift launcher are in Tests/ChannelTests."""
 import fcntl
 import os
 import struct
-import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from stockade_worker import noise  # noqa: E402
-from stockade_worker.channel import (  # noqa: E402
+from stockade_worker import noise
+from stockade_worker.channel import (
     RESPONSE, SEALS_IMMUTABLE, Channel, ChannelViolation, F_ADD_SEALS, parse_env, parse_params, read_params)
 
 PARAMS = (b"STKCHAN1" + bytes([1, 2, 1, 2]) + bytes(range(32)) + bytes(16)

@@ -266,7 +266,7 @@ public struct DevicePlan: Sendable, Equatable {
                 case .symlink:
                     if let text = m.source {
                         let resolved = text.hasPrefix("/") ? text : DevicePlan.directory(of: m.target) + "/" + text
-                        links.append((m.target, resolved.replacingOccurrences(of: "//", with: "/")))
+                        links.append((m.target, resolved.replacing("//", with: "/")))
                     }
                 default:
                     break

@@ -1,3 +1,4 @@
+import StockadeConfig
 /// What the NVIDIA driver exposes on a host: its device nodes, its /proc
 /// tree and its user-space libraries. Discovery reads the same places the
 /// NVIDIA container tooling does, from a ``DeviceEnvironment`` root:

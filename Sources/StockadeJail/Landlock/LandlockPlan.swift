@@ -1,6 +1,13 @@
 public import StockadeConfig
 internal import CStockadeSpawn
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The Landlock ruleset a jail's child applies before it loads seccomp:
 /// computed in the parent from the profile's mounts and `[landlock]`, for
@@ -165,10 +172,11 @@ public struct LandlockPlan: Sendable, Equatable {
             let exec = m.noexec ? 0 : FS.execute
             switch m.kind {
             case .bind:
-                var isDirectory: ObjCBool = false
-                let exists = m.source.map { FileManager.default.fileExists(atPath: $0, isDirectory: &isDirectory) } ?? false
+                var st = stat()
+                let exists = m.source.map { stat($0, &st) == 0 } ?? false
                 if !exists && m.optional { continue }
-                add(m.target, FS.read | exec | (m.writable ? FS.write : 0), optional: m.optional, isDirectory: !exists || isDirectory.boolValue)
+                let isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+                add(m.target, FS.read | exec | (m.writable ? FS.write : 0), optional: m.optional, isDirectory: !exists || isDirectory)
             case .tmpfs:
                 add(m.target, FS.read | exec | (m.writable ? FS.write : 0))
             case .dir:

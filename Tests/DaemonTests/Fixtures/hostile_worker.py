@@ -15,8 +15,7 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.environ["STOCKADE_SDK"])
-from stockade_worker import channel as ch  # noqa: E402
+from stockade_worker import channel as ch
 
 TENANT = os.environ.get("TEST_TENANT", "?").encode()
 

@@ -21,8 +21,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.environ["STOCKADE_SDK"])
-import stockade_worker  # noqa: E402
+import stockade_worker
 
 TENANT = os.environ.get("TEST_TENANT", "?").encode()
 
