@@ -48,6 +48,10 @@ final class RuntimeFixture {
             _ = try? run(["delete", "--force", id])
         }
         try? FileManager.default.removeItem(atPath: dir)
+        // The containers' parent cgroup, in every hierarchy (empty by now;
+        // a test that ran in parallel may still use it, then it stays).
+        let hierarchies = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/" + $0 }
+        for h in hierarchies + ["/sys/fs/cgroup"] { rmdir(h + cgroupParent) }
     }
 
     /// A rootfs of busybox-static and its applets, with every mount point
