@@ -298,8 +298,9 @@ do {
     do {
         command = try type.parseAsRoot(Array(rest.dropFirst()))
     } catch {
-        if let code = error as? CleanExit {
-            print(type.fullMessage(for: code))
+        // --help and friends: the subcommand's usage, status 0.
+        if type.exitCode(for: error) == .success {
+            print(type.fullMessage(for: error))
             exit(0)
         }
         Log.fail(RuntimeError("\(name): \(type.message(for: error))"))
@@ -308,6 +309,10 @@ do {
         try command.run()
     } catch let code as ExitCode {
         exit(code.rawValue)
+    } catch where type.exitCode(for: error) == .success {
+        // `--help` parses into a help command whose run reports the usage.
+        print(type.fullMessage(for: error))
+        exit(0)
     }
 } catch {
     Log.fail(error)
