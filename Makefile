@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib
 APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
-	systemd man-db groff-base dpkg-dev python3-cryptography
+	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci
 STAMP := .build-stamps
 
 # A fixed seed and a fixed number of runs: CI explores exactly the inputs a

@@ -12,6 +12,7 @@ let parts: [String: () throws -> Void] = [
     "daemon": daemonBench,
     "broker": brokerBench,
     "fuzz": fuzzBench,
+    "oci": ociBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
