@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib
 APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
-	systemd man-db groff-base dpkg-dev python3-cryptography
+	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci
 STAMP := .build-stamps
 
 # A fixed seed and a fixed number of runs: CI explores exactly the inputs a
@@ -24,7 +24,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-vm test-python test-package bench check-image soak fuzz compare clean \
+.PHONY: all deps venv build release probe workload run test test-swift test-profiles test-vm test-python test-package bench check-image soak fuzz compare clean \
 	release-bins install install-files deb
 
 all: release
@@ -152,10 +152,15 @@ test-package: deb venv
 	scripts/package-test.sh $(DEB)
 
 # The static escape-probe binary (runs in an empty root).
-probe: .build/stockade-probe
+probe: .build/stockade-probe .build/stockade-rawcall
 .build/stockade-probe: probe/stockade-probe.c
 	@mkdir -p .build
 	cc -static -O2 -Wall -Wextra -o $@ $<
+
+# One raw system call per run, no C library (`stockade fuzz --live`).
+.build/stockade-rawcall: probe/stockade-rawcall.c
+	@mkdir -p .build
+	cc -static -nostdlib -ffreestanding -fno-stack-protector -O2 -Wall -Wextra -o $@ $<
 
 # The static workload the cgroup tests jail (hog, fork bomb, spin, sleep).
 workload: .build/stockade-workload
@@ -177,6 +182,7 @@ run: release venv
 # example tests, and a bounded fuzzing run of every fuzz target.
 test: deps venv
 	$(MAKE) test-swift
+	$(MAKE) test-profiles
 	$(MAKE) test-vm
 	$(MAKE) test-python
 	$(MAKE) test-package
@@ -194,6 +200,14 @@ test-swift: deps venv .build/stockade-workload
 test-vm: deps .build/stockade-workload
 	$(SWIFT) build --build-tests
 	scripts/vm/run-vm-tests.sh
+
+# `stockade fuzz` offline with a fixed seed (seconds), and `stockade diff`
+# of each shipped profile against its last committed version
+# (PROFILE_BASE=ref to compare with another; ALLOW_WIDEN=1 to accept a
+# widening on purpose).
+test-profiles: deps
+	$(SWIFT) build --product stockade
+	scripts/profile-ci.sh
 
 test-python: venv
 	@if ls python/tests/test_*.py >/dev/null 2>&1; then $(PY) -m pytest -q python/tests; else echo "no Python tests"; fi
@@ -219,7 +233,7 @@ soak: deps venv
 	$(SWIFT) build --product stockaded
 	$(PY) scripts/soak.py --stockaded .build/debug/stockaded
 
-bench: release venv check-image
+bench: release venv check-image probe
 	.build/release/stockade-bench all
 
 # The launch path links FoundationEssentials at most (docs/ARCHITECTURE.md):

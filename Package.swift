@@ -34,6 +34,8 @@ let package = Package(
         // A worker written in Swift links only the channel.
         .library(name: "StockadeChannel", targets: ["StockadeChannel"]),
         .library(name: "StockadeJail", targets: ["StockadeJail"]),
+        // The runc-compatible OCI runtime containerd's runc shim calls.
+        .executable(name: "stockade-runtime", targets: ["stockade-runtime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -123,10 +125,21 @@ let package = Package(
             ],
             swiftSettings: launchPathSettings
         ),
+        // Tools for testers of profiles: simulate, diff, fuzz, minimize, and
+        // the reference evaluation of a profile that shares no code with the
+        // compiler.
+        .target(
+            name: "StockadeProfileTesting",
+            dependencies: [
+                "StockadeJail", "StockadeSeccomp", "StockadeConfig", "StockadeSystem",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "stockade",
             dependencies: [
-                "StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeConfig", "StockadeSystem",
+                "StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeConfig", "StockadeSystem", "StockadeProfileTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -159,10 +172,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // config.json onto a jail, the container state under --root, and
+        // runc's operations: what stockade-runtime runs (a library for tests).
+        .target(
+            name: "StockadeOCI",
+            dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSeccomp", "StockadeConfig", "StockadeSystem", "CStockadeSpawn",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        // The runc-compatible command line over StockadeOCI.
+        .executableTarget(
+            name: "stockade-runtime",
+            dependencies: ["StockadeOCI", "StockadeConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", "StockadeOCI", "StockadeProfileTesting", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
@@ -184,7 +211,7 @@ let package = Package(
 
         .testTarget(name: "ProfileTests", dependencies: ["StockadeJail", "StockadeConfig", "StockadeSeccomp", "StockadeCgroups"], swiftSettings: swiftSettings),
         .testTarget(name: "JailTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSystem", "CStockadeSpawn", "stockade-init"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
-        .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp"], exclude: ["Helpers"], swiftSettings: swiftSettings),
+        .testTarget(name: "SeccompTests", dependencies: ["StockadeSeccomp", "StockadeJail", "StockadeConfig", "StockadeSystem", "CSeccomp", "StockadeProfileTesting"], exclude: ["Helpers"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceTests", dependencies: ["StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "CgroupTests", dependencies: ["StockadeCgroups", "StockadeJail", "StockadeConfig", "StockadeSystem"], swiftSettings: swiftSettings),
         .testTarget(
@@ -192,6 +219,8 @@ let package = Package(
             dependencies: ["StockadeChannel", "StockadeSystem", "COpenSSL", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "OCITests", dependencies: ["StockadeOCI", "StockadeJail", "StockadeSystem", "stockade-runtime", "stockade-init"],
+                    resources: [.copy("TestData")], swiftSettings: swiftSettings),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["StockadeDaemon", "StockadeJail", "StockadeCgroups", "StockadeConfig", "StockadeChannel", "StockadeSystem", "stockade-init",

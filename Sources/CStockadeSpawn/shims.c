@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -154,6 +155,59 @@ int stk_openat2(int dirfd, const char *path, int flags, unsigned long long resol
 
 int stk_rename_exchange(const char *a, const char *b) {
     return (int)syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
+}
+
+/*
+ * Keeps `fds` open in a forked process until the process behind `pidfd`
+ * has exited, then exits. An OCI container outlives `stockade-runtime
+ * create`, and its host id range must stay held (an flock on each lock
+ * file) for exactly as long: this holder inherits the locks. It is no part
+ * of the container (not in its namespaces or cgroup) and holds nothing
+ * else: every other fd, stdio included, is closed at once. After fork in a
+ * multithreaded parent it only makes system calls. Returns the holder's
+ * pid, or -errno.
+ */
+int stk_hold_until_exit(int pidfd, const int *fds, int n) {
+    pid_t pid = fork();
+    if (pid < 0) return -errno;
+    if (pid > 0) return pid;
+    for (int fd = 0; fd < 1024; fd++) {
+        int keep = fd == pidfd;
+        for (int i = 0; i < n && !keep; i++) keep = fds[i] == fd;
+        if (!keep) close(fd);
+    }
+    /* Signals the shim sends its process group are no concern of the holder. */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (;;) {
+        struct pollfd p = {.fd = pidfd, .events = POLLIN};
+        int r = poll(&p, 1, -1);
+        if (r > 0 || (r < 0 && errno != EINTR)) _exit(0);
+    }
+}
+
+/*
+ * A detached copy of the mount tree at the O_PATH fd `fd` (open_tree with
+ * OPEN_TREE_CLONE, recursive), made nosuid and nodev while detached. An OCI
+ * container's rootfs is cloned so by the launcher, which may search the
+ * directories above it (containerd's state is root-only); the jail's child
+ * then attaches the copy in its own mount namespace with move_mount.
+ * Returns the tree's fd (close-on-exec) or -errno.
+ */
+int stk_clone_tree(int fd) {
+    int tree = (int)syscall(428 /* open_tree */, fd, "", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x1000 /* AT_EMPTY_PATH */ |
+                                                          0x8000 /* AT_RECURSIVE */);
+    if (tree < 0) return -errno;
+    struct {
+        uint64_t attr_set, attr_clr, propagation, userns_fd;
+    } attr = {0x2 /* MOUNT_ATTR_NOSUID */ | 0x4 /* MOUNT_ATTR_NODEV */, 0, 0, 0};
+    if (syscall(442 /* mount_setattr */, tree, "", 0x1000 | 0x8000, &attr, sizeof attr) < 0) {
+        int e = errno;
+        close(tree);
+        return -e;
+    }
+    return tree;
 }
 
 /* ---- Seccomp user notification ---- */

@@ -87,6 +87,7 @@
 static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_NONE] = "unknown step",
     [STK_STEP_SYNC] = "wait for the launcher",
+    [STK_STEP_SETNS] = "join a namespace",
     [STK_STEP_CGROUPNS] = "enter a cgroup namespace rooted at the jail's cgroup",
     [STK_STEP_PDEATHSIG] = "set parent-death signal",
     [STK_STEP_SIGNALS] = "reset signals",
@@ -116,6 +117,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_CAPS] = "clear capabilities",
     [STK_STEP_NO_NEW_PRIVS] = "set no_new_privs",
     [STK_STEP_INIT] = "exec the jail's init",
+    [STK_STEP_EXEC_WAIT] = "wait for start",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
     [STK_STEP_EXEC] = "execve",
@@ -158,8 +160,19 @@ static void write_all(int fd, const void *data, size_t len) {
     }
 }
 
-/* Reports the failed step to the launcher and exits. Never returns. */
+static void u32_to_dec(char *buf, uint32_t v);
+
+/* Reports the failed step to the launcher and exits. Never returns. After
+ * an OCI container's worker reported success (exec_wait), the launcher is
+ * gone: the step goes to the container's stderr instead. */
 __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, int err, const char *detail) {
+    if (p->error_fd < 0) {
+        char num[12];
+        u32_to_dec(num, (uint32_t)err);
+        const char *parts[] = {"stockade: ", stk_step_name(step), ": errno ", num, " (", detail ? detail : "", ")\n"};
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) write_all(2, parts[i], s_len(parts[i]));
+        _exit(127);
+    }
     struct stk_error e;
     memset(&e, 0, sizeof e);
     e.step = step;
@@ -479,6 +492,17 @@ static void apply_mount(const struct stk_plan *p, int root, const struct stk_mou
     case STK_MOUNT_DEV:
         build_dev(p, root, m->target);
         return;
+    case STK_MOUNT_FS: {
+        /* An OCI mount of a kernel filesystem: always nosuid; nodev,
+         * noexec and read-only as the mount asks. */
+        unsigned long flags = MS_NOSUID | ((m->flags & STK_MF_DEV) ? 0 : MS_NODEV) |
+                              ((m->flags & STK_MF_NOEXEC) ? MS_NOEXEC : 0) | ((m->flags & STK_MF_WRITABLE) ? 0 : MS_RDONLY);
+        int dst = open_beneath(root, m->target, STK_MAKE_DIR, 0755);
+        CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
+        CHECK(mount_on(dst, m->source, flags, m->data) == 0, STK_STEP_MOUNT, m->target);
+        close(dst);
+        return;
+    }
     case STK_MOUNT_DIR: {
         int dst = open_beneath(root, m->target, STK_MAKE_DIR, m->mode ? m->mode : 0755);
         CHECK(dst >= 0, STK_STEP_MOUNT, m->target);
@@ -533,8 +557,35 @@ static void build_root(const struct stk_plan *p) {
     CHECK(chdir("/") == 0, STK_STEP_STAGING, "/");
 
     /* The jail's root: its own small tmpfs, nosuid and nodev. Every mount
-     * below is resolved beneath this fd. */
-    CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
+     * below is resolved beneath this fd. An OCI container's root is its
+     * bundle's rootfs instead, opened and checked like any bind source and
+     * bound (nosuid, nodev) on /newroot. */
+    if (p->root_source) {
+        struct stk_mount r = {.source = p->root_source, .src_type = S_IFDIR, .src_dev = p->root_dev, .src_ino = p->root_ino};
+        /* The launcher's fd when it gave one: a bundle below a directory
+         * only host root may search (containerd's state) cannot be reached
+         * by path with the jail's ids. Still checked against what it saw. */
+        if (p->root_fd > 0) {
+            /* The launcher's detached copy (already nosuid, nodev): still the directory it checked. */
+            struct stat rs;
+            if (fstat(p->root_fd, &rs) < 0 || !S_ISDIR(rs.st_mode) || (uint64_t)rs.st_dev != p->root_dev ||
+                (uint64_t)rs.st_ino != p->root_ino)
+                fail(p, STK_STEP_NEW_ROOT, ESTALE, p->root_source);
+            int dst = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            CHECK(dst >= 0 && syscall(SYS_move_mount, p->root_fd, "", dst, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+                  STK_STEP_NEW_ROOT, p->root_source);
+            close(dst);
+        } else {
+            int src = open_source(&r);
+            CHECK(src >= 0, STK_STEP_NEW_ROOT, p->root_source);
+            int dst = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            CHECK(dst >= 0 && bind_fd(src, dst, 0, 1, 0) == 0, STK_STEP_NEW_ROOT, p->root_source);
+            close(src);
+            close(dst);
+        }
+    } else {
+        CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
+    }
     int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
     CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
@@ -545,7 +596,9 @@ static void build_root(const struct stk_plan *p) {
     CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
 
     /* Nothing in the jail may create files in its root. */
-    if (p->root_readonly)
+    if (p->root_readonly && p->root_source)
+        CHECK(restrict_mount_path("/newroot", 1, 1, 0) == 0, STK_STEP_ROOT_READONLY, "/");
+    else if (p->root_readonly)
         CHECK(mount(NULL, "/newroot", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, p->root_options) == 0,
               STK_STEP_ROOT_READONLY, "/");
 
@@ -620,14 +673,20 @@ static void die_if_launcher_gone(const struct stk_plan *p) {
  */
 static void drop_privileges(const struct stk_plan *p) {
     /* No setuid-root fixups, ever: uid 0 inside the jail grants nothing. */
-    CHECK(prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
-                                       SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED, 0, 0, 0) == 0,
-          STK_STEP_SECUREBITS, "PR_SET_SECUREBITS");
-    for (int cap = 0; cap <= p->cap_last_cap; cap++)
+    /* An OCI container keeps the capabilities its config.json grants (in
+     * its own user namespace): root keeps root's execve semantics there, so
+     * SECBIT_NOROOT is left out; no_new_privs below still caps what an
+     * execve can gain at the permitted set given here. */
+    unsigned long bits = SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED;
+    if (!p->oci_caps) bits |= SECBIT_NOROOT | SECBIT_NOROOT_LOCKED;
+    CHECK(prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) == 0, STK_STEP_SECUREBITS, "PR_SET_SECUREBITS");
+    for (int cap = 0; cap <= p->cap_last_cap; cap++) {
+        if (p->oci_caps && cap < 64 && (p->cap_bounding >> cap) & 1) continue;
         CHECK(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 || errno == EINVAL, STK_STEP_BOUNDING, "PR_CAPBSET_DROP");
+    }
     CHECK(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == 0 || errno == EINVAL, STK_STEP_AMBIENT,
           "PR_CAP_AMBIENT_CLEAR_ALL");
-    if (p->drop_groups) CHECK(syscall(SYS_setgroups, 0, NULL) == 0, STK_STEP_GROUPS, "setgroups");
+    if (p->drop_groups) CHECK(syscall(SYS_setgroups, p->n_groups, p->groups) == 0, STK_STEP_GROUPS, "setgroups");
     CHECK(syscall(SYS_setresgid, p->gid, p->gid, p->gid) == 0, STK_STEP_SETGID, "setresgid");
     CHECK(syscall(SYS_setresuid, p->uid, p->uid, p->uid) == 0, STK_STEP_SETUID, "setresuid");
     /* The launcher's session keyring came with clone: replace it with a new
@@ -638,9 +697,22 @@ static void drop_privileges(const struct stk_plan *p) {
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
+    if (p->oci_caps) {
+        data[0].effective = (uint32_t)p->cap_effective;
+        data[1].effective = (uint32_t)(p->cap_effective >> 32);
+        data[0].permitted = (uint32_t)p->cap_permitted;
+        data[1].permitted = (uint32_t)(p->cap_permitted >> 32);
+        data[0].inheritable = (uint32_t)p->cap_inheritable;
+        data[1].inheritable = (uint32_t)(p->cap_inheritable >> 32);
+    }
     CHECK(syscall(SYS_capset, &hdr, data) == 0, STK_STEP_CAPS, "capset");
+    /* Ambient capabilities (a non-root process keeps them through execve);
+     * each must be permitted and inheritable, as the spec requires. */
+    for (int cap = 0; p->oci_caps && cap <= p->cap_last_cap && cap < 64; cap++)
+        if ((p->cap_ambient >> cap) & 1)
+            CHECK(prctl(PR_CAP_AMBIENT, 2 /* PR_CAP_AMBIENT_RAISE */, cap, 0, 0) == 0, STK_STEP_AMBIENT, "PR_CAP_AMBIENT_RAISE");
     /* A credential change clears the parent-death signal: set it again. */
-    CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
+    if (!p->detached) CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
     die_if_launcher_gone(p);
     CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, STK_STEP_NO_NEW_PRIVS, "PR_SET_NO_NEW_PRIVS");
 }
@@ -742,8 +814,10 @@ static void confine_reaper(const struct stk_plan *p) {
     close(rs);
     /* Orphans of the jail come to PID 1, not to the host's init. */
     CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, STK_STEP_REAPER, "PR_SET_CHILD_SUBREAPER");
-    /* When the launcher dies, PID 1 kills the jail instead of dying alone. */
-    CHECK(prctl(PR_SET_PDEATHSIG, STK_SIG_KILL_JAIL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
+    /* When the launcher dies, PID 1 kills the jail instead of dying alone
+     * (not an OCI container's: it outlives `create`). */
+    if (!p->detached)
+        CHECK(prctl(PR_SET_PDEATHSIG, STK_SIG_KILL_JAIL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
     reaper_confined = 1;
 }
 
@@ -845,6 +919,31 @@ static int worker_main(void *arg) {
     }
     uint64_t none = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+    if (p->exec_wait) {
+        /* OCI create: the container is built. A program that is not there
+         * fails create, not start; then the launcher is told (EOF on the
+         * error pipe) and the worker blocks until `start` writes a byte
+         * into the exec FIFO. Later failures go to the container's stderr. */
+        int found = 0;
+        for (uint32_t i = 0; i < p->n_exec_paths && !found; i++) found = access(p->exec_paths[i], X_OK) == 0;
+        if (!found) fail(p, STK_STEP_EXEC, ENOENT, p->argv[0] ? p->argv[0] : "(no program)");
+        close(p->error_fd);
+        ((struct stk_plan *)p)->error_fd = -1;
+        /* While it waits, the worker holds nothing of the launcher's: every
+         * fd but the passed ones (left without close-on-exec by
+         * arrange_fds) and the FIFO is closed now, not at execve, so no
+         * pipe of the caller stays open for as long as the container waits. */
+        for (int fd = 3; fd < 1024; fd++) {
+            int flags = fcntl(fd, F_GETFD);
+            if (fd != p->exec_wait_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+        }
+        char byte = 0;
+        ssize_t n;
+        do n = read(p->exec_wait_fd, &byte, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1) fail(p, STK_STEP_EXEC_WAIT, n < 0 ? errno : EPIPE, "exec fifo");
+        close(p->exec_wait_fd);
+    }
     apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
@@ -883,10 +982,12 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     move_high(p, &local.sync_fd);
     move_high(p, &local.status_fd);
     if (p->use_reaper) move_high(p, &local.init_fd);
+    if (p->exec_wait) move_high(p, &local.exec_wait_fd);
     if (p->notify_fd >= 0) move_high(p, &local.notify_fd);
 
-    /* Die with the launcher; the go-ahead pipe covers the race before this. */
-    CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
+    /* Die with the launcher; the go-ahead pipe covers the race before this.
+     * An OCI container (detached) outlives `create` by design. */
+    if (!p->detached) CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, STK_STEP_PDEATHSIG, "PR_SET_PDEATHSIG");
     reset_signals(p);
 
     /* Wait until the launcher wrote our uid/gid maps (and placed us in our
@@ -907,6 +1008,15 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
      * rooted where we are now, as clone3 does on v2. */
     if (late_cgroupns) CHECK(unshare(CLONE_NEWCGROUP) == 0, STK_STEP_CGROUPNS, "unshare(CLONE_NEWCGROUP)");
 
+    /* Namespaces joined rather than made (an OCI pod's shared ones, or an
+     * exec into a running container), the user namespace first, so that
+     * the others are joined with the capabilities it gives. */
+    for (uint32_t i = 0; i < p->n_join; i++)
+        CHECK(setns(p->join_fds[i], p->join_types[i]) == 0, STK_STEP_SETNS,
+              p->join_types[i] == CLONE_NEWUSER ? "user" : p->join_types[i] == CLONE_NEWNS ? "mnt"
+              : p->join_types[i] == CLONE_NEWPID ? "pid" : p->join_types[i] == CLONE_NEWNET ? "net"
+              : p->join_types[i] == CLONE_NEWIPC ? "ipc" : p->join_types[i] == CLONE_NEWUTS ? "uts" : "cgroup");
+
     /* A root launcher's uid is not mapped in the jail's user namespace;
      * files made with an unmapped id fail (EOVERFLOW). Take the mapped
      * uid 0 (an unprivileged host id) for the set-up. */
@@ -915,7 +1025,9 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
         CHECK(syscall(SYS_setresuid, 0, 0, 0) == 0, STK_STEP_BECOME_ROOT, "setresuid(0)");
     }
 
-    build_root(p);
+    /* A joined mount namespace (exec) already is the container's root. */
+    if (p->skip_root) CHECK(chdir("/") == 0, STK_STEP_CHDIR, "/");
+    else build_root(p);
 
     if (p->hostname) CHECK(sethostname(p->hostname, s_len(p->hostname)) == 0, STK_STEP_HOSTNAME, p->hostname);
     /* A new session has no controlling terminal: no TIOCSTI into the caller's shell. */

@@ -296,6 +296,34 @@ public final class CgroupManager: Sendable {
                          directory: backend.openDirectory(rel))
     }
 
+    /// The cgroup `rel` below the base, outside tenants, admission and the
+    /// stale sweep: an OCI container's, which outlives the process that made
+    /// it and is found again by path by the next command. `create`: made
+    /// here with `limits` (refused when it exists); else it must exist.
+    public func container(_ rel: String, limits: LimitsSection, create: Bool) throws(CgroupError) -> JailGroup {
+        let parts = rel.split(separator: "/")
+        guard !parts.isEmpty, !parts.contains(".."), !parts.contains(".") else {
+            throw CgroupError(.unsupported, "cgroup \(rel): a path below the base, without . or ..")
+        }
+        if create {
+            let notes = try backend.check(limits, parent: "", owner: "container \(rel)")
+            guard try backend.create(rel, delegating: false) else {
+                throw CgroupError(.io, "cgroup \(backend.path(rel)) already exists")
+            }
+            do throws(CgroupError) {
+                try backend.apply(limits, to: rel)
+            } catch {
+                try? backend.remove(rel)
+                throw error
+            }
+            return JailGroup(manager: self, rel: rel, name: String(parts.last!), tenant: "", limits: limits, notes: notes,
+                             directory: backend.openDirectory(rel))
+        }
+        guard backend.exists(rel) else { throw CgroupError(.io, "cgroup \(backend.path(rel)) does not exist") }
+        return JailGroup(manager: self, rel: rel, name: String(parts.last!), tenant: "", limits: backend.limits(of: rel),
+                         notes: [], directory: backend.openDirectory(rel))
+    }
+
     /// Runs `body` holding an exclusive `flock` on the tenant's cgroup
     /// directory, so that launchers admitting into one tenant take turns.
     /// Without the lock nothing is admitted: two launchers could each see
@@ -471,6 +499,12 @@ public final class JailGroup: JailCgroup {
 
     public func kill() throws {
         try manager.backend.kill(rel)
+    }
+
+    /// Sets new limits on the running jail (checked as at creation).
+    public func update(_ limits: LimitsSection) throws(CgroupError) {
+        _ = try manager.backend.check(limits, parent: "", owner: "jail \(name)")
+        try manager.backend.apply(limits, to: rel)
     }
 
     public func usage() throws -> CgroupUsage {

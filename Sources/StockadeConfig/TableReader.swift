@@ -171,6 +171,26 @@ extension StringProtocol {
     }
 }
 
+extension Double {
+    /// What `String(format: "%.<digits>f", self)` prints, without
+    /// Foundation's formatter (the launch path links FoundationEssentials at
+    /// most): rounded half away from zero to `digits` (0 to 9) decimals.
+    package func fixed(_ digits: Int) -> String {
+        let digits = Swift.min(Swift.max(digits, 0), 9)
+        var scale: UInt64 = 1
+        for _ in 0..<digits { scale *= 10 }
+        let scaled = (Swift.abs(self) * Double(scale)).rounded()
+        guard isFinite, scaled < 9.0e18 else { return "\(self)" }
+        let n = UInt64(scaled)
+        var out = (self < 0 && n > 0 ? "-" : "") + String(n / scale)
+        if digits > 0 {
+            let frac = String(n % scale)
+            out += "." + String(repeating: "0", count: digits - frac.count) + frac
+        }
+        return out
+    }
+}
+
 /// The parsed text of one profile (or tenants file): its name for messages
 /// and where its keys are.
 package struct TOMLSource: Sendable {

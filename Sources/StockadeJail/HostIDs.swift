@@ -104,6 +104,10 @@ public final class HostIDLease: Sendable {
         self.locks = Mutex(locks)
     }
 
+    /// The lock fds, for a holder that keeps them past this process
+    /// (``Jail/holdHostIDsUntilExit()``).
+    var lockFDs: [Int32] { locks.withLock { $0.map(\.rawValue) } }
+
     /// Frees the range. Call only once nothing of the jail runs any more.
     public func release() {
         let fds = locks.withLock { fds in

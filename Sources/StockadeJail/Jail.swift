@@ -95,6 +95,17 @@ public final class Jail: Sendable {
         self.startedAt = startedAt
     }
 
+    /// Keeps the jail's host id range held after this process exits, for as
+    /// long as the jail's PID 1 lives (an OCI container outlives `create`):
+    /// a holder process inherits the range's locks and exits with the jail.
+    /// Returns the holder's pid; nil when the jail holds no range.
+    public func holdHostIDsUntilExit() throws -> Int32? {
+        guard let fds = lease?.lockFDs, !fds.isEmpty else { return nil }
+        let pid = fds.withUnsafeBufferPointer { stk_hold_until_exit(process.fd.rawValue, $0.baseAddress, Int32($0.count)) }
+        if pid < 0 { throw JailError.launcherStep("fork the host id holder", errno: -pid) }
+        return pid
+    }
+
     /// Sends `signal` to the jail's PID 1, which forwards it to the worker.
     public func signal(_ signal: Int32) throws(Errno) {
         try process.send(signal: signal)

@@ -123,6 +123,8 @@ public struct LaunchRequest: Sendable {
     /// Where a root launch takes the jail's host ids from when the profile
     /// sets no `host_base`; nil: ``HostIDPool/configured()``.
     public var idPool: HostIDPool?
+    /// An OCI container's additions (``OCILaunch``); nil for every other jail.
+    public var oci: OCILaunch?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -144,11 +146,13 @@ public enum Launcher {
         try checkKernel(profile)
         let rootless = getuid() != 0
         let spawnPlan = try SpawnPlan(request)
+        defer { spawnPlan.closeRootFD() }
         // PID 1 is stockade-init, opened here while the host's tree is ours.
         let initFD = try InitExecutable.open()
         defer { try? initFD.close() }
         // Root: the jail's own host ids, held until it has ended.
-        let lease = try rootless || !profile.namespaces.contains(.user) ? nil : leaseHostIDs(request)
+        let lease = try rootless || !profile.namespaces.contains(.user) || request.oci?.idMaps != nil
+            ? nil : leaseHostIDs(request)
         var leaseHandedOver = false
         defer { if !leaseHandedOver { lease?.release() } }
 
@@ -235,7 +239,13 @@ public enum Launcher {
             if let cgroup = request.cgroup, intoCgroup == 0 {
                 try cgroup.attach(pid: pid)
             }
-            try writeIDMaps(pid: pid, user: profile.user, hostIDs: lease?.range)
+            // A joined user namespace (an OCI pod's, an exec) has its maps already.
+            if let maps = request.oci?.idMaps, profile.namespaces.contains(.user) {
+                try writeProcFile(pid: pid, "uid_map", maps.uid)
+                try writeProcFile(pid: pid, "gid_map", maps.gid)
+            } else if profile.namespaces.contains(.user) {
+                try writeIDMaps(pid: pid, user: profile.user, hostIDs: lease?.range)
+            }
         } catch {
             throw abort(error)
         }

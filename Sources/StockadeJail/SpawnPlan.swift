@@ -140,6 +140,14 @@ struct SpawnPlan {
     /// tmpfs options of the jail's root, and whether it ends read-only.
     var rootOptions: String
     var rootReadOnly: Bool
+    /// An OCI container's root directory (its bundle's rootfs), as found on the host.
+    var rootDirectory: HostPath?
+    /// Its O_PATH fd, open from the plan until ``closeRootFD()`` (after the clone).
+    var rootFD: Int32?
+
+    func closeRootFD() {
+        if let rootFD { close(rootFD) }
+    }
 
     /// Whether openat2(2) exists here (asked once: a directory fd on "/").
     static let kernelHasOpenat2: Bool = {
@@ -167,7 +175,26 @@ struct SpawnPlan {
         }
         let specs = profile.mounts.enumerated().map { ($1, "\(profile.file): mount[\($0)]") }
             + request.extraMounts.map { ($0, Self.label(extra: $0)) }
-        let planned = try Self.plan(specs)
+        var planned = try Self.plan(specs)
+        if let oci = request.oci {
+            planned += try Self.plan(oci: oci)
+            if let root = oci.rootDirectory {
+                do {
+                    rootDirectory = try HostPath.resolve(root)
+                } catch {
+                    throw JailError.invalidRequest(error.describe("root.path \(root)"))
+                }
+                // Cloned here, as the launcher: the child's ids may not
+                // search the directories above it. Closed after the clone.
+                let fd = stk_openat2(AT_FDCWD, rootDirectory!.path, 0o10000000 /* O_PATH */ | O_DIRECTORY,
+                                     0x04 | 0x02 /* RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS */)
+                guard fd >= 0 else { throw JailError.launcherStep("open root.path \(root)", errno: errno) }
+                let tree = stk_clone_tree(fd)
+                close(fd)
+                guard tree >= 0 else { throw JailError.launcherStep("clone the mount tree of root.path \(root)", errno: -tree) }
+                rootFD = tree
+            }
+        }
         let devices = try Self.plan(devices: request.devices)
         try Self.checkShadowing(planned + devices)
         mounts += planned.map(\.mount) + devices.map(\.mount)
@@ -247,6 +274,36 @@ struct SpawnPlan {
                 planned.source = m.source
             }
             result.append((planned, label, m.writable))
+        }
+        return result
+    }
+
+    /// An OCI container's mounts in the spec's order: binds and tmpfs get
+    /// every check a profile's mounts get; kernel filesystems are mounted
+    /// fresh. Labelled `mounts[N]` as in config.json.
+    static func plan(oci: OCILaunch) throws -> [Labelled] {
+        var result: [Labelled] = []
+        for (i, m) in oci.mounts.enumerated() {
+            let label = i < oci.mountFields.count ? oci.mountFields[i] : "config.json mounts[\(i)]"
+            switch m {
+            case .spec(let spec):
+                result += try plan([(spec, label + " (\(spec.target))")])
+            case let .kernel(type, target, options, writable, noexec, dev):
+                guard Profile.isCleanAbsolute(target), !target.split(separator: "/").isEmpty else {
+                    throw JailError.invalidRequest("\(label): the destination \(target) must be an absolute path inside the container, without '..', and not / itself")
+                }
+                var flags: UInt32 = writable ? STK_MF_WRITABLE.rawValue : 0
+                if noexec { flags |= STK_MF_NOEXEC.rawValue }
+                if dev { flags |= STK_MF_DEV.rawValue }
+                result.append((Mount(kind: STK_MOUNT_FS.rawValue, flags: flags, source: type, target: target, data: options),
+                               label + " (\(type) \(target))", writable))
+            }
+        }
+        for (i, path) in oci.readonlyPaths.enumerated() {
+            guard Profile.isCleanAbsolute(path) else {
+                throw JailError.invalidRequest("config.json linux.readonlyPaths[\(i)]: \(path) must be an absolute path without '..'")
+            }
+            result.append((Mount(kind: STK_MOUNT_RO.rawValue, target: path), "config.json linux.readonlyPaths[\(i)]", false))
         }
         return result
     }
@@ -380,6 +437,7 @@ struct SpawnPlan {
         plan.parent_fds = (sync.write.rawValue, errors.read.rawValue, status.read.rawValue, -1)
         plan.notify_fd = -1
         fillMounts(&plan, arena: arena)
+        request.oci?.fill(&plan, root: rootDirectory, rootFD: rootFD, arena: arena)
         plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
         plan.uid = profile.user.uid
         plan.gid = profile.user.gid

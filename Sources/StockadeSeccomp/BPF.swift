@@ -1,7 +1,6 @@
-/// Classic BPF as seccomp uses it: the instruction format, a small assembler
-/// with labels for the hand-written hardening prelude, an interpreter that
-/// evaluates a program on one `seccomp_data` (the tests compare it with the
-/// kernel), and a disassembler for `stockade compile`.
+/// Classic BPF as seccomp uses it: the instruction format and a small
+/// assembler with labels for the hand-written hardening prelude. The
+/// interpreter and the kernel's load-time checks are in BPFInterpreter.swift.
 
 /// One `struct sock_filter`: 8 bytes, host byte order.
 public struct BPFInstruction: Sendable, Hashable {
@@ -90,97 +89,6 @@ public enum SeccompArch {
     public static let i386: UInt32 = 0x4000_0003
     /// `__X32_SYSCALL_BIT`: x32 calls share the x86_64 audit arch and set this bit in the number.
     public static let x32SyscallBit: UInt32 = 0x4000_0000
-}
-
-public enum BPFError: Error, Equatable, CustomStringConvertible {
-    case outOfBounds(pc: Int)
-    case badLoad(pc: Int, offset: UInt32)
-    case divideByZero(pc: Int)
-    case unsupported(pc: Int, code: UInt16)
-    case noReturn
-
-    public var description: String {
-        switch self {
-        case .outOfBounds(let pc): return "jump out of the program at \(pc)"
-        case .badLoad(let pc, let off): return "load from offset \(off) at \(pc)"
-        case .divideByZero(let pc): return "division by zero at \(pc)"
-        case .unsupported(let pc, let code): return "unsupported opcode 0x\(String(code, radix: 16)) at \(pc)"
-        case .noReturn: return "program ends without a return"
-        }
-    }
-}
-
-/// Runs a classic BPF program the way the kernel's seccomp does and returns
-/// the 32-bit `SECCOMP_RET_*` value.
-public func runBPF(_ program: [BPFInstruction], on data: SeccompData) throws(BPFError) -> UInt32 {
-    typealias I = BPFInstruction
-    var a: UInt32 = 0, x: UInt32 = 0
-    var mem = [UInt32](repeating: 0, count: 16)
-    var pc = 0
-    while pc < program.count {
-        let ins = program[pc]
-        let src: UInt32 = (ins.code & I.X) != 0 ? x : ins.k
-        switch ins.cls {
-        case I.LD:
-            switch ins.code & 0xe0 {
-            case I.ABS:
-                guard let w = data.word(at: ins.k) else { throw .badLoad(pc: pc, offset: ins.k) }
-                a = w
-            case I.IMM: a = ins.k
-            case I.MEM: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; a = mem[Int(ins.k)]
-            case I.LEN: a = 64
-            default: throw .unsupported(pc: pc, code: ins.code)
-            }
-        case I.LDX:
-            switch ins.code & 0xe0 {
-            case I.IMM: x = ins.k
-            case I.MEM: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; x = mem[Int(ins.k)]
-            case I.LEN: x = 64
-            default: throw .unsupported(pc: pc, code: ins.code)
-            }
-        case I.ST: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; mem[Int(ins.k)] = a
-        case I.STX: guard ins.k < 16 else { throw .badLoad(pc: pc, offset: ins.k) }; mem[Int(ins.k)] = x
-        case I.ALU:
-            switch ins.code & 0xf0 {
-            case I.ADD: a = a &+ src
-            case I.SUB: a = a &- src
-            case I.MUL: a = a &* src
-            case I.DIV: guard src != 0 else { throw .divideByZero(pc: pc) }; a /= src
-            case I.MOD: guard src != 0 else { throw .divideByZero(pc: pc) }; a %= src
-            case I.OR: a |= src
-            case I.AND: a &= src
-            case I.XOR: a ^= src
-            case I.LSH: a = src >= 32 ? 0 : a << src
-            case I.RSH: a = src >= 32 ? 0 : a >> src
-            case I.NEG: a = 0 &- a
-            default: throw .unsupported(pc: pc, code: ins.code)
-            }
-        case I.JMP:
-            let op = ins.code & 0xf0
-            if op == I.JA {
-                pc += 1 + Int(ins.k)
-                continue
-            }
-            let taken: Bool
-            switch op {
-            case I.JEQ: taken = a == src
-            case I.JGT: taken = a > src
-            case I.JGE: taken = a >= src
-            case I.JSET: taken = (a & src) != 0
-            default: throw .unsupported(pc: pc, code: ins.code)
-            }
-            pc += 1 + Int(taken ? ins.jt : ins.jf)
-            continue
-        case I.RET:
-            return (ins.code & 0x18) == I.A ? a : ins.k
-        case I.MISC:
-            if ins.code & 0xf8 == I.TXA { a = x } else { x = a }
-        default:
-            throw .unsupported(pc: pc, code: ins.code)
-        }
-        pc += 1
-    }
-    throw .noReturn
 }
 
 /// A tiny assembler with forward labels, for programs written by hand.

@@ -104,6 +104,65 @@ public struct SeccompCondition: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The values a condition admits, as one of three shapes.
+    enum Shape {
+        case range(UInt64, UInt64)
+        case notEqual(UInt64)
+        case masked(mask: UInt64, value: UInt64)
+    }
+
+    /// The condition over the domain 0...top (all 64 bits, or the low 32).
+    func shape(top: UInt64) -> Shape? {
+        let v = value & top
+        switch op {
+        case .eq: return .range(v, v)
+        case .ne: return .notEqual(v)
+        case .lt: return v == 0 ? nil : .range(0, v - 1)
+        case .le: return .range(0, v)
+        case .gt: return v == top ? nil : .range(v + 1, top)
+        case .ge: return .range(v, top)
+        case .maskedEq:
+            let m = mask & top
+            return v & ~m != 0 ? nil : .masked(mask: m | ~top, value: v)
+        }
+    }
+
+    /// The smallest x >= lo with x & mask == value, if any: x equals lo
+    /// above some bit i where lo has a 0 and x a 1, and is as small as the
+    /// mask allows below it (or x is lo itself).
+    static func smallest(atLeast lo: UInt64, mask: UInt64, value: UInt64) -> UInt64? {
+        if lo & mask == value { return lo }
+        var best: UInt64?
+        for i in 0..<64 where lo & (1 << UInt64(i)) == 0 {
+            let bit = UInt64(1) << UInt64(i)
+            let above: UInt64 = i == 63 ? 0 : ~(bit << 1 &- 1)
+            guard lo & above & mask == value & above else { continue }
+            guard mask & bit == 0 || value & bit != 0 else { continue }
+            let x = (lo & above) | bit | (value & (bit &- 1))
+            if best.map({ x < $0 }) ?? true { best = x }
+        }
+        return best
+    }
+
+    /// Whether one value passes both conditions (the same argument; on its
+    /// low 32 bits when `int`). With `a == b`: whether the condition can hold at all.
+    static func satisfiable(_ a: SeccompCondition, _ b: SeccompCondition, int: Bool) -> Bool {
+        let top: UInt64 = int ? 0xffff_ffff : .max
+        guard let x = a.shape(top: top), let y = b.shape(top: top) else { return false }
+        func meet(_ x: Shape, _ y: Shape) -> Bool {
+            switch (x, y) {
+            case let (.range(l1, h1), .range(l2, h2)): return max(l1, l2) <= min(h1, h2)
+            case let (.range(l, h), .notEqual(n)): return l < h || l != n
+            case (.notEqual, .notEqual): return true
+            case let (.masked(m1, v1), .masked(m2, v2)): return v1 & m2 == v2 & m1
+            case let (.masked(m, v), .range(l, h)): return smallest(atLeast: l, mask: m, value: v).map { $0 <= h } ?? false
+            case let (.masked(m, v), .notEqual(n)): return m != .max || v != n
+            default: return meet(y, x)
+            }
+        }
+        return meet(x, y)
+    }
+
     private func hex(_ v: UInt64) -> String { v < 10 ? String(v) : "0x" + String(v, radix: 16) }
 
     /// Parses `argN OP VALUE` or `argN & MASK == VALUE`; values are numbers
@@ -237,6 +296,20 @@ public struct SeccompRule: Sendable, Hashable, CustomStringConvertible {
             alternatives = alternatives.flatMap { prefix in options.map { prefix + [$0] } }
         }
         return alternatives.map { var r = self; r.conditions = $0; return r }
+    }
+
+    /// Whether some call matches both rules (each argument compared as the
+    /// kernel reads it): for every argument both rules test, some value
+    /// passes both tests. Exact, not sampled.
+    public func overlaps(_ other: SeccompRule) -> Bool {
+        let mine = Dictionary(conditions.map { ($0.arg, $0) }, uniquingKeysWith: { a, _ in a })
+        let theirs = Dictionary(other.conditions.map { ($0.arg, $0) }, uniquingKeysWith: { a, _ in a })
+        for arg in Set(mine.keys).union(theirs.keys) {
+            let narrow = IntArguments.isInt(syscall, arg)
+            let a = mine[arg], b = theirs[arg]
+            guard SeccompCondition.satisfiable(a ?? b!, b ?? a!, int: narrow) else { return false }
+        }
+        return true
     }
 
     public var description: String {

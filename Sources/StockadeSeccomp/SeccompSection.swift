@@ -205,14 +205,28 @@ public struct SeccompSection: Sendable, Equatable {
     /// libseccomp lets an unconditional rule silently win over conditional
     /// rules with another action for the same call, and rejects two
     /// unconditional rules with different actions. Say so at the line.
+    ///
+    /// Two conditional rules with different actions that can both match one
+    /// call are refused too: libseccomp picks one of them by its own
+    /// ordering of the argument tests, which no profile reader can know
+    /// (`socket if arg0 == AF_INET: allow` beside `socket if arg2 == 0:
+    /// errno`). Rules that can never match the same call are fine.
     static func checkConflicts(_ rules: [SeccompRule], table: TableReader) throws(ProfileError) {
         var byNumber: [Int32: [SeccompRule]] = [:]
         for r in rules { byNumber[r.number, default: []].append(r) }
         for (_, group) in byNumber.sorted(by: { $0.key < $1.key }) {
-            guard let plain = group.first(where: { $0.conditions.isEmpty }) else { continue }
-            if let other = group.first(where: { $0.action != plain.action }) {
-                throw ProfileError(file: table.source.file, line: line(other.origin), key: table.keyPath("rule"),
-                                   message: "\(plain.syscall) has an unconditional rule (\(plain.action), \(plain.origin)) and another with \(other.action) (\(other.origin)); the unconditional rule would always win. Give the first rule conditions or drop one.")
+            if let plain = group.first(where: { $0.conditions.isEmpty }) {
+                if let other = group.first(where: { $0.action != plain.action }) {
+                    throw ProfileError(file: table.source.file, line: line(other.origin), key: table.keyPath("rule"),
+                                       message: "\(plain.syscall) has an unconditional rule (\(plain.action), \(plain.origin)) and another with \(other.action) (\(other.origin)); the unconditional rule would always win. Give the first rule conditions or drop one.")
+                }
+                continue
+            }
+            for (i, a) in group.enumerated() {
+                for b in group[(i + 1)...] where a.action != b.action && a.overlaps(b) {
+                    throw ProfileError(file: table.source.file, line: line(b.origin), key: table.keyPath("rule"),
+                                       message: "\(a.syscall) has two rules that can both match one call with different actions (\(a) at \(a.origin), \(b) at \(b.origin)); which one applies would be libseccomp's choice. Make their conditions exclusive or give them the same action.")
+                }
             }
         }
     }

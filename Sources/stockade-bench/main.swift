@@ -11,6 +11,8 @@ let parts: [String: () throws -> Void] = [
     "cgroup": cgroupBench,
     "daemon": daemonBench,
     "broker": brokerBench,
+    "fuzz": fuzzBench,
+    "oci": ociBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

@@ -138,13 +138,6 @@ struct ExplainCommand: ParsableCommand {
         return out.joined(separator: "\n")
     }
 
-    /// "%.2f" without Foundation's formatter.
-    static func twoDecimals(_ v: Double) -> String {
-        let hundredths = Int((v * 100).rounded())
-        let frac = String(hundredths % 100)
-        return "\(hundredths / 100)." + (frac.count < 2 ? "0" + frac : frac)
-    }
-
     /// The profile's [limits] in words, as the kernel will be told them.
     static func budget(_ l: LimitsSection) -> [String] {
         var parts: [String] = []
@@ -152,7 +145,7 @@ struct ExplainCommand: ParsableCommand {
         if let m = l.memoryHigh { parts.append("reclaimed and throttled past \(SizeValue.bytes(m))") }
         if let s = l.swapMax { parts.append("swap at most \(SizeValue.bytes(s))") }
         if let n = l.pidsMax { parts.append("at most \(n) processes and threads") }
-        if let c = l.cpu { parts.append("at most \(twoDecimals(c.cpus)) CPUs (cpu.max \(c))") }
+        if let c = l.cpu { parts.append("at most \(c.cpus.fixed(2)) CPUs (cpu.max \(c))") }
         if let w = l.cpuWeight { parts.append("cpu weight \(w)") }
         if let s = l.cpuset { parts.append("only CPUs \(s)") }
         for io in l.ioMax { parts.append("io.max \(io)") }

@@ -11,7 +11,8 @@ struct StockadeCommand: ParsableCommand {
         abstract: "Run untrusted programs in a Linux jail.",
         version: Stockade.version,
         subcommands: [RunCommand.self, LintCommand.self, ProbeCommand.self, CompileCommand.self, ExplainCommand.self,
-                      CgroupsCommand.self, TopCommand.self]
+                      CgroupsCommand.self, SimulateCommand.self, DiffCommand.self, FuzzCommand.self, MinimizeCommand.self,
+                      TopCommand.self]
     )
 
     /// `stockade run` is on every jail's start-up path: its usual command

@@ -1,5 +1,10 @@
+import StockadeConfig
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import StockadeSystem
 import SystemPackage
 #if canImport(Glibc)
@@ -71,7 +76,7 @@ struct TopCommand: ParsableCommand {
             guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
                 throw StockadeFailure(message: "top: cannot read the token file \(tokenFile)", status: 66)
             }
-            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = text.trimmingCharacters(in: " \t\r\n")
             guard !token.isEmpty else { throw StockadeFailure(message: "top: the token file \(tokenFile) is empty", status: 65) }
             return token
         }
@@ -95,7 +100,7 @@ struct TopCommand: ParsableCommand {
             var t = time(nil)
             var parts = tm()
             localtime_r(&t, &parts)
-            let hms = String(format: "%02d:%02d:%02d", parts.tm_hour, parts.tm_min, parts.tm_sec)
+            let hms = [parts.tm_hour, parts.tm_min, parts.tm_sec].map { $0 < 10 ? "0\($0)" : "\($0)" }.joined(separator: ":")
             return "stockade top: stockaded at \(path), \(hms), every \(TopView.fixed(interval, interval.rounded() == interval ? 0 : 1))s (q quits)"
         }
         while true {
@@ -145,6 +150,23 @@ struct DaemonAPI {
     var socket: String
     var token: String?
 
+    /// `name` as one segment of a URL path: every byte but RFC 3986's
+    /// unreserved characters percent-encoded.
+    static func pathSegment(_ name: String) -> String {
+        let hex = Array("0123456789ABCDEF")
+        var out = ""
+        for b in name.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.append(Character(Unicode.Scalar(b)))
+            default:
+                out += "%" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 15)])
+            }
+        }
+        return out
+    }
+
     /// Every viewable tenant with its workers.
     func sample(at time: Double = 0) throws -> TopSample {
         struct Tenants: Decodable { var tenants: [TopTenant] }
@@ -152,7 +174,7 @@ struct DaemonAPI {
         let tenants = try decode(Tenants.self, get("/v1/tenants")).tenants
         var out: [(TopTenant, [TopWorker])] = []
         for t in tenants {
-            let name = t.name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? t.name
+            let name = Self.pathSegment(t.name)
             let workers = try decode(Workers.self, get("/v1/tenants/\(name)/workers")).workers
             out.append((t, workers))
         }
@@ -207,8 +229,9 @@ struct DaemonAPI {
         }
         let body = Array(data[end.upperBound...])
         guard status == 200 else {
-            let json = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any]
-            let message = json?["message"] as? String ?? String(decoding: body.prefix(200), as: UTF8.self)
+            struct Problem: Decodable { var message: String? }
+            let message = (try? JSONDecoder().decode(Problem.self, from: Data(body)))?.message
+                ?? String(decoding: body.prefix(200), as: UTF8.self)
             throw StockadeFailure(message: "top: GET \(path) was answered \(status): \(message)", status: status == 401 || status == 403 ? 77 : 69)
         }
         return body

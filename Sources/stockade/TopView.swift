@@ -2,7 +2,12 @@
 // its API (GET /v1/tenants, GET /v1/tenants/{tenant}/workers), laid out as
 // text lines for a given window. Rendering is a pure function of two
 // samples (this one and the one before it, for rates) and the window size.
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import StockadeConfig
 
 /// A tenant as GET /v1/tenants shows it (the fields top uses; the rest are
 /// ignored, and fields an older daemon lacks are optional).
@@ -212,7 +217,7 @@ enum TopView {
     }
 
     static func fixed(_ value: Double, _ digits: Int) -> String {
-        String(format: "%.\(digits)f", value)
+        value.fixed(digits)
     }
 
     /// 1536 -> "1.5K"; binary units, as the budgets in a profile are written.

@@ -41,6 +41,7 @@ enum stk_mount_kind {
     STK_MOUNT_MASK = 7,   /* hide `target`: /dev/null over a file, empty ro tmpfs over a dir */
     STK_MOUNT_RO = 8,     /* remount the mount at `target` read-only (e.g. /proc/sys) */
     STK_MOUNT_DEVNODE = 9,/* bind one host device node `source` at `target` */
+    STK_MOUNT_FS = 10,    /* fresh filesystem of type `source` (sysfs, mqueue, cgroup2, ...) at `target`, options in `data` */
 };
 
 enum stk_mount_flag {
@@ -156,6 +157,26 @@ struct stk_plan {
     uint32_t charge_gid;
     int32_t _pad3;
 
+    /* OCI containers (stockade-runtime). All zero for every other jail. */
+    const char *root_source;   /* non-NULL: this host directory (a bundle's rootfs, as "/oldroot/...") is bound
+                                  as the new root instead of a fresh tmpfs; checked like a bind source */
+    uint64_t root_dev, root_ino; /* what the launcher found at root_source */
+    int32_t root_fd;           /* with root_source: a detached copy of its mount tree the launcher made
+                                  (stk_clone_tree: it may lie below directories only host root may
+                                  search), moved onto the new root; 0 or less: bind root_source */
+    int32_t _pad5;
+    int32_t detached;          /* no parent-death signal: the jail outlives the launcher (create, then exit) */
+    int32_t exec_wait;         /* the worker reports success, then blocks reading one byte from exec_wait_fd
+                                  before Landlock, seccomp and execve (the exec FIFO `start` writes) */
+    int32_t exec_wait_fd;
+    int32_t skip_root;         /* a joined mount namespace is the root: no new root is built */
+    const int32_t *join_fds;   /* namespaces joined by setns first, in order (the user namespace first) */
+    const int32_t *join_types; /* their CLONE_NEW* types */
+    uint32_t n_join;
+    int32_t oci_caps;          /* keep these capability sets instead of clearing all of them */
+    uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
+    const uint32_t *groups;    /* supplementary groups set instead of none (with drop_groups) */
+    uint32_t n_groups;
     /* seccomp user notification: >= 0, a unix socket on which the worker
      * sends the listener fd that loading the filter returned (the filter
      * is loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER in seccomp_flags);
@@ -176,6 +197,7 @@ const char *stk_dev_node(int i);
 enum stk_step {
     STK_STEP_NONE = 0,
     STK_STEP_SYNC,          /* wait for the parent's go-ahead */
+    STK_STEP_SETNS,         /* join a namespace given by the launcher (OCI: shared or exec) */
     STK_STEP_CGROUPNS,      /* cgroup namespace rooted at the jail's cgroup (parent-placed jails) */
     STK_STEP_PDEATHSIG,     /* die with the launcher */
     STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
@@ -205,6 +227,7 @@ enum stk_step {
     STK_STEP_CAPS,          /* clear effective/permitted/inheritable */
     STK_STEP_NO_NEW_PRIVS,
     STK_STEP_INIT,          /* PID 1 execs stockade-init from init_fd */
+    STK_STEP_EXEC_WAIT,     /* OCI create: built; wait for `start` */
     STK_STEP_LANDLOCK,
     STK_STEP_SECCOMP,
     STK_STEP_EXEC,
@@ -269,6 +292,12 @@ int stk_rename_exchange(const char *a, const char *b);
 int stk_forward_signals(int pidfd, const int *signals, int count);
 /* Stops forwarding before the pidfd is closed; the signals are then dropped. */
 void stk_stop_forwarding(void);
+/* Forks a holder that keeps `fds` open until the process behind `pidfd`
+ * exits (an OCI container's host id locks); its pid, or -errno. */
+int stk_hold_until_exit(int pidfd, const int *fds, int n);
+/* A detached, nosuid and nodev copy of the mount tree at O_PATH fd `fd`
+ * (an OCI rootfs, attached by the child with move_mount); its fd or -errno. */
+int stk_clone_tree(int fd);
 
 /* ---- Seccomp user notification (the supervisor's side). ---- */
 

@@ -82,6 +82,10 @@ public struct Profile: Sendable {
         public struct Pair: Sendable, Equatable {
             public var name: String
             public var value: String
+            public init(name: String, value: String) {
+                self.name = name
+                self.value = value
+            }
         }
     }
 }
@@ -125,6 +129,13 @@ public struct RlimitSpec: Sendable, Equatable {
     public var resource: Int32
     public var soft: UInt64?
     public var hard: UInt64?
+
+    public init(name: String, resource: Int32, soft: UInt64?, hard: UInt64?) {
+        self.name = name
+        self.resource = resource
+        self.soft = soft
+        self.hard = hard
+    }
 
     /// The names a profile may use, and the resource each sets.
     public static let resources: [String: Int32] = [

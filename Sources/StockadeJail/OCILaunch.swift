@@ -1,0 +1,85 @@
+import CStockadeSpawn
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an OCI container (`stockade-runtime`) adds to a launch: the same
+/// launcher, spawn plan and trampoline as every jail, with these switches.
+/// Every field's default leaves a jail exactly as `stockade run` makes it.
+public struct OCILaunch: Sendable {
+    /// The bundle's rootfs, bound as the jail's root instead of a fresh
+    /// tmpfs (resolved and checked like a bind source).
+    public var rootDirectory: String?
+    /// The jail outlives the launcher: no parent-death signal (`create`
+    /// returns while the container keeps running under the shim).
+    public var detached = false
+    /// An fd (the container's exec FIFO, opened read-write) the worker
+    /// blocks on, fully built, until `start` writes one byte into it.
+    public var execWaitFD: Int32?
+    /// Namespaces joined instead of made (a pod's shared ones, or all of a
+    /// container's for `exec`); the user namespace must come first.
+    public var join: [(fd: Int32, namespace: Profile.Namespace)] = []
+    /// The joined mount namespace is the root: no new root is built (exec).
+    public var joinedRoot = false
+    /// Capability sets kept (bit N = capability N); nil clears every one.
+    public var capabilities: Capabilities?
+    /// Supplementary groups (`process.user.additionalGids`).
+    public var groups: [UInt32] = []
+    /// The spec's mounts in order: binds and tmpfs as ``MountSpec``s, kernel
+    /// filesystems (sysfs, mqueue, cgroup2, ...) by type.
+    public var mounts: [Mount] = []
+    /// How each of `mounts` is named in messages (`config.json mounts[3]`).
+    public var mountFields: [String] = []
+    /// Paths made read-only after the mounts (`linux.readonlyPaths`).
+    public var readonlyPaths: [String] = []
+    /// The uid and gid maps written for a new user namespace, as given by
+    /// the spec (`linux.uidMappings`); nil: the host id range of the jail's own.
+    public var idMaps: (uid: String, gid: String)?
+
+    public struct Capabilities: Sendable, Equatable {
+        public var bounding: UInt64 = 0
+        public var effective: UInt64 = 0
+        public var permitted: UInt64 = 0
+        public var inheritable: UInt64 = 0
+        public var ambient: UInt64 = 0
+        public init() {}
+    }
+
+    public enum Mount: Sendable {
+        case spec(MountSpec)
+        case kernel(type: String, target: String, options: String?, writable: Bool, noexec: Bool, dev: Bool)
+    }
+
+    public init() {}
+}
+
+extension OCILaunch {
+    /// Fills the OCI part of the child's C plan; strings and arrays live in `arena`.
+    func fill(_ plan: inout stk_plan, root: HostPath?, rootFD: Int32?, arena: PlanArena) {
+        if let root {
+            plan.root_source = arena.string(SpawnPlan.oldRoot + (root.path == "/" ? "" : root.path))
+            plan.root_dev = root.device
+            plan.root_ino = root.inode
+            plan.root_fd = rootFD ?? -1
+        }
+        plan.detached = detached ? 1 : 0
+        if let fd = execWaitFD {
+            plan.exec_wait = 1
+            plan.exec_wait_fd = fd
+        }
+        plan.skip_root = joinedRoot ? 1 : 0
+        plan.join_fds = arena.array(join.map(\.fd))
+        plan.join_types = arena.array(join.map { Int32(truncatingIfNeeded: $0.namespace.cloneFlag) })
+        plan.n_join = UInt32(join.count)
+        if let caps = capabilities {
+            plan.oci_caps = 1
+            plan.cap_bounding = caps.bounding
+            plan.cap_effective = caps.effective
+            plan.cap_permitted = caps.permitted
+            plan.cap_inheritable = caps.inheritable
+            plan.cap_ambient = caps.ambient
+        }
+        plan.groups = arena.array(groups)
+        plan.n_groups = UInt32(groups.count)
+    }
+}

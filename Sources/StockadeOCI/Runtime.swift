@@ -1,0 +1,483 @@
+public import Foundation
+public import StockadeJail
+public import StockadeCgroups
+import StockadeSystem
+import SystemPackage
+import CStockadeSpawn
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The status of a container, as runtime-spec's state names it.
+public enum ContainerStatus: String, Sendable {
+    case creating, created, running, paused, stopped
+}
+
+/// runtime-spec's state document (what `state` prints).
+public struct ContainerState: Codable, Sendable {
+    public var ociVersion: String
+    public var id: String
+    public var status: String
+    public var pid: Int32
+    public var bundle: String
+    public var rootfs: String
+    public var created: String
+    public var owner: String
+    public var annotations: [String: String]?
+}
+
+/// The runc-compatible operations of `stockade-runtime`, one per command.
+/// Every process a command starts is a child of the caller (the shim, a
+/// subreaper), and stays its descendant when the command exits.
+public struct Runtime: Sendable {
+    public static let specVersion = "1.1.0"
+    public let store: StateStore
+    /// `--systemd-cgroup`: read cgroupsPath as `slice:prefix:name`.
+    public let systemdCgroup: Bool
+
+    public init(root: String, systemdCgroup: Bool) throws(RuntimeError) {
+        store = try StateStore(root: root)
+        self.systemdCgroup = systemdCgroup
+    }
+
+    // MARK: create
+
+    public struct CreateOptions: Sendable {
+        public var bundle: String
+        public var pidFile: String?
+        public var consoleSocket: String?
+        public init(bundle: String, pidFile: String?, consoleSocket: String?) {
+            self.bundle = bundle
+            self.pidFile = pidFile
+            self.consoleSocket = consoleSocket
+        }
+    }
+
+    public func create(id: String, _ options: CreateOptions) throws {
+        let bundle = options.bundle.hasPrefix("/") ? options.bundle : SpecFiles.currentDirectory() + "/" + options.bundle
+        let spec = try SpecFiles.readConfig(bundle: bundle)
+        if spec.hooks?.startContainer?.isEmpty == false {
+            throw SpecError("config.json hooks.startContainer: not supported (Stockade runs no host binary inside the container)")
+        }
+        let dir = try store.create(id)
+        var launched: Jail?
+        var group: JailGroup?
+        do {
+            var request = try SpecJail.request(spec: spec, bundle: bundle)
+            defer { for j in request.oci?.join ?? [] { close(j.fd) } }
+            let (driver, path) = try Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup)
+            group = try CgroupPlace.open(path, limits: request.profile.limits, create: true)
+            request.cgroup = group
+            try JailSecurity.prepare(&request)
+
+            // The exec FIFO: the container's worker holds it open read-write
+            // and blocks on it until `start` writes one byte.
+            guard mkfifoat(dir.rawValue, "exec.fifo", 0o600) == 0 else {
+                throw RuntimeError("mkfifo exec.fifo: \(errnoName(errno))")
+            }
+            let fifo = openat(dir.rawValue, "exec.fifo", O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            guard fifo >= 0 else { throw RuntimeError("open exec.fifo: \(errnoName(errno))") }
+            defer { close(fifo) }
+            request.oci?.execWaitFD = fifo
+
+            var terminal: PseudoTerminal?
+            if spec.process?.terminal == true {
+                terminal = try Console.attach(&request, socket: options.consoleSocket)
+            }
+            defer { try? terminal?.peer.close() }
+            if let adj = spec.process?.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
+
+            let jail = try Launcher.launch(request)
+            launched = jail
+            try? terminal?.master.close()
+            _ = try jail.holdHostIDsUntilExit()
+            let record = ContainerRecord(
+                id: id, bundle: bundle, rootfs: request.oci?.rootDirectory ?? "", pid: jail.pid,
+                pidStartTime: ProcessStat.startTime(jail.pid) ?? 0, created: Self.now(),
+                annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
+                hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion)
+            try StateStore.write(try JSONEncoder().encode(record), "state.json", in: dir)
+            let state = stateDocument(record, status: .created)
+            try Hooks.run(spec.hooks?.createRuntime, name: "createRuntime", state: state)
+            try Hooks.run(spec.hooks?.prestart, name: "prestart", state: state)
+            try Hooks.run(spec.hooks?.createContainer, name: "createContainer", state: state)
+            if let pidFile = options.pidFile { try Self.writePidFile(pidFile, pid: jail.pid) }
+        } catch {
+            launched?.kill()
+            if let pid = launched?.pid { _ = waitpid(pid, nil, 0) }
+            try? group?.kill()
+            try? group?.remove()
+            try? dir.close()
+            store.remove(id)
+            throw error
+        }
+        try? dir.close()
+    }
+
+    // MARK: start, state, kill, delete
+
+    public func start(id: String) throws {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        try StateStore.locked(dir) {
+            switch status(record, dir: dir) {
+            case .created: break
+            case .stopped: throw RuntimeError("cannot start a container that has stopped")
+            case .running, .paused: throw RuntimeError("cannot start an already running container")
+            case .creating: throw RuntimeError("cannot start a container that is still being created")
+            }
+            // Open without blocking: ENXIO means the worker no longer waits.
+            let fifo = openat(dir.rawValue, "exec.fifo", O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
+            guard fifo >= 0 else { throw RuntimeError("cannot start a container that has stopped (exec fifo: \(errnoName(errno)))") }
+            defer { close(fifo) }
+            var byte: UInt8 = 0
+            guard write(fifo, &byte, 1) == 1 else { throw RuntimeError("start: write exec fifo: \(errnoName(errno))") }
+            unlinkat(dir.rawValue, "exec.fifo", 0)
+        }
+        let spec = try? SpecFiles.readConfig(bundle: record.bundle)
+        try Hooks.run(spec?.hooks?.poststart, name: "poststart", state: stateDocument(record, status: .running))
+    }
+
+    public func state(id: String) throws -> ContainerState {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        return stateDocument(record, status: status(record, dir: dir))
+    }
+
+    public func list() -> [ContainerState] {
+        store.ids().compactMap { try? state(id: $0) }
+    }
+
+    public func kill(id: String, signal: Int32, all: Bool) throws {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        let now = status(record, dir: dir)
+        guard now != .stopped else { throw RuntimeError("container not running") }
+        if all {
+            let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+            for pid in group.processes { Glibc.kill(pid, signal) }
+            // A frozen container takes the signal once thawed; SIGKILL must not wait.
+            if signal == SIGKILL && now == .paused { try? group.thaw() }
+        } else {
+            guard Glibc.kill(record.pid, signal) == 0 else { throw RuntimeError("kill: \(errnoName(errno))") }
+        }
+    }
+
+    public func delete(id: String, force: Bool) throws {
+        guard let (record, dir) = try store.record(id) else {
+            // A create that did not finish leaves a directory without a record.
+            store.remove(id)
+            if force { return }
+            throw RuntimeError("container does not exist")
+        }
+        defer { try? dir.close() }
+        let now = status(record, dir: dir)
+        if now != .stopped && now != .created && !force {
+            throw RuntimeError("cannot delete container \(id) that is not stopped: \(now.rawValue)")
+        }
+        let group = try? CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        if now != .stopped {
+            try? group?.thaw()
+            Glibc.kill(record.pid, SIGKILL)
+            try? group?.kill()
+            for _ in 0..<200 where status(record, dir: dir) != .stopped { usleep(10_000) }
+        }
+        try? group?.kill()
+        try? group?.remove()
+        store.remove(id)
+        let spec = try? SpecFiles.readConfig(bundle: record.bundle)
+        // poststop failures are logged by runc, not fatal: the container is gone.
+        try? Hooks.run(spec?.hooks?.poststop, name: "poststop", state: stateDocument(record, status: .stopped))
+    }
+
+    // MARK: ps, pause, resume, update
+
+    public func processes(id: String) throws -> [Int32] {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        guard let group = try? CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false) else { return [] }
+        return group.processes.sorted()
+    }
+
+    public func pause(id: String) throws {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        guard status(record, dir: dir) == .running else { throw RuntimeError("container not running") }
+        try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false).freeze()
+    }
+
+    public func resume(id: String) throws {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        guard status(record, dir: dir) == .paused else { throw RuntimeError("container not paused") }
+        try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false).thaw()
+    }
+
+    public func update(id: String, resources: Data, source: String) throws {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        guard status(record, dir: dir) != .stopped else { throw RuntimeError("container not running") }
+        let r = try Spec.decode(Spec.Resources.self, from: resources, file: source)
+        let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        try group.update(try SpecJail.limits(r, base: LimitsSection()))
+    }
+
+    // MARK: exec
+
+    public struct ExecOptions: Sendable {
+        public var process: Data
+        public var processFile: String
+        public var detach: Bool
+        public var pidFile: String?
+        public var consoleSocket: String?
+        public init(process: Data, processFile: String, detach: Bool, pidFile: String?, consoleSocket: String?) {
+            self.process = process
+            self.processFile = processFile
+            self.detach = detach
+            self.pidFile = pidFile
+            self.consoleSocket = consoleSocket
+        }
+    }
+
+    /// Starts a process in a running container; returns its exit status
+    /// when not detached, else nil once it runs.
+    public func exec(id: String, _ options: ExecOptions) throws -> Int32? {
+        let (record, dir) = try load(id)
+        defer { try? dir.close() }
+        let now = status(record, dir: dir)
+        guard now == .running || now == .created else { throw RuntimeError("cannot exec in a stopped or paused container") }
+        let process = try Spec.decode(Spec.Process.self, from: options.process, file: options.processFile)
+        var spec = try SpecFiles.readConfig(bundle: record.bundle)
+        spec.process = process
+        var request = try SpecJail.execRequest(spec: spec, initPID: record.pid)
+        defer { for j in request.oci?.join ?? [] { close(j.fd) } }
+        request.cgroup = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        try JailSecurity.prepare(&request)
+        var terminal: PseudoTerminal?
+        if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket) }
+        defer { try? terminal?.peer.close() }
+        if let adj = process.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
+        let jail = try Launcher.launch(request)
+        try? terminal?.master.close()
+        if let pidFile = options.pidFile { try Self.writePidFile(pidFile, pid: jail.pid) }
+        if options.detach { return nil }
+        var status: Int32 = 0
+        while waitpid(jail.pid, &status, 0) < 0 && errno == EINTR {}
+        return ProcessTermination(waitStatus: status).shellStatus
+    }
+
+    // MARK: helpers
+
+    func load(_ id: String) throws -> (ContainerRecord, FileDescriptor) {
+        guard let found = try store.record(id) else { throw RuntimeError("container does not exist") }
+        return found
+    }
+
+    /// created while the worker waits on the FIFO; stopped once PID 1 is
+    /// gone (or a zombie, or another process under a reused pid); paused
+    /// while the cgroup is frozen.
+    func status(_ record: ContainerRecord, dir: FileDescriptor) -> ContainerStatus {
+        guard ProcessStat.isAlive(record.pid, startTime: record.pidStartTime) else { return .stopped }
+        var st = stat()
+        if fstatat(dir.rawValue, "exec.fifo", &st, AT_SYMLINK_NOFOLLOW) == 0 { return .created }
+        if let group = try? CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false), group.isFrozen {
+            return .paused
+        }
+        return .running
+    }
+
+    public func stateDocument(_ r: ContainerRecord, status: ContainerStatus) -> ContainerState {
+        ContainerState(ociVersion: r.ociVersion, id: r.id, status: status.rawValue, pid: status == .stopped ? 0 : r.pid,
+                       bundle: r.bundle, rootfs: r.rootfs, created: r.created, owner: r.owner,
+                       annotations: r.annotations.isEmpty ? nil : r.annotations)
+    }
+
+    /// cgroupsPath in the driver's form, as a path below the hierarchy's
+    /// root. cgroupfs: "/a/b" (relative paths are taken from the root);
+    /// systemd: "slice:prefix:name" -> "/slice.../prefix-name.scope". None:
+    /// "/stockade-runtime/ID".
+    public static func cgroupPath(_ given: String?, id: String, systemd: Bool) throws -> (driver: String, path: String) {
+        guard let given, !given.isEmpty else {
+            return (systemd ? "systemd" : "cgroupfs", "/stockade-runtime/" + id)
+        }
+        if systemd {
+            let parts = given.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3, !parts[2].isEmpty else {
+                throw SpecError("config.json linux.cgroupsPath: \"\(given)\" is not slice:prefix:name (--systemd-cgroup)")
+            }
+            // A slice "a-b-c.slice" lives at /a.slice/a-b.slice/a-b-c.slice.
+            var path = ""
+            let slice = parts[0].isEmpty ? "system.slice" : parts[0]
+            if slice != "-.slice" {
+                guard slice.hasSuffix(".slice") else {
+                    throw SpecError("config.json linux.cgroupsPath: \"\(slice)\" is not a slice name")
+                }
+                let words = slice.dropLast(".slice".count).split(separator: "-")
+                for i in words.indices { path += "/" + words[...i].joined(separator: "-") + ".slice" }
+            }
+            let unit = parts[1].isEmpty ? parts[2] : parts[1] + "-" + parts[2]
+            return ("systemd", path + "/" + (unit.hasSuffix(".slice") ? unit : unit + ".scope"))
+        }
+        let clean = "/" + given.split(separator: "/").joined(separator: "/")
+        guard !given.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+            throw SpecError("config.json linux.cgroupsPath: \"\(given)\" contains . or ..")
+        }
+        return ("cgroupfs", clean)
+    }
+
+    static func setOOMScoreAdj(_ adj: Int) throws {
+        let fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw RuntimeError("process.oomScoreAdj: open /proc/self/oom_score_adj: \(errnoName(errno))") }
+        defer { close(fd) }
+        let text = Array("\(adj)".utf8)
+        guard write(fd, text, text.count) == text.count else {
+            throw RuntimeError("process.oomScoreAdj: write \(adj): \(errnoName(errno))")
+        }
+    }
+
+    /// The pid file: the bare decimal pid, no newline, written to a
+    /// temporary name beside it and renamed, as the shim expects.
+    static func writePidFile(_ path: String, pid: Int32) throws {
+        let absolute = path.hasPrefix("/") ? path : SpecFiles.currentDirectory() + "/" + path
+        let parent = String(absolute[..<(absolute.lastIndex(of: "/") ?? absolute.startIndex)])
+        let name = String(absolute[absolute.index(after: absolute.lastIndex(of: "/")!)...])
+        let dir = open(parent.isEmpty ? "/" : parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dir >= 0 else { throw RuntimeError("--pid-file \(path): open \(parent): \(errnoName(errno))") }
+        defer { close(dir) }
+        let tmp = "." + name + ".tmp"
+        unlinkat(dir, tmp, 0)
+        let fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw RuntimeError("--pid-file \(path): create: \(errnoName(errno))") }
+        let text = Array("\(pid)".utf8)
+        let written = write(fd, text, text.count)
+        close(fd)
+        guard written == text.count, renameat(dir, tmp, dir, name) == 0 else {
+            unlinkat(dir, tmp, 0)
+            throw RuntimeError("--pid-file \(path): write: \(errnoName(errno))")
+        }
+    }
+
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date())
+    }
+
+    static func owner() -> String {
+        guard let pw = getpwuid(geteuid()) else { return "\(geteuid())" }
+        return String(cString: pw.pointee.pw_name)
+    }
+}
+
+/// Where containers' cgroups live: the base is the parent of the container's
+/// cgroup, so that every command finds the same cgroup by its path.
+enum CgroupPlace {
+    static func open(_ path: String, limits: LimitsSection, create: Bool) throws -> JailGroup {
+        var parts = path.split(separator: "/").map(String.init)
+        guard !parts.isEmpty else { throw RuntimeError("cgroup path \(path) is the root") }
+        let leaf = parts.removeLast()
+        if parts.isEmpty { parts = ["stockade-runtime"] }
+        let manager = try CgroupManager(configuration: .init(base: .path("/" + parts.joined(separator: "/")), sweepStale: false))
+        return try manager.container(leaf, limits: limits, create: create)
+    }
+}
+
+/// /proc/PID/stat, read for liveness and start time.
+enum ProcessStat {
+    static func fields(_ pid: Int32) -> [Substring]? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        // After "pid (comm)": state is field 3, starttime field 22.
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    static func startTime(_ pid: Int32) -> UInt64? {
+        guard let f = fields(pid), f.count > 19 else { return nil }
+        return UInt64(f[19])
+    }
+
+    static func isAlive(_ pid: Int32, startTime: UInt64) -> Bool {
+        guard pid > 0, let f = fields(pid), f.count > 19 else { return false }
+        if f[0] == "Z" || f[0] == "X" { return false }
+        return startTime == 0 || UInt64(f[19]) == startTime
+    }
+}
+
+/// config.json and friends, read from the bundle (a directory containerd
+/// or the caller made; never one a container can write).
+public enum SpecFiles {
+    public static func readConfig(bundle: String) throws -> Spec {
+        let path = bundle + "/config.json"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SpecError("\(path): cannot be read (\(String(cString: strerror(errno))))")
+        }
+        return try Spec.decode(Spec.self, from: data, file: "config.json")
+    }
+
+    static func currentDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buffer, buffer.count) != nil else { return "/" }
+        return String(cString: buffer)
+    }
+}
+
+/// A container's terminal: a pty whose leader goes to the console socket
+/// (one fd, one SCM_RIGHTS message, a short payload) and whose follower is
+/// the container's stdio and controlling terminal.
+enum Console {
+    static func attach(_ request: inout LaunchRequest, socket: String?) throws -> PseudoTerminal {
+        guard let socket else { throw RuntimeError("process.terminal is true but no --console-socket was given") }
+        let pty = try PseudoTerminal.open()
+        do {
+            let conn = try UnixSocket.connect(path: socket)
+            defer { try? conn.close() }
+            let payload = Array("/dev/ptmx".utf8)
+            _ = try payload.withUnsafeBytes { try conn.sendMessage($0, passing: [pty.master]) }
+        } catch {
+            try? pty.master.close()
+            try? pty.peer.close()
+            throw RuntimeError("--console-socket \(socket): \(error)")
+        }
+        request.terminal = pty.peer.rawValue
+        request.passedFDs += [(pty.peer.rawValue, 0), (pty.peer.rawValue, 1), (pty.peer.rawValue, 2)]
+        return pty
+    }
+}
+
+/// runtime-spec hooks: run on the host with the state on stdin, each with
+/// its timeout; a failure names the hook.
+enum Hooks {
+    static func run(_ hooks: [Spec.Hook]?, name: String, state: ContainerState) throws {
+        guard let hooks, !hooks.isEmpty else { return }
+        let input = try JSONEncoder().encode(state)
+        for (i, hook) in hooks.enumerated() {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: hook.path)
+            p.arguments = Array((hook.args ?? [hook.path]).dropFirst())
+            var env: [String: String] = [:]
+            for entry in hook.env ?? [] {
+                if let eq = entry.firstIndex(of: "=") { env[String(entry[..<eq])] = String(entry[entry.index(after: eq)...]) }
+            }
+            p.environment = env
+            let stdin = Pipe()
+            p.standardInput = stdin
+            do {
+                try p.run()
+            } catch {
+                throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): \(error)")
+            }
+            // A hook need not read its stdin (EPIPE, not SIGPIPE: main ignores it).
+            try? stdin.fileHandleForWriting.write(contentsOf: input)
+            try? stdin.fileHandleForWriting.close()
+            let deadline = Date().addingTimeInterval(Double(hook.timeout ?? 30))
+            while p.isRunning && Date() < deadline { usleep(5_000) }
+            if p.isRunning {
+                p.terminate()
+                throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): timed out after \(hook.timeout ?? 30) s")
+            }
+            guard p.terminationStatus == 0 else {
+                throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): exited with status \(p.terminationStatus)")
+            }
+        }
+    }
+}

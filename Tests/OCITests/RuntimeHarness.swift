@@ -1,0 +1,286 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The package root, found from this file's path.
+let packageRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
+/// The built runtime, called as containerd's shim calls it: a child
+/// process with global flags before the command.
+let runtimeBinary = packageRoot + "/.build/debug/stockade-runtime"
+
+/// What one runtime command printed and how it ended.
+struct RuntimeRun: CustomStringConvertible {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var description: String { "status \(status), stdout: \(stdout), stderr: \(stderr)" }
+}
+
+/// One test's state directory, log, bundle (busybox-static as the rootfs)
+/// and cgroup parent; removed (containers force-deleted) at the end.
+final class RuntimeFixture {
+    let dir: String
+    let root: String
+    let log: String
+    let bundle: String
+    let cgroupParent: String
+
+    init(_ name: String) throws {
+        dir = "/tmp/stockade-oci-\(name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        root = dir + "/state"
+        log = dir + "/log.json"
+        bundle = dir + "/bundle"
+        cgroupParent = "/stockade-oci-tests-\(getpid())"
+        try Self.makeBundle(bundle)
+    }
+
+    deinit {
+        for id in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
+            _ = try? run(["delete", "--force", id])
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+        // The containers' parent cgroup, in every hierarchy (empty by now;
+        // a test that ran in parallel may still use it, then it stays).
+        let hierarchies = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/" + $0 }
+        for h in hierarchies + ["/sys/fs/cgroup"] { rmdir(h + cgroupParent) }
+    }
+
+    /// A rootfs of busybox-static and its applets, with every mount point
+    /// the spec below needs (the container's root cannot create them: it
+    /// owns nothing of a root-owned rootfs).
+    static func makeBundle(_ bundle: String) throws {
+        let fm = FileManager.default
+        let rootfs = bundle + "/rootfs"
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root", "mnt"] {
+            try fm.createDirectory(atPath: rootfs + "/" + d, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        }
+        chmod(rootfs + "/tmp", 0o1777)
+        try fm.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+        for applet in ["sh", "sleep", "echo", "cat", "ps", "id", "ls", "true", "hostname", "grep", "mkdir", "touch", "head"] {
+            try fm.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
+        }
+        try "stockade-oci-test\n".write(toFile: bundle + "/hostdata", atomically: true, encoding: .utf8)
+        try writeConfig(bundle, args: ["sh", "-c", "echo hello from $(hostname); sleep 60"])
+    }
+
+    /// config.json as `runc spec` writes it, trimmed; `edit` changes the object.
+    static func writeConfig(_ bundle: String, args: [String], cgroupsPath: String? = nil,
+                            edit: (inout [String: Any]) -> Void = { _ in }) throws {
+        let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        var config: [String: Any] = [
+            "ociVersion": "1.0.2",
+            "process": [
+                "terminal": false,
+                "user": ["uid": 0, "gid": 0, "additionalGids": [10]],
+                "args": args,
+                "env": ["PATH=/bin", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": ["bounding": caps, "effective": caps, "permitted": caps],
+                "rlimits": [["type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512]],
+                "noNewPrivileges": true,
+            ] as [String: Any],
+            "root": ["path": "rootfs", "readonly": true],
+            "hostname": "busybox",
+            "mounts": [
+                ["destination": "/proc", "type": "proc", "source": "proc"],
+                ["destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]],
+                ["destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]],
+                ["destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]],
+                ["destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]],
+                ["destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]],
+                ["destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=1m"]],
+                ["destination": "/mnt/hostdata", "type": "bind", "source": "hostdata", "options": ["rbind", "ro", "rprivate"]],
+            ],
+            "annotations": ["org.example.test": "lifecycle"],
+            "linux": [
+                "resources": ["memory": ["limit": 64 << 20], "pids": ["limit": 64]],
+                "cgroupsPath": cgroupsPath ?? "",
+                "namespaces": [["type": "pid"], ["type": "network"], ["type": "ipc"], ["type": "uts"], ["type": "mount"], ["type": "cgroup"]],
+                "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys"],
+            ] as [String: Any],
+        ]
+        edit(&config)
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted])
+        try data.write(to: URL(fileURLWithPath: bundle + "/config.json"))
+    }
+
+    /// A container of the fixture's bundle running `args`, created and started.
+    func startContainer(_ id: String, args: [String]) throws {
+        try Self.writeConfig(bundle, args: args, cgroupsPath: cgroupsPath(id))
+        let created = try run(["create", "--bundle", bundle, id])
+        guard created.status == 0 else { throw RuntimeTestError("create \(id): \(created)") }
+        let started = try run(["start", id])
+        guard started.status == 0 else { throw RuntimeTestError("start \(id): \(started)") }
+    }
+
+    /// The cgroup path each test's container gets (`/parent/ID`).
+    func cgroupsPath(_ id: String) -> String { cgroupParent + "/" + id }
+
+    /// Runs the runtime with `--root`, `--log`, `--log-format json` before
+    /// `args`. Output goes to files, not pipes: a created container keeps the
+    /// stdio it inherited, and a pipe would never reach EOF.
+    @discardableResult
+    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil) throws -> RuntimeRun {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: runtimeBinary)
+        process.arguments = ["--root", root, "--log", log, "--log-format", "json"] + args
+        let out = stdout ?? dir + "/out-\(UUID().uuidString)"
+        let err = dir + "/err-\(UUID().uuidString)"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: err, contents: nil)
+        let outHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        outHandle.seekToEndOfFile()
+        let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+        process.standardOutput = outHandle
+        process.standardError = errHandle
+        let input = Pipe()
+        process.standardInput = stdin == nil ? FileHandle.nullDevice : input
+        try process.run()
+        if let stdin {
+            input.fileHandleForWriting.write(Data(stdin.utf8))
+            try input.fileHandleForWriting.close()
+        }
+        process.waitUntilExit()
+        try outHandle.close()
+        try errHandle.close()
+        let result = RuntimeRun(status: process.terminationStatus,
+                                stdout: stdout == nil ? (try String(contentsOfFile: out, encoding: .utf8)) : "",
+                                stderr: try String(contentsOfFile: err, encoding: .utf8))
+        if stdout == nil { unlink(out) }
+        unlink(err)
+        return result
+    }
+
+    /// `state ID` decoded as a JSON object.
+    func state(_ id: String) throws -> [String: Any] {
+        let r = try run(["state", id])
+        guard r.status == 0, let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+            throw RuntimeTestError("state \(id): \(r)")
+        }
+        return object
+    }
+
+    func status(_ id: String) throws -> String { (try state(id)["status"] as? String) ?? "?" }
+
+    /// Polls `state` until it reports `wanted` (5 s at most).
+    func waitFor(_ id: String, _ wanted: String) throws -> String {
+        var now = try status(id)
+        for _ in 0..<100 where now != wanted {
+            usleep(50_000)
+            now = try status(id)
+        }
+        return now
+    }
+
+    /// Reads a file the container writes to its stdout, waiting for `text`.
+    func waitForOutput(_ path: String, containing text: String) -> String {
+        var content = ""
+        for _ in 0..<100 {
+            content = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            if content.contains(text) { break }
+            usleep(50_000)
+        }
+        return content
+    }
+
+    /// The log's lines, each decoded.
+    func logLines() -> [[String: String]] {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
+        }
+    }
+}
+
+struct RuntimeTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// The cgroup file of a container's memory limit, v1 or v2, on this host.
+func memoryLimitFile(cgroupPath: String) -> String? {
+    for candidate in ["/sys/fs/cgroup/memory" + cgroupPath + "/memory.limit_in_bytes",
+                      "/sys/fs/cgroup" + cgroupPath + "/memory.max",
+                      "/sys/fs/cgroup/unified" + cgroupPath + "/memory.max"] where access(candidate, F_OK) == 0 {
+        return candidate
+    }
+    return nil
+}
+
+/// A small JSON-schema (draft 4) checker for the subset runtime-spec's
+/// state schema uses: type, properties, required, enum, minimum, $ref
+/// (into defs.json), oneOf, patternProperties. Returns the violations.
+struct SchemaChecker {
+    let documents: [String: [String: Any]]
+
+    init(directory: String) throws {
+        var docs: [String: [String: Any]] = [:]
+        for name in ["state-schema.json", "defs.json"] {
+            let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name))
+            docs[name] = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        }
+        documents = docs
+    }
+
+    func check(_ value: Any, against schema: [String: Any], in file: String = "state-schema.json", at path: String = "$") -> [String] {
+        var errors: [String] = []
+        if let ref = schema["$ref"] as? String {
+            let parts = ref.split(separator: "#", maxSplits: 1).map(String.init)
+            let target = ref.hasPrefix("#") ? file : parts[0]
+            var node: Any? = documents[target]
+            for key in (ref.hasPrefix("#") ? parts[0] : parts.count > 1 ? parts[1] : "").split(separator: "/") {
+                node = (node as? [String: Any])?[String(key)]
+            }
+            guard let resolved = node as? [String: Any] else { return ["\(path): unresolved $ref \(ref)"] }
+            return check(value, against: resolved, in: target, at: path)
+        }
+        if let options = schema["oneOf"] as? [[String: Any]] {
+            let matching = options.filter { check(value, against: $0, in: file, at: path).isEmpty }.count
+            if matching != 1 { errors.append("\(path): matches \(matching) of oneOf, not 1") }
+        }
+        if let type = schema["type"] as? String {
+            let ok: Bool
+            switch type {
+            case "object": ok = value is [String: Any]
+            case "string": ok = value is String
+            case "integer": ok = value is Int || (value as? Double).map { $0 == $0.rounded() } ?? false
+            case "array": ok = value is [Any]
+            case "null": ok = value is NSNull
+            default: ok = true
+            }
+            if !ok { errors.append("\(path): not of type \(type)") ; return errors }
+        }
+        if let allowed = schema["enum"] as? [String], let s = value as? String, !allowed.contains(s) {
+            errors.append("\(path): \(s) not in \(allowed)")
+        }
+        if let minimum = schema["minimum"] as? Double, let n = value as? NSNumber, n.doubleValue < minimum {
+            errors.append("\(path): \(n) below \(minimum)")
+        }
+        if let object = value as? [String: Any] {
+            for key in schema["required"] as? [String] ?? [] where object[key] == nil {
+                errors.append("\(path).\(key): required")
+            }
+            for (key, sub) in schema["properties"] as? [String: [String: Any]] ?? [:] {
+                if let v = object[key] { errors += check(v, against: sub, in: file, at: "\(path).\(key)") }
+            }
+            for (_, sub) in schema["patternProperties"] as? [String: [String: Any]] ?? [:] {
+                for (key, v) in object where !key.isEmpty { errors += check(v, against: sub, in: file, at: "\(path).\(key)") }
+            }
+        }
+        return errors
+    }
+
+    func check(state: [String: Any]) -> [String] {
+        check(state, against: documents["state-schema.json"] ?? [:])
+    }
+}
