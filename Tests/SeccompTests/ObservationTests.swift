@@ -227,6 +227,11 @@ extension SeccompTests {
                                                      profile: text, onLandlockDenial: { d in seen.withLock { $0.append(d.blockers) } })
         #expect(exit.status == 0 && output == "denied\ndenied\ndenied\n", "\(output)")
         let watch = try #require(jail.landlockWatch, "\(jail.landlockUnobserved ?? "")")
+        // The records come through the kernel's audit thread and may still
+        // be on their way when the jail has ended (a loaded host): wait for
+        // them, then check what they say.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while watch.tally().total < 3 || seen.withLock({ $0.count }) < 3, ContinuousClock.now < deadline { usleep(20_000) }
         let tally = watch.tally()
         #expect(tally.total == 3, "\(tally)")
         #expect(tally.byBlocker["fs.make_dir"] == 3, "\(tally)")
