@@ -163,6 +163,15 @@ extension StringProtocol {
         count >= width ? String(self) : String(self) + String(repeating: " ", count: width - count)
     }
 
+    /// Without leading and trailing whitespace, line ends included (a
+    /// CR LF pair is one Character, so a set string could miss it).
+    package func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while s.first?.isWhitespace == true { s = s.dropFirst() }
+        while s.last?.isWhitespace == true { s = s.dropLast() }
+        return String(s)
+    }
+
     package func trimmingCharacters(in set: String) -> String {
         var s = Substring(self)
         while let f = s.first, set.contains(f) { s = s.dropFirst() }

@@ -76,7 +76,7 @@ struct TopCommand: ParsableCommand {
             guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
                 throw StockadeFailure(message: "top: cannot read the token file \(tokenFile)", status: 66)
             }
-            let token = text.trimmingCharacters(in: " \t\r\n")
+            let token = text.trimmingWhitespace()
             guard !token.isEmpty else { throw StockadeFailure(message: "top: the token file \(tokenFile) is empty", status: 65) }
             return token
         }

@@ -16,6 +16,13 @@ extension SeccompTests {
         var request = LaunchRequest(profile: profile, command: command)
         request.extraMounts = [MountSpec(kind: .bind, source: try Helpers.path("sysc").replacingOccurrences(of: "/sysc", with: ""),
                                          target: "/helpers")] + extraMounts
+        let (exit, output, _) = try launchCapturingOutput(&request)
+        return (exit, output)
+    }
+
+    /// Prepares and launches `request` with its stdout and stderr on one
+    /// host file, waits for the jail, and returns what it printed.
+    static func launchCapturingOutput(_ request: inout LaunchRequest) throws -> (exit: JailExit, output: String, jail: Jail) {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-e2e-\(UUID().uuidString).out").path
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw Helpers.BuildError(description: "open \(path): \(errno)") }
@@ -31,7 +38,7 @@ extension SeccompTests {
         }
         close(fd)
         let exit = try jail.wait(timeLimit: .seconds(120))
-        return (exit, (try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
+        return (exit, (try? String(contentsOfFile: path, encoding: .utf8)) ?? "", jail)
     }
 
     /// One shell in one jail runs every case; each prints sysc's line (if

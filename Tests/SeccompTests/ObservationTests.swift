@@ -32,22 +32,7 @@ extension SeccompTests {
         request.extraMounts = [MountSpec(kind: .bind, source: URL(fileURLWithPath: try Helpers.path("denyloop")).deletingLastPathComponent().path,
                                          target: "/helpers")]
         request.seccompObservation = SeccompObservation(notify: notify, options: options, onLandlockDenial: onLandlockDenial)
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-observe-\(UUID().uuidString).out").path
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Helpers.BuildError(description: "open \(path): \(errno)") }
-        defer { unlink(path) }
-        request.passedFDs = [(fd, 1), (fd, 2)]
-        try JailSecurity.prepare(&request)
-        let jail: Jail
-        do {
-            jail = try Launcher.launch(request)
-        } catch {
-            close(fd)
-            throw error
-        }
-        close(fd)
-        let exit = try jail.wait(timeLimit: .seconds(120))
-        return (exit, (try? String(contentsOfFile: path, encoding: .utf8)) ?? "", jail)
+        return try JailEndToEndTests.launchCapturingOutput(&request)
     }
 
     @Test("the observed filter notifies exactly the denied calls; allowed calls, kills and ENOSYS fallbacks are unchanged")
