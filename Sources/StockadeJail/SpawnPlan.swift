@@ -391,11 +391,13 @@ struct SpawnPlan {
     /// jail's, and the kernel stops such a move at the jail's cgroup
     /// namespace only on a v2 mount with `nsdelegate`. A read-only bind
     /// shows the tree and writes nothing.
-    static func checkCgroupBinds(_ planned: [Labelled],
-                                 mountinfo: String = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "") throws {
+    /// The mount table is read only when there is a writable bind to check
+    /// (`mountinfo` given: tests).
+    static func checkCgroupBinds(_ planned: [Labelled], mountinfo: String? = nil) throws {
         let writable = planned.filter(\.writable).compactMap { p in p.mount.recorded.map { (p.label, $0) } }
         guard !writable.isEmpty else { return }
-        let cgroups = CgroupHost.mountPoints(mountinfo: mountinfo).map { point -> (String, UInt64?) in
+        let table = mountinfo ?? CgroupFS.read("/proc/self/mountinfo") ?? ""
+        let cgroups = CgroupHost.mountPoints(mountinfo: table).map { point -> (String, UInt64?) in
             var st = stat()
             return (point, stat(point, &st) == 0 ? UInt64(st.st_dev) : nil)
         }
