@@ -121,7 +121,9 @@ public final class Jail: Sendable {
 
     /// Waits for the jail to end, killing it when `timeLimit` runs out, then
     /// reads its accounting and removes its cgroup.
-    public func wait(timeLimit: Duration? = nil) throws -> JailExit {
+    /// `onStatus` gets the worker's shell-style status as soon as it is
+    /// known, before the cgroup is read and removed.
+    public func wait(timeLimit: Duration? = nil, onStatus: ((Int32) -> Void)? = nil) throws -> JailExit {
         if let done = state.withLock({ $0.exit }) { return done }
         // Capped far beyond any limit a file or the command line may give
         // (a year), so that the addition cannot overflow.
@@ -139,7 +141,7 @@ public final class Jail: Sendable {
             }
             if try process.waitForExit(timeoutMilliseconds: timeout) { break }
         }
-        return try finish()
+        return try finish(onStatus: onStatus)
     }
 
     /// Milliseconds for one poll when `left` remains (rounded up, at least
@@ -152,7 +154,7 @@ public final class Jail: Sendable {
         return Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
     }
 
-    private func finish() throws -> JailExit {
+    private func finish(onStatus: ((Int32) -> Void)? = nil) throws -> JailExit {
         let pid1 = try process.reap()
         let wall = ContinuousClock.now - startedAt
         var worker = pid1
@@ -163,6 +165,7 @@ public final class Jail: Sendable {
                 worker = ProcessTermination(waitStatus: value)
             }
         }
+        onStatus?(worker.shellStatus)
         try? status.close()
         try? liveness.close()
         // Every notified call was answered before its process could exit.
