@@ -205,6 +205,9 @@ package final class JailPools: @unchecked Sendable {
     /// Waiting jails per pool (tests and metrics).
     package func readyCounts() -> [String: Int] { pools.mapValues(\.readyCount) }
 
+    /// Jails running a caller's command now.
+    package var activeCount: Int { active.withLock { $0.count } }
+
     package func start() throws {
         let fd = try Self.listen(path: config.socketPath, mode: config.socketMode)
         listener.withLock { $0 = fd }
