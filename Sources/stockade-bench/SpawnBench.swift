@@ -53,15 +53,18 @@ func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
 }
 
-func spawnBench() throws {
+/// bubblewrap running /bin/true in a jail like the minimal profile's.
+let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
+                 "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
+                 "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]
+
+/// Writes `profile` without its [limits] table (the launch without a
+/// cgroup, the case bubblewrap, which makes none, is compared with) to a
+/// temporary file and returns its path.
+func profileWithoutLimits(_ profile: String) throws -> String {
     let env = ProcessInfo.processInfo.environment
-    let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
-    let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
-    let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
-    // The same profile without its [limits] table: the launch without a
-    // cgroup, the case bubblewrap (which makes none) is compared with.
     let unlimited = (env["TMPDIR"] ?? "/tmp") + "/stockade-bench-\(getpid())-nolimits.toml"
-    defer { unlink(unlimited) }
     var inLimits = false
     let profileText = (try? String(contentsOfFile: profile, encoding: .utf8)) ?? ""
     let unlimitedText = profileText.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
@@ -69,12 +72,19 @@ func spawnBench() throws {
         return !inLimits
     }.joined(separator: "\n")
     try unlimitedText.write(toFile: unlimited, atomically: true, encoding: .utf8)
+    return unlimited
+}
+
+func spawnBench() throws {
+    let env = ProcessInfo.processInfo.environment
+    let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
+    let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
+    let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
+    let unlimited = try profileWithoutLimits(profile)
+    defer { unlink(unlimited) }
     let contenders: [(String, [String])] = [
         ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
-        ("bwrap --unshare-all ...", ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                                     "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
-                                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
-                                     "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]),
+        ("bwrap --unshare-all ...", bwrapTrue),
         ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
         ("/bin/true (no jail)", ["/bin/true"]),
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
