@@ -178,6 +178,10 @@ package final class JailPools: @unchecked Sendable {
     private let active = Mutex<[ObjectIdentifier: Jail]>([:])
     private let running = Atomic<Bool>(false)
     private let acceptDone = DispatchSemaphore(value: 0)
+    /// Open caller connections, each a thread: bounded, so that callers
+    /// (any uid may connect before it is checked) cannot exhaust threads.
+    private let connections = Atomic<Int>(0)
+    static let maxConnections = 512
 
     /// The signals a caller may forward into its jail.
     static let forwardable: Set<Int32> = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGWINCH, SIGCONT, SIGTSTP]
@@ -275,8 +279,16 @@ package final class JailPools: @unchecked Sendable {
             }
             // Close-on-exec before any jail is cloned from another thread.
             _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
+            let fd = FileDescriptor(rawValue: conn)
+            guard connections.add(1, ordering: .relaxed).newValue <= Self.maxConnections else {
+                connections.subtract(1, ordering: .relaxed)
+                answer(fd, ["error", "the daemon has \(Self.maxConnections) run --via callers already; try again", "125"])
+                try? fd.close()
+                continue
+            }
             Thread.detachNewThread { [self] in
-                serve(FileDescriptor(rawValue: conn))
+                serve(fd)
+                connections.subtract(1, ordering: .relaxed)
             }
         }
     }
@@ -461,7 +473,13 @@ package final class JailPools: @unchecked Sendable {
                 }
             }
         }
-        if socketOpen { try? w.socket.close() }
+        if socketOpen {
+            // A failure record the worker sent just before it exited, not
+            // yet read when PID 1's exit ended the loop.
+            let got = scratch.withUnsafeMutableBytes { recv(w.socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if got > 0 { failure = ViaJail.failure(Array(scratch[..<got])) }
+            try? w.socket.close()
+        }
         let exit = try? jail.wait { status in
             if callerGone { return }
             if let failure {

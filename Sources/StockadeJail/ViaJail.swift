@@ -149,31 +149,11 @@ public enum ViaJail {
 
     /// A connected SOCK_SEQPACKET pair, both ends close-on-exec.
     public static func socketPair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
-        var fds: [CInt] = [-1, -1]
-        _ = try retryingSyscall {
-            socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
-        }
-        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+        try UnixSocketPair.make(.seqPacket)
     }
 
     /// Connects a close-on-exec SOCK_SEQPACKET socket to `path`.
     public static func connect(path: String) throws(Errno) -> FileDescriptor {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw Errno.fileNameTooLong }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-        }
-        let fd = try retryingSyscall { socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let code = Errno(rawValue: errno)
-            Glibc.close(fd)
-            throw code
-        }
-        return FileDescriptor(rawValue: fd)
+        try UnixSocket.connect(path: path, .seqPacket)
     }
 }

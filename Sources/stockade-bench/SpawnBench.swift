@@ -75,6 +75,24 @@ func profileWithoutLimits(_ profile: String) throws -> String {
     return unlimited
 }
 
+/// Each command's wall times in ms, `runs` rounds of one run each in
+/// turn, so that all see the same machine load; a command that does not run
+/// here is said so once and gets no samples.
+func timeInterleaved(_ contenders: [(String, [String])], runs: Int) -> [[Double]] {
+    var samples = Array(repeating: [Double](), count: contenders.count)
+    let available = contenders.map { c in
+        let ok = timeCommand(c.1) != nil
+        if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
+        return ok
+    }
+    for _ in 0..<runs {
+        for (i, c) in contenders.enumerated() where available[i] {
+            if let t = timeCommand(c.1) { samples[i].append(t) }
+        }
+    }
+    return samples
+}
+
 func spawnBench() throws {
     let env = ProcessInfo.processInfo.environment
     let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
@@ -91,17 +109,7 @@ func spawnBench() throws {
         ("stockade --version", [stockade, "--version"]),
     ]
     print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
-    var samples = Array(repeating: [Double](), count: contenders.count)
-    let available = contenders.map { c in
-        let ok = timeCommand(c.1) != nil
-        if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
-        return ok
-    }
-    for _ in 0..<runs {
-        for (i, c) in contenders.enumerated() where available[i] {
-            if let t = timeCommand(c.1) { samples[i].append(t) }
-        }
-    }
+    let samples = timeInterleaved(contenders, runs: runs)
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
     let unshare = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
     print("| command | median ms | p90 ms | vs bwrap | vs unshare |")

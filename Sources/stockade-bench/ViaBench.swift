@@ -48,17 +48,7 @@ func viaBench() throws {
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", profile, "--", "/bin/true"]),
     ]
     print("## run --via: /bin/true in a jail built ahead (\(runs) runs each, interleaved; pool of \(ready))\n")
-    var samples = Array(repeating: [Double](), count: contenders.count)
-    let available = contenders.map { c in
-        let ok = timeCommand(c.1) != nil
-        if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
-        return ok
-    }
-    for _ in 0..<runs {
-        for (i, c) in contenders.enumerated() where available[i] {
-            if let t = timeCommand(c.1) { samples[i].append(t) }
-        }
-    }
+    let samples = timeInterleaved(contenders, runs: runs)
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
     let run = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
     print("| command | median ms | p90 ms | vs bwrap | vs stockade run |")

@@ -84,6 +84,17 @@ struct ViaTests {
             var stderr: String
         }
 
+        /// Starts `stockade run --via -- command`, its stdout on the pipe returned.
+        func start(_ command: [String]) throws -> (Process, Pipe) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ViaTests.client)
+            p.arguments = ["run", "--via", socket, "--"] + command
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            return (p, out)
+        }
+
         /// Runs `stockade run --via` with `args` before `--` and `command` after it.
         func run(_ command: [String], args: [String] = [], stdin: String? = nil, stdinFD: Int32? = nil) throws -> Result {
             let p = Process()
@@ -106,6 +117,26 @@ struct ViaTests {
             p.waitUntilExit()
             return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
                           stderr: String(decoding: e, as: UTF8.self))
+        }
+    }
+
+    @Test("[via] mistakes are refused with the file, line and key", arguments: [
+        ("socket = \"api.sock\"\n[via.pool.p]\nprofile = \"PROFILE\"\nuids = [0]", "give [via] a socket of its own"),
+        ("socket = \"via.sock\"\n[via.pool.p]\nprofile = \"PROFILE\"", "uids"),
+        ("socket = \"via.sock\"\n[via.pool.p]\nprofile = \"PROFILE\"\nuids = [-1]", "not a uid"),
+        ("socket = \"via.sock\"\n[via.pool.p]\nprofile = \"PROFILE\"\nuids = [0]\nready = 0", "ready"),
+        ("socket = \"via.sock\"", "no pools"),
+        ("socket = \"via.sock\"\n[via.pool.p]\nprofile = \"PROFILE\"\nuids = [0]\nworkers = 3", "workers"),
+    ])
+    func configErrors(via: String, expected: String) throws {
+        let text = "[daemon]\nsocket = \"api.sock\"\naudit_log = \"audit.jsonl\"\n\n[via]\n"
+            + via.replacingOccurrences(of: "PROFILE", with: Fixture.repo + "/profiles/minimal.toml") + "\n"
+        do {
+            _ = try DaemonConfig.parse(text: text, file: "/tmp/via-config-test.toml")
+            Issue.record("accepted: \(via)")
+        } catch {
+            #expect(error.description.contains(expected), "\(error.description)")
+            #expect(error.description.contains("/tmp/via-config-test.toml"), "\(error.description)")
         }
     }
 
@@ -233,12 +264,7 @@ struct ViaTests {
     @Test("a signal to the client reaches the command; a client that dies takes its jail with it")
     func signals() throws {
         let h = try Harness()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.client)
-        p.arguments = ["run", "--via", h.socket, "--", "/bin/sh", "-c", "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.05; done"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
+        let (p, out) = try h.start(["/bin/sh", "-c", "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.05; done"])
         // Wait for "ready": the trap is set.
         var seen = Data()
         while !String(decoding: seen, as: UTF8.self).contains("ready") {
@@ -253,13 +279,11 @@ struct ViaTests {
         #expect(String(decoding: seen, as: UTF8.self).contains("got-term"))
 
         // A client killed outright (no signal to forward): its hang-up ends the jail.
-        let q = Process()
-        q.executableURL = URL(fileURLWithPath: Self.client)
-        q.arguments = ["run", "--via", h.socket, "--", "/bin/sh", "-c", "trap '' TERM HUP INT; echo ready; while :; do sleep 0.05; done"]
-        let qout = Pipe()
-        q.standardOutput = qout
-        try q.run()
+        let (q, qout) = try h.start(["/bin/sh", "-c", "trap '' TERM HUP INT; echo ready; while :; do sleep 0.05; done"])
         _ = qout.fileHandleForReading.availableData
+        // The daemon counts the jail once its supervision starts, a moment after the command does.
+        let started = Date() + 10
+        while (h.daemon.jailPools?.activeCount ?? 0) == 0, Date() < started { usleep(1_000) }
         #expect(h.daemon.jailPools?.activeCount == 1)
         kill(q.processIdentifier, SIGKILL)
         q.waitUntilExit()
