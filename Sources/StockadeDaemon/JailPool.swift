@@ -102,12 +102,19 @@ final class JailPool: @unchecked Sendable {
     }
 
     /// A waiting jail, taken out of the pool for good: a ready one, else
-    /// one built now. The builder then replaces it.
+    /// one built now (and the builder woken to refill the pool).
     func take() throws -> WaitingJail {
         let ready = state.withLock { s -> WaitingJail? in s.ready.isEmpty ? nil : s.ready.removeFirst() }
-        wake.signal()
         if let ready { return ready }
+        wake.signal()
         return try build()
+    }
+
+    /// A taken jail has ended: the builder replaces it now, not while it
+    /// ran, so that the build does not compete with the caller's command
+    /// for the CPU.
+    func replace() {
+        wake.signal()
     }
 
     private func builderLoop() {
@@ -389,6 +396,9 @@ package final class JailPools: @unchecked Sendable {
         }
         // A waiting jail whose worker died meanwhile refuses the message
         // (EPIPE): discarded, and the next one taken.
+        // Whatever becomes of the jails taken here, the pool is refilled
+        // once this caller is done.
+        defer { pool.replace() }
         var taken: WaitingJail?
         for _ in 0..<3 {
             let w: WaitingJail
@@ -431,8 +441,11 @@ package final class JailPools: @unchecked Sendable {
         var socketOpen = true
         var callerGone = false
         var scratch = [UInt8](repeating: 0, count: 512)
+        // The jail's end is seen on its status pipe: PID 1 writes the
+        // worker's status there before it exits and the kernel tears the
+        // namespaces down, which the caller need not wait for.
         while true {
-            var entries = [pollfd(fd: jail.process.fd.rawValue, events: Int16(POLLIN), revents: 0),
+            var entries = [pollfd(fd: jail.statusDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: callerGone ? -1 : conn.rawValue, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: socketOpen ? w.socket.rawValue : -1, events: Int16(POLLIN), revents: 0)]
             var timeout: Int32 = -1
@@ -480,14 +493,19 @@ package final class JailPools: @unchecked Sendable {
             if got > 0 { failure = ViaJail.failure(Array(scratch[..<got])) }
             try? w.socket.close()
         }
-        let exit = try? jail.wait { status in
+        // PID 1 reported the worker's status, or ended without one (killed):
+        // then its own end, after the teardown, gives the status.
+        let reported = jail.reportedStatus()
+        func tell(_ status: Int32) {
             if callerGone { return }
             if let failure {
-                self.answer(conn, ["error", failure.description, "125"])
+                answer(conn, ["error", failure.description, "125"])
             } else {
-                self.answer(conn, ["exit", String(status), timedOut ? JailExit.Reason.timeLimit.rawValue : "exited"])
+                answer(conn, ["exit", String(status), timedOut ? JailExit.Reason.timeLimit.rawValue : "exited"])
             }
         }
-        if exit == nil, !callerGone { answer(conn, ["error", "the jail could not be waited for", "125"]) }
+        if let reported { tell(reported) }
+        let exit = try? jail.wait { status in if reported == nil { tell(status) } }
+        if exit == nil, reported == nil, !callerGone { answer(conn, ["error", "the jail could not be waited for", "125"]) }
     }
 }

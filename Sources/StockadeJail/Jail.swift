@@ -74,6 +74,25 @@ public final class Jail: Sendable {
     private struct State {
         var killedFor: JailExit.Reason?
         var exit: JailExit?
+        /// The worker's raw wait status, once read by ``reportedStatus()``.
+        var workerStatus: Int32?
+    }
+
+    /// Readable once PID 1 has written the worker's wait status (or has
+    /// exited without one): poll it to learn the worker's end before PID 1
+    /// and the jail's namespaces are gone; then ``reportedStatus()``.
+    public var statusDescriptor: FileDescriptor { status }
+
+    /// The worker's shell-style status when PID 1 has reported it (call
+    /// once ``statusDescriptor`` is readable; it blocks until then); nil
+    /// when PID 1 ended without one. ``wait(timeLimit:onStatus:)`` still
+    /// reaps and cleans up afterwards.
+    public func reportedStatus() -> Int32? {
+        if let raw = state.withLock({ $0.workerStatus }) { return ProcessTermination(waitStatus: raw).shellStatus }
+        guard hasReaper, let bytes = try? status.readUpTo(4), bytes.count == 4 else { return nil }
+        let raw = bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+        state.withLock { $0.workerStatus = raw }
+        return ProcessTermination(waitStatus: raw).shellStatus
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
@@ -159,10 +178,14 @@ public final class Jail: Sendable {
         let wall = ContinuousClock.now - startedAt
         var worker = pid1
         if hasReaper {
-            let raw = (try? status.readUpTo(4)) ?? []
-            if raw.count == 4 {
-                let value = raw.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+            if let value = state.withLock({ $0.workerStatus }) {
                 worker = ProcessTermination(waitStatus: value)
+            } else {
+                let raw = (try? status.readUpTo(4)) ?? []
+                if raw.count == 4 {
+                    let value = raw.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+                    worker = ProcessTermination(waitStatus: value)
+                }
             }
         }
         onStatus?(worker.shellStatus)

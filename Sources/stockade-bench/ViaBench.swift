@@ -5,6 +5,9 @@
 // rebuilds a used jail in the background while the others are measured,
 // as it would on a host where jails are asked for one after the other.
 import StockadeDaemon
+import StockadeJail
+import StockadeSystem
+import SystemPackage
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -48,12 +51,32 @@ func viaBench() throws {
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", profile, "--", "/bin/true"]),
     ]
     print("## run --via: /bin/true in a jail built ahead (\(runs) runs each, interleaved; pool of \(ready))\n")
-    let samples = timeInterleaved(contenders, runs: runs)
+    var samples = timeInterleaved(contenders, runs: runs)
+    // The daemon's and the jail's share: the same request from this process
+    // (no client process to start), as many times, after the others.
+    let null = FileDescriptor(rawValue: open("/dev/null", O_RDWR | O_CLOEXEC))
+    defer { try? null.close() }
+    let request = ViaWire.encode(magic: ViaWire.requestMagic, [[""], ["/bin/true"], [], []])
+    var inProcess: [Double] = []
+    var answer = [UInt8](repeating: 0, count: 4096)
+    for _ in 0..<runs {
+        let start = ContinuousClock.now
+        guard let conn = try? ViaJail.connect(path: dir + "/via.sock") else { break }
+        defer { try? conn.close() }
+        guard (try? request.withUnsafeBytes({ try conn.sendMessage($0, passing: [null, null, null]) })) != nil,
+              let got = try? answer.withUnsafeMutableBytes({ try conn.receiveMessage(into: $0, maxDescriptors: 0) }),
+              got.byteCount > 0 else { break }
+        inProcess.append((ContinuousClock.now - start).inMilliseconds)
+        // As much time between requests as the interleaved runs left the pool.
+        usleep(20_000)
+    }
+    samples.append(inProcess)
+    let rows = contenders + [("the same request from this process (no client start)", [])]
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
     let run = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
     print("| command | median ms | p90 ms | vs bwrap | vs stockade run |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for (i, c) in contenders.enumerated() {
+    for (i, c) in rows.enumerated() {
         guard !samples[i].isEmpty else { continue }
         let s = Stats(samples: samples[i])
         let vsB = bwrap.map { fmt(s.median / $0) + "x" } ?? "-"
