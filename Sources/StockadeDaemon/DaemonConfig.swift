@@ -103,6 +103,9 @@ package struct TenantConfig: Sendable {
     package var access: [String: Role]
     /// on_denial and denials_per_minute: the tenant's own, over the profile's `[denials]`.
     package var denials: DenialPolicy
+    /// `template = true`: one jailed template loads the model and the
+    /// workers are forked from it (the SDK's serve_template; WorkerTemplate).
+    package var template = false
 
     package init(name: String, profilePath: String, profile: Profile, command: [String]) {
         self.name = name
@@ -342,6 +345,7 @@ package struct DaemonConfig: Sendable {
             if let env = try t.stringTable("env") {
                 tenant.environment = env.map { ($0.0, DaemonPath.expand($0.1, configDir: dir)) }
             }
+            tenant.template = try t.bool("template") ?? false
             tenant.minWorkers = try t.int("workers_min", in: 0...1024) ?? 1
             tenant.maxWorkers = try t.int("workers_max", in: 1...1024) ?? max(1, tenant.minWorkers)
             guard tenant.maxWorkers >= tenant.minWorkers else {

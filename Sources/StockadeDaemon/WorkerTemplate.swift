@@ -74,17 +74,25 @@ package final class ForkedWorker: Sendable {
     package let pid: Int32
     package let process: ProcessHandle
     package let channel: SecureChannel
+    package let startedAt = ContinuousClock.now
+    /// Why the daemon killed it, if it did.
+    private let killedFor = Mutex<JailExit.Reason?>(nil)
+    /// The wait status the template reported, waiting up to the given time.
+    private let reportedStatus: @Sendable (Duration) -> Int32?
 
-    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel) {
+    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel,
+         reportedStatus: @escaping @Sendable (Duration) -> Int32?) {
         self.id = id
         self.number = number
         self.pid = process.pid
         self.process = process
         self.channel = channel
+        self.reportedStatus = reportedStatus
     }
 
     /// SIGKILL through the pidfd (never a recycled pid).
-    package func kill() {
+    package func kill(reason: JailExit.Reason = .killed) {
+        killedFor.withLock { if $0 == nil { $0 = reason } }
         try? process.send(signal: SIGKILL)
     }
 
@@ -92,6 +100,15 @@ package final class ForkedWorker: Sendable {
     /// template, reaps it); true when it has ended.
     package func waitForExit(milliseconds: Int32) -> Bool {
         (try? process.waitForExit(timeoutMilliseconds: milliseconds)) ?? true
+    }
+
+    /// Blocks until the worker has ended and says how, from the status the
+    /// template reaped (waiting a moment for its report).
+    package func wait(profile: String) -> JailExit {
+        while !waitForExit(milliseconds: -1) {}
+        let status = reportedStatus(.seconds(2))
+        return JailExit(forkedWaitStatus: status, killedFor: killedFor.withLock { $0 },
+                        wallSeconds: (ContinuousClock.now - startedAt).inSeconds, profile: profile)
     }
 
     deinit {
@@ -117,6 +134,8 @@ package final class WorkerTemplate: @unchecked Sendable {
         var outcomes: [UInt32: Outcome] = [:]
         var waiting: Set<UInt32> = []
         var live: [UInt32: Int32] = [:]
+        /// Wait statuses the template reported, until a worker's watcher takes them.
+        var reported: [UInt32: Int32] = [:]
         /// Why the control channel ended; nil while it is open.
         var ended: String?
         var readerDone = false
@@ -236,7 +255,9 @@ package final class WorkerTemplate: @unchecked Sendable {
             var channelLogger = logger
             channelLogger[metadataKey: "worker"] = "\(id)"
             let channel = try bootstrap.connect(logger: channelLogger, handshakeTimeoutMilliseconds: left)
-            return ForkedWorker(id: id, number: number, process: process, channel: channel)
+            return ForkedWorker(id: id, number: number, process: process, channel: channel) { [weak self] wait in
+                self?.takeStatus(of: number, waitingUpTo: wait)
+            }
         } catch {
             try? process.send(signal: SIGKILL)
             try? process.fd.close()
@@ -250,13 +271,26 @@ package final class WorkerTemplate: @unchecked Sendable {
     /// Why the control channel ended, nil while the template serves.
     package var endedReason: String? { state.withLock { $0.ended } }
 
+    /// The wait status the template reported for worker `number`, waiting
+    /// up to `wait` for it; nil when none came.
+    func takeStatus(of number: UInt32, waitingUpTo wait: Duration) -> Int32? {
+        wakeups.wait(until: ContinuousClock.now + wait) { state.withLock { $0.reported[number] != nil || $0.readerDone } }
+        return state.withLock { $0.reported.removeValue(forKey: number) }
+    }
+
     /// Closes the control channel: the template kills and reaps its forked
-    /// workers and exits. Waits up to `grace` for the jail, then kills it.
-    package func stop(grace: Duration = .seconds(5)) -> JailExit? {
+    /// workers and exits. Waits up to `grace` for it, then kills the jail.
+    /// Whoever waits on the jail reaps it (``stop(grace:)`` does).
+    package func shutdown(grace: Duration = .seconds(5)) {
         try? control.shutdownBoth()
         if (try? process.waitForExit(timeoutMilliseconds: Int32(grace.inMilliseconds))) != true {
             jail.kill()
         }
+    }
+
+    /// ``shutdown(grace:)``, then reaps the jail and waits for the reader.
+    package func stop(grace: Duration = .seconds(5)) -> JailExit? {
+        shutdown(grace: grace)
         let exit = try? jail.wait()
         wakeups.wait(until: ContinuousClock.now + .seconds(5)) { state.withLock { $0.readerDone } }
         return exit
@@ -298,7 +332,11 @@ package final class WorkerTemplate: @unchecked Sendable {
                 }
             case TemplateMessage.exited:
                 try? m.pidfd?.close()
-                let known = state.withLock { $0.live.removeValue(forKey: m.number) != nil }
+                let known = state.withLock { s in
+                    guard s.live.removeValue(forKey: m.number) != nil else { return false }
+                    s.reported[m.number] = m.value
+                    return true
+                }
                 if known { onExit(m.number, m.value) }
             default:
                 try? m.pidfd?.close()
@@ -310,6 +348,7 @@ package final class WorkerTemplate: @unchecked Sendable {
             s.ended = why
             s.readerDone = true
             defer { s.live = [:] }
+            for n in s.live.keys { s.reported[n] = Int32(SIGKILL) }
             return Array(s.live.keys)
         }
         // The forked workers end with the template (PR_SET_PDEATHSIG and the

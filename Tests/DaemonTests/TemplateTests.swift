@@ -196,3 +196,55 @@ struct TemplateTests {
         #expect(error?.description.contains("OPENBLAS_NUM_THREADS=1") == true)
     }
 }
+
+/// The PPid line of a host process's /proc status (the daemon's view).
+private func hostParent(of pid: Int32) -> Int32? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix("PPid:") {
+        return Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+    }
+    return nil
+}
+
+@Suite(.serialized, .enabled(if: Fixture.hasVenv, "needs the venv (make venv) for the jailed Python worker"))
+struct TemplateTenantTests {
+    @Test("A template tenant serves from forked workers; a dead fork is replaced by a fork, a dead template by a new template")
+    func templateTenant() throws {
+        let d = try RunningDaemon(tenants: [Fixture.Tenant(name: "tpl", min: 2, max: 2, extra: "template = true",
+                                                           access: ["alice": "invoker"], worker: "template_worker.py")])
+        defer { d.close() }
+        let pool = try #require(d.daemon.pool("tpl"))
+        func idle() -> [WorkerInfo] { pool.workers().filter { $0.state == "idle" } }
+        #expect(d.waitUntil(60) { idle().count == 2 }, "\(pool.info())")
+        let first = idle()
+        let templatePid = try #require(hostParent(of: first[0].pid))
+        #expect(hostParent(of: first[1].pid) == templatePid, "both workers are children of one template")
+        #expect(!first.map(\.pid).contains(templatePid))
+        let alice = d.client("alice")
+        for _ in 0..<4 {
+            let r = try alice.infer("tpl", "echo:hi")
+            #expect(r.status == 200 && r.text == "tpl:hi", "\(r.status) \(r.text)")
+        }
+
+        // A forked worker that dies is replaced by a new fork of the same template.
+        kill(first[0].pid, SIGKILL)
+        #expect(d.waitUntil(30) { let w = idle(); return w.count == 2 && !w.map(\.id).contains(first[0].id) }, "\(pool.workers())")
+        let second = idle()
+        for w in second { #expect(hostParent(of: w.pid) == templatePid) }
+
+        // The template dies: its workers end with it, and a new template forks their replacements.
+        kill(templatePid, SIGKILL)
+        #expect(d.waitUntil(60) {
+            let w = idle()
+            return w.count == 2 && Set(w.map(\.id)).isDisjoint(with: second.map(\.id))
+        }, "\(pool.workers())")
+        let third = idle()
+        let newTemplate = try #require(hostParent(of: third[0].pid))
+        #expect(newTemplate != templatePid)
+        #expect(hostParent(of: third[1].pid) == newTemplate)
+        let r = try alice.infer("tpl", "echo:again")
+        #expect(r.status == 200 && r.text == "tpl:again")
+        let launches = d.auditEvents().filter { $0["event"] as? String == "launch" }.compactMap { $0["worker"] as? String }
+        #expect(launches.contains("tpl-template-1") && launches.contains("tpl-template-2"), "\(launches)")
+    }
+}
