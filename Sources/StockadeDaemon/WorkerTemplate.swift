@@ -237,31 +237,42 @@ package final class WorkerTemplate: @unchecked Sendable {
         // child's channel from showing end of stream.
         bootstrap.closeWorkerEnds()
         let deadline = ContinuousClock.now + timeout
-        wakeups.wait(until: deadline) { state.withLock { $0.outcomes[number] != nil || $0.ended != nil } }
+        // The handshake runs while FORKED is on its way to the reader: the
+        // child sends FORKED before it answers the handshake, so it is here
+        // by the time the handshake is done (one wakeup less per fork). A
+        // refused fork ends the handshake at once: nobody holds the
+        // worker's end of the socket then.
+        var channelLogger = logger
+        channelLogger[metadataKey: "worker"] = "\(id)"
+        let handshake: Result<SecureChannel, ChannelError>
+        do throws(ChannelError) {
+            handshake = .success(try bootstrap.connect(logger: channelLogger,
+                                                       handshakeTimeoutMilliseconds: max(1, Int(timeout.inMilliseconds))))
+        } catch {
+            handshake = .failure(error)
+        }
+        let wait: ContinuousClock.Instant = if case .success = handshake { deadline } else { min(deadline, .now + .seconds(2)) }
+        wakeups.wait(until: wait) { state.withLock { $0.outcomes[number] != nil || $0.ended != nil } }
         let outcome: Outcome? = state.withLock { s in
             s.waiting.remove(number)
             return s.outcomes.removeValue(forKey: number)
         }
-        let process: ProcessHandle
-        switch outcome {
-        case .forked(let p)?: process = p
-        case .refused(let why)?: throw TemplateError("the template refused to fork worker \(id): \(why)")
-        case nil:
-            let why = state.withLock { $0.ended } ?? "no answer within \(timeout)"
-            throw TemplateError("fork of worker \(id): \(why)")
-        }
-        do {
-            let left = max(1, Int((deadline - ContinuousClock.now).inMilliseconds))
-            var channelLogger = logger
-            channelLogger[metadataKey: "worker"] = "\(id)"
-            let channel = try bootstrap.connect(logger: channelLogger, handshakeTimeoutMilliseconds: left)
+        switch (outcome, handshake) {
+        case (.forked(let process)?, .success(let channel)):
             return ForkedWorker(id: id, number: number, process: process, channel: channel) { [weak self] wait in
                 self?.takeStatus(of: number, waitingUpTo: wait)
             }
-        } catch {
+        case (.forked(let process)?, .failure(let error)):
             try? process.send(signal: SIGKILL)
             try? process.fd.close()
             throw TemplateError("worker \(id) forked (pid \(process.pid)) but its handshake failed: \(error)")
+        case (.refused(let why)?, _):
+            if case .success(let channel) = handshake { channel.close() }
+            throw TemplateError("the template refused to fork worker \(id): \(why)")
+        case (nil, _):
+            if case .success(let channel) = handshake { channel.close() }
+            let why = state.withLock { $0.ended } ?? "no FORKED message from the worker within \(timeout)"
+            throw TemplateError("fork of worker \(id): \(why)")
         }
     }
 
