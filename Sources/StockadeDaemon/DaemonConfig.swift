@@ -371,10 +371,12 @@ package struct DaemonConfig: Sendable {
                     throw b.error("memory_high", "a tenant budget has no memory_high; set it per jail in the profile")
                 }
                 try b.finish()
-                if let most = budget.maxJails, most < tenant.maxWorkers {
+                // A template tenant's workers live in one jail, its template's.
+                let jails = tenant.template ? 1 : tenant.maxWorkers
+                if let most = budget.maxJails, most < jails {
                     throw b.error("max_jails", "\(most) is below workers_max \(tenant.maxWorkers): the pool could never grow that far")
                 }
-                if let overdrawn = Self.overdrawn(budget.limits, jail: tenant.profile.limits, workers: tenant.maxWorkers) {
+                if let overdrawn = Self.overdrawn(budget.limits, jail: tenant.profile.limits, workers: jails) {
                     throw b.error(overdrawn.key, "\(tenant.maxWorkers) workers (workers_max) of \(tenant.profilePath) reserve \(overdrawn.reserved), "
                         + "more than the tenant's \(overdrawn.total): the pool could never grow that far; raise the budget, "
                         + "lower workers_max or the profile's [limits]")

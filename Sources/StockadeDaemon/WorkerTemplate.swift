@@ -259,6 +259,11 @@ package final class WorkerTemplate: @unchecked Sendable {
         }
         switch (outcome, handshake) {
         case (.forked(let process)?, .success(let channel)):
+            // Under the jail's memory budget the kernel's OOM killer then
+            // picks a forked worker (the one that grew) before the template,
+            // whose end would take every sibling with it. Raising a score
+            // needs no privilege; the worker cannot lower it again.
+            Self.raiseOOMScore(pid: process.pid)
             return ForkedWorker(id: id, number: number, process: process, channel: channel) { [weak self] wait in
                 self?.takeStatus(of: number, waitingUpTo: wait)
             }
@@ -274,6 +279,17 @@ package final class WorkerTemplate: @unchecked Sendable {
             let why = state.withLock { $0.ended } ?? "no FORKED message from the worker within \(timeout)"
             throw TemplateError("fork of worker \(id): \(why)")
         }
+    }
+
+    /// The oom_score_adj of every forked worker: above the template's 0.
+    package static let forkedOOMScoreAdjustment = 500
+
+    private static func raiseOOMScore(pid: Int32) {
+        let fd = open("/proc/\(pid)/oom_score_adj", O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let text = Array("\(forkedOOMScoreAdjustment)\n".utf8)
+        _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     /// The forked workers alive now, by number, with their pids.

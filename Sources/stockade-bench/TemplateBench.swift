@@ -81,7 +81,6 @@ func templateBench() throws {
         _ = try f.channel.request(payload)
         forks.append(f)
     }
-    let busyPss = Double(([template.process.pid] + forks.map(\.pid)).map(pssKiB).reduce(0, +))
     // Idle past the SDK's IDLE_AFTER (0.1 s): each forked worker has given
     // its freed heap back.
     usleep(500_000)
@@ -100,7 +99,6 @@ func templateBench() throws {
     let launch = Stats(samples: launchTimes), extra = Stats(samples: extraTimes)
     print("  \(pad("", 46)) \(pad("Pss MiB", 10)) ratio")
     print("  \(pad("1 worker launched alone", 46)) \(pad(fmt(one, 1), 10)) 1.00x")
-    print("  \(pad("template + \(forkedWorkers) forked, just after the request", 46)) \(pad(fmt(busyPss / 1024, 1), 10)) \(fmt(busyPss / 1024 / one))x")
     print("  \(pad("template + \(forkedWorkers) forked workers", 46)) \(pad(fmt(eight, 1), 10)) \(fmt(eight / one))x   (goal: at most 1.5x)")
     print("  \(pad("\(forkedWorkers) workers launched alone (8 x the first row)", 46)) \(pad(fmt(one * Double(forkedWorkers), 1), 10)) \(fmt(Double(forkedWorkers)))x")
     print("  \(pad("", 46)) \(pad("p50 ms", 10)) \(pad("p90 ms", 10))")

@@ -94,7 +94,7 @@ struct TemplateTests {
         #expect(!forks.map(\.pid).contains(template.process.pid))
     }
 
-    @Test("A forked worker holds stdio and its own channel only, and is not dumpable")
+    @Test("A forked worker holds stdio and its own channel only, is not dumpable, and goes first under OOM")
     func onlyItsOwnDescriptors() throws {
         let (template, log) = try TemplateFixture.launch("python/tests/template_probe_worker.py")
         defer { _ = template.stop() }
@@ -108,6 +108,11 @@ struct TemplateTests {
             #expect(fds["3"]?.hasPrefix("socket:") == true)
             let me = try TemplateFixture.json(w.channel, ["op": "whoami"])
             #expect(me["dumpable"] as? Int == 0)
+            // The OOM killer takes a forked worker before the template, and
+            // the worker cannot undo that.
+            #expect(me["oom_score_adj"] as? Int == WorkerTemplate.forkedOOMScoreAdjustment)
+            let lowered = try w.channel.request(Array(#"{"op":"lower-oom"}"#.utf8))
+            #expect(String(decoding: lowered, as: UTF8.self).contains("denied"), "\(String(decoding: lowered, as: UTF8.self))")
         }
         // Each has its own socket: not the same inode.
         let fa = try TemplateFixture.json(a.channel, ["op": "fds"]) as! [String: String]

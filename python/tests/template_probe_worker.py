@@ -1,7 +1,8 @@
 """A template worker for the template tests: each forked worker answers JSON
 commands about itself and tries, as an attacker would, to reach a sibling.
 
-    {"op": "whoami"}            -> pid (in the jail), parent pid, dumpable
+    {"op": "whoami"}            -> pid (in the jail), parent pid, dumpable,
+                                   oom_score_adj
     {"op": "fds"}               -> /proc/self/fd: number -> link target
     {"op": "attack", "pid": N}  -> what each way into process N gave
     {"op": "control"}           -> the same attack on a child of this worker
@@ -125,8 +126,10 @@ def load():
         cmd = json.loads(payload)
         op = cmd["op"]
         if op == "whoami":
+            with open("/proc/self/oom_score_adj") as f:
+                oom = int(f.read())
             out = {"pid": os.getpid(), "ppid": os.getppid(), "dumpable": libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0),
-                   "loaded_at": loaded_at}
+                   "loaded_at": loaded_at, "oom_score_adj": oom}
         elif op == "fds":
             out = {}
             for name in os.listdir("/proc/self/fd"):
@@ -138,6 +141,8 @@ def load():
             out = attack(int(cmd["pid"]))
         elif op == "control":
             out = control()
+        elif op == "lower-oom":
+            out = outcome(lambda: (open("/proc/self/oom_score_adj", "w").write("0"), "written")[1])
         elif op == "crash":
             os._exit(3)
         else:
