@@ -12,6 +12,7 @@ import StockadeJail
 import StockadeSystem
 import SystemPackage
 import Logging
+import StockadeConfig
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -251,5 +252,44 @@ struct TemplateTenantTests {
         #expect(r.status == 200 && r.text == "tpl:again")
         let launches = d.auditEvents().filter { $0["event"] as? String == "launch" }.compactMap { $0["worker"] as? String }
         #expect(launches.contains("tpl-template-1") && launches.contains("tpl-template-2"), "\(launches)")
+    }
+}
+
+@Suite("template = true in a tenant's configuration")
+struct TemplateConfigTests {
+    private func config(_ extra: String, budget: String = "") throws(ProfileError) -> DaemonConfig {
+        let text = """
+            [daemon]
+            socket = "/run/s.sock"
+            audit_log = "/var/log/a.jsonl"
+            [tenant.t]
+            profile = "\(Fixture.repo)/profiles/inference-cpu.toml"
+            command = ["/usr/bin/python3", "/w.py"]
+            workers_max = 8
+            \(extra)
+            \(budget)
+            """
+        return try DaemonConfig.parse(text: text, file: "/etc/x.toml")
+    }
+
+    @Test("It is read, defaults to false, and a template tenant's budget reserves one jail, not workers_max")
+    func budgetReservesOneJail() throws {
+        #expect(try config("").tenants.first?.template == false)
+        #expect(try config("template = true").tenants.first?.template == true)
+        // Room for one jail of inference-cpu's 384M: refused for eight
+        // separate jails, taken for one template of eight forks.
+        let budget = "[tenant.t.budget]\nmemory_max = \"512M\"\nmax_jails = 1"
+        #expect(throws: ProfileError.self) { _ = try config("", budget: budget) }
+        #expect(try config("template = true", budget: budget).tenants.first?.template == true)
+    }
+
+    @Test("A template that is not a boolean is an error at its line")
+    func notABoolean() {
+        do {
+            _ = try config("template = \"yes\"")
+            Issue.record("accepted template = \"yes\"")
+        } catch {
+            #expect(error.line == 8 && error.key.hasSuffix("template"), "\(error)")
+        }
     }
 }
