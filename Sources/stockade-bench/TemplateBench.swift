@@ -31,7 +31,7 @@ func templateBench() throws {
         print("template: skipped (reading the jailed workers' smaps_rollup needs root)")
         return
     }
-    let payload = try minilmRequest(repo: repo)
+    let payload = try benchPayload(repo: repo)
     let limits = ChannelLimits(maxBulkLength: 16 << 20)
     print("template: \(forkedWorkers) MiniLM workers forked from one template vs workers launched one by one "
           + "(inference-cpu, no cgroups; Pss after one request each, forked workers idle 0.5 s)")
@@ -105,15 +105,6 @@ func templateBench() throws {
     print("  \(pad("extra worker: fork + handshake", 46)) \(pad(fmt(extra.median), 10)) \(pad(fmt(extra.percentile(0.9)), 10)) (goal: under 10 ms)")
     print("  \(pad("extra worker: jail + model load + handshake", 46)) \(pad(fmt(launch.median, 1), 10)) \(pad(fmt(launch.percentile(0.9), 1), 10))")
     print("  template: jail + model load until READY \(fmt(templateReady, 1)) ms")
-}
-
-/// The request: the first eight reference sentences.
-private func minilmRequest(repo: String) throws -> [UInt8] {
-    let data = try Data(contentsOf: URL(fileURLWithPath: repo + "/examples/minilm/reference.json"))
-    guard let ref = try JSONSerialization.jsonObject(with: data) as? [String: Any], let texts = ref["texts"] as? [String] else {
-        throw DaemonError("examples/minilm/reference.json has no texts")
-    }
-    return Array(try JSONSerialization.data(withJSONObject: ["texts": Array(texts.prefix(8))]))
 }
 
 /// The children of `pid` (the jail's PID 1 has the worker as its child).
