@@ -188,14 +188,17 @@ package final class WorkerTemplate: @unchecked Sendable {
             }
             if m.value != 1 {
                 try? pidfd.close()
-                throw TemplateError("the template runs \(m.value) threads after loading; \(TemplateMessage.refusal(TemplateMessage.refusedThreads + m.value))")
+                throw TemplateError("after loading, \(TemplateMessage.refusal(TemplateMessage.refusedThreads + m.value))")
             }
             process = ProcessHandle(fd: pidfd, pid: pid)
         } catch {
-            jail.kill()
-            _ = try? jail.wait()
+            // A template that failed while loading is ending on its own:
+            // its exit status says more than our kill would.
+            if (try? jail.process.waitForExit(timeoutMilliseconds: 1_000)) != true { jail.kill() }
+            let exit = try? jail.wait()
             try? mine.close()
-            throw error
+            // How it ended says why when it died while loading.
+            throw TemplateError("\(error); the template \(describe(exit))")
         }
         let template = WorkerTemplate(jail: jail, process: process, control: mine,
                                       logger: logger, onExit: onExit)

@@ -255,6 +255,17 @@ struct TemplateTenantTests {
     }
 }
 
+extension TemplateTests {
+    @Test("A template that fails while loading is reported with how it ended")
+    func failedLoad() throws {
+        let error = #expect(throws: TemplateError.self) {
+            _ = try TemplateFixture.launch("python/tests/template_probe_worker.py", environment: [("PROBE_FAIL_LOAD", "1")])
+        }
+        #expect(error?.description.contains("before READY") == true, "\(error?.description ?? "")")
+        #expect(error?.description.contains("exited with status 1") == true, "\(error?.description ?? "")")
+    }
+}
+
 @Suite("template = true in a tenant's configuration")
 struct TemplateConfigTests {
     private func config(_ extra: String, budget: String = "") throws(ProfileError) -> DaemonConfig {

@@ -10,7 +10,8 @@ commands about itself and tries, as an attacker would, to reach a sibling.
                                    probe's own check that the attacks work
     {"op": "crash"}             -> the worker ends with status 3
 
-PROBE_THREADS=1 starts a thread in load(), which a template must refuse.
+PROBE_THREADS=1 starts a thread in load(), which a template must refuse;
+PROBE_FAIL_LOAD=1 makes load() raise.
 """
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ def control() -> dict:
 
 
 def load():
+    if os.environ.get("PROBE_FAIL_LOAD") == "1":
+        raise RuntimeError("the model is missing")
     if os.environ.get("PROBE_THREADS") == "1":
         threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
     loaded_at = time.time()
