@@ -76,7 +76,7 @@ struct RunCommand: ParsableCommand {
         var request = LaunchRequest(profile: profile, command: argv)
         // In command-line order: a later bind covers an earlier one.
         for (spec, writable) in Self.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
-            request.extraMounts.append(try bind(spec, writable: writable))
+            request.extraMounts.append(try Self.bind(spec, writable: writable))
         }
         if let tenants { request.launcherFiles.append(tenants) }
         for pair in environment {
@@ -129,7 +129,7 @@ struct RunCommand: ParsableCommand {
         throw ExitCode(exit.status)
     }
 
-    private func bind(_ spec: String, writable: Bool) throws -> MountSpec {
+    static func bind(_ spec: String, writable: Bool) throws -> MountSpec {
         let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
         let source = parts[0]
         let target = parts.count > 1 ? parts[1] : source

@@ -1,0 +1,158 @@
+import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import StockadeConfig
+import StockadeJail
+import StockadeProfileTesting
+import StockadeSeccomp
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `stockade learn [--profile P] [--merge OLD] [-o OUT] -- CMD...`: the
+/// system calls a command makes, as a profile that allows exactly them.
+struct LearnCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "learn",
+        abstract: "Run a trusted command and write a profile that allows exactly the system calls it made.",
+        discussion: """
+        CMD runs in the jail of --profile (namespaces, mounts, Landlock, \
+        environment, limits; default: a deny-by-default jail with /usr \
+        read-only and a private /tmp) with a [seccomp] that allows nothing. \
+        Every call goes to the seccomp supervisor, is recorded (number, the \
+        arguments that decide safety: socket family/type/protocol, ioctl \
+        request, clone flags, prctl option, fcntl command, mmap/mprotect \
+        protection, personality, setsockopt level/name, madvise advice; the \
+        executable) and is let through. The always-on hardening stays: its \
+        denials are answered as always and named in the output, never \
+        allowed; faccessat2 and openat2 get ENOSYS so that libc falls back.
+
+        The profile written is the jail's profile with a [seccomp] of base \
+        "none" allowing exactly what was seen, each entry with its reason; \
+        --merge adds the runs of an earlier learned profile. It loads with \
+        stockade run --profile.
+
+        A continued call is not checked again by the kernel: while learning, \
+        the filter is no security boundary. Learn only trusted workloads.
+
+        Example:
+          stockade learn -o numpy.toml --ro-bind $PWD/.venv -- \\
+            $PWD/.venv/bin/python3 -c 'import numpy'
+        """
+    )
+
+    @Option(name: [.customShort("p"), .customLong("profile"), .customLong("base")],
+            help: "The jail to learn in (its [seccomp] is replaced while learning).")
+    var profile: String?
+
+    @Option(name: .shortAndLong, help: "Write the learned profile here (default: standard output).")
+    var output: String?
+
+    @Option(help: ArgumentHelp("A profile learn wrote earlier: the result is the union of its runs and this one.", valueName: "old.toml"))
+    var merge: String?
+
+    @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var readOnlyBinds: [String] = []
+
+    @Option(name: .customLong("bind"), help: ArgumentHelp("Bind a host path writable: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var writableBinds: [String] = []
+
+    @Option(name: .customLong("setenv"), help: ArgumentHelp("Set a variable in the jail.", valueName: "name=value"))
+    var environment: [String] = []
+
+    @Option(name: .customLong("time-limit"), help: "Kill the jail after this long (default 5m).")
+    var timeLimit = "5m"
+
+    @Flag(help: "Write the profile even when the command failed.")
+    var keepFailed = false
+
+    @Argument(parsing: .postTerminator, help: "The command and its arguments (after --).")
+    var command: [String] = []
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("give the command to learn after --: stockade learn -o out.toml -- CMD ARGS...") }
+    }
+
+    func run() throws {
+        let jailText: String
+        let file: String
+        if let profile {
+            _ = try ProfileTools.load(profile)  // a clear message for a broken profile
+            jailText = try ProfileTools.read(profile, what: "profile")
+            file = profile
+        } else {
+            jailText = ProfileLearning.defaultJail
+            file = "(the default learning jail)"
+        }
+        let old: LearnedPolicy?
+        if let merge {
+            do { old = try LearnedPolicy(reading: try ProfileTools.read(merge, what: "learned profile"), file: merge) } catch let e as LearnedPolicy.ReadError {
+                throw PolicyCommandError(e.description)
+            }
+        } else {
+            old = nil
+        }
+        let limit: Duration
+        switch DurationValue(parsing: timeLimit) {
+        case .value(let d) where d > .zero: limit = d
+        default: throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 2m)")
+        }
+        let learning: Profile
+        do { learning = try Profile.parse(text: ProfileLearning.learningProfileText(jail: jailText), file: file) } catch {
+            throw PolicyCommandError(error.description)
+        }
+        var request = LaunchRequest(profile: learning, command: command)
+        for (spec, writable) in RunCommand.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
+            request.extraMounts.append(try RunCommand.bind(spec, writable: writable))
+        }
+        for pair in environment {
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
+            }
+            request.extraEnvironment.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
+        }
+        for line in LearnedPolicy.caveats { printError("stockade learn: " + line) }
+
+        let recorder = LearnRecorder()
+        let terminal = try JailTerminal.prepare(&request)
+        let jail: Jail
+        do {
+            try ProfileLearning.prepare(&request, recorder: recorder)
+            try JailSecurity.prepare(&request)
+            jail = try Launcher.launch(request)
+        } catch {
+            terminal?.close()
+            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
+            throw StockadeFailure(message: "\(error)", status: 125)
+        }
+        guard jail.seccompWatch != nil else {
+            jail.kill()
+            _ = try? jail.wait()
+            throw StockadeFailure(message: "the jail's calls cannot be observed: \(jail.seccompUnobserved ?? "no seccomp listener came")", status: 125)
+        }
+        let forwarding = SignalForwarder(jail: jail)
+        terminal?.startRelay()
+        let exit = try jail.wait(timeLimit: limit)
+        terminal?.finish()
+        forwarding.stop()
+        var learned = recorder.observations()
+        let seen = learned.notifications
+        if let old { learned = old.merged(with: learned) }
+        if exit.status != 0 && !keepFailed {
+            throw StockadeFailure(message: "the command \(exit.reason == .timeLimit ? "ran past --time-limit" : "exited with status \(exit.status)"); no profile written (--keep-failed writes it anyway)", status: 1)
+        }
+        let text = learned.render(jailText: jailText, command: command)
+        if let output {
+            guard FileManager.default.createFile(atPath: output, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]) else {
+                throw PolicyCommandError("cannot write \(output)")
+            }
+        } else {
+            print(text, terminator: "")
+        }
+        let rules = learned.allowed.count
+        printError("stockade learn: \(seen) calls seen, \(learned.allowedNames.count) system calls allowed (\(rules) entries) over \(learned.runs) run\(learned.runs == 1 ? "" : "s"); \(learned.hardened.count) denied by the hardening, \(learned.fallbacks.count) answered ENOSYS for libc's fallback")
+    }
+}
