@@ -74,6 +74,9 @@ public struct LearnedPolicy: Sendable, Equatable {
         "review the list, and learn again (--merge) with other inputs.",
     ]
 
+    /// `observed: 3 calls in 1 run, e.g. socket(AF_UNIX, ...)`.
+    public static func describe(_ u: LearnedUse) -> String { use(u) }
+
     static func use(_ u: LearnedUse) -> String {
         var s = "observed: \(u.count) call\(u.count == 1 ? "" : "s") in \(u.runs) run\(u.runs == 1 ? "" : "s")"
         if u.launcher > 0 { s += " (\(u.launcher) before the worker's exec: the launcher's)" }
@@ -88,7 +91,7 @@ public struct LearnedPolicy: Sendable, Equatable {
         s += "# runs: \(runs)\n#\n"
         for line in Self.caveats { s += "# " + line + "\n" }
         s += "\n"
-        var rest = SeccompMinimizer.withoutSeccomp(jailText)
+        var rest = SeccompMinimizer.withoutSeccomp(Self.withoutHeader(jailText))
         while rest.hasSuffix("\n\n") { rest.removeLast() }
         s += rest
         if !rest.hasSuffix("\n") { s += "\n" }
@@ -119,6 +122,14 @@ public struct LearnedPolicy: Sendable, Equatable {
             for (name, u) in hardened.sorted(by: { $0.key < $1.key }) { s += "#   \(name): \(Self.use(u))\n" }
         }
         return s
+    }
+
+    /// A learned profile's text without the header `render` wrote (up to
+    /// its first empty line), for learning again on top of it.
+    static func withoutHeader(_ text: String) -> String {
+        guard text.hasPrefix(marker) else { return text }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        return lines.drop { !$0.isEmpty }.dropFirst().joined(separator: "\n")
     }
 
     static func shellQuoted(_ s: String) -> String {

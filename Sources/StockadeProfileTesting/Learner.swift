@@ -135,6 +135,15 @@ public enum ProfileLearning {
         return s + "\n" + learningSeccomp + "\n"
     }
 
+    /// The profile text a soak runs with: a learned profile as written
+    /// (what it allows stays in the kernel; everything else is recorded
+    /// and let through), plus the listener's hand-over.
+    public static func soakProfileText(learned text: String) -> String {
+        let handover = learningSeccomp.split(separator: "\n", omittingEmptySubsequences: false)
+            .drop { $0 != "[[seccomp.rule]]" }.joined(separator: "\n")
+        return text + (text.hasSuffix("\n") ? "" : "\n") + "\n# The seccomp listener's hand-over (only while soaking).\n" + handover + "\n"
+    }
+
     public struct LearnError: Error, CustomStringConvertible, Sendable {
         public var description: String
         public init(_ d: String) { description = d }

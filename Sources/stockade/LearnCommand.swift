@@ -35,6 +35,11 @@ struct LearnCommand: ParsableCommand {
         --merge adds the runs of an earlier learned profile. It loads with \
         stockade run --profile.
 
+        --soak runs CMD under a learned profile (--profile) as written: what \
+        it allows stays in the kernel, every other call is logged (on \
+        stderr) and let through, and the result is the profile with those \
+        calls added (its runs merged).
+
         A continued call is not checked again by the kernel: while learning, \
         the filter is no security boundary. Learn only trusted workloads.
 
@@ -69,11 +74,16 @@ struct LearnCommand: ParsableCommand {
     @Flag(help: "Write the profile even when the command failed.")
     var keepFailed = false
 
+    @Flag(help: "Enforce the learned --profile, log and let through the rest, and add it.")
+    var soak = false
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments (after --).")
     var command: [String] = []
 
     func validate() throws {
         if command.isEmpty { throw ValidationError("give the command to learn after --: stockade learn -o out.toml -- CMD ARGS...") }
+        if soak && profile == nil { throw ValidationError("--soak runs under a learned profile: give it with --profile") }
+        if soak && merge != nil { throw ValidationError("--soak already merges its --profile; leave out --merge") }
     }
 
     func run() throws {
@@ -88,8 +98,8 @@ struct LearnCommand: ParsableCommand {
             file = "(the default learning jail)"
         }
         let old: LearnedPolicy?
-        if let merge {
-            do { old = try LearnedPolicy(reading: try ProfileTools.read(merge, what: "learned profile"), file: merge) } catch let e as LearnedPolicy.ReadError {
+        if let previous = soak ? profile : merge {
+            do { old = try LearnedPolicy(reading: try ProfileTools.read(previous, what: "learned profile"), file: previous) } catch let e as LearnedPolicy.ReadError {
                 throw PolicyCommandError(e.description)
             }
         } else {
@@ -101,7 +111,8 @@ struct LearnCommand: ParsableCommand {
         default: throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 2m)")
         }
         let learning: Profile
-        do { learning = try Profile.parse(text: ProfileLearning.learningProfileText(jail: jailText), file: file) } catch {
+        let learningText = soak ? ProfileLearning.soakProfileText(learned: jailText) : ProfileLearning.learningProfileText(jail: jailText)
+        do { learning = try Profile.parse(text: learningText, file: file) } catch {
             throw PolicyCommandError(error.description)
         }
         var request = LaunchRequest(profile: learning, command: command)
@@ -140,6 +151,12 @@ struct LearnCommand: ParsableCommand {
         forwarding.stop()
         var learned = recorder.observations()
         let seen = learned.notifications
+        if soak {
+            let known = old.map { Set($0.allowed.keys) } ?? []
+            let outside = learned.allowed.filter { !known.contains($0.key) }.sorted { $0.key < $1.key }
+            printError("stockade learn: soak: \(outside.count) entr\(outside.count == 1 ? "y" : "ies") outside the learned list\(outside.isEmpty ? "" : ":")")
+            for (_, use) in outside { printError("stockade learn:   " + LearnedPolicy.describe(use)) }
+        }
         if let old { learned = old.merged(with: learned) }
         if exit.status != 0 && !keepFailed {
             throw StockadeFailure(message: "the command \(exit.reason == .timeLimit ? "ran past --time-limit" : "exited with status \(exit.status)"); no profile written (--keep-failed writes it anyway)", status: 1)

@@ -153,6 +153,23 @@ extension SeccompTests {
         for name in ["socket-inet", "socket-unix", "mkdir", "mmap-wx", "ioctl-winsz"] {
             #expect(after[name] == EPERM, "\(name): \(after[name].map(String.init) ?? "no line") under the learned profile\n\(under.output)")
         }
+
+        // --soak: the learned list is enforced in the kernel (its calls never
+        // reach the supervisor), the rest is recorded and let through.
+        let soakProfile = try Profile.parse(text: ProfileLearning.soakProfileText(learned: text), file: "soak.toml")
+        var request = LaunchRequest(profile: soakProfile, command: [Self.python, "-c", Self.probes])
+        request.extraMounts = Self.venvMounts
+        let recorder = LearnRecorder()
+        try ProfileLearning.prepare(&request, recorder: recorder)
+        let (soakExit, soakOut, _) = try Self.launch(&request, stdin: nil)
+        let soaked = results(String(decoding: soakOut, as: UTF8.self))
+        #expect(soakExit.status == 0)
+        #expect(soaked == before, "while soaking: \(soaked)")
+        let outside = recorder.observations()
+        let known = Set(learnt.learned.allowed.keys)
+        #expect(outside.allowed.keys.allSatisfy { !known.contains($0) }, "a learned call reached the supervisor: \(outside.allowed.keys.filter(known.contains))")
+        #expect(outside.allowed.keys.contains { $0.name == "socket" && $0.conditions.first?.value == 2 }, "\(outside.allowed.keys)")
+        #expect(outside.allowed.keys.contains { $0.name == "mkdir" || $0.name == "mkdirat" }, "\(outside.allowed.keys)")
     }
 
     @Test("the hardening holds while learning and is never written as an allow; faccessat2 gets ENOSYS for libc's fallback")
