@@ -39,7 +39,10 @@ public struct LearnedPolicy: Sendable, Equatable {
     public func merged(with other: LearnedPolicy) -> LearnedPolicy {
         func join<K>(_ a: [K: LearnedUse], _ b: [K: LearnedUse]) -> [K: LearnedUse] {
             a.merging(b) { x, y in
-                LearnedUse(count: x.count + y.count, runs: x.runs + y.runs, example: x.example, launcher: x.launcher + y.launcher)
+                var u = LearnedUse(count: x.count + y.count, runs: x.runs + y.runs, example: x.example, launcher: x.launcher + y.launcher,
+                                   executables: x.executables)
+                for e in y.executables { u.insert(printable: e) }
+                return u
             }
         }
         return LearnedPolicy(allowed: join(allowed, other.allowed), fallbacks: join(fallbacks, other.fallbacks),
@@ -80,13 +83,14 @@ public struct LearnedPolicy: Sendable, Equatable {
     static func use(_ u: LearnedUse) -> String {
         var s = "observed: \(u.count) call\(u.count == 1 ? "" : "s") in \(u.runs) run\(u.runs == 1 ? "" : "s")"
         if u.launcher > 0 { s += " (\(u.launcher) before the worker's exec: the launcher's)" }
-        return s + ", e.g. " + u.example
+        s += ", e.g. " + u.example
+        return u.executables.isEmpty ? s : s + " from " + u.executables.joined(separator: ", ")
     }
 
     /// The learned profile: a header, `jailText` (a profile without its
     /// `[seccomp]`, as written), and the learned `[seccomp]`.
     public func render(jailText: String, command: [String]) -> String {
-        var s = Self.marker + " from: " + command.map(Self.shellQuoted).joined(separator: " ") + "\n"
+        var s = Self.marker + " from: " + LearnedUse.printable(command.map(Self.shellQuoted).joined(separator: " ")) + "\n"
         s += "# " + Self.hostLine + "\n"
         s += "# runs: \(runs)\n#\n"
         for line in Self.caveats { s += "# " + line + "\n" }
@@ -111,6 +115,11 @@ public struct LearnedPolicy: Sendable, Equatable {
         for (call, u) in allowed.filter({ !$0.key.conditions.isEmpty }).sorted(by: { $0.key < $1.key }) {
             s += "\n# \(Self.use(u))\n[[seccomp.rule]]\nsyscall = \(call.name.tomlQuoted)\naction = \"allow\"\n"
             s += "args = [" + call.conditions.map { $0.text.tomlQuoted }.joined(separator: ", ") + "]\n"
+        }
+        if !allowedNames.contains("sendmsg") {
+            s += "\n" + ProfileLearning.handoverComment + " (denial monitoring:\n"
+            s += "# stockade run --report, stockaded), above fd 255 with exactly MSG_NOSIGNAL; not\n"
+            s += "# a call of the workload's.\n" + ProfileLearning.handoverRule
         }
         s += "\n# Answered ENOSYS while learning so that libc falls back; never allowed:\n"
         s += "#   clone3: the always-on hardening answers ENOSYS (libc falls back to clone)\n"
@@ -157,6 +166,7 @@ public struct LearnedPolicy: Sendable, Equatable {
         var pending: LearnedUse?
         var pendingLine = 0
         var ruleName: String?
+        var handover = false
         for (i, raw) in lines.enumerated() {
             let n = i + 1
             let line = raw.trimmedBlanks
@@ -182,6 +192,12 @@ public struct LearnedPolicy: Sendable, Equatable {
                 guard let u = Self.parseUse(String(line.dropFirst(2))) else { throw fail("cannot read the reason") }
                 pending = u
                 pendingLine = n
+                continue
+            }
+            if line.hasPrefix(ProfileLearning.handoverComment) { handover = true; continue }
+            if handover {
+                // The hand-over's own rule: written again by render.
+                if line.hasPrefix("args = ") { handover = false }
                 continue
             }
             if line == "[[seccomp.rule]]" {
@@ -238,7 +254,14 @@ public struct LearnedPolicy: Sendable, Equatable {
             launcher = n
         }
         guard let eg = text.firstRange(of: ", e.g. ") else { return nil }
-        return LearnedUse(count: count, runs: runs, example: String(text[eg.upperBound...]), launcher: launcher)
+        var example = String(text[eg.upperBound...])
+        var executables: [String] = []
+        if let from = example.ranges(of: " from /").last {
+            executables = example[example.index(after: from.lowerBound)...].dropFirst("from ".count)
+                .split(separator: ", ").map(String.init)
+            example = String(example[..<from.lowerBound])
+        }
+        return LearnedUse(count: count, runs: runs, example: example, launcher: launcher, executables: executables)
     }
 
     /// `arg1 == 0x5401` or `arg1 & 0xf == 1`, as ``LearnedCall/Condition/text``

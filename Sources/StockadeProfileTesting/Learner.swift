@@ -59,10 +59,20 @@ public enum ProfileLearning {
         base = "none"
         default = "errno:EPERM"
 
+        """ + handoverRule
+
+    /// The first line of the hand-over rule's comment in a learned profile.
+    public static let handoverComment = "# The seccomp listener's hand-over to the launcher"
+
+    /// Allows the hand-over in the kernel: the learned profile carries it
+    /// (commented as what it is) so that denial monitoring (`stockade run
+    /// --report`, stockaded) can observe a jail that runs it.
+    public static let handoverRule = """
         [[seccomp.rule]]
         syscall = "sendmsg"
         action = "allow"
         args = ["arg0 >= 256", "arg2 == 0x4000"]
+
         """
 
     /// A deny-by-default jail for when no profile is given: every
@@ -139,9 +149,8 @@ public enum ProfileLearning {
     /// (what it allows stays in the kernel; everything else is recorded
     /// and let through), plus the listener's hand-over.
     public static func soakProfileText(learned text: String) -> String {
-        let handover = learningSeccomp.split(separator: "\n", omittingEmptySubsequences: false)
-            .drop { $0 != "[[seccomp.rule]]" }.joined(separator: "\n")
-        return text + (text.hasSuffix("\n") ? "" : "\n") + "\n# The seccomp listener's hand-over (only while soaking).\n" + handover + "\n"
+        if text.contains(handoverComment) { return text }
+        return text + (text.hasSuffix("\n") ? "" : "\n") + "\n" + handoverComment + " (only while soaking).\n" + handoverRule
     }
 
     public struct LearnError: Error, CustomStringConvertible, Sendable {
@@ -215,11 +224,42 @@ public struct LearnedUse: Sendable, Equatable {
     public var example: String
     /// Occurrences before the worker's exec: the launcher's own last calls.
     public var launcher: Int
-    public init(count: Int, runs: Int, example: String, launcher: Int) {
+    /// The jail's executables that made the call (at most ``maxExecutables``),
+    /// as the kernel names them from the jail's root.
+    public var executables: [String]
+    public static let maxExecutables = 4
+
+    public init(count: Int, runs: Int, example: String, launcher: Int, executables: [String] = []) {
         self.count = count
         self.runs = runs
         self.example = example
         self.launcher = launcher
+        self.executables = executables
+    }
+
+    /// `text` safe in a comment of a learned profile: control characters
+    /// (a newline would end the comment and start TOML of the jail's
+    /// choosing), non-ASCII bytes, `\\` and with `commas` `,` (the
+    /// separator of ``executables``) are written as `\\xNN`.
+    public static func printable(_ text: String, commas: Bool = false) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            if byte < 0x20 || byte >= 0x7f || (commas && byte == UInt8(ascii: ",")) || byte == UInt8(ascii: "\\") {
+                out += "\\x" + (byte < 16 ? "0" : "") + String(byte, radix: 16)
+            } else {
+                out.append(Character(Unicode.Scalar(byte)))
+            }
+        }
+        return out
+    }
+
+    /// Adds an executable's name (from the jail: made ``printable(_:)``).
+    mutating func add(executable raw: String) { insert(printable: Self.printable(raw, commas: true)) }
+
+    mutating func insert(printable executable: String) {
+        guard !executables.contains(executable), executables.count < Self.maxExecutables else { return }
+        executables.append(executable)
+        executables.sort()
     }
 }
 
@@ -259,7 +299,7 @@ public final class LearnRecorder: Sendable {
         func add(_ use: inout LearnedUse?) {
             if use == nil { use = LearnedUse(count: 0, runs: 1, example: example, launcher: 0) }
             use!.count += 1
-            if launcher { use!.launcher += 1 }
+            if launcher { use!.launcher += 1 } else if let exe = event.executable { use!.add(executable: exe) }
         }
         return state.withLock { s in
             s.total += 1

@@ -276,6 +276,48 @@ extension SeccompTests {
         #expect(diff.changes.allSatisfy { $0.area == "seccomp" }, "\(diff.changes.filter { $0.area != "seccomp" })")
     }
 
+    @Test("stockade learn on the command line: the profile it writes runs the command, --merge counts runs, mistakes are named")
+    func command() throws {
+        let stockade = Helpers.repository.appendingPathComponent(".build/debug/stockade").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-learn-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("sh.toml").path, merged = dir.appendingPathComponent("merged.toml").path
+        let script = "echo learned; cat /proc/self/status > /dev/null"
+        // (runProcess puts stderr and stdout in one file.)
+        let learnt = runProcess(stockade, ["learn", "-o", out, "--", "/bin/sh", "-c", script])
+        guard case .exited(0, let err, _) = learnt, err.contains("\nlearned\n") else {
+            Issue.record("learn did not exit 0 with the command's output: \(learnt)"); return
+        }
+        #expect(err.contains("no security boundary") && err.contains("learn only trusted workloads"), "\(err)")
+        #expect(err.contains(" calls seen, "), "\(err)")
+        let text = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(text.contains("from /usr/bin/dash") || text.contains("from /usr/bin/bash"), "the executable is named: \(text)")
+        #expect(text.contains(ProfileLearning.handoverComment))
+        // The learned profile runs the command, observed by --report.
+        let run = runProcess(stockade, ["run", "--report", "text", "-p", out, "--", "/bin/sh", "-c", script])
+        guard case .exited(0, let report, _) = run, report.hasPrefix("learned\n") else { Issue.record("under the learned profile: \(run)"); return }
+        #expect(report.contains("denied calls: none"), "\(report)")
+        // A different command needs what was not learned.
+        let other = runProcess(stockade, ["run", "-p", out, "--", "/bin/sh", "-c", "mkdir /tmp/x && echo made"])
+        if case .exited(0, let o, _) = other { #expect(!o.contains("made"), "mkdir was never learned: \(o)") }
+        guard case .exited(0, _, _) = runProcess(stockade, ["learn", "--merge", out, "-o", merged, "--", "/bin/sh", "-c", script]) else {
+            Issue.record("learn --merge failed"); return
+        }
+        #expect(try String(contentsOfFile: merged, encoding: .utf8).contains("# runs: 2\n"))
+        // Mistakes, each named.
+        let minimal = Helpers.repository.appendingPathComponent("profiles/minimal.toml").path
+        guard case .exited(let s1, let e1, _) = runProcess(stockade, ["learn", "--merge", minimal, "--", "/bin/true"]) else { Issue.record("merge"); return }
+        #expect(s1 != 0 && e1.contains("minimal.toml:1: not a profile `stockade learn` wrote"), "\(e1)")
+        guard case .exited(1, let e2, _) = runProcess(stockade, ["learn", "-o", dir.appendingPathComponent("f.toml").path, "--", "/bin/false"]) else { Issue.record("false"); return }
+        #expect(e2.contains("exited with status 1; no profile written"), "\(e2)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("f.toml").path))
+        guard case .exited(64, let e3, _) = runProcess(stockade, ["learn", "--soak", "--", "/bin/true"]) else { Issue.record("soak"); return }
+        #expect(e3.contains("--soak runs under a learned profile"), "\(e3)")
+        guard case .exited(let s4, let e4, _) = runProcess(stockade, ["learn", "--", "/no/such/program"]) else { Issue.record("missing"); return }
+        #expect(s4 == 125 && e4.contains("execve: ENOENT (/no/such/program)"), "\(e4)")
+    }
+
     @Test("stockade learn refuses to merge a profile it did not write, naming the file and line")
     func mergeRefusesOthers() throws {
         #expect(throws: LearnedPolicy.ReadError.self) { try LearnedPolicy(reading: JailEndToEndTests.minimal, file: "minimal.toml") }
