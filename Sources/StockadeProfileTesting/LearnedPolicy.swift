@@ -61,7 +61,8 @@ public struct LearnedPolicy: Sendable, Equatable {
         let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let machine = withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         var buffer = [CChar](repeating: 0, count: 64)
-        let libc = confstr(Int32(_CS_GNU_LIBC_VERSION), &buffer, buffer.count) > 0 ? String(cString: buffer) : "unknown"
+        let n = confstr(Int32(_CS_GNU_LIBC_VERSION), &buffer, buffer.count)
+        let libc = n > 0 ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown"
         return "kernel: Linux \(release), libc: \(libc), architecture: \(machine)"
     }
 

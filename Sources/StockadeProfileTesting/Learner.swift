@@ -1,5 +1,5 @@
 public import StockadeJail
-public import StockadeSeccomp
+import StockadeSeccomp
 import StockadeSystem
 import Synchronization
 #if canImport(Glibc)

@@ -119,12 +119,7 @@ struct LearnCommand: ParsableCommand {
         for (spec, writable) in RunCommand.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
             request.extraMounts.append(try RunCommand.bind(spec, writable: writable))
         }
-        for pair in environment {
-            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
-            }
-            request.extraEnvironment.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
-        }
+        request.extraEnvironment += try RunCommand.environmentPairs(environment)
         for line in LearnedPolicy.caveats { printError("stockade learn: " + line) }
 
         let recorder = LearnRecorder()

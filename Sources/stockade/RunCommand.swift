@@ -79,12 +79,7 @@ struct RunCommand: ParsableCommand {
             request.extraMounts.append(try Self.bind(spec, writable: writable))
         }
         if let tenants { request.launcherFiles.append(tenants) }
-        for pair in environment {
-            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
-            }
-            request.extraEnvironment.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
-        }
+        request.extraEnvironment += try Self.environmentPairs(environment)
         var limit = profile.timeLimit
         if let timeLimit {
             switch DurationValue(parsing: timeLimit) {
@@ -127,6 +122,16 @@ struct RunCommand: ParsableCommand {
             printError("stockade: time limit reached; the jail was killed")
         }
         throw ExitCode(exit.status)
+    }
+
+    /// `--setenv name=value` values as pairs.
+    static func environmentPairs(_ values: [String]) throws -> [(String, String)] {
+        try values.map { pair in
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
+            }
+            return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
+        }
     }
 
     static func bind(_ spec: String, writable: Bool) throws -> MountSpec {
