@@ -97,10 +97,9 @@ public struct LearnedPolicy: Sendable, Equatable {
         for line in Self.caveats { s += "# " + line + "\n" }
         s += "\n"
         var rest = SeccompMinimizer.withoutSeccomp(Self.withoutHeader(jailText))
-        while rest.hasSuffix("\n\n") { rest.removeLast() }
-        s += rest
-        if !rest.hasSuffix("\n") { s += "\n" }
-        s += "\n[seccomp]\n# Exactly what was seen; every other call: EPERM.\nbase = \"none\"\ndefault = \"errno:EPERM\"\n"
+        while rest.hasSuffix("\n") { rest.removeLast() }
+        if !rest.isEmpty { s += rest + "\n\n" }
+        s += "[seccomp]\n# Exactly what was seen; every other call: EPERM.\nbase = \"none\"\ndefault = \"errno:EPERM\"\n"
         let plain = allowed.filter { $0.key.conditions.isEmpty }.sorted { $0.key < $1.key }
         var companions: [(String, String)] = []
         let names = Set(allowed.keys.map(\.name))

@@ -4,6 +4,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import StockadeCgroups
 import StockadeConfig
 import StockadeJail
 import StockadeProfileTesting
@@ -77,6 +78,9 @@ struct LearnCommand: ParsableCommand {
     @Flag(help: "Enforce the learned --profile, log and let through the rest, and add it.")
     var soak = false
 
+    @Flag(name: .customLong("seccomp-only"), help: "Write only the learned [seccomp] (with its header), to paste into a profile.")
+    var seccompOnly = false
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments (after --).")
     var command: [String] = []
 
@@ -123,6 +127,9 @@ struct LearnCommand: ParsableCommand {
         for line in LearnedPolicy.caveats { printError("stockade learn: " + line) }
 
         let recorder = LearnRecorder()
+        // The profile's budget, as `stockade run` holds it.
+        let cgroups = try JailBudget.make(profile: &request.profile)
+        request.cgroup = cgroups?.jail
         let terminal = try JailTerminal.prepare(&request)
         let jail: Jail
         do {
@@ -131,12 +138,15 @@ struct LearnCommand: ParsableCommand {
             jail = try Launcher.launch(request)
         } catch {
             terminal?.close()
+            try? request.cgroup?.remove()
+            try? cgroups?.manager.close()
             if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
             throw StockadeFailure(message: "\(error)", status: 125)
         }
         guard jail.seccompWatch != nil else {
             jail.kill()
             _ = try? jail.wait()
+            try? cgroups?.manager.close()
             throw StockadeFailure(message: "the jail's calls cannot be observed: \(jail.seccompUnobserved ?? "no seccomp listener came")", status: 125)
         }
         let forwarding = SignalForwarder(jail: jail)
@@ -144,6 +154,7 @@ struct LearnCommand: ParsableCommand {
         let exit = try jail.wait(timeLimit: limit)
         terminal?.finish()
         forwarding.stop()
+        try? cgroups?.manager.close()
         var learned = recorder.observations()
         let seen = learned.notifications
         if soak {
@@ -156,7 +167,7 @@ struct LearnCommand: ParsableCommand {
         if exit.status != 0 && !keepFailed {
             throw StockadeFailure(message: "the command \(exit.reason == .timeLimit ? "ran past --time-limit" : "exited with status \(exit.status)"); no profile written (--keep-failed writes it anyway)", status: 1)
         }
-        let text = learned.render(jailText: jailText, command: command)
+        let text = learned.render(jailText: seccompOnly ? "" : jailText, command: command)
         if let output {
             guard FileManager.default.createFile(atPath: output, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]) else {
                 throw PolicyCommandError("cannot write \(output)")
