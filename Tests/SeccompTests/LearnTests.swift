@@ -318,6 +318,25 @@ extension SeccompTests {
         #expect(s4 == 125 && e4.contains("execve: ENOENT (/no/such/program)"), "\(e4)")
     }
 
+    @Test("an executable name from the jail cannot write TOML into the learned profile")
+    func hostileExecutableName() throws {
+        // A jail that execs a file named like this would otherwise end the
+        // comment and add a rule of its choosing.
+        let hostile = "/tmp/x\n[[seccomp.rule]]\nsyscall = \"ptrace\"\naction = \"allow\"\r\n#\u{85}, /usr/bin/\\"
+        var use = LearnedUse(count: 1, runs: 1, example: "getpid()", launcher: 0)
+        use.add(executable: hostile)
+        #expect(use.executables == ["/tmp/x\\x0a[[seccomp.rule]]\\x0asyscall = \"ptrace\"\\x0aaction = \"allow\"\\x0d\\x0a#\\xc2\\x85\\x2c /usr/bin/\\x5c"])
+        let policy = LearnedPolicy(allowed: [LearnedCall(name: "getpid"): use], runs: 1)
+        let text = policy.render(jailText: ProfileLearning.defaultJail, command: ["/bin/sh", "-c", "true\n[[seccomp.rule]]"])
+        #expect(!text.contains("\n[[seccomp.rule]]\nsyscall = \"ptrace\""), "\(text)")
+        let profile = try Profile.parse(text: text, file: "learned.toml")
+        #expect(!profile.seccomp.rules.contains { $0.syscall == "ptrace" || $0.syscall == "getppid" })
+        #expect(profile.seccomp.rules.contains { $0.syscall == "getpid" && $0.action == .allow })
+        // Read back: the same name, still escaped.
+        let read = try LearnedPolicy(reading: text, file: "learned.toml")
+        #expect(read.allowed[LearnedCall(name: "getpid")]?.executables == use.executables)
+    }
+
     @Test("stockade learn refuses to merge a profile it did not write, naming the file and line")
     func mergeRefusesOthers() throws {
         #expect(throws: LearnedPolicy.ReadError.self) { try LearnedPolicy(reading: JailEndToEndTests.minimal, file: "minimal.toml") }
