@@ -91,21 +91,13 @@ public struct LearnedPolicy: Sendable, Equatable {
     /// The learned profile: a header, `jailText` (a profile without its
     /// `[seccomp]`, as written), and the learned `[seccomp]`.
     public func render(jailText: String, command: [String]) -> String {
-        var s = Self.marker + " from: " + LearnedUse.printable(command.map(Self.shellQuoted).joined(separator: " ")) + "\n"
-        s += "# " + Self.hostLine + "\n"
-        s += "# runs: \(runs)\n#\n"
-        for line in Self.caveats { s += "# " + line + "\n" }
-        s += "\n"
+        var s = header(command: command)
         var rest = SeccompMinimizer.withoutSeccomp(Self.withoutHeader(jailText))
         while rest.hasSuffix("\n") { rest.removeLast() }
         if !rest.isEmpty { s += rest + "\n\n" }
         s += "[seccomp]\n# Exactly what was seen; every other call: EPERM.\nbase = \"none\"\ndefault = \"errno:EPERM\"\n"
         let plain = allowed.filter { $0.key.conditions.isEmpty }.sorted { $0.key < $1.key }
-        var companions: [(String, String)] = []
-        let names = Set(allowed.keys.map(\.name))
-        for n in names.sorted() {
-            if let c = ProfileLearning.companions[n], !names.contains(c), Syscalls.number(of: c) != nil { companions.append((c, n)) }
-        }
+        let companions = missingCompanions()
         if !plain.isEmpty || !companions.isEmpty {
             s += "allow = [\n"
             for (call, u) in plain { s += "    \(call.name.tomlQuoted),  # \(Self.use(u))\n" }
@@ -113,15 +105,76 @@ public struct LearnedPolicy: Sendable, Equatable {
             s += "]\n"
         }
         for (call, u) in allowed.filter({ !$0.key.conditions.isEmpty }).sorted(by: { $0.key < $1.key }) {
-            s += "\n# \(Self.use(u))\n[[seccomp.rule]]\nsyscall = \(call.name.tomlQuoted)\naction = \"allow\"\n"
-            s += "args = [" + call.conditions.map { $0.text.tomlQuoted }.joined(separator: ", ") + "]\n"
+            s += "\n# \(Self.use(u))\n" + Self.allowRule(call)
         }
         if !allowedNames.contains("sendmsg") {
             s += "\n" + ProfileLearning.handoverComment + " (denial monitoring:\n"
             s += "# stockade run --report, stockaded), above fd 255 with exactly MSG_NOSIGNAL; not\n"
             s += "# a call of the workload's.\n" + ProfileLearning.handoverRule
         }
-        s += "\n# Answered ENOSYS while learning so that libc falls back; never allowed:\n"
+        return s + footer()
+    }
+
+    /// `--keep-allowed`: `profileText` as written, its own `[seccomp]`
+    /// included (what it allowed stayed in the kernel while learning and was
+    /// not recorded), followed by one allow rule per entry learned on top of
+    /// it. A call the profile denies by a rule of its own (not by its
+    /// default) is a deliberate denial: it is named in a comment, not
+    /// allowed. `listenerRule` is the listener's hand-over rule when the
+    /// profile did not allow it itself.
+    public func renderAdditions(profileText: String, denyingRules: Set<String>, listenerRule: Bool, command: [String]) -> String {
+        var s = profileText
+        while s.hasSuffix("\n") { s.removeLast() }
+        s += "\n\n" + header(command: command, keeping: true).dropLast()  // each rule brings its blank line
+        let added = allowed.filter { !denyingRules.contains($0.key.name) }.sorted { $0.key < $1.key }
+        let refused = allowed.filter { denyingRules.contains($0.key.name) }.sorted { $0.key < $1.key }
+        if added.isEmpty { s += "# Nothing outside what the profile allows was seen.\n" }
+        for (call, u) in added { s += "\n# \(Self.use(u))\n" + Self.allowRule(call) }
+        for (c, n) in missingCompanions() where !denyingRules.contains(c) {
+            s += "\n# companion: libc uses it for \(n)\n" + Self.allowRule(LearnedCall(name: c))
+        }
+        if listenerRule {
+            s += "\n" + ProfileLearning.handoverComment + " (denial monitoring),\n"
+            s += "# above fd 255 with exactly MSG_NOSIGNAL; not a call of the workload's.\n" + ProfileLearning.handoverRule
+        }
+        if !refused.isEmpty {
+            s += "\n# Seen, but denied by a rule of the profile's own; not allowed (lift the rule by hand\n# if the workload needs it):\n"
+            for (call, u) in refused {
+                s += "#   \(call.name)\(call.conditions.isEmpty ? "" : " (" + call.conditions.map(\.text).joined(separator: ", ") + ")"): \(Self.use(u))\n"
+            }
+        }
+        return s + footer()
+    }
+
+    /// The header: what was learned from, the host, the runs, the caveats.
+    func header(command: [String], keeping: Bool = false) -> String {
+        var s = Self.marker + (keeping ? " on top of the profile above" : "") + " from: "
+        s += LearnedUse.printable(command.map(Self.shellQuoted).joined(separator: " ")) + "\n"
+        s += "# " + Self.hostLine + "\n"
+        s += "# runs: \(runs)\n#\n"
+        for line in Self.caveats { s += "# " + line + "\n" }
+        return s + "\n"
+    }
+
+    /// Companions (``ProfileLearning/companions``) of learned calls that were
+    /// not learned themselves: (companion, the learned call).
+    func missingCompanions() -> [(String, String)] {
+        let names = Set(allowed.keys.map(\.name))
+        return names.sorted().compactMap { n in
+            guard let c = ProfileLearning.companions[n], !names.contains(c), Syscalls.number(of: c) != nil else { return nil }
+            return (c, n)
+        }
+    }
+
+    static func allowRule(_ call: LearnedCall) -> String {
+        var s = "[[seccomp.rule]]\nsyscall = \(call.name.tomlQuoted)\naction = \"allow\"\n"
+        if !call.conditions.isEmpty { s += "args = [" + call.conditions.map { $0.text.tomlQuoted }.joined(separator: ", ") + "]\n" }
+        return s
+    }
+
+    /// The fallbacks answered ENOSYS and the hardening's denials, as comments.
+    func footer() -> String {
+        var s = "\n# Answered ENOSYS while learning so that libc falls back; never allowed:\n"
         s += "#   clone3: the always-on hardening answers ENOSYS (libc falls back to clone)\n"
         for (name, u) in fallbacks.sorted(by: { $0.key < $1.key }) {
             s += "#   \(name): \(Self.use(u)) (falls back to \(ProfileLearning.fallbacks[name] ?? "?"))\n"

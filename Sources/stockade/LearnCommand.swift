@@ -36,6 +36,13 @@ struct LearnCommand: ParsableCommand {
         --merge adds the runs of an earlier learned profile. It loads with \
         stockade run --profile.
 
+        --keep-allowed keeps --profile's own [seccomp] while learning: what it \
+        allows stays in the kernel and is not recorded; every call it would \
+        deny is recorded and let through. The profile written is --profile \
+        as it is, followed by one allow rule per call learned on top of it \
+        (a call the profile denies by a rule of its own is named in a \
+        comment, not allowed).
+
         --soak runs CMD under a learned profile (--profile) as written: what \
         it allows stays in the kernel, every other call is logged (on \
         stderr) and let through, and the result is the profile with those \
@@ -78,6 +85,9 @@ struct LearnCommand: ParsableCommand {
     @Flag(help: "Enforce the learned --profile, log and let through the rest, and add it.")
     var soak = false
 
+    @Flag(help: "Keep --profile's own [seccomp] (its allows stay in the kernel) and write it with what was learned on top.")
+    var keepAllowed = false
+
     @Flag(name: .customLong("seccomp-only"), help: "Write only the learned [seccomp] (with its header), to paste into a profile.")
     var seccompOnly = false
 
@@ -88,19 +98,26 @@ struct LearnCommand: ParsableCommand {
         if command.isEmpty { throw ValidationError("give the command to learn after --: stockade learn -o out.toml -- CMD ARGS...") }
         if soak && profile == nil { throw ValidationError("--soak runs under a learned profile: give it with --profile") }
         if soak && merge != nil { throw ValidationError("--soak already merges its --profile; leave out --merge") }
+        if keepAllowed && profile == nil { throw ValidationError("--keep-allowed keeps the [seccomp] of a profile: give it with --profile") }
+        if keepAllowed && (soak || merge != nil || seccompOnly) {
+            throw ValidationError("--keep-allowed writes the whole profile with additions: leave out --soak, --merge and --seccomp-only")
+        }
     }
 
     func run() throws {
         let jailText: String
         let file: String
+        var ownRules: [SeccompRule] = []
         if let profile {
-            _ = try ProfileTools.load(profile)  // a clear message for a broken profile
+            ownRules = try ProfileTools.load(profile).seccomp.rules  // a clear message for a broken profile
             jailText = try ProfileTools.read(profile, what: "profile")
             file = profile
         } else {
             jailText = ProfileLearning.defaultJail
             file = "(the default learning jail)"
         }
+        // --keep-allowed: calls the profile denies by a rule of its own are deliberate denials.
+        let denyingRules = Set(ownRules.filter { $0.action != .allow && $0.action != .log }.map(\.syscall))
         let old: LearnedPolicy?
         if let previous = soak ? profile : merge {
             do { old = try LearnedPolicy(reading: try ProfileTools.read(previous, what: "learned profile"), file: previous) } catch let e as LearnedPolicy.ReadError {
@@ -115,8 +132,9 @@ struct LearnCommand: ParsableCommand {
         default: throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 2m)")
         }
         let learning: Profile
-        let learningText = soak ? ProfileLearning.soakProfileText(learned: jailText) : ProfileLearning.learningProfileText(jail: jailText)
+        let learningText = soak || keepAllowed ? ProfileLearning.soakProfileText(learned: jailText) : ProfileLearning.learningProfileText(jail: jailText)
         do { learning = try Profile.parse(text: learningText, file: file) } catch {
+            if keepAllowed { throw PolicyCommandError("--keep-allowed: the listener's hand-over rule (sendmsg above fd 255 with MSG_NOSIGNAL) does not fit \(file)'s own [seccomp]: \(error.description)") }
             throw PolicyCommandError(error.description)
         }
         var request = LaunchRequest(profile: learning, command: command)
@@ -167,13 +185,27 @@ struct LearnCommand: ParsableCommand {
         if exit.status != 0 && !keepFailed {
             throw StockadeFailure(message: "the command \(exit.reason == .timeLimit ? "ran past --time-limit" : "exited with status \(exit.status)"); no profile written (--keep-failed writes it anyway)", status: 1)
         }
-        let text = learned.render(jailText: seccompOnly ? "" : jailText, command: command)
+        let text: String
+        if keepAllowed {
+            let handsOver = ownRules.contains { $0.syscall == "sendmsg" && $0.action == .allow && $0.conditions.isEmpty }
+            text = learned.renderAdditions(profileText: jailText, denyingRules: denyingRules, listenerRule: !handsOver, command: command)
+            do { _ = try Profile.parse(text: text, file: output ?? "(the learned profile)") } catch {
+                throw PolicyCommandError("the learned additions do not load on top of \(file): \(error.description)")
+            }
+        } else {
+            text = learned.render(jailText: seccompOnly ? "" : jailText, command: command)
+        }
         if let output {
             guard FileManager.default.createFile(atPath: output, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]) else {
                 throw PolicyCommandError("cannot write \(output)")
             }
         } else {
             print(text, terminator: "")
+        }
+        if keepAllowed {
+            let kept = learned.allowed.keys.filter { denyingRules.contains($0.name) }.count
+            printError("stockade learn: \(seen) calls seen outside what \(file) allows: \(learned.allowed.count - kept) entries added on top of it, \(kept) left denied by its own rules; \(learned.hardened.count) denied by the hardening, \(learned.fallbacks.count) answered ENOSYS for libc's fallback")
+            return
         }
         let rules = learned.allowed.count
         printError("stockade learn: \(seen) calls seen, \(learned.allowedNames.count) system calls allowed (\(rules) entries) over \(learned.runs) run\(learned.runs == 1 ? "" : "s"); \(learned.hardened.count) denied by the hardening, \(learned.fallbacks.count) answered ENOSYS for libc's fallback")

@@ -358,6 +358,54 @@ extension SeccompTests {
         #expect(s4 == 125 && e4.contains("execve: ENOENT (/no/such/program)"), "\(e4)")
     }
 
+    @Test("--keep-allowed: the profile's own allows stay in the kernel, only what it denies is learned, its own deny rules are kept")
+    func keepAllowed() throws {
+        let stockade = Helpers.repository.appendingPathComponent(".build/debug/stockade").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-learn-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The stock allowlist (no netlink sockets) and a deliberate denial of mkdir.
+        let base = ProfileLearning.defaultJail + "\n[seccomp]\nbase = \"stock\"\ndeny = [\"mkdir\"]\n"
+        let profile = dir.appendingPathComponent("p.toml").path, out = dir.appendingPathComponent("out.toml").path
+        try base.write(toFile: profile, atomically: true, encoding: .utf8)
+        let script = """
+            import socket, os
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); print("netlink ok"); s.close()
+            try:
+                os.mkdir("/tmp/x"); print("mkdir made")
+            except PermissionError:
+                print("mkdir EPERM")
+            """
+        let learnt = runProcess(stockade, ["learn", "--keep-allowed", "-p", profile, "-o", out, "--", "/usr/bin/python3", "-c", script])
+        guard case .exited(0, let err, _) = learnt, err.contains("netlink ok"), err.contains("mkdir made") else {
+            Issue.record("learn --keep-allowed: \(learnt)"); return
+        }
+        let text = try String(contentsOfFile: out, encoding: .utf8)
+        // The profile as written, then the additions.
+        #expect(text.hasPrefix(base), "\(text)")
+        let added = String(text.dropFirst(base.count))
+        #expect(added.contains("syscall = \"socket\"") && added.contains("\"arg0 == 0x10\""), "the netlink socket is learned: \(added)")
+        // The stock allowlist's calls never reached the supervisor.
+        for call in ["read", "openat", "mmap", "close", "newfstatat"] {
+            #expect(!added.contains("syscall = \"\(call)\""), "\(call) is allowed by the profile and must not be learned: \(added)")
+        }
+        // The profile's own denial stays: named, not allowed.
+        #expect(!added.contains("syscall = \"mkdir\""), "\(added)")
+        #expect(added.contains("#   mkdir: observed"), "\(added)")
+        // Under what was written: the learned socket works, the denial holds.
+        let run = runProcess(stockade, ["run", "-p", out, "--", "/usr/bin/python3", "-c", script])
+        guard case .exited(0, let o, _) = run else { Issue.record("under the written profile: \(run)"); return }
+        #expect(o.contains("netlink ok") && o.contains("mkdir EPERM") && !o.contains("mkdir made"), "\(o)")
+        // Under the profile itself the netlink socket is refused: the addition is what made it work.
+        let before = runProcess(stockade, ["run", "-p", profile, "--", "/usr/bin/python3", "-c", script])
+        if case .exited(0, let o, _) = before { Issue.record("the base profile already allowed a netlink socket: \(o)") }
+        // Mistakes, each named.
+        guard case .exited(64, let e1, _) = runProcess(stockade, ["learn", "--keep-allowed", "--", "/bin/true"]) else { Issue.record("no profile"); return }
+        #expect(e1.contains("--keep-allowed keeps the [seccomp] of a profile"), "\(e1)")
+        guard case .exited(64, let e2, _) = runProcess(stockade, ["learn", "--keep-allowed", "-p", profile, "--merge", out, "--", "/bin/true"]) else { Issue.record("merge"); return }
+        #expect(e2.contains("leave out --soak, --merge and --seccomp-only"), "\(e2)")
+    }
+
     @Test("an executable name from the jail cannot write TOML into the learned profile")
     func hostileExecutableName() throws {
         // A jail that execs a file named like this would otherwise end the
