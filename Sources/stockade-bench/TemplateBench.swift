@@ -95,11 +95,27 @@ func templateBench() throws {
         _ = f.waitForExit(milliseconds: 5_000)
     }
     let one = Stats(samples: normalPss).median / 1024
+    // The same without the idle release: each worker keeps what its
+    // request allocated, as a busy worker holds it.
+    var keepR = try request([("STOCKADE_IDLE_RELEASE", "0")])
+    let keeping = try WorkerTemplate.launch(keepR, logger: Logger(label: "bench.template"))
+    close(keepR.passedFDs[0].from)
+    keepR.passedFDs = []
+    defer { _ = keeping.stop() }
+    var kept: [ForkedWorker] = []
+    for i in 0..<forkedWorkers {
+        let f = try keeping.fork(tenant: "bench", worker: "keep-\(i)", limits: limits)
+        _ = try f.channel.request(payload)
+        kept.append(f)
+    }
+    usleep(500_000)
+    let keptPss = Double(([keeping.process.pid] + kept.map(\.pid)).map(pssKiB).reduce(0, +)) / 1024
     let eight = forkedPss / 1024
     let launch = Stats(samples: launchTimes), extra = Stats(samples: extraTimes)
     print("  \(pad("", 46)) \(pad("Pss MiB", 10)) ratio")
     print("  \(pad("1 worker launched alone", 46)) \(pad(fmt(one, 1), 10)) 1.00x")
     print("  \(pad("template + \(forkedWorkers) forked workers", 46)) \(pad(fmt(eight, 1), 10)) \(fmt(eight / one))x   (goal: at most 1.5x)")
+    print("  \(pad("same, without the idle release (as when busy)", 46)) \(pad(fmt(keptPss, 1), 10)) \(fmt(keptPss / one))x")
     print("  \(pad("\(forkedWorkers) workers launched alone (8 x the first row)", 46)) \(pad(fmt(one * Double(forkedWorkers), 1), 10)) \(fmt(Double(forkedWorkers)))x")
     print("  \(pad("", 46)) \(pad("p50 ms", 10)) \(pad("p90 ms", 10))")
     print("  \(pad("extra worker: fork + handshake", 46)) \(pad(fmt(extra.median), 10)) \(pad(fmt(extra.percentile(0.9)), 10)) (goal: under 10 ms)")

@@ -51,6 +51,9 @@ from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, Handshake
 log = logging.getLogger("stockade_worker")
 
 ENV = "STOCKADE_TEMPLATE"
+# "0" keeps a forked worker from giving its freed heap back when idle (it
+# then keeps the memory of its largest request, and faults none in again).
+IDLE_RELEASE_ENV = "STOCKADE_IDLE_RELEASE"
 MAGIC = b"STKTMPL1"
 # magic, kind, 3 reserved bytes, number (u32), value (i32): big-endian.
 MESSAGE = struct.Struct(">8sB3xIi")
@@ -181,8 +184,9 @@ class Template:
             os.dup2(sock_hi, CHILD_SOCKET_FD, inheritable=False)
             os.dup2(params_hi, CHILD_PARAMS_FD, inheritable=False)
             os.closerange(CHILD_PARAMS_FD + 1, _fd_limit())
+            idle = None if os.environ.get(IDLE_RELEASE_ENV) == "0" else release_heap
             code = serve(handler, {"STOCKADE_CHANNEL": f"sock={CHILD_SOCKET_FD},params={CHILD_PARAMS_FD}"},
-                         idle=release_heap)
+                         idle=idle)
         except BaseException as e:  # the child must never go back into the template's loop
             try:
                 log.error("forked worker %d failed: %s", number, e)
@@ -237,9 +241,11 @@ def _fd_limit() -> int:
 def release_heap() -> None:
     """Gives the heap's free pages back to the kernel (malloc_trim). A
     forked worker runs it when idle: what a request allocated and freed
-    would otherwise stay private to each worker (about 9 MiB a MiniLM
-    request here) on top of the pages it shares; under steady load it does
-    not run, so requests do not pay for faulting that memory in again."""
+    would otherwise stay private to each worker on top of the pages it
+    shares (about 1 MiB a MiniLM request here; far more where a model's
+    weights share heap pages with a request's temporaries); under steady
+    load it does not run, so requests do not pay for faulting that memory
+    in again."""
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
