@@ -67,24 +67,26 @@ func templateBench() throws {
         _ = try? jail.wait()
     }
 
-    // One template, then forks.
-    var r = try request()
-    let t0 = ContinuousClock.now
-    let template = try WorkerTemplate.launch(r, logger: Logger(label: "bench.template"))
-    close(r.passedFDs[0].from)
-    r.passedFDs = []
-    let templateReady = (ContinuousClock.now - t0).inMilliseconds
-    defer { _ = template.stop() }
-    var forks: [ForkedWorker] = []
-    for i in 0..<forkedWorkers {
-        let f = try template.fork(tenant: "bench", worker: "fork-\(i)", limits: limits)
-        _ = try f.channel.request(payload)
-        forks.append(f)
+    /// A template with `forkedWorkers` forks that each answered one
+    /// request and then idled 0.5 s (past the SDK's IDLE_AFTER, 0.1 s), and
+    /// the Pss of them all in KiB.
+    func forkedSet(_ environment: [(String, String)]) throws -> (WorkerTemplate, ms: Double, pss: Double) {
+        let r = try request(environment)
+        let t0 = ContinuousClock.now
+        let template = try WorkerTemplate.launch(r, logger: Logger(label: "bench.template"))
+        close(r.passedFDs[0].from)
+        let ready = (ContinuousClock.now - t0).inMilliseconds
+        var forks: [ForkedWorker] = []
+        for i in 0..<forkedWorkers {
+            let f = try template.fork(tenant: "bench", worker: "fork-\(i)", limits: limits)
+            _ = try f.channel.request(payload)
+            forks.append(f)
+        }
+        usleep(500_000)
+        return (template, ready, Double(([template.process.pid] + forks.map(\.pid)).map(pssKiB).reduce(0, +)))
     }
-    // Idle past the SDK's IDLE_AFTER (0.1 s): each forked worker has given
-    // its freed heap back.
-    usleep(500_000)
-    let forkedPss = Double(([template.process.pid] + forks.map(\.pid)).map(pssKiB).reduce(0, +))
+    let (template, templateReady, forkedPss) = try forkedSet([])
+    defer { _ = template.stop() }
     // An extra worker, again and again: forked, handshake done, then ended.
     var extraTimes: [Double] = []
     for i in 0..<extraSamples {
@@ -97,19 +99,9 @@ func templateBench() throws {
     let one = Stats(samples: normalPss).median / 1024
     // The same without the idle release: each worker keeps what its
     // request allocated, as a busy worker holds it.
-    var keepR = try request([("STOCKADE_IDLE_RELEASE", "0")])
-    let keeping = try WorkerTemplate.launch(keepR, logger: Logger(label: "bench.template"))
-    close(keepR.passedFDs[0].from)
-    keepR.passedFDs = []
+    let (keeping, _, keptKiB) = try forkedSet([("STOCKADE_IDLE_RELEASE", "0")])
     defer { _ = keeping.stop() }
-    var kept: [ForkedWorker] = []
-    for i in 0..<forkedWorkers {
-        let f = try keeping.fork(tenant: "bench", worker: "keep-\(i)", limits: limits)
-        _ = try f.channel.request(payload)
-        kept.append(f)
-    }
-    usleep(500_000)
-    let keptPss = Double(([keeping.process.pid] + kept.map(\.pid)).map(pssKiB).reduce(0, +)) / 1024
+    let keptPss = keptKiB / 1024
     let eight = forkedPss / 1024
     let launch = Stats(samples: launchTimes), extra = Stats(samples: extraTimes)
     print("  \(pad("", 46)) \(pad("Pss MiB", 10)) ratio")
