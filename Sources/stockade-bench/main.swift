@@ -14,6 +14,7 @@ let parts: [String: () throws -> Void] = [
     "broker": brokerBench,
     "fuzz": fuzzBench,
     "oci": ociBench,
+    "template": templateBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
