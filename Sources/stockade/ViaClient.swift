@@ -55,11 +55,19 @@ enum ViaClient {
         }
     }
 
-    /// Whether `run`'s arguments ask for a jail built ahead (`--via` before the command).
+    /// `run`'s options that take a value (the word after them is not an option).
+    static let valued: Set<String> = ["-p", "--profile", "--via", "--setenv", "--report", "--ro-bind", "--bind",
+                                      "--time-limit", "--tenants", "--tenant", "--cgroup-base"]
+
+    /// Whether `run`'s arguments ask for a jail built ahead (`--via` among
+    /// the options, before the command).
     static func wanted(_ args: [String]) -> Bool {
-        for a in args {
+        var i = 0
+        while i < args.count {
+            let a = args[i]
             if a == "--" || !a.hasPrefix("-") { return false }
             if a == "--via" || a.hasPrefix("--via=") { return true }
+            i += valued.contains(a) ? 2 : 1
         }
         return false
     }

@@ -96,10 +96,11 @@ struct ViaTests {
         }
 
         /// Runs `stockade run --via` with `args` before `--` and `command` after it.
-        func run(_ command: [String], args: [String] = [], stdin: String? = nil, stdinFD: Int32? = nil) throws -> Result {
+        func run(_ command: [String], leading: [String] = [], args: [String] = [], stdin: String? = nil,
+                 stdinFD: Int32? = nil) throws -> Result {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: ViaTests.client)
-            p.arguments = ["run", "--via", socket] + args + ["--"] + command
+            p.arguments = ["run"] + leading + ["--via", socket] + args + ["--"] + command
             let out = Pipe(), err = Pipe()
             p.standardOutput = out
             p.standardError = err
@@ -149,6 +150,12 @@ struct ViaTests {
         #expect(r.stderr == "err\n")
         let t = try h.run(["/bin/true"])
         #expect(t.status == 0, "\(t)")
+        // --via after another option with its value is still a run --via.
+        let after = try h.run(["/bin/sh", "-c", "exit 3"], leading: ["--profile", "minimal", "--setenv", "A=1"])
+        #expect(after.status == 3, "\(after)")
+        // An option of a jail built on the spot is refused, by name.
+        let bind = try h.run(["/bin/true"], args: ["--ro-bind", "/etc"])
+        #expect(bind.status == 64 && bind.stderr.contains("--ro-bind"), "\(bind)")
         // A program that is not there: the jail's execve failure, worded as `stockade run` words it.
         let missing = try h.run(["/no/such/program"])
         #expect(missing.status == 125)
