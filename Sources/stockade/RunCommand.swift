@@ -335,6 +335,7 @@ extension RunCommand {
         command.tenants = single["tenants"]
         command.tenant = single["tenant"]
         command.cgroupBase = single["cgroup-base"]
+        command.via = nil
         command.command = Array(args[i...])
         return command
     }
