@@ -153,6 +153,14 @@ struct ViaTests {
         // --via after another option with its value is still a run --via.
         let after = try h.run(["/bin/sh", "-c", "exit 3"], leading: ["--profile", "minimal", "--setenv", "A=1"])
         #expect(after.status == 3, "\(after)")
+        // Without --via, run builds its jail on the spot as before (its own
+        // quick parser reads the same command lines).
+        let plain = Process()
+        plain.executableURL = URL(fileURLWithPath: ViaTests.client)
+        plain.arguments = ["run", "-p", Fixture.repo + "/profiles/minimal.toml", "--setenv", "A=1", "--", "/bin/sh", "-c", "exit 4"]
+        try plain.run()
+        plain.waitUntilExit()
+        #expect(plain.terminationStatus == 4)
         // An option of a jail built on the spot is refused, by name.
         let bind = try h.run(["/bin/true"], args: ["--ro-bind", "/etc"])
         #expect(bind.status == 64 && bind.stderr.contains("--ro-bind"), "\(bind)")
