@@ -60,6 +60,8 @@ final class JailPool: @unchecked Sendable {
         /// Consecutive failed builds (the builder backs off).
         var failures = 0
         var lastError: String?
+        /// Jails taken and not yet ended.
+        var inUse = 0
     }
 
     init(config: JailPoolConfig, cgroups: CgroupManager?, logger: Logger, devNull: Int32, launcherFiles: [String]) throws {
@@ -103,8 +105,16 @@ final class JailPool: @unchecked Sendable {
 
     /// A waiting jail, taken out of the pool for good: a ready one, else
     /// one built now (and the builder woken to refill the pool).
+    /// Every take, also a failed one, is followed by one ``replace()``.
     func take() throws -> WaitingJail {
-        let ready = state.withLock { s -> WaitingJail? in s.ready.isEmpty ? nil : s.ready.removeFirst() }
+        let (ready, admitted) = state.withLock { s -> (WaitingJail?, Bool) in
+            s.inUse += 1
+            guard s.inUse <= config.maxRunning else { return (nil, false) }
+            return (s.ready.isEmpty ? nil : s.ready.removeFirst(), true)
+        }
+        guard admitted else {
+            throw DaemonError("jail pool \"\(config.name)\" runs \(config.maxRunning) commands already (max_running); try again")
+        }
         if let ready { return ready }
         wake.signal()
         return try build()
@@ -114,6 +124,7 @@ final class JailPool: @unchecked Sendable {
     /// ran, so that the build does not compete with the caller's command
     /// for the CPU.
     func replace() {
+        state.withLock { $0.inUse -= 1 }
         wake.signal()
     }
 
@@ -398,10 +409,12 @@ package final class JailPools: @unchecked Sendable {
         // (EPIPE): discarded, and the next one taken.
         // Whatever becomes of the jails taken here, the pool is refilled
         // once this caller is done.
-        defer { pool.replace() }
+        var takes = 0
+        defer { for _ in 0..<takes { pool.replace() } }
         var taken: WaitingJail?
         for _ in 0..<3 {
             let w: WaitingJail
+            takes += 1
             do {
                 w = try pool.take()
             } catch {

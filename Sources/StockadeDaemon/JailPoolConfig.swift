@@ -9,6 +9,7 @@
 //   profile = "/etc/stockade/minimal.toml"
 //   ready = 4                           # jails kept built and waiting
 //   uids = [1000, 1001]                 # who may run commands in them
+//   max_running = 64                    # commands at once; more are refused
 package import StockadeConfig
 import StockadeCgroups
 package import StockadeJail
@@ -27,13 +28,17 @@ package struct JailPoolConfig: Sendable {
     package var ready: Int
     /// The callers' uids (SO_PEERCRED) allowed to run commands in them.
     package var uids: [UInt32]
+    /// Jails of this pool running callers' commands at once; a caller
+    /// beyond them is refused.
+    package var maxRunning: Int
 
-    package init(name: String, profilePath: String, profile: Profile, ready: Int, uids: [UInt32]) {
+    package init(name: String, profilePath: String, profile: Profile, ready: Int, uids: [UInt32], maxRunning: Int = 64) {
         self.name = name
         self.profilePath = profilePath
         self.profile = profile
         self.ready = ready
         self.uids = uids
+        self.maxRunning = maxRunning
     }
 }
 
@@ -92,9 +97,10 @@ package struct ViaConfig: Sendable {
                 for uid in uids where !(0...Int(UInt32.max - 1)).contains(uid) {
                     throw t.error("uids", "\(uid) is not a uid")
                 }
+                let maxRunning = try t.int("max_running", in: 1...100_000) ?? 64
                 try t.finish()
                 pools.append(JailPoolConfig(name: name, profilePath: profilePath, profile: profile, ready: ready,
-                                            uids: uids.map { UInt32($0) }))
+                                            uids: uids.map { UInt32($0) }, maxRunning: maxRunning))
             }
             try all.finish()
         }

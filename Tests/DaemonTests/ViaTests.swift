@@ -59,6 +59,8 @@ struct ViaTests {
                 ready = \(ready)
                 uids = [\(getuid())]
 
+                max_running = 2
+
                 [via.pool.others]
                 profile = "minimal.toml"
                 ready = 1
@@ -305,5 +307,32 @@ struct ViaTests {
         let deadline = Date() + 10
         while (h.daemon.jailPools?.activeCount ?? 0) > 0, Date() < deadline { usleep(10_000) }
         #expect(h.daemon.jailPools?.activeCount == 0, "the jail outlived its caller")
+    }
+
+    @Test("a pool runs at most max_running commands at once; the next caller is refused, and served again after")
+    func maxRunning() throws {
+        let h = try Harness()
+        let long = ["/bin/sh", "-c", "echo ready; exec sleep 30"]
+        let (a, aout) = try h.start(long)
+        let (b, bout) = try h.start(long)
+        defer {
+            for p in [a, b] where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        _ = aout.fileHandleForReading.availableData
+        _ = bout.fileHandleForReading.availableData
+        let third = try h.run(["/bin/true"])
+        #expect(third.status == 125)
+        #expect(third.stderr.contains("max_running"), "\(third.stderr)")
+        kill(a.processIdentifier, SIGKILL)
+        a.waitUntilExit()
+        let deadline = Date() + 10
+        while (h.daemon.jailPools?.activeCount ?? 0) > 1, Date() < deadline { usleep(10_000) }
+        // The freed place is given back once the first jail is torn down.
+        var fourth = try h.run(["/bin/true"])
+        for _ in 0..<20 where fourth.status != 0 {
+            usleep(50_000)
+            fourth = try h.run(["/bin/true"])
+        }
+        #expect(fourth.status == 0, "\(fourth)")
     }
 }
