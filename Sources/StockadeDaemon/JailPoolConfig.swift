@@ -10,7 +10,7 @@
 //   ready = 4                           # jails kept built and waiting
 //   uids = [1000, 1001]                 # who may run commands in them
 //   max_running = 64                    # commands at once; more are refused
-package import StockadeConfig
+import StockadeConfig
 import StockadeCgroups
 package import StockadeJail
 #if canImport(FoundationEssentials)
