@@ -32,6 +32,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sched.h>
@@ -99,6 +100,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_PROC] = "mount /proc",
     [STK_STEP_DEV] = "build /dev",
     [STK_STEP_MASK] = "mask path",
+    [STK_STEP_HOOKS] = "run the createRuntime and createContainer hooks",
     [STK_STEP_ROOT_READONLY] = "remount root read-only",
     [STK_STEP_PIVOT] = "pivot_root",
     [STK_STEP_HOSTNAME] = "sethostname",
@@ -120,6 +122,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_EXEC_WAIT] = "wait for start",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
+    [STK_STEP_START_HOOK] = "run a startContainer hook",
     [STK_STEP_EXEC] = "execve",
 };
 
@@ -595,6 +598,27 @@ static void build_root(const struct stk_plan *p) {
     close(root);
     CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
 
+    /* OCI hooks (see stk_plan.hooks_pause): tell the launcher the mounts
+     * are made and wait. Its helper shows /newroot at the rootfs's host
+     * path for the hooks and then pivots the namespace into it, which
+     * moves our root and working directory (both the staging root now)
+     * with it. EOF: the launcher gave up (it kills us too). */
+    if (p->hooks_pause) {
+        struct stk_error paused;
+        memset(&paused, 0, sizeof paused);
+        paused.step = STK_STEP_HOOKS;
+        write_all(p->error_fd, &paused, sizeof paused);
+        char go = 0;
+        ssize_t n;
+        do n = read(p->sync_fd, &go, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1) _exit(1);
+        CHECK(chdir("/") == 0, STK_STEP_HOOKS, "/");
+        /* Read-only only now: createContainer hooks may write into the rootfs (runc's order). */
+        if (p->root_readonly) CHECK(restrict_mount_path("/", 1, 1, 0) == 0, STK_STEP_ROOT_READONLY, "/");
+        return;
+    }
+
     /* Nothing in the jail may create files in its root. */
     if (p->root_readonly && p->root_source)
         CHECK(restrict_mount_path("/newroot", 1, 1, 0) == 0, STK_STEP_ROOT_READONLY, "/");
@@ -902,6 +926,56 @@ static void load_seccomp(const struct stk_plan *p) {
     if (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) send_listener(p, (int)fd);
 }
 
+/*
+ * OCI startContainer hooks: each a child of the worker, which is already
+ * under its Landlock domain and seccomp filter (a hook lives in the
+ * container's rootfs, which the container could have written), with the
+ * state on its stdin. A hook that fails or outlives its timeout stops the
+ * container before its program runs; the step goes to its stderr.
+ */
+static void run_start_hooks(const struct stk_plan *p) {
+    for (uint32_t i = 0; i < p->n_start_hooks; i++) {
+        const struct stk_hook *h = &p->start_hooks[i];
+        long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+        if (pid < 0) fail(p, STK_STEP_START_HOOK, errno, h->path);
+        if (pid == 0) {
+            if (p->start_state_fd >= 0) {
+                lseek(p->start_state_fd, 0, SEEK_SET);
+                if (dup2(p->start_state_fd, 0) < 0) _exit(126);
+            }
+            execve(h->path, h->argv, h->envp);
+            _exit(errno == ENOENT ? 127 : 126);
+        }
+        struct timespec started, now;
+        clock_gettime(CLOCK_MONOTONIC, &started);
+        siginfo_t info;
+        for (;;) {
+            memset(&info, 0, sizeof info);
+            int r = waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) fail(p, STK_STEP_START_HOOK, errno, h->path);
+            if (info.si_pid == pid) break;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            uint64_t ms = (uint64_t)(now.tv_sec - started.tv_sec) * 1000 + (uint64_t)(now.tv_nsec / 1000000) -
+                          (uint64_t)(started.tv_nsec / 1000000);
+            if (h->timeout_ms && ms > h->timeout_ms) {
+                kill((pid_t)pid, SIGKILL);
+                waitid(P_PID, (id_t)pid, &info, WEXITED);
+                fail(p, STK_STEP_START_HOOK, ETIMEDOUT, h->path);
+            }
+            struct timespec pause = {0, 2000000};
+            nanosleep(&pause, NULL);
+        }
+        if (info.si_code == CLD_EXITED && info.si_status == 0) continue;
+        char num[12], detail[200];
+        u32_to_dec(num, (uint32_t)info.si_status);
+        const char *how = info.si_code == CLD_EXITED ? ": exited with status " : ": killed by signal ";
+        if (!s_join(detail, sizeof detail, h->path, how) || !s_join(detail, sizeof detail, detail, num))
+            fail(p, STK_STEP_START_HOOK, ECHILD, h->path);
+        fail(p, STK_STEP_START_HOOK, ECHILD, detail);
+    }
+}
+
 /* The worker's last steps: wait for the init, unblock signals, Landlock, seccomp, execve. */
 static int worker_main(void *arg) {
     const struct stk_plan *p = arg;
@@ -935,7 +1009,8 @@ static int worker_main(void *arg) {
          * pipe of the caller stays open for as long as the container waits. */
         for (int fd = 3; fd < 1024; fd++) {
             int flags = fcntl(fd, F_GETFD);
-            if (fd != p->exec_wait_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+            int keep = fd == p->exec_wait_fd || (p->n_start_hooks > 0 && fd == p->start_state_fd);
+            if (!keep && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
         }
         char byte = 0;
         ssize_t n;
@@ -947,6 +1022,7 @@ static int worker_main(void *arg) {
     apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
+    if (p->n_start_hooks > 0) run_start_hooks(p);
     exec_worker(p);
     _exit(127);
 }
@@ -984,6 +1060,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     if (p->use_reaper) move_high(p, &local.init_fd);
     if (p->exec_wait) move_high(p, &local.exec_wait_fd);
     if (p->notify_fd >= 0) move_high(p, &local.notify_fd);
+    if (p->n_start_hooks > 0 && p->start_state_fd >= 0) move_high(p, &local.start_state_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this.
      * An OCI container (detached) outlives `create` by design. */

@@ -130,17 +130,18 @@ final class RuntimeFixture {
     /// `args`. Output goes to files, not pipes: a created container keeps the
     /// stdio it inherited, and a pipe would never reach EOF.
     @discardableResult
-    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil) throws -> RuntimeRun {
+    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil, stderr: String? = nil) throws -> RuntimeRun {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: runtimeBinary)
         process.arguments = ["--root", root, "--log", log, "--log-format", "json"] + args
         let out = stdout ?? dir + "/out-\(UUID().uuidString)"
-        let err = dir + "/err-\(UUID().uuidString)"
+        let err = stderr ?? dir + "/err-\(UUID().uuidString)"
         _ = FileManager.default.createFile(atPath: out, contents: nil)
-        _ = FileManager.default.createFile(atPath: err, contents: nil)
+        if stderr == nil || !FileManager.default.fileExists(atPath: err) { _ = FileManager.default.createFile(atPath: err, contents: nil) }
         let outHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
         outHandle.seekToEndOfFile()
         let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+        errHandle.seekToEndOfFile()
         process.standardOutput = outHandle
         process.standardError = errHandle
         let input = Pipe()
@@ -157,7 +158,7 @@ final class RuntimeFixture {
                                 stdout: stdout == nil ? (try String(contentsOfFile: out, encoding: .utf8)) : "",
                                 stderr: try String(contentsOfFile: err, encoding: .utf8))
         if stdout == nil { unlink(out) }
-        unlink(err)
+        if stderr == nil { unlink(err) }
         return result
     }
 
