@@ -100,6 +100,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_PROC] = "mount /proc",
     [STK_STEP_DEV] = "build /dev",
     [STK_STEP_MASK] = "mask path",
+    [STK_STEP_SYSCTL] = "write a sysctl",
     [STK_STEP_HOOKS] = "run the createRuntime and createContainer hooks",
     [STK_STEP_ROOT_READONLY] = "remount root read-only",
     [STK_STEP_PIVOT] = "pivot_root",
@@ -543,6 +544,30 @@ static void apply_mount(const struct stk_plan *p, int root, const struct stk_mou
 }
 
 /*
+ * OCI linux.sysctl: each key opened beneath the host's procfs (never a
+ * path the container's rootfs or mounts could shape), one name at a time
+ * with no link followed, and written. net, ipc and uts sysctls resolve in
+ * the namespaces of the process that opens them: ours, the container's.
+ */
+static void write_sysctls(const struct stk_plan *p) {
+    int dir = open2(AT_FDCWD, "/oldroot/proc/sys", O_PATH | O_DIRECTORY, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    CHECK(dir >= 0, STK_STEP_SYSCTL, "/proc/sys");
+    struct statfs fs;
+    if (fstatfs(dir, &fs) < 0 || fs.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */) fail(p, STK_STEP_SYSCTL, EXDEV, "/proc/sys is not procfs");
+    for (uint32_t i = 0; i < p->n_sysctls; i++) {
+        int fd = open2(dir, p->sysctl_keys[i], O_WRONLY, STK_RESOLVE_BENEATH);
+        CHECK(fd >= 0, STK_STEP_SYSCTL, p->sysctl_keys[i]);
+        size_t n = s_len(p->sysctl_values[i]);
+        ssize_t w;
+        do w = write(fd, p->sysctl_values[i], n);
+        while (w < 0 && errno == EINTR);
+        CHECK(w == (ssize_t)n, STK_STEP_SYSCTL, p->sysctl_keys[i]);
+        close(fd);
+    }
+    close(dir);
+}
+
+/*
  * Builds the new root and moves into it. The old root stays reachable as
  * /oldroot only while the binds are made, then is detached, so no path in
  * the jail leads back to the host's tree.
@@ -589,6 +614,13 @@ static void build_root(const struct stk_plan *p) {
     } else {
         CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
     }
+    /* The container's root tree was cloned from the host's: its own
+     * propagation now (rootfsPropagation; private unless it says slave or
+     * unbindable), so that no mount crosses between it and the host's. */
+    if (p->root_source) {
+        unsigned long prop = p->root_propagation ? (unsigned long)p->root_propagation : MS_PRIVATE;
+        CHECK(mount(NULL, "/newroot", NULL, MS_REC | prop, NULL) == 0, STK_STEP_NEW_ROOT, "rootfsPropagation");
+    }
     int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
     CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
@@ -597,6 +629,7 @@ static void build_root(const struct stk_plan *p) {
      * set-up (each mount closed its own; mount_on left us in a target). */
     close(root);
     CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
+    if (p->n_sysctls > 0) write_sysctls(p);
 
     /* OCI hooks (see stk_plan.hooks_pause): tell the launcher the mounts
      * are made and wait. Its helper shows /newroot at the rootfs's host
@@ -1122,6 +1155,8 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     }
     drop_privileges(p);
     CHECK(chdir(p->cwd ? p->cwd : "/") == 0, STK_STEP_CHDIR, p->cwd ? p->cwd : "/");
+    /* OCI process.umask: only now, the set-up's directories made. */
+    if (p->has_umask) umask((mode_t)p->umask);
 
     if (!p->use_reaper) worker_main((void *)p);
 

@@ -49,6 +49,15 @@ public struct OCILaunch: Sendable {
     /// fills it once the pid is known, before `start`.
     public var startStateFD: Int32?
 
+    /// `process.umask`, set in the worker once its root is built; nil: the launcher's.
+    public var umask: UInt32?
+    /// `linux.rootfsPropagation` of the root tree: MS_PRIVATE (0: this),
+    /// MS_SLAVE or MS_UNBINDABLE (the caller refuses shared).
+    public var rootPropagation: UInt64 = 0
+    /// `linux.sysctl` as (key as a path below /proc/sys, value), checked by
+    /// the caller to be namespaced and in namespaces of the container's own.
+    public var sysctls: [(key: String, value: String)] = []
+
     /// Where a paused container stands: its first process, and its root as
     /// the launcher found it on the host (canonical path, device, inode).
     public struct HookPoint: Sendable {
@@ -123,6 +132,14 @@ extension OCILaunch {
                      envp: arena.stringVector(h.env), timeout_ms: UInt32(clamping: (h.timeoutSeconds ?? 0) * 1000), _pad: 0)
         })
         plan.n_start_hooks = UInt32(startHooks.count)
+        if let umask {
+            plan.has_umask = 1
+            plan.umask = umask
+        }
+        plan.root_propagation = rootPropagation
+        plan.sysctl_keys = arena.array(sysctls.map { Optional(arena.string($0.key)) })
+        plan.sysctl_values = arena.array(sysctls.map { Optional(arena.string($0.value)) })
+        plan.n_sysctls = UInt32(sysctls.count)
     }
 
     /// The hooks pause (see ``hooks``): the container's root at its host

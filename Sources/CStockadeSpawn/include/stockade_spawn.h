@@ -213,6 +213,26 @@ struct stk_plan {
     const struct stk_hook *start_hooks;
     uint32_t n_start_hooks;
     uint32_t _pad6;
+    /* OCI process.umask: set (has_umask) once the root is built, so that
+     * the set-up's own directories keep their modes. */
+    int32_t has_umask;
+    uint32_t umask;
+    /* OCI rootfsPropagation of the container's root tree, set with MS_REC
+     * right after the tree is attached at /newroot: MS_PRIVATE (0 means
+     * this), MS_SLAVE or MS_UNBINDABLE. The launcher cloned the tree from
+     * the host's, so without this it would stay a peer of the host's mount
+     * and mounts would propagate both ways. */
+    uint64_t root_propagation;
+    /* OCI linux.sysctl: after the mounts, each value is written to
+     * sysctl_keys[i] ("net/ipv4/ip_forward"), opened beneath the host's
+     * procfs at /oldroot/proc/sys (checked to be procfs) without following
+     * any link. The kernel resolves net, ipc and uts sysctls in the
+     * writer's namespaces: the child's, which are the container's. The
+     * launcher allows only namespaced keys in namespaces of the container's own. */
+    const char *const *sysctl_keys;
+    const char *const *sysctl_values;
+    uint32_t n_sysctls;
+    uint32_t _pad7;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -236,6 +256,7 @@ enum stk_step {
     STK_STEP_PROC,          /* mount /proc */
     STK_STEP_DEV,           /* build /dev */
     STK_STEP_MASK,          /* mask a sensitive path */
+    STK_STEP_SYSCTL,        /* OCI: write one of linux.sysctl (detail: key) */
     STK_STEP_HOOKS,         /* OCI: the launcher runs createRuntime/createContainer hooks (errno 0: paused) */
     STK_STEP_ROOT_READONLY, /* remount the new root read-only */
     STK_STEP_PIVOT,         /* pivot_root into the new root, detach the old */
