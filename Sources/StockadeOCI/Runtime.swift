@@ -85,6 +85,10 @@ public struct Runtime: Sendable {
             let (driver, path) = try Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup)
             group = try CgroupPlace.open(path, limits: request.profile.limits, create: true)
             request.cgroup = group
+            if let devices = try SpecDevices.plan(spec), let group {
+                request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
+                request.devices = devices
+            }
             try JailSecurity.prepare(&request)
 
             // The exec FIFO: the container's worker holds it open read-write
@@ -122,6 +126,9 @@ public struct Runtime: Sendable {
             if let pid = launched?.pid { _ = waitpid(pid, nil, 0) }
             try? group?.kill()
             try? group?.remove()
+            if let path = try? Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup).path {
+                SpecDevices.removeV1(path)
+            }
             try? dir.close()
             store.remove(id)
             throw error
@@ -199,6 +206,7 @@ public struct Runtime: Sendable {
         }
         try? group?.kill()
         try? group?.remove()
+        SpecDevices.removeV1(record.cgroupPath)
         store.remove(id)
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         // poststop failures are logged by runc, not fatal: the container is gone.
