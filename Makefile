@@ -119,7 +119,8 @@ install-files:
 	install -m 0644 packaging/systemd/stockaded.socket $(DESTDIR)$(UNITDIR)/
 	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml $(DESTDIR)$(UNITDIR)/stockaded.service
 	for page in man/*.[158]; do gzip -9n < $$page > $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}.gz; done
-	for b in $(INSTALL_BINARIES); do \
+	# Shell completions of the argument-parser CLIs (stockade-runtime speaks runc's command line, for the shim).
+	for b in $(filter-out stockade-runtime,$(INSTALL_BINARIES)); do \
 		$(RELEASE_BIN)/$$b --generate-completion-script bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b && \
 		$(RELEASE_BIN)/$$b --generate-completion-script zsh > $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b && \
 		$(RELEASE_BIN)/$$b --generate-completion-script fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish || exit 1; \

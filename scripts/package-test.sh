@@ -152,7 +152,8 @@ oci start oci1 || fail "stockade-runtime start"
 for _ in $(seq 50); do oci state oci1 | grep -Eq '"status" ?: ?"stopped"' && break; sleep 0.1; done
 oci state oci1 | grep -Eq '"status" ?: ?"stopped"' || fail "the container did not run to its end"
 oci delete oci1 || fail "stockade-runtime delete"
-oci state oci1 2>&1 | grep -q "does not exist" || fail "the container is still there after delete"
+gone=$(oci state oci1 2>&1) && fail "state after delete succeeded: $gone"
+grep -q "does not exist" <<<"$gone" || fail "the container is still there after delete: $gone"
 rmdir /sys/fs/cgroup/*/stockade-package-test /sys/fs/cgroup/stockade-package-test 2>/dev/null || true
 
 # The installer DaemonSet's script against a fake host root. kubectl and
