@@ -116,7 +116,9 @@ public struct Runtime: Sendable {
                 id: id, bundle: bundle, rootfs: rootfs, pid: jail.pid,
                 pidStartTime: ProcessStat.startTime(jail.pid) ?? 0, created: created,
                 annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
-                hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion)
+                hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion,
+                hooks: [("poststart", spec.hooks?.poststart), ("poststop", spec.hooks?.poststop)]
+                    .filter { !($0.1 ?? []).isEmpty }.map(\.0))
             try StateStore.write(try JSONEncoder().encode(record), "state.json", in: dir)
             // startContainer hooks read the state as `start` leaves it.
             if let stateFD { try ContainerHooks.writeState(document(jail.pid, .created), to: stateFD) }
@@ -156,6 +158,8 @@ public struct Runtime: Sendable {
             guard write(fifo, &byte, 1) == 1 else { throw RuntimeError("start: write exec fifo: \(errnoName(errno))") }
             unlinkat(dir.rawValue, "exec.fifo", 0)
         }
+        // config.json is read again only when it had poststart hooks (start is on every pod's path).
+        guard record.mayHave(hooks: "poststart") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         try Hooks.run(spec?.hooks?.poststart, name: "poststart", state: stateDocument(record, status: .running))
     }
@@ -208,6 +212,7 @@ public struct Runtime: Sendable {
         try? group?.remove()
         SpecDevices.removeV1(record.cgroupPath)
         store.remove(id)
+        guard record.mayHave(hooks: "poststop") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         // poststop failures are logged by runc, not fatal: the container is gone.
         try? Hooks.run(spec?.hooks?.poststop, name: "poststop", state: stateDocument(record, status: .stopped))
