@@ -35,39 +35,55 @@ struct SpecDevicesTests {
         config["linux"] = linux
     }
 
-    static var fuse: [String: Any] { ["path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666] }
+    /// A character device of the host's outside Stockade's own /dev, with
+    /// its numbers: /dev/fuse here, /dev/net/tun or /dev/kmsg where fuse is
+    /// not loaded (the cgroup v2 VM).
+    static var grantable: (path: String, major: Int, minor: Int)? {
+        for path in ["/dev/fuse", "/dev/net/tun", "/dev/kmsg"] {
+            var st = stat()
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFCHR {
+                return (path, Int(st.st_rdev >> 8) & 0xfff, Int(st.st_rdev & 0xff) | Int((st.st_rdev >> 12) & 0xfff00))
+            }
+        }
+        return nil
+    }
 
-    @Test("a linux.devices node is the host's, usable inside, and the cgroup allows it and the standard nodes only")
+    @Test("a linux.devices node is the host's, present inside, and the cgroup allows it and the standard nodes only")
     func deviceNode() throws {
-        try #require(access("/dev/fuse", F_OK) == 0, "this host has no /dev/fuse to grant")
+        let node = try #require(Self.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg to grant")
         let f = try RuntimeFixture("devices")
         let id = "dev1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "ls -l /dev/fuse; exec 3<>/dev/fuse && echo opened-fuse; echo done; sleep 60"],
-                                       cgroupsPath: f.cgroupsPath(id)) { Self.config(&$0, devices: [Self.fuse], rules: Self.containerdRules) }
+        // kmsg needs CAP_SYSLOG of the host to read: open it only where it is fuse or tun.
+        let open = node.path == "/dev/kmsg" ? "echo opened-node" : "exec 3<>\(node.path) && echo opened-node"
+        let device: [String: Any] = ["path": node.path, "type": "c", "major": node.major, "minor": node.minor, "fileMode": 0o666]
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "ls -l \(node.path); \(open); echo done; sleep 60"],
+                                       cgroupsPath: f.cgroupsPath(id)) { Self.config(&$0, devices: [device], rules: Self.containerdRules) }
         let output = f.dir + "/out"
         let created = try f.run(["create", "--bundle", f.bundle, id], stdout: output)
         try #require(created.status == 0, "\(created)")
         if let list = try? String(contentsOfFile: "/sys/fs/cgroup/devices" + f.cgroupsPath(id) + "/devices.list", encoding: .utf8) {
             // cgroup v1: the kernel's list is the allowlist, nothing more.
-            #expect(!list.contains("a *:*") && list.contains("c 10:229 rw") && list.contains("c 1:3 rw"), "\(list)")
+            #expect(!list.contains("a *:*") && list.contains("c \(node.major):\(node.minor) rw") && list.contains("c 1:3 rw"), "\(list)")
             #expect(!list.contains("b "), "\(list)")
         }
         #expect(try f.run(["start", id]).status == 0)
         let text = f.waitForOutput(output, containing: "done")
-        #expect(text.contains("10,") && text.contains("229") && text.contains("opened-fuse"), "\(text)")
+        #expect(text.contains("\(node.major),") && text.contains(" \(node.minor) ") && text.contains("opened-node"), "\(text)")
         #expect(try f.run(["delete", "--force", id]).status == 0)
         #expect(access("/sys/fs/cgroup/devices" + f.cgroupsPath(id), F_OK) != 0, "the devices cgroup is left behind")
     }
 
     @Test("refused: a node that is not what the spec says, a link, a block device, allowing every device or a block device")
     func refused() throws {
+        let node = try #require(Self.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
         let f = try RuntimeFixture("devices-bad")
         let link = f.dir + "/fuse-link"
-        symlink("/dev/fuse", link)
+        symlink(node.path, link)
         let cases: [([[String: Any]]?, [[String: Any]]?, String)] = [
-            ([["path": "/dev/fuse", "type": "c", "major": 10, "minor": 230]], nil, "is c 10:229, not c 10:230"),
+            ([["path": node.path, "type": "c", "major": node.major, "minor": node.minor + 1]], nil,
+             "is c \(node.major):\(node.minor), not c \(node.major):\(node.minor + 1)"),
             ([["path": "/etc/hostname", "type": "c", "major": 1, "minor": 3]], nil, "is not a character device"),
-            ([["path": link, "type": "c", "major": 10, "minor": 229]], nil, "is a symlink"),
+            ([["path": link, "type": "c", "major": node.major, "minor": node.minor]], nil, "is a symlink"),
             ([["path": "/dev/no-such-node", "type": "c", "major": 10, "minor": 229]], nil, "no such node to bind"),
             ([["path": "/dev/loop0", "type": "b", "major": 7, "minor": 0]], nil, "block devices are not granted"),
             ([["path": "/dev/../etc/shadow", "type": "c", "major": 1, "minor": 3]], nil, "without . or .."),
