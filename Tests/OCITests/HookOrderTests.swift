@@ -84,6 +84,9 @@ struct HookOrderTests {
         // Mount points: the rootfs is root-owned, the container's root cannot make them.
         _ = FileManager.default.createFile(atPath: rootfs + "/injected", contents: nil)
         mkdir(rootfs + "/hookmnt", 0o755)
+        // Writable by all: only a read-only root keeps the container from writing here.
+        mkdir(rootfs + "/open", 0o777)
+        chmod(rootfs + "/open", 0o777)
         let hook = f.dir + "/hook.sh"
         try Self.hostHook(log: log, rootfs: rootfs, injected: injected).write(toFile: hook, atomically: true, encoding: .utf8)
         chmod(hook, 0o755)
@@ -119,7 +122,7 @@ struct HookOrderTests {
         let f = fx.f
         let id = "order1"
         let output = f.dir + "/stdout"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "cat /tmp/start.log; cat /injected /hookmnt/marker; echo program-ran; sleep 60"],
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "cat /tmp/start.log; cat /injected /hookmnt/marker; touch /open/written-after-hooks 2>/dev/null || echo root-is-read-only; echo program-ran; sleep 60"],
                                        cgroupsPath: f.cgroupsPath(id)) { config in
             func host(_ name: String) -> [String: Any] { ["path": fx.hook, "args": ["hook.sh", name]] }
             config["hooks"] = [
@@ -168,6 +171,9 @@ struct HookOrderTests {
         #expect(inside == container, "startContainer: \(printed)")
         // What createRuntime (through nsenter) and createContainer mounted is the container's.
         #expect(printed.contains("injected-by-createRuntime") && printed.contains("made-by-createContainer"), "\(printed)")
+        // root.readonly still holds: the root is made read-only after the hooks, not skipped.
+        #expect(printed.contains("root-is-read-only"), "\(printed)")
+        #expect(!FileManager.default.fileExists(atPath: fx.rootfs + "/open/written-after-hooks"))
         log = f.waitForOutput(fx.log, containing: "hook poststart")
         #expect(log.contains("hook poststart"))
         #expect(Self.recorded(log, hook: "poststart", "status") == ["running"])
