@@ -117,8 +117,16 @@ int stk_oci_hooks_root(int mnt_fd, int step, const char *rootfs, uint64_t dev, u
 
 /* The hook's process: namespaces, ids, stdio, then execve. Never returns. */
 __attribute__((noreturn)) static void hook_child(const int *ns_fds, const int *ns_types, int n, const char *cwd,
-                                                 uint64_t dev, uint64_t ino, int stdin_fd, const char *path,
+                                                 uint64_t dev, uint64_t ino, int stdin_fd, int go_fd, const char *path,
                                                  char *const *argv, char *const *envp) {
+    /* Nothing runs until the launcher has placed us in the container's cgroup. */
+    if (go_fd >= 0) {
+        char go = 0;
+        ssize_t got;
+        do got = read(go_fd, &go, 1);
+        while (got < 0 && errno == EINTR);
+        if (got != 1) _exit(126);
+    }
     /* Dies with the launcher (which kills it on timeout); the launcher's
      * blocked signals and its ignored SIGPIPE are not the hook's. */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -171,9 +179,9 @@ __attribute__((noreturn)) static void hook_child(const int *ns_fds, const int *n
 }
 
 int stk_oci_spawn_hook(const int *ns_fds, const int *ns_types, int n, const char *cwd, uint64_t dev, uint64_t ino,
-                       int stdin_fd, const char *path, char *const *argv, char *const *envp) {
+                       int stdin_fd, int go_fd, const char *path, char *const *argv, char *const *envp) {
     pid_t pid = fork();
     if (pid < 0) return -errno;
-    if (pid == 0) hook_child(ns_fds, ns_types, n, cwd, dev, ino, stdin_fd, path, argv, envp);
+    if (pid == 0) hook_child(ns_fds, ns_types, n, cwd, dev, ino, stdin_fd, go_fd, path, argv, envp);
     return pid;
 }

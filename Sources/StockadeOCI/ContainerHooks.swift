@@ -1,5 +1,6 @@
 import Foundation
 import StockadeJail
+import StockadeCgroups
 import StockadeSystem
 import CStockadeSpawn
 #if canImport(Glibc)
@@ -14,7 +15,7 @@ import Glibc
 /// ``OCILaunch/startHooks``). Each gets the state on its stdin.
 enum ContainerHooks {
     /// The launcher's pause for the spec's build-time hooks; nil when it has none.
-    static func pause(_ hooks: Spec.Hooks?, state: @escaping @Sendable (Int32) -> ContainerState)
+    static func pause(_ hooks: Spec.Hooks?, cgroup: (any JailCgroup)?, state: @escaping @Sendable (Int32) -> ContainerState)
         -> (@Sendable (OCILaunch.HookPoint) throws -> Void)? {
         guard let hooks, [hooks.prestart, hooks.createRuntime, hooks.createContainer].contains(where: { !($0 ?? []).isEmpty }) else {
             return nil
@@ -23,7 +24,7 @@ enum ContainerHooks {
             let doc = state(point.pid)
             try Hooks.run(hooks.prestart, name: "prestart", state: doc)
             try Hooks.run(hooks.createRuntime, name: "createRuntime", state: doc)
-            try runInContainer(hooks.createContainer, name: "createContainer", state: doc, point: point)
+            try runInContainer(hooks.createContainer, name: "createContainer", state: doc, point: point, cgroup: cgroup)
         }
     }
 
@@ -58,8 +59,10 @@ enum ContainerHooks {
     /// createContainer: each hook in the container's namespaces (those it
     /// shares with the runtime are not joined), as the container's root,
     /// its working directory the container's root at its host path, with
-    /// the host's tree as its root (the runtime's paths resolve).
-    static func runInContainer(_ hooks: [Spec.Hook]?, name: String, state: ContainerState, point: OCILaunch.HookPoint) throws {
+    /// the host's tree as its root (the runtime's paths resolve), in the
+    /// container's cgroup (placed there before it runs anything).
+    static func runInContainer(_ hooks: [Spec.Hook]?, name: String, state: ContainerState, point: OCILaunch.HookPoint,
+                               cgroup: (any JailCgroup)?) throws {
         guard let hooks, !hooks.isEmpty else { return }
         // CLONE_NEW* (linux/sched.h; Glibc hides them behind _GNU_SOURCE).
         let mountFlag: Int32 = 0x0002_0000
@@ -87,9 +90,23 @@ enum ContainerHooks {
             let label = "hooks.\(name)[\(i)] \(hook.path)"
             let argv = CStrings(hook.args ?? [hook.path])
             let envp = CStrings(hook.env ?? [])
+            // The hook waits for one byte while it is moved into the container's cgroup.
+            var go: [Int32] = [-1, -1]
+            guard stk_pipe2_cloexec(&go) == 0 else { throw RuntimeError("\(label): pipe: \(errnoName(errno))") }
             let pid = stk_oci_spawn_hook(fds, types, Int32(fds.count), point.rootPath, point.rootDevice, point.rootInode,
-                                         input, hook.path, argv.pointer, envp.pointer)
+                                         input, go[0], hook.path, argv.pointer, envp.pointer)
+            close(go[0])
+            defer { close(go[1]) }
             guard pid > 0 else { throw RuntimeError("\(label): fork: \(errnoName(-pid))") }
+            do {
+                try cgroup?.attach(pid: pid)
+            } catch {
+                Glibc.kill(pid, SIGKILL)
+                _ = waitpid(pid, nil, 0)
+                throw RuntimeError("\(label): place it in the container's cgroup: \(error)")
+            }
+            var byte: UInt8 = 1
+            _ = write(go[1], &byte, 1)
             let timeout = hook.timeout ?? 30
             let deadline = ContinuousClock.now + .seconds(timeout)
             var status: Int32 = 0

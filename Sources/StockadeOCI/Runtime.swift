@@ -76,7 +76,6 @@ public struct Runtime: Sendable {
                                rootfs: rootfs, created: created, owner: owner,
                                annotations: annotations.isEmpty ? nil : annotations)
             }
-            request.oci?.hooks = ContainerHooks.pause(spec.hooks) { pid in document(pid, .creating) }
             request.oci?.startHooks = ContainerHooks.start(spec.hooks)
             if request.oci?.startHooks.isEmpty == false {
                 stateFD = try ContainerHooks.stateFile(document(0, .creating))
@@ -89,6 +88,7 @@ public struct Runtime: Sendable {
                 request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
                 request.devices = devices
             }
+            request.oci?.hooks = ContainerHooks.pause(spec.hooks, cgroup: request.cgroup) { pid in document(pid, .creating) }
             try JailSecurity.prepare(&request)
 
             // The exec FIFO: the container's worker holds it open read-write

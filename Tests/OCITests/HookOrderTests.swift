@@ -36,6 +36,7 @@ struct HookOrderTests {
           echo "uid $name $(id -u)"
           echo "status $name $(echo "$state" | sed -n 's/.*"status":"\\([a-z]*\\)".*/\\1/p')"
           echo "sees $name $(cat mnt/hostdata 2>/dev/null)"
+          echo "cgroup $name $(sed 's/^[^:]*:[^:]*://' /proc/self/cgroup | sort -u | tr '\\n' ' ')"
         } >> \(log)
         case $name in
         createRuntime)
@@ -158,6 +159,8 @@ struct HookOrderTests {
         #expect(Self.recorded(log, hook: "createContainer", "uid") == ["0"])
         #expect(Self.recorded(log, hook: "createContainer", "status") == ["creating"])
         #expect(Self.recorded(log, hook: "createContainer", "sees") == ["stockade-oci-test"], "the spec's bind is in the root the hook sees")
+        // In the container's cgroup: its cgroup namespace shows it as the root in every hierarchy.
+        #expect(Self.recorded(log, hook: "createContainer", "cgroup") == ["/ "], "\(log)")
         // Nothing the hooks mounted reached the host's mount table.
         let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(!mountinfo.contains(fx.rootfs), "a hook's mount leaked to the host")

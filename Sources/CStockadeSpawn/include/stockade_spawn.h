@@ -363,14 +363,15 @@ int stk_clone_tree(int fd);
  * root and the host's tree is detached. Returns 0 or -errno. */
 int stk_oci_hooks_root(int mnt_fd, int step, const char *rootfs, uint64_t dev, uint64_t ino);
 /* Starts a createContainer hook in a jail paused for its hooks: a child
- * joins the mount namespace `ns_fds[0]` as the launcher, changes to `cwd`
+ * first waits for one byte on `go_fd` (>= 0; the launcher moves it into the
+ * container's cgroup meanwhile; EOF: it exits), then joins the mount namespace `ns_fds[0]` as the launcher, changes to `cwd`
  * (the container's root at its host path, checked by dev/ino), joins the
  * other namespaces in `ns_fds`/`ns_types` (the user namespace last, then
  * takes its uid and gid 0), makes `stdin_fd` its stdin and execs `path`.
  * A joined pid namespace holds the hook itself: the child forks it and
  * passes its exit status on. Returns the child's pid, or -errno. */
 int stk_oci_spawn_hook(const int *ns_fds, const int *ns_types, int n, const char *cwd, uint64_t dev, uint64_t ino,
-                       int stdin_fd, const char *path, char *const *argv, char *const *envp);
+                       int stdin_fd, int go_fd, const char *path, char *const *argv, char *const *envp);
 
 /* ---- Seccomp user notification (the supervisor's side). ---- */
 
