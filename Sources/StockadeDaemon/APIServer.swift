@@ -227,11 +227,14 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
+        armed = nil
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         deadline?.cancel()
+        deadline = nil
+        armed = nil
         table.remove(connection)
         phase = .closing
         context.fireChannelInactive()
@@ -252,19 +255,47 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
         arm(daemon.config.connections.headerTimeout, phase: .head)
     }
 
+    /// The phase whose timeout runs, and when it runs out. One task is
+    /// scheduled at a time, never later than that: a phase whose timeout
+    /// ends later than the task only moves `armed`, and the task, when it
+    /// runs early, schedules itself again for the rest (a request's three
+    /// phases cost no timer of their own).
+    private var armed: (phase: Phase, at: NIODeadline)?
+    private var deadlineAt: NIODeadline?
+
     private func arm(_ timeout: Duration, phase: Phase) {
-        deadline?.cancel()
         guard let context else { return }
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-            + timeout.components.attoseconds / 1_000_000_000)) {
-            bound.value.expired(phase)
+        let at = NIODeadline.now() + .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
+            + timeout.components.attoseconds / 1_000_000_000)
+        armed = (phase, at)
+        if let scheduled = deadlineAt, deadline != nil, scheduled <= at { return }
+        schedule(at: at, on: context.eventLoop)
+    }
+
+    private func schedule(at: NIODeadline, on loop: any EventLoop) {
+        deadline?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        deadlineAt = at
+        deadline = loop.scheduleTask(deadline: at) {
+            bound.value.timerFired()
         }
     }
 
-    private func disarm() {
-        deadline?.cancel()
+    private func timerFired() {
         deadline = nil
+        deadlineAt = nil
+        guard let (phase, at) = armed, let context else { return }
+        if NIODeadline.now() < at {
+            schedule(at: at, on: context.eventLoop)
+            return
+        }
+        armed = nil
+        expired(phase)
+    }
+
+    /// No timeout runs (the task, if scheduled, finds nothing armed).
+    private func disarm() {
+        armed = nil
     }
 
     /// A timeout ran out in `armedIn`: a request part-way is answered 408;
