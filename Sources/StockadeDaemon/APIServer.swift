@@ -195,6 +195,10 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     private var head: HTTPRequestHead?
     /// The client whose token the current request's head carried.
     private var client: ClientConfig?
+    /// The Authorization header this connection presented last and whose
+    /// token was valid for its peer (fixed for the connection's life): a
+    /// request that presents it again is not hashed and looked up again.
+    private var knownToken: (authorization: String, client: ClientConfig)?
     private var body: ByteBuffer?
     private var deadline: Scheduled<Void>?
 
@@ -298,6 +302,20 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
         armed = nil
     }
 
+    /// Whether `a` and `b` hold the same bytes; when their lengths match,
+    /// every byte is compared whatever differs first.
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                guard x.count == y.count else { return false }
+                var diff: UInt8 = 0
+                for i in 0..<x.count { diff |= x[i] ^ y[i] }
+                return diff == 0
+            }
+        }
+    }
+
     /// A timeout ran out in `armedIn`: a request part-way is answered 408;
     /// an idle connection is closed without a word.
     private func expired(_ armedIn: Phase) {
@@ -326,13 +344,19 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             arm(daemon.config.connections.bodyTimeout, phase: .body)
             // Refused before a byte of the body is read: no token, or a
             // body larger than the limit.
-            switch daemon.authenticate(authorization: h.headers.first(name: "authorization"), peer: peer) {
-            case .failure(let denial):
-                answerEarly(context, denial.response, reason: denial.why, head: h, denied: true)
-                return
-            case .success(let c):
-                client = c
-                table.authenticated(connection)
+            let authorization = h.headers.first(name: "authorization")
+            if let known = knownToken, let authorization, Self.sameBytes(known.authorization, authorization) {
+                client = known.client
+            } else {
+                switch daemon.authenticate(authorization: authorization, peer: peer) {
+                case .failure(let denial):
+                    answerEarly(context, denial.response, reason: denial.why, head: h, denied: true)
+                    return
+                case .success(let c):
+                    client = c
+                    if let authorization { knownToken = (authorization, c) }
+                    table.authenticated(connection)
+                }
             }
             let limit = daemon.config.maxRequestBytes
             let lengths = h.headers["content-length"]
