@@ -44,7 +44,8 @@ final class WorkerReceiver: Sendable {
         self.channel = channel
         self.idleWait = idleWait
         let thread = Thread { [self] in run() }
-        thread.name = "stockaded.receiver.\(name)"
+        // The kernel keeps 15 bytes of a thread's name.
+        thread.name = String("rx.\(name)".utf8.prefix(15))
         // The thread's stack holds a few frames of channel code.
         thread.stackSize = 256 << 10
         thread.start()
