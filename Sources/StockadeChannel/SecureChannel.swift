@@ -791,12 +791,20 @@ public final class SecureChannel: @unchecked Sendable {
     /// answered (those replies bounded by the same deadline); other messages
     /// are kept for ``receive()``. Safe against a ``close()`` from another
     /// thread: the descriptor stays open until this returns.
-    public func awaitResponse(to id: UInt64, deadline: ContinuousClock.Instant?) throws(ChannelError) -> [UInt8] {
+    ///
+    /// - Parameter inputReady: the caller has just seen the socket readable
+    ///   (``waitForInput(until:)`` returned true): the first read does not
+    ///   wait for it again. Only the thread that reads the channel may say so.
+    public func awaitResponse(to id: UInt64, deadline: ContinuousClock.Instant?, inputReady: Bool = false) throws(ChannelError) -> [UInt8] {
         try usingSocket { () throws(ChannelError) -> [UInt8] in
             try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
                 inbox.deadline = deadline
                 inbox.deadlineWhat = "answer to the request"
-                defer { inbox.deadline = nil }
+                inbox.inputReady = inputReady
+                defer {
+                    inbox.deadline = nil
+                    inbox.inputReady = false
+                }
                 while true {
                     guard let message = try receiveRecord() else { throw .closed }
                     if message.type == .ping, !message.flags.contains(.reply) {
@@ -824,7 +832,8 @@ public final class SecureChannel: @unchecked Sendable {
     /// Waits until the peer has sent something (or ended the stream, or the
     /// channel closed) or `deadline` passes; false when the time ran out.
     /// Reads nothing. Safe against a ``close()`` from another thread, which
-    /// ends the wait at once.
+    /// ends the wait at once. True only when a read will not block (the
+    /// socket is readable, or the channel is closed and a read fails at once).
     public func waitForInput(until deadline: ContinuousClock.Instant) -> Bool {
         (try? usingSocket { () throws(ChannelError) -> Bool in
             while true {
@@ -833,7 +842,10 @@ public final class SecureChannel: @unchecked Sendable {
                 do {
                     if try socket.waitReadable(timeoutMilliseconds: Int(left.inMilliseconds.rounded(.up))) { return true }
                 } catch {
-                    return true
+                    // poll(2) on one open descriptor fails only when the
+                    // kernel is out of memory: wait a little and try again,
+                    // without claiming anything is readable.
+                    usleep(1000)
                 }
             }
         }) ?? true
@@ -1014,6 +1026,9 @@ struct Inbox {
     var deadline: ContinuousClock.Instant?
     /// What the peer is late with, for the violation's reason.
     var deadlineWhat = ""
+    /// The socket was just seen readable (data or its end is there, so a
+    /// read cannot block): the next read does not poll first.
+    var inputReady = false
 
     init(capacity: Int) { storage = .allocate(byteCount: capacity, alignment: 16) }
 
@@ -1064,7 +1079,8 @@ struct Inbox {
     /// another one it is `unexpected-fds`; one that is not a sealed regular
     /// memfd is `unsealed-memfd`. Either way it is closed before the throw.
     private mutating func receive(into buffer: UnsafeMutableRawBufferPointer, from socket: FileDescriptor) throws -> Int {
-        if let deadline { try Self.waitReadable(socket, until: deadline, what: deadlineWhat) }
+        if let deadline, !inputReady { try Self.waitReadable(socket, until: deadline, what: deadlineWhat) }
+        inputReady = false
         let received = try socket.receiveMessage(into: buffer, maxDescriptors: 1)
         let anchor = receivedTotal + received.byteCount - 1
         if received.descriptors.isEmpty && !received.controlTruncated { return received.byteCount }

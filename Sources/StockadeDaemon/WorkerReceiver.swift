@@ -107,7 +107,7 @@ final class WorkerReceiver: Sendable {
             if !ready, ContinuousClock.now < current.deadline { continue }
             let result: Result<[UInt8], ChannelError>
             do throws(ChannelError) {
-                result = .success(try channel.awaitResponse(to: current.id, deadline: current.deadline))
+                result = .success(try channel.awaitResponse(to: current.id, deadline: current.deadline, inputReady: ready))
             } catch {
                 result = .failure(error)
             }
