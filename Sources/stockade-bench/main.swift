@@ -13,6 +13,7 @@ let parts: [String: () throws -> Void] = [
     "broker": brokerBench,
     "fuzz": fuzzBench,
     "oci": ociBench,
+    "density": densityBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()
