@@ -44,7 +44,7 @@ final class ReadinessLoop: @unchecked Sendable {
     private let wakeup: PipeEnds
     private let started = Atomic<Bool>(false)
 
-    private init(name: String) {
+    init(name: String) {
         self.name = name
         wakeup = try! PipeEnds.make()
         // Neither end blocks: a burst of additions fills the pipe at most,
