@@ -90,11 +90,11 @@ public final class SecureChannel: @unchecked Sendable {
         self.logger = logger
         sealer = RecordSealer(cipher: send, rekeyInterval: parameters.limits.rekeyInterval)
         opener = RecordOpener(cipher: receive, limits: parameters.limits)
-        outbox = .allocate(byteCount: Self.outboxSize, alignment: 16)
+        outbox = PageBuffer.allocate(byteCount: Self.outboxSize)
     }
 
     deinit {
-        outbox.deallocate()
+        PageBuffer.deallocate(outbox)
         inbox.deallocate()
         if !closed { try? socket.close() }
     }
@@ -846,11 +846,11 @@ struct Inbox {
     /// What the peer is late with, for the violation's reason.
     var deadlineWhat = ""
 
-    init(capacity: Int) { storage = .allocate(byteCount: capacity, alignment: 16) }
+    init(capacity: Int) { storage = PageBuffer.allocate(byteCount: capacity) }
 
     /// Frees the buffer and closes a pending descriptor.
     mutating func deallocate() {
-        storage.deallocate()
+        PageBuffer.deallocate(storage)
         dropDescriptor()
     }
 
@@ -953,9 +953,9 @@ struct Inbox {
             if storage.count - start < count {
                 if storage.count < count {
                     // `count` was checked against the limits by the caller.
-                    let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, storage.count * 2), alignment: 16)
+                    let grown = PageBuffer.allocate(byteCount: max(count, storage.count * 2))
                     grown.copyMemory(from: UnsafeRawBufferPointer(rebasing: storage[start..<end]))
-                    storage.deallocate()
+                    PageBuffer.deallocate(storage)
                     storage = grown
                 } else {
                     storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: end - start)
