@@ -42,6 +42,15 @@ private func readProc(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// The flock()s this process holds now (/proc/locks names the holder's pid).
+private func ownFlocks() -> Int {
+    let me = String(getpid())
+    return (readProc("/proc/locks") ?? "").split(separator: "\n").filter { line in
+        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        return words.count > 4 && words[1] == "FLOCK" && words[4] == me
+    }.count
+}
+
 /// glibc's malloc_trim (not in the Glibc module): returns the allocator's
 /// free memory to the kernel.
 @_silgen_name("malloc_trim") private func mallocTrim(_ pad: Int) -> Int32
@@ -228,6 +237,7 @@ func densityBench() throws {
 
     // Where the run's cgroups live (every hierarchy): gone after the drain.
     let basePaths = daemon.cgroups?.basePaths ?? []
+    let flocksBefore = ownFlocks()
     let fillStart = ContinuousClock.now
     try daemon.start()
     var stopped = false
@@ -334,14 +344,10 @@ func densityBench() throws {
     for path in basePaths where FileManager.default.fileExists(atPath: path) {
         problems.append("cgroup \(path) is left")
     }
-    var lockedRanges = 0
-    for range in held {
-        let fd = open(HostIDPool.defaultLockDirectory + "/\(range.first).lock", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { continue }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 { lockedRanges += 1 } else { flock(fd, LOCK_UN) }
-        close(fd)
-    }
-    if lockedRanges > 0 { problems.append("\(lockedRanges) of the run's \(held.count) host id ranges are still locked (another launcher may have taken some)") }
-    print("  clean-up: " + (problems.isEmpty ? "no jail process, cgroup or host id lock of the run is left (\(held.count) id ranges checked)" : problems.joined(separator: "; ")))
+    // The id ranges' locks are flock()s of this process: none may be left
+    // (a range another launcher took since is its lock, not ours).
+    let flocksAfter = ownFlocks()
+    if flocksAfter > flocksBefore { problems.append("this process still holds \(flocksAfter - flocksBefore) more flock()s than before the fill (host id ranges)") }
+    print("  clean-up: " + (problems.isEmpty ? "no jail process, cgroup or host id lock of the run is left (\(held.count) id ranges were held; /proc/locks shows none of this process's)" : problems.joined(separator: "; ")))
     print("  goal: 1000 jails held, the daemon under 100 KiB per jail")
 }
