@@ -103,6 +103,9 @@ package struct TenantConfig: Sendable {
     package var access: [String: Role]
     /// on_denial and denials_per_minute: the tenant's own, over the profile's `[denials]`.
     package var denials: DenialPolicy
+    /// `template = true`: one jailed template loads the model and the
+    /// workers are forked from it (the SDK's serve_template; WorkerTemplate).
+    package var template = false
 
     package init(name: String, profilePath: String, profile: Profile, command: [String]) {
         self.name = name
@@ -342,6 +345,7 @@ package struct DaemonConfig: Sendable {
             if let env = try t.stringTable("env") {
                 tenant.environment = env.map { ($0.0, DaemonPath.expand($0.1, configDir: dir)) }
             }
+            tenant.template = try t.bool("template") ?? false
             tenant.minWorkers = try t.int("workers_min", in: 0...1024) ?? 1
             tenant.maxWorkers = try t.int("workers_max", in: 1...1024) ?? max(1, tenant.minWorkers)
             guard tenant.maxWorkers >= tenant.minWorkers else {
@@ -367,10 +371,12 @@ package struct DaemonConfig: Sendable {
                     throw b.error("memory_high", "a tenant budget has no memory_high; set it per jail in the profile")
                 }
                 try b.finish()
-                if let most = budget.maxJails, most < tenant.maxWorkers {
+                // A template tenant's workers live in one jail, its template's.
+                let jails = tenant.template ? 1 : tenant.maxWorkers
+                if let most = budget.maxJails, most < jails {
                     throw b.error("max_jails", "\(most) is below workers_max \(tenant.maxWorkers): the pool could never grow that far")
                 }
-                if let overdrawn = Self.overdrawn(budget.limits, jail: tenant.profile.limits, workers: tenant.maxWorkers) {
+                if let overdrawn = Self.overdrawn(budget.limits, jail: tenant.profile.limits, workers: jails) {
                     throw b.error(overdrawn.key, "\(tenant.maxWorkers) workers (workers_max) of \(tenant.profilePath) reserve \(overdrawn.reserved), "
                         + "more than the tenant's \(overdrawn.total): the pool could never grow that far; raise the budget, "
                         + "lower workers_max or the profile's [limits]")

@@ -15,12 +15,14 @@ extension TenantPool {
     static let concurrentLaunches = max(4, 2 * ProcessInfo.processInfo.activeProcessorCount)
 
     /// Accounts for the worker's end (``watch(_:)``) once its jail's PID 1
-    /// has exited; nothing blocks until then.
+    /// (a forked worker: its own process; the jail is its template's) has
+    /// exited; nothing blocks until then.
     func watchExit(_ worker: Worker) {
-        let pidfd = worker.jail.process.fd.rawValue
+        let pidfd = (worker.forked?.process ?? worker.jail.process).fd.rawValue
         ReadinessLoop.exits.add(fd: pidfd) { [self] _ in
-            // The pidfd stays open (Jail.wait reaps and closes it): off the
-            // loop, since the accounting reads and removes the cgroup.
+            // The pidfd stays open (the jail's or the forked worker's wait
+            // reaps and closes it): off the loop, since the accounting
+            // reads and removes the cgroup, or waits for the template's word.
             DispatchQueue.global().async { [self] in watch(worker) }
             return .remove
         }

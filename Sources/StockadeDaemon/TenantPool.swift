@@ -118,6 +118,11 @@ final class Worker: @unchecked Sendable {
     /// Requests run here, one at a time, off the event loops.
     let queue: DispatchQueue
     let startedAt = ContinuousClock.now
+    /// Set for a worker forked from the tenant's template; `jail` is then
+    /// the template's, shared with its siblings.
+    let forked: ForkedWorker?
+    /// The worker's pid in the daemon's pid namespace.
+    var pid: Int32 { forked?.pid ?? jail.pid }
     /// The jail's end, once its watcher has reaped it.
     private let exitState = Mutex<(exited: Bool, exit: JailExit?)>((false, nil))
     /// Woken when `exitState` records the end.
@@ -127,8 +132,9 @@ final class Worker: @unchecked Sendable {
     /// The worker's denials and the on_denial policy over them.
     let denials: DenialMonitor?
 
-    init(id: String, jail: Jail, channel: SecureChannel, denials: DenialMonitor? = nil) {
+    init(id: String, jail: Jail, channel: SecureChannel, denials: DenialMonitor? = nil, forked: ForkedWorker? = nil) {
         self.denials = denials
+        self.forked = forked
         self.id = id
         self.jail = jail
         self.channel = channel
@@ -146,7 +152,9 @@ final class Worker: @unchecked Sendable {
     /// the kill under one lock, so a reaped pid is never signalled).
     func kill(reason: JailExit.Reason = .killed) {
         exitState.withLock { state in
-            if !state.exited { jail.kill(reason: reason) }
+            if !state.exited {
+                if let forked { forked.kill(reason: reason) } else { jail.kill(reason: reason) }
+            }
         }
     }
 
@@ -179,9 +187,9 @@ package final class TenantPool: @unchecked Sendable {
     package let config: TenantConfig
     var name: String { config.name }
     private let cgroups: CgroupManager?
-    private let audit: AuditLog
+    let audit: AuditLog
     private let metrics: DaemonMetrics
-    private let logger: Logger
+    let logger: Logger
     private let devNull: Int32
     private let modelStore: ModelStore
     /// The largest request body the API accepts (the channel carries it).
@@ -189,6 +197,8 @@ package final class TenantPool: @unchecked Sendable {
     private let denialAudit = DenialAuditLimiter()
     /// Whether the log already says why Landlock denials are not counted.
     private let landlockNoted = Atomic<Bool>(false)
+    /// The template of a tenant with `template = true`.
+    let template = TemplateHolder()
 
     private struct Record {
         var worker: Worker
@@ -340,6 +350,7 @@ package final class TenantPool: @unchecked Sendable {
             w.kill()
         }
         emptied.wait { isEmpty }
+        template.stop()
     }
 
     /// No workers, none starting, no watcher still running.
@@ -449,7 +460,7 @@ package final class TenantPool: @unchecked Sendable {
                 if let v = violation {
                     metrics.violations(name).increment()
                     var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
-                    e.pid = worker.jail.pid
+                    e.pid = worker.pid
                     audit.record(e)
                     worker.kill()
                 }
@@ -600,10 +611,10 @@ package final class TenantPool: @unchecked Sendable {
         }
         metrics.spawnLatency(name).record(ContinuousClock.now - start)
         var event = AuditEvent(.launch, tenant: name, worker: id)
-        event.pid = worker.jail.pid
+        event.pid = worker.pid
         event.durationMs = Self.milliseconds(ContinuousClock.now - start)
         audit.record(event)
-        logger.info("worker ready", metadata: ["worker": "\(id)", "pid": "\(worker.jail.pid)"])
+        logger.info("worker ready", metadata: ["worker": "\(id)", "pid": "\(worker.pid)"])
 
         let (next, stopNow): (Pending?, Bool) = state.withLock { s in
             s.starting -= 1
@@ -657,46 +668,14 @@ package final class TenantPool: @unchecked Sendable {
     /// seals re-checked now), then launches the jail with those memfds, its
     /// stdout and stderr on pipes the daemon reads, and runs the handshake.
     private func launch(id: String) throws -> Worker {
-        var sealed: [SealedModelFile] = []
-        for model in config.models { sealed += try modelStore.files(of: model) }
-        // The channel refuses a larger bulk transfer before it is mapped.
-        let limits = ChannelLimits(maxBulkLength: max(config.maxResponseBytes, maxRequestBytes, 1 << 20))
-        let bootstrap = try ChannelBootstrap(tenant: name, worker: id, limits: limits)
-        var request = LaunchRequest(profile: config.profile, command: config.command)
-        request.launcherFiles = config.launcherFiles
-        for path in config.binds {
-            request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
-        }
-        request.extraEnvironment = config.environment
-        request.extraEnvironment.append((ChannelBootstrap.environmentVariable, ChannelBootstrap.environmentValue()))
-        if let memory = config.profile.limits.memoryMax {
-            request.extraEnvironment.append(("STOCKADE_MEMORY_MAX", String(memory)))
-        }
+        if config.template { return try forkWorker(id: id) }
+        let bootstrap = try ChannelBootstrap(tenant: name, worker: id, limits: channelLimits)
         let output = try WorkerLog()
         var launched = false
         defer { if !launched { output.abandon() } }
-        request.passedFDs = [
-            (devNull, 0),
-            (output.stdoutWrite.rawValue, 1),
-            (output.stderrWrite.rawValue, 2),
-            (bootstrap.workerSocket.rawValue, ChannelBootstrap.workerSocketFD),
-            (bootstrap.paramsMemfd.rawValue, ChannelBootstrap.workerParamsFD),
-        ]
-        var named: [String] = []
-        for (i, f) in sealed.enumerated() {
-            let to = Self.firstModelFD + Int32(i)
-            request.passedFDs.append((f.fd.rawValue, to))
-            named.append("\(f.file.name)=\(to)")
-        }
-        if !named.isEmpty { request.extraEnvironment.append((Self.modelFDsVariable, named.joined(separator: ","))) }
-        if let cgroups {
-            request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
-        }
-        let denials = denialMonitor(worker: id)
-        let tenantName = name
-        request.seccompObservation = SeccompObservation(options: denials.watchOptions) { [metrics] _ in
-            metrics.landlockDenials(tenantName).increment()
-        }
+        var (request, denials) = try jailRequest(id: id, output: output)
+        request.extraEnvironment.append((ChannelBootstrap.environmentVariable, ChannelBootstrap.environmentValue()))
+        request.passedFDs += bootstrap.passedFDs
         try JailSecurity.prepare(&request)
         let jail: Jail
         do {
@@ -726,6 +705,48 @@ package final class TenantPool: @unchecked Sendable {
             let exit = try? jail.wait()
             throw DaemonError("worker \(id): channel handshake failed (\(error)); the worker \(describe(exit))")
         }
+    }
+
+    /// The channel's limits: it refuses a larger bulk transfer before it is mapped.
+    var channelLimits: ChannelLimits { ChannelLimits(maxBulkLength: max(config.maxResponseBytes, maxRequestBytes, 1 << 20)) }
+
+    /// The jail of one of this tenant's workers (or its template), all but
+    /// the channel: the profile and binds, the models' sealed memfds (their
+    /// seals re-checked now), stdio on `output`'s pipes, the cgroup, and the
+    /// observation of its denials. The caller adds the channel and prepares it.
+    func jailRequest(id: String, output: WorkerLog) throws -> (LaunchRequest, DenialMonitor) {
+        var sealed: [SealedModelFile] = []
+        for model in config.models { sealed += try modelStore.files(of: model) }
+        var request = LaunchRequest(profile: config.profile, command: config.command)
+        request.launcherFiles = config.launcherFiles
+        for path in config.binds {
+            request.extraMounts.append(MountSpec(kind: .bind, source: path, target: path))
+        }
+        request.extraEnvironment = config.environment
+        if let memory = config.profile.limits.memoryMax {
+            request.extraEnvironment.append(("STOCKADE_MEMORY_MAX", String(memory)))
+        }
+        request.passedFDs = [
+            (devNull, 0),
+            (output.stdoutWrite.rawValue, 1),
+            (output.stderrWrite.rawValue, 2),
+        ]
+        var named: [String] = []
+        for (i, f) in sealed.enumerated() {
+            let to = Self.firstModelFD + Int32(i)
+            request.passedFDs.append((f.fd.rawValue, to))
+            named.append("\(f.file.name)=\(to)")
+        }
+        if !named.isEmpty { request.extraEnvironment.append((Self.modelFDsVariable, named.joined(separator: ","))) }
+        if let cgroups {
+            request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
+        }
+        let denials = denialMonitor(worker: id)
+        let tenantName = name
+        request.seccompObservation = SeccompObservation(options: denials.watchOptions) { [metrics] _ in
+            metrics.landlockDenials(tenantName).increment()
+        }
+        return (request, denials)
     }
 
     /// The monitor of one worker's denials; when on_denial acts it counts,
@@ -770,7 +791,7 @@ package final class TenantPool: @unchecked Sendable {
     func watch(_ worker: Worker) {
         let exit: JailExit?
         do {
-            exit = try worker.jail.wait()
+            exit = try worker.forked?.wait(profile: config.profile.name) ?? worker.jail.wait()
         } catch {
             logger.error("cannot reap a worker's jail", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
             exit = nil
@@ -779,7 +800,7 @@ package final class TenantPool: @unchecked Sendable {
         // Closed on the worker's queue, after any request still reading it.
         worker.queue.async { worker.channel.close() }
         var event = AuditEvent(.exit, tenant: name, worker: worker.id, reason: describe(exit))
-        event.pid = worker.jail.pid
+        event.pid = worker.pid
         event.exitCode = exit?.exitCode
         event.signal = exit?.signalName
         event.outcome = exit?.reason.rawValue
@@ -841,9 +862,11 @@ package final class TenantPool: @unchecked Sendable {
         var hostIDs: [String: String] = [:]
         for w in workers { hostIDs[w.id] = w.jail.hostIDs?.description }
         var usage = snapshot.exitedUsage
-        for w in workers {
+        // Forked workers are counted once, in their template's cgroup.
+        for w in workers where w.forked == nil {
             if let u = try? w.jail.cgroup?.usage() { usage.add(u) }
         }
+        if let u = template.usage() { usage.add(u) }
         let b = config.budget
         usage.budgetMemoryMaxBytes = b.limits.memoryMax
         usage.budgetCPUs = b.limits.cpu?.cpus
@@ -878,7 +901,7 @@ package final class TenantPool: @unchecked Sendable {
     private func workerInfo(_ r: Record) -> WorkerInfo {
         let up = ContinuousClock.now - r.worker.startedAt
         let tally = r.worker.jail.seccompWatch?.tally()
-        var info = WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.jail.pid,
+        var info = WorkerInfo(id: r.worker.id, tenant: name, state: r.state.rawValue, pid: r.worker.pid,
                           uptimeSeconds: up.inSeconds,
                           requests: r.requests, errors: r.errors,
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),

@@ -4,7 +4,8 @@ import Glibc
 #endif
 
 /// A containerd of its own, for the OCI tests and `stockade-bench oci`: its
-/// config, root, state and socket under one directory, the CRI plugin off,
+/// config, root, state and socket under one directory, the CRI plugin and
+/// the snapshotters the tests do not use off (aufs runs modprobe on start),
 /// no systemd. `importBusybox` makes an OCI image offline with umoci from
 /// busybox-static and imports it.
 package final class PrivateContainerd {
@@ -13,7 +14,10 @@ package final class PrivateContainerd {
     package let socket: String
     let daemon = Process()
 
-    /// Starts containerd and waits (5 s at most) for its socket.
+    /// Starts containerd and waits (60 s at most: a loaded machine can be
+    /// slow to run its plugin set-up) for its socket. If it does not come,
+    /// the error says whether containerd exited (and how) or is still
+    /// running (and in what kernel state), with its log.
     package init(dir: String) throws {
         self.dir = dir
         socket = dir + "/containerd.sock"
@@ -22,7 +26,7 @@ package final class PrivateContainerd {
             version = 2
             root = "\(dir)/root"
             state = "\(dir)/state"
-            disabled_plugins = ["io.containerd.grpc.v1.cri"]
+            disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
             [grpc]
               address = "\(socket)"
             """.write(toFile: dir + "/config.toml", atomically: true, encoding: .utf8)
@@ -32,11 +36,23 @@ package final class PrivateContainerd {
         daemon.arguments = ["--config", dir + "/config.toml"]
         daemon.standardOutput = log
         daemon.standardError = log
+        daemon.standardInput = FileHandle.nullDevice
         try daemon.run()
-        for _ in 0..<100 where access(socket, F_OK) != 0 { usleep(50_000) }
+        let deadline = Date().addingTimeInterval(60)
+        while access(socket, F_OK) != 0 && daemon.isRunning && Date() < deadline { usleep(50_000) }
         guard access(socket, F_OK) == 0 else {
+            let how: String
+            if daemon.isRunning {
+                let status = (try? String(contentsOfFile: "/proc/\(daemon.processIdentifier)/status", encoding: .utf8)) ?? ""
+                let state = status.split(separator: "\n").first { $0.hasPrefix("State:") } ?? "State: unknown"
+                let wchan = (try? String(contentsOfFile: "/proc/\(daemon.processIdentifier)/wchan", encoding: .utf8)) ?? "?"
+                how = "still running after 60 s without its socket (\(state), waiting in \(wchan))"
+            } else {
+                how = "exited with status \(daemon.terminationStatus) (\(daemon.terminationReason == .uncaughtSignal ? "signal" : "exit"))"
+            }
+            let log = (try? String(contentsOfFile: dir + "/containerd.log", encoding: .utf8)) ?? ""
             stop()
-            throw RuntimeError("containerd did not start: \((try? String(contentsOfFile: dir + "/containerd.log", encoding: .utf8)) ?? "")")
+            throw RuntimeError("containerd did not start: \(how); its log: \(log.isEmpty ? "(empty)" : log)")
         }
     }
 

@@ -147,7 +147,7 @@ func daemonBench() throws {
 }
 
 /// The request: the first eight reference sentences.
-private func benchPayload(repo: String) throws -> [UInt8] {
+func benchPayload(repo: String) throws -> [UInt8] {
     let data = try Data(contentsOf: URL(fileURLWithPath: repo + "/examples/minilm/reference.json"))
     guard let ref = try JSONSerialization.jsonObject(with: data) as? [String: Any], let texts = ref["texts"] as? [String] else {
         throw DaemonError("examples/minilm/reference.json has no texts")

@@ -14,6 +14,7 @@ let parts: [String: () throws -> Void] = [
     "fuzz": fuzzBench,
     "oci": ociBench,
     "density": densityBench,
+    "template": templateBench,
 ]
 
 let args = CommandLine.arguments.dropFirst()

@@ -76,15 +76,10 @@ struct RunCommand: ParsableCommand {
         var request = LaunchRequest(profile: profile, command: argv)
         // In command-line order: a later bind covers an earlier one.
         for (spec, writable) in Self.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
-            request.extraMounts.append(try bind(spec, writable: writable))
+            request.extraMounts.append(try Self.bind(spec, writable: writable))
         }
         if let tenants { request.launcherFiles.append(tenants) }
-        for pair in environment {
-            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
-            }
-            request.extraEnvironment.append((String(pair[..<eq]), String(pair[pair.index(after: eq)...])))
-        }
+        request.extraEnvironment += try Self.environmentPairs(environment)
         var limit = profile.timeLimit
         if let timeLimit {
             switch DurationValue(parsing: timeLimit) {
@@ -129,7 +124,17 @@ struct RunCommand: ParsableCommand {
         throw ExitCode(exit.status)
     }
 
-    private func bind(_ spec: String, writable: Bool) throws -> MountSpec {
+    /// `--setenv name=value` values as pairs.
+    static func environmentPairs(_ values: [String]) throws -> [(String, String)] {
+        try values.map { pair in
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw ValidationError("--setenv takes name=value, got \"\(pair)\"")
+            }
+            return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
+        }
+    }
+
+    static func bind(_ spec: String, writable: Bool) throws -> MountSpec {
         let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
         let source = parts[0]
         let target = parts.count > 1 ? parts[1] : source

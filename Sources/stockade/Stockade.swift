@@ -11,7 +11,7 @@ struct StockadeCommand: ParsableCommand {
         abstract: "Run untrusted programs in a Linux jail.",
         version: Stockade.version,
         subcommands: [RunCommand.self, LintCommand.self, ProbeCommand.self, CompileCommand.self, ExplainCommand.self,
-                      CgroupsCommand.self, SimulateCommand.self, DiffCommand.self, FuzzCommand.self, MinimizeCommand.self,
+                      CgroupsCommand.self, SimulateCommand.self, DiffCommand.self, FuzzCommand.self, MinimizeCommand.self, LearnCommand.self,
                       TopCommand.self]
     )
 

@@ -132,10 +132,12 @@ class Embedder:
 
 
 def _import_serve():
-    """The SDK's serve(): the stockade-worker package installed in this
-    worker's venv (`pip install ./python`)."""
-    from stockade_worker import serve
-    return serve
+    """The SDK's serve_template(): the stockade-worker package installed in
+    this worker's venv (`pip install ./python`). Under a tenant with
+    `template = true` it loads once and serves from forked workers; under
+    any other it serves as serve() does."""
+    from stockade_worker import serve_template
+    return serve_template
 
 
 def main(argv: list[str]) -> int:
@@ -151,9 +153,12 @@ def main(argv: list[str]) -> int:
         _import_serve()
         from stockade_worker import model_directory
         model_path = model_directory()
-    handler = Embedder(MiniLM(model_path), request_limit())
+
+    def load() -> Embedder:
+        return Embedder(MiniLM(model_path), request_limit())
 
     if len(argv) > 1 and argv[1] == "--stdin":
+        handler = load()
         try:
             response = handler(sys.stdin.buffer.read())
         except RequestError as e:
@@ -164,15 +169,14 @@ def main(argv: list[str]) -> int:
         return 0
 
     try:
-        serve = _import_serve()
+        serve_template = _import_serve()
     except ImportError as e:
         print("worker: the stockade_worker SDK is not importable "
               f"({e}); install it into this venv (pip install ./python), "
               "or use --stdin",
               file=sys.stderr)
         return 2
-    serve(handler)
-    return 0
+    return serve_template(load)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import fcntl
 import logging
 import mmap
 import os
+import select
 import socket
 import stat
 import struct
@@ -496,16 +497,23 @@ def connect(environ=None, supported=(AESGCM_SUITE, CHACHAPOLY_SUITE)) -> Channel
     return Channel(sock, params, supported)
 
 
-def serve(handler: Callable[[bytes], bytes], environ=None) -> int:
+IDLE_AFTER = 0.1
+
+
+def serve(handler: Callable[[bytes], bytes], environ=None, idle: Optional[Callable[[], None]] = None) -> int:
     """Serves requests until the launcher shuts the channel down.
 
     handler(payload) returns the response bytes; an exception becomes an error
     message. Returns 0 after an orderly shutdown; a protocol violation is
-    logged, closes the channel and raises ChannelViolation.
+    logged, closes the channel and raises ChannelViolation. idle(), when
+    given, runs once whenever no request has come for IDLE_AFTER seconds.
     """
     channel = connect(environ)
     try:
         while True:
+            if idle is not None and channel.start == channel.end and not channel.fds \
+                    and not select.select([channel.sock], [], [], IDLE_AFTER)[0]:
+                idle()
             msg = channel.receive()
             if msg is None:
                 return 0
