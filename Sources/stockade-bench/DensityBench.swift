@@ -154,22 +154,7 @@ private func sleeperPath() -> String? {
 
 /// The sleeper run once without a jail, its handshake done: what the worker itself costs.
 private func measureSleeperAlone(_ sleeper: String) throws -> ProcKiB {
-    let bootstrap = try ChannelBootstrap(tenant: "density", worker: "alone")
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, bootstrap.workerSocket.rawValue, ChannelBootstrap.workerSocketFD)
-    posix_spawn_file_actions_adddup2(&actions, bootstrap.paramsMemfd.rawValue, ChannelBootstrap.workerParamsFD)
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    let argv = [strdup(sleeper), nil]
-    defer { free(argv[0]) }
-    let envp = [strdup("\(ChannelBootstrap.environmentVariable)=\(ChannelBootstrap.environmentValue())"), nil]
-    defer { free(envp[0]) }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, sleeper, &actions, nil, argv, envp)
-    guard rc == 0 else { throw DaemonError("posix_spawn \(sleeper): \(String(cString: strerror(rc)))") }
-    bootstrap.closeWorkerEnds()
-    let channel = try bootstrap.connect(handshakeTimeoutMilliseconds: 30_000)
+    let (pid, channel) = try startUnjailed([sleeper], name: "alone")
     _ = try channel.request(Array("ping".utf8))
     usleep(100_000)
     let rollup = ProcKiB(path: "/proc/\(pid)/smaps_rollup") ?? ProcKiB()
