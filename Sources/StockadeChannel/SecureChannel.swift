@@ -39,6 +39,9 @@ public final class SecureChannel: @unchecked Sendable {
     /// saves a second write and wakeup for its last 33 bytes); larger
     /// ones go out in pieces of this size while they are encrypted.
     static let outboxSize = (64 << 10) + RecordFormat.overhead
+    /// The rest of a sealed record the socket did not take at once
+    /// (``sendRequestIfImmediate(_:requestID:)``); sent before anything else.
+    private var unsent: [UInt8] = []
     // Receive side (receiveLock).
     private let receiveLock = Mutex<Void>(())
     private var inbox: Inbox
@@ -61,6 +64,9 @@ public final class SecureChannel: @unchecked Sendable {
     /// Pings sent and not yet answered: id -> payload length. A reply is
     /// accepted only for one of these, with the same length.
     private var outstandingPings: [UInt64: Int] = [:]
+    /// Threads in ``usingSocket(_:)``, and whether a ``close()`` waits for them.
+    private var socketUsers = 0
+    private var closeDeferred = false
     /// At most this many pings wait for a reply at once.
     static let maxOutstandingPings = 16
 
@@ -277,15 +283,113 @@ public final class SecureChannel: @unchecked Sendable {
         }
         try checkSendable(type: type, requestID: requestID, count: payload.count)
         try sendLock.withLock { () throws(ChannelError) in
-            do {
-                if useBulk {
-                    try sendBulk(innerType: type, requestID: requestID, payload: payload)
-                } else {
-                    try sendRecord(type: type, flags: flags, requestID: requestID, payload: payload, passing: [])
-                }
-            } catch {
-                throw fail(error)
+            try sendLocked(type: type, flags: flags, requestID: requestID, payload: payload, bulk: useBulk, deadline: sendDeadline)
+        }
+    }
+
+    /// Sends one checked message (sendLock held), bounded by `deadline`.
+    private func sendLocked(type: MessageType, flags: MessageFlags, requestID: UInt64, payload: UnsafeRawBufferPointer,
+                            bulk: Bool, deadline: ContinuousClock.Instant?) throws(ChannelError) {
+        do {
+            if bulk {
+                try sendBulk(innerType: type, requestID: requestID, payload: payload, deadline: deadline)
+            } else {
+                try sendRecord(type: type, flags: flags, requestID: requestID, payload: payload, passing: [], deadline: deadline)
             }
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    /// Sends `payload` as request `requestID` (from ``makeRequestID()``),
+    /// the send bounded by `deadline`, without waiting for the answer: for
+    /// callers that read answers on another thread
+    /// (``awaitResponse(to:deadline:)``).
+    public func sendRequest(_ payload: [UInt8], requestID: UInt64, deadline: ContinuousClock.Instant?) throws(ChannelError) {
+        let bulk = payload.count > limits.maxRecordPayload
+        if bulk, payload.count > limits.maxBulkLength { throw .tooLarge(payload.count, limit: limits.maxBulkLength) }
+        try checkSendable(type: .request, requestID: requestID, count: payload.count)
+        try typed {
+            try payload.withUnsafeBytes { bytes in
+                try sendLock.withLock { () throws(ChannelError) in
+                    try sendLocked(type: .request, flags: [], requestID: requestID, payload: bytes, bulk: bulk, deadline: deadline)
+                }
+            }
+        }
+    }
+
+    /// Records up to this size are sent by ``sendRequestIfImmediate(_:requestID:)``.
+    public static let immediateRequestLimit = 16 << 10
+
+    /// What ``sendRequestIfImmediate(_:requestID:)`` did.
+    public enum ImmediateSend: Sendable {
+        /// The request is on its way.
+        case sent
+        /// Sealed, and all or part of it waits in the channel: call
+        /// ``flushPending(deadline:)`` from a thread that may wait.
+        case pending
+        /// Nothing was sealed or sent, no credit taken (a large request, or
+        /// another send in progress): send it with
+        /// ``sendRequest(_:requestID:deadline:)`` from a thread that may wait.
+        case notSent
+    }
+
+    /// Sends `payload` as request `requestID` (from ``makeRequestID()``)
+    /// only as far as that cannot block: for an event loop that must never
+    /// wait on a worker. A small record goes out with `MSG_DONTWAIT` while
+    /// no other send holds the channel; what the socket does not take now is
+    /// kept, in order before any later record, for ``flushPending(deadline:)``.
+    public func sendRequestIfImmediate(_ payload: [UInt8], requestID: UInt64) throws(ChannelError) -> ImmediateSend {
+        guard RecordFormat.overhead + payload.count <= Self.immediateRequestLimit else { return .notSent }
+        try checkSendable(type: .request, requestID: requestID, count: payload.count)
+        let outcome = try typed { () throws -> ImmediateSend in
+          try payload.withUnsafeBytes { bytes throws -> ImmediateSend in
+            let done = try sendLock.withLockIfAvailable { (_: inout Void) throws(ChannelError) -> ImmediateSend in
+                guard unsent.isEmpty else { return .notSent }
+                do {
+                    let size = try sealer.seal(type: .request, flags: [], requestID: requestID, payload: bytes, into: outbox)
+                    let record = UnsafeRawBufferPointer(rebasing: outbox[0..<size])
+                    var n = 0
+                    do throws(Errno) {
+                        n = try socket.sendMessage(record, dontWait: true)
+                    } catch {
+                        guard error == .wouldBlock else { throw error }
+                    }
+                    if n == size { return .sent }
+                    // The record holds the next nonce: nothing may go out
+                    // before the rest of it.
+                    unsent = Array(record[n...])
+                    return .pending
+                } catch {
+                    throw fail(error)
+                }
+            }
+            return done ?? .notSent
+          }
+        }
+        if case .notSent = outcome { releaseCredit(requestID) }
+        return outcome
+    }
+
+    /// Sends what ``sendRequestIfImmediate(_:requestID:)`` left pending,
+    /// bounded by `deadline`.
+    public func flushPending(deadline: ContinuousClock.Instant?) throws(ChannelError) {
+        try sendLock.withLock { () throws(ChannelError) in
+            do { try sendUnsent(deadline: deadline) } catch { throw fail(error) }
+        }
+    }
+
+    /// Sends the pending part of an earlier record first (sendLock held).
+    private func sendUnsent(deadline: ContinuousClock.Instant?) throws {
+        guard !unsent.isEmpty else { return }
+        try unsent.withUnsafeBytes { try sendAll($0, passing: [], deadline: deadline) }
+        unsent = []
+    }
+
+    /// Gives back the credit of a request that was not sent.
+    private func releaseCredit(_ requestID: UInt64) {
+        stateLock.withLock {
+            if let bytes = inFlight.removeValue(forKey: requestID) { bytesInFlight -= bytes }
         }
     }
 
@@ -323,27 +427,30 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     private func sendRecord(type: MessageType, flags: MessageFlags, requestID: UInt64,
-                            payload: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor]) throws {
+                            payload: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor],
+                            deadline: ContinuousClock.Instant?) throws {
+        try sendUnsent(deadline: deadline)
         let total = RecordFormat.overhead + payload.count
         if total > outbox.count {
             // Large: encrypt and send in pieces, so the peer decrypts the
             // first piece while we encrypt the next.
             var pending = descriptors
             try sealer.sealStreaming(type: type, flags: flags, requestID: requestID, payload: payload, scratch: outbox) { piece in
-                try sendAll(piece, passing: pending)
+                try sendAll(piece, passing: pending, deadline: deadline)
                 pending = []
             }
             return
         }
         let size = try sealer.seal(type: type, flags: flags, requestID: requestID, payload: payload, into: outbox)
-        try sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors)
+        try sendAll(UnsafeRawBufferPointer(rebasing: outbox[0..<size]), passing: descriptors, deadline: deadline)
     }
 
     /// Sends every byte (sendLock held). Under a deadline each `sendmsg`
     /// may block only for the time left, so a peer that stops reading (or
     /// reads a byte now and then) cannot hold the sender past it.
-    private func sendAll(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor]) throws {
-        guard let deadline = sendDeadline else { return try socket.sendAll(bytes, passing: descriptors) }
+    private func sendAll(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor],
+                         deadline: ContinuousClock.Instant?) throws {
+        guard let deadline else { return try socket.sendAll(bytes, passing: descriptors) }
         defer { try? socket.setSendTimeout(milliseconds: nil) }
         var offset = 0
         var pending = descriptors
@@ -363,7 +470,8 @@ public final class SecureChannel: @unchecked Sendable {
     /// Encrypts `payload` in chunks under a fresh key into a new memfd
     /// (see ``BulkDescriptor/seal(_:requestID:suite:into:)``), seals it, and
     /// sends a bulk record that carries the key with the memfd attached.
-    private func sendBulk(innerType: MessageType, requestID: UInt64, payload: UnsafeRawBufferPointer) throws {
+    private func sendBulk(innerType: MessageType, requestID: UInt64, payload: UnsafeRawBufferPointer,
+                          deadline: ContinuousClock.Instant?) throws {
         var descriptor = BulkDescriptor(innerType: innerType, chunkSize: 1 << 20, totalLength: payload.count,
                                         key: try Crypto.randomBytes(32))
         defer { descriptor.key.wipe() }
@@ -375,7 +483,7 @@ public final class SecureChannel: @unchecked Sendable {
         var record = descriptor.encoded()
         defer { record.wipe() }
         try record.withUnsafeBytes {
-            try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd])
+            try sendRecord(type: .bulk, flags: [], requestID: requestID, payload: $0, passing: [memfd], deadline: deadline)
         }
     }
 
@@ -405,7 +513,8 @@ public final class SecureChannel: @unchecked Sendable {
                                  passing descriptors: [FileDescriptor] = []) throws {
         try sendLock.withLock { () throws in
             try payload.withUnsafeBytes {
-                try sendRecord(type: type, flags: MessageFlags(rawValue: flags), requestID: requestID, payload: $0, passing: descriptors)
+                try sendRecord(type: type, flags: MessageFlags(rawValue: flags), requestID: requestID, payload: $0, passing: descriptors,
+                               deadline: sendDeadline)
             }
         }
     }
@@ -670,32 +779,97 @@ public final class SecureChannel: @unchecked Sendable {
     /// with its end of the socket. Without one, whoever bounds the request's
     /// time calls ``interrupt()`` from another thread when it runs out.
     public func request(_ payload: [UInt8], deadline: ContinuousClock.Instant? = nil) throws(ChannelError) -> [UInt8] {
-        guard let deadline else { return try exchange(payload) }
-        var answer: [UInt8] = []
-        try withDeadline(deadline, what: "answer to the request") { () throws(ChannelError) in
-            answer = try exchange(payload)
-        }
-        return answer
+        let id = makeRequestID()
+        try sendRequest(payload, requestID: id, deadline: deadline)
+        return try awaitResponse(to: id, deadline: deadline)
     }
 
-    private func exchange(_ payload: [UInt8]) throws(ChannelError) -> [UInt8] {
-        let id = makeRequestID()
-        try send(type: .request, requestID: id, payload: payload)
-        return try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
-            while true {
-                guard let message = try receiveRecord() else { throw .closed }
-                if message.type == .ping, !message.flags.contains(.reply) {
-                    try send(type: .ping, flags: .reply, requestID: message.requestID, payload: message.payload)
-                    continue
+    /// Waits for the response to request `id` (sent with
+    /// ``sendRequest(_:requestID:deadline:)`` or
+    /// ``sendRequestIfImmediate(_:requestID:)``), at most until `deadline`
+    /// as ``request(_:deadline:)`` does. Pings that arrive meanwhile are
+    /// answered (those replies bounded by the same deadline); other messages
+    /// are kept for ``receive()``. Safe against a ``close()`` from another
+    /// thread: the descriptor stays open until this returns.
+    ///
+    /// - Parameter inputReady: the caller has just seen the socket readable
+    ///   (``waitForInput(until:)`` returned true): the first read does not
+    ///   wait for it again. Only the thread that reads the channel may say so.
+    public func awaitResponse(to id: UInt64, deadline: ContinuousClock.Instant?, inputReady: Bool = false) throws(ChannelError) -> [UInt8] {
+        try usingSocket { () throws(ChannelError) -> [UInt8] in
+            try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
+                inbox.deadline = deadline
+                inbox.deadlineWhat = "answer to the request"
+                inbox.inputReady = inputReady
+                defer {
+                    inbox.deadline = nil
+                    inbox.inputReady = false
                 }
-                guard message.requestID == id, message.type == .response || message.type == .error else {
-                    try keep(message)
-                    continue
+                while true {
+                    guard let message = try receiveRecord() else { throw .closed }
+                    if message.type == .ping, !message.flags.contains(.reply) {
+                        try typed {
+                            try message.payload.withUnsafeBytes { bytes in
+                                try sendLock.withLock { () throws(ChannelError) in
+                                    try sendLocked(type: .ping, flags: .reply, requestID: message.requestID, payload: bytes,
+                                                   bulk: false, deadline: deadline)
+                                }
+                            }
+                        }
+                        continue
+                    }
+                    guard message.requestID == id, message.type == .response || message.type == .error else {
+                        try keep(message)
+                        continue
+                    }
+                    if message.type == .error { throw .remote(String(decoding: message.payload, as: UTF8.self)) }
+                    return message.payload
                 }
-                if message.type == .error { throw .remote(String(decoding: message.payload, as: UTF8.self)) }
-                return message.payload
             }
         }
+    }
+
+    /// Waits until the peer has sent something (or ended the stream, or the
+    /// channel closed) or `deadline` passes; false when the time ran out.
+    /// Reads nothing. Safe against a ``close()`` from another thread, which
+    /// ends the wait at once. True only when a read will not block (the
+    /// socket is readable, or the channel is closed and a read fails at once).
+    public func waitForInput(until deadline: ContinuousClock.Instant) -> Bool {
+        (try? usingSocket { () throws(ChannelError) -> Bool in
+            while true {
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { return false }
+                do {
+                    if try socket.waitReadable(timeoutMilliseconds: Int(left.inMilliseconds.rounded(.up))) { return true }
+                } catch {
+                    // poll(2) on one open descriptor fails only when the
+                    // kernel is out of memory: wait a little and try again,
+                    // without claiming anything is readable.
+                    usleep(1000)
+                }
+            }
+        }) ?? true
+    }
+
+    /// Runs `body` with the descriptor kept open: a ``close()`` meanwhile
+    /// shuts the socket down (ending any wait in `body`) and closes the
+    /// descriptor only when the last such `body` has returned, so its
+    /// number is never reused under a thread still waiting on it.
+    private func usingSocket<R>(_ body: () throws(ChannelError) -> R) throws(ChannelError) -> R {
+        try stateLock.withLock { () throws(ChannelError) in
+            guard !closed else { throw .closed }
+            socketUsers += 1
+        }
+        defer {
+            stateLock.withLock {
+                socketUsers -= 1
+                if socketUsers == 0, closeDeferred {
+                    closeDeferred = false
+                    try? socket.close()
+                }
+            }
+        }
+        return try body()
     }
 
     /// A fresh request id for ``send(type:flags:requestID:payload:)``.
@@ -796,12 +970,19 @@ public final class SecureChannel: @unchecked Sendable {
         }
     }
 
-    /// Closes the socket. Idempotent.
+    /// Closes the socket. Idempotent. While another thread waits in
+    /// ``awaitResponse(to:deadline:)`` or ``waitForInput(until:)`` the
+    /// socket is shut down now and closed when that wait returns.
     public func close() {
         stateLock.withLock {
             guard !closed else { return }
             closed = true
-            try? socket.close()
+            if socketUsers > 0 {
+                try? socket.shutdownBoth()
+                closeDeferred = true
+            } else {
+                try? socket.close()
+            }
         }
     }
 
@@ -845,6 +1026,9 @@ struct Inbox {
     var deadline: ContinuousClock.Instant?
     /// What the peer is late with, for the violation's reason.
     var deadlineWhat = ""
+    /// The socket was just seen readable (data or its end is there, so a
+    /// read cannot block): the next read does not poll first.
+    var inputReady = false
 
     init(capacity: Int) { storage = PageBuffer.allocate(byteCount: capacity) }
 
@@ -895,7 +1079,8 @@ struct Inbox {
     /// another one it is `unexpected-fds`; one that is not a sealed regular
     /// memfd is `unsealed-memfd`. Either way it is closed before the throw.
     private mutating func receive(into buffer: UnsafeMutableRawBufferPointer, from socket: FileDescriptor) throws -> Int {
-        if let deadline { try Self.waitReadable(socket, until: deadline, what: deadlineWhat) }
+        if let deadline, !inputReady { try Self.waitReadable(socket, until: deadline, what: deadlineWhat) }
+        inputReady = false
         let received = try socket.receiveMessage(into: buffer, maxDescriptors: 1)
         let anchor = receivedTotal + received.byteCount - 1
         if received.descriptors.isEmpty && !received.controlTruncated { return received.byteCount }

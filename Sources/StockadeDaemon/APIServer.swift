@@ -195,6 +195,10 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     private var head: HTTPRequestHead?
     /// The client whose token the current request's head carried.
     private var client: ClientConfig?
+    /// The Authorization header this connection presented last and whose
+    /// token was valid for its peer (fixed for the connection's life): a
+    /// request that presents it again is not hashed and looked up again.
+    private var knownToken: (authorization: String, client: ClientConfig)?
     private var body: ByteBuffer?
     private var deadline: Scheduled<Void>?
 
@@ -227,11 +231,14 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
+        armed = nil
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         deadline?.cancel()
+        deadline = nil
+        armed = nil
         table.remove(connection)
         phase = .closing
         context.fireChannelInactive()
@@ -252,19 +259,61 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
         arm(daemon.config.connections.headerTimeout, phase: .head)
     }
 
+    /// The phase whose timeout runs, and when it runs out. One task is
+    /// scheduled at a time, never later than that: a phase whose timeout
+    /// ends later than the task only moves `armed`, and the task, when it
+    /// runs early, schedules itself again for the rest (a request's three
+    /// phases cost no timer of their own).
+    private var armed: (phase: Phase, at: NIODeadline)?
+    private var deadlineAt: NIODeadline?
+
     private func arm(_ timeout: Duration, phase: Phase) {
-        deadline?.cancel()
         guard let context else { return }
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-            + timeout.components.attoseconds / 1_000_000_000)) {
-            bound.value.expired(phase)
+        let at = NIODeadline.now() + .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
+            + timeout.components.attoseconds / 1_000_000_000)
+        armed = (phase, at)
+        if let scheduled = deadlineAt, deadline != nil, scheduled <= at { return }
+        schedule(at: at, on: context.eventLoop)
+    }
+
+    private func schedule(at: NIODeadline, on loop: any EventLoop) {
+        deadline?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        deadlineAt = at
+        deadline = loop.scheduleTask(deadline: at) {
+            bound.value.timerFired()
         }
     }
 
-    private func disarm() {
-        deadline?.cancel()
+    private func timerFired() {
         deadline = nil
+        deadlineAt = nil
+        guard let (phase, at) = armed, let context else { return }
+        if NIODeadline.now() < at {
+            schedule(at: at, on: context.eventLoop)
+            return
+        }
+        armed = nil
+        expired(phase)
+    }
+
+    /// No timeout runs (the task, if scheduled, finds nothing armed).
+    private func disarm() {
+        armed = nil
+    }
+
+    /// Whether `a` and `b` hold the same bytes; when their lengths match,
+    /// every byte is compared whatever differs first.
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                guard x.count == y.count else { return false }
+                var diff: UInt8 = 0
+                for i in 0..<x.count { diff |= x[i] ^ y[i] }
+                return diff == 0
+            }
+        }
     }
 
     /// A timeout ran out in `armedIn`: a request part-way is answered 408;
@@ -295,13 +344,19 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             arm(daemon.config.connections.bodyTimeout, phase: .body)
             // Refused before a byte of the body is read: no token, or a
             // body larger than the limit.
-            switch daemon.authenticate(authorization: h.headers.first(name: "authorization"), peer: peer) {
-            case .failure(let denial):
-                answerEarly(context, denial.response, reason: denial.why, head: h, denied: true)
-                return
-            case .success(let c):
-                client = c
-                table.authenticated(connection)
+            let authorization = h.headers.first(name: "authorization")
+            if let known = knownToken, let authorization, Self.sameBytes(known.authorization, authorization) {
+                client = known.client
+            } else {
+                switch daemon.authenticate(authorization: authorization, peer: peer) {
+                case .failure(let denial):
+                    answerEarly(context, denial.response, reason: denial.why, head: h, denied: true)
+                    return
+                case .success(let c):
+                    client = c
+                    if let authorization { knownToken = (authorization, c) }
+                    table.authenticated(connection)
+                }
             }
             let limit = daemon.config.maxRequestBytes
             let lengths = h.headers["content-length"]

@@ -111,7 +111,20 @@ extension AuditEvent {
             }
             out.append(UInt8(ascii: "\""))
         }
-        func number(_ k: String, _ v: (any CustomStringConvertible)?) {
+        func number<N: BinaryInteger>(_ k: String, _ v: N?) {
+            guard let v else { return }
+            key(k)
+            // Digits written in place: no String per number.
+            if v < 0 { out.append(UInt8(ascii: "-")) }
+            var magnitude = v.magnitude
+            let first = out.count
+            repeat {
+                out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude % 10))
+                magnitude /= 10
+            } while magnitude > 0
+            out[first...].reverse()
+        }
+        func number(_ k: String, _ v: Double?) {
             guard let v else { return }
             key(k)
             out += v.description.utf8
@@ -220,8 +233,6 @@ package final class AuditLog: Sendable {
     /// write the file is cut back to where it ended before. Returns why it
     /// failed, or nil.
     static func appendWhole(_ fd: Int32, _ line: [UInt8]) -> String? {
-        let before = lseek(fd, 0, SEEK_END)
-        guard before >= 0 else { return "lseek: \(String(cString: strerror(errno)))" }
         var off = 0
         var failure: String?
         line.withUnsafeBytes { buf in
@@ -241,8 +252,13 @@ package final class AuditLog: Sendable {
         guard let failure else { return nil }
         if off > 0 {
             // Only this process writes the log (the instance lock), and
-            // only under `writer`: the file ended at `before`.
-            do { _ = try retryingSyscall { ftruncate(fd, before) } } catch {
+            // only under `writer`: the file ended `off` bytes before its
+            // end now (found only here, not before every write).
+            let end = lseek(fd, 0, SEEK_END)
+            guard end >= off else {
+                return failure + "; the partial line could not be removed: lseek: \(String(cString: strerror(errno)))"
+            }
+            do { _ = try retryingSyscall { ftruncate(fd, end - off_t(off)) } } catch {
                 return failure + "; the partial line could not be removed: \(error)"
             }
         }

@@ -172,7 +172,8 @@ package final class Daemon: Service, @unchecked Sendable {
         event.client = client.name
 
         let path = request.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.path
-        let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        // Split as bytes (every request is routed through this).
+        let parts = path.utf8.split(separator: UInt8(ascii: "/")).map { String(decoding: $0, as: UTF8.self) }
         func forbid(_ tenant: String?, _ why: String) {
             var denied = event
             denied.event = .denied

@@ -74,7 +74,7 @@ extension TenantPool {
     func forkWorker(id: String) throws -> Worker {
         let template = try self.template.template { generation in try launchTemplate(generation) }
         let forked = try template.fork(tenant: name, worker: id, limits: channelLimits, timeout: .seconds(60))
-        return Worker(id: id, jail: template.jail, channel: forked.channel, forked: forked)
+        return Worker(id: id, jail: template.jail, channel: forked.channel, forked: forked, requestTimeout: config.requestTimeout)
     }
 
     /// Launches the template jail: the tenant's profile, binds and models,

@@ -115,7 +115,11 @@ final class Worker: @unchecked Sendable {
     let id: String
     let jail: Jail
     let channel: SecureChannel
-    /// Requests run here, one at a time, off the event loops.
+    /// Reads the worker's answers; its wait on the socket keeps each
+    /// request's deadline.
+    let receiver: WorkerReceiver
+    /// Sends that may wait (large requests, a full socket) and the orderly
+    /// shutdown run here, off the event loops.
     let queue: DispatchQueue
     let startedAt = ContinuousClock.now
     /// Set for a worker forked from the tenant's template; `jail` is then
@@ -132,13 +136,15 @@ final class Worker: @unchecked Sendable {
     /// The worker's denials and the on_denial policy over them.
     let denials: DenialMonitor?
 
-    init(id: String, jail: Jail, channel: SecureChannel, denials: DenialMonitor? = nil, forked: ForkedWorker? = nil) {
+    init(id: String, jail: Jail, channel: SecureChannel, denials: DenialMonitor? = nil, forked: ForkedWorker? = nil,
+         requestTimeout: Duration) {
         self.denials = denials
         self.forked = forked
         self.id = id
         self.jail = jail
         self.channel = channel
         self.queue = DispatchQueue(label: "stockaded.worker.\(id)")
+        self.receiver = WorkerReceiver(channel: channel, idleWait: requestTimeout, name: id)
     }
 
     func markExited(_ exit: JailExit?) {
@@ -415,74 +421,102 @@ package final class TenantPool: @unchecked Sendable {
         await withCheckedContinuation { c in submit(payload, client: client) { c.resume(returning: $0) } }
     }
 
+    /// Sends the request and leaves its answer to the worker's receiver.
+    /// A small request is sent from this thread (an event loop, usually)
+    /// when the socket takes it at once; anything that may wait goes to
+    /// the worker's queue. The request's time is bounded by a deadline on
+    /// the channel itself (the send and every read of the answer wait only
+    /// until then), not by a timer: a late worker ends the wait with a
+    /// `timed-out` violation however it holds its end of the socket.
     private func run(_ pending: Pending, on worker: Worker) {
-        worker.queue.async { [self] in
-            // The request's time is bounded by a deadline on the channel
-            // itself (the send and every read wait only until then), not by
-            // a timer on another thread: a late worker ends the wait with a
-            // `timed-out` violation however it holds its end of the socket,
-            // and a request that is answered in time costs no extra wakeup.
-            let start = ContinuousClock.now
-            let result: Result<[UInt8], ChannelError>
-            do throws(ChannelError) {
-                result = .success(try worker.channel.request(pending.payload, deadline: start + config.requestTimeout))
-            } catch {
-                result = .failure(error)
+        let start = ContinuousClock.now
+        let deadline = start + config.requestTimeout
+        let channel = worker.channel
+        let id = channel.makeRequestID()
+        worker.receiver.expect(id, deadline: deadline) { [self] result in
+            answered(pending, by: worker, start: start, result)
+        }
+        let sent: SecureChannel.ImmediateSend
+        do throws(ChannelError) {
+            sent = try channel.sendRequestIfImmediate(pending.payload, requestID: id)
+        } catch {
+            // What follows a failed send may wait for the worker's end.
+            worker.queue.async { worker.receiver.fail(id, error) }
+            return
+        }
+        switch sent {
+        case .sent:
+            return
+        case .pending:
+            worker.queue.async {
+                do throws(ChannelError) { try channel.flushPending(deadline: deadline) } catch { worker.receiver.fail(id, error) }
             }
-            let took = ContinuousClock.now - start
-            hot.workerLatency.record(took)
-            switch result {
-            case .success(let response) where response.count > config.maxResponseBytes:
-                finish(pending, .failed(status: 502, code: "answer-too-large",
-                                        message: "worker \(worker.id) answered \(response.count) bytes; tenant \(name) allows \(config.maxResponseBytes) (max_response_bytes)",
-                                        worker: worker.id), outcome: "answer-too-large")
-                requestDone(worker, took: took, healthy: true)
-            case .success(let response):
-                finish(pending, .ok(response: response, worker: worker.id), outcome: "ok")
-                requestDone(worker, took: took, healthy: true)
-            case .failure(.remote(let message)):
-                let refusal = Self.errorKind(message)
-                finish(pending, .failed(status: refusal.status, code: refusal.code,
-                                        message: refusal.status == 502 ? "worker \(worker.id) reported an error: \(message)" : refusal.message,
-                                        worker: worker.id),
-                       outcome: refusal.code)
-                requestDone(worker, took: took, healthy: true)
-            case .failure(let error):
-                requestDone(worker, took: took, healthy: false)
-                // Past the deadline the worker is killed for its time;
-                // end of stream is how a dying worker looks; anything else
-                // the worker sent wrong is a violation and kills it at once.
-                if error.violation?.kind == .timedOut {
-                    worker.timedOut.store(true, ordering: .sequentiallyConsistent)
-                    worker.kill(reason: .timeLimit)
+        case .notSent:
+            worker.queue.async {
+                do throws(ChannelError) {
+                    try channel.sendRequest(pending.payload, requestID: id, deadline: deadline)
+                } catch {
+                    worker.receiver.fail(id, error)
                 }
-                let violation = error.violation.flatMap { [.closed, .truncated, .timedOut].contains($0.kind) ? nil : $0 }
-                if let v = violation {
-                    metrics.violations(name).increment()
-                    var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
-                    e.pid = worker.pid
-                    audit.record(e)
-                    worker.kill()
-                }
-                let exit = worker.awaitExit(grace: .seconds(1))
-                let outcome: InferOutcome
-                if let why = worker.denials?.actedReason {
-                    outcome = .failed(status: 502, code: "denied-call", message: why + "; the request was not retried", worker: worker.id)
-                } else if worker.timedOut.load(ordering: .sequentiallyConsistent) {
-                    outcome = .failed(status: 504, code: "timeout",
-                                      message: "worker \(worker.id) did not answer within \(config.requestTimeout) and was killed; the request was not retried",
-                                      worker: worker.id)
-                } else if let v = violation {
-                    outcome = .failed(status: 502, code: "violation",
-                                      message: "worker \(worker.id) broke the channel protocol (\(v.kind.rawValue): \(v.reason)) and was killed; the request was not retried",
-                                      worker: worker.id)
-                } else {
-                    outcome = .failed(status: 502, code: "worker-died",
-                                      message: "worker \(worker.id) \(describe(exit)) while it held the request; the request was not retried",
-                                      worker: worker.id)
-                }
-                if case .failed(_, let code, _, _) = outcome { finish(pending, outcome, outcome: code) }
             }
+        }
+    }
+
+    /// The worker's answer to `pending` (or why there is none).
+    private func answered(_ pending: Pending, by worker: Worker, start: ContinuousClock.Instant, _ result: Result<[UInt8], ChannelError>) {
+        let took = ContinuousClock.now - start
+        hot.workerLatency.record(took)
+        switch result {
+        case .success(let response) where response.count > config.maxResponseBytes:
+            finish(pending, .failed(status: 502, code: "answer-too-large",
+                                    message: "worker \(worker.id) answered \(response.count) bytes; tenant \(name) allows \(config.maxResponseBytes) (max_response_bytes)",
+                                    worker: worker.id), outcome: "answer-too-large")
+            requestDone(worker, took: took, healthy: true)
+        case .success(let response):
+            finish(pending, .ok(response: response, worker: worker.id), outcome: "ok")
+            requestDone(worker, took: took, healthy: true)
+        case .failure(.remote(let message)):
+            let refusal = Self.errorKind(message)
+            finish(pending, .failed(status: refusal.status, code: refusal.code,
+                                    message: refusal.status == 502 ? "worker \(worker.id) reported an error: \(message)" : refusal.message,
+                                    worker: worker.id),
+                   outcome: refusal.code)
+            requestDone(worker, took: took, healthy: true)
+        case .failure(let error):
+            requestDone(worker, took: took, healthy: false)
+            // Past the deadline the worker is killed for its time;
+            // end of stream is how a dying worker looks; anything else
+            // the worker sent wrong is a violation and kills it at once.
+            if error.violation?.kind == .timedOut {
+                worker.timedOut.store(true, ordering: .sequentiallyConsistent)
+                worker.kill(reason: .timeLimit)
+            }
+            let violation = error.violation.flatMap { [.closed, .truncated, .timedOut].contains($0.kind) ? nil : $0 }
+            if let v = violation {
+                metrics.violations(name).increment()
+                var e = AuditEvent(.violation, tenant: name, worker: worker.id, reason: v.description)
+                e.pid = worker.pid
+                audit.record(e)
+                worker.kill()
+            }
+            let exit = worker.awaitExit(grace: .seconds(1))
+            let outcome: InferOutcome
+            if let why = worker.denials?.actedReason {
+                outcome = .failed(status: 502, code: "denied-call", message: why + "; the request was not retried", worker: worker.id)
+            } else if worker.timedOut.load(ordering: .sequentiallyConsistent) {
+                outcome = .failed(status: 504, code: "timeout",
+                                  message: "worker \(worker.id) did not answer within \(config.requestTimeout) and was killed; the request was not retried",
+                                  worker: worker.id)
+            } else if let v = violation {
+                outcome = .failed(status: 502, code: "violation",
+                                  message: "worker \(worker.id) broke the channel protocol (\(v.kind.rawValue): \(v.reason)) and was killed; the request was not retried",
+                                  worker: worker.id)
+            } else {
+                outcome = .failed(status: 502, code: "worker-died",
+                                  message: "worker \(worker.id) \(describe(exit)) while it held the request; the request was not retried",
+                                  worker: worker.id)
+            }
+            if case .failed(_, let code, _, _) = outcome { finish(pending, outcome, outcome: code) }
         }
     }
 
@@ -699,7 +733,7 @@ package final class TenantPool: @unchecked Sendable {
             var channelLogger = logger
             channelLogger[metadataKey: "worker"] = "\(id)"
             let channel = try bootstrap.connect(logger: channelLogger, handshakeTimeoutMilliseconds: 60_000)
-            return Worker(id: id, jail: jail, channel: channel, denials: denials)
+            return Worker(id: id, jail: jail, channel: channel, denials: denials, requestTimeout: config.requestTimeout)
         } catch {
             jail.kill()
             let exit = try? jail.wait()
@@ -797,7 +831,9 @@ package final class TenantPool: @unchecked Sendable {
             exit = nil
         }
         worker.markExited(exit)
-        // Closed on the worker's queue, after any request still reading it.
+        worker.receiver.stop()
+        // Closed on the worker's queue, after any send still writing it (a
+        // wait for an answer ends at the close).
         worker.queue.async { worker.channel.close() }
         var event = AuditEvent(.exit, tenant: name, worker: worker.id, reason: describe(exit))
         event.pid = worker.pid

@@ -70,17 +70,21 @@ extension FileDescriptor {
     /// when it is not empty. Never raises SIGPIPE (`MSG_NOSIGNAL`): a closed
     /// peer comes back as ``Errno/brokenPipe``. Returns the number of bytes
     /// sent, which may be fewer than given; the descriptors go with the
-    /// first byte.
+    /// first byte. With `dontWait` a send that would block fails with
+    /// ``Errno/wouldBlock`` instead (`MSG_DONTWAIT`), whatever the
+    /// descriptor's own mode.
     ///
     /// The corresponding C function is `sendmsg`.
-    public func sendMessage(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor] = []) throws(Errno) -> Int {
+    public func sendMessage(_ bytes: UnsafeRawBufferPointer, passing descriptors: [FileDescriptor] = [],
+                            dontWait: Bool = false) throws(Errno) -> Int {
+        let flags = Int32(MSG_NOSIGNAL) | (dontWait ? Int32(MSG_DONTWAIT) : 0)
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         return try withUnsafeMutablePointer(to: &iov) { iovPointer throws(Errno) -> Int in
             var header = msghdr()
             header.msg_iov = iovPointer
             header.msg_iovlen = 1
             if descriptors.isEmpty {
-                return try retryingSyscall { sendmsg(rawValue, &header, Int32(MSG_NOSIGNAL)) }
+                return try retryingSyscall { sendmsg(rawValue, &header, flags) }
             }
             let payload = descriptors.count * MemoryLayout<CInt>.size
             let space = cmsgSpace(payload)
@@ -95,7 +99,7 @@ extension FileDescriptor {
             for (i, fd) in descriptors.enumerated() { data[i] = fd.rawValue }
             header.msg_control = control
             header.msg_controllen = space
-            return try retryingSyscall { sendmsg(rawValue, &header, Int32(MSG_NOSIGNAL)) }
+            return try retryingSyscall { sendmsg(rawValue, &header, flags) }
         }
     }
 

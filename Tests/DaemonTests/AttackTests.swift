@@ -251,6 +251,18 @@ struct DaemonAttackTests {
             #expect(r.status == 401)
         }
         #expect(try APIClient(socket: d.socket, token: String(alice.dropLast())).get("/v1/tenants").status == 401)
+        // A keep-alive connection that presented the valid token once: the
+        // next request's token is checked again in full, whatever it is
+        // (one byte changed, one more, one fewer, none at all).
+        let changed = String(alice.dropLast()) + (alice.last == "x" ? "y" : "x")
+        for presented in [changed, alice + "A", String(alice.dropLast()), nil] {
+            let c = try RawConnection(d.socket)
+            c.send(RawConnection.head("GET", "/v1/tenants", token: alice))
+            #expect(c.receive(seconds: 5, until: "]}\n").text.hasPrefix("HTTP/1.1 200"))
+            c.send(RawConnection.head("GET", "/v1/tenants", token: presented))
+            let second = c.receive(seconds: 5)
+            #expect(second.text.hasPrefix("HTTP/1.1 401"), "token \(presented ?? "none"): \(second.text.prefix(40))")
+        }
         // A stolen token (stranger's, another uid) and an unknown one: the same answer.
         let stolen = try d.client("stranger").get("/v1/tenants")
         let unknown = try APIClient(socket: d.socket, token: "no-such-token-0123456789").get("/v1/tenants")
