@@ -77,7 +77,8 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 PYVER := $(shell $(PYTHON_SYS) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PYTHONDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 RELEASE_BIN := .build/release
-INSTALL_BINARIES := stockade stockaded
+# stockade-runtime: the runc-compatible OCI runtime for containerd (docs/KUBERNETES.md).
+INSTALL_BINARIES := stockade stockaded stockade-runtime
 # Every jail's PID 1 (static C); stockade looks for it in ../libexec/stockade.
 INSTALL_HELPERS := stockade-init
 LIBEXECDIR ?= $(PREFIX)/libexec
@@ -109,13 +110,17 @@ install-files:
 	for b in $(INSTALL_HELPERS); do install -m 0755 $(RELEASE_BIN)/$$b $(DESTDIR)$(LIBEXECDIR)/stockade/$$b; done
 	install -m 0644 $(INSTALL_PROFILES) $(DESTDIR)$(DATADIR)/stockade/profiles/
 	install -m 0644 packaging/echo_worker.py $(DESTDIR)$(DATADIR)/stockade/examples/
+	install -d $(DESTDIR)$(DATADIR)/stockade/deploy/containerd $(DESTDIR)$(DATADIR)/stockade/deploy/kubernetes
+	install -m 0644 deploy/containerd/*.toml $(DESTDIR)$(DATADIR)/stockade/deploy/containerd/
+	install -m 0644 deploy/kubernetes/*.yaml $(DESTDIR)$(DATADIR)/stockade/deploy/kubernetes/
 	install -m 0644 python/stockade_worker/*.py python/stockade_worker/py.typed $(DESTDIR)$(PYTHONDIR)/stockade_worker/
 	$(SUBST) packaging/stockaded.toml.in > $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml
 	$(SUBST) packaging/systemd/stockaded.service.in > $(DESTDIR)$(UNITDIR)/stockaded.service
 	install -m 0644 packaging/systemd/stockaded.socket $(DESTDIR)$(UNITDIR)/
 	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/stockade/stockaded.toml $(DESTDIR)$(UNITDIR)/stockaded.service
 	for page in man/*.[158]; do gzip -9n < $$page > $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}.gz; done
-	for b in $(INSTALL_BINARIES); do \
+	# Shell completions of the argument-parser CLIs (stockade-runtime speaks runc's command line, for the shim).
+	for b in $(filter-out stockade-runtime,$(INSTALL_BINARIES)); do \
 		$(RELEASE_BIN)/$$b --generate-completion-script bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b && \
 		$(RELEASE_BIN)/$$b --generate-completion-script zsh > $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b && \
 		$(RELEASE_BIN)/$$b --generate-completion-script fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish || exit 1; \

@@ -55,7 +55,9 @@ for need in libc6 libseccomp2 libssl3; do
 done
 [ "$(dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles)" = /etc/stockade/stockaded.toml ] || fail "conffiles is not /etc/stockade/stockaded.toml"
 dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's|^\./|/|' > "$T/contents"
-for f in /usr/bin/stockade /usr/bin/stockaded /usr/libexec/stockade/stockade-init /etc/stockade/stockaded.toml \
+for f in /usr/bin/stockade /usr/bin/stockaded /usr/bin/stockade-runtime /usr/libexec/stockade/stockade-init /etc/stockade/stockaded.toml \
+    /usr/share/stockade/deploy/containerd/stockade-runtime.toml /usr/share/stockade/deploy/kubernetes/runtimeclass.yaml \
+    /usr/share/stockade/deploy/kubernetes/stockade-runtime-installer.yaml \
     /usr/share/stockade/profiles/minimal.toml /usr/share/stockade/profiles/inference-cpu.toml \
     /lib/systemd/system/stockaded.service /lib/systemd/system/stockaded.socket \
     /usr/lib/python3/dist-packages/stockade_worker/__init__.py /usr/lib/python3/dist-packages/stockade_worker/py.typed \
@@ -68,7 +70,7 @@ done
 
 # Every shared library the binaries need comes from a package in Depends.
 dpkg-deb --extract "$DEB" "$T/root"
-for b in stockade stockaded; do
+for b in stockade stockaded stockade-runtime; do
     file "$T/root/usr/bin/$b" | grep -q 'ELF 64-bit' || fail "/usr/bin/$b is not an ELF binary"
     readelf -d "$T/root/usr/bin/$b" > "$T/dynamic"
     ldconfig -p > "$T/ldcache"
@@ -126,6 +128,59 @@ out=$(/usr/bin/stockade run --profile /usr/share/stockade/profiles/minimal.toml 
 [[ $out == "jailed uid="* ]] || fail "stockade run printed: $out"
 /usr/bin/stockade run --profile /usr/share/stockade/profiles/minimal.toml -- /bin/sh -c 'exit 7' && rc=0 || rc=$?
 [ "$rc" -eq 7 ] || fail "stockade run did not pass the command's status through (got $rc)"
+# The OCI runtime as containerd's shim calls it: a busybox bundle created,
+# started, stopped and deleted by the installed binary, its PID 1 the
+# installed /usr/libexec/stockade/stockade-init.
+[ "$(/usr/bin/stockade-runtime --version | head -1)" = "stockade-runtime version $version" ] \
+    || fail "stockade-runtime --version is not the package version $version"
+/usr/bin/stockade-runtime features | /usr/bin/python3 -c 'import json, sys; d = json.load(sys.stdin); assert "ociVersionMax" in d, d' \
+    || fail "stockade-runtime features is not runtime-spec's features document"
+mkdir -p "$T/bundle/rootfs/bin" "$T/bundle/rootfs/proc" "$T/bundle/rootfs/dev"
+cp /bin/busybox "$T/bundle/rootfs/bin/busybox"
+ln -s busybox "$T/bundle/rootfs/bin/sh"
+cat > "$T/bundle/config.json" <<JSON
+{"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": true},
+ "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 0"], "cwd": "/", "env": ["PATH=/bin"]},
+ "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}],
+           "cgroupsPath": "/stockade-package-test/oci1"}}
+JSON
+oci() { /usr/bin/stockade-runtime --root "$T/oci-state" "$@"; }
+oci create --bundle "$T/bundle" oci1 > "$T/oci.out" 2>&1 || { cat "$T/oci.out"; fail "stockade-runtime create of a busybox bundle"; }
+oci state oci1 | grep -Eq '"status" ?: ?"created"' || fail "stockade-runtime state after create is not created"
+oci start oci1 || fail "stockade-runtime start"
+for _ in $(seq 50); do oci state oci1 | grep -Eq '"status" ?: ?"stopped"' && break; sleep 0.1; done
+oci state oci1 | grep -Eq '"status" ?: ?"stopped"' || fail "the container did not run to its end"
+oci delete oci1 || fail "stockade-runtime delete"
+gone=$(oci state oci1 2>&1) && fail "state after delete succeeded: $gone"
+grep -q "does not exist" <<<"$gone" || fail "the container is still there after delete: $gone"
+rmdir /sys/fs/cgroup/*/stockade-package-test /sys/fs/cgroup/stockade-package-test 2>/dev/null || true
+
+# The installer DaemonSet's script against a fake host root. kubectl and
+# nsenter are stubs that record their calls: no cluster and no systemd
+# containerd exist here. Checked: what it installs, the handler it adds,
+# the node label, and that SIGTERM undoes all of it.
+step "the runtime installer (deploy/installer/install.sh; kubectl and nsenter stubbed)"
+/usr/bin/python3 -c 'import sys, yaml; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' \
+    /usr/share/stockade/deploy/kubernetes/*.yaml || fail "a shipped Kubernetes manifest is not YAML"
+mkdir -p "$T/fakehost/etc/containerd" "$T/fakehost/usr/local" "$T/stubs"
+printf 'version = 2\n' > "$T/fakehost/etc/containerd/config.toml"
+for stub in kubectl nsenter; do printf '#!/bin/sh\necho "%s $*" >> %s/calls\n' "$stub" "$T" > "$T/stubs/$stub"; chmod +x "$T/stubs/$stub"; done
+HOST="$T/fakehost" NODE_NAME=node-a PATH="$T/stubs:$PATH" sh deploy/installer/install.sh > "$T/installer.log" 2>&1 &
+installer=$!
+for _ in $(seq 50); do grep -q installed "$T/installer.log" && break; sleep 0.1; done
+grep -q "installed on node-a" "$T/installer.log" || { cat "$T/installer.log"; fail "the installer did not finish"; }
+cmp "$T/fakehost/usr/local/bin/stockade-runtime" /usr/bin/stockade-runtime || fail "the installer did not install stockade-runtime"
+[ -x "$T/fakehost/usr/local/libexec/stockade/stockade-init" ] || fail "the installer did not install stockade-init beside it"
+grep -q 'BinaryName = "/usr/local/bin/stockade-runtime"' "$T/fakehost/etc/containerd/conf.d/stockade-runtime.toml" || fail "the handler does not name the installed runtime"
+head -1 "$T/fakehost/etc/containerd/config.toml" | grep -q 'conf.d/\*.toml' || fail "containerd's config does not import the drop-in"
+grep -q "nsenter .* systemctl restart containerd" "$T/calls" && grep -q "kubectl label node node-a stockade.io/runtime=true" "$T/calls" \
+    || { cat "$T/calls"; fail "the installer did not restart containerd and label the node"; }
+kill -TERM "$installer"; wait "$installer" || true
+[ ! -e "$T/fakehost/usr/local/bin/stockade-runtime" ] && [ ! -e "$T/fakehost/etc/containerd/conf.d/stockade-runtime.toml" ] \
+    || fail "SIGTERM did not remove the runtime"
+[ "$(cat "$T/fakehost/etc/containerd/config.toml")" = "version = 2" ] || fail "SIGTERM did not restore containerd's config"
+grep -q "kubectl label node node-a stockade.io/runtime-" "$T/calls" || fail "SIGTERM did not remove the node label"
 /usr/bin/stockaded --config /etc/stockade/stockaded.toml --check > "$T/check" 2>&1 || { cat "$T/check"; fail "stockaded --check of the shipped configuration"; }
 /usr/bin/python3 -c 'import stockade_worker, sys; sys.exit(0 if stockade_worker.__file__.startswith("/usr/lib/python3/dist-packages/") else 1)' \
     || fail "python3 does not import the installed stockade_worker"

@@ -32,6 +32,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sched.h>
@@ -99,6 +100,8 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_PROC] = "mount /proc",
     [STK_STEP_DEV] = "build /dev",
     [STK_STEP_MASK] = "mask path",
+    [STK_STEP_SYSCTL] = "write a sysctl",
+    [STK_STEP_HOOKS] = "run the createRuntime and createContainer hooks",
     [STK_STEP_ROOT_READONLY] = "remount root read-only",
     [STK_STEP_PIVOT] = "pivot_root",
     [STK_STEP_HOSTNAME] = "sethostname",
@@ -120,6 +123,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_EXEC_WAIT] = "wait for start",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
+    [STK_STEP_START_HOOK] = "run a startContainer hook",
     [STK_STEP_EXEC] = "execve",
 };
 
@@ -540,6 +544,30 @@ static void apply_mount(const struct stk_plan *p, int root, const struct stk_mou
 }
 
 /*
+ * OCI linux.sysctl: each key opened beneath the host's procfs (never a
+ * path the container's rootfs or mounts could shape), one name at a time
+ * with no link followed, and written. net, ipc and uts sysctls resolve in
+ * the namespaces of the process that opens them: ours, the container's.
+ */
+static void write_sysctls(const struct stk_plan *p) {
+    int dir = open2(AT_FDCWD, "/oldroot/proc/sys", O_PATH | O_DIRECTORY, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    CHECK(dir >= 0, STK_STEP_SYSCTL, "/proc/sys");
+    struct statfs fs;
+    if (fstatfs(dir, &fs) < 0 || fs.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */) fail(p, STK_STEP_SYSCTL, EXDEV, "/proc/sys is not procfs");
+    for (uint32_t i = 0; i < p->n_sysctls; i++) {
+        int fd = open2(dir, p->sysctl_keys[i], O_WRONLY, STK_RESOLVE_BENEATH);
+        CHECK(fd >= 0, STK_STEP_SYSCTL, p->sysctl_keys[i]);
+        size_t n = s_len(p->sysctl_values[i]);
+        ssize_t w;
+        do w = write(fd, p->sysctl_values[i], n);
+        while (w < 0 && errno == EINTR);
+        CHECK(w == (ssize_t)n, STK_STEP_SYSCTL, p->sysctl_keys[i]);
+        close(fd);
+    }
+    close(dir);
+}
+
+/*
  * Builds the new root and moves into it. The old root stays reachable as
  * /oldroot only while the binds are made, then is detached, so no path in
  * the jail leads back to the host's tree.
@@ -586,6 +614,13 @@ static void build_root(const struct stk_plan *p) {
     } else {
         CHECK(mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, p->root_options) == 0, STK_STEP_NEW_ROOT, "/newroot");
     }
+    /* The container's root tree was cloned from the host's: its own
+     * propagation now (rootfsPropagation; private unless it says slave or
+     * unbindable), so that no mount crosses between it and the host's. */
+    if (p->root_source) {
+        unsigned long prop = p->root_propagation ? (unsigned long)p->root_propagation : MS_PRIVATE;
+        CHECK(mount(NULL, "/newroot", NULL, MS_REC | prop, NULL) == 0, STK_STEP_NEW_ROOT, "rootfsPropagation");
+    }
     int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
     CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
@@ -594,6 +629,28 @@ static void build_root(const struct stk_plan *p) {
      * set-up (each mount closed its own; mount_on left us in a target). */
     close(root);
     CHECK(chdir("/") == 0, STK_STEP_NEW_ROOT, "/");
+    if (p->n_sysctls > 0) write_sysctls(p);
+
+    /* OCI hooks (see stk_plan.hooks_pause): tell the launcher the mounts
+     * are made and wait. Its helper shows /newroot at the rootfs's host
+     * path for the hooks and then pivots the namespace into it, which
+     * moves our root and working directory (both the staging root now)
+     * with it. EOF: the launcher gave up (it kills us too). */
+    if (p->hooks_pause) {
+        struct stk_error paused;
+        memset(&paused, 0, sizeof paused);
+        paused.step = STK_STEP_HOOKS;
+        write_all(p->error_fd, &paused, sizeof paused);
+        char go = 0;
+        ssize_t n;
+        do n = read(p->sync_fd, &go, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1) _exit(1);
+        CHECK(chdir("/") == 0, STK_STEP_HOOKS, "/");
+        /* Read-only only now: createContainer hooks may write into the rootfs (runc's order). */
+        if (p->root_readonly) CHECK(restrict_mount_path("/", 1, 1, 0) == 0, STK_STEP_ROOT_READONLY, "/");
+        return;
+    }
 
     /* Nothing in the jail may create files in its root. */
     if (p->root_readonly && p->root_source)
@@ -930,6 +987,56 @@ static void load_seccomp(const struct stk_plan *p) {
     if (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) send_listener(p, (int)fd);
 }
 
+/*
+ * OCI startContainer hooks: each a child of the worker, which is already
+ * under its Landlock domain and seccomp filter (a hook lives in the
+ * container's rootfs, which the container could have written), with the
+ * state on its stdin. A hook that fails or outlives its timeout stops the
+ * container before its program runs; the step goes to its stderr.
+ */
+static void run_start_hooks(const struct stk_plan *p) {
+    for (uint32_t i = 0; i < p->n_start_hooks; i++) {
+        const struct stk_hook *h = &p->start_hooks[i];
+        long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+        if (pid < 0) fail(p, STK_STEP_START_HOOK, errno, h->path);
+        if (pid == 0) {
+            if (p->start_state_fd >= 0) {
+                lseek(p->start_state_fd, 0, SEEK_SET);
+                if (dup2(p->start_state_fd, 0) < 0) _exit(126);
+            }
+            execve(h->path, h->argv, h->envp);
+            _exit(errno == ENOENT ? 127 : 126);
+        }
+        struct timespec started, now;
+        clock_gettime(CLOCK_MONOTONIC, &started);
+        siginfo_t info;
+        for (;;) {
+            memset(&info, 0, sizeof info);
+            int r = waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) fail(p, STK_STEP_START_HOOK, errno, h->path);
+            if (info.si_pid == pid) break;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            uint64_t ms = (uint64_t)(now.tv_sec - started.tv_sec) * 1000 + (uint64_t)(now.tv_nsec / 1000000) -
+                          (uint64_t)(started.tv_nsec / 1000000);
+            if (h->timeout_ms && ms > h->timeout_ms) {
+                kill((pid_t)pid, SIGKILL);
+                waitid(P_PID, (id_t)pid, &info, WEXITED);
+                fail(p, STK_STEP_START_HOOK, ETIMEDOUT, h->path);
+            }
+            struct timespec pause = {0, 2000000};
+            nanosleep(&pause, NULL);
+        }
+        if (info.si_code == CLD_EXITED && info.si_status == 0) continue;
+        char num[12], detail[200];
+        u32_to_dec(num, (uint32_t)info.si_status);
+        const char *how = info.si_code == CLD_EXITED ? ": exited with status " : ": killed by signal ";
+        if (!s_join(detail, sizeof detail, h->path, how) || !s_join(detail, sizeof detail, detail, num))
+            fail(p, STK_STEP_START_HOOK, ECHILD, h->path);
+        fail(p, STK_STEP_START_HOOK, ECHILD, detail);
+    }
+}
+
 /* The worker's last steps: wait for the init, unblock signals, Landlock, seccomp, execve. */
 static int worker_main(void *arg) {
     const struct stk_plan *p = arg;
@@ -963,7 +1070,8 @@ static int worker_main(void *arg) {
          * pipe of the caller stays open for as long as the container waits. */
         for (int fd = 3; fd < 1024; fd++) {
             int flags = fcntl(fd, F_GETFD);
-            if (fd != p->exec_wait_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+            int keep = fd == p->exec_wait_fd || (p->n_start_hooks > 0 && fd == p->start_state_fd);
+            if (!keep && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
         }
         char byte = 0;
         ssize_t n;
@@ -975,6 +1083,7 @@ static int worker_main(void *arg) {
     apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
+    if (p->n_start_hooks > 0) run_start_hooks(p);
     exec_worker(p);
     _exit(127);
 }
@@ -1012,6 +1121,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     if (p->use_reaper) move_high(p, &local.init_fd);
     if (p->exec_wait) move_high(p, &local.exec_wait_fd);
     if (p->notify_fd >= 0) move_high(p, &local.notify_fd);
+    if (p->n_start_hooks > 0 && p->start_state_fd >= 0) move_high(p, &local.start_state_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this.
      * An OCI container (detached) outlives `create` by design. */
@@ -1073,6 +1183,8 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     }
     drop_privileges(p);
     CHECK(chdir(p->cwd ? p->cwd : "/") == 0, STK_STEP_CHDIR, p->cwd ? p->cwd : "/");
+    /* OCI process.umask: only now, the set-up's directories made. */
+    if (p->has_umask) umask((mode_t)p->umask);
 
     if (!p->use_reaper) worker_main((void *)p);
 

@@ -62,7 +62,10 @@ final class CgroupV1Backend: CgroupBackend {
             let components = t.base.dropFirst(t.hierarchy.mountPoint.count).split(separator: "/")
             for c in components {
                 let child = current + "/" + c
-                if try CgroupFS.mkdir(child, existingOK: true) { try inheritCpuset(t, child) }
+                _ = try CgroupFS.mkdir(child, existingOK: true)
+                // Also when it existed: another launcher may have made it a
+                // moment ago and not yet copied its parent's CPUs in.
+                try inheritCpuset(t, child)
                 current = child
             }
         }
@@ -73,16 +76,18 @@ final class CgroupV1Backend: CgroupBackend {
         var created = false
         for t in trees {
             let d = dir(t, rel)
-            if try CgroupFS.mkdir(d, existingOK: true) {
-                created = true
-                try inheritCpuset(t, d)
-            }
+            if try CgroupFS.mkdir(d, existingOK: true) { created = true }
+            try inheritCpuset(t, d)  // idempotent; see prepare()
         }
         return created
     }
 
     /// A fresh v1 cpuset has empty `cpuset.cpus`/`cpuset.mems` and takes no
-    /// task until they are set: copy the parent's.
+    /// task until they are set: copy the parent's. Only empty files are
+    /// written, so calling it on a cgroup that exists already is harmless,
+    /// and it must be called then: two launchers making one parent at once
+    /// would otherwise leave the one that lost the mkdir making children of
+    /// a parent with no CPUs yet (ENOSPC when a task joins them).
     private func inheritCpuset(_ t: Tree, _ d: String) throws(CgroupError) {
         guard t.hierarchy.controllers.contains("cpuset") else { return }
         let parent = String(d[..<(d.lastIndex(of: "/") ?? d.endIndex)])

@@ -271,9 +271,23 @@ public enum Launcher {
                 throw abort(error)
             }
         }
-        let record: [UInt8]
+        var record: [UInt8]
         do {
             record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+            // An OCI container paused for its hooks (a record of
+            // STK_STEP_HOOKS with errno 0): run them, then release it again.
+            if let hooks = request.oci?.hooks, Self.isHooksPause(record) {
+                guard let root = spawnPlan.rootDirectory else {
+                    throw abort(JailError.invalidRequest("OCI hooks need the container's root directory"))
+                }
+                do {
+                    try OCILaunch.runHooks(hooks, pid: pid, root: root)
+                    _ = try go.withUnsafeBytes { try sync.write.write($0) }
+                } catch {
+                    throw abort(error)
+                }
+                record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+            }
         } catch {
             watch?.stop()
             throw error
@@ -312,6 +326,14 @@ public enum Launcher {
                     killSignal: profile.namespaces.contains(.pid) ? SIGKILL : STK_SIG_KILL_JAIL,
                     seccompWatch: watch, seccompUnobserved: request.seccompObservation?.unavailable,
                     landlockWatch: landlockWatch, landlockUnobserved: landlockUnobserved)
+    }
+
+    /// A whole record naming STK_STEP_HOOKS with errno 0: the child waits for its hooks.
+    static func isHooksPause(_ record: [UInt8]) -> Bool {
+        guard record.count == MemoryLayout<stk_error>.size else { return false }
+        var e = stk_error()
+        withUnsafeMutableBytes(of: &e) { raw in record.withUnsafeBytes { raw.copyMemory(from: $0) } }
+        return e.step == Int32(STK_STEP_HOOKS.rawValue) && e.err == 0
     }
 
     /// Waits for the worker's seccomp listener on `socket`, or for the

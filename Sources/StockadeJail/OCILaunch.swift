@@ -35,6 +35,50 @@ public struct OCILaunch: Sendable {
     /// The uid and gid maps written for a new user namespace, as given by
     /// the spec (`linux.uidMappings`); nil: the host id range of the jail's own.
     public var idMaps: (uid: String, gid: String)?
+    /// The createRuntime and createContainer hooks (with prestart): called
+    /// while the child waits after its mounts, before its root is made
+    /// read-only and switched to. The container's root is then at its host
+    /// path in the container's mount namespace, whose root is the host's
+    /// tree (as under runc); afterwards that root becomes the namespace's.
+    /// A throw fails the launch. nil: no pause.
+    public var hooks: (@Sendable (HookPoint) throws -> Void)?
+    /// startContainer hooks, run by the worker after `start`, under its
+    /// Landlock domain and seccomp filter, just before execve.
+    public var startHooks: [StartHook] = []
+    /// Their stdin: an fd (a memfd) whose content is the state; the caller
+    /// fills it once the pid is known, before `start`.
+    public var startStateFD: Int32?
+
+    /// `process.umask`, set in the worker once its root is built; nil: the launcher's.
+    public var umask: UInt32?
+    /// `linux.rootfsPropagation` of the root tree: MS_PRIVATE (0: this),
+    /// MS_SLAVE or MS_UNBINDABLE (the caller refuses shared).
+    public var rootPropagation: UInt64 = 0
+    /// `linux.sysctl` as (key as a path below /proc/sys, value), checked by
+    /// the caller to be namespaced and in namespaces of the container's own.
+    public var sysctls: [(key: String, value: String)] = []
+
+    /// Where a paused container stands: its first process, and its root as
+    /// the launcher found it on the host (canonical path, device, inode).
+    public struct HookPoint: Sendable {
+        public var pid: Int32
+        public var rootPath: String
+        public var rootDevice: UInt64
+        public var rootInode: UInt64
+    }
+
+    public struct StartHook: Sendable {
+        public var path: String
+        public var args: [String]
+        public var env: [String]
+        public var timeoutSeconds: Int?
+        public init(path: String, args: [String], env: [String], timeoutSeconds: Int?) {
+            self.path = path
+            self.args = args
+            self.env = env
+            self.timeoutSeconds = timeoutSeconds
+        }
+    }
 
     public struct Capabilities: Sendable, Equatable {
         public var bounding: UInt64 = 0
@@ -81,5 +125,39 @@ extension OCILaunch {
         }
         plan.groups = arena.array(groups)
         plan.n_groups = UInt32(groups.count)
+        plan.hooks_pause = hooks != nil ? 1 : 0
+        plan.start_state_fd = startStateFD ?? -1
+        plan.start_hooks = arena.array(startHooks.map { h in
+            stk_hook(path: arena.string(h.path), argv: arena.stringVector(h.args.isEmpty ? [h.path] : h.args),
+                     envp: arena.stringVector(h.env), timeout_ms: UInt32(clamping: (h.timeoutSeconds ?? 0) * 1000), _pad: 0)
+        })
+        plan.n_start_hooks = UInt32(startHooks.count)
+        if let umask {
+            plan.has_umask = 1
+            plan.umask = umask
+        }
+        plan.root_propagation = rootPropagation
+        plan.sysctl_keys = arena.array(sysctls.map { Optional(arena.string($0.key)) })
+        plan.sysctl_values = arena.array(sysctls.map { Optional(arena.string($0.value)) })
+        plan.n_sysctls = UInt32(sysctls.count)
+    }
+
+    /// The hooks pause (see ``hooks``): the container's root at its host
+    /// path and the host's tree as the namespace's root, the hooks, then
+    /// that root as the namespace's root. Each step is done by a helper the
+    /// launcher forks into the container's mount namespace.
+    static func runHooks(_ hooks: @Sendable (HookPoint) throws -> Void, pid: Int32, root: HostPath) throws {
+        let mnt = open("/proc/\(pid)/ns/mnt", O_RDONLY | O_CLOEXEC)
+        guard mnt >= 0 else { throw JailError.launcherStep("open /proc/\(pid)/ns/mnt for the hooks", errno: errno) }
+        defer { close(mnt) }
+        var rc = stk_oci_hooks_root(mnt, 1, root.path, root.device, root.inode)
+        guard rc == 0 else {
+            throw JailError.launcherStep("show the container's root at \(root.path) for the hooks", errno: -rc)
+        }
+        try hooks(HookPoint(pid: pid, rootPath: root.path, rootDevice: root.device, rootInode: root.inode))
+        rc = stk_oci_hooks_root(mnt, 2, root.path, root.device, root.inode)
+        guard rc == 0 else {
+            throw JailError.launcherStep("switch to the container's root \(root.path) after the hooks", errno: -rc)
+        }
     }
 }

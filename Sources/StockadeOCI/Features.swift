@@ -63,7 +63,7 @@ public enum RuntimeFeatures {
     public static func document() -> Document {
         Document(
             ociVersionMin: "1.0.0", ociVersionMax: Runtime.specVersion,
-            hooks: ["prestart", "createRuntime", "createContainer", "poststart", "poststop"],
+            hooks: ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
             mountOptions: ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec", "rprivate", "private"],
             linux: .init(
                 namespaces: ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],

@@ -56,18 +56,39 @@ public struct Runtime: Sendable {
     public func create(id: String, _ options: CreateOptions) throws {
         let bundle = options.bundle.hasPrefix("/") ? options.bundle : SpecFiles.currentDirectory() + "/" + options.bundle
         let spec = try SpecFiles.readConfig(bundle: bundle)
-        if spec.hooks?.startContainer?.isEmpty == false {
-            throw SpecError("config.json hooks.startContainer: not supported (Stockade runs no host binary inside the container)")
-        }
         let dir = try store.create(id)
         var launched: Jail?
         var group: JailGroup?
+        var stateFD: Int32?
+        defer { if let stateFD { close(stateFD) } }
         do {
             var request = try SpecJail.request(spec: spec, bundle: bundle)
             defer { for j in request.oci?.join ?? [] { close(j.fd) } }
+            // Hooks: the build-time ones while the child waits before its
+            // root switch, startContainer in the worker after `start`.
+            let created = Self.now()
+            let rootfs = request.oci?.rootDirectory ?? ""
+            let owner = Self.owner()
+            let annotations = spec.annotations ?? [:]
+            let ociVersion = spec.ociVersion
+            @Sendable func document(_ pid: Int32, _ status: ContainerStatus) -> ContainerState {
+                ContainerState(ociVersion: ociVersion, id: id, status: status.rawValue, pid: pid, bundle: bundle,
+                               rootfs: rootfs, created: created, owner: owner,
+                               annotations: annotations.isEmpty ? nil : annotations)
+            }
+            request.oci?.startHooks = ContainerHooks.start(spec.hooks)
+            if request.oci?.startHooks.isEmpty == false {
+                stateFD = try ContainerHooks.stateFile(document(0, .creating))
+                request.oci?.startStateFD = stateFD
+            }
             let (driver, path) = try Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup)
             group = try CgroupPlace.open(path, limits: request.profile.limits, create: true)
             request.cgroup = group
+            if let devices = try SpecDevices.plan(spec), let group {
+                request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
+                request.devices = devices
+            }
+            request.oci?.hooks = ContainerHooks.pause(spec.hooks, cgroup: request.cgroup) { pid in document(pid, .creating) }
             try JailSecurity.prepare(&request)
 
             // The exec FIFO: the container's worker holds it open read-write
@@ -92,21 +113,24 @@ public struct Runtime: Sendable {
             try? terminal?.master.close()
             _ = try jail.holdHostIDsUntilExit()
             let record = ContainerRecord(
-                id: id, bundle: bundle, rootfs: request.oci?.rootDirectory ?? "", pid: jail.pid,
-                pidStartTime: ProcessStat.startTime(jail.pid) ?? 0, created: Self.now(),
+                id: id, bundle: bundle, rootfs: rootfs, pid: jail.pid,
+                pidStartTime: ProcessStat.startTime(jail.pid) ?? 0, created: created,
                 annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
-                hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion)
+                hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion,
+                hooks: [("poststart", spec.hooks?.poststart), ("poststop", spec.hooks?.poststop)]
+                    .filter { !($0.1 ?? []).isEmpty }.map(\.0))
             try StateStore.write(try JSONEncoder().encode(record), "state.json", in: dir)
-            let state = stateDocument(record, status: .created)
-            try Hooks.run(spec.hooks?.createRuntime, name: "createRuntime", state: state)
-            try Hooks.run(spec.hooks?.prestart, name: "prestart", state: state)
-            try Hooks.run(spec.hooks?.createContainer, name: "createContainer", state: state)
+            // startContainer hooks read the state as `start` leaves it.
+            if let stateFD { try ContainerHooks.writeState(document(jail.pid, .created), to: stateFD) }
             if let pidFile = options.pidFile { try Self.writePidFile(pidFile, pid: jail.pid) }
         } catch {
             launched?.kill()
             if let pid = launched?.pid { _ = waitpid(pid, nil, 0) }
             try? group?.kill()
             try? group?.remove()
+            if let path = try? Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup).path {
+                SpecDevices.removeV1(path)
+            }
             try? dir.close()
             store.remove(id)
             throw error
@@ -134,6 +158,8 @@ public struct Runtime: Sendable {
             guard write(fifo, &byte, 1) == 1 else { throw RuntimeError("start: write exec fifo: \(errnoName(errno))") }
             unlinkat(dir.rawValue, "exec.fifo", 0)
         }
+        // config.json is read again only when it had poststart hooks (start is on every pod's path).
+        guard record.mayHave(hooks: "poststart") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         try Hooks.run(spec?.hooks?.poststart, name: "poststart", state: stateDocument(record, status: .running))
     }
@@ -184,7 +210,9 @@ public struct Runtime: Sendable {
         }
         try? group?.kill()
         try? group?.remove()
+        SpecDevices.removeV1(record.cgroupPath)
         store.remove(id)
+        guard record.mayHave(hooks: "poststop") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         // poststop failures are logged by runc, not fatal: the container is gone.
         try? Hooks.run(spec?.hooks?.poststop, name: "poststop", state: stateDocument(record, status: .stopped))

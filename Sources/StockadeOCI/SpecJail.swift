@@ -95,6 +95,11 @@ public enum SpecJail {
         profile.cwd = process.cwd
         guard process.cwd.hasPrefix("/") else { throw SpecError("config.json process.cwd: \(process.cwd) is not absolute") }
         profile.hostname = fresh.contains(.uts) ? spec.hostname : nil
+        oci.umask = try SpecKernel.umask(process.user.umask, field: "process.user.umask")
+        oci.rootPropagation = try SpecKernel.rootPropagation(spec.linux?.rootfsPropagation)
+        oci.sysctls = try SpecKernel.sysctls(spec.linux?.sysctl, ownNamespace: { kind in
+            fresh.contains(kind) || joined.contains { $0.1 == kind && SpecKernel.isOtherThanOwn($0.0, kind: kind) }
+        }, hostname: profile.hostname)
         profile.environment.set = try environment(process.env, field: "process.env")
         profile.environment.pass = []
         profile.rlimits = try rlimits(process.rlimits)
@@ -177,6 +182,7 @@ public enum SpecJail {
         profile.user.gid = process.user.gid
         oci.groups = process.user.additionalGids ?? []
         profile.cwd = process.cwd
+        oci.umask = try SpecKernel.umask(process.user.umask, field: "process.user.umask")
         profile.environment.set = try environment(process.env, field: "process.env")
         profile.environment.pass = []
         profile.rlimits = try rlimits(process.rlimits)

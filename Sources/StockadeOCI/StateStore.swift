@@ -28,6 +28,13 @@ public struct ContainerRecord: Codable, Sendable {
     /// The host id range of the container's own user namespace, if any.
     public var hostIDs: String?
     public var ociVersion: String
+    /// The kinds of hooks config.json had at create ("poststart",
+    /// "poststop"), so that start and delete read it again only for them;
+    /// nil (a record written before this field): read it.
+    public var hooks: [String]? = nil
+
+    /// Whether config.json must be read again for `kind` hooks.
+    func mayHave(hooks kind: String) -> Bool { hooks?.contains(kind) ?? true }
 }
 
 /// The state directory (`--root`): one directory per container, each

@@ -196,9 +196,17 @@ struct CgroupDelegationV2Tests {
         #expect(CgroupFS.readTrimmed(jail + "/pids.max") == "24")
         let procs = CgroupFS.procs(jail)
         #expect(!procs.isEmpty)
+        var checked = 0
         for pid in procs {
-            #expect(DelegatedV2.cgroup(of: pid) == "0::" + jail.dropFirst(DelegatedV2.mount.count), "pid \(pid)")
+            let place = DelegatedV2.cgroup(of: pid)
+            // A short-lived process of the jail (a child of its shell) may end
+            // between the listing and the read: its file reads empty and it is
+            // no longer listed. Every process still there must be in the jail.
+            if place.isEmpty && !CgroupFS.procs(jail).contains(pid) { continue }
+            checked += 1
+            #expect(place == "0::" + jail.dropFirst(DelegatedV2.mount.count), "pid \(pid)")
         }
+        #expect(checked > 0, "no process of the jail was left to check: \(procs)")
         #expect(user.waitForOutput("in-jail\n0::/\n", seconds: 30), "the jail sees a host cgroup path: \(user.output)")
 
         // Root ends the jail through its cgroup; the launcher removes it.

@@ -39,7 +39,9 @@ final class RuntimeFixture {
         root = dir + "/state"
         log = dir + "/log.json"
         bundle = dir + "/bundle"
-        cgroupParent = "/stockade-oci-tests-\(getpid())"
+        // A parent per fixture: suites run in parallel, and two creating one
+        // v1 cpuset parent at once can leave it without cpus (ENOSPC).
+        cgroupParent = "/stockade-oci-tests-\(getpid())-\(name)"
         try Self.makeBundle(bundle)
     }
 
@@ -130,34 +132,45 @@ final class RuntimeFixture {
     /// `args`. Output goes to files, not pipes: a created container keeps the
     /// stdio it inherited, and a pipe would never reach EOF.
     @discardableResult
-    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil) throws -> RuntimeRun {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: runtimeBinary)
-        process.arguments = ["--root", root, "--log", log, "--log-format", "json"] + args
+    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil, stderr: String? = nil) throws -> RuntimeRun {
+        // posix_spawn and waitpid, not Foundation's Process: its exit
+        // notification needs a CFRunLoop socket pair, which the cgroup v2
+        // VM's test process cannot make.
         let out = stdout ?? dir + "/out-\(UUID().uuidString)"
-        let err = dir + "/err-\(UUID().uuidString)"
-        _ = FileManager.default.createFile(atPath: out, contents: nil)
-        _ = FileManager.default.createFile(atPath: err, contents: nil)
-        let outHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        outHandle.seekToEndOfFile()
-        let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-        process.standardOutput = outHandle
-        process.standardError = errHandle
-        let input = Pipe()
-        process.standardInput = stdin == nil ? FileHandle.nullDevice : input
-        try process.run()
-        if let stdin {
-            input.fileHandleForWriting.write(Data(stdin.utf8))
-            try input.fileHandleForWriting.close()
-        }
-        process.waitUntilExit()
-        try outHandle.close()
-        try errHandle.close()
-        let result = RuntimeRun(status: process.terminationStatus,
+        let err = stderr ?? dir + "/err-\(UUID().uuidString)"
+        let input = dir + "/in-\(UUID().uuidString)"
+        try Data((stdin ?? "").utf8).write(to: URL(fileURLWithPath: input))
+        defer { unlink(input) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : input, O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t(), piped = sigset_t()
+        sigemptyset(&none)
+        sigemptyset(&piped)
+        sigaddset(&piped, SIGPIPE)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &piped)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = [runtimeBinary, "--root", root, "--log", log, "--log-format", "json"] + args
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, runtimeBinary, &actions, &attributes, &cArgs, environ)
+        guard rc == 0 else { throw RuntimeTestError("posix_spawn \(runtimeBinary): \(rc)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let result = RuntimeRun(status: code,
                                 stdout: stdout == nil ? (try String(contentsOfFile: out, encoding: .utf8)) : "",
                                 stderr: try String(contentsOfFile: err, encoding: .utf8))
         if stdout == nil { unlink(out) }
-        unlink(err)
+        if stderr == nil { unlink(err) }
         return result
     }
 

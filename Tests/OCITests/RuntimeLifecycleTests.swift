@@ -427,7 +427,7 @@ struct RuntimeProtocolTests {
         _ = try f.run(["delete", "--force", id])
     }
 
-    @Test("hooks run on the host with the state on stdin: createRuntime at create, poststart at start, poststop at delete")
+    @Test("host hooks get the state on stdin: createRuntime (creating) at create, poststart at start, poststop at delete")
     func hooks() throws {
         let f = try RuntimeFixture("hooks")
         let id = "hook1"
@@ -447,7 +447,7 @@ struct RuntimeProtocolTests {
             guard let data = FileManager.default.contents(atPath: f.dir + "/hook-\(name).json") else { return nil }
             return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
         }
-        #expect(hookState("createRuntime")?["status"] as? String == "created")
+        #expect(hookState("createRuntime")?["status"] as? String == "creating")
         #expect(hookState("createRuntime")?["pid"] as? Int == pid)
         #expect(hookState("poststart") == nil)
         #expect(try f.run(["start", id]).status == 0)

@@ -7,8 +7,10 @@
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
-#   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount": budgets, the cgroup
-#   namespace, host id ranges and kernel counts) from the debug test binary.
+#   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount|SpecDevicesTests":
+#   budgets, the cgroup namespace, host id ranges, kernel counts, the OCI
+#   runtime's lifecycle (OCICgroupLifecycleTests) and its device allowlist
+#   as the eBPF device program) from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -16,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount}
+FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount|SpecDevicesTests}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}

@@ -89,6 +89,15 @@ struct stk_landlock_port {
     uint64_t access;
 };
 
+/* One OCI startContainer hook, run by the worker (see stk_plan.start_hooks). */
+struct stk_hook {
+    const char *path;          /* resolved in the container's root */
+    char *const *argv;
+    char *const *envp;
+    uint32_t timeout_ms;       /* 0: no limit */
+    uint32_t _pad;
+};
+
 struct stk_plan {
     /* clone3 */
     uint64_t clone_flags;      /* CLONE_NEW* bits (CLONE_PIDFD and INTO_CGROUP are added here) */
@@ -186,6 +195,44 @@ struct stk_plan {
      * LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON, so that audit reports its
      * denials after execve too); 0 on older kernels. */
     uint32_t landlock_restrict_flags;
+    /* OCI hooks (stockade-runtime); all zero for every other jail.
+     * hooks_pause: after the mounts, before the root is made read-only and
+     * pivoted into, the child reports STK_STEP_HOOKS with errno 0 on
+     * error_fd and waits for one more byte on sync_fd. Meanwhile the
+     * launcher shows the new root at its host path in the container's
+     * mount namespace (stk_oci_hooks_root), runs the createRuntime and
+     * createContainer hooks, and makes that root the namespace's root;
+     * the child resumes with its root switched (the launcher's pivot_root
+     * moves the root of every process of the namespace). */
+    int32_t hooks_pause;
+    /* startContainer hooks: run one after the other by the worker after
+     * `start`, under its Landlock domain and seccomp filter, just before
+     * execve; start_state_fd (a memfd the launcher filled with the
+     * container's state) is each hook's stdin; -1: none. */
+    int32_t start_state_fd;
+    const struct stk_hook *start_hooks;
+    uint32_t n_start_hooks;
+    uint32_t _pad6;
+    /* OCI process.umask: set (has_umask) once the root is built, so that
+     * the set-up's own directories keep their modes. */
+    int32_t has_umask;
+    uint32_t umask;
+    /* OCI rootfsPropagation of the container's root tree, set with MS_REC
+     * right after the tree is attached at /newroot: MS_PRIVATE (0 means
+     * this), MS_SLAVE or MS_UNBINDABLE. The launcher cloned the tree from
+     * the host's, so without this it would stay a peer of the host's mount
+     * and mounts would propagate both ways. */
+    uint64_t root_propagation;
+    /* OCI linux.sysctl: after the mounts, each value is written to
+     * sysctl_keys[i] ("net/ipv4/ip_forward"), opened beneath the host's
+     * procfs at /oldroot/proc/sys (checked to be procfs) without following
+     * any link. The kernel resolves net, ipc and uts sysctls in the
+     * writer's namespaces: the child's, which are the container's. The
+     * launcher allows only namespaced keys in namespaces of the container's own. */
+    const char *const *sysctl_keys;
+    const char *const *sysctl_values;
+    uint32_t n_sysctls;
+    uint32_t _pad7;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -209,6 +256,8 @@ enum stk_step {
     STK_STEP_PROC,          /* mount /proc */
     STK_STEP_DEV,           /* build /dev */
     STK_STEP_MASK,          /* mask a sensitive path */
+    STK_STEP_SYSCTL,        /* OCI: write one of linux.sysctl (detail: key) */
+    STK_STEP_HOOKS,         /* OCI: the launcher runs createRuntime/createContainer hooks (errno 0: paused) */
     STK_STEP_ROOT_READONLY, /* remount the new root read-only */
     STK_STEP_PIVOT,         /* pivot_root into the new root, detach the old */
     STK_STEP_HOSTNAME,
@@ -230,6 +279,7 @@ enum stk_step {
     STK_STEP_EXEC_WAIT,     /* OCI create: built; wait for `start` */
     STK_STEP_LANDLOCK,
     STK_STEP_SECCOMP,
+    STK_STEP_START_HOOK,    /* OCI: a startContainer hook, run by the worker */
     STK_STEP_EXEC,
     STK_STEP_COUNT
 };
@@ -298,6 +348,30 @@ int stk_hold_until_exit(int pidfd, const int *fds, int n);
 /* A detached, nosuid and nodev copy of the mount tree at O_PATH fd `fd`
  * (an OCI rootfs, attached by the child with move_mount); its fd or -errno. */
 int stk_clone_tree(int fd);
+
+/* ---- OCI hooks (the launcher's side; see stk_plan.hooks_pause). ---- */
+
+/* In the mount namespace `mnt_fd` of a jail paused for its hooks (run in a
+ * forked helper, as the launcher: host root, whom the jail's user namespace
+ * does not confine). step 1: the tree at /newroot is cloned onto the
+ * rootfs's host path `rootfs` (opened without following any link, and
+ * checked to be the directory dev/ino the launcher found), then the host's
+ * tree becomes the namespace's root and the staging root is detached: a
+ * hook that enters the namespace sees the host's tree with the container's
+ * root, its mounts included, at its host path (as under runc). step 2:
+ * the container's root at `rootfs` (checked again) becomes the namespace's
+ * root and the host's tree is detached. Returns 0 or -errno. */
+int stk_oci_hooks_root(int mnt_fd, int step, const char *rootfs, uint64_t dev, uint64_t ino);
+/* Starts a createContainer hook in a jail paused for its hooks: a child
+ * first waits for one byte on `go_fd` (>= 0; the launcher moves it into the
+ * container's cgroup meanwhile; EOF: it exits), then joins the mount namespace `ns_fds[0]` as the launcher, changes to `cwd`
+ * (the container's root at its host path, checked by dev/ino), joins the
+ * other namespaces in `ns_fds`/`ns_types` (the user namespace last, then
+ * takes its uid and gid 0), makes `stdin_fd` its stdin and execs `path`.
+ * A joined pid namespace holds the hook itself: the child forks it and
+ * passes its exit status on. Returns the child's pid, or -errno. */
+int stk_oci_spawn_hook(const int *ns_fds, const int *ns_types, int n, const char *cwd, uint64_t dev, uint64_t ino,
+                       int stdin_fd, int go_fd, const char *path, char *const *argv, char *const *envp);
 
 /* ---- Seccomp user notification (the supervisor's side). ---- */
 

@@ -1,0 +1,210 @@
+import Foundation
+import SystemPackage
+import StockadeSystem
+public import StockadeJail
+public import StockadeCgroups
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `linux.devices` and `linux.resources.devices` onto Stockade's device
+/// allowlist: the nodes are the host's, bound (a container in a user
+/// namespace of its own cannot mknod) after a check by fd that the host's
+/// node is the character device the spec names; the rules become the
+/// allowlist the kernel enforces on the container's cgroup (the eBPF device
+/// program on cgroup v2, `devices.deny`/`devices.allow` in the container's
+/// devices cgroup on v1). Block devices and "every device" are never granted.
+public enum SpecDevices {
+    /// The device plan for a container, or nil when the spec has neither
+    /// `linux.devices` nor `linux.resources.devices` (no allowlist then,
+    /// as before: the container has only Stockade's harmless /dev nodes).
+    public static func plan(_ spec: Spec) throws -> DevicePlan? {
+        let devices = spec.linux?.devices ?? []
+        let rules = spec.linux?.resources?.devices
+        guard !devices.isEmpty || rules != nil else { return nil }
+        var allowed = DevicePlan.standardRules
+        for rule in try allowlist(rules ?? []) where !allowed.contains(rule) { allowed.append(rule) }
+        var mounts: [DevicePlan.Mount] = []
+        for (i, d) in devices.enumerated() {
+            let (mount, rule) = try node(d, index: i)
+            if let mount { mounts.append(mount) }
+            if !allowed.contains(where: { $0.permits(major: rule.major, minor: rule.minor ?? 0) }) {
+                allowed.append(rule)
+            }
+        }
+        return DevicePlan(rules: allowed, mounts: mounts)
+    }
+
+    /// `linux.resources.devices` in order (a later rule overrides an earlier
+    /// one for the devices it names) as an allowlist of character devices.
+    static func allowlist(_ rules: [Spec.Resources.DeviceRule]) throws -> [DeviceRule] {
+        var allowed: [DeviceRule] = []
+        for (i, r) in rules.enumerated() {
+            let field = "config.json linux.resources.devices[\(i)]"
+            let type = r.type ?? "a"
+            guard ["a", "c", "u", "b", "p"].contains(type) else { throw SpecError("\(field).type: unknown device type \"\(type)\"") }
+            let access = r.access ?? "rwm"
+            guard !access.isEmpty, access.allSatisfy({ "rwm".contains($0) }) else {
+                throw SpecError("\(field).access: \"\(access)\" is not a subset of \"rwm\"")
+            }
+            let major = (r.major ?? -1) < 0 ? nil : UInt32(clamping: r.major!)
+            let minor = (r.minor ?? -1) < 0 ? nil : UInt32(clamping: r.minor!)
+            if !r.allow {
+                if type == "a" || ((type == "c" || type == "u") && major == nil) {
+                    allowed.removeAll()
+                    continue
+                }
+                guard type == "c" || type == "u", let major else { continue }
+                if let minor {
+                    if allowed.contains(where: { $0.major == major && $0.minor == nil }) {
+                        throw SpecError("\(field): denying c \(major):\(minor) inside an earlier allow of c \(major):* is not supported (the device allowlist has no exceptions)")
+                    }
+                    allowed.removeAll { $0.major == major && $0.minor == minor }
+                } else {
+                    allowed.removeAll { $0.major == major }
+                }
+                continue
+            }
+            // mknod alone: a container in its own user namespace can never mknod.
+            guard access.contains("r") || access.contains("w") else { continue }
+            switch type {
+            case "b": throw SpecError("\(field): block devices are not granted to Stockade containers")
+            case "p": continue
+            case "a": throw SpecError("\(field): allowing every device is not granted to Stockade containers; allow character devices by major (and minor)")
+            default: break
+            }
+            guard let major else {
+                throw SpecError("\(field): allowing every character device is not granted to Stockade containers; name a major")
+            }
+            let rule = DeviceRule(major: major, minor: minor)
+            if !allowed.contains(rule) { allowed.append(rule) }
+        }
+        return allowed
+    }
+
+    /// One `linux.devices` entry: the host's node at the same path, checked
+    /// by fd to be the character device the spec names; nil mount for the
+    /// nodes Stockade's /dev already has.
+    static func node(_ d: Spec.Device, index i: Int) throws -> (DevicePlan.Mount?, DeviceRule) {
+        let field = "config.json linux.devices[\(i)] (\(d.path))"
+        let parts = d.path.split(separator: "/")
+        guard d.path.hasPrefix("/"), !parts.isEmpty, !parts.contains(where: { $0 == "." || $0 == ".." }) else {
+            throw SpecError("\(field).path: not an absolute path without . or ..")
+        }
+        switch d.type {
+        case "c", "u": break
+        case "b": throw SpecError("\(field): block devices are not granted to Stockade containers")
+        case "p": throw SpecError("\(field): FIFOs are not supported as devices; make one in the rootfs")
+        default: throw SpecError("\(field).type: unknown device type \"\(d.type)\"")
+        }
+        guard let major = d.major, let minor = d.minor, major >= 0, minor >= 0, major <= 0xFFF, minor <= 0xF_FFFF else {
+            throw SpecError("\(field): major and minor must be given (0-4095, 0-1048575)")
+        }
+        // The host's node at this path, opened without following a link at its end.
+        let fd = open(d.path, 0o10000000 /* O_PATH */ | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw SpecError("\(field): the host has no such node to bind (\(errnoName(errno))); a container in its own user namespace cannot mknod")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SpecError("\(field): fstat: \(errnoName(errno))") }
+        guard st.st_mode & S_IFMT != S_IFLNK else {
+            throw SpecError("\(field): the host's \(d.path) is a symlink; name the node itself")
+        }
+        guard st.st_mode & S_IFMT == S_IFCHR else {
+            throw SpecError("\(field): the host's \(d.path) is not a character device")
+        }
+        let number = DeviceNumber(rdev: UInt64(st.st_rdev))
+        guard number.major == UInt32(major), number.minor == UInt32(minor) else {
+            throw SpecError("\(field): the host's \(d.path) is c \(number), not c \(major):\(minor)")
+        }
+        let rule = DeviceRule(major: UInt32(major), minor: UInt32(minor))
+        let name = d.path.hasPrefix("/dev/") ? String(d.path.dropFirst(5)) : ""
+        if DevicesSection.StandardNode(rawValue: name) != nil { return (nil, rule) }
+        return (DevicePlan.Mount(kind: .deviceNode, source: d.path, target: d.path), rule)
+    }
+
+    /// Makes the kernel enforce `plan.rules` for the container: the device
+    /// program on its cgroup v2 directory, or, on cgroup v1, its own
+    /// devices cgroup at `path` (the container's cgroup path) with
+    /// everything denied but the rules. Returns the cgroup to launch in.
+    public static func enforce(_ plan: DevicePlan, on group: JailGroup, path: String) throws -> any JailCgroup {
+        if group.directory != nil {
+            do {
+                return try plan.enforce(on: group)
+            } catch {
+                throw RuntimeError("linux.resources.devices: \(error)")
+            }
+        }
+        guard let dir = devicesDirectory(path) else {
+            throw RuntimeError("linux.resources.devices: the container's cgroup is not a cgroup v2 directory and no cgroup v1 devices hierarchy is mounted")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            // A new v1 devices cgroup copies its parent's list: start from nothing.
+            try write(dir + "/devices.deny", "a")
+            for rule in plan.rules { try write(dir + "/devices.allow", rule.v1Line) }
+        } catch {
+            rmdir(dir)
+            throw RuntimeError("linux.resources.devices: \(dir): \(error)")
+        }
+        return DevicesV1Cgroup(inner: group, devices: dir)
+    }
+
+    /// The container's cgroup in the v1 devices hierarchy, if one is mounted.
+    public static func devicesDirectory(_ path: String) -> String? {
+        let info = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        for line in info.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash + 3 < fields.count, fields[dash + 1] == "cgroup",
+                  fields[dash + 3].split(separator: ",").contains("devices") else { continue }
+            return String(fields[4]) + path
+        }
+        return nil
+    }
+
+    /// Removes the container's v1 devices cgroup (after its processes are gone).
+    public static func removeV1(_ path: String) {
+        guard let dir = devicesDirectory(path) else { return }
+        for _ in 0..<100 where rmdir(dir) != 0 && errno == EBUSY { usleep(10_000) }
+    }
+
+    static func write(_ file: String, _ text: String) throws {
+        let fd = open(file, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno(rawValue: errno) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        guard Glibc.write(fd, bytes, bytes.count) == bytes.count else { throw Errno(rawValue: errno) }
+    }
+}
+
+/// A container's cgroup on a cgroup v1 host with its devices cgroup beside
+/// it (at the same path in the devices hierarchy); the launcher attaches
+/// the container's first process to both before it runs.
+final class DevicesV1Cgroup: JailCgroup {
+    let inner: JailGroup
+    let devices: String
+
+    init(inner: JailGroup, devices: String) {
+        self.inner = inner
+        self.devices = devices
+    }
+
+    var directory: FileDescriptor? { nil }
+
+    func attach(pid: Int32) throws {
+        do {
+            try SpecDevices.write(devices + "/cgroup.procs", "\(pid)")
+        } catch {
+            throw RuntimeError("linux.resources.devices: place the container in \(devices): \(error)")
+        }
+        try inner.attach(pid: pid)
+    }
+
+    func kill() throws { try inner.kill() }
+    func usage() throws -> CgroupUsage { try inner.usage() }
+    func remove() throws {
+        try inner.remove()
+        rmdir(devices)
+    }
+}
