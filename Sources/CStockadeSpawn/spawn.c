@@ -121,6 +121,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_NO_NEW_PRIVS] = "set no_new_privs",
     [STK_STEP_INIT] = "exec the jail's init",
     [STK_STEP_EXEC_WAIT] = "wait for start",
+    [STK_STEP_VIA_WAIT] = "receive the caller's command",
     [STK_STEP_LANDLOCK] = "apply Landlock",
     [STK_STEP_SECCOMP] = "load seccomp filter",
     [STK_STEP_START_HOOK] = "run a startContainer hook",
@@ -170,7 +171,10 @@ static void u32_to_dec(char *buf, uint32_t v);
  * an OCI container's worker reported success (exec_wait), the launcher is
  * gone: the step goes to the container's stderr instead. */
 __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, int err, const char *detail) {
-    if (p->error_fd < 0) {
+    /* A jail built ahead (via_wait) reports its late steps to the daemon,
+     * which tells the caller, on the socket the command came on. */
+    int report_fd = p->error_fd >= 0 ? p->error_fd : p->via_wait ? p->via_fd : -1;
+    if (report_fd < 0) {
         char num[12];
         u32_to_dec(num, (uint32_t)err);
         const char *parts[] = {"stockade: ", stk_step_name(step), ": errno ", num, " (", detail ? detail : "", ")\n"};
@@ -184,7 +188,8 @@ __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, i
     size_t n = s_len(detail);
     if (n > sizeof e.detail - 1) n = sizeof e.detail - 1;
     for (size_t i = 0; i < n; i++) e.detail[i] = detail[i];
-    write_all(p->error_fd, &e, sizeof e);
+    if (report_fd == p->error_fd) write_all(report_fd, &e, sizeof e);
+    else send(report_fd, &e, sizeof e, MSG_NOSIGNAL); /* one record, one packet */
     _exit(127);
 }
 
@@ -924,6 +929,94 @@ __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t 
     fail(p, STK_STEP_INIT, errno, "execveat(stockade-init)");
 }
 
+/*
+ * `stockade run --via`: the jail is built and the worker waits here for
+ * the one command it will run. What arrives was sent by the daemon (which
+ * checked the caller and the caller's fds), but it is read as untrusted
+ * input anyway: one packet, exactly three fds, every count and string
+ * checked against the message's length. Its strings stay in this static
+ * buffer (the worker's own memory once PID 1 has exec'd the init) until
+ * the execve. Nothing here allocates.
+ */
+static void move_high(const struct stk_plan *p, int32_t *fd);
+
+static char via_message[STK_VIA_MAX_MESSAGE];
+static char *via_strings[STK_VIA_MAX_STRINGS + 3];
+
+static void via_receive(struct stk_plan *p) {
+    /* Built: the launcher sees end-of-file on the error pipe. From here on
+     * a failure goes to via_fd (see fail). */
+    close(p->error_fd);
+    p->error_fd = -1;
+    /* While it waits, the jail holds nothing of the daemon's but the
+     * socket: every other close-on-exec fd (the parked pipe ends) goes
+     * now. 0, 1 and 2 are /dev/null, replaced below. */
+    for (int fd = 3; fd < 1024; fd++) {
+        int flags = fcntl(fd, F_GETFD);
+        if (fd != p->via_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+    }
+    struct iovec iov = {.iov_base = via_message, .iov_len = sizeof via_message};
+    union {
+        struct cmsghdr header;
+        char bytes[CMSG_SPACE(3 * sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                         .msg_controllen = sizeof control.bytes};
+    ssize_t n;
+    do n = recvmsg(p->via_fd, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    /* End of file: the daemon gave the jail up (it is being torn down). */
+    if (n == 0) _exit(1);
+    if (n < 0) fail(p, STK_STEP_VIA_WAIT, errno, "recvmsg");
+    int fds[3] = {-1, -1, -1};
+    int n_fds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (n_fds < 3) fds[n_fds] = fd;
+            else close(fd);
+            n_fds++;
+        }
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) fail(p, STK_STEP_VIA_WAIT, EMSGSIZE, "command message truncated");
+    if (n_fds != 3) fail(p, STK_STEP_VIA_WAIT, EPROTO, "expected stdin, stdout and stderr");
+    struct stk_via_header h;
+    if ((size_t)n < sizeof h) fail(p, STK_STEP_VIA_WAIT, EPROTO, "short command message");
+    memcpy(&h, via_message, sizeof h);
+    uint64_t total = (uint64_t)h.n_paths + h.argc + h.envc;
+    if (h.magic != STK_VIA_MAGIC || h.n_paths == 0 || h.argc == 0 || total > STK_VIA_MAX_STRINGS)
+        fail(p, STK_STEP_VIA_WAIT, EPROTO, "bad command header");
+    /* The strings, each ending in NUL within the message; none left over. */
+    size_t at = sizeof h;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < total; i++) {
+        char *start = &via_message[at];
+        while (at < (size_t)n && via_message[at] != 0) at++;
+        if (at >= (size_t)n) fail(p, STK_STEP_VIA_WAIT, EPROTO, "unterminated string in the command");
+        at++;
+        via_strings[k++] = start;
+        /* A NULL after the paths' and the argv's lists ends each of them. */
+        if (i + 1 == h.n_paths || i + 1 == h.n_paths + h.argc) via_strings[k++] = NULL;
+    }
+    via_strings[k] = NULL;
+    if (at != (size_t)n) fail(p, STK_STEP_VIA_WAIT, EPROTO, "bytes after the command");
+    /* The caller's fds on 0, 1, 2, and no other: moved high first so that
+     * no dup3 overwrites one still to be placed. */
+    for (int i = 0; i < 3; i++) move_high(p, &fds[i]);
+    for (int i = 0; i < 3; i++) {
+        CHECK(dup3(fds[i], i, 0) == i, STK_STEP_FDS, "dup3 a caller's fd");
+        close(fds[i]);
+    }
+    p->exec_paths = (const char *const *)&via_strings[0];
+    p->n_exec_paths = h.n_paths;
+    p->argv = &via_strings[h.n_paths + 1];
+    p->envp = &via_strings[h.n_paths + 1 + h.argc + 1];
+}
+
 static void exec_worker(const struct stk_plan *p) {
     int err = ENOENT;
     for (uint32_t i = 0; i < p->n_exec_paths; i++) {
@@ -1080,6 +1173,7 @@ static int worker_main(void *arg) {
         if (n != 1) fail(p, STK_STEP_EXEC_WAIT, n < 0 ? errno : EPIPE, "exec fifo");
         close(p->exec_wait_fd);
     }
+    if (p->via_wait) via_receive((struct stk_plan *)p);
     apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
@@ -1122,6 +1216,7 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
     if (p->exec_wait) move_high(p, &local.exec_wait_fd);
     if (p->notify_fd >= 0) move_high(p, &local.notify_fd);
     if (p->n_start_hooks > 0 && p->start_state_fd >= 0) move_high(p, &local.start_state_fd);
+    if (p->via_wait) move_high(p, &local.via_fd);
 
     /* Die with the launcher; the go-ahead pipe covers the race before this.
      * An OCI container (detached) outlives `create` by design. */

@@ -24,6 +24,8 @@ package final class Daemon: Service, @unchecked Sendable {
     private let devNull: Int32
     private let lifecycle = Mutex<Lifecycle>(.created)
     private let serverBox = Mutex<APIServer?>(nil)
+    /// Jails built ahead for `stockade run --via` (`[via]`), when configured.
+    package let jailPools: JailPools?
     /// Held from init to the end of stop(): no second daemon on this socket.
     private let instanceLock = Mutex<InstanceLock?>(nil)
 
@@ -60,6 +62,10 @@ package final class Daemon: Service, @unchecked Sendable {
                                        modelStore: models, maxRequestBytes: config.maxRequestBytes)
         }
         self.pools = pools
+        let (manager, null) = (cgroups, devNull)
+        jailPools = try config.via.map {
+            try JailPools(config: $0, cgroups: manager, logger: logger, devNull: null, launcherFiles: [config.file])
+        }
         tenantOrder = config.tenants.map(\.name)
         clientDigests = config.clients.map { (TokenDigest($0.token), $0) }
     }
@@ -87,6 +93,7 @@ package final class Daemon: Service, @unchecked Sendable {
         serverBox.withLock { $0 = server }
         logger.info("listening", metadata: ["socket": "\(config.socketPath)"])
         for t in tenantOrder { pools[t]!.start() }
+        try jailPools?.start()
     }
 
     /// Stops taking requests, lets the ones in flight finish (up to the
@@ -110,6 +117,7 @@ package final class Daemon: Service, @unchecked Sendable {
             }
         }
         group.wait()
+        jailPools?.stop()
         serverBox.withLock { $0 }?.close()
         serverBox.withLock { $0 = nil }
         // Still ours: the instance lock is held until the line below it

@@ -178,6 +178,8 @@ package struct DaemonConfig: Sendable {
     package var connections = ConnectionLimits()
     /// What happens to requests when the audit log cannot be written.
     package var auditFailure: AuditFailurePolicy = .refuse
+    /// Jails built ahead for `stockade run --via` (`[via]`).
+    package var via: ViaConfig?
 
     package static func load(path: String) throws(ProfileError) -> DaemonConfig {
         try parse(text: TableReader.readText(path: path, what: "configuration file"), file: path)
@@ -324,10 +326,13 @@ package struct DaemonConfig: Sendable {
         }
 
         var tenants: [TenantConfig] = []
-        guard let all = try root.table("tenant") else {
-            throw root.error("tenant", "no tenants: add a [tenant.NAME] table")
+        // A daemon may hold only jails built ahead ([via]) and no tenants.
+        let tenantTable = try root.table("tenant")
+        guard tenantTable != nil || root.has("via") else {
+            throw root.error("tenant", "no tenants: add a [tenant.NAME] table (or a [via] section)")
         }
-        for name in all.keys {
+        for name in tenantTable?.keys ?? [] {
+            let all = tenantTable!
             guard TenantBudget.isValidName(name) else {
                 throw all.error(name, "a tenant name must be 1-64 ASCII letters, digits, '-' or '_'")
             }
@@ -411,7 +416,8 @@ package struct DaemonConfig: Sendable {
             try t.finish()
             tenants.append(tenant)
         }
-        try all.finish()
+        try tenantTable?.finish()
+        let via = try ViaConfig.read(root, dir: dir, apiSocket: socket)
         try root.finish()
         var config = DaemonConfig(file: file, socketPath: socket, auditLogPath: audit, socketMode: modeValue,
                                   maxRequestBytes: maxRequestBytes, cgroups: cgroups, cgroupBase: cgroupBase,
@@ -419,6 +425,7 @@ package struct DaemonConfig: Sendable {
         config.connections = limits
         config.models = models
         config.auditFailure = auditFailure
+        config.via = via
         return config
     }
 }

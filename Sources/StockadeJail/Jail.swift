@@ -74,6 +74,25 @@ public final class Jail: Sendable {
     private struct State {
         var killedFor: JailExit.Reason?
         var exit: JailExit?
+        /// The worker's raw wait status, once read by ``reportedStatus()``.
+        var workerStatus: Int32?
+    }
+
+    /// Readable once PID 1 has written the worker's wait status (or has
+    /// exited without one): poll it to learn the worker's end before PID 1
+    /// and the jail's namespaces are gone; then ``reportedStatus()``.
+    public var statusDescriptor: FileDescriptor { status }
+
+    /// The worker's shell-style status when PID 1 has reported it (call
+    /// once ``statusDescriptor`` is readable; it blocks until then); nil
+    /// when PID 1 ended without one. ``wait(timeLimit:onStatus:)`` still
+    /// reaps and cleans up afterwards.
+    public func reportedStatus() -> Int32? {
+        if let raw = state.withLock({ $0.workerStatus }) { return ProcessTermination(waitStatus: raw).shellStatus }
+        guard hasReaper, let bytes = try? status.readUpTo(4), bytes.count == 4 else { return nil }
+        let raw = bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+        state.withLock { $0.workerStatus = raw }
+        return ProcessTermination(waitStatus: raw).shellStatus
     }
 
     init(process: ProcessHandle, liveness: FileDescriptor, status: FileDescriptor, cgroup: (any JailCgroup)?,
@@ -121,7 +140,9 @@ public final class Jail: Sendable {
 
     /// Waits for the jail to end, killing it when `timeLimit` runs out, then
     /// reads its accounting and removes its cgroup.
-    public func wait(timeLimit: Duration? = nil) throws -> JailExit {
+    /// `onStatus` gets the worker's shell-style status as soon as it is
+    /// known, before the cgroup is read and removed.
+    public func wait(timeLimit: Duration? = nil, onStatus: ((Int32) -> Void)? = nil) throws -> JailExit {
         if let done = state.withLock({ $0.exit }) { return done }
         // Capped far beyond any limit a file or the command line may give
         // (a year), so that the addition cannot overflow.
@@ -139,7 +160,7 @@ public final class Jail: Sendable {
             }
             if try process.waitForExit(timeoutMilliseconds: timeout) { break }
         }
-        return try finish()
+        return try finish(onStatus: onStatus)
     }
 
     /// Milliseconds for one poll when `left` remains (rounded up, at least
@@ -152,17 +173,22 @@ public final class Jail: Sendable {
         return Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
     }
 
-    private func finish() throws -> JailExit {
+    private func finish(onStatus: ((Int32) -> Void)? = nil) throws -> JailExit {
         let pid1 = try process.reap()
         let wall = ContinuousClock.now - startedAt
         var worker = pid1
         if hasReaper {
-            let raw = (try? status.readUpTo(4)) ?? []
-            if raw.count == 4 {
-                let value = raw.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+            if let value = state.withLock({ $0.workerStatus }) {
                 worker = ProcessTermination(waitStatus: value)
+            } else {
+                let raw = (try? status.readUpTo(4)) ?? []
+                if raw.count == 4 {
+                    let value = raw.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+                    worker = ProcessTermination(waitStatus: value)
+                }
             }
         }
+        onStatus?(worker.shellStatus)
         try? status.close()
         try? liveness.close()
         // Every notified call was answered before its process could exit.

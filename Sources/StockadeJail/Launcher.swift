@@ -125,6 +125,10 @@ public struct LaunchRequest: Sendable {
     public var idPool: HostIDPool?
     /// An OCI container's additions (``OCILaunch``); nil for every other jail.
     public var oci: OCILaunch?
+    /// A jail built ahead of its command (``ViaJail``): the jail's end of
+    /// its command socket. `command` is then a placeholder; the worker runs
+    /// what arrives on this socket.
+    public var viaSocket: Int32?
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile

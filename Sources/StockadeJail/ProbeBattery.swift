@@ -99,6 +99,12 @@ public enum ProbeBattery {
         }
     }
 
+    /// The probes that the launcher's own steps answer (namespaces, root,
+    /// capabilities, fds, /proc masks, /dev), as opposed to the seccomp
+    /// filter and the cgroup budget; plus the "still works" checks.
+    public static let launcherProbes: Set<Int> = [2, 3, 7, 8, 9, 10, 13, 16, 19, 20, 21, 22, 24, 26, 27, 28, 29, 30, 32, 33,
+                                                  34, 35, 36, 37, 38, 39, 40, 41]
+
     /// Finds the probe binary: `explicit`, then `$STOCKADE_PROBE`, then
     /// `stockade-probe` beside the running executable, then
     /// `.build/stockade-probe` under the current directory.

@@ -489,6 +489,10 @@ struct SpawnPlan {
         plan.argv = arena.stringVector(request.command)
         plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
         plan.init_fd = initFD.rawValue
+        if let via = request.viaSocket {
+            plan.via_wait = 1
+            plan.via_fd = via
+        }
         plan.has_cgroup = request.cgroup == nil ? 0 : 1
         if let chargeIDs {
             // The user namespace and its per-user counts belong to the
@@ -516,7 +520,10 @@ struct SpawnPlan {
 
     /// The jail's environment: the profile's `[env]` set, then its `pass`
     /// from the launcher's, then the launch's own; a later one replaces an earlier.
-    static func environment(_ request: LaunchRequest) -> [(String, String)] {
+    /// `passed` looks up a `pass` variable in the caller's environment (the
+    /// launcher's own, or a `--via` caller's).
+    static func environment(_ request: LaunchRequest,
+                            passed: (String) -> String? = { getenv($0).map { String(cString: $0) } }) -> [(String, String)] {
         var env: [(String, String)] = []
         func set(_ name: String, _ value: String) {
             env.removeAll { $0.0 == name }
@@ -524,7 +531,7 @@ struct SpawnPlan {
         }
         for pair in request.profile.environment.set { set(pair.name, pair.value) }
         for name in request.profile.environment.pass {
-            if let value = getenv(name) { set(name, String(cString: value)) }
+            if let value = passed(name) { set(name, value) }
         }
         for (name, value) in request.extraEnvironment { set(name, value) }
         return env

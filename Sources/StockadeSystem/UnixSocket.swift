@@ -7,26 +7,33 @@ import CStockadeSpawn
 import Glibc
 #endif
 
+/// A stream socket, or one that keeps message boundaries (SOCK_SEQPACKET).
+public enum UnixSocketKind: Sendable {
+    case stream, seqPacket
+
+    var type: Int32 { Int32(self == .stream ? SOCK_STREAM.rawValue : SOCK_SEQPACKET.rawValue) }
+}
+
 /// A connected pair of Unix-domain stream sockets.
 public enum UnixSocketPair {
-    /// Creates a connected pair of `AF_UNIX` `SOCK_STREAM` sockets, both
+    /// Creates a connected pair of `AF_UNIX` `SOCK_STREAM` (or `SOCK_SEQPACKET`) sockets, both
     /// close-on-exec (pass one into a child with an explicit fd mapping).
     ///
     /// The corresponding C function is `socketpair`.
-    public static func make() throws(Errno) -> (FileDescriptor, FileDescriptor) {
+    public static func make(_ kind: UnixSocketKind = .stream) throws(Errno) -> (FileDescriptor, FileDescriptor) {
         var fds: [CInt] = [-1, -1]
-        _ = try retryingSyscall { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        _ = try retryingSyscall { socketpair(AF_UNIX, kind.type | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
 }
 
 /// Client ends of Unix-domain sockets bound to a path.
 public enum UnixSocket {
-    /// Connects a close-on-exec `SOCK_STREAM` socket to the socket at `path`
+    /// Connects a close-on-exec `SOCK_STREAM` (or `SOCK_SEQPACKET`) socket to the socket at `path`
     /// (at most 107 bytes: `ENAMETOOLONG` beyond).
     ///
     /// The corresponding C functions are `socket` and `connect`.
-    public static func connect(path: String) throws(Errno) -> FileDescriptor {
+    public static func connect(path: String, _ kind: UnixSocketKind = .stream) throws(Errno) -> FileDescriptor {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -34,7 +41,7 @@ public enum UnixSocket {
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
         }
-        let fd = try retryingSyscall { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try retryingSyscall { socket(AF_UNIX, kind.type | Int32(SOCK_CLOEXEC.rawValue), 0) }
         // Not retried on EINTR: an interrupted connect goes on in the kernel.
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }

@@ -53,15 +53,18 @@ func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
 }
 
-func spawnBench() throws {
+/// bubblewrap running /bin/true in a jail like the minimal profile's.
+let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
+                 "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
+                 "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]
+
+/// Writes `profile` without its [limits] table (the launch without a
+/// cgroup, the case bubblewrap, which makes none, is compared with) to a
+/// temporary file and returns its path.
+func profileWithoutLimits(_ profile: String) throws -> String {
     let env = ProcessInfo.processInfo.environment
-    let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
-    let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
-    let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
-    // The same profile without its [limits] table: the launch without a
-    // cgroup, the case bubblewrap (which makes none) is compared with.
     let unlimited = (env["TMPDIR"] ?? "/tmp") + "/stockade-bench-\(getpid())-nolimits.toml"
-    defer { unlink(unlimited) }
     var inLimits = false
     let profileText = (try? String(contentsOfFile: profile, encoding: .utf8)) ?? ""
     let unlimitedText = profileText.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
@@ -69,18 +72,13 @@ func spawnBench() throws {
         return !inLimits
     }.joined(separator: "\n")
     try unlimitedText.write(toFile: unlimited, atomically: true, encoding: .utf8)
-    let contenders: [(String, [String])] = [
-        ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
-        ("bwrap --unshare-all ...", ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                                     "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
-                                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
-                                     "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]),
-        ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
-        ("/bin/true (no jail)", ["/bin/true"]),
-        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
-        ("stockade --version", [stockade, "--version"]),
-    ]
-    print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
+    return unlimited
+}
+
+/// Each command's wall times in ms, `runs` rounds of one run each in
+/// turn, so that all see the same machine load; a command that does not run
+/// here is said so once and gets no samples.
+func timeInterleaved(_ contenders: [(String, [String])], runs: Int) -> [[Double]] {
     var samples = Array(repeating: [Double](), count: contenders.count)
     let available = contenders.map { c in
         let ok = timeCommand(c.1) != nil
@@ -92,6 +90,26 @@ func spawnBench() throws {
             if let t = timeCommand(c.1) { samples[i].append(t) }
         }
     }
+    return samples
+}
+
+func spawnBench() throws {
+    let env = ProcessInfo.processInfo.environment
+    let stockade = env["STOCKADE_BIN"] ?? ".build/release/stockade"
+    let runs = Int(env["BENCH_RUNS"] ?? "") ?? 200
+    let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
+    let unlimited = try profileWithoutLimits(profile)
+    defer { unlink(unlimited) }
+    let contenders: [(String, [String])] = [
+        ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
+        ("bwrap --unshare-all ...", bwrapTrue),
+        ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
+        ("/bin/true (no jail)", ["/bin/true"]),
+        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
+        ("stockade --version", [stockade, "--version"]),
+    ]
+    print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
+    let samples = timeInterleaved(contenders, runs: runs)
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
     let unshare = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
     print("| command | median ms | p90 ms | vs bwrap | vs unshare |")

@@ -5,6 +5,7 @@ import Glibc
 
 let parts: [String: () throws -> Void] = [
     "spawn": spawnBench,
+    "via": viaBench,
     "devices": deviceBench,
     "seccomp": seccompBench,
     "channel": channelBench,

@@ -55,6 +55,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("cgroup-base"), help: ArgumentHelp("The cgroup Stockade creates tenants and jails below, relative to the hierarchy root (default: stockade below the launcher's delegated cgroup, else /stockade).", valueName: "path"))
     var cgroupBase: String?
 
+    @Option(name: .long, help: ArgumentHelp("Run the command in a jail stockaded built ahead, from the pool --profile names (see stockade(1)); only --setenv applies with it.", valueName: "socket"))
+    var via: String?
+
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
     var command: [String] = []
 
@@ -63,6 +66,10 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A line with --via among its options never gets here (ViaClient).
+        if via != nil {
+            throw ValidationError("--via goes among the options before the command: stockade run --via SOCKET [--profile POOL] -- CMD")
+        }
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
         guard !argv.isEmpty else {
             throw ValidationError("give the command to run after --, e.g. stockade run -p profiles/minimal.toml -- /bin/true")
@@ -328,6 +335,7 @@ extension RunCommand {
         command.tenants = single["tenants"]
         command.tenant = single["tenant"]
         command.cgroupBase = single["cgroup-base"]
+        command.via = nil
         command.command = Array(args[i...])
         return command
     }

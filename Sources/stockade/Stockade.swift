@@ -25,6 +25,13 @@ struct StockadeCommand: ParsableCommand {
             print(Stockade.version)
             Glibc.exit(0)
         }
+        if args.first == "run", ViaClient.wanted(Array(args.dropFirst())) {
+            do {
+                Glibc.exit(try ViaClient.run(ViaClient.parse(Array(args.dropFirst()))))
+            } catch {
+                exit(with: error)
+            }
+        }
         if args.first == "run", let command = RunCommand.parseQuickly(Array(args.dropFirst())) {
             do {
                 try command.run()

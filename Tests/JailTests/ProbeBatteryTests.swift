@@ -93,8 +93,7 @@ extension JailTests {
         /// The probes that the launcher's own steps answer (namespaces, root,
         /// capabilities, fds, /proc masks, /dev), as opposed to the seccomp filter
         /// and the cgroup budget; plus the "still works" checks.
-        static let launcherProbes: Set<Int> = [2, 3, 7, 8, 9, 10, 13, 16, 19, 20, 21, 22, 24, 26, 27, 28, 29, 30, 32, 33, 34, 35,
-                                               36, 37, 38, 39, 40, 41]
+        static let launcherProbes = ProbeBattery.launcherProbes
 
         static func failures(_ report: ProbeReport, among numbers: Set<Int>? = nil) -> String {
             report.failures.filter { numbers?.contains($0.number) ?? true }

@@ -233,6 +233,32 @@ struct stk_plan {
     const char *const *sysctl_values;
     uint32_t n_sysctls;
     uint32_t _pad7;
+    /* A jail built ahead of its command (`stockade run --via`): with
+     * via_wait set, the worker reports success once it is built (EOF on
+     * error_fd), then waits on via_fd, a SOCK_SEQPACKET socket to the
+     * daemon, for one message: the caller's stdin, stdout and stderr as
+     * SCM_RIGHTS and the command (layout: stk_via_header). It puts those
+     * fds on 0, 1 and 2, then Landlock, seccomp and execve as any worker.
+     * A step that fails from then on is reported as a stk_error on via_fd;
+     * a successful execve closes it (close-on-exec). */
+    int32_t via_wait;
+    int32_t via_fd;
+};
+
+/*
+ * The command message a waiting jail receives on via_fd: this header, then
+ * n_paths + argc + envc NUL-terminated strings (the execve candidates, then
+ * argv, then envp), nothing after them; at most STK_VIA_MAX_MESSAGE bytes
+ * and STK_VIA_MAX_STRINGS strings in all.
+ */
+#define STK_VIA_MAGIC 0x31564b53u /* "SKV1" */
+#define STK_VIA_MAX_MESSAGE (128 * 1024)
+#define STK_VIA_MAX_STRINGS 8192
+struct stk_via_header {
+    uint32_t magic;
+    uint32_t n_paths;
+    uint32_t argc;
+    uint32_t envc;
 };
 
 /* The i-th host device node every jail's /dev binds ("null", ...), NULL past
@@ -277,6 +303,7 @@ enum stk_step {
     STK_STEP_NO_NEW_PRIVS,
     STK_STEP_INIT,          /* PID 1 execs stockade-init from init_fd */
     STK_STEP_EXEC_WAIT,     /* OCI create: built; wait for `start` */
+    STK_STEP_VIA_WAIT,      /* run --via: built; wait for the caller's command */
     STK_STEP_LANDLOCK,
     STK_STEP_SECCOMP,
     STK_STEP_START_HOOK,    /* OCI: a startContainer hook, run by the worker */
