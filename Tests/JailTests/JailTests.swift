@@ -371,22 +371,26 @@ struct JailTests {
     func rootlessDelegatedBudget() throws {
         let stockade = packageRoot + "/.build/debug/stockade"
         try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
-        let delegated = "/sys/fs/cgroup/memory/stockade/user-65534"
-        let delegate = try host([stockade, "cgroups", "--delegate", "65534"])
+        // A uid of this test's own: the other rootless tests run as 65534 at
+        // the same time, and a delegation to it would change what they see
+        // (and their jails would land in this one's tenant).
+        let uid: uid_t = 64_998
+        let delegated = "/sys/fs/cgroup/memory/stockade/user-\(uid)"
+        let delegate = try host([stockade, "cgroups", "--delegate", "\(uid)"])
         try #require(delegate.status == 0, "\(delegate.output)")
-        #expect(delegate.output.contains("delegated to uid 65534: \(delegated)\n"), "\(delegate.output)")
+        #expect(delegate.output.contains("delegated to uid \(uid): \(delegated)\n"), "\(delegate.output)")
         var removed = false
-        defer { if !removed { _ = try? host([stockade, "cgroups", "--undelegate", "65534"]) } }
+        defer { if !removed { _ = try? host([stockade, "cgroups", "--undelegate", "\(uid)"]) } }
         var st = stat()
-        #expect(stat(delegated, &st) == 0 && st.st_uid == 65534, "the delegated directory is not the user's")
-        #expect(stat(delegated + "/cgroup.procs", &st) == 0 && st.st_uid == 65534)
+        #expect(stat(delegated, &st) == 0 && st.st_uid == uid, "the delegated directory is not the user's")
+        #expect(stat(delegated + "/cgroup.procs", &st) == 0 && st.st_uid == uid)
         // The limit files of the delegated cgroup stay root's: the user cannot lift its own cap.
         #expect(stat(delegated + "/memory.limit_in_bytes", &st) == 0 && st.st_uid == 0)
 
         // minimal.toml without its waiver: held by the cgroup, nothing to waive.
         let (copy, _) = try CgroupDirs.unwaivedMinimal("delegated")
         defer { unlink(copy) }
-        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", stockade, "run", "-p", copy]
+        let nobody = ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", stockade, "run", "-p", copy]
 
         // The budget is in the jail's cgroup while it runs.
         let jails = "\(delegated)/tenant-default/jail-*"
@@ -405,11 +409,11 @@ struct JailTests {
         #expect(CgroupDirs.jails(under: delegated + "/tenant-default").isEmpty, "the launcher left its jail cgroups behind")
 
         // The attacker's next try: lift the cap from inside the delegation.
-        let lift = try host(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+        let lift = try host(["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "/bin/sh", "-c",
                              "echo -1 > \(delegated)/memory.limit_in_bytes"])
-        #expect(lift.status != 0, "uid 65534 could change its delegated cgroup's own limit")
+        #expect(lift.status != 0, "uid \(uid) could change its delegated cgroup's own limit")
 
-        let undelegate = try host([stockade, "cgroups", "--undelegate", "65534"])
+        let undelegate = try host([stockade, "cgroups", "--undelegate", "\(uid)"])
         removed = true
         #expect(undelegate.status == 0, "\(undelegate.output)")
         #expect(!FileManager.default.fileExists(atPath: delegated), "the delegated cgroup is still there")
