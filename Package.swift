@@ -189,7 +189,7 @@ let package = Package(
         // `make bench`: spawn latency, seccomp overhead, channel throughput, daemon load.
         .executableTarget(
             name: "stockade-bench",
-            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", "StockadeOCI", "StockadeProfileTesting", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["StockadeJail", "StockadeSeccomp", "StockadeCgroups", "StockadeChannel", "StockadeSystem", "StockadeDaemon", "StockadeOCI", "StockadeProfileTesting", .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // An example worker written in Swift: echo, reverse and sha256 over
@@ -199,6 +199,17 @@ let package = Package(
             dependencies: ["StockadeChannel"],
             path: "examples/swift-worker",
             swiftSettings: swiftSettings
+        ),
+        // The density bench's idle worker: the handshake, then echo until
+        // shutdown. Static, so it needs nothing of the jail's root. The
+        // channel imports Foundation, whose static archives swiftc's
+        // -static-executable does not name in full: they are listed here
+        // (one group, so their order does not matter).
+        .executableTarget(
+            name: "stockade-sleeper",
+            dependencies: ["StockadeChannel"],
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "--start-group", "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCShims", "-lFoundationEssentials", "-lFoundationInternationalization", "-l_FoundationCollections", "-lFoundation", "-lswiftDispatch", "-ldispatch", "-lBlocksRuntime", "-lstdc++", "-Xlinker", "--end-group"])]
         ),
         // libFuzzer entry points. Built normally they replay a corpus; built
         // with `-sanitize=fuzzer -DFUZZING` (make fuzz) libFuzzer drives them.

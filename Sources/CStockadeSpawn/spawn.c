@@ -700,7 +700,34 @@ static void reset_signals(const struct stk_plan *p) {
  * Passed fds land at their numbers; every other fd (including the pipes to
  * the launcher, which are close-on-exec) is marked close-on-exec, so the
  * worker starts with stdio, the channel and nothing else.
+ *
+ * The launcher's own fds below STK_PARK_FD_MIN are closed here, not only
+ * marked: this process holds a copy of a launcher's whole fd table (a
+ * daemon holding a thousand jails has thousands of fds), and once the
+ * profile's RLIMIT_NOFILE is set, a new fd needs a free number below it.
+ * With every low number taken by the launcher's copies, the steps after
+ * this one (the init's go pipe, Landlock's ruleset and rule paths) would
+ * fail with EMFILE. Everything this process still needs lies at or above
+ * STK_PARK_FD_MIN (move_high) or is a passed fd's target.
  */
+static void close_low_fds(const struct stk_plan *p) {
+    /* One bit per number below STK_PARK_FD_MIN: the passed fds' targets. */
+    uint64_t keep[STK_PARK_FD_MIN / 64] = {0};
+    for (uint32_t i = 0; i < p->n_fds; i++)
+        if (p->fds[i].to >= 0 && p->fds[i].to < STK_PARK_FD_MIN) keep[p->fds[i].to / 64] |= 1ULL << (p->fds[i].to % 64);
+    /* close_range over each run of numbers that is not a target. */
+    int first = 3;
+    for (int fd = 3; fd <= STK_PARK_FD_MIN; fd++) {
+        int kept = fd < STK_PARK_FD_MIN && (keep[fd / 64] >> (fd % 64)) & 1;
+        if (fd < STK_PARK_FD_MIN && !kept) continue;
+        if (first < fd && syscall(SYS_close_range, first, fd - 1, 0) < 0) {
+            /* Kernels before 5.9: one by one (EBADF for the free ones). */
+            for (int f = first; f < fd; f++) close(f);
+        }
+        first = fd + 1;
+    }
+}
+
 static void arrange_fds(const struct stk_plan *p) {
     int parked[STK_MAX_PASSED_FDS];
     if (p->n_fds > STK_MAX_PASSED_FDS) fail(p, STK_STEP_FDS, E2BIG, "too many passed fds");
@@ -719,6 +746,7 @@ static void arrange_fds(const struct stk_plan *p) {
     for (uint32_t i = 0; i < p->n_fds; i++)
         CHECK(fcntl(p->fds[i].to, F_SETFD, 0) == 0, STK_STEP_FDS, "clear cloexec");
     for (uint32_t i = 0; i < p->n_fds; i++) close(parked[i]);
+    close_low_fds(p);
 }
 
 /* The launcher holds the sync pipe's write end while it lives: POLLHUP on

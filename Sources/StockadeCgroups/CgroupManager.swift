@@ -83,6 +83,12 @@ public final class CgroupManager: Sendable {
     private struct State {
         var createdTenants: Set<String> = []
         var liveJails: Set<String> = []
+        /// The limits the kernel holds for this manager's live jails, read
+        /// back once when each was made (or updated): admission sums every
+        /// jail of the tenant, and reading each one's files again for every
+        /// launch made filling a pool of a thousand quadratic. Jails of other
+        /// launchers are read from their cgroups.
+        var heldLimits: [String: LimitsSection] = [:]
         var baseCreated = false
     }
 
@@ -290,8 +296,12 @@ public final class CgroupManager: Sendable {
                 try? backend.remove(rel)
                 throw error
             }
+            let held = backend.limits(of: rel)
+            state.withLock {
+                $0.liveJails.insert(rel)
+                $0.heldLimits[rel] = held
+            }
         }
-        state.withLock { _ = $0.liveJails.insert(rel) }
         return JailGroup(manager: self, rel: rel, name: name, tenant: tenant, limits: limits, notes: notes,
                          directory: backend.openDirectory(rel))
     }
@@ -352,7 +362,8 @@ public final class CgroupManager: Sendable {
         if let most = budget.maxJails, jails.count >= most {
             throw CgroupError(.tenant, "tenant \(budget.name) already holds \(jails.count) jails, its most (max_jails = \(most))")
         }
-        let held = jails.map { backend.limits(of: tenantRel + "/" + $0) }
+        let known = state.withLock { $0.heldLimits }
+        let held = jails.map { known[tenantRel + "/" + $0] ?? backend.limits(of: tenantRel + "/" + $0) }
         let b = budget.limits
         if let short = b.shortfall(asking: limits, held: held) {
             throw CgroupError(.overBudget, "tenant \(budget.name) cannot admit the jail: \(short.key) asked \(short.asked), left \(short.left) of the tenant's \(short.total) (\(jails.count) jail\(jails.count == 1 ? " holds" : "s hold") \(short.holding))")
@@ -402,6 +413,7 @@ public final class CgroupManager: Sendable {
         let (jails, tenantDirs, base) = state.withLock { s in
             let r = (s.liveJails, s.createdTenants, s.baseCreated)
             s.liveJails = []
+            s.heldLimits = [:]
             s.createdTenants = []
             s.baseCreated = false
             return r
@@ -437,8 +449,17 @@ public final class CgroupManager: Sendable {
         if let firstError { throw firstError }
     }
 
+    /// Reads a live jail's limits back after they changed.
+    func reread(_ rel: String) {
+        let held = backend.limits(of: rel)
+        state.withLock { if $0.heldLimits[rel] != nil { $0.heldLimits[rel] = held } }
+    }
+
     func forget(_ rel: String) {
-        state.withLock { _ = $0.liveJails.remove(rel) }
+        state.withLock {
+            $0.liveJails.remove(rel)
+            $0.heldLimits[rel] = nil
+        }
     }
 }
 
@@ -505,6 +526,7 @@ public final class JailGroup: JailCgroup {
     public func update(_ limits: LimitsSection) throws(CgroupError) {
         _ = try manager.backend.check(limits, parent: "", owner: "jail \(name)")
         try manager.backend.apply(limits, to: rel)
+        manager.reread(rel)
     }
 
     public func usage() throws -> CgroupUsage {

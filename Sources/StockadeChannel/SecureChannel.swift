@@ -96,11 +96,11 @@ public final class SecureChannel: @unchecked Sendable {
         self.logger = logger
         sealer = RecordSealer(cipher: send, rekeyInterval: parameters.limits.rekeyInterval)
         opener = RecordOpener(cipher: receive, limits: parameters.limits)
-        outbox = .allocate(byteCount: Self.outboxSize, alignment: 16)
+        outbox = PageBuffer.allocate(byteCount: Self.outboxSize)
     }
 
     deinit {
-        outbox.deallocate()
+        PageBuffer.deallocate(outbox)
         inbox.deallocate()
         if !closed { try? socket.close() }
     }
@@ -1030,11 +1030,11 @@ struct Inbox {
     /// read cannot block): the next read does not poll first.
     var inputReady = false
 
-    init(capacity: Int) { storage = .allocate(byteCount: capacity, alignment: 16) }
+    init(capacity: Int) { storage = PageBuffer.allocate(byteCount: capacity) }
 
     /// Frees the buffer and closes a pending descriptor.
     mutating func deallocate() {
-        storage.deallocate()
+        PageBuffer.deallocate(storage)
         dropDescriptor()
     }
 
@@ -1138,9 +1138,9 @@ struct Inbox {
             if storage.count - start < count {
                 if storage.count < count {
                     // `count` was checked against the limits by the caller.
-                    let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, storage.count * 2), alignment: 16)
+                    let grown = PageBuffer.allocate(byteCount: max(count, storage.count * 2))
                     grown.copyMemory(from: UnsafeRawBufferPointer(rebasing: storage[start..<end]))
-                    storage.deallocate()
+                    PageBuffer.deallocate(storage)
                     storage = grown
                 } else {
                     storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: end - start)

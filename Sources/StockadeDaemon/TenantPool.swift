@@ -6,8 +6,9 @@
 // when every worker is busy). Requests that find no free worker wait in a
 // bounded queue; when it is full the request is refused (429).
 //
-// Every worker has a watcher thread blocked on its jail: when the jail ends
-// for any reason (crash, OOM kill, seccomp kill, our kill) the watcher
+// Every worker's jail is watched (its pidfd on the daemon's exit loop, see
+// PoolWatching.swift): when the jail ends for any reason (crash, OOM kill,
+// seccomp kill, our kill) the watcher
 // records the exit, removes the worker and launches a replacement. A
 // request held by a worker that dies is answered with an explicit error and
 // is never retried: the daemon cannot know whether the worker acted on it.
@@ -593,7 +594,7 @@ package final class TenantPool: @unchecked Sendable {
             var want = max(0, config.minWorkers - total)
             let uncovered = s.queued - s.starting
             if uncovered > 0 { want = max(want, uncovered) }
-            want = min(want, config.maxWorkers - total)
+            want = min(want, config.maxWorkers - total, Self.concurrentLaunches - s.starting)
             if want <= 0 { return (0, .zero) }
             // After failures, launch one at a time with a growing pause.
             if s.consecutiveFailures > 0 {
@@ -661,10 +662,12 @@ package final class TenantPool: @unchecked Sendable {
             }
             return (takeWork(worker, &s), false)
         }
-        Thread.detachNewThread { [self] in watch(worker) }
+        watchExit(worker)
         if stopNow { stopWorker(worker) }
         if let next { run(next, on: worker) }
         updateGauges()
+        // The next launches, when the pool is still short (they run a few at a time).
+        replenish()
     }
 
     private func launchFailed(id: String, error: any Error) {
@@ -819,7 +822,7 @@ package final class TenantPool: @unchecked Sendable {
     static let firstModelFD: Int32 = 10
 
     /// Blocks until the worker's jail ends, then accounts for it.
-    private func watch(_ worker: Worker) {
+    func watch(_ worker: Worker) {
         let exit: JailExit?
         do {
             exit = try worker.forked?.wait(profile: config.profile.name) ?? worker.jail.wait()
@@ -881,6 +884,12 @@ package final class TenantPool: @unchecked Sendable {
         hot.stopping.set(to: Double(stopping))
         hot.starting.set(to: Double(starting))
         hot.queueDepth.set(to: Double(queued))
+    }
+
+    /// Idle workers and the last launch failure, without reading any
+    /// worker's cgroup (``info(role:)`` reads every one).
+    package var readiness: (idle: Int, refusal: String?) {
+        state.withLock { s in (s.idle.count, s.consecutiveFailures > 0 ? s.lastFailure : nil) }
     }
 
     /// Live usage is read from each worker's cgroup.

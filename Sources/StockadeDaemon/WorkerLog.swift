@@ -50,72 +50,71 @@ final class WorkerLog: Sendable {
         try? stderrRead.close()
     }
 
-    /// Reads both pipes on a thread of its own until the worker (and
-    /// anything it left holding the pipes) is gone, then closes them.
+    /// Reads both pipes on the daemon's log loop (``ReadinessLoop/logs``)
+    /// until the worker (and anything it left holding the pipes) is gone,
+    /// then closes them.
     func start(logger: Logger, tenant: String, worker: String) {
-        let ends = [(stdoutRead, "stdout"), (stderrRead, "stderr")]
-        Thread.detachNewThread {
-            var log = logger
-            log[metadataKey: "tenant"] = "\(tenant)"
-            log[metadataKey: "worker"] = "\(worker)"
-            WorkerLog.pump(ends, logger: log)
-            for (fd, _) in ends { try? fd.close() }
+        var log = logger
+        log[metadataKey: "tenant"] = "\(tenant)"
+        log[metadataKey: "worker"] = "\(worker)"
+        let reader = Reader(logger: log)
+        for (i, (fd, stream)) in [(stdoutRead, "stdout"), (stderrRead, "stderr")].enumerated() {
+            ReadinessLoop.logs.add(fd: fd.rawValue) { _ in reader.readable(i, fd: fd, stream: stream) }
         }
     }
 
-    private static func pump(_ ends: [(FileDescriptor, String)], logger: Logger) {
+    /// One worker's two streams. Used only on the log loop's thread.
+    private final class Reader: @unchecked Sendable {
+        let logger: Logger
         var partial: [[UInt8]] = [[], []]
-        var open = [true, true]
-        var budget = bytesPerSecond
-        var windowStart = ContinuousClock.now
-        var buffer = [UInt8](repeating: 0, count: 16384)
         var dropped = [0, 0]
-        while open.contains(true) {
-            var fds = ends.enumerated().map { i, e in pollfd(fd: open[i] ? e.0.rawValue : -1, events: Int16(POLLIN), revents: 0) }
-            guard (try? retryingSyscall { poll(&fds, nfds_t(fds.count), -1) }) != nil else { return }
-            for i in 0..<2 where open[i] && fds[i].revents != 0 {
-                let want = min(buffer.count, max(1, budget))
-                let n = (try? buffer.withUnsafeMutableBytes { b throws(Errno) in
-                    try retryingSyscall { read(ends[i].0.rawValue, b.baseAddress, want) }
-                }) ?? -1
-                if n <= 0 {
-                    open[i] = false
-                    if !partial[i].isEmpty { emit(partial[i], stream: ends[i].1, logger: logger) }
-                    continue
-                }
-                budget -= n
-                for b in buffer[0..<n] {
-                    if b == 0x0A {
-                        emit(partial[i], stream: ends[i].1, logger: logger)
-                        partial[i].removeAll(keepingCapacity: true)
-                    } else if partial[i].count < maxLine {
-                        partial[i].append(b)
-                    } else {
-                        dropped[i] += 1
-                        if dropped[i] == 1 { partial[i] += Array(" [line cut at \(maxLine) bytes]".utf8) }
-                    }
-                    if b == 0x0A { dropped[i] = 0 }
-                }
+        /// Bytes both streams together may still read in this second.
+        var budget = WorkerLog.bytesPerSecond
+        var windowStart = ContinuousClock.now
+        /// One buffer for every worker's reads: the loop reads one at a time.
+        nonisolated(unsafe) static var buffer = [UInt8](repeating: 0, count: 16384)
+
+        init(logger: Logger) { self.logger = logger }
+
+        func readable(_ i: Int, fd: FileDescriptor, stream: String) -> ReadinessLoop.Next {
+            let now = ContinuousClock.now
+            if now - windowStart >= .seconds(1) {
+                budget = WorkerLog.bytesPerSecond
+                windowStart = now
             }
-            if budget <= 0 {
-                // Over the rate: stop reading until the second is up.
-                let elapsed = ContinuousClock.now - windowStart
-                if elapsed < .seconds(1) {
-                    let left = Duration.seconds(1) - elapsed
-                    usleep(UInt32(left.components.seconds * 1_000_000 + left.components.attoseconds / 1_000_000_000_000))
-                }
-                budget = bytesPerSecond
-                windowStart = ContinuousClock.now
-            } else if ContinuousClock.now - windowStart >= .seconds(1) {
-                budget = bytesPerSecond
-                windowStart = ContinuousClock.now
+            // Over the rate: this stream waits until the second is up, and
+            // the worker blocks on its own full pipe meanwhile.
+            if budget <= 0 { return .pause(until: windowStart + .seconds(1)) }
+            let want = min(Self.buffer.count, budget)
+            let n = (try? Self.buffer.withUnsafeMutableBytes { b throws(Errno) in
+                try retryingSyscall { read(fd.rawValue, b.baseAddress, want) }
+            }) ?? -1
+            if n <= 0 {
+                if !partial[i].isEmpty { WorkerLog.emit(partial[i], stream: stream, logger: logger) }
+                partial[i] = []
+                try? fd.close()
+                return .remove
             }
+            budget -= n
+            for b in Self.buffer[0..<n] {
+                if b == 0x0A {
+                    WorkerLog.emit(partial[i], stream: stream, logger: logger)
+                    partial[i] = []
+                } else if partial[i].count < WorkerLog.maxLine {
+                    partial[i].append(b)
+                } else {
+                    dropped[i] += 1
+                    if dropped[i] == 1 { partial[i] += Array(" [line cut at \(WorkerLog.maxLine) bytes]".utf8) }
+                }
+                if b == 0x0A { dropped[i] = 0 }
+            }
+            return .keep
         }
     }
 
     /// One line, control characters escaped (a worker cannot forge a line
     /// break, a terminal escape or a NUL into the daemon's log).
-    private static func emit(_ line: [UInt8], stream: String, logger: Logger) {
+    fileprivate static func emit(_ line: [UInt8], stream: String, logger: Logger) {
         var text = ""
         text.reserveCapacity(line.count)
         for scalar in String(decoding: line, as: UTF8.self).unicodeScalars {

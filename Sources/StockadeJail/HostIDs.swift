@@ -179,16 +179,24 @@ public enum HostIDAllocator {
     /// lease is released. Blocks are tried from a point that moves with
     /// the pid, so concurrent launchers rarely contend for the same lock.
     /// `etcRoot` prefixes the /etc paths (tests give a directory of their own).
+    /// Where this process's next search of a pool starts (.max: not yet searched).
+    private static let searchStart = Atomic<UInt32>(.max)
+
     public static func acquire(from pool: HostIDPool, etcRoot: String = "") throws(JailError) -> HostIDLease {
         let entries = try hostEntries(root: etcRoot)
         let directory = try openLockDirectory(pool.lockDirectory)
         defer { try? directory.close() }
-        let start = UInt32(UInt32(bitPattern: getpid()) % pool.ranges)
+        // A process's first search starts at a block given by its pid; the
+        // next ones after the block it took last, so that a daemon holding
+        // a thousand ranges does not try each of them again per launch.
+        let hint = searchStart.load(ordering: .relaxed)
+        let start = (hint == .max ? UInt32(bitPattern: getpid()) : hint) % pool.ranges
         for i in 0..<pool.ranges {
             let block = (start + i) % pool.ranges
             let range = HostIDRange(first: pool.first + block * HostIDPool.rangeSize)
             guard conflicts(of: range, entries: entries).isEmpty else { continue }
             if let lock = try tryLock(block: range.first, in: directory, path: pool.lockDirectory) {
+                searchStart.store((block + 1) % pool.ranges, ordering: .relaxed)
                 return HostIDLease(range: range, locks: [lock])
             }
         }

@@ -188,6 +188,13 @@ private func runClients(count: Int, requests: Int, _ make: (Int) throws -> @Send
 /// Starts worker.py without a jail, with the channel at fds 3 and 4, and
 /// runs the handshake.
 private func startUnjailed(python: String, worker: String, name: String) throws -> (pid_t, SecureChannel) {
+    try startUnjailed([python, worker], name: name)
+}
+
+/// Starts `args` without a jail, with the channel at fds 3 and 4, and runs
+/// the handshake.
+func startUnjailed(_ args: [String], name: String) throws -> (pid_t, SecureChannel) {
+    let program = args[0]
     let bootstrap = try ChannelBootstrap(tenant: "bench", worker: name)
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
@@ -195,7 +202,6 @@ private func startUnjailed(python: String, worker: String, name: String) throws 
     posix_spawn_file_actions_adddup2(&actions, bootstrap.workerSocket.rawValue, ChannelBootstrap.workerSocketFD)
     posix_spawn_file_actions_adddup2(&actions, bootstrap.paramsMemfd.rawValue, ChannelBootstrap.workerParamsFD)
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    let args: [String] = [python, worker]
     let argv = args.map { strdup($0) } + [nil]
     defer { for p in argv { free(p) } }
     var env = ProcessInfo.processInfo.environment
@@ -203,8 +209,8 @@ private func startUnjailed(python: String, worker: String, name: String) throws 
     let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { for p in envp { free(p) } }
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, python, &actions, nil, argv, envp)
-    guard rc == 0 else { throw DaemonError("posix_spawn \(python): \(String(cString: strerror(rc)))") }
+    let rc = posix_spawn(&pid, program, &actions, nil, argv, envp)
+    guard rc == 0 else { throw DaemonError("posix_spawn \(program): \(String(cString: strerror(rc)))") }
     bootstrap.closeWorkerEnds()
     return (pid, try bootstrap.connect(handshakeTimeoutMilliseconds: 120_000))
 }

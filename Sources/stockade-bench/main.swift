@@ -14,6 +14,7 @@ let parts: [String: () throws -> Void] = [
     "broker": brokerBench,
     "fuzz": fuzzBench,
     "oci": ociBench,
+    "density": densityBench,
     "template": templateBench,
 ]
 
