@@ -67,14 +67,7 @@ struct LearnCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A profile learn wrote earlier: the result is the union of its runs and this one.", valueName: "old.toml"))
     var merge: String?
 
-    @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
-    var readOnlyBinds: [String] = []
-
-    @Option(name: .customLong("bind"), help: ArgumentHelp("Bind a host path writable: SRC or SRC:DEST.", valueName: "src[:dest]"))
-    var writableBinds: [String] = []
-
-    @Option(name: .customLong("setenv"), help: ArgumentHelp("Set a variable in the jail.", valueName: "name=value"))
-    var environment: [String] = []
+    @OptionGroup var inputs: JailInputOptions
 
     @Option(name: .customLong("time-limit"), help: "Kill the jail after this long (default 5m).")
     var timeLimit = "5m"
@@ -138,10 +131,7 @@ struct LearnCommand: ParsableCommand {
             throw PolicyCommandError(error.description)
         }
         var request = LaunchRequest(profile: learning, command: command)
-        for (spec, writable) in RunCommand.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
-            request.extraMounts.append(try RunCommand.bind(spec, writable: writable))
-        }
-        request.extraEnvironment += try RunCommand.environmentPairs(environment)
+        try inputs.apply(to: &request)
         for line in LearnedPolicy.caveats { printError("stockade learn: " + line) }
 
         let recorder = LearnRecorder()

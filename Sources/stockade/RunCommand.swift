@@ -34,14 +34,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Print a summary when the jail ends, with the calls seccomp denied: json or text (on stderr).")
     var report: ReportFormat?
 
-    @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
-    var readOnlyBinds: [String] = []
-
-    @Option(name: .customLong("bind"), help: ArgumentHelp("Bind a host path writable: SRC or SRC:DEST.", valueName: "src[:dest]"))
-    var writableBinds: [String] = []
-
-    @Option(name: .customLong("setenv"), help: ArgumentHelp("Set a variable in the jail.", valueName: "name=value"))
-    var environment: [String] = []
+    @OptionGroup var inputs: JailInputOptions
 
     @Option(name: .customLong("time-limit"), help: "Kill the jail after this long (\"30s\", \"2m\"); overrides the profile.")
     var timeLimit: String?
@@ -81,12 +74,8 @@ struct RunCommand: ParsableCommand {
             throw StockadeFailure(message: error.description, status: 125)
         }
         var request = LaunchRequest(profile: profile, command: argv)
-        // In command-line order: a later bind covers an earlier one.
-        for (spec, writable) in Self.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
-            request.extraMounts.append(try Self.bind(spec, writable: writable))
-        }
+        try inputs.apply(to: &request)
         if let tenants { request.launcherFiles.append(tenants) }
-        request.extraEnvironment += try Self.environmentPairs(environment)
         var limit = profile.timeLimit
         if let timeLimit {
             switch DurationValue(parsing: timeLimit) {
@@ -328,9 +317,11 @@ extension RunCommand {
         var command = RunCommand()
         command.profile = profile
         command.report = report
-        command.readOnlyBinds = lists["ro-bind"]!
-        command.writableBinds = lists["bind"]!
-        command.environment = lists["setenv"]!
+        var inputs = JailInputOptions()
+        inputs.readOnlyBinds = lists["ro-bind"]!
+        inputs.writableBinds = lists["bind"]!
+        inputs.environment = lists["setenv"]!
+        command.inputs = inputs
         command.timeLimit = single["time-limit"]
         command.tenants = single["tenants"]
         command.tenant = single["tenant"]
@@ -371,4 +362,26 @@ struct StockadeFailure: Error, CustomStringConvertible {
 func printError(_ line: String) {
     let bytes = Array((line + "\n").utf8)
     bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// What `run` and `learn` add to a profile's jail from the command line:
+/// binds and variables.
+struct JailInputOptions: ParsableArguments {
+    @Option(name: .customLong("ro-bind"), help: ArgumentHelp("Bind a host path read-only: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var readOnlyBinds: [String] = []
+
+    @Option(name: .customLong("bind"), help: ArgumentHelp("Bind a host path writable: SRC or SRC:DEST.", valueName: "src[:dest]"))
+    var writableBinds: [String] = []
+
+    @Option(name: .customLong("setenv"), help: ArgumentHelp("Set a variable in the jail.", valueName: "name=value"))
+    var environment: [String] = []
+
+    /// Adds the binds, in command-line order (a later bind covers an earlier
+    /// one), and the variables to `request`.
+    func apply(to request: inout LaunchRequest) throws {
+        for (spec, writable) in RunCommand.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
+            request.extraMounts.append(try RunCommand.bind(spec, writable: writable))
+        }
+        request.extraEnvironment += try RunCommand.environmentPairs(environment)
+    }
 }
