@@ -44,3 +44,23 @@ enum JailBudget {
         }
     }
 }
+
+extension JailBudget {
+    /// Prepares `request`'s security and launches it, as `run` and `learn`
+    /// do; on failure the terminal is closed and the budget's cgroup removed
+    /// before the step's error is thrown (status 125).
+    static func launch(_ request: inout LaunchRequest, terminal: JailTerminal?,
+                       budget: (manager: CgroupManager, jail: JailGroup)?) throws -> Jail {
+        do {
+            // After the cgroup: a [devices] allowlist is attached to it.
+            try JailSecurity.prepare(&request)
+            return try Launcher.launch(request)
+        } catch {
+            terminal?.close()
+            try? request.cgroup?.remove()
+            try? budget?.manager.close()
+            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
+            throw StockadeFailure(message: "\(error)", status: 125)
+        }
+    }
+}

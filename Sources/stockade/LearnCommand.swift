@@ -139,18 +139,13 @@ struct LearnCommand: ParsableCommand {
         let cgroups = try JailBudget.make(profile: &request.profile)
         request.cgroup = cgroups?.jail
         let terminal = try JailTerminal.prepare(&request)
-        let jail: Jail
-        do {
-            try ProfileLearning.prepare(&request, recorder: recorder)
-            try JailSecurity.prepare(&request)
-            jail = try Launcher.launch(request)
-        } catch {
+        do { try ProfileLearning.prepare(&request, recorder: recorder) } catch {
             terminal?.close()
             try? request.cgroup?.remove()
             try? cgroups?.manager.close()
-            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
             throw StockadeFailure(message: "\(error)", status: 125)
         }
+        let jail = try JailBudget.launch(&request, terminal: terminal, budget: cgroups)
         guard jail.seccompWatch != nil else {
             jail.kill()
             _ = try? jail.wait()

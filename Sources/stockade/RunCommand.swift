@@ -94,18 +94,7 @@ struct RunCommand: ParsableCommand {
         // A report lists the denied calls: they go through the supervisor.
         if report != nil { request.seccompObservation = SeccompObservation() }
 
-        let jail: Jail
-        do {
-            // After the cgroup: a [devices] allowlist is attached to it.
-            try JailSecurity.prepare(&request)
-            jail = try Launcher.launch(request)
-        } catch {
-            terminal?.close()
-            try? request.cgroup?.remove()
-            try? cgroups?.manager.close()
-            if let error = error as? JailError { throw StockadeFailure(message: error.description, status: 125) }
-            throw StockadeFailure(message: "\(error)", status: 125)
-        }
+        let jail = try JailBudget.launch(&request, terminal: terminal, budget: cgroups)
         let forwarding = SignalForwarder(jail: jail)
         terminal?.startRelay()
         let exit = try jail.wait(timeLimit: limit)
