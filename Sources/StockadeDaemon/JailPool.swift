@@ -368,12 +368,12 @@ package final class JailPools: @unchecked Sendable {
         } else {
             poolName = name
         }
-        guard let pool = pools[poolName] else {
-            refuse(conn, "no jail pool \"\(poolName)\" (pools: \(config.pools.map(\.name).joined(separator: ", ")))", uid: uid, pool: poolName)
-            return
-        }
-        guard pool.config.uids.contains(uid) else {
-            refuse(conn, "uid \(uid) may not use jail pool \"\(poolName)\"", uid: uid, pool: poolName)
+        // A pool this uid may not use reads as one that does not exist, and
+        // only the pools it may use are named to it: a caller learns nothing
+        // of the others.
+        guard let pool = pools[poolName], pool.config.uids.contains(uid) else {
+            refuse(conn, "uid \(uid) may use no jail pool \"\(poolName)\"" + (usable.isEmpty ? "" : " (its pools: \(usable.joined(separator: ", ")))"),
+                   uid: uid, pool: poolName)
             return
         }
         guard !received.controlTruncated, fds.count == 3 else {
