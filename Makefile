@@ -154,6 +154,7 @@ deb: release-bins
 # The package end to end (root): dpkg -i, the installed binaries, socket
 # activation and sd_notify, man pages, completions, then dpkg --purge.
 test-package: deb venv
+	$(MAKE) --no-print-directory check-image
 	scripts/package-test.sh $(DEB)
 
 # The static escape-probe binary (runs in an empty root).

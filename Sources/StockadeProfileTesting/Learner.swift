@@ -149,7 +149,9 @@ public enum ProfileLearning {
     /// (what it allows stays in the kernel; everything else is recorded
     /// and let through), plus the listener's hand-over.
     public static func soakProfileText(learned text: String) -> String {
-        if text.contains(handoverComment) { return text }
+        // (firstRange: the standard library's search; `contains` on strings can bind to
+        // Foundation's, which the launch path does not link.)
+        if text.firstRange(of: handoverComment) != nil { return text }
         return text + (text.hasSuffix("\n") ? "" : "\n") + "\n" + handoverComment + " (only while soaking).\n" + handoverRule
     }
 
