@@ -332,6 +332,12 @@ package final class JailPools: @unchecked Sendable {
             return
         }
         let uid = cred.uid
+        // A uid that may use no pool is answered and closed before anything
+        // is read: it cannot hold one of the connection slots.
+        guard config.pools.contains(where: { $0.uids.contains(uid) }) else {
+            refuse(conn, "uid \(uid) may not use any jail pool of this daemon", uid: uid, pool: nil)
+            return
+        }
         // The request comes at once: a caller that holds a connection open
         // without one is dropped.
         try? conn.setReceiveTimeout(milliseconds: 10_000)

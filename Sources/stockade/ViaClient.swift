@@ -156,10 +156,16 @@ enum ViaClient {
         startForwarding(conn)
         do {
             try request.withUnsafeBytes { try conn.sendAll($0, passing: sent) }
-        } catch let error as Errno {
-            throw StockadeFailure(message: "cannot send the command to \(o.socket): \(errnoName(error.rawValue))", status: 125)
         } catch {
-            throw StockadeFailure(message: "cannot send the command to \(o.socket): \(error)", status: 125)
+            // The daemon answers a caller it refuses by its uid alone and
+            // closes before reading: its answer says why.
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            if let got = try? buffer.withUnsafeMutableBytes({ try conn.receiveMessage(into: $0, maxDescriptors: 0) }), got.byteCount > 0,
+               let lists = ViaWire.decode(buffer[..<got.byteCount], magic: ViaWire.answerMagic, lists: 1), lists[0].count == 3, lists[0][0] == "error" {
+                throw StockadeFailure(message: lists[0][1], status: 125)
+            }
+            let why = (error as? Errno).map { errnoName($0.rawValue) } ?? "\(error)"
+            throw StockadeFailure(message: "cannot send the command to \(o.socket): \(why)", status: 125)
         }
         for fd in sent { try? fd.close() }
         sent = []

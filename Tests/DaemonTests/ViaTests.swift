@@ -215,6 +215,23 @@ struct ViaTests {
             // A pool it may not use reads as one that does not exist.
             #expect(r.stderr.contains("uid 0 may use no jail pool \"others\""), "\(r.stderr)")
         }
+        if getuid() == 0 {
+            // A uid with no pool is refused by its uid alone: the daemon
+            // answers and closes before reading the request, so the client
+            // may find the socket closed when it sends; the answer still
+            // says why.
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid=4343", "--regid=4343", "--clear-groups", ViaTests.client, "run", "--via", h.socket, "--", "/bin/true"]
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            p.standardInput = FileHandle.nullDevice
+            try p.run()
+            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 125 && e.contains("uid 4343 may not use any jail pool of this daemon"), "\(e)")
+        }
         let unknown = try h.run(["/bin/true"], args: ["--profile", "nonesuch"])
         #expect(unknown.status == 125)
         #expect(unknown.stderr.contains("may use no jail pool \"nonesuch\""), "\(unknown.stderr)")
