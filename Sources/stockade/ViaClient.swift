@@ -188,7 +188,11 @@ enum ViaClient {
                 _ = buffer.withUnsafeBytes { try? FileDescriptor(rawValue: r.to).writeAll(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             }
             if entries[0].revents != 0 {
-                let got = try? buffer.withUnsafeMutableBytes { try conn.receiveMessage(into: $0, maxDescriptors: 0) }
+                var got = try? buffer.withUnsafeMutableBytes { try conn.receiveMessage(into: $0, maxDescriptors: 0) }
+                // A daemon that refuses a caller by its uid closes before
+                // reading the request; the kernel reports that once as
+                // ECONNRESET, ahead of the answer still queued: read again.
+                if got == nil { got = try? buffer.withUnsafeMutableBytes { try conn.receiveMessage(into: $0, maxDescriptors: 0) } }
                 guard let got, got.byteCount > 0,
                       let lists = ViaWire.decode(buffer[..<got.byteCount], magic: ViaWire.answerMagic, lists: 1),
                       lists[0].count == 3 else {
