@@ -42,6 +42,8 @@ private func inferAndDrop(socket path: String, token: String, tenant: String, _ 
     return (status, total)
 }
 
+/// It measures the peak RSS of the whole test process: `make test-swift`
+/// runs it in an invocation of its own, with no other suite beside it.
 @Suite(.serialized, .enabled(if: Fixture.hasVenv, "needs the venv (make venv) for the jailed Python worker"))
 struct AnswerMemoryDaemonTests {
     @Test func aHundredMebibyteAnswerIsHeldOnceInTheDaemon() throws {
