@@ -284,6 +284,8 @@ class Channel:
         self._plain = _Scratch(body_limit)
         self._wire = _Scratch(HEADER + body_limit)
         self.fds: list[int] = []
+        # Bulk memfds read and not yet closed (release_spent).
+        self._spent: list = []
         # Descriptors are refused during the Noise handshake.
         self.accept_fds = False
         self.in_flight: dict[int, int] = {}
@@ -562,6 +564,7 @@ class Channel:
         if not self.fds:
             raise ChannelViolation("unexpected-fds", "bulk record without a memfd")
         fd = self.fds.pop(0)
+        spent = False
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -593,7 +596,8 @@ class Channel:
             failed: list[int] = []
             counter = NONCE_COUNTER[self.suite]
             suite = self.suite
-            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            try:
                 sealed = memoryview(m)
 
                 def open_chunks(indices: range) -> None:
@@ -616,11 +620,29 @@ class Channel:
                     # The mapping closes only once no view of it is left.
                     open_chunks = None
                     sealed.release()
-            if failed:
-                raise ChannelViolation("bad-tag", f"bulk chunk {min(failed)} failed authentication")
+                if failed:
+                    raise ChannelViolation("bad-tag", f"bulk chunk {min(failed)} failed authentication")
+                # The sender's memfd is unmapped and closed once the answer
+                # is on its way (release_spent): tearing down a large mapping
+                # and freeing its pages is then off the round trip's path.
+                self._spent.append((m, fd))
+                spent = True
+            finally:
+                if not spent:
+                    m.close()
             return inner, plain.toreadonly()
         finally:
-            os.close(fd)
+            if not spent:
+                os.close(fd)
+
+    def release_spent(self) -> None:
+        """Unmaps and closes the bulk memfds already read."""
+        while self._spent:
+            m, fd = self._spent.pop()
+            try:
+                m.close()
+            finally:
+                os.close(fd)
 
     def _account(self, mtype: int, flags: int, request_id: int, size: int, commit: bool = True) -> None:
         if mtype == HELLO:
@@ -654,6 +676,7 @@ class Channel:
         a read-only memoryview instead, without a copy: of the record
         buffer (valid until the next receive, or until reclaim_payload) or
         of a bulk payload's own mapping (the caller's to keep)."""
+        self.release_spent()
         while True:
             msg = self._receive_record()
             if msg is None:
@@ -684,6 +707,7 @@ class Channel:
             for fd in self.fds:
                 os.close(fd)
             self.fds = []
+            self.release_spent()
             self.sock.close()
 
 

@@ -197,6 +197,17 @@ def pattern(n: int, seed: int = 0) -> bytes:
         bytes((i * 7 + seed) & 0xFF for i in range(n % 4096))
 
 
+def memfds(name: str) -> list:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{name} "):
+                out.append(fd)
+        except OSError:
+            pass
+    return out
+
+
 def reverse(payload):
     return bytes(payload)[::-1]
 
@@ -311,6 +322,7 @@ class Views(unittest.TestCase):
         big = pattern(3 * MIB + 17, 9)
         launcher.request(big)
         launcher.request(b"small after it")
+        self.assertEqual(memfds("bulk"), [], "the memfd read is closed once the answer is out")
         launcher.shutdown()
         self.assertEqual(bytes(kept[0]), big)
         self.assertTrue(kept[0].readonly)
