@@ -251,7 +251,7 @@ func channelBench() throws {
         let t = try ChannelBenchmarking.aeadRoundTrips(suite: suite, size: 1 << 20, iterations: n)
         print("AEAD alone, \(suite), 1 MiB seal+open in place: \(fmt(Double(2 << 20) * Double(n) / t / 1e6, 0)) MB/s per pass")
     }
-    print(pad("peer", 8) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
+    print(pad("peer", 10) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
     for kind in kinds {
         var raw = try makePeer(kind, suite: nil)
         var aes = try makePeer(kind, suite: .aesGCM)
@@ -267,7 +267,7 @@ func channelBench() throws {
             // Ratio: latency encrypted/raw for 64 B (lower is better);
             // throughput encrypted/raw for the rest (higher is better).
             func ratio(_ t: Double) -> String { size == 64 ? fmt(t / tRaw) + "x" : fmt(tRaw / t) + "x" }
-            print(pad(kind.rawValue, 8) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(ratio(tAES), 9)
+            print(pad(kind.rawValue, 10) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(ratio(tAES), 9)
                   + pad(cell(tChaCha), 14) + ratio(tChaCha))
         }
         try raw.finish()
