@@ -162,6 +162,9 @@ _ONE_FD_SPACE = socket.CMSG_SPACE(4)
 # Record buffers start this small and grow to what the records need, at most
 # the record limit; an idle worker gives them back (Channel.trim).
 MIN_BUFFER = 64 << 10
+# Records with bodies up to this size are sealed and opened by the AEAD calls
+# that return new bytes; larger ones into the reused buffers.
+SMALL_RECORD = 16 << 10
 # A bulk transfer is split across threads only when each gets this many chunks.
 MIN_CHUNKS_PER_THREAD = 4
 # A bulk payload this large asks for transparent huge pages: 512 times fewer
@@ -286,6 +289,8 @@ class Channel:
         self.fds: list[int] = []
         # Bulk memfds read and not yet closed (release_spent).
         self._spent: list = []
+        # Whether the last payload returned is a view of the body buffer.
+        self._lent = False
         # Descriptors are refused during the Noise handshake.
         self.accept_fds = False
         self.in_flight: dict[int, int] = {}
@@ -302,6 +307,11 @@ class Channel:
     # -- plumbing -------------------------------------------------------
 
     def _send_all(self, data, fds=()) -> None:
+        if not fds:
+            n = self.sock.send(data)
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         view = memoryview(data)
         if fds:
             n = self.sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
@@ -442,22 +452,30 @@ class Channel:
             self.bytes_in_flight -= self.in_flight.pop(request_id)
         if bulk:
             self._send_bulk(mtype, request_id, view)
-            return
-        self._send_record(mtype, request_id, view, flags)
+        else:
+            self._seal_and_send(mtype, request_id, view, flags, ())
 
     def _send_record(self, mtype: int, request_id: int, payload, flags: int = 0, fds=()) -> None:
-        payload = byte_view(payload)
+        """Sends one record, unchecked."""
+        self._seal_and_send(mtype, request_id, byte_view(payload), flags, fds)
+
+    def _seal_and_send(self, mtype: int, request_id: int, payload: memoryview, flags: int, fds) -> None:
         body_length = BODY_HEADER + len(payload)
-        size = HEADER + body_length + TAG
-        # The body is put together in one buffer and sealed straight into
-        # the record, header in front: one send, nothing allocated.
+        # The body is put together in one reused buffer.
         plain = self._plain.take(body_length)
         _BODY_HEADER.pack_into(plain, 0, mtype, flags, 0, request_id)
         plain[BODY_HEADER:] = payload
-        wire = self._wire.take(size)
-        _RECORD_HEADER.pack_into(wire, 0, body_length + TAG, mtype)
-        self.tx.encrypt_into(wire[:HEADER], plain, wire[HEADER:])
-        self._send_all(wire, fds)
+        if body_length <= SMALL_RECORD:
+            header = _RECORD_HEADER.pack(body_length + TAG, mtype)
+            self._send_all(header + self.tx.encrypt_with_ad(header, plain), fds)
+        else:
+            # Sealed straight into the record behind its header: one send,
+            # nothing allocated.
+            size = HEADER + body_length + TAG
+            wire = self._wire.take(size)
+            _RECORD_HEADER.pack_into(wire, 0, body_length + TAG, mtype)
+            self.tx.encrypt_into(wire[:HEADER], plain, wire[HEADER:])
+            self._send_all(wire, fds)
         self.send_count += 1
         if self.send_count % self.params.rekey_interval == 0:
             self.tx.rekey()
@@ -498,9 +516,14 @@ class Channel:
 
     def _receive_record(self):
         """Returns (type, flags, request id, payload, via_bulk) or None at a
-        clean end. The payload is a read-only view: of the record buffer,
-        valid until the next record is read (or reclaim_payload), or of a
-        bulk payload's own mapping."""
+        clean end. The payload is bytes (a small record), or a read-only
+        view: of the body buffer (a large record; reused only once no view
+        of it is left) or of a bulk payload's own mapping."""
+        if self._lent:
+            # The body buffer holds the last large payload handed out: it is
+            # reused only if no view of it is left.
+            self._body.reclaim()
+            self._lent = False
         if not self._fill(HEADER, "a record header", eof_ok=True):
             if self.shutdown_seen:
                 self.close()
@@ -517,10 +540,15 @@ class Channel:
         self._fill(HEADER + length, "a record")
         start = self.start
         sealed = start + HEADER
-        body = self._body.take(length - TAG)
         rx = self._rx_view
         try:
-            self.rx.decrypt_into(rx[start:sealed], rx[sealed:sealed + length], body)
+            if length - TAG <= SMALL_RECORD:
+                body = self.rx.decrypt_with_ad(rx[start:sealed], rx[sealed:sealed + length])
+                lent = False
+            else:
+                body = self._body.take(length - TAG)
+                self.rx.decrypt_into(rx[start:sealed], rx[sealed:sealed + length], body)
+                lent = True
         except NoiseError:
             raise ChannelViolation("bad-tag", f"record {self.recv_count} failed authentication") from None
         self.start = sealed + length
@@ -530,7 +558,10 @@ class Channel:
         if self.recv_count % self.params.rekey_interval == 0:
             self.rx.rekey()
         btype, flags, reserved, request_id = _BODY_HEADER.unpack_from(body)
-        payload = body[BODY_HEADER:].toreadonly()
+        # A small body is bytes of its own; a large one's payload is a view
+        # of the reused body buffer, checked before the buffer is reused.
+        payload = body[BODY_HEADER:].toreadonly() if lent else body[BODY_HEADER:]
+        self._lent = lent
         if btype != mtype:
             raise ChannelViolation("malformed", "body type does not match header type")
         if flags & ~(FLAG_REPLY if mtype in (PING, SHUTDOWN) else 0) or reserved:
@@ -542,6 +573,7 @@ class Channel:
         via_bulk = False
         if mtype == BULK:
             mtype, payload = self._receive_bulk(request_id, bytes(payload))
+            self._lent = False
             via_bulk = True
         if self.fds and self.start == self.end:
             raise ChannelViolation("unexpected-fds", "descriptors arrived with no bulk record")
@@ -673,9 +705,9 @@ class Channel:
     def receive(self, views: bool = False):
         """The next message as (type, flags, request id, payload, via_bulk);
         pings are answered here. The payload is bytes; with views=True it is
-        a read-only memoryview instead, without a copy: of the record
-        buffer (valid until the next receive, or until reclaim_payload) or
-        of a bulk payload's own mapping (the caller's to keep)."""
+        a read-only memoryview instead, without a copy: of a bulk payload's
+        own mapping, or of the buffer a large record was opened into, which
+        is reused for a later record only once no view of it is left."""
         self.release_spent()
         while True:
             msg = self._receive_record()
@@ -683,23 +715,15 @@ class Channel:
                 return None
             if msg[0] == PING and not msg[1] & FLAG_REPLY:
                 self._send_record(PING, msg[2], msg[3], FLAG_REPLY)
+                msg = None
                 continue
+            payload = msg[3]
             if views:
-                return msg
-            return msg[0], msg[1], msg[2], bytes(msg[3]), msg[4]
-
-    def reclaim_payload(self, payload: memoryview) -> None:
-        """Done with a record payload that receive(views=True) returned:
-        releases it and keeps its buffer for the next record, unless a view
-        or array made from it is still alive (then that data stays as it
-        is, and the next record gets a buffer of its own)."""
-        try:
-            payload.release()
-        except BufferError:
-            # An array still uses it: the buffer is left to it.
-            self._body = _Scratch(self._body.limit)
-            return
-        self._body.reclaim()
+                if type(payload) is bytes:
+                    payload = memoryview(payload)
+            elif type(payload) is not bytes:
+                payload = bytes(payload)
+            return msg[0], msg[1], msg[2], payload, msg[4]
 
     def close(self) -> None:
         if not self.closed:
@@ -758,12 +782,11 @@ def serve(handler: Callable, environ=None, idle: Optional[Callable[[], None]] = 
 
     The payload is bytes. With views=True it is a read-only memoryview
     instead, never copied: numpy.frombuffer(payload, dtype) is an array on
-    the decrypted bytes themselves. A large (bulk) payload's view is the
-    handler's to keep. A record's view is of a buffer the channel reuses
-    for the next request; the channel checks after each request whether
-    the handler still holds a view or array made from it, and then leaves
-    that buffer to it. The payload object itself is released after the
-    answer is sent: keep a copy (bytes(payload)) or an array, not it.
+    the decrypted bytes themselves, and an array or view made from it may be
+    kept: a large record is opened into a buffer the channel reuses only
+    once nothing made from it is left (it checks before each record). The
+    payload object itself is released after the answer is sent: keep a
+    copy (bytes(payload)) or an array, not it.
     """
     channel = connect(environ)
     try:
@@ -779,8 +802,14 @@ def serve(handler: Callable, environ=None, idle: Optional[Callable[[], None]] = 
             msg = None
             if mtype == REQUEST:
                 _answer(channel, handler, request_id, payload)
-                if views and not via_bulk:
-                    channel.reclaim_payload(payload)
+                if views:
+                    # Whatever the handler kept was made from it; the view
+                    # itself is done, and its buffer can be reused unless
+                    # something made from it is still alive.
+                    try:
+                        payload.release()
+                    except BufferError:
+                        pass
                 payload = None
             elif mtype == SHUTDOWN and not flags & FLAG_REPLY:
                 channel._send_record(SHUTDOWN, 0, b"", FLAG_REPLY)

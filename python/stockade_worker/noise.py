@@ -117,17 +117,24 @@ class CipherState:
         self.n += 1
         return n
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    # For small messages the calls that return a new bytes object are the
+    # faster ones (the *_into calls cost more to set up than a small copy).
+
+    def encrypt_with_ad(self, ad, plaintext) -> bytes:
         if self._aead is None:
             return bytes(plaintext)
-        return self._aead.encrypt(self.nonce(self._next()), plaintext, ad)
+        if HAS_INTO:
+            return self._aead.encrypt(self._next_nonce(), plaintext, ad)
+        return self._aead.encrypt(bytes(self._next_nonce()), bytes(plaintext), bytes(ad))
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad, ciphertext) -> bytes:
         if self._aead is None:
             return bytes(ciphertext)
-        n = self._next()
+        nonce = self._next_nonce()
         try:
-            return self._aead.decrypt(self.nonce(n), ciphertext, ad)
+            if HAS_INTO:
+                return self._aead.decrypt(nonce, ciphertext, ad)
+            return self._aead.decrypt(bytes(nonce), bytes(ciphertext), bytes(ad))
         except InvalidTag:
             raise NoiseError("message failed authentication") from None
 

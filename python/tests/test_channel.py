@@ -293,11 +293,14 @@ class Views(unittest.TestCase):
             return b"ok"
 
         launcher = Launcher(handler, views=True)
-        first, second = b"\x01" + bytes(range(1, 100)), b"\x02" + b"slice-kept" * 10
+        # Past SMALL_RECORD: opened into the reused body buffer.
+        first = b"\x01" + bytes(range(1, 256)) * 100
+        second = b"\x02" + b"slice-kept" * 3000
+        self.assertGreater(min(len(first), len(second)), ch.SMALL_RECORD)
         launcher.request(first)
         launcher.request(second)
         for i in range(5):
-            launcher.request(bytes([3]) + bytes([0xEE]) * (1000 + i))
+            launcher.request(bytes([3]) + bytes([0xEE]) * (ch.SMALL_RECORD + 1000 + i))
         launcher.shutdown()
         self.assertEqual(kept[0].tobytes(), first)
         self.assertEqual(bytes(kept[1]), second[1:9])
@@ -306,16 +309,18 @@ class Views(unittest.TestCase):
         kept = []
         launcher = Launcher(lambda payload: kept.append(payload) or b"ok", views=True)
         launcher.request(b"some payload")
+        launcher.request(bytes(100_000))
         launcher.request(b"another one")
         launcher.shutdown()
-        with self.assertRaises(ValueError):
-            bytes(kept[0])
+        for payload in kept:
+            with self.assertRaises(ValueError):
+                bytes(payload)
 
-    def test_bulk_payload_is_the_handlers_to_keep(self):
+    def test_what_is_made_from_a_bulk_payload_is_the_handlers_to_keep(self):
         kept = []
 
         def handler(payload):
-            kept.append(payload)
+            kept.append(payload[:])
             return b"ok"
 
         launcher = Launcher(handler, views=True)
