@@ -198,10 +198,16 @@ class _Scratch:
             self.view.release()
             # A bytearray cannot change size while a view of it is alive;
             # shrinking by one byte and growing back moves nothing.
-            self.data.pop()
-            self.data.append(0)
+            if self.data:
+                self.data.pop()
+                self.data.append(0)
         except BufferError:
             self.data = bytearray(0)
+        self.view = memoryview(self.data)
+
+    def drop(self) -> None:
+        """Lets go of the buffer (whatever still uses it keeps it)."""
+        self.data = bytearray(0)
         self.view = memoryview(self.data)
 
 
@@ -427,9 +433,7 @@ class Channel:
             self.start = self.end = 0
         for scratch in (self._body, self._plain, self._wire):
             if len(scratch.data) > MIN_BUFFER:
-                scratch.view.release()
-                scratch.data = bytearray(0)
-                scratch.view = memoryview(scratch.data)
+                scratch.drop()
 
     # -- records --------------------------------------------------------
 

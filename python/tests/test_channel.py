@@ -34,7 +34,8 @@ def params_memfd(suite, psk, nonce, max_record, max_bulk, rekey, tenant=b"t", wo
 class Launcher:
     """The launcher's end: starts serve(handler) on a thread and talks to it."""
 
-    def __init__(self, handler, suite=noise.AESGCM_SUITE, views=False, max_record=MIB, max_bulk=256 * MIB, rekey=1000):
+    def __init__(self, handler, suite=noise.AESGCM_SUITE, views=False, max_record=MIB, max_bulk=256 * MIB, rekey=1000,
+                 idle=None):
         self.suite, self.rekey_interval = suite, rekey
         self.sock, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         psk, nonce = os.urandom(32), os.urandom(16)
@@ -45,7 +46,7 @@ class Launcher:
 
         def run():
             try:
-                self.result = ch.serve(handler, environ, views=views)
+                self.result = ch.serve(handler, environ, idle=idle, views=views)
             except BaseException as e:  # the test reads it
                 self.error = e
 
@@ -304,6 +305,23 @@ class Views(unittest.TestCase):
         launcher.shutdown()
         self.assertEqual(kept[0].tobytes(), first)
         self.assertEqual(bytes(kept[1]), second[1:9])
+
+    def test_an_idle_worker_trims_its_buffers_and_kept_data_stays(self):
+        kept, idled = [], threading.Event()
+
+        def handler(payload):
+            kept.append(np.frombuffer(payload, dtype=np.uint8)[:4])
+            return payload[:8]
+
+        launcher = Launcher(handler, views=True, idle=idled.set)
+        first = b"\xAA" * (2 * ch.MIN_BUFFER)
+        self.assertEqual(launcher.request(first), first[:8])
+        self.assertTrue(idled.wait(5), "idle() never ran")
+        for i in range(3):
+            data = bytes([i]) * (3 * ch.SMALL_RECORD)
+            self.assertEqual(launcher.request(data), data[:8])
+        launcher.shutdown()
+        self.assertEqual([a.tobytes() for a in kept], [b"\xAA" * 4] + [bytes([i]) * 4 for i in range(3)])
 
     def test_the_payload_object_itself_is_released(self):
         kept = []
