@@ -465,16 +465,17 @@ class Channel:
 
     def _seal_and_send(self, mtype: int, request_id: int, payload: memoryview, flags: int, fds) -> None:
         body_length = BODY_HEADER + len(payload)
-        # The body is put together in one reused buffer.
-        plain = self._plain.take(body_length)
-        _BODY_HEADER.pack_into(plain, 0, mtype, flags, 0, request_id)
-        plain[BODY_HEADER:] = payload
         if body_length <= SMALL_RECORD:
             header = _RECORD_HEADER.pack(body_length + TAG, mtype)
-            self._send_all(header + self.tx.encrypt_with_ad(header, plain), fds)
+            body = _BODY_HEADER.pack(mtype, flags, 0, request_id) + payload
+            self._send_all(header + self.tx.encrypt_with_ad(header, body), fds)
         else:
-            # Sealed straight into the record behind its header: one send,
-            # nothing allocated.
+            # The body is put together in one reused buffer and sealed
+            # straight into the record behind its header: one send, nothing
+            # allocated.
+            plain = self._plain.take(body_length)
+            _BODY_HEADER.pack_into(plain, 0, mtype, flags, 0, request_id)
+            plain[BODY_HEADER:] = payload
             size = HEADER + body_length + TAG
             wire = self._wire.take(size)
             _RECORD_HEADER.pack_into(wire, 0, body_length + TAG, mtype)
