@@ -224,7 +224,9 @@ class Records(unittest.TestCase):
                     return payload[::-1]
 
                 launcher = Launcher(handler, suite=suite, rekey=3)
-                for size in (0, 1, 64, 65536, 200_000, MIB):
+                # Either side of the small-record boundary too.
+                edges = (ch.SMALL_RECORD - ch.BODY_HEADER, ch.SMALL_RECORD - ch.BODY_HEADER + 1)
+                for size in (0, 1, 64, 65536, 200_000, MIB) + edges:
                     data = pattern(size, size & 0xFF)
                     self.assertEqual(launcher.request(data), data[::-1], size)
                 self.assertEqual(launcher.shutdown(), 0)
@@ -371,6 +373,15 @@ class Violations(unittest.TestCase):
             violation = launcher.ended_with("bad-tag")
         self.assertIn("failed authentication", str(violation))
         self.assertIn("channel violation; closing", logs.output[0])
+
+    def test_tampered_large_record(self):
+        launcher = Launcher(reverse)
+        record = bytearray(launcher.seal(ch.REQUEST, 1, pattern(MIB)))
+        record[-3] ^= 0x01
+        with self.assertLogs("stockade_worker", logging.ERROR):
+            launcher.sock.sendall(record)
+            violation = launcher.ended_with("bad-tag")
+        self.assertIn("record 1 failed authentication", str(violation))
 
     def test_tampered_bulk_chunk_names_the_chunk(self):
         launcher = Launcher(reverse, views=True)
