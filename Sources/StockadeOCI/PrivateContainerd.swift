@@ -183,10 +183,12 @@ package final class PrivateContainerd {
 
     /// Runs argv to its end; stdout and stderr together, through a file (a
     /// shim that ctr starts must not hold a pipe of the caller open).
-    package static func run(_ argv: [String], in dir: String) throws -> (status: Int32, output: String) {
+    /// `environment`: the child's whole environment (nil: the caller's).
+    package static func run(_ argv: [String], in dir: String, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: argv[0])
         process.arguments = Array(argv.dropFirst())
+        if let environment { process.environment = environment }
         let out = dir + "/cmd-\(UUID().uuidString)"
         _ = FileManager.default.createFile(atPath: out, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))

@@ -59,10 +59,6 @@ struct OCICRITests {
                                      entrypoint: ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"])
         try containerd.importBusybox(name: image, namespace: "k8s.io", applets: ["sh", "echo", "cat", "sleep", "id", "ls"])
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.venvPython)
-        process.arguments = ["-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", packageRoot + "/Tests/CRI"]
-        process.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
         var environment = ProcessInfo.processInfo.environment
         environment["STOCKADE_CRI_ENDPOINT"] = "unix://" + containerd.socket
         environment["STOCKADE_CRI_IMAGE"] = image
@@ -74,20 +70,12 @@ struct OCICRITests {
         environment["STOCKADE_PROBE"] = Self.probeBinary
         // The profile closest to a CRI container with the RuntimeDefault seccomp profile.
         environment["STOCKADE_CRI_PROBE_PROFILE"] = packageRoot + "/profiles/docker-default.toml"
-        process.environment = environment
-        let out = dir + "/pytest.log"
-        _ = FileManager.default.createFile(atPath: out, contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        try log.close()
-        let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        let (status, output) = try PrivateContainerd.run(
+            [Self.venvPython, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", packageRoot + "/Tests/CRI"],
+            in: dir, environment: environment)
         print(output)
         let containerdLog = (try? String(contentsOfFile: dir + "/containerd.log", encoding: .utf8)) ?? ""
-        #expect(process.terminationStatus == 0,
+        #expect(status == 0,
                 "the CRI suite failed: \(output)\ncontainerd's errors: \(containerdLog.split(separator: "\n").filter { $0.contains("level=error") }.suffix(20).joined(separator: "\n"))")
         #expect(!output.contains("skipped"), "a CRI test was skipped: \(output)")
     }
