@@ -57,7 +57,7 @@ class Pod:
     """One pod sandbox and its containers; `close` stops and removes them
     whatever state a failed assertion left them in."""
 
-    def __init__(self, runtime, handler, name, cgroup_parent=CGROUP_PARENT):
+    def __init__(self, runtime, handler, name, cgroup_parent=CGROUP_PARENT, network=cri.POD):
         self.runtime = runtime
         self.handler = handler
         self.logs = WORK / f"logs-{name}-{uuid.uuid4().hex[:8]}"
@@ -69,9 +69,10 @@ class Pod:
             linux=cri.LinuxPodSandboxConfig(
                 cgroup_parent=cgroup_parent,
                 security_context=cri.LinuxSandboxSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=cri.POD, pid=cri.CONTAINER, ipc=cri.POD)),
+                    namespace_options=cri.NamespaceOption(network=network, pid=cri.CONTAINER, ipc=cri.POD)),
             ),
         )
+        self.network = network
         self.id = runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=self.config, runtime_handler=handler),
                                         timeout=RPC_TIMEOUT).pod_sandbox_id
 
@@ -85,7 +86,7 @@ class Pod:
             linux=cri.LinuxContainerConfig(
                 resources=resources,
                 security_context=cri.LinuxContainerSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=cri.POD, pid=cri.CONTAINER, ipc=cri.POD),
+                    namespace_options=cri.NamespaceOption(network=self.network, pid=cri.CONTAINER, ipc=cri.POD),
                     masked_paths=MASKED_PATHS, readonly_paths=READONLY_PATHS,
                     seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.ProfileType.RuntimeDefault)),
             ),
@@ -234,6 +235,29 @@ def test_pod_lifecycle(runtime, handler):
         filter=cri.ContainerFilter(pod_sandbox_id=pod.id)), timeout=RPC_TIMEOUT).containers
     assert list(containers) == []
     print(f"{handler}: pod lifecycle in {time.monotonic() - started:.2f} s")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_pod_in_the_nodes_network_namespace(runtime, handler):
+    """hostNetwork: the pod shares the node's network (and uts) namespace,
+    which a Stockade container in its own user namespace cannot mount a
+    sysfs for: it gets the host's /sys read-only instead."""
+    pod = Pod(runtime, handler, f"hostnet-{handler}", network=cri.NODE)
+    try:
+        cid = pod.container("work", ["/bin/sleep", "3600"])
+        runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+        out, err, code = exec_sync(runtime, cid, ["/bin/sh", "-c",
+                                                  "cat /proc/self/uid_map; ls /sys/class/net; touch /sys/x 2>&1; true"])
+        assert code == 0, (out, err)
+        assert "lo" in out.split(), out
+        assert "Read-only file system" in out, out
+        host_net = os.readlink("/proc/self/ns/net")
+        _, info = container_info(runtime, cid)
+        assert os.readlink(f"/proc/{info['pid']}/ns/net") == host_net
+        uid_map = out.split("\n")[0].split()
+        assert (uid_map[1] != "0") if handler == "stockade" else (uid_map == ["0", "0", "4294967295"]), uid_map
+    finally:
+        pod.close()
 
 
 def cri_log_text(path):
