@@ -77,7 +77,14 @@ enum Prelude {
     /// The hardening prelude for the native architecture (x86_64). Every
     /// path through it ends in a return or falls off its end into the
     /// profile's filter.
-    static func assemble(lifting lifted: Set<String>) -> [BPFInstruction] {
+    ///
+    /// `.dispatch` (what jails load) tests the common case first: one
+    /// `jge` sends every number past the table aside, where the `-1` and
+    /// x32 tests happen, and `ioctl`, the hot call whose verdict reads an
+    /// argument, goes to its handler before the search. `.reference` is
+    /// the earlier straight-line order (-1, x32, past the table, search),
+    /// kept to prove the two give every call the same verdict.
+    static func assemble(lifting lifted: Set<String>, layout: SeccompLayout = .dispatch) -> [BPFInstruction] {
         var asm = BPFAssembler()
         typealias I = BPFInstruction
         let offsetNr: UInt32 = 0, offsetArch: UInt32 = 4
@@ -92,12 +99,19 @@ enum Prelude {
         asm.load(offsetArch)
         asm.jump(I.JEQ, Syscalls.nativeArch, ifTrue: .next, ifFalse: .label("kill"))
         asm.load(offsetNr)
-        // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
-        asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
-        // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
-        asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"))
-        // Numbers past the known table: ENOSYS, so libc falls back cleanly.
-        asm.jump(I.JGE, UInt32(Syscalls.highestKnown) + 1, ifTrue: .label("enosys"))
+        let pastTable = UInt32(Syscalls.highestKnown) + 1
+        if layout == .reference {
+            // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
+            asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
+            // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
+            asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"))
+            // Numbers past the known table: ENOSYS, so libc falls back cleanly.
+            asm.jump(I.JGE, pastTable, ifTrue: .label("enosys"))
+        } else {
+            // -1 and every x32 number lie past the table (bit 30 is far
+            // above it): one test keeps them off the common path.
+            asm.jump(I.JGE, pastTable, ifTrue: .label("past"))
+        }
 
         // Where each hardened number goes: straight to a verdict, or to a
         // handler that looks at one argument.
@@ -113,7 +127,23 @@ enum Prelude {
                 handlers.append(("h_" + call.name, call))
             }
         }
-        emitSearch(entries.sorted { $0.nr < $1.nr }[...], into: &asm)
+        var sorted = entries.sorted { $0.nr < $1.nr }
+        if layout == .dispatch, let ioctl = Syscalls.number(of: "ioctl").map(UInt32.init),
+           let hot = sorted.firstIndex(where: { $0.nr == ioctl }) {
+            asm.jump(I.JEQ, ioctl, ifTrue: .label(sorted[hot].target))
+            sorted.remove(at: hot)
+        }
+        emitSearch(sorted[...], into: &asm)
+        // Every path of the search ends in a jump: the numbers past the
+        // table are handled here, where A still holds the number.
+        if layout == .dispatch {
+            asm.label("past")
+            // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
+            asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
+            // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
+            // Other numbers past the table: ENOSYS, so libc falls back cleanly.
+            asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"), ifFalse: .label("enosys"))
+        }
         for (label, call) in handlers {
             asm.label(label)
             switch call.check {
