@@ -118,6 +118,25 @@ struct BPFAssembler {
     mutating func goto(_ label: String) { items.append(.always(label)) }
     mutating func label(_ name: String) { items.append(.label(name)) }
 
+    /// A binary search over `items`, sorted by `key`: a `jge` on the middle
+    /// item's key sends the upper half to its label and falls into the
+    /// lower half, until `isLeaf` accepts a range, which `leaf` emits. Labels
+    /// are `prefix` and the key, so one program can hold several searches.
+    mutating func binarySearch<T>(_ items: ArraySlice<T>, prefix: String, key: (T) -> UInt32,
+                                  isLeaf: (ArraySlice<T>) -> Bool,
+                                  leaf: (ArraySlice<T>, inout BPFAssembler) -> Void) {
+        if isLeaf(items) {
+            leaf(items, &self)
+            return
+        }
+        let mid = items.startIndex + items.count / 2
+        let split = key(items[mid])
+        jump(BPFInstruction.JGE, split, ifTrue: .label("\(prefix)\(split)"))
+        binarySearch(items[..<mid], prefix: prefix, key: key, isLeaf: isLeaf, leaf: leaf)
+        label("\(prefix)\(split)")
+        binarySearch(items[mid...], prefix: prefix, key: key, isLeaf: isLeaf, leaf: leaf)
+    }
+
     func assemble() -> [BPFInstruction] {
         // Which conditional jumps need a `ja` for their true or false
         // target. Sizes only grow, so the loop ends.

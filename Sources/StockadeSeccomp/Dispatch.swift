@@ -116,16 +116,9 @@ enum PolicyDispatch {
     /// A binary search over the runs' first numbers: `jge` on the middle
     /// run splits until one run is left, whose verdict is its leaf.
     static func emitSearch(_ runs: ArraySlice<(start: UInt32, verdict: UInt32?)>, into asm: inout BPFAssembler) {
-        if runs.count == 1 {
-            leaf(runs.first!.verdict, into: &asm)
-            return
+        asm.binarySearch(runs, prefix: "d_ge_", key: \.start, isLeaf: { $0.count == 1 }) { run, asm in
+            leaf(run.first!.verdict, into: &asm)
         }
-        let mid = runs.startIndex + runs.count / 2
-        let split = runs[mid].start
-        asm.jump(BPFInstruction.JGE, split, ifTrue: .label("d_ge_\(split)"))
-        emitSearch(runs[..<mid], into: &asm)
-        asm.label("d_ge_\(split)")
-        emitSearch(runs[mid...], into: &asm)
     }
 
     /// A constant verdict returns; an argument-dependent one goes to libseccomp's filter.

@@ -182,20 +182,12 @@ enum Prelude {
     /// the number is read on that path (the kernel's constant-action cache
     /// still applies).
     static func emitSearch(_ entries: ArraySlice<(nr: UInt32, target: String)>, into asm: inout BPFAssembler) {
-        typealias I = BPFInstruction
-        if entries.count <= leafSize {
-            for (i, e) in entries.enumerated() {
-                let last = i == entries.count - 1
-                asm.jump(I.JEQ, e.nr, ifTrue: .label(e.target), ifFalse: last ? .label("pass") : .next)
+        asm.binarySearch(entries, prefix: "ge_", key: \.nr, isLeaf: { $0.count <= leafSize }) { leaf, asm in
+            for (i, e) in leaf.enumerated() {
+                let last = i == leaf.count - 1
+                asm.jump(BPFInstruction.JEQ, e.nr, ifTrue: .label(e.target), ifFalse: last ? .label("pass") : .next)
             }
-            if entries.isEmpty { asm.goto("pass") }
-            return
+            if leaf.isEmpty { asm.goto("pass") }
         }
-        let mid = entries.startIndex + entries.count / 2
-        let split = entries[mid].nr
-        asm.jump(I.JGE, split, ifTrue: .label("ge_\(split)"))
-        emitSearch(entries[..<mid], into: &asm)
-        asm.label("ge_\(split)")
-        emitSearch(entries[mid...], into: &asm)
     }
 }
