@@ -75,8 +75,8 @@ private let benchData: [String: SeccompData] = {
 func seccompBench() throws {
     let env = ProcessInfo.processInfo.environment
     let root = FileManager.default.currentDirectoryPath
-    let iterations = Int(env["BENCH_SYSCALLS"] ?? "") ?? 1_000_000
-    let rounds = Int(env["BENCH_ROUNDS"] ?? "") ?? 7
+    let iterations = Int(env["BENCH_SYSCALLS"] ?? "") ?? 300_000
+    let rounds = Int(env["BENCH_ROUNDS"] ?? "") ?? 11
     let helpers = try buildHelpers(root: root)
 
     typealias I = BPFInstruction
