@@ -349,8 +349,18 @@ public enum Launcher {
             watch?.stop()
             throw error
         }
-        if !record.isEmpty { watch?.stop() }
         if !record.isEmpty {
+            // The child still holds its copy of the listener (close-on-exec,
+            // and the exec did not happen) and exits under its filter: a
+            // profile that does not allow exit_group sends that call to the
+            // supervisor. Stopping the watch first would leave the call with
+            // nobody to answer it and the listener open in the child, so the
+            // child would wait for ever. It has reported its step and has
+            // nothing left to do: kill it, reap it, then let go of the
+            // listener.
+            try? process.send(signal: SIGKILL)
+            _ = try? process.reap()
+            watch?.stop()
             var e = stk_error()
             withUnsafeMutableBytes(of: &e) { raw in
                 record.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0.prefix(raw.count))) }
@@ -358,7 +368,6 @@ public enum Launcher {
             let detail = withUnsafeBytes(of: e.detail) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            _ = try? process.reap()
             try? process.fd.close()
             throw JailError.setupFailed(step: String(cString: stk_step_name(e.step)), number: Int(e.step),
                                         of: Int(STK_STEP_COUNT.rawValue) - 1, errno: e.err,

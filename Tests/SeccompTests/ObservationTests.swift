@@ -246,6 +246,63 @@ extension SeccompTests {
         #expect(!output.contains("socket:"), "\(output)")
     }
 
+    @Test("a jail whose exec fails exits even when its exit_group waits for a supervisor that is busy with another jail",
+          .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
+    func failedExecWithWaitingExit() throws {
+        // The failing child keeps its copy of the listener (close-on-exec,
+        // and no exec happened) and calls exit_group, which this profile
+        // sends to the supervisor. Jail A holds the one supervisor thread in
+        // its handler until B's launch has returned (at most 5 s), so B's
+        // exit_group is still unread when the launcher has B's error record:
+        // a launcher that let go of the listener before the child was gone
+        // left the call with nobody to answer it, and waited for ever.
+        let bDone = Mutex<Bool>(false)
+        let aBusy = Mutex<Bool>(false)
+        let holding = SeccompWatchOptions(ratePerSecond: nil) { event, _ in
+            if event.name == "getppid" {
+                aBusy.withLock { $0 = true }
+                let until = ContinuousClock.now + .seconds(5)
+                while !bDone.withLock({ $0 }), ContinuousClock.now < until { usleep(5_000) }
+            }
+            return .verdict
+        }
+        let aResult = Mutex<String?>(nil)
+        let a = Thread {
+            let output = (try? Self.observed(["/helpers/denyloop", "110", "1"], options: holding))?.output ?? "launch failed"
+            aResult.withLock { $0 = output }
+        }
+        a.start()
+        let start = ContinuousClock.now
+        while !aBusy.withLock({ $0 }), ContinuousClock.now - start < .seconds(60) { usleep(1_000) }
+        #expect(aBusy.withLock { $0 }, "jail A never reached its handler")
+
+        let exitDenied = JailEndToEndTests.minimal + """
+
+        [seccomp]
+        deny = ["exit_group", "exit"]
+        """
+        let bResult = Mutex<String?>(nil)
+        let b = Thread {
+            var text: String
+            do {
+                _ = try Self.observed(["/no/such/program"], profile: exitDenied)
+                text = "launched"
+            } catch {
+                text = "\(error)"
+            }
+            bDone.withLock { $0 = true }
+            bResult.withLock { $0 = text }
+        }
+        b.start()
+        let bStart = ContinuousClock.now
+        while bResult.withLock({ $0 == nil }), ContinuousClock.now - bStart < .seconds(60) { usleep(10_000) }
+        let outcome = bResult.withLock { $0 }
+        #expect(outcome != nil, "the launch of a jail whose exec failed did not return within 60 s")
+        #expect(outcome?.contains("execve") == true && outcome?.contains("ENOENT") == true, "\(outcome ?? "hung")")
+        while aResult.withLock({ $0 == nil }), ContinuousClock.now - bStart < .seconds(90) { usleep(10_000) }
+        #expect(aResult.withLock { $0 }?.contains("errno 13 count 1") == true, "\(aResult.withLock { $0 } ?? "hung")")
+    }
+
     @Test("a jail flooding denials slows only itself: another jail's denied calls stay fast (latency measured)",
           .enabled(if: SeccompSupervisor.unavailableReason == nil, "this kernel has no seccomp user notification"))
     func floodIsolation() throws {
