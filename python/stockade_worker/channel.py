@@ -150,6 +150,10 @@ def read_params(fd: int) -> Params:
         os.close(fd)
 
 
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
 def _aead(suite: int, key: bytes):
     return AESGCM(key) if suite == AESGCM_SUITE else ChaCha20Poly1305(key)
 
@@ -250,14 +254,27 @@ class Channel:
         return self._take(n)
 
     def _write_frame(self, data: bytes) -> None:
-        self._send_all(struct.pack(">H", len(data)) + data)
+        self._send_all(_frame(data))
+
+    def _first_message_waiting(self) -> bool:
+        """Whether the launcher's first handshake message is already here:
+        a launcher that offers one suite sends it before this worker names
+        its choice, and nothing else ever arrives before the selection."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def _handshake(self, supported) -> None:
         suite = next((s for s in self.params.suites if s in supported), None)
         if suite is None:
             raise ChannelViolation("bad-suite", "no offered suite is supported")
         self.suite = suite
-        self._write_frame(bytes([1, suite]))
+        selection = _frame(bytes([1, suite]))
+        # With message 1 waiting, the selection, message 2 and the hello go
+        # out in one write (one wakeup of the launcher, not three).
+        if not self._first_message_waiting():
+            self._send_all(selection)
+            selection = b""
         hs = Handshake(False, suite, self.params.prologue, self.params.psk)
         try:
             if hs.read_message(self._read_frame()) != b"":
@@ -269,14 +286,13 @@ class Channel:
             raise ChannelViolation("bad-tag", str(e)) from None
         # The PSK is not needed again; drop this reference to it.
         self.params.psk = b""
-        self._write_frame(reply)
         to_worker, to_launcher = hs.split()
         self.rx, self.tx = to_worker, to_launcher
         self.handshake_hash = hs.handshake_hash
         # From the first record on, a descriptor is judged by its record: the
         # launcher may send its hello and a bulk request back to back.
         self.accept_fds = True
-        self.send(HELLO, 0, AGENT)
+        self._send_all(selection + _frame(reply) + self._seal_record(HELLO, 0, AGENT))
         msg = self._receive_record()
         if msg is None or msg[0] != HELLO:
             raise ChannelViolation("unexpected-message", "first record is not hello")
@@ -304,14 +320,18 @@ class Channel:
         self._send_record(mtype, request_id, payload, flags)
 
     def _send_record(self, mtype: int, request_id: int, payload: bytes, flags: int = 0, fds=()) -> None:
+        self._send_all(self._seal_record(mtype, request_id, payload, flags), fds)
+
+    def _seal_record(self, mtype: int, request_id: int, payload: bytes, flags: int = 0) -> bytes:
+        """One sealed record, counted as sent (the caller sends it next)."""
         length = BODY_HEADER + len(payload) + TAG
         header = struct.pack(">IB", length, mtype)
         body = struct.pack(">BBHQ", mtype, flags, 0, request_id) + payload
         sealed = self.tx.encrypt_with_ad(header, body)
-        self._send_all(header + sealed, fds)
         self.send_count += 1
         if self.send_count % self.params.rekey_interval == 0:
             self.tx.rekey()
+        return header + sealed
 
     def _send_bulk(self, inner: int, request_id: int, payload: bytes) -> None:
         key = os.urandom(32)
