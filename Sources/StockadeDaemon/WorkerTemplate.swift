@@ -13,6 +13,7 @@
 // control channel and everything of the template's, and answers the Noise
 // handshake on its own channel.
 package import StockadeChannel
+package import StockadeCgroups
 package import StockadeJail
 package import StockadeSystem
 import SystemPackage
@@ -77,16 +78,19 @@ package final class ForkedWorker: Sendable {
     package let startedAt = ContinuousClock.now
     /// Why the daemon killed it, if it did.
     private let killedFor = Mutex<JailExit.Reason?>(nil)
+    /// The worker's own cgroup below the template's, when it has one.
+    package let cgroup: ForkGroup?
     /// The wait status the template reported, waiting up to the given time.
     private let reportedStatus: @Sendable (Duration) -> Int32?
 
-    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel,
+    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel, cgroup: ForkGroup?,
          reportedStatus: @escaping @Sendable (Duration) -> Int32?) {
         self.id = id
         self.number = number
         self.pid = process.pid
         self.process = process
         self.channel = channel
+        self.cgroup = cgroup
         self.reportedStatus = reportedStatus
     }
 
@@ -103,12 +107,22 @@ package final class ForkedWorker: Sendable {
     }
 
     /// Blocks until the worker has ended and says how, from the status the
-    /// template reaped (waiting a moment for its report).
+    /// template reaped (waiting a moment for its report) and its cgroup's
+    /// accounting (then removes the cgroup).
     package func wait(profile: String) -> JailExit {
         while !waitForExit(milliseconds: -1) {}
         let status = reportedStatus(.seconds(2))
-        return JailExit(forkedWaitStatus: status, killedFor: killedFor.withLock { $0 },
-                        wallSeconds: (ContinuousClock.now - startedAt).inSeconds, profile: profile)
+        let killedFor = killedFor.withLock { $0 }
+        var exit = JailExit(forkedWaitStatus: status, killedFor: killedFor,
+                            wallSeconds: (ContinuousClock.now - startedAt).inSeconds, profile: profile)
+        if let cgroup {
+            exit.usage = cgroup.usage()
+            if killedFor == nil, exit.signal == SIGKILL, let kills = exit.usage?.oomKills, kills > 0 {
+                exit.reason = .outOfMemory
+            }
+            try? cgroup.remove()
+        }
+        return exit
     }
 
     deinit {
@@ -128,9 +142,11 @@ package final class WorkerTemplate: @unchecked Sendable {
     private let control: FileDescriptor
     private let logger: Logger
 
-    private enum Outcome { case forked(ProcessHandle), refused(String) }
+    private enum Outcome { case forked(ProcessHandle), refused(String), unmoved(String) }
     private struct State {
         var nextNumber: UInt32 = 1
+        /// The cgroup each fork in flight is moved into when it announces itself.
+        var groups: [UInt32: ForkGroup] = [:]
         var outcomes: [UInt32: Outcome] = [:]
         var waiting: Set<UInt32> = []
         var live: [UInt32: Int32] = [:]
@@ -145,12 +161,21 @@ package final class WorkerTemplate: @unchecked Sendable {
     /// Called (from the reader thread) with a forked worker's number and
     /// wait status when the template has reaped it.
     private let onExit: @Sendable (UInt32, Int32) -> Void
+    /// Each fork's own budget, in a cgroup below the jail's; nil: forks
+    /// share the jail's cgroup.
+    private let forkLimits: LimitsSection?
 
     /// Launches the template in a jail built from `request` (the caller's
     /// profile, mounts, stdio and environment), with the control channel at
     /// fd 3, and waits up to `readyTimeout` for it to load and say READY.
+    /// With `forkLimits`, each fork gets a cgroup of its own with them below
+    /// the jail's, which must then be a ``JailGroup`` made with `forks: true`.
     package static func launch(_ request: LaunchRequest, readyTimeout: Duration = .seconds(120), logger: Logger,
+                               forkLimits: LimitsSection? = nil,
                                onExit: @escaping @Sendable (UInt32, Int32) -> Void = { _, _ in }) throws -> WorkerTemplate {
+        if forkLimits != nil, !(request.cgroup is JailGroup) {
+            throw TemplateError("a cgroup per forked worker needs the template's jail in a cgroup made for forks")
+        }
         var fds: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
             throw TemplateError("socketpair for the template's control channel: \(String(cString: strerror(errno)))")
@@ -201,17 +226,18 @@ package final class WorkerTemplate: @unchecked Sendable {
             throw TemplateError("\(error); the template \(describe(exit))")
         }
         let template = WorkerTemplate(jail: jail, process: process, control: mine,
-                                      logger: logger, onExit: onExit)
+                                      logger: logger, forkLimits: forkLimits, onExit: onExit)
         Thread.detachNewThread { template.readLoop() }
         return template
     }
 
     private init(jail: Jail, process: ProcessHandle, control: FileDescriptor, logger: Logger,
-                 onExit: @escaping @Sendable (UInt32, Int32) -> Void) {
+                 forkLimits: LimitsSection?, onExit: @escaping @Sendable (UInt32, Int32) -> Void) {
         self.jail = jail
         self.process = process
         self.control = control
         self.logger = logger
+        self.forkLimits = forkLimits
         self.onExit = onExit
     }
 
@@ -221,11 +247,28 @@ package final class WorkerTemplate: @unchecked Sendable {
     package func fork(tenant: String, worker id: String, limits: ChannelLimits = ChannelLimits(),
                       timeout: Duration = .seconds(10)) throws -> ForkedWorker {
         let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, limits: limits)
-        let number: UInt32 = try state.withLock { s in
-            if let why = s.ended { throw TemplateError("the template is gone: \(why)") }
-            defer { s.nextNumber &+= 1 }
-            s.waiting.insert(s.nextNumber)
-            return s.nextNumber
+        let group: ForkGroup?
+        if let forkLimits, let jailGroup = jail.cgroup as? JailGroup {
+            do {
+                group = try jailGroup.makeForkGroup(limits: forkLimits)
+            } catch {
+                throw TemplateError("the cgroup of worker \(id): \(error)")
+            }
+        } else {
+            group = nil
+        }
+        let number: UInt32
+        do {
+            number = try state.withLock { s in
+                if let why = s.ended { throw TemplateError("the template is gone: \(why)") }
+                defer { s.nextNumber &+= 1 }
+                s.waiting.insert(s.nextNumber)
+                s.groups[s.nextNumber] = group
+                return s.nextNumber
+            }
+        } catch {
+            try? group?.remove()
+            throw error
         }
         let message = TemplateMessage.encode(kind: TemplateMessage.fork, number: number)
         do {
@@ -233,7 +276,11 @@ package final class WorkerTemplate: @unchecked Sendable {
                 try control.sendMessage($0, passing: [bootstrap.workerSocket, bootstrap.paramsMemfd])
             }
         } catch {
-            _ = state.withLock { $0.waiting.remove(number) }
+            state.withLock { s in
+                s.waiting.remove(number)
+                s.groups[number] = nil
+            }
+            try? group?.remove()
             throw TemplateError("sending FORK to the template: \(error)")
         }
         // The template and the child hold them now; ours would keep a dead
@@ -258,8 +305,12 @@ package final class WorkerTemplate: @unchecked Sendable {
         wakeups.wait(until: wait) { state.withLock { $0.outcomes[number] != nil || $0.ended != nil } }
         let outcome: Outcome? = state.withLock { s in
             s.waiting.remove(number)
+            s.groups[number] = nil
             return s.outcomes.removeValue(forKey: number)
         }
+        // Every way out but success: the fork is not used, nor its cgroup.
+        var handedOver = false
+        defer { if !handedOver { try? group?.remove() } }
         switch (outcome, handshake) {
         case (.forked(let process)?, .success(let channel)):
             // Under the jail's memory budget the kernel's OOM killer then
@@ -267,7 +318,8 @@ package final class WorkerTemplate: @unchecked Sendable {
             // whose end would take every sibling with it. Raising a score
             // needs no privilege; the worker cannot lower it again.
             Self.raiseOOMScore(pid: process.pid)
-            return ForkedWorker(id: id, number: number, process: process, channel: channel) { [weak self] wait in
+            handedOver = true
+            return ForkedWorker(id: id, number: number, process: process, channel: channel, cgroup: group) { [weak self] wait in
                 self?.takeStatus(of: number, waitingUpTo: wait)
             }
         case (.forked(let process)?, .failure(let error)):
@@ -277,11 +329,49 @@ package final class WorkerTemplate: @unchecked Sendable {
         case (.refused(let why)?, _):
             if case .success(let channel) = handshake { channel.close() }
             throw TemplateError("the template refused to fork worker \(id): \(why)")
+        case (.unmoved(let why)?, _):
+            if case .success(let channel) = handshake { channel.close() }
+            handedOver = true  // the cgroup stays, with what it holds
+            throw TemplateError("worker \(id): \(why)")
         case (nil, _):
             if case .success(let channel) = handshake { channel.close() }
             let why = state.withLock { $0.ended } ?? "no FORKED message from the worker within \(timeout)"
             throw TemplateError("fork of worker \(id): \(why)")
         }
+    }
+
+    /// Moves a forked worker into its cgroup by its pid, tied to the
+    /// process by its pidfd: a pid is not given to another process until
+    /// its process is reaped, and a pidfd's fdinfo says -1 from then on; so
+    /// when the pidfd still shows the pid after the write, the write moved
+    /// this process. A worker that ended meanwhile (a sibling may kill it)
+    /// fails the fork, and what the cgroup holds stays there to be killed
+    /// with it: on the (pid-space-wrapping) chance that the pid was reused,
+    /// the cgroup is logged by whoever removes it.
+    static func move(_ process: ProcessHandle, into group: ForkGroup) throws {
+        guard pidfdPid(process.fd) == process.pid else {
+            throw TemplateError("worker pid \(process.pid) ended before it could be moved")
+        }
+        try group.attach(pid: process.pid)
+        guard pidfdPid(process.fd) == process.pid else {
+            throw TemplateError("worker pid \(process.pid) ended while it was moved")
+        }
+    }
+
+    /// The pid a pidfd refers to in this process's pid namespace, from
+    /// `/proc/self/fdinfo`; nil once the process has been reaped (-1 there).
+    static func pidfdPid(_ fd: FileDescriptor) -> Int32? {
+        let info = open("/proc/self/fdinfo/\(fd.rawValue)", O_RDONLY | O_CLOEXEC)
+        guard info >= 0 else { return nil }
+        defer { close(info) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = buffer.withUnsafeMutableBytes { read(info, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        for line in String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n") where line.hasPrefix("Pid:") {
+            guard let pid = Int32(line.dropFirst(4).trimmingCharacters(in: .whitespaces)), pid > 0 else { return nil }
+            return pid
+        }
+        return nil
     }
 
     /// The oom_score_adj of every forked worker: above the template's 0.
@@ -345,15 +435,47 @@ package final class WorkerTemplate: @unchecked Sendable {
                                  metadata: ["number": "\(m.number)"])
                     continue
                 }
+                let handle = ProcessHandle(fd: pidfd, pid: pid)
+                let expected: (Bool, ForkGroup?) = state.withLock { s in
+                    guard s.waiting.contains(m.number), s.outcomes[m.number] == nil else { return (false, nil) }
+                    return (true, s.groups[m.number])
+                }
+                guard expected.0 else {
+                    try? pidfd.close()
+                    logger.error("a FORKED message for no fork the daemon is waiting on; ignored", metadata: ["number": "\(m.number)", "pid": "\(pid)"])
+                    break
+                }
+                // Into its own cgroup before the daemon hands it a request
+                // (its handshake runs meanwhile).
+                var refusal: Outcome?
+                if let group = expected.1 {
+                    do {
+                        try Self.move(handle, into: group)
+                    } catch {
+                        refusal = .refused("moving it into its cgroup \(group.path): \(error)")
+                        // The fork had ended; whatever is there now came with a
+                        // pid reused within microseconds and is not killed.
+                        let strangers = group.processes
+                        if !strangers.isEmpty {
+                            logger.error("a process not of this template is in a fork's cgroup; it is left there",
+                                         metadata: ["cgroup": "\(group.path)", "pids": "\(strangers)"])
+                            refusal = .unmoved("moving it into its cgroup \(group.path): \(error)")
+                        }
+                    }
+                }
                 let taken: Bool = state.withLock { s in
                     guard s.waiting.contains(m.number), s.outcomes[m.number] == nil else { return false }
-                    s.outcomes[m.number] = .forked(ProcessHandle(fd: pidfd, pid: pid))
+                    if let refusal {
+                        s.outcomes[m.number] = refusal
+                        return false
+                    }
+                    s.outcomes[m.number] = .forked(handle)
                     s.live[m.number] = pid
                     return true
                 }
                 if !taken {
+                    try? handle.send(signal: SIGKILL)
                     try? pidfd.close()
-                    logger.error("a FORKED message for no fork the daemon is waiting on; ignored", metadata: ["number": "\(m.number)", "pid": "\(pid)"])
                 }
             case TemplateMessage.refused:
                 try? m.pidfd?.close()
