@@ -246,7 +246,11 @@ package final class WorkerTemplate: @unchecked Sendable {
     /// answer the handshake.
     package func fork(tenant: String, worker id: String, limits: ChannelLimits = ChannelLimits(),
                       timeout: Duration = .seconds(10)) throws -> ForkedWorker {
-        let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, limits: limits)
+        // One suite (the SDK takes either): the first handshake message goes
+        // out with the socket, before the fork exists, and the worker answers
+        // it, its suite and its hello in one write.
+        let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, suites: [ChannelBootstrap.defaultSuites[0]], limits: limits)
+        try bootstrap.sendFirstMessage()
         let group: ForkGroup?
         if let forkLimits, let jailGroup = jail.cgroup as? JailGroup {
             do {
