@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 @Suite("CgroupForkGroup", .serialized, .enabled(if: CgroupTestHost.canManageCgroups, "needs root and a cgroup hierarchy with memory, cpu and pids"))
-struct ForkGroupTests {
+struct CgroupForkGroupTests {
     @Test("A fork over its own memory budget is OOM-killed alone; the template and a sibling fork keep running")
     func forkOOMIsKilledAlone() throws {
         let manager = try makeManager()
