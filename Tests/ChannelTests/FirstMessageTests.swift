@@ -13,16 +13,10 @@ import Glibc
 struct FirstMessageTests {
     @Test("With one suite offered, the first message goes out before the Python worker starts", arguments: CipherSuite.allCases)
     func pythonWorker(suite: CipherSuite) throws {
-        let bootstrap = try ChannelBootstrap(tenant: "acme", worker: "w-1", suites: [suite])
-        try bootstrap.sendFirstMessage()
         // The worker answers in one write: the first time the launcher's end
         // is readable it holds the selection (2+2 bytes), message 2 (2+48)
         // and the hello record (5 + 12 + agent + 16), not the selection alone.
-        let child = try Child.spawn(
-            [Paths.venvPython, Paths.pythonDir + "/tests/echo_worker.py"],
-            environment: [ChannelBootstrap.environmentEntry(), "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
-            mapping: [(bootstrap.workerSocket, 3), (bootstrap.paramsMemfd, 4)])
-        bootstrap.closeWorkerEnds()
+        let (child, bootstrap) = try startPythonWorker("echo_worker.py", suites: [suite], firstMessageEarly: true)
         #expect(try bootstrap.launcherSocket.waitReadable(timeoutMilliseconds: 30_000))
         var peek = [UInt8](repeating: 0, count: 4096)
         let first = peek.withUnsafeMutableBytes { recv(bootstrap.launcherSocket.rawValue, $0.baseAddress, $0.count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
@@ -36,13 +30,7 @@ struct FirstMessageTests {
 
     @Test("The independent Noise peer, which reads message 1 after naming its suite, takes it too")
     func independentPeer() throws {
-        let bootstrap = try ChannelBootstrap(tenant: "acme", worker: "w-1", suites: [.chaChaPoly])
-        try bootstrap.sendFirstMessage()
-        let child = try Child.spawn(
-            [Paths.venvPython, Paths.pythonDir + "/tests/noiseprotocol_peer.py"],
-            environment: [ChannelBootstrap.environmentEntry(), "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
-            mapping: [(bootstrap.workerSocket, 3), (bootstrap.paramsMemfd, 4)])
-        bootstrap.closeWorkerEnds()
+        let (child, bootstrap) = try startPythonWorker("noiseprotocol_peer.py", suites: [.chaChaPoly], firstMessageEarly: true)
         let channel = try bootstrap.connect()
         #expect(try channel.request(Array("abc".utf8)) == Array("cba".utf8))
         try channel.shutdown()

@@ -6,6 +6,7 @@ import Foundation
 import Testing
 @testable import StockadeDaemon
 import StockadeCgroups
+import StockadeConfig
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,14 +31,6 @@ private func controllerDirectory(of pid: Int32, _ controller: String) -> String?
     guard let line = cgroupLine(of: pid, controller: controller) else { return nil }
     let v1 = "/sys/fs/cgroup/" + controller
     return FileManager.default.fileExists(atPath: v1 + "/cgroup.procs") ? v1 + line : "/sys/fs/cgroup" + line
-}
-
-private func hostParent(of pid: Int32) -> Int32? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix("PPid:") {
-        return Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
-    }
-    return nil
 }
 
 @Suite(.serialized, .enabled(if: Fixture.hasVenv && Fixture.isRoot, "needs the venv (make venv) and root for cgroups"))
@@ -121,36 +114,32 @@ struct TemplateCgroupTests {
 @Suite("fork_limits in a template tenant's configuration")
 struct TemplateForkLimitsConfigTests {
     private func config(template: Bool = true, _ forkLimits: String?) throws(ProfileError) -> DaemonConfig {
-        let text = """
-            [daemon]
-            socket = "/run/s.sock"
-            audit_log = "/var/log/a.jsonl"
-            [tenant.t]
-            profile = "\(Fixture.repo)/profiles/inference-cpu.toml"
-            command = ["/usr/bin/python3", "/w.py"]
-            template = \(template)
-            \(forkLimits.map { "[tenant.t.fork_limits]\n" + $0 } ?? "")
-            """
-        return try DaemonConfig.parse(text: text, file: "/etc/x.toml")
+        try TemplateFixture.config("template = \(template)\n" + (forkLimits.map { "[tenant.t.fork_limits]\n" + $0 } ?? ""))
     }
 
     @Test("Without the table a fork gets the profile's memory_max, pids_max and cpu; with it, its own")
     func defaultsAndOwn() throws {
-        let jail = try config(nil).tenants[0].profile.limits
-        let byDefault = try config(nil).tenants[0].forkLimits
-        #expect(byDefault.memoryMax == jail.memoryMax && byDefault.pidsMax == jail.pidsMax && byDefault.cpu == jail.cpu)
+        let tenant = try config(nil).tenants[0]
+        let jail: LimitsSection = tenant.profile.limits
+        let byDefault: LimitsSection = tenant.forkLimits
+        #expect(byDefault.memoryMax == jail.memoryMax)
+        #expect(byDefault.pidsMax == jail.pidsMax)
+        #expect(byDefault.cpu?.microCPUs == jail.cpu?.microCPUs)
         #expect(byDefault.memoryMax != nil, "inference-cpu.toml sets memory_max")
-        let own = try config("memory_max = \"64M\"\npids_max = 8\ncpu = 0.5").tenants[0].forkLimits
-        #expect(own.memoryMax == 64 << 20 && own.pidsMax == 8 && own.cpu?.cpus == 0.5)
+        let own: LimitsSection = try config("memory_max = \"64M\"\npids_max = 8\ncpu = 0.5").tenants[0].forkLimits
+        #expect(own.memoryMax == 64 << 20)
+        #expect(own.pidsMax == 8)
+        #expect(own.cpu?.cpus == 0.5)
     }
 
     @Test("A fork limit above the jail's, a key a fork's cgroup does not take, or the table without template = true is an error at its line")
     func refusals() {
-        for (forkLimits, template, key, words) in [
+        let cases: [(String, Bool, String, String)] = [
             ("memory_max = \"64G\"", true, "memory_max", "above the profile's"),
             ("cpuset = \"0\"", true, "cpuset", "whole jail"),
             ("memory_max = \"64M\"", false, "fork_limits", "template = true"),
-        ] {
+        ]
+        for (forkLimits, template, key, words) in cases {
             do {
                 _ = try config(template: template, forkLimits)
                 Issue.record("accepted \(forkLimits) (template = \(template))")
