@@ -100,6 +100,8 @@ def _prctl(option: int, arg: int) -> None:
 # A spare is forked once the template has had no message for this long, so
 # that making it does not compete for a CPU with a worker just handed out.
 SPARE_DELAY = 0.05
+# After a failed fork of a spare (the pids budget spent), the next try.
+SPARE_RETRY = 1.0
 
 
 class Template:
@@ -118,6 +120,7 @@ class Template:
         self.want_spare = spare
         self.spare: Optional[tuple[int, socket.socket]] = None
         self.quiet_since = time.monotonic()
+        self.spare_failed = False
 
     def send(self, kind: int, number: int = 0, value: int = 0) -> None:
         self.ctl.send(MESSAGE.pack(MAGIC, kind, number, value))
@@ -223,10 +226,14 @@ class Template:
         except OSError as e:
             mine.close()
             theirs.close()
-            # Forks on the daemon's word still say why, with the errno.
-            log.error("no spare is forked: %s", e)
-            self.want_spare = False
+            # The jail's pids budget may be spent for now: try again in a
+            # second (forks on the daemon's word still say why, with the errno).
+            if not self.spare_failed:
+                log.error("no spare is forked: %s; trying again every second", e)
+            self.spare_failed = True
+            self.quiet_since = time.monotonic() + SPARE_RETRY
             return
+        self.spare_failed = False
         if pid == 0:
             mine.close()
             self.wait_as_spare(theirs, handler, parent)
