@@ -58,6 +58,24 @@ struct CgroupForkGroupTests {
         #expect(!FileManager.default.fileExists(atPath: jail.path))
     }
 
+    @Test("A jail launched into a template's cgroup runs in its leaf (v2: CLONE_INTO_CGROUP), and its end removes the forks' cgroups")
+    func jailInATemplateCgroup() throws {
+        let manager = try makeManager()
+        defer { closeAndExpectNothingLeft(manager) }
+        let group = try manager.jail(limits: LimitsSection(memoryMax: 128 << 20), forks: true)
+        let jailed = try JailedWorkload(group, ["sleep"])
+        let leafPath = manager.backend.path(group.leaf)
+        let inLeaf = CgroupFS.procs(leafPath)
+        #expect(inLeaf.contains(jailed.jail.pid), "the jail's PID 1 \(jailed.jail.pid) is not in \(leafPath): \(inLeaf)")
+        if manager.version == 2 { #expect(CgroupFS.procs(group.path).isEmpty, "processes in the jail's own cgroup on v2") }
+        let fork = try group.makeForkGroup(limits: LimitsSection(pidsMax: 4))
+        #expect(FileManager.default.fileExists(atPath: fork.path))
+        jailed.jail.kill()
+        _ = try jailed.wait()
+        #expect(!FileManager.default.fileExists(atPath: fork.path), "the jail's end left \(fork.path)")
+        #expect(!FileManager.default.fileExists(atPath: group.path))
+    }
+
     @Test("A fork's limits are checked like a jail's, and on v2 only a jail made for forks takes them")
     func forkGroupsNeedATemplateJail() throws {
         let manager = try makeManager()
