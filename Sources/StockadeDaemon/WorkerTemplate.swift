@@ -35,7 +35,7 @@ package struct TemplateError: Error, CustomStringConvertible, Sendable {
 enum TemplateMessage {
     static let magic = Array("STKTMPL1".utf8)
     static let size = 20
-    static let ready: UInt8 = 1, fork: UInt8 = 2, forked: UInt8 = 3, exited: UInt8 = 4, refused: UInt8 = 5
+    static let ready: UInt8 = 1, fork: UInt8 = 2, forked: UInt8 = 3, exited: UInt8 = 4, refused: UInt8 = 5, spare: UInt8 = 6
     /// REFUSED values above any errno.
     static let refusedThreads: Int32 = 1 << 16
     static let refusedDescriptors: Int32 = (1 << 16) + 1
@@ -142,11 +142,12 @@ package final class WorkerTemplate: @unchecked Sendable {
     private let control: FileDescriptor
     private let logger: Logger
 
-    private enum Outcome { case forked(ProcessHandle), refused(String), unmoved(String) }
+    private enum Outcome { case forked(ProcessHandle, ForkGroup?), refused(String), unmoved(String) }
     private struct State {
         var nextNumber: UInt32 = 1
-        /// The cgroup each fork in flight is moved into when it announces itself.
-        var groups: [UInt32: ForkGroup] = [:]
+        /// Spares that announced themselves (SPARE), by pid, already moved
+        /// into the cgroup they will have as workers.
+        var spares: [Int32: (process: ProcessHandle, group: ForkGroup)] = [:]
         var outcomes: [UInt32: Outcome] = [:]
         var waiting: Set<UInt32> = []
         var live: [UInt32: Int32] = [:]
@@ -251,28 +252,11 @@ package final class WorkerTemplate: @unchecked Sendable {
         // it, its suite and its hello in one write.
         let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, suites: [ChannelBootstrap.defaultSuites[0]], limits: limits)
         try bootstrap.sendFirstMessage()
-        let group: ForkGroup?
-        if let forkLimits, let jailGroup = jail.cgroup as? JailGroup {
-            do {
-                group = try jailGroup.makeForkGroup(limits: forkLimits)
-            } catch {
-                throw TemplateError("the cgroup of worker \(id): \(error)")
-            }
-        } else {
-            group = nil
-        }
-        let number: UInt32
-        do {
-            number = try state.withLock { s in
-                if let why = s.ended { throw TemplateError("the template is gone: \(why)") }
-                defer { s.nextNumber &+= 1 }
-                s.waiting.insert(s.nextNumber)
-                s.groups[s.nextNumber] = group
-                return s.nextNumber
-            }
-        } catch {
-            try? group?.remove()
-            throw error
+        let number: UInt32 = try state.withLock { s in
+            if let why = s.ended { throw TemplateError("the template is gone: \(why)") }
+            defer { s.nextNumber &+= 1 }
+            s.waiting.insert(s.nextNumber)
+            return s.nextNumber
         }
         let message = TemplateMessage.encode(kind: TemplateMessage.fork, number: number)
         do {
@@ -280,11 +264,7 @@ package final class WorkerTemplate: @unchecked Sendable {
                 try control.sendMessage($0, passing: [bootstrap.workerSocket, bootstrap.paramsMemfd])
             }
         } catch {
-            state.withLock { s in
-                s.waiting.remove(number)
-                s.groups[number] = nil
-            }
-            try? group?.remove()
+            _ = state.withLock { $0.waiting.remove(number) }
             throw TemplateError("sending FORK to the template: \(error)")
         }
         // The template and the child hold them now; ours would keep a dead
@@ -309,38 +289,111 @@ package final class WorkerTemplate: @unchecked Sendable {
         wakeups.wait(until: wait) { state.withLock { $0.outcomes[number] != nil || $0.ended != nil } }
         let outcome: Outcome? = state.withLock { s in
             s.waiting.remove(number)
-            s.groups[number] = nil
             return s.outcomes.removeValue(forKey: number)
         }
-        // Every way out but success: the fork is not used, nor its cgroup.
-        var handedOver = false
-        defer { if !handedOver { try? group?.remove() } }
         switch (outcome, handshake) {
-        case (.forked(let process)?, .success(let channel)):
+        case (.forked(let process, let group)?, .success(let channel)):
             // Under the jail's memory budget the kernel's OOM killer then
             // picks a forked worker (the one that grew) before the template,
             // whose end would take every sibling with it. Raising a score
             // needs no privilege; the worker cannot lower it again.
             Self.raiseOOMScore(pid: process.pid)
-            handedOver = true
             return ForkedWorker(id: id, number: number, process: process, channel: channel, cgroup: group) { [weak self] wait in
                 self?.takeStatus(of: number, waitingUpTo: wait)
             }
-        case (.forked(let process)?, .failure(let error)):
+        case (.forked(let process, let group)?, .failure(let error)):
             try? process.send(signal: SIGKILL)
+            try? group?.remove()
             try? process.fd.close()
             throw TemplateError("worker \(id) forked (pid \(process.pid)) but its handshake failed: \(error)")
         case (.refused(let why)?, _):
             if case .success(let channel) = handshake { channel.close() }
             throw TemplateError("the template refused to fork worker \(id): \(why)")
         case (.unmoved(let why)?, _):
+            // The cgroup stays, with what it holds.
             if case .success(let channel) = handshake { channel.close() }
-            handedOver = true  // the cgroup stays, with what it holds
             throw TemplateError("worker \(id): \(why)")
         case (nil, _):
             if case .success(let channel) = handshake { channel.close() }
             let why = state.withLock { $0.ended } ?? "no FORKED message from the worker within \(timeout)"
             throw TemplateError("fork of worker \(id): \(why)")
+        }
+    }
+
+    /// The most spares the daemon keeps a cgroup ready for: the SDK makes
+    /// one at a time, and a template that announces more gets no more.
+    static let sparesTracked = 2
+
+    /// A spare that announced itself goes into the cgroup it will have as
+    /// a worker now, while nothing waits for it: the move is a write of
+    /// cgroup.procs, which on cgroup v1 waits for an RCU grace period (10 ms
+    /// and more on a loaded host). Spares that ended unused are dropped first.
+    private func placeSpare(_ spare: ProcessHandle) {
+        guard let forkLimits, let jailGroup = jail.cgroup as? JailGroup else {
+            try? spare.fd.close()
+            return
+        }
+        let ended: [(process: ProcessHandle, group: ForkGroup)] = state.withLock { s in
+            let gone = s.spares.filter { (try? $0.value.process.waitForExit(timeoutMilliseconds: 0)) != false }
+            for pid in gone.keys { s.spares[pid] = nil }
+            return Array(gone.values)
+        }
+        for e in ended {
+            try? e.group.remove()
+            try? e.process.fd.close()
+        }
+        guard state.withLock({ $0.spares.count }) < Self.sparesTracked else {
+            try? spare.fd.close()
+            logger.warning("more spares announced than the daemon keeps cgroups for; this one gets its cgroup when it is used")
+            return
+        }
+        do {
+            let group = try jailGroup.makeForkGroup(limits: forkLimits)
+            do {
+                try Self.move(spare, into: group)
+                state.withLock { $0.spares[spare.pid] = (spare, group) }
+            } catch {
+                if group.processes.isEmpty { try? group.remove() }
+                try? spare.fd.close()
+            }
+        } catch {
+            try? spare.fd.close()
+            logger.error("no cgroup for a spare", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The cgroup of a fork that sent FORKED: its own as a spare when it
+    /// was one (its pidfd from then still shows this pid, so the pid was
+    /// not reused in between and it is the same process), else a new one
+    /// it is moved into now. Returns the refusal when it cannot be placed.
+    private func placeFork(_ fork: ProcessHandle) -> (ForkGroup?, Outcome?) {
+        guard let forkLimits, let jailGroup = jail.cgroup as? JailGroup else { return (nil, nil) }
+        if let spare = state.withLock({ $0.spares.removeValue(forKey: fork.pid) }) {
+            let same = Self.pidfdPid(spare.process.fd) == fork.pid
+            try? spare.process.fd.close()
+            if same { return (spare.group, nil) }
+            try? spare.group.remove()
+        }
+        let group: ForkGroup
+        do {
+            group = try jailGroup.makeForkGroup(limits: forkLimits)
+        } catch {
+            return (nil, .refused("its cgroup: \(error)"))
+        }
+        do {
+            try Self.move(fork, into: group)
+            return (group, nil)
+        } catch {
+            // The fork had ended; whatever is there now came with a pid
+            // reused within microseconds and is not killed.
+            let strangers = group.processes
+            guard strangers.isEmpty else {
+                logger.error("a process not of this template is in a fork's cgroup; it is left there",
+                             metadata: ["cgroup": "\(group.path)", "pids": "\(strangers)"])
+                return (nil, .unmoved("moving it into its cgroup \(group.path): \(error)"))
+            }
+            try? group.remove()
+            return (nil, .refused("moving it into its cgroup \(group.path): \(error)"))
         }
     }
 
@@ -440,47 +493,37 @@ package final class WorkerTemplate: @unchecked Sendable {
                     continue
                 }
                 let handle = ProcessHandle(fd: pidfd, pid: pid)
-                let expected: (Bool, ForkGroup?) = state.withLock { s in
-                    guard s.waiting.contains(m.number), s.outcomes[m.number] == nil else { return (false, nil) }
-                    return (true, s.groups[m.number])
-                }
-                guard expected.0 else {
+                let expected: Bool = state.withLock { s in s.waiting.contains(m.number) && s.outcomes[m.number] == nil }
+                guard expected else {
                     try? pidfd.close()
                     logger.error("a FORKED message for no fork the daemon is waiting on; ignored", metadata: ["number": "\(m.number)", "pid": "\(pid)"])
                     break
                 }
                 // Into its own cgroup before the daemon hands it a request
-                // (its handshake runs meanwhile).
-                var refusal: Outcome?
-                if let group = expected.1 {
-                    do {
-                        try Self.move(handle, into: group)
-                    } catch {
-                        refusal = .refused("moving it into its cgroup \(group.path): \(error)")
-                        // The fork had ended; whatever is there now came with a
-                        // pid reused within microseconds and is not killed.
-                        let strangers = group.processes
-                        if !strangers.isEmpty {
-                            logger.error("a process not of this template is in a fork's cgroup; it is left there",
-                                         metadata: ["cgroup": "\(group.path)", "pids": "\(strangers)"])
-                            refusal = .unmoved("moving it into its cgroup \(group.path): \(error)")
-                        }
-                    }
-                }
+                // (its handshake runs meanwhile): a spare is there already.
+                let (group, refusal) = placeFork(handle)
                 let taken: Bool = state.withLock { s in
                     guard s.waiting.contains(m.number), s.outcomes[m.number] == nil else { return false }
                     if let refusal {
                         s.outcomes[m.number] = refusal
                         return false
                     }
-                    s.outcomes[m.number] = .forked(handle)
+                    s.outcomes[m.number] = .forked(handle, group)
                     s.live[m.number] = pid
                     return true
                 }
                 if !taken {
                     try? handle.send(signal: SIGKILL)
                     try? pidfd.close()
+                    if refusal == nil { try? group?.remove() }
                 }
+            case TemplateMessage.spare:
+                guard let pidfd = m.pidfd, let pid = m.pid, pid != process.pid else {
+                    try? m.pidfd?.close()
+                    logger.error("a SPARE message without the sender's pidfd, or from the template itself; ignored")
+                    continue
+                }
+                placeSpare(ProcessHandle(fd: pidfd, pid: pid))
             case TemplateMessage.refused:
                 try? m.pidfd?.close()
                 state.withLock { s in
@@ -500,6 +543,12 @@ package final class WorkerTemplate: @unchecked Sendable {
             }
             wakeups.broadcast()
         }
+        let spares = state.withLock { s in
+            defer { s.spares = [:] }
+            return Array(s.spares.values)
+        }
+        // Their cgroups go with the jail's.
+        for spare in spares { try? spare.process.fd.close() }
         let orphans: [UInt32] = state.withLock { s in
             s.ended = why
             s.readerDone = true

@@ -71,6 +71,22 @@ struct TemplateCgroupTests {
             seen.insert(mine)
         }
         #expect(seen.count == 2, "each fork has a cgroup of its own: \(seen)")
+        // The template's spare is in a fork cgroup of its own before any
+        // FORK reaches it (the daemon moved it on its SPARE).
+        var spareGroup: String?
+        let deadline = ContinuousClock.now + .seconds(20)
+        while spareGroup == nil, ContinuousClock.now < deadline {
+            usleep(20_000)
+            let text = (try? String(contentsOfFile: "/proc/\(templatePid)/task/\(templatePid)/children", encoding: .utf8)) ?? ""
+            let spares = text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                .filter { !workers.map(\.pid).contains($0) }
+            if let spare = spares.first, let group = cgroupLine(of: spare, controller: "memory"),
+               (group as NSString).lastPathComponent.hasPrefix("fork-") {
+                spareGroup = group
+            }
+        }
+        let placed = try #require(spareGroup, "no spare in a fork cgroup of its own")
+        #expect(!seen.contains(placed))
         // A fork that ends takes its cgroup with it.
         let gone = workers[0]
         kill(gone.pid, SIGKILL)

@@ -40,7 +40,13 @@ struct TemplateSpareTests {
             spare = children(of: template.process.pid).subtracting([first.pid]).first
         }
         let sparePid = try #require(spare, "no spare beside \(first.pid); log: \(TemplateFixture.log(log))")
-        let fds = descriptors(of: sparePid)
+        // Once set up (it closes the template's descriptors first thing;
+        // caught right after the fork it still holds them).
+        var fds = descriptors(of: sparePid)
+        while fds.count != 5, ContinuousClock.now < deadline {
+            usleep(10_000)
+            fds = descriptors(of: sparePid)
+        }
         #expect(Set(fds.keys).subtracting(["0", "1", "2"]).count == 2, "the spare holds \(fds)")
         #expect(fds.values.filter { $0.hasPrefix("socket:") }.count == 2, "the spare holds \(fds)")
         #expect(!fds.values.contains { $0.contains("memfd") || $0.contains("pipe:") }, "the spare holds \(fds)")

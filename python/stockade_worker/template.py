@@ -66,7 +66,7 @@ IDLE_RELEASE_ENV = "STOCKADE_IDLE_RELEASE"
 MAGIC = b"STKTMPL1"
 # magic, kind, 3 reserved bytes, number (u32), value (i32): big-endian.
 MESSAGE = struct.Struct(">8sB3xIi")
-READY, FORK, FORKED, EXITED, REFUSED = 1, 2, 3, 4, 5
+READY, FORK, FORKED, EXITED, REFUSED, SPARE = 1, 2, 3, 4, 5, 6
 # Why a fork was refused (REFUSED's value): an errno from fork() itself, or
 # one of these, above any errno.
 REFUSED_THREADS = 1 << 16
@@ -254,6 +254,9 @@ class Template:
             # OpenSSL's state), which the worker would otherwise copy from
             # the template while the daemon waits for it.
             _throwaway_handshakes()
+            # The daemon learns this process from the kernel now and puts it
+            # in the cgroup it will have as a worker, while nothing waits.
+            self.ctl.send(MESSAGE.pack(MAGIC, SPARE, 0, 0))
             data, anc, flags, _ = relay.recvmsg(MESSAGE.size, socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC)
             fds: list[int] = []
             for level, kind, payload in anc:
