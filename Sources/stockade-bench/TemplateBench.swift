@@ -7,6 +7,7 @@
 // Jails under profiles/inference-cpu.toml without cgroups. Needs `make venv`
 // and root (to read the jailed, non-dumpable workers' smaps_rollup).
 import Foundation
+import StockadeCgroups
 import StockadeChannel
 import StockadeDaemon
 import StockadeJail
@@ -102,6 +103,26 @@ func templateBench() throws {
         f.kill()
         _ = f.waitForExit(milliseconds: 5_000)
     }
+    // The same from the spare with a cgroup per fork (its mkdir and limits
+    // before the FORK, the move on FORKED), where this host has cgroups.
+    var cgroupTimes: [Double] = []
+    if let manager = try? CgroupManager(configuration: .init(base: .automatic(name: "stockade-bench-\(getpid())"))) {
+        defer { try? manager.close() }
+        var r = try request()
+        r.cgroup = try manager.jail(limits: r.profile.limits, forks: true)
+        let budgeted = try WorkerTemplate.launch(r, logger: Logger(label: "bench.template"),
+                                                 forkLimits: LimitsSection(memoryMax: 256 << 20, pidsMax: 16))
+        close(r.passedFDs[0].from)
+        defer { _ = budgeted.stop() }
+        for i in 0..<extraSamples {
+            usleep(150_000)
+            let t = ContinuousClock.now
+            let f = try budgeted.fork(tenant: "bench", worker: "budgeted-\(i)", limits: limits)
+            cgroupTimes.append((ContinuousClock.now - t).inMilliseconds)
+            f.kill()
+            _ = f.wait(profile: "bench")
+        }
+    }
     let one = Stats(samples: normalPss).median / 1024
     // The same without the idle release: each worker keeps what its
     // request allocated, as a busy worker holds it.
@@ -118,6 +139,10 @@ func templateBench() throws {
     print("  \(pad("", 46)) \(pad("p50 ms", 10)) \(pad("p90 ms", 10))")
     print("  \(pad("extra worker: spare + handshake", 46)) \(pad(fmt(extra.median), 10)) \(pad(fmt(extra.percentile(0.9)), 10)) (goal: under 10 ms)")
     print("  \(pad("extra worker back to back: fork + handshake", 46)) \(pad(fmt(cold.median), 10)) \(pad(fmt(cold.percentile(0.9)), 10))")
+    if !cgroupTimes.isEmpty {
+        let budgeted = Stats(samples: cgroupTimes)
+        print("  \(pad("extra worker from the spare, a cgroup per fork", 46)) \(pad(fmt(budgeted.median), 10)) \(pad(fmt(budgeted.percentile(0.9)), 10))")
+    }
     print("  \(pad("extra worker: jail + model load + handshake", 46)) \(pad(fmt(launch.median, 1), 10)) \(pad(fmt(launch.percentile(0.9), 1), 10))")
     print("  template: jail + model load until READY \(fmt(templateReady, 1)) ms")
 }
