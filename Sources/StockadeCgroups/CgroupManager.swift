@@ -280,18 +280,25 @@ public final class CgroupManager: Sendable {
 
     /// Creates the cgroup for one jail of `tenant` with `limits`, after
     /// checking that the host can enforce them and the tenant can afford them.
-    public func jail(tenant: String = CgroupManager.defaultTenant, limits: LimitsSection) throws(CgroupError) -> JailGroup {
+    /// `forks`: the jail is a template whose forked workers get cgroups of
+    /// their own below the jail's (``JailGroup/makeForkGroup(limits:)``); on
+    /// cgroup v2 its processes then live in a leaf, `template`, because a
+    /// cgroup that hands controllers to children may hold no process.
+    public func jail(tenant: String = CgroupManager.defaultTenant, limits: LimitsSection,
+                     forks: Bool = false) throws(CgroupError) -> JailGroup {
         let budget = try prepareTenant(tenant)
         let tenantRel = Self.tenantDirectory(tenant)
         let name = identity.jailName(Self.counter.wrappingAdd(1, ordering: .relaxed).oldValue)
         let notes = try backend.check(limits, parent: tenantRel, owner: "jail \(name)")
 
         let rel = tenantRel + "/" + name
+        let leaf = forks && version == 2 ? rel + "/" + JailGroup.templateLeaf : rel
         try withLock(on: tenantRel) { () throws(CgroupError) in
             try admit(limits, into: budget)
-            try backend.create(rel, delegating: false)
+            try backend.create(rel, delegating: forks)
             do throws(CgroupError) {
                 try backend.apply(limits, to: rel)
+                if leaf != rel { try backend.create(leaf, delegating: false) }
             } catch {
                 try? backend.remove(rel)
                 throw error
@@ -303,7 +310,7 @@ public final class CgroupManager: Sendable {
             }
         }
         return JailGroup(manager: self, rel: rel, name: name, tenant: tenant, limits: limits, notes: notes,
-                         directory: backend.openDirectory(rel))
+                         directory: backend.openDirectory(leaf), leaf: leaf)
     }
 
     /// The cgroup `rel` below the base, outside tenants, admission and the
@@ -481,15 +488,19 @@ public final class JailGroup: JailCgroup {
     /// 2 or 1.
     public let version: Int
     let rel: String
-    private let manager: CgroupManager
+    /// Where the jail's processes are placed: `rel`, or on cgroup v2 a
+    /// template's leaf below it.
+    let leaf: String
+    let manager: CgroupManager
     private let fd: Mutex<FileDescriptor?>
     /// Set when the manager exists only for this jail (``CgroupManager/standaloneJail(configuration:limits:)``).
     let closesManager = Atomic<Bool>(false)
 
     init(manager: CgroupManager, rel: String, name: String, tenant: String, limits: LimitsSection,
-         notes: [String], directory: FileDescriptor?) {
+         notes: [String], directory: FileDescriptor?, leaf: String? = nil) {
         self.manager = manager
         self.rel = rel
+        self.leaf = leaf ?? rel
         self.name = name
         self.tenant = tenant
         self.limits = limits
@@ -506,7 +517,7 @@ public final class JailGroup: JailCgroup {
     public var directory: FileDescriptor? { fd.withLock { $0 } }
 
     public func attach(pid: Int32) throws {
-        try manager.backend.attach(pid: pid, to: rel)
+        try manager.backend.attach(pid: pid, to: leaf)
     }
 
     /// The processes in the jail now.

@@ -245,9 +245,15 @@ final class CgroupV1Backend: CgroupBackend {
         file("freezer", rel, "freezer.state").flatMap(CgroupFS.readTrimmed) == "FROZEN"
     }
 
+    /// The processes of `rel` and of the cgroups below it (a template's
+    /// forked workers).
+    private func subtreeProcs(_ rel: String) -> [Int32] {
+        procs(rel) + children(rel).flatMap { subtreeProcs(rel + "/" + $0) }
+    }
+
     func kill(_ rel: String) throws(CgroupError) {
         let freezer = file("freezer", rel, "freezer.state")
-        let done = killEach(procs: { procs(rel) }, freeze: freezer.map { f in { try? CgroupFS.write(f, $0 ? "FROZEN" : "THAWED") } }, seconds: 10)
+        let done = killEach(procs: { subtreeProcs(rel) }, freeze: freezer.map { f in { try? CgroupFS.write(f, $0 ? "FROZEN" : "THAWED") } }, seconds: 10)
         if let freezer { try? CgroupFS.write(freezer, "THAWED") }
         guard done else {
             throw CgroupError(.busy, "processes \(procs(rel).map(String.init).joined(separator: " ")) are still in \(path(rel)) 10 s after SIGKILL")
@@ -278,7 +284,9 @@ final class CgroupV1Backend: CgroupBackend {
     }
 
     func remove(_ rel: String) throws(CgroupError) {
-        if !procs(rel).isEmpty { try kill(rel) }
+        if !subtreeProcs(rel).isEmpty { try kill(rel) }
+        // Children first: rmdir refuses a cgroup that has any.
+        for child in children(rel) { try remove(rel + "/" + child) }
         for t in trees {
             let d = dir(t, rel)
             var lastError: Errno?

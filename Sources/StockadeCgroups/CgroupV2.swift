@@ -201,6 +201,8 @@ final class CgroupV2Backend: CgroupBackend {
         let dir = abs(rel)
         guard CgroupFS.exists(dir) else { return }
         if populated(dir) { try kill(rel) }
+        // Children first: rmdir refuses a cgroup that has any.
+        for child in children(rel) { try remove(rel + "/" + child) }
         var lastError: Errno?
         // An exited task can hold the cgroup for a moment after the kill.
         _ = CgroupFS.wait(seconds: 5) {

@@ -32,6 +32,8 @@ public final class ChannelBootstrap {
     public let paramsMemfd: FileDescriptor
     private var workerEndsClosed = false
     private var connected = false
+    /// The handshake whose first message ``sendFirstMessage()`` wrote.
+    private var started: NoiseHandshake?
 
     /// The suites offered by default: AES-GCM first where the CPU has
     /// AES instructions, else ChaCha20-Poly1305 first.
@@ -110,6 +112,17 @@ public final class ChannelBootstrap {
         try? paramsMemfd.close()
     }
 
+    /// Writes the first handshake message now, before the worker runs,
+    /// where exactly one suite is offered (elsewhere it does nothing): the
+    /// worker finds it waiting and answers at once. A forked worker, whose
+    /// template's SDK takes either suite, is started this way. Call it at
+    /// most once, before ``connect(logger:handshakeTimeoutMilliseconds:)``.
+    public func sendFirstMessage() throws(ChannelError) {
+        precondition(!connected && started == nil, "sendFirstMessage() once, before connect()")
+        guard parameters.suites.count == 1 else { return }
+        started = try SecureChannel.startInitiation(socket: launcherSocket, parameters: parameters)
+    }
+
     /// Runs the initiator handshake on the launcher's socket. The returned
     /// channel owns that socket.
     public func connect(logger: Logger? = nil, handshakeTimeoutMilliseconds: Int? = 30_000) throws(ChannelError) -> SecureChannel {
@@ -118,11 +131,14 @@ public final class ChannelBootstrap {
         // Not needed again, whatever the handshake's outcome (the channel
         // keeps no copy, and this buffer is the only one left by then).
         defer { parameters.psk.wipe() }
+        defer { started = nil }
         return try SecureChannel.initiate(socket: launcherSocket, parameters: parameters, logger: logger,
-                                          handshakeTimeoutMilliseconds: handshakeTimeoutMilliseconds)
+                                          handshakeTimeoutMilliseconds: handshakeTimeoutMilliseconds, fixedEphemeralKey: nil,
+                                          started: started)
     }
 
     deinit {
+        started?.wipe()
         closeWorkerEnds()
         if !connected { try? launcherSocket.close() }
     }

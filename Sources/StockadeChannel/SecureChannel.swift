@@ -127,8 +127,11 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// `fixedEphemeralKey` is for tests that replay a recorded session.
+    /// `started`: the first message went out already
+    /// (``startInitiation(socket:parameters:)``).
     static func initiate(socket: FileDescriptor, parameters: ChannelParameters, logger: Logger?,
-                         handshakeTimeoutMilliseconds: Int?, fixedEphemeralKey: [UInt8]?) throws(ChannelError) -> SecureChannel {
+                         handshakeTimeoutMilliseconds: Int?, fixedEphemeralKey: [UInt8]?,
+                         started: NoiseHandshake? = nil) throws(ChannelError) -> SecureChannel {
         let logger = logger ?? defaultLogger(parameters, role: .initiator)
         var inbox = Inbox(capacity: 64 << 10)
         // One deadline over the suite choice, the handshake and the hellos,
@@ -147,11 +150,16 @@ public final class SecureChannel: @unchecked Sendable {
             guard let suite = CipherSuite(rawValue: select[1]), parameters.suites.contains(suite) else {
                 throw ChannelViolation(.badSuite, "worker chose suite \(select[1]), offered \(parameters.suites)")
             }
-            // 2. -> psk, e
-            let handshake = try NoiseHandshake(role: .initiator, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
-                                               fixedEphemeralKey: fixedEphemeralKey)
+            // 2. -> psk, e (sent already where only one suite was offered)
+            let handshake: NoiseHandshake
+            if let started {
+                handshake = started
+            } else {
+                handshake = try NoiseHandshake(role: .initiator, suite: suite, prologue: parameters.prologue, psk: parameters.psk,
+                                                   fixedEphemeralKey: fixedEphemeralKey)
+            }
             defer { handshake.wipe() }
-            try writeFrame(socket, handshake.writeMessage(payload: []))
+            if started == nil { try writeFrame(socket, handshake.writeMessage(payload: [])) }
             // 3. <- e, ee (empty payload: exactly the overhead)
             let reply = try readFrame(socket, &inbox, length: NoiseHandshake.overhead, what: "handshake message 2")
             _ = try handshake.readMessage(reply)
@@ -164,6 +172,30 @@ public final class SecureChannel: @unchecked Sendable {
         // From here the channel owns the socket and the buffer.
         try channel.exchangeHellos()
         return channel
+    }
+
+    /// Writes the launcher's first handshake message (-> psk, e) before the
+    /// worker has named its suite, for parameters that offer exactly one
+    /// (the worker has no choice to make, and a worker that cannot take it
+    /// fails the handshake as it would anyway). The message then waits in
+    /// the socket for the worker, which can answer its selection, message 2
+    /// and its hello in one write: one wakeup of each side less. Finish
+    /// with ``initiate(socket:parameters:logger:handshakeTimeoutMilliseconds:fixedEphemeralKey:started:)``.
+    static func startInitiation(socket: FileDescriptor, parameters: ChannelParameters) throws(ChannelError) -> NoiseHandshake {
+        precondition(parameters.suites.count == 1, "the first message goes out early only when one suite is offered")
+        do {
+            let handshake = try NoiseHandshake(role: .initiator, suite: parameters.suites[0], prologue: parameters.prologue,
+                                               psk: parameters.psk, fixedEphemeralKey: nil)
+            do {
+                try writeFrame(socket, handshake.writeMessage(payload: []))
+            } catch {
+                handshake.wipe()
+                throw error
+            }
+            return handshake
+        } catch {
+            throw classify(error)
+        }
     }
 
     /// The worker's side: picks the first of `parameters.suites` it

@@ -106,6 +106,12 @@ package struct TenantConfig: Sendable {
     /// `template = true`: one jailed template loads the model and the
     /// workers are forked from it (the SDK's serve_template; WorkerTemplate).
     package var template = false
+    /// A template tenant's budget for each forked worker, in a cgroup of
+    /// its own below the template's jail (`[tenant.NAME.fork_limits]`;
+    /// without it, the memory_max, pids_max and cpu of the profile's
+    /// `[limits]`, what one worker has in a jail of its own). The profile's
+    /// `[limits]` stay the budget of the template and its forks together.
+    package var forkLimits = LimitsSection()
 
     package init(name: String, profilePath: String, profile: Profile, command: [String]) {
         self.name = name
@@ -188,6 +194,40 @@ package struct DaemonConfig: Sendable {
     /// The first budget key that `workers` jails, each reserving the
     /// profile's `jail` limits, would exceed (the daemon admits a jail only
     /// while its limits fit what the tenant has left).
+    /// The keys a forked worker's cgroup may limit.
+    static let forkLimitKeys: Set<String> = ["memory_max", "memory_high", "swap_max", "pids_max", "cpu", "cpu_max", "cpu_weight"]
+
+    /// `[tenant.NAME.fork_limits]`, checked against the jail's limits (a
+    /// fork cannot have more than the template's jail holds for all), or the
+    /// default: the profile's memory_max, pids_max and cpu.
+    static func forkLimits(_ t: TableReader, template: Bool, jail: LimitsSection) throws(ProfileError) -> LimitsSection {
+        guard let f = try t.table("fork_limits") else {
+            var limits = LimitsSection()
+            limits.memoryMax = jail.memoryMax
+            limits.pidsMax = jail.pidsMax
+            limits.cpu = jail.cpu
+            return limits
+        }
+        guard template else {
+            throw t.error("fork_limits", "applies to forked workers, and this tenant forks none: set template = true, or put the limits in the profile's [limits]")
+        }
+        for key in f.keys where !forkLimitKeys.contains(key) {
+            throw f.error(key, "a forked worker's cgroup takes \(forkLimitKeys.sorted().joined(separator: ", ")); \(key) is set for the whole jail, in the profile's [limits]")
+        }
+        var limits = LimitsSection()
+        try limits.read(f)
+        let above: [(String, Bool)] = [
+            ("memory_max", limits.memoryMax.map { m in jail.memoryMax.map { m > $0 } ?? false } ?? false),
+            ("pids_max", limits.pidsMax.map { p in jail.pidsMax.map { p > $0 } ?? false } ?? false),
+            (f.has("cpu_max") ? "cpu_max" : "cpu", limits.cpu.map { c in jail.cpu.map { c.microCPUs > $0.microCPUs } ?? false } ?? false),
+        ]
+        for (key, over) in above where over {
+            throw f.error(key, "is above the profile's [limits] \(key), which the template and all its forks share: a fork could never use it")
+        }
+        try f.finish()
+        return limits
+    }
+
     static func overdrawn(_ budget: LimitsSection, jail: LimitsSection, workers: Int)
         -> (key: String, reserved: String, total: String)? {
         guard let short = budget.shortfall(asking: jail, held: Array(repeating: jail, count: workers - 1)) else { return nil }
@@ -351,6 +391,7 @@ package struct DaemonConfig: Sendable {
                 tenant.environment = env.map { ($0.0, DaemonPath.expand($0.1, configDir: dir)) }
             }
             tenant.template = try t.bool("template") ?? false
+            tenant.forkLimits = try Self.forkLimits(t, template: tenant.template, jail: profile.limits)
             tenant.minWorkers = try t.int("workers_min", in: 0...1024) ?? 1
             tenant.maxWorkers = try t.int("workers_max", in: 1...1024) ?? max(1, tenant.minWorkers)
             guard tenant.maxWorkers >= tenant.minWorkers else {

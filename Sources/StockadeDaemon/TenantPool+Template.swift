@@ -89,7 +89,8 @@ extension TenantPool {
         let start = ContinuousClock.now
         let template: WorkerTemplate
         do {
-            template = try WorkerTemplate.launch(request, readyTimeout: .seconds(120), logger: logger)
+            template = try WorkerTemplate.launch(request, readyTimeout: .seconds(120), logger: logger,
+                                                 forkLimits: request.cgroup == nil ? nil : config.forkLimits)
         } catch {
             try? request.cgroup?.remove()
             throw DaemonError("template \(id): \(error)")

@@ -773,7 +773,8 @@ package final class TenantPool: @unchecked Sendable {
         }
         if !named.isEmpty { request.extraEnvironment.append((Self.modelFDsVariable, named.joined(separator: ","))) }
         if let cgroups {
-            request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits)
+            // A template's forks get cgroups of their own below its jail's.
+            request.cgroup = try cgroups.jail(tenant: name, limits: config.profile.limits, forks: config.template)
         }
         let denials = denialMonitor(worker: id)
         let tenantName = name
@@ -855,7 +856,8 @@ package final class TenantPool: @unchecked Sendable {
             s.exits += 1
             if oom { s.oomKills += 1 }
             if seccomp { s.seccompKills += 1 }
-            if let u = exit?.usage { s.exitedUsage.add(u) }
+            // A fork's use is in its template's cgroup too (hierarchical).
+            if let u = exit?.usage, worker.forked == nil { s.exitedUsage.add(u) }
             s.watchers -= 1
             return record?.state == .stopping
         }
@@ -942,8 +944,9 @@ package final class TenantPool: @unchecked Sendable {
                           requests: r.requests, errors: r.errors,
                           lastLatencyMs: r.lastLatency.map(Self.milliseconds),
                           meanLatencyMs: r.requests > 0 ? Self.milliseconds(r.totalLatency) / Double(r.requests) : nil,
-                          usage: try? r.worker.jail.cgroup?.usage(),
-                          cgroup: (r.worker.jail.cgroup as? JailGroup)?.path, hostIDs: r.worker.jail.hostIDs?.description)
+                          usage: r.worker.forked?.cgroup.map { $0.usage() } ?? (try? r.worker.jail.cgroup?.usage()),
+                          cgroup: r.worker.forked?.cgroup?.path ?? (r.worker.jail.cgroup as? JailGroup)?.path,
+                          hostIDs: r.worker.jail.hostIDs?.description)
         info.denials = tally?.total ?? 0
         info.denialsByCall = tally?.byCall ?? [:]
         info.landlockDenials = r.worker.jail.landlockWatch?.tally().total

@@ -13,6 +13,7 @@
 // control channel and everything of the template's, and answers the Noise
 // handshake on its own channel.
 package import StockadeChannel
+package import StockadeCgroups
 package import StockadeJail
 package import StockadeSystem
 import SystemPackage
@@ -34,7 +35,7 @@ package struct TemplateError: Error, CustomStringConvertible, Sendable {
 enum TemplateMessage {
     static let magic = Array("STKTMPL1".utf8)
     static let size = 20
-    static let ready: UInt8 = 1, fork: UInt8 = 2, forked: UInt8 = 3, exited: UInt8 = 4, refused: UInt8 = 5
+    static let ready: UInt8 = 1, fork: UInt8 = 2, forked: UInt8 = 3, exited: UInt8 = 4, refused: UInt8 = 5, spare: UInt8 = 6
     /// REFUSED values above any errno.
     static let refusedThreads: Int32 = 1 << 16
     static let refusedDescriptors: Int32 = (1 << 16) + 1
@@ -77,16 +78,19 @@ package final class ForkedWorker: Sendable {
     package let startedAt = ContinuousClock.now
     /// Why the daemon killed it, if it did.
     private let killedFor = Mutex<JailExit.Reason?>(nil)
+    /// The worker's own cgroup below the template's, when it has one.
+    package let cgroup: ForkGroup?
     /// The wait status the template reported, waiting up to the given time.
     private let reportedStatus: @Sendable (Duration) -> Int32?
 
-    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel,
+    init(id: String, number: UInt32, process: ProcessHandle, channel: SecureChannel, cgroup: ForkGroup?,
          reportedStatus: @escaping @Sendable (Duration) -> Int32?) {
         self.id = id
         self.number = number
         self.pid = process.pid
         self.process = process
         self.channel = channel
+        self.cgroup = cgroup
         self.reportedStatus = reportedStatus
     }
 
@@ -103,12 +107,22 @@ package final class ForkedWorker: Sendable {
     }
 
     /// Blocks until the worker has ended and says how, from the status the
-    /// template reaped (waiting a moment for its report).
+    /// template reaped (waiting a moment for its report) and its cgroup's
+    /// accounting (then removes the cgroup).
     package func wait(profile: String) -> JailExit {
         while !waitForExit(milliseconds: -1) {}
         let status = reportedStatus(.seconds(2))
-        return JailExit(forkedWaitStatus: status, killedFor: killedFor.withLock { $0 },
-                        wallSeconds: (ContinuousClock.now - startedAt).inSeconds, profile: profile)
+        let killedFor = killedFor.withLock { $0 }
+        var exit = JailExit(forkedWaitStatus: status, killedFor: killedFor,
+                            wallSeconds: (ContinuousClock.now - startedAt).inSeconds, profile: profile)
+        if let cgroup {
+            exit.usage = cgroup.usage()
+            if killedFor == nil, exit.signal == SIGKILL, let kills = exit.usage?.oomKills, kills > 0 {
+                exit.reason = .outOfMemory
+            }
+            try? cgroup.remove()
+        }
+        return exit
     }
 
     deinit {
@@ -128,9 +142,12 @@ package final class WorkerTemplate: @unchecked Sendable {
     private let control: FileDescriptor
     private let logger: Logger
 
-    private enum Outcome { case forked(ProcessHandle), refused(String) }
+    private enum Outcome { case forked(ProcessHandle, ForkGroup?), refused(String), unmoved(String) }
     private struct State {
         var nextNumber: UInt32 = 1
+        /// Spares that announced themselves (SPARE), by pid, already moved
+        /// into the cgroup they will have as workers.
+        var spares: [Int32: (process: ProcessHandle, group: ForkGroup)] = [:]
         var outcomes: [UInt32: Outcome] = [:]
         var waiting: Set<UInt32> = []
         var live: [UInt32: Int32] = [:]
@@ -145,12 +162,21 @@ package final class WorkerTemplate: @unchecked Sendable {
     /// Called (from the reader thread) with a forked worker's number and
     /// wait status when the template has reaped it.
     private let onExit: @Sendable (UInt32, Int32) -> Void
+    /// Each fork's own budget, in a cgroup below the jail's; nil: forks
+    /// share the jail's cgroup.
+    private let forkLimits: LimitsSection?
 
     /// Launches the template in a jail built from `request` (the caller's
     /// profile, mounts, stdio and environment), with the control channel at
     /// fd 3, and waits up to `readyTimeout` for it to load and say READY.
+    /// With `forkLimits`, each fork gets a cgroup of its own with them below
+    /// the jail's, which must then be a ``JailGroup`` made with `forks: true`.
     package static func launch(_ request: LaunchRequest, readyTimeout: Duration = .seconds(120), logger: Logger,
+                               forkLimits: LimitsSection? = nil,
                                onExit: @escaping @Sendable (UInt32, Int32) -> Void = { _, _ in }) throws -> WorkerTemplate {
+        if forkLimits != nil, !(request.cgroup is JailGroup) {
+            throw TemplateError("a cgroup per forked worker needs the template's jail in a cgroup made for forks")
+        }
         var fds: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
             throw TemplateError("socketpair for the template's control channel: \(String(cString: strerror(errno)))")
@@ -201,17 +227,18 @@ package final class WorkerTemplate: @unchecked Sendable {
             throw TemplateError("\(error); the template \(describe(exit))")
         }
         let template = WorkerTemplate(jail: jail, process: process, control: mine,
-                                      logger: logger, onExit: onExit)
+                                      logger: logger, forkLimits: forkLimits, onExit: onExit)
         Thread.detachNewThread { template.readLoop() }
         return template
     }
 
     private init(jail: Jail, process: ProcessHandle, control: FileDescriptor, logger: Logger,
-                 onExit: @escaping @Sendable (UInt32, Int32) -> Void) {
+                 forkLimits: LimitsSection?, onExit: @escaping @Sendable (UInt32, Int32) -> Void) {
         self.jail = jail
         self.process = process
         self.control = control
         self.logger = logger
+        self.forkLimits = forkLimits
         self.onExit = onExit
     }
 
@@ -220,7 +247,11 @@ package final class WorkerTemplate: @unchecked Sendable {
     /// answer the handshake.
     package func fork(tenant: String, worker id: String, limits: ChannelLimits = ChannelLimits(),
                       timeout: Duration = .seconds(10)) throws -> ForkedWorker {
-        let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, limits: limits)
+        // One suite (the SDK takes either): the first handshake message goes
+        // out with the socket, before the fork exists, and the worker answers
+        // it, its suite and its hello in one write.
+        let bootstrap = try ChannelBootstrap(tenant: tenant, worker: id, suites: [ChannelBootstrap.defaultSuites[0]], limits: limits)
+        try bootstrap.sendFirstMessage()
         let number: UInt32 = try state.withLock { s in
             if let why = s.ended { throw TemplateError("the template is gone: \(why)") }
             defer { s.nextNumber &+= 1 }
@@ -261,27 +292,143 @@ package final class WorkerTemplate: @unchecked Sendable {
             return s.outcomes.removeValue(forKey: number)
         }
         switch (outcome, handshake) {
-        case (.forked(let process)?, .success(let channel)):
+        case (.forked(let process, let group)?, .success(let channel)):
             // Under the jail's memory budget the kernel's OOM killer then
             // picks a forked worker (the one that grew) before the template,
             // whose end would take every sibling with it. Raising a score
             // needs no privilege; the worker cannot lower it again.
             Self.raiseOOMScore(pid: process.pid)
-            return ForkedWorker(id: id, number: number, process: process, channel: channel) { [weak self] wait in
+            return ForkedWorker(id: id, number: number, process: process, channel: channel, cgroup: group) { [weak self] wait in
                 self?.takeStatus(of: number, waitingUpTo: wait)
             }
-        case (.forked(let process)?, .failure(let error)):
+        case (.forked(let process, let group)?, .failure(let error)):
             try? process.send(signal: SIGKILL)
+            try? group?.remove()
             try? process.fd.close()
             throw TemplateError("worker \(id) forked (pid \(process.pid)) but its handshake failed: \(error)")
         case (.refused(let why)?, _):
             if case .success(let channel) = handshake { channel.close() }
             throw TemplateError("the template refused to fork worker \(id): \(why)")
+        case (.unmoved(let why)?, _):
+            // The cgroup stays, with what it holds.
+            if case .success(let channel) = handshake { channel.close() }
+            throw TemplateError("worker \(id): \(why)")
         case (nil, _):
             if case .success(let channel) = handshake { channel.close() }
             let why = state.withLock { $0.ended } ?? "no FORKED message from the worker within \(timeout)"
             throw TemplateError("fork of worker \(id): \(why)")
         }
+    }
+
+    /// The most spares the daemon keeps a cgroup ready for: the SDK makes
+    /// one at a time, and a template that announces more gets no more.
+    static let sparesTracked = 2
+
+    /// A spare that announced itself goes into the cgroup it will have as
+    /// a worker now, while nothing waits for it: the move is a write of
+    /// cgroup.procs, which on cgroup v1 waits for an RCU grace period (10 ms
+    /// and more on a loaded host). Spares that ended unused are dropped first.
+    private func placeSpare(_ spare: ProcessHandle) {
+        guard let forkLimits, let jailGroup = jail.cgroup as? JailGroup else {
+            try? spare.fd.close()
+            return
+        }
+        let ended: [(process: ProcessHandle, group: ForkGroup)] = state.withLock { s in
+            let gone = s.spares.filter { (try? $0.value.process.waitForExit(timeoutMilliseconds: 0)) != false }
+            for pid in gone.keys { s.spares[pid] = nil }
+            return Array(gone.values)
+        }
+        for e in ended {
+            try? e.group.remove()
+            try? e.process.fd.close()
+        }
+        guard state.withLock({ $0.spares.count }) < Self.sparesTracked else {
+            try? spare.fd.close()
+            logger.warning("more spares announced than the daemon keeps cgroups for; this one gets its cgroup when it is used")
+            return
+        }
+        do {
+            let group = try jailGroup.makeForkGroup(limits: forkLimits)
+            do {
+                try Self.move(spare, into: group)
+                state.withLock { $0.spares[spare.pid] = (spare, group) }
+            } catch {
+                if group.processes.isEmpty { try? group.remove() }
+                try? spare.fd.close()
+            }
+        } catch {
+            try? spare.fd.close()
+            logger.error("no cgroup for a spare", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The cgroup of a fork that sent FORKED: its own as a spare when it
+    /// was one (its pidfd from then still shows this pid, so the pid was
+    /// not reused in between and it is the same process), else a new one
+    /// it is moved into now. Returns the refusal when it cannot be placed.
+    private func placeFork(_ fork: ProcessHandle) -> (ForkGroup?, Outcome?) {
+        guard let forkLimits, let jailGroup = jail.cgroup as? JailGroup else { return (nil, nil) }
+        if let spare = state.withLock({ $0.spares.removeValue(forKey: fork.pid) }) {
+            let same = Self.pidfdPid(spare.process.fd) == fork.pid
+            try? spare.process.fd.close()
+            if same { return (spare.group, nil) }
+            try? spare.group.remove()
+        }
+        let group: ForkGroup
+        do {
+            group = try jailGroup.makeForkGroup(limits: forkLimits)
+        } catch {
+            return (nil, .refused("its cgroup: \(error)"))
+        }
+        do {
+            try Self.move(fork, into: group)
+            return (group, nil)
+        } catch {
+            // The fork had ended; whatever is there now came with a pid
+            // reused within microseconds and is not killed.
+            let strangers = group.processes
+            guard strangers.isEmpty else {
+                logger.error("a process not of this template is in a fork's cgroup; it is left there",
+                             metadata: ["cgroup": "\(group.path)", "pids": "\(strangers)"])
+                return (nil, .unmoved("moving it into its cgroup \(group.path): \(error)"))
+            }
+            try? group.remove()
+            return (nil, .refused("moving it into its cgroup \(group.path): \(error)"))
+        }
+    }
+
+    /// Moves a forked worker into its cgroup by its pid, tied to the
+    /// process by its pidfd: a pid is not given to another process until
+    /// its process is reaped, and a pidfd's fdinfo says -1 from then on; so
+    /// when the pidfd still shows the pid after the write, the write moved
+    /// this process. A worker that ended meanwhile (a sibling may kill it)
+    /// fails the fork, and what the cgroup holds stays there to be killed
+    /// with it: on the (pid-space-wrapping) chance that the pid was reused,
+    /// the cgroup is logged by whoever removes it.
+    static func move(_ process: ProcessHandle, into group: ForkGroup) throws {
+        guard pidfdPid(process.fd) == process.pid else {
+            throw TemplateError("worker pid \(process.pid) ended before it could be moved")
+        }
+        try group.attach(pid: process.pid)
+        guard pidfdPid(process.fd) == process.pid else {
+            throw TemplateError("worker pid \(process.pid) ended while it was moved")
+        }
+    }
+
+    /// The pid a pidfd refers to in this process's pid namespace, from
+    /// `/proc/self/fdinfo`; nil once the process has been reaped (-1 there).
+    static func pidfdPid(_ fd: FileDescriptor) -> Int32? {
+        let info = open("/proc/self/fdinfo/\(fd.rawValue)", O_RDONLY | O_CLOEXEC)
+        guard info >= 0 else { return nil }
+        defer { close(info) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = buffer.withUnsafeMutableBytes { read(info, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        for line in String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n") where line.hasPrefix("Pid:") {
+            guard let pid = Int32(line.dropFirst(4).trimmingCharacters(in: .whitespaces)), pid > 0 else { return nil }
+            return pid
+        }
+        return nil
     }
 
     /// The oom_score_adj of every forked worker: above the template's 0.
@@ -345,16 +492,38 @@ package final class WorkerTemplate: @unchecked Sendable {
                                  metadata: ["number": "\(m.number)"])
                     continue
                 }
+                let handle = ProcessHandle(fd: pidfd, pid: pid)
+                let expected: Bool = state.withLock { s in s.waiting.contains(m.number) && s.outcomes[m.number] == nil }
+                guard expected else {
+                    try? pidfd.close()
+                    logger.error("a FORKED message for no fork the daemon is waiting on; ignored", metadata: ["number": "\(m.number)", "pid": "\(pid)"])
+                    break
+                }
+                // Into its own cgroup before the daemon hands it a request
+                // (its handshake runs meanwhile): a spare is there already.
+                let (group, refusal) = placeFork(handle)
                 let taken: Bool = state.withLock { s in
                     guard s.waiting.contains(m.number), s.outcomes[m.number] == nil else { return false }
-                    s.outcomes[m.number] = .forked(ProcessHandle(fd: pidfd, pid: pid))
+                    if let refusal {
+                        s.outcomes[m.number] = refusal
+                        return false
+                    }
+                    s.outcomes[m.number] = .forked(handle, group)
                     s.live[m.number] = pid
                     return true
                 }
                 if !taken {
+                    try? handle.send(signal: SIGKILL)
                     try? pidfd.close()
-                    logger.error("a FORKED message for no fork the daemon is waiting on; ignored", metadata: ["number": "\(m.number)", "pid": "\(pid)"])
+                    if refusal == nil { try? group?.remove() }
                 }
+            case TemplateMessage.spare:
+                guard let pidfd = m.pidfd, let pid = m.pid, pid != process.pid else {
+                    try? m.pidfd?.close()
+                    logger.error("a SPARE message without the sender's pidfd, or from the template itself; ignored")
+                    continue
+                }
+                placeSpare(ProcessHandle(fd: pidfd, pid: pid))
             case TemplateMessage.refused:
                 try? m.pidfd?.close()
                 state.withLock { s in
@@ -374,6 +543,12 @@ package final class WorkerTemplate: @unchecked Sendable {
             }
             wakeups.broadcast()
         }
+        let spares = state.withLock { s in
+            defer { s.spares = [:] }
+            return Array(s.spares.values)
+        }
+        // Their cgroups go with the jail's.
+        for spare in spares { try? spare.process.fd.close() }
         let orphans: [UInt32] = state.withLock { s in
             s.ended = why
             s.readerDone = true

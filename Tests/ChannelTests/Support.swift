@@ -87,8 +87,10 @@ struct Child {
 /// Starts a Python worker script from python/tests with a fresh bootstrap.
 func startPythonWorker(_ script: String, arguments: [String] = [], tenant: String = "acme", worker: String = "w-1",
                        suites: [CipherSuite] = ChannelBootstrap.defaultSuites,
-                       limits: ChannelLimits = ChannelLimits()) throws -> (Child, ChannelBootstrap) {
+                       limits: ChannelLimits = ChannelLimits(), firstMessageEarly: Bool = false) throws -> (Child, ChannelBootstrap) {
     let bootstrap = try ChannelBootstrap(tenant: tenant, worker: worker, suites: suites, limits: limits)
+    // Before the worker exists (ChannelBootstrap.sendFirstMessage).
+    if firstMessageEarly { try bootstrap.sendFirstMessage() }
     let child = try Child.spawn(
         [Paths.venvPython, Paths.pythonDir + "/tests/" + script] + arguments,
         environment: [ChannelBootstrap.environmentEntry(), "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],

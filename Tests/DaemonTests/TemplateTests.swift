@@ -54,6 +54,21 @@ enum TemplateFixture {
         return try JSONSerialization.jsonObject(with: Data(answer)) as! [String: Any]
     }
 
+    /// A daemon configuration of one tenant `t` under inference-cpu.toml,
+    /// with `tenantLines` added to its table (line 8 is the first of them).
+    static func config(_ tenantLines: String) throws(ProfileError) -> DaemonConfig {
+        let text = """
+            [daemon]
+            socket = "/run/s.sock"
+            audit_log = "/var/log/a.jsonl"
+            [tenant.t]
+            profile = "\(Fixture.repo)/profiles/inference-cpu.toml"
+            command = ["/usr/bin/python3", "/w.py"]
+            \(tenantLines)
+            """
+        return try DaemonConfig.parse(text: text, file: "/etc/x.toml")
+    }
+
     /// The reference texts as a MiniLM request.
     static func minilmPayload() throws -> [UInt8] {
         let data = try Data(contentsOf: URL(fileURLWithPath: Fixture.repo + "/examples/minilm/reference.json"))
@@ -204,7 +219,7 @@ struct TemplateTests {
 }
 
 /// The PPid line of a host process's /proc status (the daemon's view).
-private func hostParent(of pid: Int32) -> Int32? {
+func hostParent(of pid: Int32) -> Int32? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
     for line in text.split(separator: "\n") where line.hasPrefix("PPid:") {
         return Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
@@ -269,18 +284,7 @@ extension TemplateTests {
 @Suite("template = true in a tenant's configuration")
 struct TemplateConfigTests {
     private func config(_ extra: String, budget: String = "") throws(ProfileError) -> DaemonConfig {
-        let text = """
-            [daemon]
-            socket = "/run/s.sock"
-            audit_log = "/var/log/a.jsonl"
-            [tenant.t]
-            profile = "\(Fixture.repo)/profiles/inference-cpu.toml"
-            command = ["/usr/bin/python3", "/w.py"]
-            workers_max = 8
-            \(extra)
-            \(budget)
-            """
-        return try DaemonConfig.parse(text: text, file: "/etc/x.toml")
+        try TemplateFixture.config("workers_max = 8\n\(extra)\n\(budget)")
     }
 
     @Test("It is read, defaults to false, and a template tenant's budget reserves one jail, not workers_max")

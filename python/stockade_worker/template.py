@@ -25,6 +25,14 @@ descriptors over the control channel. The template forks; the child:
 - runs the handshake with its own key and serves the handler, never
   returning into the template's loop.
 
+So that a worker is ready in a few milliseconds, the template forks a spare
+once it has been quiet for SPARE_DELAY: a child set up as above as far as it
+can be without its channel (non-dumpable, PDEATHSIG, every descriptor but
+stdio, the control channel and a socket pair to the template closed), which
+waits on that socket pair. The next FORK goes to it: the template passes the
+two descriptors on, unread, and the spare goes on from FORKED. Without a
+spare (several FORKs at once, or spare=False) the template forks on the word.
+
 The template never reads a params memfd: no key of one worker is ever in
 the memory the next one is forked from. It forks only while it runs a single
 thread (fork copies only the calling thread, and a lock held by another
@@ -43,6 +51,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import Any, Callable, Optional
 
 from .channel import serve
@@ -57,7 +66,7 @@ IDLE_RELEASE_ENV = "STOCKADE_IDLE_RELEASE"
 MAGIC = b"STKTMPL1"
 # magic, kind, 3 reserved bytes, number (u32), value (i32): big-endian.
 MESSAGE = struct.Struct(">8sB3xIi")
-READY, FORK, FORKED, EXITED, REFUSED = 1, 2, 3, 4, 5
+READY, FORK, FORKED, EXITED, REFUSED, SPARE = 1, 2, 3, 4, 5, 6
 # Why a fork was refused (REFUSED's value): an errno from fork() itself, or
 # one of these, above any errno.
 REFUSED_THREADS = 1 << 16
@@ -88,15 +97,30 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
+# A spare is forked once the template has had no message for this long, so
+# that making it does not compete for a CPU with a worker just handed out.
+SPARE_DELAY = 0.05
+# After a failed fork of a spare (the pids budget spent), the next try.
+SPARE_RETRY = 1.0
+
+
 class Template:
     """The template's side of the control channel."""
 
-    def __init__(self, ctl: socket.socket):
+    def __init__(self, ctl: socket.socket, spare: bool = True):
         self.ctl = ctl
         # number -> pid of each live forked worker.
         self.children: dict[int, int] = {}
         # SIGCHLD wakes the loop through this pipe.
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # A child forked ahead of need, set up as far as a worker can be
+        # without its channel: (pid, the template's end of a socket pair on
+        # which it waits for the daemon's descriptors). It holds no key and
+        # has run nothing but this module since the fork.
+        self.want_spare = spare
+        self.spare: Optional[tuple[int, socket.socket]] = None
+        self.quiet_since = time.monotonic()
+        self.spare_failed = False
 
     def send(self, kind: int, number: int = 0, value: int = 0) -> None:
         self.ctl.send(MESSAGE.pack(MAGIC, kind, number, value))
@@ -107,7 +131,13 @@ class Template:
         try:
             self.send(READY, 0, thread_count())
             while True:
-                ready, _, _ = select.select([self.ctl, self.wake_r], [], [])
+                timeout = None
+                if self.want_spare and self.spare is None:
+                    timeout = max(0.0, SPARE_DELAY - (time.monotonic() - self.quiet_since))
+                ready, _, _ = select.select([self.ctl, self.wake_r], [], [], timeout)
+                if not ready:
+                    self.make_spare(handler)
+                    continue
                 if self.wake_r in ready:
                     try:
                         while os.read(self.wake_r, 256):
@@ -116,6 +146,7 @@ class Template:
                         pass
                     self.reap()
                 if self.ctl in ready:
+                    self.quiet_since = time.monotonic()
                     if not self.receive(handler):
                         return 0
         finally:
@@ -142,6 +173,8 @@ class Template:
             if len(fds) != 2:
                 self.send(REFUSED, number, REFUSED_FDS)
                 return True
+            if self.hand_to_spare(number, fds):
+                return True
             threads = thread_count()
             if threads != 1:
                 log.error("fork of worker %d refused: the template runs %d threads", number, threads)
@@ -162,17 +195,116 @@ class Template:
             for fd in fds:
                 os.close(fd)
 
+    def hand_to_spare(self, number: int, fds: list[int]) -> bool:
+        """Passes the worker's descriptors (unread) to the spare; False when
+        there is none or it is gone (the caller then forks one)."""
+        if self.spare is None:
+            return False
+        pid, relay = self.spare
+        self.spare = None
+        try:
+            relay.sendmsg([MESSAGE.pack(MAGIC, FORK, number, 0)],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", *fds))])
+        except OSError:
+            _kill(pid)
+            return False
+        finally:
+            relay.close()
+        self.children[number] = pid
+        return True
+
+    def make_spare(self, handler) -> None:
+        """Forks the spare (not while another thread runs, as for a worker)."""
+        if thread_count() != 1:
+            self.want_spare = False
+            log.error("no spare is forked: the template runs %d threads", thread_count())
+            return
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            mine.close()
+            theirs.close()
+            # The jail's pids budget may be spent for now: try again in a
+            # second (forks on the daemon's word still say why, with the errno).
+            if not self.spare_failed:
+                log.error("no spare is forked: %s; trying again every second", e)
+            self.spare_failed = True
+            self.quiet_since = time.monotonic() + SPARE_RETRY
+            return
+        self.spare_failed = False
+        if pid == 0:
+            mine.close()
+            self.wait_as_spare(theirs, handler, parent)
+        theirs.close()
+        self.spare = (pid, mine)
+
+    def wait_as_spare(self, relay: socket.socket, handler, parent: int) -> None:
+        """In the spare: set up, then wait for a worker's descriptors; never returns."""
+        code = 70
+        try:
+            self.child_setup(parent)
+            # Nothing of the template's but stdio, the control channel (to
+            # announce itself on) and the socket pair to the template.
+            keep = sorted({0, 1, 2, self.ctl.fileno(), relay.fileno()})
+            for low, high in zip(keep, keep[1:] + [_fd_limit()]):
+                os.closerange(low + 1, high)
+            # Copies in, now, the pages a handshake writes (object headers,
+            # OpenSSL's state), which the worker would otherwise copy from
+            # the template while the daemon waits for it.
+            _throwaway_handshakes()
+            # The daemon learns this process from the kernel now and puts it
+            # in the cgroup it will have as a worker, while nothing waits.
+            self.ctl.send(MESSAGE.pack(MAGIC, SPARE, 0, 0))
+            data, anc, flags, _ = relay.recvmsg(MESSAGE.size, socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC)
+            fds: list[int] = []
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % 4
+                    fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+            relay.close()
+            if not data:  # the template dropped it or ended
+                os._exit(0)
+            _, _, number, _ = MESSAGE.unpack(data)
+            if len(fds) != 2:
+                raise RuntimeError(f"the spare got {len(fds)} descriptors")
+            self.serve_as_worker(number, fds[0], fds[1], handler)
+        except BaseException as e:  # never back into the template's loop
+            try:
+                log.error("spare failed: %s", e)
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def child_setup(self, parent: int) -> None:
+        """First thing in a forked child."""
+        _prctl(PR_SET_DUMPABLE, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The template may have ended between fork and PDEATHSIG.
+        if os.getppid() != parent:
+            os._exit(70)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
     def become_worker(self, number: int, sock_fd: int, params_fd: int, handler, parent: int) -> None:
         """In the forked child: never returns."""
         code = 70
         try:
-            _prctl(PR_SET_DUMPABLE, 0)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            # The template may have ended between fork and PDEATHSIG.
-            if os.getppid() != parent:
+            self.child_setup(parent)
+            self.serve_as_worker(number, sock_fd, params_fd, handler)
+        except BaseException as e:  # the child must never go back into the template's loop
+            try:
+                log.error("forked worker %d failed: %s", number, e)
+                sys.stderr.flush()
+            finally:
                 os._exit(code)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def serve_as_worker(self, number: int, sock_fd: int, params_fd: int, handler) -> None:
+        """In a set-up child with its descriptors: announces itself, keeps
+        nothing of the template's, serves; never returns."""
+        code = 70
+        try:
             # The kernel attaches this process's credentials: the daemon
             # learns the worker's pid from the kernel, not from the message.
             self.ctl.send(MESSAGE.pack(MAGIC, FORKED, number, 0))
@@ -200,30 +332,43 @@ class Template:
             os._exit(code)
 
     def reap(self) -> None:
-        while self.children:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and self.spare[0] == pid:
+                # Died unused (a sibling can signal it): the next one is made when quiet.
+                self.spare[1].close()
+                self.spare = None
+                self.quiet_since = time.monotonic()
             for number, child in list(self.children.items()):
                 if child == pid:
                     del self.children[number]
                     self.send(EXITED, number, status)
 
     def end_children(self) -> None:
+        if self.spare is not None:
+            self.children[-1] = self.spare[0]
+            self.spare[1].close()
+            self.spare = None
         for pid in self.children.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill(pid)
         for pid in list(self.children.values()):
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
         self.children.clear()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _dup_from(fd: int, lowest: int) -> int:
@@ -261,6 +406,16 @@ def warm_up() -> None:
     (it notices the new pid), so no two workers draw the same ephemeral key.
     """
     import gc
+    _throwaway_handshakes()
+    gc.collect()
+    release_heap()
+    # The collector leaves what exists now alone: it would write into the
+    # headers of every object it scans, and so copy the page in each child.
+    gc.freeze()
+
+
+def _throwaway_handshakes() -> None:
+    """One handshake per suite with a random PSK, both ends here, dropped."""
     for suite in (AESGCM_SUITE, CHACHAPOLY_SUITE):
         psk = os.urandom(32)
         initiator = Handshake(True, suite, b"warm-up", psk)
@@ -270,15 +425,10 @@ def warm_up() -> None:
         a, _ = initiator.split()
         b, _ = responder.split()
         b.decrypt_with_ad(b"", a.encrypt_with_ad(b"", b"x"))
-    gc.collect()
-    release_heap()
-    # The collector leaves what exists now alone: it would write into the
-    # headers of every object it scans, and so copy the page in each child.
-    gc.freeze()
 
 
 def serve_template(load: Callable[[], Any], handle: Optional[Callable[[Any, bytes], bytes]] = None,
-                   environ=None) -> int:
+                   environ=None, spare: bool = True) -> int:
     """Loads once, then forks one worker per daemon request.
 
     load() runs once in the template. Without `handle` it returns the
@@ -286,7 +436,8 @@ def serve_template(load: Callable[[], Any], handle: Optional[Callable[[Any, byte
     the handler. Run outside a template (no STOCKADE_TEMPLATE, only
     STOCKADE_CHANNEL) it loads and serves as serve() does, so one worker
     script runs either way. Returns 0 when the daemon closes the control
-    channel; the forked workers end with the template.
+    channel; the forked workers end with the template. spare=False makes
+    no spare ahead of need (each worker is forked on the daemon's word).
     """
     env = os.environ if environ is None else environ
     value = env.get(ENV)
@@ -307,6 +458,6 @@ def serve_template(load: Callable[[], Any], handle: Optional[Callable[[Any, byte
     ctl.set_inheritable(False)
     warm_up()
     try:
-        return Template(ctl).run(handler)
+        return Template(ctl, spare=spare).run(handler)
     finally:
         ctl.close()

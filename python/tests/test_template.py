@@ -58,3 +58,27 @@ def test_thread_count_counts_the_kernels_tasks():
 
 def test_refusal_values_are_above_every_errno():
     assert template.REFUSED_THREADS > 4095 and template.REFUSED_FDS > template.REFUSED_THREADS
+
+
+def test_a_spare_that_cannot_be_forked_is_tried_again_later(monkeypatch):
+    import errno
+    import socket
+    import time
+
+    ctl, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        t = template.Template(ctl)
+
+        def no_fork():
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(template.os, "fork", no_fork)
+        before = time.monotonic()
+        t.make_spare(lambda payload: payload)
+        assert t.spare is None
+        assert t.want_spare, "a spent pids budget must not turn spares off for good"
+        assert t.spare_failed
+        assert t.quiet_since >= before + template.SPARE_RETRY
+    finally:
+        ctl.close()
+        peer.close()
