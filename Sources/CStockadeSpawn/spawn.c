@@ -829,9 +829,16 @@ static void apply_landlock(const struct stk_plan *p) {
     }
     for (uint32_t i = 0; i < p->n_landlock_rules; i++) {
         const struct stk_landlock_rule *r = &p->landlock_rules[i];
-        int fd = open(r->path, O_PATH | O_CLOEXEC);
+        /* Resolved in the jail's root without following any link: a rule
+         * names the path itself, never what a link there (an OCI image's,
+         * or one planted before `start`) points at. */
+        int fd = open2(AT_FDCWD, r->path, O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
         if (fd < 0) {
             if (errno == ENOENT && r->optional) continue;
+            char detail[300];
+            if (errno == ELOOP && s_join(detail, sizeof detail, r->path,
+                                         " (a symbolic link on the way; Landlock rules do not follow links)"))
+                fail(p, STK_STEP_LANDLOCK, errno, detail);
             fail(p, STK_STEP_LANDLOCK, errno, r->path);
         }
         struct stat st;
@@ -1155,6 +1162,11 @@ static int worker_main(void *arg) {
         int found = 0;
         for (uint32_t i = 0; i < p->n_exec_paths && !found; i++) found = access(p->exec_paths[i], X_OK) == 0;
         if (!found) fail(p, STK_STEP_EXEC, ENOENT, p->argv[0] ? p->argv[0] : "(no program)");
+        /* Landlock now, not after `start`: its rules hold the inodes the
+         * container's root has at create, so nothing done to the rootfs
+         * before `start` changes what they grant, and a rule that cannot
+         * be made fails create. */
+        apply_landlock(p);
         close(p->error_fd);
         ((struct stk_plan *)p)->error_fd = -1;
         /* While it waits, the worker holds nothing of the launcher's: every
@@ -1174,7 +1186,7 @@ static int worker_main(void *arg) {
         close(p->exec_wait_fd);
     }
     if (p->via_wait) via_receive((struct stk_plan *)p);
-    apply_landlock(p);
+    if (!p->exec_wait) apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
     if (p->n_start_hooks > 0) run_start_hooks(p);
