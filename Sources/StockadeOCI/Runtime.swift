@@ -55,7 +55,9 @@ public struct Runtime: Sendable {
 
     public func create(id: String, _ options: CreateOptions) throws {
         let bundle = options.bundle.hasPrefix("/") ? options.bundle : SpecFiles.currentDirectory() + "/" + options.bundle
-        let spec = try SpecFiles.readConfig(bundle: bundle)
+        var spec = try SpecFiles.readConfig(bundle: bundle)
+        // CDI devices (and NVIDIA_VISIBLE_DEVICES) become the spec's devices, mounts, hooks.
+        let cdi = try SpecCDI.apply(&spec)
         let dir = try store.create(id)
         var launched: Jail?
         var group: JailGroup?
@@ -118,7 +120,8 @@ public struct Runtime: Sendable {
                 annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
                 hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion,
                 hooks: [("poststart", spec.hooks?.poststart), ("poststop", spec.hooks?.poststop)]
-                    .filter { !($0.1 ?? []).isEmpty }.map(\.0))
+                    .filter { !($0.1 ?? []).isEmpty }.map(\.0),
+                cdiHooks: cdi.hooks)
             try StateStore.write(try JSONEncoder().encode(record), "state.json", in: dir)
             // startContainer hooks read the state as `start` leaves it.
             if let stateFD { try ContainerHooks.writeState(document(jail.pid, .created), to: stateFD) }
@@ -161,7 +164,8 @@ public struct Runtime: Sendable {
         // config.json is read again only when it had poststart hooks (start is on every pod's path).
         guard record.mayHave(hooks: "poststart") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
-        try Hooks.run(spec?.hooks?.poststart, name: "poststart", state: stateDocument(record, status: .running))
+        try Hooks.run((spec?.hooks?.poststart ?? []) + (record.cdiHooks?.poststart ?? []), name: "poststart",
+                      state: stateDocument(record, status: .running))
     }
 
     public func state(id: String) throws -> ContainerState {
@@ -215,7 +219,8 @@ public struct Runtime: Sendable {
         guard record.mayHave(hooks: "poststop") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         // poststop failures are logged by runc, not fatal: the container is gone.
-        try? Hooks.run(spec?.hooks?.poststop, name: "poststop", state: stateDocument(record, status: .stopped))
+        try? Hooks.run((spec?.hooks?.poststop ?? []) + (record.cdiHooks?.poststop ?? []), name: "poststop",
+                       state: stateDocument(record, status: .stopped))
     }
 
     // MARK: ps, pause, resume, update
@@ -277,7 +282,7 @@ public struct Runtime: Sendable {
         let process = try Spec.decode(Spec.Process.self, from: options.process, file: options.processFile)
         var spec = try SpecFiles.readConfig(bundle: record.bundle)
         spec.process = process
-        var request = try SpecJail.execRequest(spec: spec, initPID: record.pid)
+        var request = try SpecJail.execRequest(spec: spec, initPID: record.pid, bundle: record.bundle)
         defer { for j in request.oci?.join ?? [] { close(j.fd) } }
         request.cgroup = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
         try JailSecurity.prepare(&request)

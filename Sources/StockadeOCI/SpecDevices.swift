@@ -86,7 +86,8 @@ public enum SpecDevices {
     /// by fd to be the character device the spec names; nil mount for the
     /// nodes Stockade's /dev already has.
     static func node(_ d: Spec.Device, index i: Int) throws -> (DevicePlan.Mount?, DeviceRule) {
-        let field = "config.json linux.devices[\(i)] (\(d.path))"
+        let field = d.origin ?? "config.json linux.devices[\(i)] (\(d.path))"
+        let host = d.hostPath ?? d.path
         let parts = d.path.split(separator: "/")
         guard d.path.hasPrefix("/"), !parts.isEmpty, !parts.contains(where: { $0 == "." || $0 == ".." }) else {
             throw SpecError("\(field).path: not an absolute path without . or ..")
@@ -97,31 +98,38 @@ public enum SpecDevices {
         case "p": throw SpecError("\(field): FIFOs are not supported as devices; make one in the rootfs")
         default: throw SpecError("\(field).type: unknown device type \"\(d.type)\"")
         }
-        guard let major = d.major, let minor = d.minor, major >= 0, minor >= 0, major <= 0xFFF, minor <= 0xF_FFFF else {
+        guard host.hasPrefix("/"), !host.split(separator: "/").contains(where: { $0 == "." || $0 == ".." }) else {
+            throw SpecError("\(field): host path \(host) is not an absolute path without . or ..")
+        }
+        // A CDI device may leave the numbers to the host's node.
+        let given = d.hostPath == nil || (d.major != nil && d.minor != nil)
+        guard !given || (d.major.map { (0...0xFFF).contains($0) } == true && d.minor.map { (0...0xF_FFFF).contains($0) } == true) else {
             throw SpecError("\(field): major and minor must be given (0-4095, 0-1048575)")
         }
         // The host's node at this path, opened without following a link at its end.
-        let fd = open(d.path, 0o10000000 /* O_PATH */ | O_NOFOLLOW | O_CLOEXEC)
+        let fd = open(host, 0o10000000 /* O_PATH */ | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
-            throw SpecError("\(field): the host has no such node to bind (\(errnoName(errno))); a container in its own user namespace cannot mknod")
+            throw SpecError("\(field): the host has no such node to bind (\(host): \(errnoName(errno))); a container in its own user namespace cannot mknod")
         }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SpecError("\(field): fstat: \(errnoName(errno))") }
         guard st.st_mode & S_IFMT != S_IFLNK else {
-            throw SpecError("\(field): the host's \(d.path) is a symlink; name the node itself")
+            throw SpecError("\(field): the host's \(host) is a symlink; name the node itself")
         }
         guard st.st_mode & S_IFMT == S_IFCHR else {
-            throw SpecError("\(field): the host's \(d.path) is not a character device")
+            throw SpecError("\(field): the host's \(host) is not a character device")
         }
         let number = DeviceNumber(rdev: UInt64(st.st_rdev))
-        guard number.major == UInt32(major), number.minor == UInt32(minor) else {
-            throw SpecError("\(field): the host's \(d.path) is c \(number), not c \(major):\(minor)")
+        if let major = d.major, let minor = d.minor {
+            guard number.major == UInt32(major), number.minor == UInt32(minor) else {
+                throw SpecError("\(field): the host's \(host) is c \(number), not c \(major):\(minor)")
+            }
         }
-        let rule = DeviceRule(major: UInt32(major), minor: UInt32(minor))
+        let rule = DeviceRule(major: number.major, minor: number.minor)
         let name = d.path.hasPrefix("/dev/") ? String(d.path.dropFirst(5)) : ""
         if DevicesSection.StandardNode(rawValue: name) != nil { return (nil, rule) }
-        return (DevicePlan.Mount(kind: .deviceNode, source: d.path, target: d.path), rule)
+        return (DevicePlan.Mount(kind: .deviceNode, source: host, target: d.path), rule)
     }
 
     /// Makes the kernel enforce `plan.rules` for the container: the device

@@ -32,6 +32,9 @@ public struct ContainerRecord: Codable, Sendable {
     /// "poststop"), so that start and delete read it again only for them;
     /// nil (a record written before this field): read it.
     public var hooks: [String]? = nil
+    /// The poststart and poststop hooks CDI devices added at create (not
+    /// in config.json, which start and delete read).
+    public var cdiHooks: Spec.Hooks? = nil
 
     /// Whether config.json must be read again for `kind` hooks.
     func mayHave(hooks kind: String) -> Bool { hooks?.contains(kind) ?? true }
