@@ -253,6 +253,11 @@ public struct Runtime: Sendable {
         let r = try Spec.decode(Spec.Resources.self, from: resources, file: source)
         let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
         try group.update(try SpecJail.limits(r, base: LimitsSection()))
+        if let rules = r.devices {
+            var spec = try SpecFiles.readConfig(bundle: record.bundle)
+            try SpecCDI.apply(&spec)
+            try SpecDevices.update(spec, rules: rules, group: group, path: record.cgroupPath)
+        }
     }
 
     // MARK: exec
@@ -284,7 +289,14 @@ public struct Runtime: Sendable {
         spec.process = process
         var request = try SpecJail.execRequest(spec: spec, initPID: record.pid, bundle: record.bundle)
         defer { for j in request.oci?.join ?? [] { close(j.fd) } }
-        request.cgroup = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        request.cgroup = group
+        // cgroup v1: the container's devices cgroup too, so that its device
+        // allowlist holds for the exec as for the container.
+        if group.directory == nil, let devices = SpecDevices.devicesDirectory(record.cgroupPath),
+           access(devices + "/cgroup.procs", F_OK) == 0 {
+            request.cgroup = DevicesV1Cgroup(inner: group, devices: devices)
+        }
         try JailSecurity.prepare(&request)
         var terminal: PseudoTerminal?
         if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket) }

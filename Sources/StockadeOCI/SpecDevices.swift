@@ -23,12 +23,20 @@ public enum SpecDevices {
         let rules = spec.linux?.resources?.devices
         guard !devices.isEmpty || rules != nil else { return nil }
         var allowed = DevicePlan.standardRules
-        for rule in try allowlist(rules ?? []) where !allowed.contains(rule) { allowed.append(rule) }
+        for rule in try allowlist(rules ?? []) where !allowed.contains(where: { $0.major == rule.major && $0.minor == rule.minor }) {
+            allowed.append(rule)
+        }
         var mounts: [DevicePlan.Mount] = []
         for (i, d) in devices.enumerated() {
             let (mount, rule) = try node(d, index: i)
             if let mount { mounts.append(mount) }
-            if !allowed.contains(where: { $0.permits(major: rule.major, minor: rule.minor ?? 0) }) {
+            // A node is allowed read-write unless a rule of the spec names
+            // its number: then the rules decide (read-only, or denied).
+            let named = (rules ?? []).contains { r in
+                (r.type == "c" || r.type == "u") && r.major.map { $0 == Int64(rule.major) } == true
+                    && (r.minor == nil || r.minor! < 0 || r.minor == Int64(rule.minor ?? 0))
+            }
+            if !named && !allowed.contains(where: { $0.permits(major: rule.major, minor: rule.minor ?? 0) }) {
                 allowed.append(rule)
             }
         }
@@ -36,37 +44,44 @@ public enum SpecDevices {
     }
 
     /// `linux.resources.devices` in order (a later rule overrides an earlier
-    /// one for the devices it names) as an allowlist of character devices.
+    /// one for the devices and access it names) as an allowlist of
+    /// character devices, each read-write, read-only or write-only.
     static func allowlist(_ rules: [Spec.Resources.DeviceRule]) throws -> [DeviceRule] {
         var allowed: [DeviceRule] = []
         for (i, r) in rules.enumerated() {
             let field = "config.json linux.resources.devices[\(i)]"
             let type = r.type ?? "a"
             guard ["a", "c", "u", "b", "p"].contains(type) else { throw SpecError("\(field).type: unknown device type \"\(type)\"") }
-            let access = r.access ?? "rwm"
-            guard !access.isEmpty, access.allSatisfy({ "rwm".contains($0) }) else {
-                throw SpecError("\(field).access: \"\(access)\" is not a subset of \"rwm\"")
+            let letters = r.access ?? "rwm"
+            guard !letters.isEmpty, letters.allSatisfy({ "rwm".contains($0) }) else {
+                throw SpecError("\(field).access: \"\(letters)\" is not a subset of \"rwm\"")
             }
+            // mknod ("m") is never granted: no container in its own user namespace can mknod.
+            var access: DeviceRule.Access = []
+            if letters.contains("r") { access.insert(.read) }
+            if letters.contains("w") { access.insert(.write) }
             let major = (r.major ?? -1) < 0 ? nil : UInt32(clamping: r.major!)
             let minor = (r.minor ?? -1) < 0 ? nil : UInt32(clamping: r.minor!)
             if !r.allow {
-                if type == "a" || ((type == "c" || type == "u") && major == nil) {
-                    allowed.removeAll()
-                    continue
+                guard !access.isEmpty else { continue }
+                // What the denial covers loses the access it names.
+                func covered(_ rule: DeviceRule) -> Bool {
+                    if type == "a" || ((type == "c" || type == "u") && major == nil) { return true }
+                    guard type == "c" || type == "u", let major, rule.major == major else { return false }
+                    return minor == nil || rule.minor == minor
                 }
-                guard type == "c" || type == "u", let major else { continue }
-                if let minor {
-                    if allowed.contains(where: { $0.major == major && $0.minor == nil }) {
-                        throw SpecError("\(field): denying c \(major):\(minor) inside an earlier allow of c \(major):* is not supported (the device allowlist has no exceptions)")
-                    }
-                    allowed.removeAll { $0.major == major && $0.minor == minor }
-                } else {
-                    allowed.removeAll { $0.major == major }
+                if let major, let minor, allowed.contains(where: { $0.major == major && $0.minor == nil }) {
+                    throw SpecError("\(field): denying c \(major):\(minor) inside an earlier allow of c \(major):* is not supported (the device allowlist has no exceptions)")
+                }
+                allowed = allowed.compactMap { rule in
+                    guard covered(rule) else { return rule }
+                    var left = rule
+                    left.access.subtract(access)
+                    return left.access.isEmpty ? nil : left
                 }
                 continue
             }
-            // mknod alone: a container in its own user namespace can never mknod.
-            guard access.contains("r") || access.contains("w") else { continue }
+            guard !access.isEmpty else { continue }
             switch type {
             case "b": throw SpecError("\(field): block devices are not granted to Stockade containers")
             case "p": continue
@@ -76,8 +91,11 @@ public enum SpecDevices {
             guard let major else {
                 throw SpecError("\(field): allowing every character device is not granted to Stockade containers; name a major")
             }
-            let rule = DeviceRule(major: major, minor: minor)
-            if !allowed.contains(rule) { allowed.append(rule) }
+            if let j = allowed.firstIndex(where: { $0.major == major && $0.minor == minor }) {
+                allowed[j].access.formUnion(access)
+            } else {
+                allowed.append(DeviceRule(major: major, minor: minor, access: access))
+            }
         }
         return allowed
     }
@@ -157,6 +175,47 @@ public enum SpecDevices {
             throw RuntimeError("linux.resources.devices: \(dir): \(error)")
         }
         return DevicesV1Cgroup(inner: group, devices: dir)
+    }
+
+    /// `update` with `devices`: the container's allowlist becomes the one
+    /// `create` would make with these rules (the standard nodes, its
+    /// `linux.devices` and CDI nodes in `spec`, then the rules). cgroup v2: a
+    /// new program replaces the old (both hold for a moment: only what both
+    /// allow). v1: the new rules are allowed first, then what they no longer
+    /// allow is denied, so no device the update keeps is refused meanwhile.
+    public static func update(_ spec: Spec, rules: [Spec.Resources.DeviceRule], group: JailGroup, path: String) throws {
+        var updated = spec
+        var linux = updated.linux ?? Spec.Linux()
+        var resources = linux.resources ?? Spec.Resources()
+        resources.devices = rules
+        linux.resources = resources
+        updated.linux = linux
+        guard let plan = try plan(updated) else { return }
+        if let directory = group.directory {
+            do {
+                try DeviceProgram(rules: plan.rules).replace(on: directory, describing: path)
+            } catch {
+                throw RuntimeError("update: linux.resources.devices: \(error)")
+            }
+            return
+        }
+        guard let dir = devicesDirectory(path), access(dir + "/devices.list", F_OK) == 0 else {
+            throw RuntimeError("update: linux.resources.devices: the container was created without a device allowlist (no devices cgroup \(path)); one cannot be added to a running container")
+        }
+        let before = (try? String(contentsOfFile: dir + "/devices.list", encoding: .utf8)) ?? ""
+        do {
+            for rule in plan.rules { try write(dir + "/devices.allow", rule.v1Line) }
+            for line in before.split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                guard parts.count == 3 else { continue }
+                let key = parts[0] + " " + parts[1]
+                let kept = plan.rules.first { "c \($0.major):\($0.minor.map(String.init) ?? "*")" == key }?.access.letters ?? ""
+                let removed = parts[2].filter { !kept.contains($0) }
+                if !removed.isEmpty { try write(dir + "/devices.deny", key + " " + removed) }
+            }
+        } catch {
+            throw RuntimeError("update: linux.resources.devices: \(dir): \(error)")
+        }
     }
 
     /// The container's cgroup in the v1 devices hierarchy, if one is mounted.
