@@ -86,7 +86,10 @@ public struct Runtime: Sendable {
             let (driver, path) = try Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup)
             group = try CgroupPlace.open(path, limits: request.profile.limits, create: true)
             request.cgroup = group
-            if let devices = try SpecDevices.plan(spec), let group {
+            // Without a user namespace of its own the container's nodes are made with mknod.
+            let ownUserns = request.profile.namespaces.contains(.user) || request.oci?.join.contains { $0.namespace == .user } == true
+            let mknod = ownUserns ? nil : SpecDevices.MknodPlace(dir: dir.rawValue, path: store.path + "/" + id)
+            if let devices = try SpecDevices.plan(spec, mknodIn: mknod), let group {
                 request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
                 request.devices = devices
             }

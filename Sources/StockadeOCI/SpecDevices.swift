@@ -18,7 +18,13 @@ public enum SpecDevices {
     /// The device plan for a container, or nil when the spec has neither
     /// `linux.devices` nor `linux.resources.devices` (no allowlist then,
     /// as before: the container has only Stockade's harmless /dev nodes).
-    public static func plan(_ spec: Spec) throws -> DevicePlan? {
+    ///
+    /// `mknodIn`: the container has no user namespace of its own, so its
+    /// `linux.devices` nodes are made with mknod (by number, with the
+    /// spec's `fileMode`, `uid`, `gid`) in this directory of the runtime's
+    /// and bound from there; nil (the default, a container in its own user
+    /// namespace, where the kernel refuses mknod): the host's node is bound.
+    public static func plan(_ spec: Spec, mknodIn: MknodPlace? = nil) throws -> DevicePlan? {
         let devices = spec.linux?.devices ?? []
         let rules = spec.linux?.resources?.devices
         guard !devices.isEmpty || rules != nil else { return nil }
@@ -28,7 +34,7 @@ public enum SpecDevices {
         }
         var mounts: [DevicePlan.Mount] = []
         for (i, d) in devices.enumerated() {
-            let (mount, rule) = try node(d, index: i)
+            let (mount, rule) = try node(d, index: i, mknodIn: d.hostPath == nil ? mknodIn : nil)
             if let mount { mounts.append(mount) }
             // A node is allowed read-write unless a rule of the spec names
             // its number: then the rules decide (read-only, or denied).
@@ -103,7 +109,18 @@ public enum SpecDevices {
     /// One `linux.devices` entry: the host's node at the same path, checked
     /// by fd to be the character device the spec names; nil mount for the
     /// nodes Stockade's /dev already has.
-    static func node(_ d: Spec.Device, index i: Int) throws -> (DevicePlan.Mount?, DeviceRule) {
+    /// Where a container's device nodes are made with mknod: its state
+    /// directory, open as `dir` at `path`.
+    public struct MknodPlace {
+        public var dir: Int32
+        public var path: String
+        public init(dir: Int32, path: String) {
+            self.dir = dir
+            self.path = path
+        }
+    }
+
+    static func node(_ d: Spec.Device, index i: Int, mknodIn: MknodPlace?) throws -> (DevicePlan.Mount?, DeviceRule) {
         let field = d.origin ?? "config.json linux.devices[\(i)] (\(d.path))"
         let host = d.hostPath ?? d.path
         let parts = d.path.split(separator: "/")
@@ -123,6 +140,9 @@ public enum SpecDevices {
         let given = d.hostPath == nil || (d.major != nil && d.minor != nil)
         guard !given || (d.major.map { (0...0xFFF).contains($0) } == true && d.minor.map { (0...0xF_FFFF).contains($0) } == true) else {
             throw SpecError("\(field): major and minor must be given (0-4095, 0-1048575)")
+        }
+        if let place = mknodIn, let major = d.major, let minor = d.minor {
+            return try made(d, major: UInt32(major), minor: UInt32(minor), name: "dev-\(i)", in: place, field: field)
         }
         // The host's node at this path, opened without following a link at its end.
         let fd = open(host, 0o10000000 /* O_PATH */ | O_NOFOLLOW | O_CLOEXEC)
@@ -148,6 +168,27 @@ public enum SpecDevices {
         let name = d.path.hasPrefix("/dev/") ? String(d.path.dropFirst(5)) : ""
         if DevicesSection.StandardNode(rawValue: name) != nil { return (nil, rule) }
         return (DevicePlan.Mount(kind: .deviceNode, source: host, target: d.path), rule)
+    }
+
+    /// A node made by number in the runtime's directory for the container,
+    /// with the spec's mode (0666 when none is given) and owner, to be bound
+    /// at its path; the host need not have it.
+    static func made(_ d: Spec.Device, major: UInt32, minor: UInt32, name: String, in place: MknodPlace,
+                     field: String) throws -> (DevicePlan.Mount?, DeviceRule) {
+        let rule = DeviceRule(major: major, minor: minor)
+        let short = d.path.hasPrefix("/dev/") ? String(d.path.dropFirst(5)) : ""
+        if DevicesSection.StandardNode(rawValue: short) != nil { return (nil, rule) }
+        let mode = (d.fileMode ?? 0o666) & 0o7777
+        let number = dev_t(major & 0xfff) << 8 | dev_t(minor & 0xff) | dev_t(major & ~0xfff) << 32 | dev_t(minor & ~0xff) << 12
+        unlinkat(place.dir, name, 0)
+        guard mknodat(place.dir, name, S_IFCHR | 0o600, number) == 0 else {
+            throw SpecError("\(field): mknod c \(major):\(minor): \(errnoName(errno))")
+        }
+        guard fchownat(place.dir, name, d.uid ?? 0, d.gid ?? 0, AT_SYMLINK_NOFOLLOW) == 0,
+              fchmodat(place.dir, name, mode, 0) == 0 else {
+            throw SpecError("\(field): set the owner \(d.uid ?? 0):\(d.gid ?? 0) and mode \(String(mode, radix: 8)): \(errnoName(errno))")
+        }
+        return (DevicePlan.Mount(kind: .deviceNode, source: place.path + "/" + name, target: d.path), rule)
     }
 
     /// Makes the kernel enforce `plan.rules` for the container: the device

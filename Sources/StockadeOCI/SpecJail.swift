@@ -21,7 +21,10 @@ public enum SpecJail {
     public static let usernsAnnotation = "stockade.io/userns"
     /// A root-owned file whose presence lets containers opt out of the user
     /// namespace by annotation on this host.
-    public static let allowHostUsernsFile = "/etc/stockade/oci-allow-host-userns"
+    /// (`STOCKADE_OCI_ALLOW_HOST_USERNS` names another.)
+    public static var allowHostUsernsFile: String {
+        getenv("STOCKADE_OCI_ALLOW_HOST_USERNS").map { String(cString: $0) } ?? "/etc/stockade/oci-allow-host-userns"
+    }
     /// Where `stockade.io/profile` names are looked up (`NAME.toml`).
     public static var profileDirectory: String {
         getenv("STOCKADE_PROFILE_DIR").map { String(cString: $0) } ?? "/etc/stockade/profiles"

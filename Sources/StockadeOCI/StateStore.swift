@@ -120,6 +120,10 @@ public final class StateStore: Sendable {
     public func remove(_ id: String) {
         if let dir = try? open(id) {
             for name in ["state.json", "exec.fifo", "state.json.tmp"] { unlinkat(dir.rawValue, name, 0) }
+            // Device nodes made for a container without a user namespace of its own.
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: path + "/" + id)) ?? [] where name.hasPrefix("dev-") {
+                unlinkat(dir.rawValue, name, 0)
+            }
             try? dir.close()
         }
         unlinkat(fd.rawValue, id, AT_REMOVEDIR)

@@ -97,8 +97,7 @@ struct CDITests {
     func annotationRequest() throws {
         let f = try RuntimeFixture("cdi")
         let (dirs, hookLog) = try Self.makeSpecs(f)
-        setenv("STOCKADE_CDI_SPEC_DIRS", dirs, 1)
-        defer { unsetenv("STOCKADE_CDI_SPEC_DIRS") }
+        f.environment["STOCKADE_CDI_SPEC_DIRS"] = dirs
         let (major, minor) = try Self.fuseNumbers()
         let id = "cdi1"
         let created = try create(f, id, annotations: ["cdi.k8s.io/devices": "example.com/gpu=gpu0"])
@@ -122,11 +121,9 @@ struct CDITests {
     func priorityAndNvidia() throws {
         let f = try RuntimeFixture("cdi-nv")
         let (dirs, _) = try Self.makeSpecs(f)
-        setenv("STOCKADE_CDI_SPEC_DIRS", dirs, 1)
-        defer { unsetenv("STOCKADE_CDI_SPEC_DIRS") }
+        f.environment["STOCKADE_CDI_SPEC_DIRS"] = dirs
         let allow = f.dir + "/allow-nvidia"
-        setenv("STOCKADE_OCI_ALLOW_NVIDIA_ENV", allow, 1)
-        defer { unsetenv("STOCKADE_OCI_ALLOW_NVIDIA_ENV") }
+        f.environment["STOCKADE_OCI_ALLOW_NVIDIA_ENV"] = allow
 
         // Not allowed on this host: the image's variable is ignored, as runc ignores it.
         try #require(try create(f, "nv1", annotations: ["cdi.k8s.io/x": "example.com/gpu=gpu1"], env: ["NVIDIA_VISIBLE_DEVICES=0"]).status == 0)
@@ -157,10 +154,8 @@ struct CDITests {
     func refused() throws {
         let f = try RuntimeFixture("cdi-bad")
         let (dirs, _) = try Self.makeSpecs(f)
-        setenv("STOCKADE_CDI_SPEC_DIRS", dirs, 1)
-        defer { unsetenv("STOCKADE_CDI_SPEC_DIRS") }
-        setenv("STOCKADE_OCI_ALLOW_NVIDIA_ENV", f.dir + "/allow", 1)
-        defer { unsetenv("STOCKADE_OCI_ALLOW_NVIDIA_ENV") }
+        f.environment["STOCKADE_CDI_SPEC_DIRS"] = dirs
+        f.environment["STOCKADE_OCI_ALLOW_NVIDIA_ENV"] = f.dir + "/allow"
         try "".write(toFile: f.dir + "/allow", atomically: true, encoding: .utf8)
         let cdi = String(dirs.split(separator: ":")[0])
 

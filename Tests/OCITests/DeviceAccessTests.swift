@@ -76,4 +76,44 @@ struct DeviceAccessTests {
         #expect(seen.contains("R-REFUSED"), "\(seen)")
         #expect(try f.run(["delete", "--force", id]).status == 0)
     }
+
+    @Test("linux.devices with fileMode, uid, gid: made with mknod without a user namespace of its own, the host's node bound within one")
+    func mknodOrBind() throws {
+        let f = try RuntimeFixture("mknod")
+        // The host allows the user-namespace opt-out only through a root-owned
+        // file; the test names one of its own instead of /etc's.
+        let allow = f.dir + "/allow-host-userns"
+        try "".write(toFile: allow, atomically: true, encoding: .utf8)
+        f.environment["STOCKADE_OCI_ALLOW_HOST_USERNS"] = allow
+        // /dev/full's numbers under a name the host does not have, and /dev/fuse's.
+        let devices: [[String: Any]] = [
+            ["path": "/dev/stockade-full", "type": "c", "major": 1, "minor": 7, "fileMode": 0o640, "uid": 0, "gid": 0],
+            ["path": "/dev/stockade-owned", "type": "c", "major": 1, "minor": 7, "fileMode": 0o600, "uid": 1234, "gid": 5678],
+        ]
+        let script = "ls -ln /dev/stockade-full /dev/stockade-owned; echo x > /dev/stockade-full; echo done; sleep 60"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", script], cgroupsPath: f.cgroupsPath("mk1")) { config in
+            config["annotations"] = ["stockade.io/userns": "host"]
+            SpecDevicesTests.config(&config, devices: devices, rules: SpecDevicesTests.containerdRules)
+        }
+        let output = f.dir + "/out-mk1"
+        let created = try f.run(["create", "--bundle", f.bundle, "mk1"], stdout: output, stderr: output)
+        try #require(created.status == 0, "\(created)")
+        #expect(try f.run(["start", "mk1"]).status == 0)
+        let text = f.waitForOutput(output, containing: "done")
+        let lines = text.split(separator: "\n")
+        let full = lines.first { $0.hasSuffix("/dev/stockade-full") }, owned = lines.first { $0.hasSuffix("/dev/stockade-owned") }
+        #expect(full?.hasPrefix("crw-r-----") == true && full?.contains(" 0        0 ") == true && full?.contains("1,   7") == true, "\(text)")
+        #expect(owned?.hasPrefix("crw-------") == true && owned?.contains("1234") == true && owned?.contains("5678") == true, "\(text)")
+        #expect(text.contains("No space left on device"), "the node is /dev/full's device: \(text)")
+        #expect(try f.run(["delete", "--force", "mk1"]).status == 0)
+        #expect(access(f.root + "/mk1", F_OK) != 0, "the made nodes go with the container's directory")
+
+        // In its own user namespace the kernel refuses mknod: the host's node
+        // is what gets bound, and a name the host lacks is refused.
+        try RuntimeFixture.writeConfig(f.bundle, args: ["true"], cgroupsPath: f.cgroupsPath("mk2")) { config in
+            SpecDevicesTests.config(&config, devices: devices, rules: SpecDevicesTests.containerdRules)
+        }
+        let r = try f.run(["create", "--bundle", f.bundle, "mk2"])
+        #expect(r.status != 0 && r.stderr.contains("/dev/stockade-full") && r.stderr.contains("cannot mknod"), "\(r)")
+    }
 }

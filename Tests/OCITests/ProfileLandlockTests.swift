@@ -79,8 +79,7 @@ struct ProfileLandlockTests {
     @Test("a path outside the profile's set is refused inside the container, and allowed without the annotation")
     func refusedOutsideProfile() throws {
         let f = try Self.fixture("ll-profile")
-        setenv("STOCKADE_PROFILE_DIR", f.dir + "/profiles", 1)
-        defer { unsetenv("STOCKADE_PROFILE_DIR") }
+        f.environment["STOCKADE_PROFILE_DIR"] = f.dir + "/profiles"
 
         let plain = try Self.run(f, "plain", annotated: false)
         for word in ["READ-SPEC-BIND", "READ-IMAGE", "WROTE-IMAGE", "WROTE-GRANTED", "WROTE-SPEC-TMPFS"] {
@@ -107,8 +106,7 @@ struct ProfileLandlockTests {
     @Test("a granted path that is a link in the image fails create, naming it; a link inside a granted directory reaches nothing")
     func linksInTheImage() throws {
         let f = try Self.fixture("ll-links")
-        setenv("STOCKADE_PROFILE_DIR", f.dir + "/profiles", 1)
-        defer { unsetenv("STOCKADE_PROFILE_DIR") }
+        f.environment["STOCKADE_PROFILE_DIR"] = f.dir + "/profiles"
         let rootfs = f.bundle + "/rootfs"
 
         // /granted -> /etc: following it would grant the image's /etc.

@@ -30,6 +30,9 @@ final class RuntimeFixture {
     let log: String
     let bundle: String
     let cgroupParent: String
+    /// Variables set for this fixture's runtime commands only (suites run
+    /// in parallel: a setenv in one would reach another's runtime).
+    var environment: [String: String] = [:]
 
     init(_ name: String) throws {
         dir = "/tmp/stockade-oci-\(name)-\(getpid())"
@@ -161,7 +164,16 @@ final class RuntimeFixture {
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, runtimeBinary, &actions, &attributes, &cArgs, environ)
+        var inherited: [String] = []
+        var entry = environ
+        while let p = entry.pointee {
+            let text = String(cString: p)
+            if !environment.keys.contains(where: { text.hasPrefix($0 + "=") }) { inherited.append(text) }
+            entry += 1
+        }
+        var cEnv = (inherited + environment.map { "\($0)=\($1)" }).map { strdup($0) } + [nil]
+        defer { for e in cEnv { free(e) } }
+        let rc = posix_spawn(&pid, runtimeBinary, &actions, &attributes, &cArgs, &cEnv)
         guard rc == 0 else { throw RuntimeTestError("posix_spawn \(runtimeBinary): \(rc)") }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
