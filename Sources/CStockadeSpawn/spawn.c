@@ -417,9 +417,26 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
         close(t);
     }
     int pts = open_beneath(d, "pts", STK_MAKE_DIR, 0755);
-    CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
-          STK_STEP_DEV, "/dev/pts");
+    if (p->has_devpts) {
+        /* The launcher's devpts instance, which holds the container's
+         * terminal: attached here instead of a fresh one. */
+        CHECK(pts >= 0 && syscall(SYS_move_mount, p->devpts_fd, "", pts, "",
+                                  MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+              STK_STEP_DEV, "/dev/pts (the terminal's devpts)");
+    } else {
+        CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
+              STK_STEP_DEV, "/dev/pts");
+    }
     close(pts);
+    if (p->has_devpts && p->console_pts) {
+        /* /dev/console is the terminal: its pts node bound over an empty file. */
+        int src = open_beneath(d, p->console_pts, STK_OPEN_ONLY, 0);
+        CHECK(src >= 0, STK_STEP_DEV, p->console_pts);
+        int t = open_beneath(d, "console", STK_MAKE_FILE, 0);
+        CHECK(t >= 0 && bind_fd(src, t, 0, 0, 1) == 0, STK_STEP_DEV, "/dev/console");
+        close(src);
+        close(t);
+    }
     int shm = open_beneath(d, "shm", STK_MAKE_DIR, 01777);
     CHECK(shm >= 0 && mount_on(shm, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
     close(shm);

@@ -113,7 +113,11 @@ public struct Runtime: Sendable {
             defer { try? terminal?.peer.close() }
             if let adj = spec.process?.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
 
-            let jail = try Launcher.launch(request)
+            let jail: Jail
+            do {
+                defer { if let devpts = request.oci?.devpts { close(devpts.fd) } }
+                jail = try Launcher.launch(request)
+            }
             launched = jail
             try? terminal?.master.close()
             _ = try jail.holdHostIDsUntilExit()
@@ -302,7 +306,7 @@ public struct Runtime: Sendable {
         }
         try JailSecurity.prepare(&request)
         var terminal: PseudoTerminal?
-        if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket) }
+        if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket, initPID: record.pid) }
         defer { try? terminal?.peer.close() }
         if let adj = process.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
         let jail = try Launcher.launch(request)
@@ -473,9 +477,19 @@ public enum SpecFiles {
 /// (one fd, one SCM_RIGHTS message, a short payload) and whose follower is
 /// the container's stdio and controlling terminal.
 enum Console {
-    static func attach(_ request: inout LaunchRequest, socket: String?) throws -> PseudoTerminal {
+    /// `create`: the pty is opened in a devpts instance of the container's
+    /// own (its /dev/pts, with /dev/console bound to the pty), so `ttyname`
+    /// inside names it. `exec` (`initPID`): in the container's /dev/pts.
+    static func attach(_ request: inout LaunchRequest, socket: String?, initPID: Int32? = nil) throws -> PseudoTerminal {
         guard let socket else { throw RuntimeError("process.terminal is true but no --console-socket was given") }
-        let pty = try PseudoTerminal.open()
+        let pty: PseudoTerminal
+        if let initPID {
+            pty = try ContainerTerminal.inContainer(initPID: initPID)
+        } else {
+            let (terminal, devpts, name) = try ContainerTerminal.newInstance()
+            pty = terminal
+            request.oci?.devpts = (devpts, name)
+        }
         do {
             let conn = try UnixSocket.connect(path: socket)
             defer { try? conn.close() }

@@ -309,3 +309,68 @@ struct SchemaChecker {
         check(state, against: documents["state-schema.json"] ?? [:])
     }
 }
+
+/// A listening unix socket at `path`, as the shim's console socket.
+func consoleListener(_ path: String) throws -> Int32 {
+    let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in path.utf8.enumerated() { raw[i] = b }
+    }
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard bound == 0, listen(listener, 1) == 0 else {
+        close(listener)
+        throw RuntimeTestError("console socket \(path): \(errno)")
+    }
+    return listener
+}
+
+/// One recvmsg on `conn`: the payload's length and the descriptors it carries.
+func receiveDescriptors(_ conn: Int32) -> (Int, [Int32]) {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    var control = [UInt8](repeating: 0, count: 256)
+    var received: [Int32] = []
+    let n = buffer.withUnsafeMutableBytes { data in
+        control.withUnsafeMutableBytes { ctl in
+            var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+            return withUnsafeMutablePointer(to: &iov) { iovp in
+                var msg = msghdr()
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = ctl.baseAddress
+                msg.msg_controllen = ctl.count
+                let n = recvmsg(conn, &msg, 0)
+                var cmsg = msg.msg_controllen > 0 ? UnsafeMutablePointer<cmsghdr>(OpaquePointer(ctl.baseAddress)) : nil
+                while let c = cmsg, Int(c.pointee.cmsg_len) > MemoryLayout<cmsghdr>.size {
+                    if c.pointee.cmsg_level == SOL_SOCKET && c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                        let count = (Int(c.pointee.cmsg_len) - MemoryLayout<cmsghdr>.size) / 4
+                        let fds = UnsafeRawPointer(c + 1).assumingMemoryBound(to: Int32.self)
+                        for i in 0..<count { received.append(fds[i]) }
+                    }
+                    let next = UnsafeMutableRawPointer(c) + ((Int(c.pointee.cmsg_len) + 7) & ~7)
+                    cmsg = next < ctl.baseAddress! + msg.msg_controllen ? next.assumingMemoryBound(to: cmsghdr.self) : nil
+                }
+                return n
+            }
+        }
+    }
+    return (n, received)
+}
+
+/// Everything the pty leader `fd` gives until `text` appears (5 s at most).
+func readTerminal(_ fd: Int32, until text: String) -> String {
+    var output = ""
+    for _ in 0..<100 where !output.contains(text) {
+        var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if Glibc.poll(&poll, 1, 50) > 0 {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            output += String(decoding: chunk[0..<n], as: UTF8.self)
+        }
+    }
+    return output
+}
