@@ -89,7 +89,7 @@ public struct Runtime: Sendable {
             // Without a user namespace of its own the container's nodes are made with mknod.
             let ownUserns = request.profile.namespaces.contains(.user) || request.oci?.join.contains { $0.namespace == .user } == true
             let mknod = ownUserns ? nil : SpecDevices.MknodPlace(dir: dir.rawValue, path: store.path + "/" + id)
-            if let devices = try SpecDevices.plan(spec, mknodIn: mknod), let group {
+            if let devices = try SpecDevices.plan(spec, mknodIn: mknod, profile: request.profile, request: &request), let group {
                 request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
                 request.devices = devices
             }

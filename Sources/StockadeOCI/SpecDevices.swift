@@ -109,6 +109,37 @@ public enum SpecDevices {
     /// One `linux.devices` entry: the host's node at the same path, checked
     /// by fd to be the character device the spec names; nil mount for the
     /// nodes Stockade's /dev already has.
+    /// The plan for a container: the spec's (above), with the device
+    /// grants of its `stockade.io/profile` (`[devices]`: nodes by path or
+    /// number, NVIDIA GPUs with their driver files) added, whatever the
+    /// spec's rules say; their environment goes to `request`, and the
+    /// driver files they bind get read and execute in its Landlock domain.
+    public static func plan(_ spec: Spec, mknodIn: MknodPlace?, profile: Profile, request: inout LaunchRequest) throws -> DevicePlan? {
+        let fromSpec = try plan(spec, mknodIn: mknodIn)
+        guard spec.annotations?[SpecJail.profileAnnotation] != nil, profile.devices.declared else { return fromSpec }
+        let granted: DevicePlan
+        do {
+            granted = try DevicePlan.resolve(for: profile)
+        } catch {
+            throw SpecError("annotations[\"\(SpecJail.profileAnnotation)\"]: \(error)")
+        }
+        var merged = fromSpec ?? DevicePlan(rules: DevicePlan.standardRules)
+        for rule in granted.rules where !merged.rules.contains(rule) { merged.rules.append(rule) }
+        for m in granted.mounts where !merged.mounts.contains(where: { $0.target == m.target }) { merged.mounts.append(m) }
+        merged.unmaskedProc += granted.unmaskedProc
+        merged.environment += granted.environment
+        merged.gpus += granted.gpus
+        request.extraEnvironment += granted.environment.map { ($0.name, $0.value) }
+        if var landlock = request.landlock {
+            let handled = landlock.fsHandled & (LandlockPlan.FS.readFile | LandlockPlan.FS.execute)
+            for m in granted.landlockMounts where !landlock.rules.contains(where: { $0.path == m.target }) {
+                landlock.rules.append(.init(path: m.target, access: handled, optional: false))
+            }
+            request.landlock = landlock
+        }
+        return merged
+    }
+
     /// Where a container's device nodes are made with mknod: its state
     /// directory, open as `dir` at `path`.
     public struct MknodPlace {

@@ -116,4 +116,31 @@ struct DeviceAccessTests {
         let r = try f.run(["create", "--bundle", f.bundle, "mk2"])
         #expect(r.status != 0 && r.stderr.contains("/dev/stockade-full") && r.stderr.contains("cannot mknod"), "\(r)")
     }
+
+    @Test("stockade.io/profile's [devices] grants its nodes beside containerd's rules; without the annotation they are absent")
+    func profileDevices() throws {
+        let node = try #require(SpecDevicesTests.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
+        try #require(node.path != "/dev/kmsg", "opening /dev/kmsg needs the host's CAP_SYSLOG")
+        let f = try RuntimeFixture("profdev")
+        let profiles = f.dir + "/profiles"
+        mkdir(profiles, 0o755)
+        try "[devices]\nallow = [\"\(node.path)\"]\n\n[[mount]]\ntype = \"bind\"\nsource = \"/bin\"\n"
+            .write(toFile: profiles + "/dev.toml", atomically: true, encoding: .utf8)
+        f.environment["STOCKADE_PROFILE_DIR"] = profiles
+        for (id, annotated) in [("pd1", true), ("pd2", false)] {
+            // [ -c ] first: <> on a missing name would create a plain file.
+            let script = "[ -c \(node.path) ] && (exec 3<>\(node.path)) && echo OPENED; echo done; sleep 60"
+            try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", script], cgroupsPath: f.cgroupsPath(id)) { config in
+                if annotated { config["annotations"] = ["stockade.io/profile": "dev"] }
+                SpecDevicesTests.config(&config, devices: nil, rules: SpecDevicesTests.containerdRules)
+            }
+            let output = f.dir + "/out-" + id
+            let created = try f.run(["create", "--bundle", f.bundle, id], stdout: output, stderr: output)
+            try #require(created.status == 0, "\(created)")
+            #expect(try f.run(["start", id]).status == 0)
+            let text = f.waitForOutput(output, containing: "done")
+            #expect(text.contains("OPENED") == annotated, "annotated \(annotated): \(text)")
+            #expect(try f.run(["delete", "--force", id]).status == 0)
+        }
+    }
 }
