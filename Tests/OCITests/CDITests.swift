@@ -12,7 +12,7 @@ import Glibc
 /// No GPU exists here, and no NVIDIA driver: the GPU itself is what cannot
 /// be tested on this host. The CDI specs below describe a "GPU" whose node
 /// is a real, harmless character device made by the test under another
-/// name in a temporary directory (the numbers of /dev/fuse, outside
+/// name in a temporary directory (the numbers of /dev/fuse or /dev/net/tun, outside
 /// Stockade's own /dev, so the device cgroup's allowlist shows it), and a
 /// "driver library" that is a plain file; everything else (the resolution,
 /// the bind of the node, the cgroup rule, the mount, the hook, the
@@ -24,11 +24,12 @@ struct CDITests {
         try #require(FileManager.default.isExecutableFile(atPath: runtimeBinary), "build stockade-runtime first")
     }
 
-    /// /dev/fuse's numbers: a character device whose open is harmless.
+    /// The numbers of /dev/fuse (or /dev/net/tun): a character device
+    /// outside Stockade's own /dev whose open is harmless.
     static func fuseNumbers() throws -> (major: Int, minor: Int) {
-        var st = stat()
-        try #require(stat("/dev/fuse", &st) == 0 && (st.st_mode & S_IFMT) == S_IFCHR, "this host has no /dev/fuse to copy the numbers of")
-        return (Int(st.st_rdev >> 8) & 0xfff, Int(st.st_rdev & 0xff) | Int((st.st_rdev >> 12) & 0xfff00))
+        let node = try #require(SpecDevicesTests.grantable, "this host has neither /dev/fuse nor /dev/net/tun to copy the numbers of")
+        try #require(node.path != "/dev/kmsg", "this host has neither /dev/fuse nor /dev/net/tun (opening /dev/kmsg needs CAP_SYSLOG)")
+        return (node.major, node.minor)
     }
 
     /// A CDI directory with a spec of kind `example.com/gpu` (gpu0, gpu1)
