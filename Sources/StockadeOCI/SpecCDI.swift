@@ -1,5 +1,6 @@
 public import Foundation
 import StockadeSystem
+import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -252,6 +253,16 @@ public enum SpecCDI {
         return injected
     }
 
+    /// A node's numbers: the spec's, or its host node's (nil: none there,
+    /// which the node's own check reports).
+    static func number(of n: Node, host: String) -> (Int64, Int64)? {
+        if let major = n.major, let minor = n.minor { return (major, minor) }
+        var st = stat()
+        guard lstat(host, &st) == 0, st.st_mode & S_IFMT == S_IFCHR else { return nil }
+        let number = DeviceNumber(rdev: UInt64(st.st_rdev))
+        return (Int64(number.major), Int64(number.minor))
+    }
+
     static func apply(_ edits: Edits, to spec: inout Spec, injected: inout Injected, origin: String) throws {
         if edits.intelRdt != nil { throw SpecError("\(origin): intelRdt is not supported by Stockade") }
         if edits.netDevices != nil { throw SpecError("\(origin): netDevices is not supported by Stockade") }
@@ -275,6 +286,13 @@ public enum SpecCDI {
                 throw SpecError("\(field).permissions: \"\(p)\" is not a subset of \"rwm\"")
             }
             linux.devices = (linux.devices ?? []) + [d]
+            // Permissions: a rule for the node's number (the host node's when
+            // the spec gives none), so "r" makes it read-only.
+            if let p = n.permissions, let (major, minor) = number(of: n, host: d.hostPath ?? d.path) {
+                var resources = linux.resources ?? Spec.Resources()
+                resources.devices = (resources.devices ?? []) + [Spec.Resources.DeviceRule(allow: true, type: "c", major: major, minor: minor, access: p)]
+                linux.resources = resources
+            }
         }
         spec.linux = linux
         for (i, m) in (edits.mounts ?? []).enumerated() {

@@ -65,7 +65,7 @@ struct CDITests {
         ]
         let nvidia: [String: Any] = [
             "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
-            "devices": [["name": "0", "containerEdits": ["deviceNodes": [["path": "/dev/nvidia0", "hostPath": f.dir + "/nvidia0"]]]]],
+            "devices": [["name": "0", "containerEdits": ["deviceNodes": [["path": "/dev/nvidia0", "hostPath": f.dir + "/nvidia0", "permissions": "r"]]]]],
         ]
         // The second directory's description of gpu1 wins over the first's.
         let override: [String: Any] = [
@@ -81,7 +81,8 @@ struct CDITests {
     }
 
     static let listing = "ls -l /dev/fakegpu0 /dev/fakegpu1 /dev/fakegpu1-late /dev/nvidia0 2>&1; exec 3<>/dev/fakegpu0 && echo OPENED-GPU0; "
-        + "cat /usr/lib/libfakegpu.so; echo FAKE_GPU=$FAKE_GPU FAKE_DRIVER=$FAKE_DRIVER; echo done"
+        + "cat /usr/lib/libfakegpu.so; echo FAKE_GPU=$FAKE_GPU FAKE_DRIVER=$FAKE_DRIVER; "
+        + "[ -c /dev/nvidia0 ] && { (exec 4<>/dev/nvidia0) 2>/dev/null && echo NV-RW || echo NV-NOT-RW; (exec 4</dev/nvidia0) && echo NV-R; }; echo done"
 
     func create(_ f: RuntimeFixture, _ id: String, annotations: [String: String], env: [String] = []) throws -> RuntimeRun {
         try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", Self.listing + "; sleep 60"], cgroupsPath: f.cgroupsPath(id)) { config in
@@ -142,6 +143,7 @@ struct CDITests {
         let second = f.waitForOutput(f.dir + "/out-nv2", containing: "done")
         let nodeLine = second.split(separator: "\n").first { $0.hasSuffix("/dev/nvidia0") }
         #expect(nodeLine?.hasPrefix("c") == true, "nvidia.com/gpu=0 by the variable: \(second)")
+        #expect(second.contains("NV-NOT-RW") && second.contains("NV-R\n"), "its permissions \"r\": read-only: \(second)")
         _ = try f.run(["delete", "--force", "nv2"])
 
         for (i, value) in ["none", "void", ""].enumerated() {

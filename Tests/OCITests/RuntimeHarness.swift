@@ -119,6 +119,15 @@ final class RuntimeFixture {
         try data.write(to: URL(fileURLWithPath: bundle + "/config.json"))
     }
 
+    /// config.json for `args` with `process.terminal` set.
+    static func writeTerminalConfig(_ bundle: String, args: [String], cgroupsPath: String) throws {
+        try writeConfig(bundle, args: args, cgroupsPath: cgroupsPath) { config in
+            var process = config["process"] as! [String: Any]
+            process["terminal"] = true
+            config["process"] = process
+        }
+    }
+
     /// A container of the fixture's bundle running `args`, created and started.
     func startContainer(_ id: String, args: [String]) throws {
         try Self.writeConfig(bundle, args: args, cgroupsPath: cgroupsPath(id))

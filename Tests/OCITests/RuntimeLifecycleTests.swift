@@ -357,11 +357,7 @@ struct RuntimeProtocolTests {
     func consoleSocket() throws {
         let f = try RuntimeFixture("console")
         let id = "tty1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo stdio-is-a-tty; echo typed-$(head -c 5)"], cgroupsPath: f.cgroupsPath(id)) { config in
-            var process = config["process"] as! [String: Any]
-            process["terminal"] = true
-            config["process"] = process
-        }
+        try RuntimeFixture.writeTerminalConfig(f.bundle, args: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo stdio-is-a-tty; echo typed-$(head -c 5)"], cgroupsPath: f.cgroupsPath(id))
         let socketPath = f.dir + "/console.sock"
         let listener = try consoleListener(socketPath)
         defer { close(listener) }

@@ -29,11 +29,7 @@ struct TerminalTests {
         let f = try RuntimeFixture("tty")
         let id = "tty1"
         let script = "tty; [ /dev/console -ef /proc/self/fd/0 ] && echo console-is-the-tty; ls /dev/pts; echo ready; exec cat"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", script], cgroupsPath: f.cgroupsPath(id)) { config in
-            var process = config["process"] as! [String: Any]
-            process["terminal"] = true
-            config["process"] = process
-        }
+        try RuntimeFixture.writeTerminalConfig(f.bundle, args: ["sh", "-c", script], cgroupsPath: f.cgroupsPath(id))
         let socketPath = f.dir + "/console.sock"
         let listener = try consoleListener(socketPath)
         defer { close(listener) }
