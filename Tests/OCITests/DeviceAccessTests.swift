@@ -14,6 +14,18 @@ struct DeviceAccessTests {
         try #require(FileManager.default.isExecutableFile(atPath: runtimeBinary), "build stockade-runtime first")
     }
 
+    /// The bound host node's own mode applies inside (the container's root is
+    /// not the host's): where it is not rw for all (the cgroup v2 VM's udev
+    /// leaves /dev/fuse 0600; this host has it 0666) it is made so for the
+    /// test and put back, so that only the device allowlist decides.
+    static func openToAll(_ path: String) -> () -> Void {
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & 0o666 != 0o666 else { return {} }
+        let mode = st.st_mode & 0o7777
+        chmod(path, mode | 0o666)
+        return { chmod(path, mode) }
+    }
+
     /// Tries to open `path` read-write and read-only from inside the container.
     static func probe(_ f: RuntimeFixture, _ id: String, _ path: String) throws -> String {
         let process = f.dir + "/probe.json"
@@ -31,6 +43,8 @@ struct DeviceAccessTests {
         let node = try #require(SpecDevicesTests.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
         try #require(node.path != "/dev/kmsg", "opening /dev/kmsg needs the host's CAP_SYSLOG: no device here to open from a container")
         let f = try RuntimeFixture("devaccess")
+        let restore = Self.openToAll(node.path)
+        defer { restore() }
         let id = "acc1"
         let device: [String: Any] = ["path": node.path, "type": "c", "major": node.major, "minor": node.minor]
         // The node's own rule: allowed with `access`, or denied (nil).
@@ -122,6 +136,8 @@ struct DeviceAccessTests {
         let node = try #require(SpecDevicesTests.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
         try #require(node.path != "/dev/kmsg", "opening /dev/kmsg needs the host's CAP_SYSLOG")
         let f = try RuntimeFixture("profdev")
+        let restore = Self.openToAll(node.path)
+        defer { restore() }
         let profiles = f.dir + "/profiles"
         mkdir(profiles, 0o755)
         try "[devices]\nallow = [\"\(node.path)\"]\n\n[[mount]]\ntype = \"bind\"\nsource = \"/bin\"\n"
