@@ -28,6 +28,8 @@ import Glibc
 /// other user can write, and edits Stockade does not apply (`intelRdt`,
 /// `netDevices`) are refused, naming the device and the file. Spec files
 /// are JSON; YAML files are named in the refusal of a device they may hold.
+/// A device whose nodes the spec already has (containerd with CDI enabled
+/// injects devices itself and keeps the annotations) is not applied again.
 public enum SpecCDI {
     public static let annotationPrefix = "cdi.k8s.io/"
     public static let nvidiaVariable = "NVIDIA_VISIBLE_DEVICES"
@@ -239,6 +241,9 @@ public enum SpecCDI {
             }
             let file = specs[index]
             let dev = file.file.devices.last { $0.name == device }!
+            // containerd with CDI enabled injects the devices itself and
+            // keeps the annotations: its edits are not applied twice.
+            if let edits = dev.containerEdits, applied(edits, in: spec) { continue }
             if let edits = dev.containerEdits {
                 try apply(edits, to: &spec, injected: &injected, origin: "CDI device \(name) (\(file.path))")
             }
@@ -251,6 +256,24 @@ public enum SpecCDI {
             }
         }
         return injected
+    }
+
+    /// Whether `spec` already has what `edits` adds: every device node's
+    /// path (or, without nodes, every mount's destination, or every variable).
+    static func applied(_ edits: Edits, in spec: Spec) -> Bool {
+        if let nodes = edits.deviceNodes, !nodes.isEmpty {
+            let paths = Set((spec.linux?.devices ?? []).map(\.path))
+            return nodes.allSatisfy { paths.contains($0.path) }
+        }
+        if let mounts = edits.mounts, !mounts.isEmpty {
+            let targets = Set((spec.mounts ?? []).map(\.destination))
+            return mounts.allSatisfy { targets.contains($0.containerPath) }
+        }
+        if let env = edits.env, !env.isEmpty {
+            let have = Set(spec.process?.env ?? [])
+            return env.allSatisfy { have.contains($0) }
+        }
+        return false
     }
 
     /// A node's numbers: the spec's, or its host node's (nil: none there,

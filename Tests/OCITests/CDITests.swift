@@ -192,4 +192,29 @@ struct CDITests {
         r = try create(f, "l2", annotations: ["cdi.k8s.io/d": "example.com/bad=rdt"])
         #expect(r.status != 0 && r.stderr.contains("intelRdt is not supported"), "\(r)")
     }
+
+    @Test("a device containerd already injected (its nodes in linux.devices) is not applied twice")
+    func injectedByContainerd() throws {
+        let f = try RuntimeFixture("cdi-twice")
+        let (dirs, _) = try Self.makeSpecs(f)
+        let json = """
+            {"ociVersion": "1.0.2", "annotations": {"cdi.k8s.io/devices": "example.com/gpu=gpu0"},
+             "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["true"], "env": ["FAKE_GPU=gpu0", "FAKE_DRIVER=1"]},
+             "mounts": [{"destination": "/usr/lib/libfakegpu.so", "type": "bind", "source": "/x", "options": ["ro", "bind"]}],
+             "linux": {"devices": [{"path": "/dev/fakegpu0", "type": "c", "major": 10, "minor": 229}]}}
+            """
+        var spec = try Spec.decode(Spec.self, from: Data(json.utf8), file: "config.json")
+        let injected = try SpecCDI.apply(&spec, directories: dirs.split(separator: ":").map(String.init))
+        #expect(injected.devices.isEmpty && spec.linux?.devices?.count == 1 && spec.mounts?.count == 1, "\(spec)")
+        #expect(spec.process?.env == ["FAKE_GPU=gpu0", "FAKE_DRIVER=1"] && spec.hooks?.createRuntime == nil)
+
+        // Not injected yet: applied once, with the spec's own edits.
+        var fresh = spec
+        fresh.linux?.devices = []
+        fresh.mounts = []
+        fresh.process?.env = []
+        let applied = try SpecCDI.apply(&fresh, directories: dirs.split(separator: ":").map(String.init))
+        #expect(applied.devices == ["example.com/gpu=gpu0"] && fresh.linux?.devices?.count == 1 && fresh.mounts?.count == 1)
+        #expect(fresh.hooks?.createRuntime?.count == 1 && fresh.hooks?.poststop?.count == 1 && applied.hooks?.poststop?.count == 1)
+    }
 }
