@@ -106,9 +106,6 @@ public enum SpecDevices {
         return allowed
     }
 
-    /// One `linux.devices` entry: the host's node at the same path, checked
-    /// by fd to be the character device the spec names; nil mount for the
-    /// nodes Stockade's /dev already has.
     /// The plan for a container: the spec's (above), with the device
     /// grants of its `stockade.io/profile` (`[devices]`: nodes by path or
     /// number, NVIDIA GPUs with their driver files) added, whatever the
@@ -151,6 +148,10 @@ public enum SpecDevices {
         }
     }
 
+    /// One `linux.devices` entry: the host's node (at `hostPath` for a CDI
+    /// device, else at the same path), checked by fd to be the character
+    /// device the spec names, or a node made in `mknodIn`; nil mount for
+    /// the nodes Stockade's /dev already has.
     static func node(_ d: Spec.Device, index i: Int, mknodIn: MknodPlace?) throws -> (DevicePlan.Mount?, DeviceRule) {
         let field = d.origin ?? "config.json linux.devices[\(i)] (\(d.path))"
         let host = d.hostPath ?? d.path

@@ -229,7 +229,11 @@ public enum SpecJail {
         for (i, m) in (spec.mounts ?? []).enumerated() {
             if let made = try mount(m, index: i, bundle: bundle, profile: &container) { mounts.append(made) }
         }
-        return try SpecLandlock.plan(profile: container, grants: profile.mounts, specMounts: mounts)
+        // A path the container's first process left out (a pod's mqueue,
+        // say) grants nothing here rather than failing the exec.
+        var landlock = try SpecLandlock.plan(profile: container, grants: profile.mounts, specMounts: mounts)
+        for i in (landlock?.rules ?? []).indices where landlock?.rules[i].path != "/" { landlock?.rules[i].optional = true }
+        return landlock
     }
 
     // MARK: pieces

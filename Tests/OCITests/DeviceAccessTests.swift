@@ -14,18 +14,6 @@ struct DeviceAccessTests {
         try #require(FileManager.default.isExecutableFile(atPath: runtimeBinary), "build stockade-runtime first")
     }
 
-    /// The bound host node's own mode applies inside (the container's root is
-    /// not the host's): where it is not rw for all (the cgroup v2 VM's udev
-    /// leaves /dev/fuse 0600; this host has it 0666) it is made so for the
-    /// test and put back, so that only the device allowlist decides.
-    static func openToAll(_ path: String) -> () -> Void {
-        var st = stat()
-        guard stat(path, &st) == 0, st.st_mode & 0o666 != 0o666 else { return {} }
-        let mode = st.st_mode & 0o7777
-        chmod(path, mode | 0o666)
-        return { chmod(path, mode) }
-    }
-
     /// Tries to open `path` read-write and read-only from inside the container.
     static func probe(_ f: RuntimeFixture, _ id: String, _ path: String) throws -> String {
         let process = f.dir + "/probe.json"
@@ -43,7 +31,7 @@ struct DeviceAccessTests {
         let node = try #require(SpecDevicesTests.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
         try #require(node.path != "/dev/kmsg", "opening /dev/kmsg needs the host's CAP_SYSLOG: no device here to open from a container")
         let f = try RuntimeFixture("devaccess")
-        let restore = Self.openToAll(node.path)
+        let restore = openToAll(node.path)
         defer { restore() }
         let id = "acc1"
         let device: [String: Any] = ["path": node.path, "type": "c", "major": node.major, "minor": node.minor]
@@ -136,7 +124,7 @@ struct DeviceAccessTests {
         let node = try #require(SpecDevicesTests.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg")
         try #require(node.path != "/dev/kmsg", "opening /dev/kmsg needs the host's CAP_SYSLOG")
         let f = try RuntimeFixture("profdev")
-        let restore = Self.openToAll(node.path)
+        let restore = openToAll(node.path)
         defer { restore() }
         let profiles = f.dir + "/profiles"
         mkdir(profiles, 0o755)

@@ -8,10 +8,10 @@
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
 #   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount|SpecDevicesTests|
-#   DeviceAccessTests|CDITests": budgets, the cgroup namespace, host id
-#   ranges, kernel counts, the OCI runtime's lifecycle
-#   (OCICgroupLifecycleTests) and its device allowlist as the eBPF device
-#   program: read-only rules, update, CDI devices) from the debug test binary.
+#   DeviceAccessTests": budgets, the cgroup namespace, host id ranges,
+#   kernel counts, the OCI runtime's lifecycle (OCICgroupLifecycleTests) and
+#   its device allowlist as the eBPF device program: read-only rules,
+#   update) from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount|SpecDevicesTests|DeviceAccessTests|CDITests}
+FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount|SpecDevicesTests|DeviceAccessTests}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
