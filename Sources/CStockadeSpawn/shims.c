@@ -199,6 +199,31 @@ int stk_clone_tree(int fd) {
     return stk_clone_bind(fd, 0, 0);
 }
 
+/*
+ * A devpts instance of its own for an OCI container's terminal, made by the
+ * launcher before the container exists: the pty the launcher opens in it is
+ * the container's /dev/pts/N once the child moves this mount there.
+ * Returns the detached mount's fd (close-on-exec) or -errno.
+ */
+int stk_devpts_instance(void) {
+    /* fsopen(2): a filesystem context for a new devpts superblock. */
+    int fs = (int)syscall(430 /* fsopen */, "devpts", 1 /* FSOPEN_CLOEXEC */);
+    if (fs < 0) return -errno;
+    /* The options of every jail's own devpts (build_dev); then create it. */
+    if (syscall(431 /* fsconfig */, fs, 1 /* FSCONFIG_SET_STRING */, "ptmxmode", "0666", 0) < 0 ||
+        syscall(431, fs, 1, "mode", "0620", 0) < 0 ||
+        syscall(431, fs, 6 /* FSCONFIG_CMD_CREATE */, NULL, NULL, 0) < 0) {
+        int e = errno;
+        close(fs);
+        return -e;
+    }
+    /* fsmount(2): the superblock as a detached mount, nosuid and noexec. */
+    int mnt = (int)syscall(432 /* fsmount */, fs, 1 /* FSMOUNT_CLOEXEC */, 0x2 /* MOUNT_ATTR_NOSUID */ | 0x8 /* MOUNT_ATTR_NOEXEC */);
+    int e = errno;
+    close(fs);
+    return mnt < 0 ? -e : mnt;
+}
+
 /* ---- Seccomp user notification ---- */
 
 int stk_seccomp_action_available(uint32_t action) {

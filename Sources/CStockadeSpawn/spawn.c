@@ -417,9 +417,26 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
         close(t);
     }
     int pts = open_beneath(d, "pts", STK_MAKE_DIR, 0755);
-    CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
-          STK_STEP_DEV, "/dev/pts");
+    if (p->has_devpts) {
+        /* The launcher's devpts instance, which holds the container's
+         * terminal: attached here instead of a fresh one. */
+        CHECK(pts >= 0 && syscall(SYS_move_mount, p->devpts_fd, "", pts, "",
+                                  MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+              STK_STEP_DEV, "/dev/pts (the terminal's devpts)");
+    } else {
+        CHECK(pts >= 0 && mount_on(pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0,
+              STK_STEP_DEV, "/dev/pts");
+    }
     close(pts);
+    if (p->has_devpts && p->console_pts) {
+        /* /dev/console is the terminal: its pts node bound over an empty file. */
+        int src = open_beneath(d, p->console_pts, STK_OPEN_ONLY, 0);
+        CHECK(src >= 0, STK_STEP_DEV, p->console_pts);
+        int t = open_beneath(d, "console", STK_MAKE_FILE, 0);
+        CHECK(t >= 0 && bind_fd(src, t, 0, 0, 1) == 0, STK_STEP_DEV, "/dev/console");
+        close(src);
+        close(t);
+    }
     int shm = open_beneath(d, "shm", STK_MAKE_DIR, 01777);
     CHECK(shm >= 0 && mount_on(shm, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") == 0, STK_STEP_DEV, "/dev/shm");
     close(shm);
@@ -838,9 +855,16 @@ static void apply_landlock(const struct stk_plan *p) {
     }
     for (uint32_t i = 0; i < p->n_landlock_rules; i++) {
         const struct stk_landlock_rule *r = &p->landlock_rules[i];
-        int fd = open(r->path, O_PATH | O_CLOEXEC);
+        /* Resolved in the jail's root without following any link: a rule
+         * names the path itself, never what a link there (an OCI image's,
+         * or one planted before `start`) points at. */
+        int fd = open2(AT_FDCWD, r->path, O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
         if (fd < 0) {
             if (errno == ENOENT && r->optional) continue;
+            char detail[300];
+            if (errno == ELOOP && s_join(detail, sizeof detail, r->path,
+                                         " (a symbolic link on the way; Landlock rules do not follow links)"))
+                fail(p, STK_STEP_LANDLOCK, errno, detail);
             fail(p, STK_STEP_LANDLOCK, errno, r->path);
         }
         struct stat st;
@@ -1164,6 +1188,11 @@ static int worker_main(void *arg) {
         int found = 0;
         for (uint32_t i = 0; i < p->n_exec_paths && !found; i++) found = access(p->exec_paths[i], X_OK) == 0;
         if (!found) fail(p, STK_STEP_EXEC, ENOENT, p->argv[0] ? p->argv[0] : "(no program)");
+        /* Landlock now, not after `start`: its rules hold the inodes the
+         * container's root has at create, so nothing done to the rootfs
+         * before `start` changes what they grant, and a rule that cannot
+         * be made fails create. */
+        apply_landlock(p);
         close(p->error_fd);
         ((struct stk_plan *)p)->error_fd = -1;
         /* While it waits, the worker holds nothing of the launcher's: every
@@ -1183,7 +1212,7 @@ static int worker_main(void *arg) {
         close(p->exec_wait_fd);
     }
     if (p->via_wait) via_receive((struct stk_plan *)p);
-    apply_landlock(p);
+    if (!p->exec_wait) apply_landlock(p);
     /* Last: from here on every system call goes through the filter. */
     if (p->seccomp_len > 0) load_seccomp(p);
     if (p->n_start_hooks > 0) run_start_hooks(p);

@@ -69,6 +69,11 @@ public struct OCILaunch: Sendable {
     /// `linux.sysctl` as (key as a path below /proc/sys, value), checked by
     /// the caller to be namespaced and in namespaces of the container's own.
     public var sysctls: [(key: String, value: String)] = []
+    /// The container's terminal: a detached devpts instance (from
+    /// `stk_devpts_instance`) holding its pty, attached at /dev/pts instead
+    /// of a fresh one, and the pty's name there ("pts/0"), bound over
+    /// /dev/console. The caller closes the fd after the launch.
+    public var devpts: (fd: Int32, console: String)?
 
     /// Where a paused container stands: its first process, and its root as
     /// the launcher found it on the host (canonical path, device, inode).
@@ -152,6 +157,11 @@ extension OCILaunch {
         plan.sysctl_keys = arena.array(sysctls.map { Optional(arena.string($0.key)) })
         plan.sysctl_values = arena.array(sysctls.map { Optional(arena.string($0.value)) })
         plan.n_sysctls = UInt32(sysctls.count)
+        if let devpts {
+            plan.has_devpts = 1
+            plan.devpts_fd = devpts.fd
+            plan.console_pts = arena.string(devpts.console)
+        }
     }
 
     /// The hooks pause (see ``hooks``): the container's root at its host

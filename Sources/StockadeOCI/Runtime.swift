@@ -55,7 +55,9 @@ public struct Runtime: Sendable {
 
     public func create(id: String, _ options: CreateOptions) throws {
         let bundle = options.bundle.hasPrefix("/") ? options.bundle : SpecFiles.currentDirectory() + "/" + options.bundle
-        let spec = try SpecFiles.readConfig(bundle: bundle)
+        var spec = try SpecFiles.readConfig(bundle: bundle)
+        // CDI devices (and NVIDIA_VISIBLE_DEVICES) become the spec's devices, mounts, hooks.
+        let cdi = try SpecCDI.apply(&spec)
         let dir = try store.create(id)
         var launched: Jail?
         var group: JailGroup?
@@ -84,7 +86,10 @@ public struct Runtime: Sendable {
             let (driver, path) = try Self.cgroupPath(spec.linux?.cgroupsPath, id: id, systemd: systemdCgroup)
             group = try CgroupPlace.open(path, limits: request.profile.limits, create: true)
             request.cgroup = group
-            if let devices = try SpecDevices.plan(spec), let group {
+            // Without a user namespace of its own the container's nodes are made with mknod.
+            let ownUserns = request.profile.namespaces.contains(.user) || request.oci?.join.contains { $0.namespace == .user } == true
+            let mknod = ownUserns ? nil : SpecDevices.MknodPlace(dir: dir.rawValue, path: store.path + "/" + id)
+            if let devices = try SpecDevices.plan(spec, mknodIn: mknod, profile: request.profile, request: &request), let group {
                 request.cgroup = try SpecDevices.enforce(devices, on: group, path: path)
                 request.devices = devices
             }
@@ -108,7 +113,11 @@ public struct Runtime: Sendable {
             defer { try? terminal?.peer.close() }
             if let adj = spec.process?.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
 
-            let jail = try Launcher.launch(request)
+            let jail: Jail
+            do {
+                defer { if let devpts = request.oci?.devpts { close(devpts.fd) } }
+                jail = try Launcher.launch(request)
+            }
             launched = jail
             try? terminal?.master.close()
             _ = try jail.holdHostIDsUntilExit()
@@ -118,7 +127,8 @@ public struct Runtime: Sendable {
                 annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
                 hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion,
                 hooks: [("poststart", spec.hooks?.poststart), ("poststop", spec.hooks?.poststop)]
-                    .filter { !($0.1 ?? []).isEmpty }.map(\.0))
+                    .filter { !($0.1 ?? []).isEmpty }.map(\.0),
+                cdiHooks: cdi.hooks)
             try StateStore.write(try JSONEncoder().encode(record), "state.json", in: dir)
             // startContainer hooks read the state as `start` leaves it.
             if let stateFD { try ContainerHooks.writeState(document(jail.pid, .created), to: stateFD) }
@@ -161,7 +171,8 @@ public struct Runtime: Sendable {
         // config.json is read again only when it had poststart hooks (start is on every pod's path).
         guard record.mayHave(hooks: "poststart") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
-        try Hooks.run(spec?.hooks?.poststart, name: "poststart", state: stateDocument(record, status: .running))
+        try Hooks.run((spec?.hooks?.poststart ?? []) + (record.cdiHooks?.poststart ?? []), name: "poststart",
+                      state: stateDocument(record, status: .running))
     }
 
     public func state(id: String) throws -> ContainerState {
@@ -215,7 +226,8 @@ public struct Runtime: Sendable {
         guard record.mayHave(hooks: "poststop") else { return }
         let spec = try? SpecFiles.readConfig(bundle: record.bundle)
         // poststop failures are logged by runc, not fatal: the container is gone.
-        try? Hooks.run(spec?.hooks?.poststop, name: "poststop", state: stateDocument(record, status: .stopped))
+        try? Hooks.run((spec?.hooks?.poststop ?? []) + (record.cdiHooks?.poststop ?? []), name: "poststop",
+                       state: stateDocument(record, status: .stopped))
     }
 
     // MARK: ps, pause, resume, update
@@ -248,6 +260,11 @@ public struct Runtime: Sendable {
         let r = try Spec.decode(Spec.Resources.self, from: resources, file: source)
         let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
         try group.update(try SpecJail.limits(r, base: LimitsSection()))
+        if let rules = r.devices {
+            var spec = try SpecFiles.readConfig(bundle: record.bundle)
+            try SpecCDI.apply(&spec)
+            try SpecDevices.update(spec, rules: rules, group: group, path: record.cgroupPath)
+        }
     }
 
     // MARK: exec
@@ -277,12 +294,19 @@ public struct Runtime: Sendable {
         let process = try Spec.decode(Spec.Process.self, from: options.process, file: options.processFile)
         var spec = try SpecFiles.readConfig(bundle: record.bundle)
         spec.process = process
-        var request = try SpecJail.execRequest(spec: spec, initPID: record.pid)
+        var request = try SpecJail.execRequest(spec: spec, initPID: record.pid, bundle: record.bundle)
         defer { for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) } }
-        request.cgroup = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+        request.cgroup = group
+        // cgroup v1: the container's devices cgroup too, so that its device
+        // allowlist holds for the exec as for the container.
+        if group.directory == nil, let devices = SpecDevices.devicesDirectory(record.cgroupPath),
+           access(devices + "/cgroup.procs", F_OK) == 0 {
+            request.cgroup = DevicesV1Cgroup(inner: group, devices: devices)
+        }
         try JailSecurity.prepare(&request)
         var terminal: PseudoTerminal?
-        if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket) }
+        if process.terminal == true { terminal = try Console.attach(&request, socket: options.consoleSocket, initPID: record.pid) }
         defer { try? terminal?.peer.close() }
         if let adj = process.oomScoreAdj { try Self.setOOMScoreAdj(adj) }
         let jail = try Launcher.launch(request)
@@ -453,9 +477,19 @@ public enum SpecFiles {
 /// (one fd, one SCM_RIGHTS message, a short payload) and whose follower is
 /// the container's stdio and controlling terminal.
 enum Console {
-    static func attach(_ request: inout LaunchRequest, socket: String?) throws -> PseudoTerminal {
+    /// `create`: the pty is opened in a devpts instance of the container's
+    /// own (its /dev/pts, with /dev/console bound to the pty), so `ttyname`
+    /// inside names it. `exec` (`initPID`): in the container's /dev/pts.
+    static func attach(_ request: inout LaunchRequest, socket: String?, initPID: Int32? = nil) throws -> PseudoTerminal {
         guard let socket else { throw RuntimeError("process.terminal is true but no --console-socket was given") }
-        let pty = try PseudoTerminal.open()
+        let pty: PseudoTerminal
+        if let initPID {
+            pty = try ContainerTerminal.inContainer(initPID: initPID)
+        } else {
+            let (terminal, devpts, name) = try ContainerTerminal.newInstance()
+            pty = terminal
+            request.oci?.devpts = (devpts, name)
+        }
         do {
             let conn = try UnixSocket.connect(path: socket)
             defer { try? conn.close() }

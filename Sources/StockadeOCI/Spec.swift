@@ -106,6 +106,28 @@ public struct Spec: Codable, Sendable {
         public var type: String
         public var major: Int64?
         public var minor: Int64?
+        public var fileMode: UInt32?
+        public var uid: UInt32?
+        public var gid: UInt32?
+        /// The host's node, where it is not at `path` (a CDI device's
+        /// `hostPath`); never read from config.json.
+        public var hostPath: String? = nil
+        /// Where the device came from, for messages (`CDI device ...`);
+        /// nil: `config.json linux.devices[N]`.
+        public var origin: String? = nil
+
+        enum CodingKeys: String, CodingKey {
+            case path, type, major, minor, fileMode, uid, gid
+        }
+
+        public init(path: String, type: String, major: Int64?, minor: Int64?, hostPath: String? = nil, origin: String? = nil) {
+            self.path = path
+            self.type = type
+            self.major = major
+            self.minor = minor
+            self.hostPath = hostPath
+            self.origin = origin
+        }
     }
 
     public struct Resources: Codable, Sendable {

@@ -21,7 +21,10 @@ public enum SpecJail {
     public static let usernsAnnotation = "stockade.io/userns"
     /// A root-owned file whose presence lets containers opt out of the user
     /// namespace by annotation on this host.
-    public static let allowHostUsernsFile = "/etc/stockade/oci-allow-host-userns"
+    /// (`STOCKADE_OCI_ALLOW_HOST_USERNS` names another.)
+    public static var allowHostUsernsFile: String {
+        getenv("STOCKADE_OCI_ALLOW_HOST_USERNS").map { String(cString: $0) } ?? "/etc/stockade/oci-allow-host-userns"
+    }
     /// Where `stockade.io/profile` names are looked up (`NAME.toml`).
     public static var profileDirectory: String {
         getenv("STOCKADE_PROFILE_DIR").map { String(cString: $0) } ?? "/etc/stockade/profiles"
@@ -112,7 +115,10 @@ public enum SpecJail {
         profile.filesystem.readonlyRoot = root.readonly ?? false
         profile.filesystem.dev = true
         profile.filesystem.proc = false
-        if !annotated { profile.mounts = [] }
+        // The annotated profile's mounts are what Landlock grants in the
+        // container (SpecLandlock), never host binds into it.
+        let grants = profile.mounts
+        profile.mounts = []
         for (i, m) in (spec.mounts ?? []).enumerated() {
             if let mount = try mount(m, index: i, bundle: bundle, profile: &profile) {
                 oci.mounts.append(mount)
@@ -126,12 +132,13 @@ public enum SpecJail {
 
         // Seccomp: the spec's filter (none: allow), under the prelude.
         profile.seccomp = try seccomp(spec.linux?.seccomp)
-        // No Landlock: its rules come from a profile's mounts, and a
-        // container's root is its bundle's rootfs. A pod shares its pid and
+        // Landlock only where a profile is annotated: its mounts name what
+        // the container may reach (SpecLandlock). A pod shares its pid and
         // net namespaces on purpose; the container's own user namespace and
         // cgroup still hold it.
+        let landlock = annotated ? try SpecLandlock.plan(profile: profile, grants: grants, specMounts: oci.mounts) : nil
         profile.landlock.enabled = false
-        profile.landlock.unscoped = "an OCI container shares the pid or net namespace its spec names"
+        profile.landlock.unscoped = SpecLandlock.podUnscoped
         profile.limits = try limits(spec.linux?.resources, base: annotated ? profile.limits : LimitsSection())
         profile.name = annotated ? profile.name : "oci"
 
@@ -144,6 +151,7 @@ public enum SpecJail {
         }
         _ = program
         request.oci = oci
+        request.landlock = landlock
         return request
     }
 
@@ -151,12 +159,15 @@ public enum SpecJail {
     /// document) in every namespace of the container's PID 1 that differs
     /// from the caller's, its root, the spec's seccomp filter under the
     /// prelude. Nothing is mounted: the container's mount namespace is the root.
-    public static func execRequest(spec: Spec, initPID: Int32) throws -> LaunchRequest {
+    /// A container with `stockade.io/profile` gets the Landlock domain its
+    /// first process got (`bundle` resolves the spec's relative sources).
+    public static func execRequest(spec: Spec, initPID: Int32, bundle: String) throws -> LaunchRequest {
         guard let process = spec.process else { throw SpecError("process: missing") }
         guard let program = process.args?.first, !program.isEmpty else {
             throw SpecError("process.args: empty; exec needs a program to run")
         }
         var profile = try baseProfile(spec)
+        let landlock = try execLandlock(spec, profile: profile, bundle: bundle)
         var oci = OCILaunch()
         oci.detached = true
         oci.joinedRoot = true
@@ -202,7 +213,27 @@ public enum SpecJail {
         _ = program
         var request = LaunchRequest(profile: profile, command: process.args ?? [])
         request.oci = oci
+        request.landlock = landlock
         return request
+    }
+
+    /// The Landlock domain of the container's first process, for an exec
+    /// into it: nil without `stockade.io/profile`.
+    static func execLandlock(_ spec: Spec, profile: Profile, bundle: String) throws -> LaunchLandlock? {
+        guard spec.annotations?[profileAnnotation] != nil else { return nil }
+        var container = profile
+        container.filesystem.dev = true
+        container.filesystem.proc = false
+        container.namespaces = []
+        var mounts: [OCILaunch.Mount] = []
+        for (i, m) in (spec.mounts ?? []).enumerated() {
+            if let made = try mount(m, index: i, bundle: bundle, profile: &container) { mounts.append(made) }
+        }
+        // A path the container's first process left out (a pod's mqueue,
+        // say) grants nothing here rather than failing the exec.
+        var landlock = try SpecLandlock.plan(profile: container, grants: profile.mounts, specMounts: mounts)
+        for i in (landlock?.rules ?? []).indices where landlock?.rules[i].path != "/" { landlock?.rules[i].optional = true }
+        return landlock
     }
 
     // MARK: pieces

@@ -32,6 +32,9 @@ public struct ContainerRecord: Codable, Sendable {
     /// "poststop"), so that start and delete read it again only for them;
     /// nil (a record written before this field): read it.
     public var hooks: [String]? = nil
+    /// The poststart and poststop hooks CDI devices added at create (not
+    /// in config.json, which start and delete read).
+    public var cdiHooks: Spec.Hooks? = nil
 
     /// Whether config.json must be read again for `kind` hooks.
     func mayHave(hooks kind: String) -> Bool { hooks?.contains(kind) ?? true }
@@ -117,6 +120,10 @@ public final class StateStore: Sendable {
     public func remove(_ id: String) {
         if let dir = try? open(id) {
             for name in ["state.json", "exec.fifo", "state.json.tmp"] { unlinkat(dir.rawValue, name, 0) }
+            // Device nodes made for a container without a user namespace of its own.
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: path + "/" + id)) ?? [] where name.hasPrefix("dev-") {
+                unlinkat(dir.rawValue, name, 0)
+            }
             try? dir.close()
         }
         unlinkat(fd.rawValue, id, AT_REMOVEDIR)

@@ -14,6 +14,11 @@ public struct PseudoTerminal: Sendable {
     public var master: FileDescriptor
     public var peer: FileDescriptor
 
+    public init(master: FileDescriptor, peer: FileDescriptor) {
+        self.master = master
+        self.peer = peer
+    }
+
     static let TIOCSPTLCK: UInt = 0x4004_5431
     static let TIOCGPTPEER: UInt = 0x5441
     public static let TIOCGWINSZ: UInt = 0x5413

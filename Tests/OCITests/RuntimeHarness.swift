@@ -30,6 +30,9 @@ final class RuntimeFixture {
     let log: String
     let bundle: String
     let cgroupParent: String
+    /// Variables set for this fixture's runtime commands only (suites run
+    /// in parallel: a setenv in one would reach another's runtime).
+    var environment: [String: String] = [:]
 
     init(_ name: String) throws {
         dir = "/tmp/stockade-oci-\(name)-\(getpid())"
@@ -116,6 +119,15 @@ final class RuntimeFixture {
         try data.write(to: URL(fileURLWithPath: bundle + "/config.json"))
     }
 
+    /// config.json for `args` with `process.terminal` set.
+    static func writeTerminalConfig(_ bundle: String, args: [String], cgroupsPath: String) throws {
+        try writeConfig(bundle, args: args, cgroupsPath: cgroupsPath) { config in
+            var process = config["process"] as! [String: Any]
+            process["terminal"] = true
+            config["process"] = process
+        }
+    }
+
     /// A container of the fixture's bundle running `args`, created and started.
     func startContainer(_ id: String, args: [String]) throws {
         try Self.writeConfig(bundle, args: args, cgroupsPath: cgroupsPath(id))
@@ -161,7 +173,16 @@ final class RuntimeFixture {
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, runtimeBinary, &actions, &attributes, &cArgs, environ)
+        var inherited: [String] = []
+        var entry = environ
+        while let p = entry.pointee {
+            let text = String(cString: p)
+            if !environment.keys.contains(where: { text.hasPrefix($0 + "=") }) { inherited.append(text) }
+            entry += 1
+        }
+        var cEnv = (inherited + environment.map { "\($0)=\($1)" }).map { strdup($0) } + [nil]
+        defer { for e in cEnv { free(e) } }
+        let rc = posix_spawn(&pid, runtimeBinary, &actions, &attributes, &cArgs, &cEnv)
         guard rc == 0 else { throw RuntimeTestError("posix_spawn \(runtimeBinary): \(rc)") }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -296,4 +317,81 @@ struct SchemaChecker {
     func check(state: [String: Any]) -> [String] {
         check(state, against: documents["state-schema.json"] ?? [:])
     }
+}
+
+/// A listening unix socket at `path`, as the shim's console socket.
+func consoleListener(_ path: String) throws -> Int32 {
+    let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in path.utf8.enumerated() { raw[i] = b }
+    }
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard bound == 0, listen(listener, 1) == 0 else {
+        close(listener)
+        throw RuntimeTestError("console socket \(path): \(errno)")
+    }
+    return listener
+}
+
+/// One recvmsg on `conn`: the payload's length and the descriptors it carries.
+func receiveDescriptors(_ conn: Int32) -> (Int, [Int32]) {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    var control = [UInt8](repeating: 0, count: 256)
+    var received: [Int32] = []
+    let n = buffer.withUnsafeMutableBytes { data in
+        control.withUnsafeMutableBytes { ctl in
+            var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+            return withUnsafeMutablePointer(to: &iov) { iovp in
+                var msg = msghdr()
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = ctl.baseAddress
+                msg.msg_controllen = ctl.count
+                let n = recvmsg(conn, &msg, 0)
+                var cmsg = msg.msg_controllen > 0 ? UnsafeMutablePointer<cmsghdr>(OpaquePointer(ctl.baseAddress)) : nil
+                while let c = cmsg, Int(c.pointee.cmsg_len) > MemoryLayout<cmsghdr>.size {
+                    if c.pointee.cmsg_level == SOL_SOCKET && c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                        let count = (Int(c.pointee.cmsg_len) - MemoryLayout<cmsghdr>.size) / 4
+                        let fds = UnsafeRawPointer(c + 1).assumingMemoryBound(to: Int32.self)
+                        for i in 0..<count { received.append(fds[i]) }
+                    }
+                    let next = UnsafeMutableRawPointer(c) + ((Int(c.pointee.cmsg_len) + 7) & ~7)
+                    cmsg = next < ctl.baseAddress! + msg.msg_controllen ? next.assumingMemoryBound(to: cmsghdr.self) : nil
+                }
+                return n
+            }
+        }
+    }
+    return (n, received)
+}
+
+/// Everything the pty leader `fd` gives until `text` appears (5 s at most).
+func readTerminal(_ fd: Int32, until text: String) -> String {
+    var output = ""
+    for _ in 0..<100 where !output.contains(text) {
+        var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if Glibc.poll(&poll, 1, 50) > 0 {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            output += String(decoding: chunk[0..<n], as: UTF8.self)
+        }
+    }
+    return output
+}
+
+/// The bound host node's own mode applies inside (the container's root is
+/// not the host's): where it is not rw for all (the cgroup v2 VM's udev
+/// leaves /dev/fuse 0600; this host has it 0666) it is made so for the
+/// test and put back, so that only the device allowlist decides.
+func openToAll(_ path: String) -> () -> Void {
+    var st = stat()
+    guard stat(path, &st) == 0, st.st_mode & 0o666 != 0o666 else { return {} }
+    let mode = st.st_mode & 0o7777
+    chmod(path, mode | 0o666)
+    return { chmod(path, mode) }
 }

@@ -357,56 +357,17 @@ struct RuntimeProtocolTests {
     func consoleSocket() throws {
         let f = try RuntimeFixture("console")
         let id = "tty1"
-        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo stdio-is-a-tty; echo typed-$(head -c 5)"], cgroupsPath: f.cgroupsPath(id)) { config in
-            var process = config["process"] as! [String: Any]
-            process["terminal"] = true
-            config["process"] = process
-        }
+        try RuntimeFixture.writeTerminalConfig(f.bundle, args: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo stdio-is-a-tty; echo typed-$(head -c 5)"], cgroupsPath: f.cgroupsPath(id))
         let socketPath = f.dir + "/console.sock"
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let listener = try consoleListener(socketPath)
         defer { close(listener) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in socketPath.utf8.enumerated() { raw[i] = b }
-        }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        try #require(bound == 0 && listen(listener, 1) == 0)
         let created = try f.run(["create", "--bundle", f.bundle, "--console-socket", socketPath, id])
         #expect(created.status == 0, "\(created)")
         let conn = accept(listener, nil, nil)
         try #require(conn >= 0)
         defer { close(conn) }
         // One recvmsg: the payload and the descriptors it carries.
-        var buffer = [UInt8](repeating: 0, count: 256)
-        var control = [UInt8](repeating: 0, count: 256)
-        var received: [Int32] = []
-        let n = buffer.withUnsafeMutableBytes { data in
-            control.withUnsafeMutableBytes { ctl in
-                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                return withUnsafeMutablePointer(to: &iov) { iovp in
-                    var msg = msghdr()
-                    msg.msg_iov = iovp
-                    msg.msg_iovlen = 1
-                    msg.msg_control = ctl.baseAddress
-                    msg.msg_controllen = ctl.count
-                    let n = recvmsg(conn, &msg, 0)
-                    var cmsg = msg.msg_controllen > 0 ? UnsafeMutablePointer<cmsghdr>(OpaquePointer(ctl.baseAddress)) : nil
-                    while let c = cmsg, Int(c.pointee.cmsg_len) > MemoryLayout<cmsghdr>.size {
-                        if c.pointee.cmsg_level == SOL_SOCKET && c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                            let count = (Int(c.pointee.cmsg_len) - MemoryLayout<cmsghdr>.size) / 4
-                            let fds = UnsafeRawPointer(c + 1).assumingMemoryBound(to: Int32.self)
-                            for i in 0..<count { received.append(fds[i]) }
-                        }
-                        let next = UnsafeMutableRawPointer(c) + ((Int(c.pointee.cmsg_len) + 7) & ~7)
-                        cmsg = next < ctl.baseAddress! + msg.msg_controllen ? next.assumingMemoryBound(to: cmsghdr.self) : nil
-                    }
-                    return n
-                }
-            }
-        }
+        let (n, received) = receiveDescriptors(conn)
         #expect(n > 0 && n < 256, "payload of \(n) bytes")
         #expect(received.count == 1, "descriptors: \(received)")
         let leader = try #require(received.first)
@@ -414,15 +375,7 @@ struct RuntimeProtocolTests {
         #expect(isatty(leader) == 1)
         #expect(try f.run(["start", id]).status == 0)
         _ = "hello\n".withCString { write(leader, $0, 6) }
-        var output = ""
-        for _ in 0..<100 where !output.contains("typed-hello") {
-            var poll = pollfd(fd: leader, events: Int16(POLLIN), revents: 0)
-            if Glibc.poll(&poll, 1, 50) > 0 {
-                var chunk = [UInt8](repeating: 0, count: 512)
-                let got = read(leader, &chunk, chunk.count)
-                if got > 0 { output += String(decoding: chunk[..<got], as: UTF8.self) }
-            }
-        }
+        let output = readTerminal(leader, until: "typed-hello")
         #expect(output.contains("stdio-is-a-tty") && output.contains("typed-hello"), "\(output.debugDescription)")
         _ = try f.run(["delete", "--force", id])
     }

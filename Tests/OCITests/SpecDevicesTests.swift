@@ -52,6 +52,8 @@ struct SpecDevicesTests {
     func deviceNode() throws {
         let node = try #require(Self.grantable, "this host has none of /dev/fuse, /dev/net/tun, /dev/kmsg to grant")
         let f = try RuntimeFixture("devices")
+        let restore = openToAll(node.path)
+        defer { restore() }
         let id = "dev1"
         // kmsg needs CAP_SYSLOG of the host to read: open it only where it is fuse or tun.
         let open = node.path == "/dev/kmsg" ? "echo opened-node" : "exec 3<>\(node.path) && echo opened-node"

@@ -52,8 +52,7 @@ struct AnnotationTests {
         let profiles = f.dir + "/profiles"
         mkdir(profiles, 0o755)
         try "[limits]\npids_max = 23\n".write(toFile: profiles + "/tight.toml", atomically: true, encoding: .utf8)
-        setenv("STOCKADE_PROFILE_DIR", profiles, 1)
-        defer { unsetenv("STOCKADE_PROFILE_DIR") }
+        f.environment["STOCKADE_PROFILE_DIR"] = profiles
         let id = "prof1"
         try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id)) { config in
             config["annotations"] = ["stockade.io/profile": "tight"]

@@ -7,10 +7,11 @@
 #
 # Usage: scripts/vm/run-vm-tests.sh [COMMAND...]
 #   With no command it runs the swift-testing suites whose names match
-#   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount|SpecDevicesTests":
-#   budgets, the cgroup namespace, host id ranges, kernel counts, the OCI
-#   runtime's lifecycle (OCICgroupLifecycleTests) and its device allowlist
-#   as the eBPF device program) from the debug test binary.
+#   $VM_TEST_FILTER (default "Cgroup|HostID|KernelCount|SpecDevicesTests|
+#   DeviceAccessTests": budgets, the cgroup namespace, host id ranges,
+#   kernel counts, the OCI runtime's lifecycle (OCICgroupLifecycleTests) and
+#   its device allowlist as the eBPF device program: read-only rules,
+#   update) from the debug test binary.
 #   Result lines go to the serial console (stdout here); the exit status is
 #   the tests' (1 when the VM gave no result at all).
 set -euo pipefail
@@ -18,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${VM_WORK:-$ROOT/.build/vm}
 TIMEOUT=${VM_TIMEOUT:-600}
-FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount|SpecDevicesTests}
+FILTER=${VM_TEST_FILTER:-Cgroup|HostID|KernelCount|SpecDevicesTests|DeviceAccessTests}
 TESTBIN=${VM_TEST_BINARY:-$ROOT/.build/debug/stockadePackageTests.xctest}
 
 KERNEL=${VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
@@ -69,6 +70,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/t
 export STOCKADE_EXPECT_CGROUP=v2 STOCKADE_WORKLOAD="$WORKLOAD" NO_COLOR=1
 cd "$ROOT"
 echo "vm: kernel \$(uname -r), cgroup2 controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"
+# /dev/fuse and /dev/net/tun: the device tests' harmless nodes (modules here).
+modprobe -q fuse 2>/dev/null; modprobe -q tun 2>/dev/null
 $CMD
 echo "VM-RESULT rc=\$?"
 sync

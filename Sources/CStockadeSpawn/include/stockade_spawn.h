@@ -246,6 +246,14 @@ struct stk_plan {
      * a successful execve closes it (close-on-exec). */
     int32_t via_wait;
     int32_t via_fd;
+    /* OCI terminal: with has_devpts set, devpts_fd is a detached devpts
+     * instance the launcher made (stk_devpts_instance) and opened the
+     * container's pty in; the child moves it to /dev/pts instead of
+     * mounting a fresh one, so the pty is the container's own /dev/pts/N,
+     * and binds console_pts ("pts/N", below /dev) over /dev/console. */
+    int32_t has_devpts;
+    int32_t devpts_fd;
+    const char *console_pts;
 };
 
 /*
@@ -388,6 +396,9 @@ int stk_setns(int fd, int nstype);
  * per thread; the same _GNU_SOURCE gap); 0, or -1 with errno. */
 int stk_unshare(int flags);
 int stk_sethostname(const char *name, size_t len);
+/* A new devpts instance (ptmxmode=0666, mode=0620) as a detached nosuid,
+ * noexec mount (fsopen, fsconfig, fsmount): its fd or -errno. */
+int stk_devpts_instance(void);
 
 /* ---- OCI hooks (the launcher's side; see stk_plan.hooks_pause). ---- */
 

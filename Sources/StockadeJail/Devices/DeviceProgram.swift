@@ -21,9 +21,11 @@ import Glibc
 ///     r3 = (ctx.access_type >> 16) & ~(READ|WRITE)
 ///     if r3 != 0 goto deny                    ; never mknod
 ///     r4 = ctx.major; r5 = ctx.minor
+///     r6 = ctx.access_type >> 16              ; only with a rule short of read-write
 ///     for each rule:
 ///         if r4 != major goto next
 ///         if r5 != minor goto next            ; left out for "any minor"
+///         r7 = r6 & ~access; if r7 != 0 goto next  ; left out for read-write rules
 ///         r0 = 1; exit
 ///     next: ...
 ///     deny: r0 = 0; exit
@@ -93,12 +95,22 @@ public struct DeviceProgram: Sendable, Equatable {
             ins(Op.loadWord, dst: 4, src: 1, off: 4),
             ins(Op.loadWord, dst: 5, src: 1, off: 8),
         ]
+        // The access asked for, kept only where some rule is short of read-write.
+        if rules.contains(where: { $0.access != .readWrite }) {
+            program += [ins(Op.loadWord, dst: 6, src: 1, off: 0), ins(Op.rsh32Imm, dst: 6, imm: 16)]
+        }
         let toDeny = [2, 6]
         for rule in rules {
             // Each test jumps past the rest of this rule's block on a mismatch.
             var block: [Instruction] = [ins(Op.jneImm, dst: 4, imm: Int32(bitPattern: rule.major))]
             if let minor = rule.minor {
                 block.append(ins(Op.jneImm, dst: 5, imm: Int32(bitPattern: minor)))
+            }
+            // A rule short of read-write: any access it lacks goes on to the next rule.
+            if rule.access != .readWrite {
+                block.append(ins(Op.mov32Reg, dst: 7, src: 6))
+                block.append(ins(Op.and32Imm, dst: 7, imm: Self.accessReadWrite & ~Int32(rule.access.rawValue)))
+                block.append(ins(Op.jneImm, dst: 7, imm: 0))
             }
             block.append(ins(Op.mov64Imm, dst: 0, imm: 1))
             block.append(ins(Op.exit))
@@ -234,6 +246,35 @@ public struct DeviceProgram: Sendable, Equatable {
     ///
     /// The corresponding C function is `bpf(BPF_PROG_QUERY)`.
     public static func attachedCount(to cgroup: FileDescriptor) throws(DeviceError) -> Int {
+        try attachedIDs(to: cgroup).count
+    }
+
+    /// Replaces the device programs attached directly to a cgroup with this
+    /// one: the new program is attached first, then the old ones detached,
+    /// so while both hold a device is allowed only where both allow it
+    /// (never more than either list).
+    ///
+    /// The corresponding C functions are `bpf(BPF_PROG_GET_FD_BY_ID)` and `bpf(BPF_PROG_DETACH)`.
+    public func replace(on cgroup: FileDescriptor, describing path: String) throws(DeviceError) {
+        let old = try Self.attachedIDs(to: cgroup)
+        try attach(to: cgroup, describing: path)
+        for id in old {
+            var attr = [UInt8](repeating: 0, count: Self.attrSize)
+            Self.put32(&attr, 0, id)                                    // prog_id
+            let fd = Self.bpf(13, &attr)                                // BPF_PROG_GET_FD_BY_ID
+            guard fd >= 0 else { throw DeviceError("cannot open device program \(id) of \(path): \(errnoName(Int32(-fd)))") }
+            defer { close(Int32(fd)) }
+            attr = [UInt8](repeating: 0, count: Self.attrSize)
+            Self.put32(&attr, 0, UInt32(bitPattern: cgroup.rawValue))  // target_fd
+            Self.put32(&attr, 4, UInt32(fd))                            // attach_bpf_fd
+            Self.put32(&attr, 8, 6)                                     // attach_type: BPF_CGROUP_DEVICE
+            let r = Self.bpf(9, &attr)                                  // BPF_PROG_DETACH
+            guard r >= 0 else { throw DeviceError("cannot detach the old device allowlist from \(path): \(errnoName(Int32(-r)))") }
+        }
+    }
+
+    /// The ids of the device programs attached directly to a cgroup.
+    static func attachedIDs(to cgroup: FileDescriptor) throws(DeviceError) -> [UInt32] {
         var ids = [UInt32](repeating: 0, count: 64)
         let r: Int = ids.withUnsafeMutableBytes { buf in
             var attr = [UInt8](repeating: 0, count: attrSize)
@@ -246,7 +287,7 @@ public struct DeviceProgram: Sendable, Equatable {
             return rc < 0 ? rc : Int(get32(attr, 24))
         }
         guard r >= 0 else { throw DeviceError("cannot query the cgroup's device programs: \(errnoName(Int32(-r)))") }
-        return r
+        return Array(ids.prefix(r))
     }
 
     // `union bpf_attr` is larger than any field used here; the kernel
