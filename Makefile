@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib
 APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
-	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci
+	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci runc iproute2
 STAMP := .build-stamps
 
 # A fixed seed and a fixed number of runs: CI explores exactly the inputs a
@@ -24,7 +24,7 @@ FUZZ_FLAGS := --sanitize=fuzzer --sanitize=address -Xswiftc -DFUZZING
 FUZZ_RUN_FLAGS := -detect_leaks=0 -timeout=10 -rss_limit_mb=2048
 FUZZ_TARGETS := profile docker-seccomp channel-record channel-handshake tenants
 
-.PHONY: all deps venv build release probe workload run test test-swift test-profiles test-vm test-python test-package bench check-image soak fuzz compare clean \
+.PHONY: all deps venv build release probe workload run test test-swift test-cri test-profiles test-vm test-python test-package bench check-image soak fuzz compare clean \
 	release-bins install install-files deb
 
 all: release
@@ -188,6 +188,7 @@ run: release venv
 # example tests, and a bounded fuzzing run of every fuzz target.
 test: deps venv
 	$(MAKE) test-swift
+	$(MAKE) test-cri
 	$(MAKE) test-profiles
 	$(MAKE) test-vm
 	$(MAKE) test-python
@@ -200,9 +201,17 @@ test: deps venv
 # process, which the suites beside it would add to.
 test-swift: deps venv .build/stockade-workload
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --skip CgroupBudget --skip AnswerMemoryDaemonTests
+	$(SWIFT) test --skip-build --skip CgroupBudget --skip AnswerMemoryDaemonTests --skip OCICRI
 	$(SWIFT) test --skip-build --filter CgroupBudget
 	$(SWIFT) test --skip-build --filter AnswerMemoryDaemonTests
+
+# The CRI pod lifecycle through Debian's containerd (a private instance with
+# its CRI plugin), driven from Python over gRPC (Tests/CRI), against the
+# stockade handler and runc, and the probe battery in a pod. Alone: its
+# pods' timings and cgroups stay clear of the other suites.
+test-cri: deps venv probe
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --filter OCICRI
 
 # The cgroup suites again, on a real cgroup v2 kernel: Debian's kernel under
 # qemu (TCG) with this tree shared read-only (scripts/vm/run-vm-tests.sh).

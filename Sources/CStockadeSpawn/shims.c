@@ -196,18 +196,7 @@ int stk_hold_until_exit(int pidfd, const int *fds, int n) {
  * Returns the tree's fd (close-on-exec) or -errno.
  */
 int stk_clone_tree(int fd) {
-    int tree = (int)syscall(428 /* open_tree */, fd, "", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x1000 /* AT_EMPTY_PATH */ |
-                                                          0x8000 /* AT_RECURSIVE */);
-    if (tree < 0) return -errno;
-    struct {
-        uint64_t attr_set, attr_clr, propagation, userns_fd;
-    } attr = {0x2 /* MOUNT_ATTR_NOSUID */ | 0x4 /* MOUNT_ATTR_NODEV */, 0, 0, 0};
-    if (syscall(442 /* mount_setattr */, tree, "", 0x1000 | 0x8000, &attr, sizeof attr) < 0) {
-        int e = errno;
-        close(tree);
-        return -e;
-    }
-    return tree;
+    return stk_clone_bind(fd, 0, 0);
 }
 
 /* ---- Seccomp user notification ---- */
@@ -289,4 +278,47 @@ int stk_recv_listener(int sock, int *fd, int32_t *pid) {
     *fd = got_fd;
     *pid = got_pid;
     return 1;
+}
+
+/* The raw system call: one thread joins the namespace behind `fd` (net, ipc
+ * and uts are per thread; the launcher's spawner thread enters a pod's
+ * namespaces around one clone3). */
+int stk_setns(int fd, int nstype) {
+    return (int)syscall(SYS_setns, fd, nstype);
+}
+
+/*
+ * Like stk_clone_tree (which is this with neither flag), with a bind's own
+ * flags: the launcher copies a source whose directories the jail's ids may
+ * not search (a pod's files that containerd keeps below its root-only state
+ * directory); the child only attaches the copy. Flags are set while the
+ * copy is detached and owned by the launcher's user namespace, so the jail
+ * cannot clear them.
+ */
+int stk_clone_bind(int fd, int readonly, int noexec) {
+    int tree = (int)syscall(428 /* open_tree */, fd, "", 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | 0x1000 /* AT_EMPTY_PATH */ |
+                                                          0x8000 /* AT_RECURSIVE */);
+    if (tree < 0) return -errno;
+    struct {
+        uint64_t attr_set, attr_clr, propagation, userns_fd;
+    } attr = {0x2 /* MOUNT_ATTR_NOSUID */ | 0x4 /* MOUNT_ATTR_NODEV */ | (readonly ? 0x1 /* MOUNT_ATTR_RDONLY */ : 0) |
+                  (noexec ? 0x8 /* MOUNT_ATTR_NOEXEC */ : 0),
+              0, 0, 0};
+    if (syscall(442 /* mount_setattr */, tree, "", 0x1000 | 0x8000, &attr, sizeof attr) < 0) {
+        int e = errno;
+        close(tree);
+        return -e;
+    }
+    return tree;
+}
+
+/* The raw system calls: the spawner thread makes a pod's ipc and uts
+ * namespaces itself (so the launcher's user namespace owns them) and names
+ * the uts one, around one clone3. */
+int stk_unshare(int flags) {
+    return (int)syscall(SYS_unshare, flags);
+}
+
+int stk_sethostname(const char *name, size_t len) {
+    return (int)syscall(SYS_sethostname, name, len);
 }

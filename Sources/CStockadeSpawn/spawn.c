@@ -468,6 +468,15 @@ static void apply_mount(const struct stk_plan *p, int root, const struct stk_mou
     switch (m->kind) {
     case STK_MOUNT_BIND:
     case STK_MOUNT_DEVNODE: {
+        if (m->flags & STK_MF_TREE) {
+            /* The launcher's copy of the source, flags already set (its
+             * directories may be closed to the jail's ids): attached as is. */
+            int dst = open_target_for(p, root, m->tree_fd, m->target);
+            CHECK(syscall(SYS_move_mount, m->tree_fd, "", dst, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+                  STK_STEP_MOUNT, m->target);
+            close(dst);
+            return;
+        }
         int src = open_source(m);
         if (src < 0) {
             if (errno == ENOENT && optional) return;

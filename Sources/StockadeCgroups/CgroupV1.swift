@@ -144,9 +144,24 @@ final class CgroupV1Backend: CgroupBackend {
         if let mem = tree("memory") {
             let d = dir(mem, rel)
             if let v = limits.memoryMax {
-                try CgroupFS.write(d + "/memory.limit_in_bytes", "\(v)")
-                if let swap = limits.swapMax, CgroupFS.exists(d + "/memory.memsw.limit_in_bytes") {
-                    try CgroupFS.write(d + "/memory.memsw.limit_in_bytes", "\(v.addingReportingOverflow(swap).overflow ? UInt64.max : v + swap)")
+                // v1 keeps memory <= memory+swap at every write: a raise
+                // (an update of a running jail) writes memsw first. Without a
+                // swap limit, a memsw below the new memory rises to it (no swap).
+                let memsw = d + "/memory.memsw.limit_in_bytes"
+                let hasMemsw = CgroupFS.exists(memsw)
+                let current = hasMemsw ? CgroupFS.readNumber(memsw) : nil
+                var both: UInt64?
+                if let swap = limits.swapMax, hasMemsw {
+                    both = v.addingReportingOverflow(swap).overflow ? UInt64.max : v + swap
+                } else if let current, current < v {
+                    both = v
+                }
+                if let both, let current, both > current {
+                    try CgroupFS.write(memsw, "\(both)")
+                    try CgroupFS.write(d + "/memory.limit_in_bytes", "\(v)")
+                } else {
+                    try CgroupFS.write(d + "/memory.limit_in_bytes", "\(v)")
+                    if let both { try CgroupFS.write(memsw, "\(both)") }
                 }
             }
             if let v = limits.memoryHigh { try CgroupFS.write(d + "/memory.soft_limit_in_bytes", "\(v)") }

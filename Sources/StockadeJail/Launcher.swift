@@ -215,15 +215,68 @@ public enum Launcher {
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.
         let frozenPlan = UnsafeSendable(plan)
-        let (pid, pidfd, intoCgroup) = withExtendedLifetime(arena) {
-            SpawnerThread.shared.run {
+        let before: [(fd: Int32, name: String, type: Int32)] = (request.oci?.enterBeforeClone ?? []).map {
+            (fd: $0.fd, name: $0.namespace.procName, type: Int32(truncatingIfNeeded: $0.namespace.cloneFlag))
+        }
+        let fresh: [(name: String, type: Int32)] = (request.oci?.unshareBeforeClone ?? []).map {
+            (name: $0.procName, type: Int32(truncatingIfNeeded: $0.cloneFlag))
+        }
+        let hostname = request.oci?.hostnameBeforeClone
+        let spawned: SpawnResult = withExtendedLifetime(arena) {
+            SpawnerThread.shared.run { () -> SpawnResult in
                 var plan = frozenPlan.value
-                var pidfd: Int32 = -1
-                var into: Int32 = 0
-                let pid = stk_spawn(&plan, &pidfd, &into)
-                return (pid, pidfd, into)
+                var result = SpawnResult()
+                // The namespaces to start in: entered by this thread only
+                // (setns of net, ipc and uts is per thread), left right after.
+                var left: [(own: Int32, type: Int32, name: String)] = []
+                defer {
+                    for entered in left.reversed() {
+                        let back = stk_setns(entered.own, entered.type)
+                        precondition(back == 0, "the spawner thread cannot return to its own \(entered.name) namespace: errno \(errno)")
+                        close(entered.own)
+                    }
+                }
+                for ns in before {
+                    let own = open("/proc/thread-self/ns/\(ns.name)", O_RDONLY | O_CLOEXEC)
+                    guard own >= 0 else {
+                        result.entering = (ns.name, errno)
+                        return result
+                    }
+                    guard stk_setns(ns.fd, ns.type) == 0 else {
+                        result.entering = (ns.name, errno)
+                        close(own)
+                        return result
+                    }
+                    left.append((own, ns.type, ns.name))
+                }
+                for ns in fresh {
+                    let own = open("/proc/thread-self/ns/\(ns.name)", O_RDONLY | O_CLOEXEC)
+                    guard own >= 0 else {
+                        result.entering = (ns.name, errno)
+                        return result
+                    }
+                    guard stk_unshare(ns.type) == 0 else {
+                        result.entering = (ns.name, errno)
+                        close(own)
+                        return result
+                    }
+                    left.append((own, ns.type, ns.name))
+                }
+                if let hostname, fresh.contains(where: { $0.name == "uts" }) {
+                    guard stk_sethostname(hostname, hostname.utf8.count) == 0 else {
+                        result.entering = ("uts (sethostname \(hostname))", errno)
+                        return result
+                    }
+                }
+                result.pid = stk_spawn(&plan, &result.pidfd, &result.into)
+                return result
             }
         }
+        if let (name, error) = spawned.entering {
+            throw JailError.launcherStep("enter or make the \(name) namespace to clone in (one owned by the launcher's user namespace)",
+                                         errno: error)
+        }
+        let (pid, pidfd, intoCgroup) = (spawned.pid, spawned.pidfd, spawned.into)
         if pid < 0 {
             throw JailError.cloneFailed(errno: -pid, hint: cloneHint(errno: -pid, rootless: rootless))
         }
@@ -483,4 +536,14 @@ final class SpawnerThread: @unchecked Sendable {
             return result!
         }
     }
+}
+
+/// What the spawner thread's clone gave: the child's pid (or -errno) and
+/// pidfd, whether it was cloned into its cgroup, or the namespace it could
+/// not enter first (name, errno).
+private struct SpawnResult: Sendable {
+    var pid: pid_t = -1
+    var pidfd: Int32 = -1
+    var into: Int32 = 0
+    var entering: (String, Int32)?
 }

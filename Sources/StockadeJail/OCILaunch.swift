@@ -19,6 +19,18 @@ public struct OCILaunch: Sendable {
     /// Namespaces joined instead of made (a pod's shared ones, or all of a
     /// container's for `exec`); the user namespace must come first.
     public var join: [(fd: Int32, namespace: Profile.Namespace)] = []
+    /// Namespaces (net, ipc, uts) the spawner thread enters just before
+    /// clone and leaves right after, so the child starts in them: ones owned
+    /// by the launcher's own user namespace (a pod's network namespace that
+    /// containerd made), which a child already inside its new user
+    /// namespace has no capability to join.
+    public var enterBeforeClone: [(fd: Int32, namespace: Profile.Namespace)] = []
+    /// Namespaces (ipc, uts) the spawner thread makes just before clone, so
+    /// that they belong to the launcher's user namespace and every
+    /// container of a pod, each in a user namespace of its own, can enter
+    /// them as above; `hostnameBeforeClone` is then set by the thread.
+    public var unshareBeforeClone: [Profile.Namespace] = []
+    public var hostnameBeforeClone: String?
     /// The joined mount namespace is the root: no new root is built (exec).
     public var joinedRoot = false
     /// Capability sets kept (bit N = capability N); nil clears every one.

@@ -134,6 +134,8 @@ struct SpawnPlan {
         var data: String?
         /// What the launcher found at `source` (binds only).
         var recorded: HostPath?
+        /// The launcher's detached copy of the source (with STK_MF_TREE).
+        var treeFD: Int32 = -1
     }
 
     var mounts: [Mount] = []
@@ -145,8 +147,12 @@ struct SpawnPlan {
     /// Its O_PATH fd, open from the plan until ``closeRootFD()`` (after the clone).
     var rootFD: Int32?
 
+    /// The OCI binds' copies (``Mount/treeFD``), closed with the root's.
+    var treeFDs: [Int32] = []
+
     func closeRootFD() {
         if let rootFD { close(rootFD) }
+        for fd in treeFDs { close(fd) }
     }
 
     /// Whether openat2(2) exists here (asked once: a directory fd on "/").
@@ -177,7 +183,7 @@ struct SpawnPlan {
             + request.extraMounts.map { ($0, Self.label(extra: $0)) }
         var planned = try Self.plan(specs)
         if let oci = request.oci {
-            planned += try Self.plan(oci: oci)
+            var ociPlanned = try Self.plan(oci: oci)
             if let root = oci.rootDirectory {
                 do {
                     rootDirectory = try HostPath.resolve(root)
@@ -194,6 +200,10 @@ struct SpawnPlan {
                 guard tree >= 0 else { throw JailError.launcherStep("clone the mount tree of root.path \(root)", errno: -tree) }
                 rootFD = tree
             }
+            for i in ociPlanned.indices where ociPlanned[i].mount.kind == STK_MOUNT_BIND.rawValue {
+                try cloneBind(&ociPlanned[i])
+            }
+            planned += ociPlanned
         }
         let devices = try Self.plan(devices: request.devices)
         try Self.checkShadowing(planned + devices)
@@ -206,6 +216,28 @@ struct SpawnPlan {
         if case let .docker(path) = profile.seccomp.base { inputs.append(path) }
         try Self.checkLauncherInputs(planned, inputs: inputs)
         try Self.checkCgroupBinds(planned)
+    }
+
+    /// An OCI bind, copied here as the launcher like the root: containerd
+    /// keeps a pod's files (hosts, resolv.conf, the /dev/shm tmpfs) below
+    /// directories that only host root may search, which the child, already
+    /// in the container's user namespace, could not open. The source is
+    /// opened again without following links and must be the file recorded.
+    mutating func cloneBind(_ planned: inout Labelled) throws {
+        guard let host = planned.mount.recorded else { return }
+        let fd = stk_openat2(AT_FDCWD, host.path, HostPath.openPath, 0x04 | 0x02 /* RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS */)
+        guard fd >= 0 else { throw JailError.launcherStep("open \(planned.label) source \(host.path)", errno: errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, UInt64(st.st_dev) == host.device, UInt64(st.st_ino) == host.inode else {
+            throw JailError.invalidRequest("\(planned.label): the source \(host.path) is no longer the file the launcher checked")
+        }
+        let flags = planned.mount.flags
+        let tree = stk_clone_bind(fd, flags & STK_MF_WRITABLE.rawValue == 0 ? 1 : 0, flags & STK_MF_NOEXEC.rawValue != 0 ? 1 : 0)
+        guard tree >= 0 else { throw JailError.launcherStep("copy the mount tree of \(planned.label) source \(host.path)", errno: -tree) }
+        treeFDs.append(tree)
+        planned.mount.treeFD = tree
+        planned.mount.flags |= STK_MF_TREE.rawValue
     }
 
     /// How a mount that came with the launch (not from the profile) is named in messages.
@@ -512,7 +544,8 @@ struct SpawnPlan {
         let cMounts = mounts.map { m in
             stk_mount(kind: m.kind, flags: m.flags, mode: m.mode, src_type: m.recorded?.type ?? 0,
                       source: arena.optionalString(m.source), target: arena.string(m.target),
-                      data: arena.optionalString(m.data), src_dev: m.recorded?.device ?? 0, src_ino: m.recorded?.inode ?? 0)
+                      data: arena.optionalString(m.data), src_dev: m.recorded?.device ?? 0, src_ino: m.recorded?.inode ?? 0,
+                      tree_fd: m.treeFD, _pad: 0)
         }
         plan.mounts = arena.array(cMounts)
         plan.n_mounts = UInt32(cMounts.count)

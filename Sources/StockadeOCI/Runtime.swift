@@ -63,7 +63,7 @@ public struct Runtime: Sendable {
         defer { if let stateFD { close(stateFD) } }
         do {
             var request = try SpecJail.request(spec: spec, bundle: bundle)
-            defer { for j in request.oci?.join ?? [] { close(j.fd) } }
+            defer { for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) } }
             // Hooks: the build-time ones while the child waits before its
             // root switch, startContainer in the worker after `start`.
             let created = Self.now()
@@ -278,7 +278,7 @@ public struct Runtime: Sendable {
         var spec = try SpecFiles.readConfig(bundle: record.bundle)
         spec.process = process
         var request = try SpecJail.execRequest(spec: spec, initPID: record.pid)
-        defer { for j in request.oci?.join ?? [] { close(j.fd) } }
+        defer { for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) } }
         request.cgroup = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
         try JailSecurity.prepare(&request)
         var terminal: PseudoTerminal?

@@ -120,6 +120,7 @@ public enum SpecJail {
             }
         }
         try makeMountPoints(rootfs: rootPath, mounts: oci.mounts, fields: oci.mountFields, proc: profile.filesystem.proc)
+        arrangePodNamespaces(spec, profile: &profile, oci: &oci)
         oci.readonlyPaths = spec.linux?.readonlyPaths ?? []
         profile.filesystem.masked = spec.linux?.maskedPaths ?? []
 
@@ -176,6 +177,7 @@ public enum SpecJail {
             }
             oci.join.append((fd, kind))
         }
+        enterLauncherOwnedBeforeClone(&oci, ownUserNamespace: oci.join.contains { $0.namespace == .user })
         profile.namespaces = []
         profile.hostname = nil
         profile.user.uid = process.user.uid

@@ -49,6 +49,7 @@ enum stk_mount_flag {
     STK_MF_OPTIONAL = 1u << 1, /* a missing source is skipped, not an error */
     STK_MF_NOEXEC = 1u << 2,   /* add MS_NOEXEC */
     STK_MF_DEV = 1u << 3,      /* allow device nodes (default: nodev) */
+    STK_MF_TREE = 1u << 4,     /* BIND: tree_fd is the launcher's detached copy of the source, flags set: attach it */
 };
 
 struct stk_mount {
@@ -61,6 +62,8 @@ struct stk_mount {
     const char *data;     /* filesystem options (tmpfs: "size=...,mode=...") or NULL */
     uint64_t src_dev;     /* st_dev and st_ino of `source` as the launcher saw it */
     uint64_t src_ino;
+    int32_t tree_fd;      /* with STK_MF_TREE: the copy (stk_clone_bind), open in the launcher until the clone */
+    int32_t _pad;
 };
 
 struct stk_rlimit {
@@ -375,6 +378,16 @@ int stk_hold_until_exit(int pidfd, const int *fds, int n);
 /* A detached, nosuid and nodev copy of the mount tree at O_PATH fd `fd`
  * (an OCI rootfs, attached by the child with move_mount); its fd or -errno. */
 int stk_clone_tree(int fd);
+/* The same for a bind the launcher makes for the jail: nosuid and nodev,
+ * read-only and noexec when asked, all recursive; its fd or -errno. */
+int stk_clone_bind(int fd, int readonly, int noexec);
+/* setns(fd, nstype) for the calling thread (glibc declares it only under
+ * _GNU_SOURCE, which Swift's Glibc module lacks); 0, or -1 with errno. */
+int stk_setns(int fd, int nstype);
+/* unshare(flags) and sethostname(name) for the calling thread (ipc, uts:
+ * per thread; the same _GNU_SOURCE gap); 0, or -1 with errno. */
+int stk_unshare(int flags);
+int stk_sethostname(const char *name, size_t len);
 
 /* ---- OCI hooks (the launcher's side; see stk_plan.hooks_pause). ---- */
 

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+import StockadeJail
+import StockadeOCI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a CRI pod's specs map (no container is started; OCICRI runs them
+/// through containerd): a namespace the runtime's own user namespace owns
+/// is entered before the clone, a sandbox's ipc and uts are made by the
+/// launcher, sysfs and mqueue follow who owns the net and ipc namespaces,
+/// and a spec without a cgroup namespace gets one.
+@Suite("OCIPodNamespaces", .serialized)
+struct PodNamespaceTests {
+    init() throws {
+        try #require(getuid() == 0, "the bundle's rootfs is made as root")
+    }
+
+    /// The launch request for the fixture's bundle with CRI's namespaces:
+    /// the network namespace joined by path (here the test's own, which
+    /// the host's user namespace owns, as containerd's are), no cgroup one.
+    func request(_ name: String, sandbox: Bool, joinIPC: String? = nil) throws -> LaunchRequest {
+        let f = try RuntimeFixture(name)
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "1"]) { config in
+            var linux = config["linux"] as! [String: Any]
+            var namespaces: [[String: Any]] = [["type": "pid"], ["type": "uts"], ["type": "mount"],
+                                               ["type": "network", "path": "/proc/self/ns/net"]]
+            namespaces.append(joinIPC.map { ["type": "ipc", "path": $0] } ?? ["type": "ipc"])
+            linux["namespaces"] = namespaces
+            config["linux"] = linux
+            config["hostname"] = "pod-host"
+            if sandbox { config["annotations"] = [SpecJail.criContainerType: "sandbox"] }
+        }
+        let spec = try SpecFiles.readConfig(bundle: f.bundle)
+        return try SpecJail.request(spec: spec, bundle: f.bundle)
+    }
+
+    func kernelTypes(_ oci: OCILaunch) -> [String] {
+        oci.mounts.compactMap { if case .kernel(let type, _, _, _, _, _) = $0 { type } else { nil } }
+    }
+
+    @Test("a sandbox: its net namespace entered before the clone, ipc and uts made by the launcher with the hostname, /sys the host's read-only, no /dev/mqueue, a cgroup namespace")
+    func sandbox() throws {
+        let request = try request("podsandbox", sandbox: true)
+        let oci = try #require(request.oci)
+        defer { for j in oci.join + oci.enterBeforeClone { close(j.fd) } }
+        #expect(oci.enterBeforeClone.map(\.namespace) == [.net])
+        #expect(oci.join.isEmpty)
+        #expect(oci.unshareBeforeClone == [.ipc, .uts])
+        #expect(oci.hostnameBeforeClone == "pod-host" && request.profile.hostname == nil)
+        #expect(request.profile.namespaces.isSuperset(of: [.user, .pid, .mount, .cgroup]))
+        #expect(request.profile.namespaces.isDisjoint(with: [.ipc, .uts, .net]))
+        #expect(!kernelTypes(oci).contains("sysfs") && !kernelTypes(oci).contains("mqueue"), "\(kernelTypes(oci))")
+        let sys = oci.mounts.compactMap { if case .spec(let m) = $0, m.target == "/sys" { m } else { nil } }
+        #expect(sys.count == 1 && sys.first?.source == "/sys" && sys.first?.writable == false && sys.first?.noexec == true)
+    }
+
+    @Test("a pod's container: the sandbox's launcher-owned ipc namespace is entered before the clone too; its own uts stays the child's, with its hostname")
+    func container() throws {
+        let request = try request("podcontainer", sandbox: false, joinIPC: "/proc/self/ns/ipc")
+        let oci = try #require(request.oci)
+        defer { for j in oci.join + oci.enterBeforeClone { close(j.fd) } }
+        #expect(Set(oci.enterBeforeClone.map(\.namespace)) == [.net, .ipc])
+        #expect(oci.unshareBeforeClone.isEmpty && oci.hostnameBeforeClone == nil)
+        #expect(request.profile.namespaces.contains(.uts) && request.profile.hostname == "pod-host")
+        #expect(!kernelTypes(oci).contains("mqueue"))
+    }
+
+    @Test("a container with namespaces of its own keeps its kernel sysfs and mqueue, and nothing is entered before its clone")
+    func plain() throws {
+        let f = try RuntimeFixture("podplain")
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "1"])
+        let request = try SpecJail.request(spec: try SpecFiles.readConfig(bundle: f.bundle), bundle: f.bundle)
+        let oci = try #require(request.oci)
+        #expect(oci.enterBeforeClone.isEmpty && oci.unshareBeforeClone.isEmpty && oci.join.isEmpty)
+        #expect(kernelTypes(oci).contains("sysfs") && kernelTypes(oci).contains("mqueue"))
+    }
+}
