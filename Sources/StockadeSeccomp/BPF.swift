@@ -92,9 +92,10 @@ public enum SeccompArch {
 }
 
 /// A tiny assembler with forward labels, for programs written by hand.
-/// Conditional jumps hold 8-bit offsets; `assemble()` fails loudly if a
-/// label is out of reach, so a prelude that grows too long cannot be
-/// emitted with a wrong jump.
+/// Conditional jumps hold 8-bit offsets: a target further than 255
+/// instructions is reached through a `ja` (32-bit offset) placed right
+/// after the jump, so a large search tree assembles as written. Jumps only
+/// go forward; a backward or undefined label fails loudly.
 struct BPFAssembler {
     enum Target: Hashable { case next, label(String) }
     private enum Item {
@@ -117,30 +118,88 @@ struct BPFAssembler {
     mutating func goto(_ label: String) { items.append(.always(label)) }
     mutating func label(_ name: String) { items.append(.label(name)) }
 
+    /// A binary search over `items`, sorted by `key`: a `jge` on the middle
+    /// item's key sends the upper half to its label and falls into the
+    /// lower half, until `isLeaf` accepts a range, which `leaf` emits. Labels
+    /// are `prefix` and the key, so one program can hold several searches.
+    mutating func binarySearch<T>(_ items: ArraySlice<T>, prefix: String, key: (T) -> UInt32,
+                                  isLeaf: (ArraySlice<T>) -> Bool,
+                                  leaf: (ArraySlice<T>, inout BPFAssembler) -> Void) {
+        if isLeaf(items) {
+            leaf(items, &self)
+            return
+        }
+        let mid = items.startIndex + items.count / 2
+        let split = key(items[mid])
+        jump(BPFInstruction.JGE, split, ifTrue: .label("\(prefix)\(split)"))
+        binarySearch(items[..<mid], prefix: prefix, key: key, isLeaf: isLeaf, leaf: leaf)
+        label("\(prefix)\(split)")
+        binarySearch(items[mid...], prefix: prefix, key: key, isLeaf: isLeaf, leaf: leaf)
+    }
+
     func assemble() -> [BPFInstruction] {
+        // Which conditional jumps need a `ja` for their true or false
+        // target. Sizes only grow, so the loop ends.
+        var farTrue = Set<Int>(), farFalse = Set<Int>()
         var positions: [String: Int] = [:]
-        var pc = 0
-        for item in items {
-            if case .label(let name) = item { positions[name] = pc } else { pc += 1 }
+        func size(_ i: Int) -> Int {
+            switch items[i] {
+            case .label: return 0
+            case .jump: return 1 + (farTrue.contains(i) ? 1 : 0) + (farFalse.contains(i) ? 1 : 0)
+            default: return 1
+            }
+        }
+        func place() -> [Int] {
+            positions = [:]
+            var starts: [Int] = []
+            var pc = 0
+            for (i, item) in items.enumerated() {
+                starts.append(pc)
+                if case .label(let name) = item { positions[name] = pc }
+                pc += size(i)
+            }
+            return starts
+        }
+        func target(_ t: Target, from start: Int, size: Int) -> Int {
+            guard case .label(let name) = t else { return start + size }
+            guard let to = positions[name] else { preconditionFailure("BPF label \(name) is not defined") }
+            return to
+        }
+        var starts = place()
+        while true {
+            var grew = false
+            for (i, item) in items.enumerated() {
+                guard case .jump(_, _, let jt, let jf) = item else { continue }
+                if !farTrue.contains(i), target(jt, from: starts[i], size: size(i)) - starts[i] - 1 > 255 { farTrue.insert(i); grew = true }
+                if !farFalse.contains(i), target(jf, from: starts[i], size: size(i)) - starts[i] - 1 > 255 { farFalse.insert(i); grew = true }
+            }
+            if !grew { break }
+            starts = place()
         }
         var program: [BPFInstruction] = []
-        for item in items {
+        for (i, item) in items.enumerated() {
             let here = program.count
-            func offset(_ t: Target) -> UInt8 {
-                guard case .label(let name) = t else { return 0 }
-                guard let to = positions[name] else { preconditionFailure("BPF label \(name) is not defined") }
-                let distance = to - here - 1
-                precondition(distance >= 0 && distance <= 255, "BPF label \(name) is out of reach (\(distance))")
-                return UInt8(distance)
+            func ja(to: Int, from: Int) -> BPFInstruction {
+                precondition(to > from, "BPF jumps only go forward")
+                return BPFInstruction(code: BPFInstruction.JMP | BPFInstruction.JA, k: UInt32(to - from - 1))
             }
             switch item {
             case .fixed(let ins): program.append(ins)
             case .jump(let code, let k, let jt, let jf):
-                program.append(BPFInstruction(code: code, jt: offset(jt), jf: offset(jf), k: k))
+                let n = size(i)
+                let toTrue = target(jt, from: here, size: n), toFalse = target(jf, from: here, size: n)
+                // The trampolines follow the jump: the true target's first.
+                let trueSlot = here + 1, falseSlot = here + (farTrue.contains(i) ? 2 : 1)
+                let t = farTrue.contains(i) ? trueSlot : toTrue
+                let f = farFalse.contains(i) ? falseSlot : toFalse
+                precondition(t > here && f > here && t - here - 1 <= 255 && f - here - 1 <= 255,
+                             "BPF jump at \(here) cannot be encoded")
+                program.append(BPFInstruction(code: code, jt: UInt8(t - here - 1), jf: UInt8(f - here - 1), k: k))
+                if farTrue.contains(i) { program.append(ja(to: toTrue, from: trueSlot)) }
+                if farFalse.contains(i) { program.append(ja(to: toFalse, from: falseSlot)) }
             case .always(let name):
                 guard let to = positions[name] else { preconditionFailure("BPF label \(name) is not defined") }
-                precondition(to > here, "BPF jumps only go forward")
-                program.append(BPFInstruction(code: BPFInstruction.JMP | BPFInstruction.JA, k: UInt32(to - here - 1)))
+                program.append(ja(to: to, from: here))
             case .label: break
             }
         }

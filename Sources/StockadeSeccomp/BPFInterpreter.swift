@@ -183,12 +183,20 @@ public func runBPF(_ program: [BPFInstruction], on data: SeccompData) throws(BPF
 /// ``runBPF(_:on:)`` that also reports the offset of every `seccomp_data`
 /// word the program reads on its path (what `simulate` and `diff` vary).
 public func runBPF(_ program: [BPFInstruction], on data: SeccompData, onLoad: (UInt32) -> Void) throws(BPFError) -> UInt32 {
+    var steps = 0
+    return try runBPF(program, on: data, onLoad: onLoad, steps: &steps)
+}
+
+/// ``runBPF(_:on:onLoad:)`` that also counts the instructions it executes.
+func runBPF(_ program: [BPFInstruction], on data: SeccompData, onLoad: (UInt32) -> Void,
+            steps: inout Int) throws(BPFError) -> UInt32 {
     typealias I = BPFInstruction
     var a: UInt32 = 0, x: UInt32 = 0
     var mem = [UInt32](repeating: 0, count: SeccompMachine.memoryWords)
     var pc = 0
     while pc < program.count {
         let ins = program[pc]
+        steps += 1
         let src: UInt32 = (ins.code & I.X) != 0 ? x : ins.k
         switch ins.cls {
         case I.LD, I.LDX:

@@ -22,7 +22,7 @@ public enum SeccompDisassembler {
         var holds = "?"  // what A holds, as seen by a straight-line reading
         for (pc, ins) in program.enumerated() {
             if preludeCount > 0 && pc == 0 { lines.append("; hardening prelude (every jail)") }
-            if preludeCount > 0 && pc == preludeCount { lines.append("; profile policy (libseccomp)") }
+            if preludeCount > 0 && pc == preludeCount { lines.append("; profile policy (by number; then libseccomp's filter for calls decided by their arguments)") }
             let (text, comment) = describe(ins, pc: pc, holds: &holds)
             let padded = text.padded(to: 34)
             lines.append(pcLabel(pc) + "  " + (comment.isEmpty ? text : "\(padded); \(comment)"))

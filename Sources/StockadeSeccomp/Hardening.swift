@@ -77,7 +77,14 @@ enum Prelude {
     /// The hardening prelude for the native architecture (x86_64). Every
     /// path through it ends in a return or falls off its end into the
     /// profile's filter.
-    static func assemble(lifting lifted: Set<String>) -> [BPFInstruction] {
+    ///
+    /// `.dispatch` (what jails load) tests the common case first: one
+    /// `jge` sends every number past the table aside, where the `-1` and
+    /// x32 tests happen, and `ioctl`, the hot call whose verdict reads an
+    /// argument, goes to its handler before the search. `.reference` is
+    /// the earlier straight-line order (-1, x32, past the table, search),
+    /// kept to prove the two give every call the same verdict.
+    static func assemble(lifting lifted: Set<String>, layout: SeccompLayout = .dispatch) -> [BPFInstruction] {
         var asm = BPFAssembler()
         typealias I = BPFInstruction
         let offsetNr: UInt32 = 0, offsetArch: UInt32 = 4
@@ -92,12 +99,19 @@ enum Prelude {
         asm.load(offsetArch)
         asm.jump(I.JEQ, Syscalls.nativeArch, ifTrue: .next, ifFalse: .label("kill"))
         asm.load(offsetNr)
-        // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
-        asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
-        // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
-        asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"))
-        // Numbers past the known table: ENOSYS, so libc falls back cleanly.
-        asm.jump(I.JGE, UInt32(Syscalls.highestKnown) + 1, ifTrue: .label("enosys"))
+        let pastTable = UInt32(Syscalls.highestKnown) + 1
+        if layout == .reference {
+            // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
+            asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
+            // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
+            asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"))
+            // Numbers past the known table: ENOSYS, so libc falls back cleanly.
+            asm.jump(I.JGE, pastTable, ifTrue: .label("enosys"))
+        } else {
+            // -1 and every x32 number lie past the table (bit 30 is far
+            // above it): one test keeps them off the common path.
+            asm.jump(I.JGE, pastTable, ifTrue: .label("past"))
+        }
 
         // Where each hardened number goes: straight to a verdict, or to a
         // handler that looks at one argument.
@@ -113,7 +127,23 @@ enum Prelude {
                 handlers.append(("h_" + call.name, call))
             }
         }
-        emitSearch(entries.sorted { $0.nr < $1.nr }[...], into: &asm)
+        var sorted = entries.sorted { $0.nr < $1.nr }
+        if layout == .dispatch, let ioctl = Syscalls.number(of: "ioctl").map(UInt32.init),
+           let hot = sorted.firstIndex(where: { $0.nr == ioctl }) {
+            asm.jump(I.JEQ, ioctl, ifTrue: .label(sorted[hot].target))
+            sorted.remove(at: hot)
+        }
+        emitSearch(sorted[...], into: &asm)
+        // Every path of the search ends in a jump: the numbers past the
+        // table are handled here, where A still holds the number.
+        if layout == .dispatch {
+            asm.label("past")
+            // syscall(-1) is how tracers skip a call; answer ENOSYS like the kernel.
+            asm.jump(I.JEQ, 0xffff_ffff, ifTrue: .label("enosys"))
+            // x32 shares AUDIT_ARCH_X86_64 and marks its calls with bit 30: kill.
+            // Other numbers past the table: ENOSYS, so libc falls back cleanly.
+            asm.jump(I.JSET, SeccompArch.x32SyscallBit, ifTrue: .label("kill"), ifFalse: .label("enosys"))
+        }
         for (label, call) in handlers {
             asm.label(label)
             switch call.check {
@@ -152,20 +182,12 @@ enum Prelude {
     /// the number is read on that path (the kernel's constant-action cache
     /// still applies).
     static func emitSearch(_ entries: ArraySlice<(nr: UInt32, target: String)>, into asm: inout BPFAssembler) {
-        typealias I = BPFInstruction
-        if entries.count <= leafSize {
-            for (i, e) in entries.enumerated() {
-                let last = i == entries.count - 1
-                asm.jump(I.JEQ, e.nr, ifTrue: .label(e.target), ifFalse: last ? .label("pass") : .next)
+        asm.binarySearch(entries, prefix: "ge_", key: \.nr, isLeaf: { $0.count <= leafSize }) { leaf, asm in
+            for (i, e) in leaf.enumerated() {
+                let last = i == leaf.count - 1
+                asm.jump(BPFInstruction.JEQ, e.nr, ifTrue: .label(e.target), ifFalse: last ? .label("pass") : .next)
             }
-            if entries.isEmpty { asm.goto("pass") }
-            return
+            if leaf.isEmpty { asm.goto("pass") }
         }
-        let mid = entries.startIndex + entries.count / 2
-        let split = entries[mid].nr
-        asm.jump(I.JGE, split, ifTrue: .label("ge_\(split)"))
-        emitSearch(entries[..<mid], into: &asm)
-        asm.label("ge_\(split)")
-        emitSearch(entries[mid...], into: &asm)
     }
 }

@@ -16,9 +16,11 @@ import Glibc
 /// step before `execve`. Built in the parent; the child only copies bytes.
 ///
 /// The program is the hardening prelude (``HardenedCall``) followed by the
-/// profile's policy as libseccomp compiled it. Every path through the
-/// prelude either returns or falls through to the policy's first
-/// instruction.
+/// profile's policy: a dispatch by number that answers every call whose
+/// verdict does not depend on its arguments (``SeccompLayout/dispatch``),
+/// then the policy as libseccomp compiled it, for the calls whose verdict
+/// does. Every path through the prelude either returns or falls through to
+/// the policy's first instruction.
 public struct SeccompProgram: Sendable {
     /// The `struct sock_filter` array, 8 bytes per instruction, host order.
     public var bytes: [UInt8]
@@ -48,10 +50,13 @@ public struct SeccompProgram: Sendable {
     /// Compiles a policy: the prelude by hand, the rules with libseccomp
     /// (native architecture only, bad architecture kills the process,
     /// binary-tree optimisation where the library supports it).
-    public static func compile(_ section: SeccompSection) throws(SeccompCompileError) -> SeccompProgram {
+    public static func compile(_ section: SeccompSection, layout: SeccompLayout = .dispatch) throws(SeccompCompileError) -> SeccompProgram {
         var notes = section.notes
-        let prelude = Prelude.assemble(lifting: Set(section.allowDangerous.keys))
-        let policy = try compilePolicy(section, notes: &notes)
+        let prelude = Prelude.assemble(lifting: Set(section.allowDangerous.keys), layout: layout)
+        var policy = try compilePolicy(section, notes: &notes)
+        if layout == .dispatch {
+            policy = PolicyDispatch.assemble(policy: policy, highest: UInt32(Syscalls.highestKnown))
+        }
         let all = prelude + policy
         guard all.count <= maxInstructions else {
             throw SeccompCompileError("the filter has \(all.count) instructions; the kernel takes at most \(maxInstructions)")
@@ -130,8 +135,8 @@ public struct SeccompProgram: Sendable {
 
 extension SeccompSection {
     /// Compiles this policy to the program the jail loads.
-    public func compile() throws(SeccompCompileError) -> SeccompProgram {
-        try SeccompProgram.compile(self)
+    public func compile(layout: SeccompLayout = .dispatch) throws(SeccompCompileError) -> SeccompProgram {
+        try SeccompProgram.compile(self, layout: layout)
     }
 }
 

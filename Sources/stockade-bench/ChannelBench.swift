@@ -170,7 +170,9 @@ private func reap(_ pid: pid_t) {
     _ = try? retryingSyscall { waitpid(pid, &status, 0) }
 }
 
-private enum PeerKind: String { case swift = "swift", python = "python" }
+/// The Python peers: the SDK worker with a bytes handler, and the same
+/// worker with `serve(views=True)`, whose handler gets and returns views.
+private enum PeerKind: String { case swift = "swift", python = "python", pythonViews = "py-views" }
 
 private func makePeer(_ kind: PeerKind, suite: CipherSuite?) throws -> any EchoPeer {
     let python = ProcessInfo.processInfo.environment["STOCKADE_PYTHON"] ?? ".venv/bin/python3"
@@ -190,8 +192,9 @@ private func makePeer(_ kind: PeerKind, suite: CipherSuite?) throws -> any EchoP
             }.start()
             bootstrap.closeWorkerEnds()
             return EncryptedPeer(channel: try bootstrap.connect(), finishPeer: { done.wait() })
-        case .python:
-            let pid = try spawnChild([python, "python/tests/echo_worker.py"], socket: bootstrap.workerSocket, params: bootstrap.paramsMemfd)
+        case .python, .pythonViews:
+            let argv = [python, "python/tests/echo_worker.py"] + (kind == .pythonViews ? ["--views"] : [])
+            let pid = try spawnChild(argv, socket: bootstrap.workerSocket, params: bootstrap.paramsMemfd)
             bootstrap.closeWorkerEnds()
             return EncryptedPeer(channel: try bootstrap.connect(), finishPeer: { reap(pid) })
         }
@@ -202,7 +205,7 @@ private func makePeer(_ kind: PeerKind, suite: CipherSuite?) throws -> any EchoP
         let thread = rawSwiftServer(theirs)
         _ = thread
         return RawPeer(socket: mine, finishPeer: {})
-    case .python:
+    case .python, .pythonViews:
         let pid = try spawnChild([python, "python/tests/raw_echo.py"], socket: theirs, params: nil)
         try theirs.close()
         return RawPeer(socket: mine, finishPeer: { reap(pid) })
@@ -239,7 +242,7 @@ func channelBench() throws {
     let cases: [(Int, Int, Int)] = [(64, 20000, 5000), (64 << 10, 3000, 500), (1 << 20, 400, 60), (64 << 20, 8, 3)]
         .filter { sizes?.contains($0.0) ?? true }
     let kinds: [PeerKind] = (FileManager.default.isExecutableFile(atPath: env["STOCKADE_PYTHON"] ?? ".venv/bin/python3")
-        ? [.swift, .python] : [.swift]).filter { peers?.contains($0.rawValue) ?? true }
+        ? [.swift, .python, .pythonViews] : [.swift]).filter { peers?.contains($0.rawValue) ?? true }
     if kinds == [.swift], peers == nil { print("channel: .venv/bin/python3 missing (make venv); Swift only") }
     print("channel: echo round trips; latency is per round trip, throughput is payload MB/s (each way)")
     print("AES-NI present: \(CipherSuite.hardwareHasAES)")
@@ -248,7 +251,7 @@ func channelBench() throws {
         let t = try ChannelBenchmarking.aeadRoundTrips(suite: suite, size: 1 << 20, iterations: n)
         print("AEAD alone, \(suite), 1 MiB seal+open in place: \(fmt(Double(2 << 20) * Double(n) / t / 1e6, 0)) MB/s per pass")
     }
-    print(pad("peer", 8) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
+    print(pad("peer", 10) + pad("size", 9) + pad("raw", 14) + pad("AESGCM", 14) + pad("ratio", 9) + pad("ChaChaPoly", 14) + "ratio")
     for kind in kinds {
         var raw = try makePeer(kind, suite: nil)
         var aes = try makePeer(kind, suite: .aesGCM)
@@ -264,12 +267,15 @@ func channelBench() throws {
             // Ratio: latency encrypted/raw for 64 B (lower is better);
             // throughput encrypted/raw for the rest (higher is better).
             func ratio(_ t: Double) -> String { size == 64 ? fmt(t / tRaw) + "x" : fmt(tRaw / t) + "x" }
-            print(pad(kind.rawValue, 8) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(ratio(tAES), 9)
+            print(pad(kind.rawValue, 10) + pad(sizeName(size), 9) + pad(cell(tRaw), 14) + pad(cell(tAES), 14) + pad(ratio(tAES), 9)
                   + pad(cell(tChaCha), 14) + ratio(tChaCha))
         }
         try raw.finish()
         try aes.finish()
         try chacha.finish()
+    }
+    if kinds.contains(.swift), kinds.contains(.python) {
+        try pythonAgainstSwift(rounds: max(1, Int(env["BENCH_ROUNDS"] ?? "") ?? 5), scale: scale, sizes: sizes)
     }
     // One-way streaming, Swift only (the Python workers echo everything).
     let oneWay = [(64 << 10, 4000), (1 << 20, 400), (64 << 20, 8)].filter { sizes?.contains($0.0) ?? true }
@@ -301,4 +307,63 @@ func channelBench() throws {
         try chacha.finish()
     }
     print("ratio: 64 B is encrypted/raw latency (target <= 2x, Swift); larger sizes are encrypted/raw throughput (target >= 0.5x at 1 MiB, Swift)")
+}
+
+/// The Python peer against the Swift peer in the same run (AES-GCM): each
+/// round measures every peer at every size in turn, so a busy machine
+/// slows them alike; the ratios are per round, reported as the median and
+/// the range. Python/Swift is throughput (higher is better, goal >= 0.8x
+/// at 1 MiB and 64 MiB); at 64 B each peer's latency is also put against
+/// the same peer's raw socketpair echo (goal <= 2x).
+private func pythonAgainstSwift(rounds: Int, scale: Double, sizes: Set<Int>?) throws {
+    let cases = [(64, 2000), (1 << 20, 100), (64 << 20, 3)].filter { sizes?.contains($0.0) ?? true }
+    let kinds: [PeerKind] = [.swift, .python, .pythonViews]
+    var encrypted: [PeerKind: any EchoPeer] = [:]
+    var raw: [PeerKind: any EchoPeer] = [:]
+    for kind in kinds {
+        encrypted[kind] = try makePeer(kind, suite: .aesGCM)
+        if kind != .pythonViews { raw[kind] = try makePeer(kind, suite: nil) }
+    }
+    // [size: [kind: seconds per round trip, one per round]]
+    var times: [Int: [PeerKind: [Double]]] = [:]
+    var rawTimes: [PeerKind: [Double]] = [:]
+    for _ in 0..<rounds {
+        for (size, iterations) in cases {
+            let n = max(1, Int(Double(iterations) * scale))
+            for kind in kinds {
+                times[size, default: [:]][kind, default: []].append(try measure(&encrypted[kind]!, size: size, iterations: n) / Double(n))
+                if size == 64, kind != .pythonViews {
+                    rawTimes[kind, default: []].append(try measure(&raw[kind]!, size: size, iterations: n) / Double(n))
+                }
+            }
+        }
+    }
+    for kind in kinds {
+        try encrypted[kind]!.finish()
+        try raw[kind]?.finish()
+    }
+    func summary(_ ratios: [Double]) -> String {
+        let s = Stats(samples: ratios)
+        return fmt(s.median) + "x [" + fmt(s.percentile(0)) + "-" + fmt(s.percentile(1)) + "]"
+    }
+    print("python against swift, interleaved (AESGCM, \(rounds) rounds): per-round ratios, median [min-max]")
+    print(pad("size", 9) + pad("swift", 14) + pad("python", 14) + pad("python/swift", 22) + pad("py-views", 14) + "py-views/swift")
+    for (size, _) in cases {
+        guard let t = times[size] else { continue }
+        func cell(_ kind: PeerKind) -> String {
+            let m = Stats(samples: t[kind]!).median
+            return size == 64 ? fmt(m * 1e6, 1) + " us" : fmt(Double(size) / m / 1e6, 0) + " MB/s"
+        }
+        // Throughput ratio: the Swift peer's time over the Python peer's.
+        func ratios(_ kind: PeerKind) -> [Double] { zip(t[.swift]!, t[kind]!).map { $0 / $1 } }
+        print(pad(sizeName(size), 9) + pad(cell(.swift), 14) + pad(cell(.python), 14) + pad(summary(ratios(.python)), 22)
+              + pad(cell(.pythonViews), 14) + summary(ratios(.pythonViews)))
+    }
+    if let t = times[64] {
+        // Latency against the same peer's raw echo (lower is better).
+        let swiftRaw = rawTimes[.swift]!, pythonRaw = rawTimes[.python]!
+        print("64 B round trip / raw socketpair: swift " + summary(zip(t[.swift]!, swiftRaw).map { $0 / $1 })
+              + ", python " + summary(zip(t[.python]!, pythonRaw).map { $0 / $1 })
+              + ", py-views " + summary(zip(t[.pythonViews]!, pythonRaw).map { $0 / $1 }))
+    }
 }

@@ -57,9 +57,12 @@ private func pattern(_ n: Int, seed: UInt8 = 0) -> [UInt8] { (0..<n).map { UInt8
 
 @Suite(.enabled(if: Paths.venvIsBuilt, "needs the venv: make venv"))
 struct SwiftToPythonTests {
-    @Test(arguments: CipherSuite.allCases)
-    func pythonSDKWorker(suite: CipherSuite) throws {
-        let (child, bootstrap) = try startPythonWorker("echo_worker.py", suites: [suite], limits: ChannelLimits(rekeyInterval: 3))
+    /// With `views`, the worker's handler gets memoryviews and echoes by
+    /// returning the view it got (`serve(views=True)`).
+    @Test(arguments: CipherSuite.allCases, [false, true])
+    func pythonSDKWorker(suite: CipherSuite, views: Bool) throws {
+        let (child, bootstrap) = try startPythonWorker("echo_worker.py", arguments: views ? ["--views"] : [], suites: [suite],
+                                                       limits: ChannelLimits(rekeyInterval: 3))
         let channel = try bootstrap.connect()
         #expect(channel.peerAgent == "stockade-python/1")
         #expect(try channel.request(Array("reverse:hello".utf8)) == Array("olleh".utf8))

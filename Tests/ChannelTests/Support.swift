@@ -85,12 +85,12 @@ struct Child {
 }
 
 /// Starts a Python worker script from python/tests with a fresh bootstrap.
-func startPythonWorker(_ script: String, tenant: String = "acme", worker: String = "w-1",
+func startPythonWorker(_ script: String, arguments: [String] = [], tenant: String = "acme", worker: String = "w-1",
                        suites: [CipherSuite] = ChannelBootstrap.defaultSuites,
                        limits: ChannelLimits = ChannelLimits()) throws -> (Child, ChannelBootstrap) {
     let bootstrap = try ChannelBootstrap(tenant: tenant, worker: worker, suites: suites, limits: limits)
     let child = try Child.spawn(
-        [Paths.venvPython, Paths.pythonDir + "/tests/" + script],
+        [Paths.venvPython, Paths.pythonDir + "/tests/" + script] + arguments,
         environment: [ChannelBootstrap.environmentEntry(), "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
         mapping: [(bootstrap.workerSocket, 3), (bootstrap.paramsMemfd, 4)])
     bootstrap.closeWorkerEnds()

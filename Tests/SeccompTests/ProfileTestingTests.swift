@@ -28,14 +28,14 @@ extension SeccompTests {
     }
 
     /// A compiler bug planted in the filter: the x32 check of the prelude
-    /// dropped (the JSET on bit 30 made a jump that is never taken). The
-    /// generated corpus must find it, on an x32 call.
+    /// dropped (the JSET on bit 30 sends both outcomes where a clear bit
+    /// goes). The generated corpus must find it, on an x32 call.
     @Test("simulate finds a filter that lost its x32 check")
     func simulateFindsAPlantedBug() throws {
         let path = Self.shipped("minimal.toml")
         var program = try Profile.load(path: path).seccomp.compile().instructions
         let i = try #require(program.firstIndex { $0.code == BPFInstruction.JMP | BPFInstruction.JSET && $0.k == SeccompArch.x32SyscallBit })
-        program[i].jt = 0
+        program[i].jt = program[i].jf
         let reference = try ReferencePolicy(text: String(contentsOfFile: path, encoding: .utf8), file: path)
         let diff = try Simulation(filters: [program], reference: reference).firstDifference(Boundaries.corpus(programs: [program], reference: reference))
         let found = try #require(diff)

@@ -168,7 +168,7 @@ extension SeccompTests {
         #expect(text.contains("; kill-process"))
         #expect(text.contains("; errno:ENOSYS"))
         #expect(text.contains("; A = arg1.lo"))
-        #expect(text.contains("; profile policy (libseccomp)"))
+        #expect(text.contains("; profile policy (by number; then libseccomp"))
         #expect(text.split(separator: "\n").count == program.instructions.count + 2)
         #expect(BPFInstruction.decode(program.bytes) == program.instructions)
     }

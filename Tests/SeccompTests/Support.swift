@@ -13,7 +13,7 @@ enum Helpers {
         .deletingLastPathComponent().deletingLastPathComponent()
     static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Helpers")
     static let output = repository.appendingPathComponent(".build/seccomp-helpers")
-    static let names = ["sysc", "load-and-exec", "sysloop", "works", "denyloop"]
+    static let names = ["sysc", "load-and-exec", "sysloop", "works", "denyloop", "sysbatch"]
 
     struct BuildError: Error, CustomStringConvertible { var description: String }
 

@@ -9,13 +9,14 @@ import select
 import socket
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from .noise import AESGCM_SUITE, CHACHAPOLY_SUITE, HANDSHAKE_OVERHEAD, CipherState, Handshake, LowOrderPoint, NoiseError
+from .noise import (AESGCM_SUITE, CHACHAPOLY_SUITE, HANDSHAKE_OVERHEAD, NONCE_COUNTER, Handshake, LowOrderPoint, NoiseError,
+                    aead_decrypt_into, aead_encrypt_into, make_aead)
 from .errors import error_payload
 from .version import PROTOCOL_VERSION
 
@@ -150,8 +151,127 @@ def read_params(fd: int) -> Params:
         os.close(fd)
 
 
-def _aead(suite: int, key: bytes):
-    return AESGCM(key) if suite == AESGCM_SUITE else ChaCha20Poly1305(key)
+# The clear record header, the body header, a bulk chunk's additional data
+# and the bulk descriptor (docs/PROTOCOL.md), compiled once.
+_RECORD_HEADER = struct.Struct(">IB")
+_BODY_HEADER = struct.Struct(">BBHQ")
+_CHUNK_AD = struct.Struct(">QQQ")
+_BULK_DESCRIPTOR = struct.Struct(">B3xIQ")
+_ONE_FD_SPACE = socket.CMSG_SPACE(4)
+
+# Record buffers start this small and grow to what the records need, at most
+# the record limit; an idle worker gives them back (Channel.trim).
+MIN_BUFFER = 64 << 10
+# Records with bodies up to this size are sealed and opened by the AEAD calls
+# that return new bytes; larger ones into the reused buffers.
+SMALL_RECORD = 16 << 10
+# A bulk transfer is split across threads only when each gets this many chunks.
+MIN_CHUNKS_PER_THREAD = 4
+# A bulk payload this large asks for transparent huge pages: 512 times fewer
+# page faults while it is written.
+HUGE_PAGE_HINT = 2 << 20
+
+
+class _Scratch:
+    """A buffer reused from record to record; grows, never past `limit`."""
+
+    __slots__ = ("data", "view", "limit")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = bytearray(0)
+        self.view = memoryview(self.data)
+
+    def take(self, size: int) -> memoryview:
+        """A writable view of the first `size` bytes."""
+        if size > len(self.data):
+            self.data = bytearray(max(size, min(max(2 * len(self.data), MIN_BUFFER), self.limit)))
+            self.view = memoryview(self.data)
+        return self.view[:size]
+
+    def reclaim(self) -> None:
+        """Keeps the buffer for the next record unless something still holds
+        a view of it (a views-mode handler that kept its payload or an array
+        on it): then the next record gets a new buffer and the kept data
+        stays as it was."""
+        try:
+            self.view.release()
+            # A bytearray cannot change size while a view of it is alive;
+            # shrinking by one byte and growing back moves nothing.
+            if self.data:
+                self.data.pop()
+                self.data.append(0)
+        except BufferError:
+            self.data = bytearray(0)
+        self.view = memoryview(self.data)
+
+    def drop(self) -> None:
+        """Lets go of the buffer (whatever still uses it keeps it)."""
+        self.data = bytearray(0)
+        self.view = memoryview(self.data)
+
+
+def byte_view(data) -> memoryview:
+    """`data` (bytes, bytearray, memoryview, a numpy array or any other
+    buffer) as a flat view of unsigned bytes, without a copy when it is
+    C-contiguous; anything else is copied once, in C order."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        return memoryview(bytes(data))
+    if view.ndim == 1 and view.format == "B" and view.c_contiguous:
+        return view
+    if view.c_contiguous:
+        try:
+            return view.cast("B")
+        except (TypeError, ValueError):
+            pass
+    return memoryview(view.tobytes())
+
+
+def _for_each_run(count: int, body: Callable[[range], None]) -> None:
+    """Calls `body` with contiguous runs of range(count), one per thread
+    (this one included) up to the processors this process may use, and waits
+    for all of them. The AEAD calls and pwrite release the GIL, so the runs
+    encrypt in parallel. No thread outlives the call (a template may fork
+    after it). Raises the first error a run raised, after every run ended."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = 1
+    threads = max(1, min(cpus, count // MIN_CHUNKS_PER_THREAD))
+    if threads == 1:
+        body(range(count))
+        return
+    errors: list = []
+
+    def part(k: int) -> None:
+        try:
+            body(range(count * k // threads, count * (k + 1) // threads))
+        except BaseException as e:  # handed to the caller below
+            errors.append(e)
+
+    started = []
+    for k in range(1, threads):
+        worker = threading.Thread(target=part, args=(k,), name="stockade-bulk", daemon=True)
+        try:
+            worker.start()
+            started.append(worker)
+        except RuntimeError:
+            # No thread to be had (a pids limit): this one does that run too.
+            part(k)
+    part(0)
+    for worker in started:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 class Channel:
@@ -162,10 +282,21 @@ class Channel:
         self.params = params
         self.closed = False
         self.shutdown_seen = False
-        self.buf = bytearray(64 << 10)
+        self.buf = bytearray(MIN_BUFFER)
+        self._rx_view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        # Decrypted record bodies, and the plaintext and wire form of records
+        # sent: reused, so a record costs no allocation of its size.
+        body_limit = BODY_HEADER + params.max_record + TAG
+        self._body = _Scratch(body_limit)
+        self._plain = _Scratch(body_limit)
+        self._wire = _Scratch(HEADER + body_limit)
         self.fds: list[int] = []
+        # Bulk memfds read and not yet closed (release_spent).
+        self._spent: list = []
+        # Whether the last payload returned is a view of the body buffer.
+        self._lent = False
         # Descriptors are refused during the Noise handshake.
         self.accept_fds = False
         self.in_flight: dict[int, int] = {}
@@ -182,15 +313,18 @@ class Channel:
     # -- plumbing -------------------------------------------------------
 
     def _send_all(self, data, fds=()) -> None:
+        if not fds:
+            n = self.sock.send(data)
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         view = memoryview(data)
-        first = True
-        while view:
-            if first and fds:
-                n = self.sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
-            else:
-                n = self.sock.send(view)
-            first = False
+        if fds:
+            n = self.sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
             view = view[n:]
+        send = self.sock.send
+        while view:
+            view = view[send(view):]
 
     def _fill(self, count: int, what: str, eof_ok: bool = False) -> bool:
         """Reads until `count` unread bytes are buffered."""
@@ -198,32 +332,16 @@ class Channel:
             if len(self.buf) - self.start < count:
                 pending = self.buf[self.start:self.end]
                 if len(self.buf) < count:
+                    self._rx_view.release()
                     self.buf = bytearray(max(count, 2 * len(self.buf)))
+                    self._rx_view = memoryview(self.buf)
                 self.buf[:len(pending)] = pending
                 self.end = len(pending)
                 self.start = 0
-            view = memoryview(self.buf)[self.end:]
             # Room for one descriptor: a bulk record brings exactly one.
-            n, anc, flags, _ = self.sock.recvmsg_into([view], socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
-            arrived = []
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(data) - len(data) % 4
-                    arrived.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-            if arrived or flags & socket.MSG_CTRUNC:
-                # Checked at once; every refused descriptor is closed before the raise.
-                why = None
-                if flags & socket.MSG_CTRUNC or len(arrived) > 1:
-                    why = "more than one descriptor in one message"
-                elif not self.accept_fds:
-                    why = "a descriptor during the handshake"
-                elif self.fds:
-                    why = "a second descriptor before the first was used"
-                if why is not None:
-                    for fd in arrived:
-                        os.close(fd)
-                    raise ChannelViolation("unexpected-fds", why)
-                self.fds.extend(arrived)
+            n, anc, flags, _ = self.sock.recvmsg_into([self._rx_view[self.end:]], _ONE_FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+            if anc or flags & socket.MSG_CTRUNC:
+                self._arrived(anc, flags)
             if n == 0:
                 if self.end == self.start and eof_ok:
                     return False
@@ -231,8 +349,31 @@ class Channel:
             self.end += n
         return True
 
+    def _arrived(self, anc, flags: int) -> None:
+        """Takes the descriptors of one message, or closes them all and raises."""
+        arrived = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                arrived.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+        if not arrived and not flags & socket.MSG_CTRUNC:
+            return
+        # Checked at once; every refused descriptor is closed before the raise.
+        why = None
+        if flags & socket.MSG_CTRUNC or len(arrived) > 1:
+            why = "more than one descriptor in one message"
+        elif not self.accept_fds:
+            why = "a descriptor during the handshake"
+        elif self.fds:
+            why = "a second descriptor before the first was used"
+        if why is not None:
+            for fd in arrived:
+                os.close(fd)
+            raise ChannelViolation("unexpected-fds", why)
+        self.fds.extend(arrived)
+
     def _take(self, n: int) -> bytes:
-        out = bytes(self.buf[self.start:self.start + n])
+        out = bytes(self._rx_view[self.start:self.start + n])
         self.start += n
         if self.start == self.end:
             self.start = self.end = 0
@@ -280,70 +421,120 @@ class Channel:
         msg = self._receive_record()
         if msg is None or msg[0] != HELLO:
             raise ChannelViolation("unexpected-message", "first record is not hello")
-        self.peer_agent = msg[3]
+        self.peer_agent = bytes(msg[3])
+
+    def trim(self) -> None:
+        """Gives back record buffers grown past MIN_BUFFER (an idle worker
+        calls this; they grow again with the next large record)."""
+        if self.start == self.end and len(self.buf) > MIN_BUFFER:
+            self._rx_view.release()
+            self.buf = bytearray(MIN_BUFFER)
+            self._rx_view = memoryview(self.buf)
+            self.start = self.end = 0
+        for scratch in (self._body, self._plain, self._wire):
+            if len(scratch.data) > MIN_BUFFER:
+                scratch.drop()
 
     # -- records --------------------------------------------------------
 
-    def send(self, mtype: int, request_id: int, payload: bytes, flags: int = 0) -> None:
+    def send(self, mtype: int, request_id: int, payload, flags: int = 0) -> None:
+        """Sends one message; `payload` is any bytes-like object (a numpy
+        array too), read in place when it is C-contiguous."""
         if self.closed:
             raise ChannelViolation("closed", "channel is closed")
         if mtype in (RESPONSE, ERROR) and request_id not in self.in_flight:
             raise ValueError(f"no request {request_id} to answer")
-        bulk = len(payload) > self.params.max_record
+        view = byte_view(payload)
+        bulk = len(view) > self.params.max_record
         if bulk and mtype != RESPONSE:
             raise ValueError("payload too large for a record")
-        if bulk and len(payload) > self.params.max_bulk:
+        if bulk and len(view) > self.params.max_bulk:
             raise ValueError("payload exceeds the bulk limit")
         # Only a request that is answered leaves in_flight: one refused
         # above can still get its error.
         if mtype in (RESPONSE, ERROR):
             self.bytes_in_flight -= self.in_flight.pop(request_id)
         if bulk:
-            self._send_bulk(mtype, request_id, payload)
-            return
-        self._send_record(mtype, request_id, payload, flags)
+            self._send_bulk(mtype, request_id, view)
+        else:
+            self._seal_and_send(mtype, request_id, view, flags, ())
 
-    def _send_record(self, mtype: int, request_id: int, payload: bytes, flags: int = 0, fds=()) -> None:
-        length = BODY_HEADER + len(payload) + TAG
-        header = struct.pack(">IB", length, mtype)
-        body = struct.pack(">BBHQ", mtype, flags, 0, request_id) + payload
-        sealed = self.tx.encrypt_with_ad(header, body)
-        self._send_all(header + sealed, fds)
+    def _send_record(self, mtype: int, request_id: int, payload, flags: int = 0, fds=()) -> None:
+        """Sends one record, unchecked."""
+        self._seal_and_send(mtype, request_id, byte_view(payload), flags, fds)
+
+    def _seal_and_send(self, mtype: int, request_id: int, payload: memoryview, flags: int, fds) -> None:
+        body_length = BODY_HEADER + len(payload)
+        if body_length <= SMALL_RECORD:
+            header = _RECORD_HEADER.pack(body_length + TAG, mtype)
+            body = _BODY_HEADER.pack(mtype, flags, 0, request_id) + payload
+            self._send_all(header + self.tx.encrypt_with_ad(header, body), fds)
+        else:
+            # The body is put together in one reused buffer and sealed
+            # straight into the record behind its header: one send, nothing
+            # allocated.
+            plain = self._plain.take(body_length)
+            _BODY_HEADER.pack_into(plain, 0, mtype, flags, 0, request_id)
+            plain[BODY_HEADER:] = payload
+            size = HEADER + body_length + TAG
+            wire = self._wire.take(size)
+            _RECORD_HEADER.pack_into(wire, 0, body_length + TAG, mtype)
+            self.tx.encrypt_into(wire[:HEADER], plain, wire[HEADER:])
+            self._send_all(wire, fds)
         self.send_count += 1
         if self.send_count % self.params.rekey_interval == 0:
             self.tx.rekey()
 
-    def _send_bulk(self, inner: int, request_id: int, payload: bytes) -> None:
+    def _send_bulk(self, inner: int, request_id: int, payload: memoryview) -> None:
         key = os.urandom(32)
         total = len(payload)
         chunks = (total + BULK_CHUNK - 1) // BULK_CHUNK
         size = total + chunks * TAG
-        aead = _aead(self.suite, key)
+        counter = NONCE_COUNTER[self.suite]
+        suite = self.suite
         fd = os.memfd_create("stockade-bulk", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+        def seal(indices: range) -> None:
+            # Each run has its own AEAD object, nonce, additional data and
+            # staging buffer. A chunk is sealed into the staging buffer and
+            # written with pwrite, not through a mapping of the memfd: whole
+            # pages written that way are not zeroed first.
+            aead = make_aead(suite, key)
+            nonce, ad = bytearray(12), bytearray(_CHUNK_AD.size)
+            staging = memoryview(bytearray(BULK_CHUNK + TAG))
+            for i in indices:
+                s = i * BULK_CHUNK
+                n = min(BULK_CHUNK, total - s)
+                counter.pack_into(nonce, 4, i)
+                _CHUNK_AD.pack_into(ad, 0, request_id, total, i)
+                aead_encrypt_into(aead, nonce, payload[s:s + n], ad, staging[:n + TAG])
+                _pwrite_all(fd, staging[:n + TAG], s + i * TAG)
+
         try:
             os.ftruncate(fd, size)
-            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
-                view = memoryview(payload)
-                for i in range(chunks):
-                    s = i * BULK_CHUNK
-                    chunk = view[s:s + BULK_CHUNK]
-                    ad = struct.pack(">QQQ", request_id, total, i)
-                    out = aead.encrypt(CipherState(self.suite).nonce(i), chunk, ad)
-                    m[s + i * TAG:s + i * TAG + len(out)] = out
+            _for_each_run(chunks, seal)
             fcntl.fcntl(fd, F_ADD_SEALS, SEALS_IMMUTABLE)
-            desc = struct.pack(">B3xIQ", inner, BULK_CHUNK, total) + key
+            desc = _BULK_DESCRIPTOR.pack(inner, BULK_CHUNK, total) + key
             self._send_record(BULK, request_id, desc, 0, [fd])
         finally:
             os.close(fd)
 
     def _receive_record(self):
-        """Returns (type, flags, request id, payload, via_bulk) or None at a clean end."""
+        """Returns (type, flags, request id, payload, via_bulk) or None at a
+        clean end. The payload is bytes (a small record), or a read-only
+        view: of the body buffer (a large record; reused only once no view
+        of it is left) or of a bulk payload's own mapping."""
+        if self._lent:
+            # The body buffer holds the last large payload handed out: it is
+            # reused only if no view of it is left.
+            self._body.reclaim()
+            self._lent = False
         if not self._fill(HEADER, "a record header", eof_ok=True):
             if self.shutdown_seen:
                 self.close()
                 return None
             raise ChannelViolation("closed", "the launcher closed the channel without a shutdown")
-        length, mtype = struct.unpack_from(">IB", self.buf, self.start)
+        length, mtype = _RECORD_HEADER.unpack_from(self.buf, self.start)
         if mtype not in TYPE_NAMES:
             raise ChannelViolation("malformed", f"unknown record type {mtype}")
         if length < BODY_HEADER + TAG:
@@ -352,16 +543,30 @@ class Channel:
         if length > limit:
             raise ChannelViolation("oversized", f"record length {length} exceeds the limit {limit}")
         self._fill(HEADER + length, "a record")
-        header = self._take(HEADER)
+        start = self.start
+        sealed = start + HEADER
+        rx = self._rx_view
         try:
-            body = self.rx.decrypt_with_ad(header, self._take(length))
+            if length - TAG <= SMALL_RECORD:
+                body = self.rx.decrypt_with_ad(rx[start:sealed], rx[sealed:sealed + length])
+                lent = False
+            else:
+                body = self._body.take(length - TAG)
+                self.rx.decrypt_into(rx[start:sealed], rx[sealed:sealed + length], body)
+                lent = True
         except NoiseError:
             raise ChannelViolation("bad-tag", f"record {self.recv_count} failed authentication") from None
+        self.start = sealed + length
+        if self.start == self.end:
+            self.start = self.end = 0
         self.recv_count += 1
         if self.recv_count % self.params.rekey_interval == 0:
             self.rx.rekey()
-        btype, flags, reserved, request_id = struct.unpack_from(">BBHQ", body)
-        payload = body[BODY_HEADER:]
+        btype, flags, reserved, request_id = _BODY_HEADER.unpack_from(body)
+        # A small body is bytes of its own; a large one's payload is a view
+        # of the reused body buffer, checked before the buffer is reused.
+        payload = body[BODY_HEADER:].toreadonly() if lent else body[BODY_HEADER:]
+        self._lent = lent
         if btype != mtype:
             raise ChannelViolation("malformed", "body type does not match header type")
         if flags & ~(FLAG_REPLY if mtype in (PING, SHUTDOWN) else 0) or reserved:
@@ -372,7 +577,8 @@ class Channel:
             raise ChannelViolation("malformed", "hello/shutdown with a request id")
         via_bulk = False
         if mtype == BULK:
-            mtype, payload = self._receive_bulk(request_id, payload)
+            mtype, payload = self._receive_bulk(request_id, bytes(payload))
+            self._lent = False
             via_bulk = True
         if self.fds and self.start == self.end:
             raise ChannelViolation("unexpected-fds", "descriptors arrived with no bulk record")
@@ -395,6 +601,7 @@ class Channel:
         if not self.fds:
             raise ChannelViolation("unexpected-fds", "bulk record without a memfd")
         fd = self.fds.pop(0)
+        spent = False
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -412,26 +619,67 @@ class Channel:
                 raise ChannelViolation("malformed", "bulk memfd has the wrong size")
             if info.st_blocks * 512 < size:
                 raise ChannelViolation("malformed", f"bulk memfd of {size} bytes has holes")
-            aead = _aead(self.suite, key)
-            out = bytearray(total)
-            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
-                view = memoryview(m)
+            # The plaintext gets a private anonymous mapping of its own: its
+            # pages are zero-filled as they are first written (no memset
+            # ahead of the cipher) and given back the moment the last view
+            # of it goes.
+            out = mmap.mmap(-1, total, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if total >= HUGE_PAGE_HINT and hasattr(mmap, "MADV_HUGEPAGE"):
                 try:
-                    for i in range(chunks):
+                    out.madvise(mmap.MADV_HUGEPAGE)
+                except OSError:
+                    pass
+            plain = memoryview(out)
+            failed: list[int] = []
+            counter = NONCE_COUNTER[self.suite]
+            suite = self.suite
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            try:
+                sealed = memoryview(m)
+
+                def open_chunks(indices: range) -> None:
+                    aead = make_aead(suite, key)
+                    nonce, ad = bytearray(12), bytearray(_CHUNK_AD.size)
+                    for i in indices:
                         s = i * chunk
                         n = min(chunk, total - s)
-                        src = view[s + i * TAG:s + i * TAG + n + TAG]
-                        ad = struct.pack(">QQQ", request_id, total, i)
+                        counter.pack_into(nonce, 4, i)
+                        _CHUNK_AD.pack_into(ad, 0, request_id, total, i)
                         try:
-                            out[s:s + n] = aead.decrypt(CipherState(self.suite).nonce(i), src, ad)
+                            aead_decrypt_into(aead, nonce, sealed[s + i * TAG:s + i * TAG + n + TAG], ad, plain[s:s + n])
                         except InvalidTag:
-                            raise ChannelViolation("bad-tag", f"bulk chunk {i} failed authentication") from None
+                            failed.append(i)
+                            return
+
+                try:
+                    _for_each_run(chunks, open_chunks)
                 finally:
-                    src = None
-                    view.release()
-            return inner, bytes(out)
+                    # The mapping closes only once no view of it is left.
+                    open_chunks = None
+                    sealed.release()
+                if failed:
+                    raise ChannelViolation("bad-tag", f"bulk chunk {min(failed)} failed authentication")
+                # The sender's memfd is unmapped and closed once the answer
+                # is on its way (release_spent): tearing down a large mapping
+                # and freeing its pages is then off the round trip's path.
+                self._spent.append((m, fd))
+                spent = True
+            finally:
+                if not spent:
+                    m.close()
+            return inner, plain.toreadonly()
         finally:
-            os.close(fd)
+            if not spent:
+                os.close(fd)
+
+    def release_spent(self) -> None:
+        """Unmaps and closes the bulk memfds already read."""
+        while self._spent:
+            m, fd = self._spent.pop()
+            try:
+                m.close()
+            finally:
+                os.close(fd)
 
     def _account(self, mtype: int, flags: int, request_id: int, size: int, commit: bool = True) -> None:
         if mtype == HELLO:
@@ -459,16 +707,28 @@ class Channel:
         elif mtype not in (CANCEL, PING):
             raise ChannelViolation("unexpected-message", f"a worker does not accept {TYPE_NAMES[mtype]}")
 
-    def receive(self):
-        """The next message as (type, flags, request id, payload, via_bulk); pings are answered here."""
+    def receive(self, views: bool = False):
+        """The next message as (type, flags, request id, payload, via_bulk);
+        pings are answered here. The payload is bytes; with views=True it is
+        a read-only memoryview instead, without a copy: of a bulk payload's
+        own mapping, or of the buffer a large record was opened into, which
+        is reused for a later record only once no view of it is left."""
+        self.release_spent()
         while True:
             msg = self._receive_record()
             if msg is None:
                 return None
             if msg[0] == PING and not msg[1] & FLAG_REPLY:
                 self._send_record(PING, msg[2], msg[3], FLAG_REPLY)
+                msg = None
                 continue
-            return msg
+            payload = msg[3]
+            if views:
+                if type(payload) is bytes:
+                    payload = memoryview(payload)
+            elif type(payload) is not bytes:
+                payload = bytes(payload)
+            return msg[0], msg[1], msg[2], payload, msg[4]
 
     def close(self) -> None:
         if not self.closed:
@@ -476,6 +736,7 @@ class Channel:
             for fd in self.fds:
                 os.close(fd)
             self.fds = []
+            self.release_spent()
             self.sock.close()
 
 
@@ -500,34 +761,61 @@ def connect(environ=None, supported=(AESGCM_SUITE, CHACHAPOLY_SUITE)) -> Channel
 IDLE_AFTER = 0.1
 
 
-def serve(handler: Callable[[bytes], bytes], environ=None, idle: Optional[Callable[[], None]] = None) -> int:
+def _answer(channel: Channel, handler: Callable, request_id: int, payload) -> None:
+    """Runs the handler on one request and sends its answer; returns with
+    nothing of the handler's left referenced."""
+    try:
+        result = byte_view(handler(payload))
+    except Exception as e:  # the handler's failure goes back as an error message
+        channel.send(ERROR, request_id, error_payload(e)[:min(4096, channel.params.max_record)])
+        return
+    if len(result) > max(channel.params.max_record, channel.params.max_bulk):
+        channel.send(ERROR, request_id, b"response exceeds the channel's limits")
+    else:
+        channel.send(RESPONSE, request_id, result)
+
+
+def serve(handler: Callable, environ=None, idle: Optional[Callable[[], None]] = None, views: bool = False) -> int:
     """Serves requests until the launcher shuts the channel down.
 
-    handler(payload) returns the response bytes; an exception becomes an error
-    message. Returns 0 after an orderly shutdown; a protocol violation is
-    logged, closes the channel and raises ChannelViolation. idle(), when
-    given, runs once whenever no request has come for IDLE_AFTER seconds.
+    handler(payload) returns the response: bytes, or any bytes-like object
+    (bytearray, memoryview, a numpy array), sent without a copy when it is
+    C-contiguous. An exception becomes an error message. Returns 0 after an
+    orderly shutdown; a protocol violation is logged, closes the channel and
+    raises ChannelViolation. idle(), when given, runs once whenever no
+    request has come for IDLE_AFTER seconds.
+
+    The payload is bytes. With views=True it is a read-only memoryview
+    instead, never copied: numpy.frombuffer(payload, dtype) is an array on
+    the decrypted bytes themselves, and an array or view made from it may be
+    kept: a large record is opened into a buffer the channel reuses only
+    once nothing made from it is left (it checks before each record). The
+    payload object itself is released after the answer is sent: keep a
+    copy (bytes(payload)) or an array, not it.
     """
     channel = connect(environ)
     try:
         while True:
             if idle is not None and channel.start == channel.end and not channel.fds \
                     and not select.select([channel.sock], [], [], IDLE_AFTER)[0]:
+                channel.trim()
                 idle()
-            msg = channel.receive()
+            msg = channel.receive(views)
             if msg is None:
                 return 0
-            mtype, flags, request_id, payload, _ = msg
+            mtype, flags, request_id, payload, via_bulk = msg
+            msg = None
             if mtype == REQUEST:
-                try:
-                    result = bytes(handler(payload))
-                except Exception as e:  # the handler's failure goes back as an error message
-                    channel.send(ERROR, request_id, error_payload(e)[:min(4096, channel.params.max_record)])
-                    continue
-                if len(result) > max(channel.params.max_record, channel.params.max_bulk):
-                    channel.send(ERROR, request_id, b"response exceeds the channel's limits")
-                else:
-                    channel.send(RESPONSE, request_id, result)
+                _answer(channel, handler, request_id, payload)
+                if views:
+                    # Whatever the handler kept was made from it; the view
+                    # itself is done, and its buffer can be reused unless
+                    # something made from it is still alive.
+                    try:
+                        payload.release()
+                    except BufferError:
+                        pass
+                payload = None
             elif mtype == SHUTDOWN and not flags & FLAG_REPLY:
                 channel._send_record(SHUTDOWN, 0, b"", FLAG_REPLY)
                 channel.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import struct
 from typing import Optional
 
 from cryptography.exceptions import InvalidTag
@@ -22,6 +23,39 @@ SUITE_NAMES = {AESGCM_SUITE: "AESGCM", CHACHAPOLY_SUITE: "ChaChaPoly"}
 MAX_NONCE = 2**64 - 1
 MAX_MESSAGE = 65535
 HANDSHAKE_OVERHEAD = 32 + 16
+TAG = 16
+
+# cryptography 47 and later seal and open into a buffer the caller owns
+# (encrypt_into/decrypt_into): no ciphertext or plaintext object is allocated
+# per record. Older releases (Debian's python3-cryptography is 38) take bytes
+# and return bytes; the *_into methods below then copy once more.
+HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
+
+# The 96-bit nonce: 32 zero bits, then the 64-bit counter (big-endian for
+# AES-GCM, little-endian for ChaChaPoly).
+NONCE_COUNTER = {AESGCM_SUITE: struct.Struct(">Q"), CHACHAPOLY_SUITE: struct.Struct("<Q")}
+
+
+def make_aead(suite: int, key: bytes):
+    """A fresh AEAD object for `suite` under `key`."""
+    return AESGCM(key) if suite == AESGCM_SUITE else ChaCha20Poly1305(key)
+
+
+def aead_encrypt_into(aead, nonce, plaintext, ad, out) -> None:
+    """Seals `plaintext` into `out` (exactly len(plaintext) + TAG bytes)."""
+    if HAS_INTO:
+        aead.encrypt_into(nonce, plaintext, ad, out)
+    else:
+        out[:] = aead.encrypt(bytes(nonce), bytes(plaintext), bytes(ad))
+
+
+def aead_decrypt_into(aead, nonce, ciphertext, ad, out) -> None:
+    """Opens `ciphertext` into `out` (exactly len(ciphertext) - TAG bytes);
+    raises InvalidTag, and then what `out` holds means nothing."""
+    if HAS_INTO:
+        aead.decrypt_into(nonce, ciphertext, ad, out)
+    else:
+        out[:] = aead.decrypt(bytes(nonce), bytes(ciphertext), bytes(ad))
 
 
 class NoiseError(Exception):
@@ -57,12 +91,16 @@ class CipherState:
         self.n = 0
         self.k: Optional[bytes] = None
         self._aead = None
+        self._counter = NONCE_COUNTER[suite]
+        # Rewritten in place for every record (bytes-like: cryptography takes
+        # any buffer for the nonce).
+        self._nonce = bytearray(12)
         if key is not None:
             self.initialize_key(key)
 
     def initialize_key(self, key: bytes) -> None:
         self.k = bytes(key)
-        self._aead = AESGCM(self.k) if self.suite == AESGCM_SUITE else ChaCha20Poly1305(self.k)
+        self._aead = make_aead(self.suite, self.k)
         self.n = 0
 
     def has_key(self) -> bool:
@@ -79,17 +117,45 @@ class CipherState:
         self.n += 1
         return n
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    # For small messages the calls that return a new bytes object are the
+    # faster ones (the *_into calls cost more to set up than a small copy).
+
+    def encrypt_with_ad(self, ad, plaintext) -> bytes:
         if self._aead is None:
             return bytes(plaintext)
-        return self._aead.encrypt(self.nonce(self._next()), plaintext, ad)
+        if HAS_INTO:
+            return self._aead.encrypt(self._next_nonce(), plaintext, ad)
+        return self._aead.encrypt(bytes(self._next_nonce()), bytes(plaintext), bytes(ad))
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad, ciphertext) -> bytes:
         if self._aead is None:
             return bytes(ciphertext)
-        n = self._next()
+        nonce = self._next_nonce()
         try:
-            return self._aead.decrypt(self.nonce(n), ciphertext, ad)
+            if HAS_INTO:
+                return self._aead.decrypt(nonce, ciphertext, ad)
+            return self._aead.decrypt(bytes(nonce), bytes(ciphertext), bytes(ad))
+        except InvalidTag:
+            raise NoiseError("message failed authentication") from None
+
+    def _next_nonce(self) -> bytearray:
+        n = self.n
+        if n >= MAX_NONCE:
+            raise NoiseError("nonce counter exhausted")
+        self.n = n + 1
+        self._counter.pack_into(self._nonce, 4, n)
+        return self._nonce
+
+    def encrypt_into(self, ad, plaintext, out) -> None:
+        """Seals `plaintext` with the next nonce into `out`, exactly
+        len(plaintext) + TAG bytes (a transport cipher: it has a key)."""
+        aead_encrypt_into(self._aead, self._next_nonce(), plaintext, ad, out)
+
+    def decrypt_into(self, ad, ciphertext, out) -> None:
+        """Opens `ciphertext` with the next nonce into `out`, exactly
+        len(ciphertext) - TAG bytes; NoiseError when it fails authentication."""
+        try:
+            aead_decrypt_into(self._aead, self._next_nonce(), ciphertext, ad, out)
         except InvalidTag:
             raise NoiseError("message failed authentication") from None
 

@@ -8,4 +8,4 @@ count SDK changes that keep the protocol. pyproject.toml reads
 """
 
 PROTOCOL_VERSION = 1
-__version__ = "1.0.0"
+__version__ = "1.1.0"

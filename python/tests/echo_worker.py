@@ -5,6 +5,8 @@
     b"fail"              -> raises (an error message goes back)
     b"fds"               -> the worker's open fds as fd:target, space separated
     anything else        -> echoed
+With --views the handler gets a read-only memoryview (serve(views=True)) and
+echoes a payload that starts with 0x7e by returning that view itself.
 """
 import hashlib
 import os
@@ -33,5 +35,13 @@ def handle(payload: bytes) -> bytes:
     return payload
 
 
+def handle_view(payload: memoryview):
+    if len(payload) and payload[0] == 0x7E:
+        return payload
+    return handle(bytes(payload))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--views"]:
+        sys.exit(stockade_worker.serve(handle_view, views=True))
     sys.exit(stockade_worker.serve(handle))
