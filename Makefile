@@ -255,11 +255,13 @@ bench: release venv check-image probe
 	.build/release/stockade-bench all
 
 # The launch path links FoundationEssentials at most (docs/ARCHITECTURE.md):
-# no symbol of Foundation, CoreFoundation or ICU in the release `stockade`.
+# no symbol of Foundation, CoreFoundation or ICU in the release `stockade`,
+# and the image is static (no program interpreter to load it).
 check-image:
 	@[ -x $(RELEASE_BIN)/stockade ] || { echo "$(RELEASE_BIN)/stockade is missing: make release"; exit 1; }
 	@found=$$(nm $(RELEASE_BIN)/stockade | grep -cE '10Foundation|FoundationInternationalization|_FoundationICU|CFStringCreate|ucol_open' || true); \
 	if [ "$$found" -ne 0 ]; then echo "$(RELEASE_BIN)/stockade links Foundation ($$found symbols): see docs/ARCHITECTURE.md"; exit 1; fi; \
+	if readelf -lW $(RELEASE_BIN)/stockade | grep -q INTERP; then echo "$(RELEASE_BIN)/stockade is dynamically linked: a static image starts without the loader (Package.swift)"; exit 1; fi; \
 	echo "$(RELEASE_BIN)/stockade: no Foundation ($$(du -m $(RELEASE_BIN)/stockade | cut -f1) MB)"
 
 clean:

@@ -53,6 +53,14 @@ func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
 }
 
+/// STOCKADE_BIN_BASELINE: another build of `stockade` (e.g. the one before a
+/// change) timed in the same rounds, so that a change is measured against
+/// the same machine load as bubblewrap.
+func baselineRows(_ env: [String: String], _ argv: (String) -> [String]) -> [(String, [String])] {
+    guard let baseline = env["STOCKADE_BIN_BASELINE"] else { return [] }
+    return [("the same, baseline \(baseline)", argv(baseline))]
+}
+
 /// bubblewrap running /bin/true in a jail like the minimal profile's.
 let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                  "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
@@ -107,7 +115,7 @@ func spawnBench() throws {
         ("/bin/true (no jail)", ["/bin/true"]),
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
         ("stockade --version", [stockade, "--version"]),
-    ]
+    ] + baselineRows(env) { [$0, "run", "-p", unlimited, "--", "/bin/true"] }
     print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
     let samples = timeInterleaved(contenders, runs: runs)
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median

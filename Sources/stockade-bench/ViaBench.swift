@@ -49,7 +49,7 @@ func viaBench() throws {
         ("stockade run --via (built ahead)", [stockade, "run", "--via", dir + "/via.sock", "--", "/bin/true"]),
         ("bwrap --unshare-all ...", bwrapTrue),
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", profile, "--", "/bin/true"]),
-    ]
+    ] + baselineRows(env) { [$0, "run", "--via", dir + "/via.sock", "--", "/bin/true"] }
     print("## run --via: /bin/true in a jail built ahead (\(runs) runs each, interleaved; pool of \(ready))\n")
     var samples = timeInterleaved(contenders, runs: runs)
     // The daemon's and the jail's share: the same request from this process

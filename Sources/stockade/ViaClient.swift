@@ -13,6 +13,10 @@ import Glibc
 /// process's environment (the profile's `pass` names are taken from it).
 /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded; the
 /// exit status is the command's, as with `stockade run`.
+/// The write end of the pipe `ViaClient.startForwarding`'s signal handler
+/// writes to: set once, before the handler is installed.
+nonisolated(unsafe) private var viaSignalPipe: Int32 = -1
+
 enum ViaClient {
     struct Options {
         var socket: String
@@ -23,41 +27,68 @@ enum ViaClient {
 
     static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
 
-    /// Blocks the forwarded signals in this thread (and so in every thread
-    /// made after) and starts a thread that waits for them and sends each
-    /// to the daemon on `conn`, which passes it to the jail's PID 1.
-    static func startForwarding(_ conn: FileDescriptor) {
+    /// Catches the forwarded signals from here on: the handler puts each
+    /// one's number on a pipe whose read end the wait loop of `run` polls
+    /// beside the connection, and the loop sends it to the daemon, which
+    /// passes it to the jail's PID 1. No thread: starting one is a good part
+    /// of this short-lived client's time. Nil (with a warning) when no pipe
+    /// could be made.
+    static func startForwarding() -> FileDescriptor? {
+        guard let pipe = try? PipeEnds.make() else {
+            printError("stockade: warning: signals will not reach the jail (pipe: \(errnoName(errno)))")
+            return nil
+        }
+        // Neither end blocks: a handler never waits on a full pipe (a signal
+        // already pending there is sent anyway), the loop reads what is there.
+        _ = fcntl(pipe.read.rawValue, F_SETFL, O_NONBLOCK)
+        _ = fcntl(pipe.write.rawValue, F_SETFL, O_NONBLOCK)
+        viaSignalPipe = pipe.write.rawValue
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { signal in
+            let saved = errno
+            var number = UInt8(truncatingIfNeeded: signal)
+            _ = write(viaSignalPipe, &number, 1)
+            errno = saved
+        }
+        // A send or receive the signal interrupts goes on; poll returns EINTR.
+        action.sa_flags = SA_RESTART
+        sigemptyset(&action.sa_mask)
         var set = sigset_t()
         sigemptyset(&set)
-        for s in forwarded { sigaddset(&set, s) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        let box = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
-        box.pointee = conn.rawValue
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            let fd = arg!.assumingMemoryBound(to: Int32.self).pointee
-            var set = sigset_t()
-            sigemptyset(&set)
-            for s in ViaClient.forwarded { sigaddset(&set, s) }
-            while true {
-                var sig: Int32 = 0
-                guard sigwait(&set, &sig) == 0 else { continue }
-                let message = ViaWire.encode(magic: ViaWire.signalMagic, [[String(sig)]])
-                // The connection closes only when this process exits.
-                let sent = message.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if sent < 0 && errno != EINTR && errno != EAGAIN { return nil }
-            }
-        }, box)
-        if rc == 0 {
-            pthread_detach(thread)
-        } else {
-            printError("stockade: warning: signals will not reach the jail (pthread_create: \(errnoName(rc)))")
+        for s in forwarded {
+            sigaction(s, &action, nil)
+            sigaddset(&set, s)
+        }
+        // A caller may start this client with them blocked (the mask is
+        // inherited): a blocked signal would never reach the handler.
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        return pipe.read
+    }
+
+    /// Sends each signal number waiting on `pipe` to the daemon on `conn`.
+    static func forwardPending(_ pipe: FileDescriptor, to conn: FileDescriptor) {
+        var numbers = [UInt8](repeating: 0, count: 64)
+        let n = numbers.withUnsafeMutableBytes { read(pipe.rawValue, $0.baseAddress, $0.count) }
+        guard n > 0 else { return }
+        for signal in numbers[..<n] {
+            let message = ViaWire.encode(magic: ViaWire.signalMagic, [[String(signal)]])
+            // The connection closes only when this process exits; a failed
+            // send means the daemon is gone, and its answer (or none) ends the loop.
+            _ = message.withUnsafeBytes { send(conn.rawValue, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
     }
 
-    /// `run`'s options that take a value (the word after them is not an option).
-    static let valued: Set<String> = ["-p", "--profile", "--via", "--setenv", "--report", "--ro-bind", "--bind",
-                                      "--time-limit", "--tenants", "--tenant", "--cgroup-base"]
+    /// `run`'s options that take a value (the word after them is not an
+    /// option). A switch, not a Set: every `stockade run` asks this first,
+    /// and a Set<String> costs its first user a walk of the image's
+    /// protocol conformances (String: Hashable) at run time.
+    static func isValued(_ option: String) -> Bool {
+        switch option {
+        case "-p", "--profile", "--via", "--setenv", "--report", "--ro-bind", "--bind",
+             "--time-limit", "--tenants", "--tenant", "--cgroup-base": true
+        default: false
+        }
+    }
 
     /// Whether `run`'s arguments ask for a jail built ahead (`--via` among
     /// the options, before the command).
@@ -67,7 +98,7 @@ enum ViaClient {
             let a = args[i]
             if a == "--" || !a.hasPrefix("-") { return false }
             if a == "--via" || a.hasPrefix("--via=") { return true }
-            i += valued.contains(a) ? 2 : 1
+            i += isValued(a) ? 2 : 1
         }
         return false
     }
@@ -151,9 +182,10 @@ enum ViaClient {
         guard request.count <= ViaWire.maxMessage else {
             throw StockadeFailure(message: "the command and environment are \(request.count) bytes; run --via takes at most \(ViaWire.maxMessage)", status: 125)
         }
-        // From here on the forwarded signals are blocked and taken by a
-        // thread (sigwait) that sends each to the daemon.
-        startForwarding(conn)
+        // From here on the forwarded signals are caught; the loop below sends
+        // each to the daemon.
+        let signals = startForwarding()
+        defer { try? signals?.close() }
         do {
             try request.withUnsafeBytes { try conn.sendAll($0, passing: sent) }
         } catch {
@@ -176,12 +208,13 @@ enum ViaClient {
         while true {
             if answer != nil && (!open.contains(true) || ContinuousClock.now >= drainUntil!) { break }
             var entries = [pollfd(fd: answer == nil ? conn.rawValue : -1, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: -1, events: 0, revents: 0)]
+                           pollfd(fd: answer == nil ? signals?.rawValue ?? -1 : -1, events: Int16(POLLIN), revents: 0)]
             for (i, r) in relays.enumerated() {
                 entries.append(pollfd(fd: open[i] ? r.read.rawValue : -1, events: Int16(POLLIN), revents: 0))
             }
             let timeout: Int32 = drainUntil.map { Jail.pollTimeout($0 - .now) } ?? -1
             if poll(&entries, nfds_t(entries.count), timeout) < 0 && errno != EINTR { break }
+            if let signals, entries[1].revents != 0 { forwardPending(signals, to: conn) }
             for (i, r) in relays.enumerated() where open[i] && entries[2 + i].revents != 0 {
                 let n = buffer.withUnsafeMutableBytes { read(r.read.rawValue, $0.baseAddress, $0.count) }
                 if n <= 0 { open[i] = false; continue }

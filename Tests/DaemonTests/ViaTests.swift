@@ -12,7 +12,9 @@ import Glibc
 
 @Suite("stockade run --via: jails built ahead", .serialized)
 struct ViaTests {
-    static var client: String { Fixture.repo + "/.build/debug/stockade" }
+    /// STOCKADE_CLI runs the suite against another build of the client
+    /// (e.g. the static release image, .build/release/stockade).
+    static var client: String { ProcessInfo.processInfo.environment["STOCKADE_CLI"] ?? Fixture.repo + "/.build/debug/stockade" }
 
     /// The probe battery's binary (`make probe`), built when missing.
     static let probe: String? = {

@@ -5,7 +5,7 @@ import Testing
 /// `stockade run` and `stockade lint` on numbers no launcher can hold, and
 /// lint's warnings and --strict, through the built CLI.
 extension JailTests {
-    static var cli: String { packageRoot + "/.build/debug/stockade" }
+    static var cli: String { stockadeCLI }
 
     @Test("bad numbers on the command line and in profiles end in a message, never a crash")
     func badNumbersThroughTheCLI() throws {

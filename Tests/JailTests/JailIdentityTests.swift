@@ -5,8 +5,9 @@ import SystemPackage
 import Synchronization
 import Testing
 
-/// The CLI built beside the tests.
-let stockadeCLI = packageRoot + "/.build/debug/stockade"
+/// The CLI built beside the tests; STOCKADE_CLI names another build of it
+/// (e.g. the static release image, .build/release/stockade).
+let stockadeCLI = ProcessInfo.processInfo.environment["STOCKADE_CLI"] ?? packageRoot + "/.build/debug/stockade"
 
 /// A jail started with its stdout on a pipe the test reads while it runs.
 struct RunningJail {

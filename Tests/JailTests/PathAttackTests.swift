@@ -16,7 +16,7 @@ import Testing
 @Suite("Paths an earlier jail wrote", .serialized)
 struct PathAttackTests {
     static let nobody: UInt32 = 65534
-    static let stockade = packageRoot + "/.build/debug/stockade"
+    static let stockade = stockadeCLI
 
     /// A fresh directory under /tmp, mode `mode`, owned by `owner`.
     static func scratch(_ name: String, mode: mode_t = 0o777, owner: UInt32 = 0) throws -> String {

@@ -81,7 +81,7 @@ struct ScopingTests {
     @Test("without a pid namespace, a setsid'd double fork dies with the launcher's kill -9",
           .enabled(if: LandlockPlan.kernelABI() >= 6, "needs Landlock ABI 6 (scoping); without it such a profile is refused"))
     func setsidEscapeDiesWithLauncher() throws {
-        let stockade = packageRoot + "/.build/debug/stockade"
+        let stockade = stockadeCLI
         try #require(FileManager.default.isExecutableFile(atPath: stockade), "build the CLI first")
         let text = try String(contentsOfFile: packageRoot + "/profiles/minimal.toml", encoding: .utf8)
             .replacingOccurrences(of: #"namespaces = ["user", "pid", "mount", "net", "ipc", "uts", "cgroup"]"#, with: "namespaces = \(Self.noPidNamespace)")
