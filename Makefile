@@ -6,7 +6,7 @@ SWIFT ?= swift
 PYTHON_SYS ?= /usr/bin/python3
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python3
-RELEASE_FLAGS := -c release --static-swift-stdlib
+RELEASE_FLAGS := -c release --static-swift-stdlib --disable-local-rpath
 APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
 	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci runc iproute2
@@ -256,12 +256,14 @@ bench: release venv check-image probe
 
 # The launch path links FoundationEssentials at most (docs/ARCHITECTURE.md):
 # no symbol of Foundation, CoreFoundation or ICU in the release `stockade`,
-# and the image is static (no program interpreter to load it).
+# and the image is static (no program interpreter to load it) and
+# position-independent (loaded at a random address).
 check-image:
 	@[ -x $(RELEASE_BIN)/stockade ] || { echo "$(RELEASE_BIN)/stockade is missing: make release"; exit 1; }
 	@found=$$(nm $(RELEASE_BIN)/stockade | grep -cE '10Foundation|FoundationInternationalization|_FoundationICU|CFStringCreate|ucol_open' || true); \
 	if [ "$$found" -ne 0 ]; then echo "$(RELEASE_BIN)/stockade links Foundation ($$found symbols): see docs/ARCHITECTURE.md"; exit 1; fi; \
 	if readelf -lW $(RELEASE_BIN)/stockade | grep -q INTERP; then echo "$(RELEASE_BIN)/stockade is dynamically linked: a static image starts without the loader (Package.swift)"; exit 1; fi; \
+	if ! readelf -hW $(RELEASE_BIN)/stockade | grep -q 'Type: *DYN'; then echo "$(RELEASE_BIN)/stockade is not position-independent: the launcher's image must load at a random address (Package.swift)"; exit 1; fi; \
 	echo "$(RELEASE_BIN)/stockade: no Foundation ($$(du -m $(RELEASE_BIN)/stockade | cut -f1) MB)"
 
 clean:
