@@ -102,7 +102,17 @@ struct DaemonAttackTests {
         // (Connections are admitted on two event loops: which 32 go is not
         // exactly the first 32, but 32 go, each answered.)
         usleep(500_000)
-        let answers40 = flood.map { $0.receive(seconds: 0.3) }
+        var answers40 = flood.map { $0.receive(seconds: 0.3) }
+        // On a loaded machine the last evictions can come later: read again
+        // what is still open, for at most 20 s, until 32 are answered.
+        let settle = Date().addingTimeInterval(20)
+        func answered() -> Int { answers40.filter { $0.closed && $0.text.hasPrefix("HTTP/1.1 503") }.count }
+        while answered() < 32, Date() < settle {
+            for i in flood.indices where !answers40[i].closed {
+                let more = flood[i].receive(seconds: 0.05)
+                answers40[i] = (answers40[i].text + more.text, more.closed)
+            }
+        }
         let evicted = answers40.filter { $0.closed && $0.text.hasPrefix("HTTP/1.1 503") && $0.text.contains("too-many-connections") }
         #expect(evicted.count == 32)
         #expect(answers40.filter { $0.text.isEmpty && !$0.closed }.count == 8)
