@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -388,10 +389,38 @@ func readTerminal(_ fd: Int32, until text: String) -> String {
 /// not the host's): where it is not rw for all (the cgroup v2 VM's udev
 /// leaves /dev/fuse 0600; this host has it 0666) it is made so for the
 /// test and put back, so that only the device allowlist decides.
+/// Suites run in parallel and several open the same node: the first to
+/// widen it keeps its original mode, and the last to finish puts it back
+/// (a test that restored it while another still used it failed that one).
 func openToAll(_ path: String) -> () -> Void {
-    var st = stat()
-    guard stat(path, &st) == 0, st.st_mode & 0o666 != 0o666 else { return {} }
-    let mode = st.st_mode & 0o7777
-    chmod(path, mode | 0o666)
-    return { chmod(path, mode) }
+    let widened = openToAllHolders.withLock { holders -> Bool in
+        if var held = holders[path] {
+            held.count += 1
+            holders[path] = held
+            return true
+        }
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & 0o666 != 0o666 else { return false }
+        let mode = st.st_mode & 0o7777
+        chmod(path, mode | 0o666)
+        holders[path] = (mode, 1)
+        return true
+    }
+    guard widened else { return {} }
+    return {
+        openToAllHolders.withLock { holders in
+            guard var held = holders[path] else { return }
+            held.count -= 1
+            if held.count == 0 {
+                chmod(path, held.mode)
+                holders[path] = nil
+            } else {
+                holders[path] = held
+            }
+        }
+    }
 }
+
+/// The nodes ``openToAll(_:)`` widened: their original mode and how many
+/// tests use them now.
+private let openToAllHolders = Mutex<[String: (mode: mode_t, count: Int)]>([:])
