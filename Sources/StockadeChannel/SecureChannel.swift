@@ -573,7 +573,7 @@ public final class SecureChannel: @unchecked Sendable {
     /// (ping replies are). Returns nil when the peer closed after a
     /// shutdown; any other end of stream is a violation.
     public func receive() throws(ChannelError) -> ChannelMessage? {
-        try receiveLock.withLock { () throws(ChannelError) -> ChannelMessage? in
+        try receiving { () throws(ChannelError) -> ChannelMessage? in
             if !stash.isEmpty {
                 let message = stash.removeFirst()
                 stashBytes -= message.payload.count
@@ -598,6 +598,19 @@ public final class SecureChannel: @unchecked Sendable {
     var stashLimit: (count: Int, bytes: Int) {
         (limits.maxRequestsInFlight + Self.maxOutstandingPings + 1,
          limits.maxRequestsInFlight.multipliedReportingOverflow(by: max(limits.maxRecordPayload, limits.maxBulkLength)).partialValue)
+    }
+
+    /// Runs `body` under the receive lock. However it ends, a channel that
+    /// is closed by then keeps no descriptor a record brought ahead of its
+    /// use: the peer's violation, a failed answer to its ping (sent while
+    /// a bulk record's memfd already waits in the inbox) or a ``close()``
+    /// from another thread all release it here, not when the channel is
+    /// freed.
+    private func receiving<R: Sendable>(_ body: () throws(ChannelError) -> R) throws(ChannelError) -> R {
+        try receiveLock.withLock { () throws(ChannelError) -> R in
+            defer { if isClosed { inbox.dropDescriptor() } }
+            return try body()
+        }
     }
 
     /// Keeps `message` for a later ``receive()``, within ``stashLimit``.
@@ -829,7 +842,7 @@ public final class SecureChannel: @unchecked Sendable {
     ///   wait for it again. Only the thread that reads the channel may say so.
     public func awaitResponse(to id: UInt64, deadline: ContinuousClock.Instant?, inputReady: Bool = false) throws(ChannelError) -> [UInt8] {
         try usingSocket { () throws(ChannelError) -> [UInt8] in
-            try receiveLock.withLock { () throws(ChannelError) -> [UInt8] in
+            try receiving { () throws(ChannelError) -> [UInt8] in
                 inbox.deadline = deadline
                 inbox.deadlineWhat = "answer to the request"
                 inbox.inputReady = inputReady
@@ -927,7 +940,7 @@ public final class SecureChannel: @unchecked Sendable {
         let deadline = timeoutMilliseconds.map { ContinuousClock.now + .milliseconds($0) }
         try withDeadline(deadline, what: "ping reply within \(timeoutMilliseconds ?? 0) ms") { () throws(ChannelError) in
             try send(type: .ping, requestID: id, payload: payload)
-            try receiveLock.withLock { () throws(ChannelError) in
+            try receiving { () throws(ChannelError) in
                 while true {
                     guard let message = try receiveRecord() else { throw .closed }
                     if message.type == .ping, message.flags.contains(.reply), message.requestID == id {
@@ -1016,6 +1029,8 @@ public final class SecureChannel: @unchecked Sendable {
                 try? socket.close()
             }
         }
+        // A reader that holds the lock drops it on its way out (receiving).
+        _ = receiveLock.withLockIfAvailable { _ in inbox.dropDescriptor() }
     }
 
     /// Closes the channel for `error`, logging a violation with its reason.

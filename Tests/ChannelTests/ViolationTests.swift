@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import SystemPackage
 import StockadeSystem
+import Synchronization
 @testable import StockadeChannel
 #if canImport(Glibc)
 import Glibc
@@ -138,6 +139,14 @@ private func connectedPair(limits: ChannelLimits = ChannelLimits()) throws -> (S
     }
 }
 
+/// Device and inode of what `path` leads to (a `/proc/self/fd` entry is
+/// followed to the open file).
+private func fileIdentity(_ path: String) -> (UInt, UInt)? {
+    var status = stat()
+    guard stat(path, &status) == 0 else { return nil }
+    return (UInt(status.st_dev), UInt(status.st_ino))
+}
+
 @Suite struct LauncherSideViolationTests {
     /// A worker that answers the handshake and then sends garbage: the
     /// launcher reports a violation, records it, and closes.
@@ -163,6 +172,49 @@ private func connectedPair(limits: ChannelLimits = ChannelLimits()) throws -> (S
         #expect(channel.violation == caught)
         #expect(channel.isClosed)
         try? raw.close()
+    }
+
+    /// A worker sends a ping and, right behind it, a bulk record with its
+    /// memfd, then goes away: one read brings both, answering the ping
+    /// fails (the peer is gone), and the memfd that waited for its record
+    /// is closed with the channel, not kept until the channel object is
+    /// freed (a launcher keeps a closed channel's object while it reaps).
+    @Test func memfdBehindAFailedPingAnswerIsClosedWithTheChannel() throws {
+        let bootstrap = try ChannelBootstrap(tenant: "acme", worker: "w-p")
+        let socket = try dupCloseOnExec(bootstrap.workerSocket)
+        let params = try dupCloseOnExec(bootstrap.paramsMemfd)
+        bootstrap.closeWorkerEnds()
+        let sent = DispatchSemaphore(value: 0)
+        let memfdIdentity = Mutex<(UInt, UInt)?>(nil)
+        let thread = Thread {
+            defer { sent.signal() }
+            guard let parameters = try? WorkerChannel.readParameters(from: params),
+                  let worker = try? SecureChannel.respond(socket: socket, parameters: parameters),
+                  let (descriptor, memfd) = try? worker.makeBulkForTesting(innerType: .response, requestID: 1, payload: [UInt8](repeating: 4, count: 9000))
+            else { return }
+            defer { try? memfd.close() }
+            try? memfd.addSeals(.immutable)
+            memfdIdentity.withLock { $0 = fileIdentity("/proc/self/fd/\(memfd.rawValue)") }
+            try? worker.sendRawRecordForTesting(type: .ping, requestID: 7, payload: [1])
+            try? worker.sendRawRecordForTesting(type: .bulk, requestID: 1, payload: descriptor, passing: [memfd])
+            worker.close()
+        }
+        thread.start()
+        let channel = try bootstrap.connect()
+        sent.wait()
+        var caught: ChannelError?
+        do { _ = try channel.receive() } catch { caught = error }
+        guard case .system = caught else {
+            Issue.record("expected the ping answer to fail, got \(String(describing: caught))")
+            return
+        }
+        #expect(channel.isClosed)
+        let identity = try #require(memfdIdentity.withLock { $0 })
+        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).filter {
+            fileIdentity("/proc/self/fd/\($0)").map { $0 == identity } ?? false
+        }
+        #expect(open.isEmpty, "the worker's memfd is still open as descriptor \(open)")
+        withExtendedLifetime(channel) {}
     }
 
     /// The worker offered a suite the launcher did not: refused.
