@@ -341,11 +341,50 @@ public enum Syscalls {
 
     /// The highest native number libseccomp has a name for; calls above it
     /// get ENOSYS from every filter (a newer kernel's calls, or garbage).
+    ///
+    /// Every launch assembles the hardening prelude, which needs this
+    /// number; asking libseccomp means about a thousand lookups, each a
+    /// walk of its whole table (a tenth of a millisecond, at every start).
+    /// So a libseccomp release and architecture this build was checked
+    /// against answers from ``knownHighest`` (a test compares each entry
+    /// with libseccomp's own answer); any other libseccomp is asked.
     public static let highestKnown: Int32 = {
-        var highest: Int32 = 0
-        for n in Int32(0)..<1024 where name(of: n) != nil { highest = n }
-        return highest
+        if let v = seccomp_version(),
+           let known = knownHighest[KnownTable(arch: nativeArch, major: v.pointee.major,
+                                              minor: v.pointee.minor, micro: v.pointee.micro)] {
+            return known
+        }
+        return highestKnownByLibseccomp()
     }()
+
+    /// The highest number libseccomp has a name for on `arch` (an
+    /// `AUDIT_ARCH_*` value, the native one by default), by asking it for
+    /// every number below 1024.
+    public static func highestKnownByLibseccomp(arch: UInt32 = nativeArch) -> Int32 {
+        var highest: Int32 = 0
+        for n in Int32(0)..<1024 {
+            guard let p = seccomp_syscall_resolve_num_arch(arch, n) else { continue }
+            free(p)
+            highest = n
+        }
+        return highest
+    }
+
+    /// A libseccomp release on one architecture.
+    public struct KnownTable: Hashable, Sendable {
+        public var arch: UInt32
+        public var major: UInt32
+        public var minor: UInt32
+        public var micro: UInt32
+    }
+
+    /// ``highestKnownByLibseccomp()`` of the libseccomp releases and
+    /// architectures it was measured on (`futex_requeue`, 456, is the last
+    /// name libseccomp 2.5.4 has on x86_64 and on aarch64).
+    public static let knownHighest: [KnownTable: Int32] = [
+        KnownTable(arch: 0xC000_003E, major: 2, minor: 5, micro: 4): 456,  // AUDIT_ARCH_X86_64
+        KnownTable(arch: 0xC000_00B7, major: 2, minor: 5, micro: 4): 456,  // AUDIT_ARCH_AARCH64
+    ]
 
     /// `AUDIT_ARCH_*` of the native architecture.
     public static var nativeArch: UInt32 { seccomp_arch_native() }
