@@ -1,8 +1,12 @@
 import TOMLKit
+import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
 #endif
 
 /// A user error in a profile: names the file, the line and the key.
@@ -204,15 +208,36 @@ extension Double {
 /// and where its keys are.
 package struct TOMLSource: Sendable {
     package var file: String
-    package var index: TOMLLineIndex
+    private let lines: LazyLineIndex
 
     package init(file: String, text: String) {
         self.file = file
-        self.index = TOMLLineIndex(text: text)
+        self.lines = LazyLineIndex(text: text)
     }
+
+    /// Where the keys are: scanned on first use. A profile that reads
+    /// cleanly never needs it unless a section records its lines (a third
+    /// of the profile's reading time at every `stockade run`).
+    package var index: TOMLLineIndex { lines.index }
 
     package func error(_ key: String, _ message: String) -> ProfileError {
         ProfileError(file: file, line: index.line(of: key), key: key, message: message)
+    }
+}
+
+/// A ``TOMLLineIndex`` built once, when first asked for.
+private final class LazyLineIndex: Sendable {
+    private let state: Mutex<(text: String?, index: TOMLLineIndex?)>
+
+    init(text: String) { state = Mutex((text, nil)) }
+
+    var index: TOMLLineIndex {
+        state.withLock { s in
+            if let built = s.index { return built }
+            let built = TOMLLineIndex(text: s.text ?? "")
+            s = (nil, built)
+            return built
+        }
     }
 }
 
@@ -236,12 +261,27 @@ package final class TableReader {
 
     /// Reads a TOML file's text; `what` names the kind of file in messages
     /// ("profile", "tenants file").
+    /// One open and plain reads (FileManager's first use costs a launch
+    /// more than the read itself).
     package static func readText(path: String, what: String) throws(ProfileError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            let reason = errno == ENOENT || errno == ENOTDIR ? "does not exist" : "cannot be read"
             throw ProfileError(file: path, line: nil, key: "", message: "\(what) \(reason)")
         }
-        guard let text = String(data: data, encoding: .utf8) else {
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG { bytes.reserveCapacity(Int(st.st_size) + 1) }
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw ProfileError(file: path, line: nil, key: "", message: "\(what) cannot be read") }
+            if n == 0 { break }
+            bytes += chunk[..<n]
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ProfileError(file: path, line: nil, key: "", message: "\(what) is not UTF-8 text")
         }
         return text
