@@ -350,8 +350,7 @@ public enum Syscalls {
     /// with libseccomp's own answer); any other libseccomp is asked.
     public static let highestKnown: Int32 = {
         if let v = seccomp_version(),
-           let known = knownHighest[KnownTable(arch: nativeArch, major: v.pointee.major,
-                                              minor: v.pointee.minor, micro: v.pointee.micro)] {
+           let known = knownHighest(arch: nativeArch, major: v.pointee.major, minor: v.pointee.minor, micro: v.pointee.micro) {
             return known
         }
         return highestKnownByLibseccomp()
@@ -370,21 +369,21 @@ public enum Syscalls {
         return highest
     }
 
-    /// A libseccomp release on one architecture.
-    public struct KnownTable: Hashable, Sendable {
-        public var arch: UInt32
-        public var major: UInt32
-        public var minor: UInt32
-        public var micro: UInt32
+    /// ``highestKnownByLibseccomp(arch:)`` of the libseccomp releases and
+    /// architectures it was measured on; nil for any other. A switch, not
+    /// a dictionary: a dictionary keyed by a struct costs the runtime a
+    /// search of the image's conformances on first use, as much as the
+    /// lookups it saves.
+    public static func knownHighest(arch: UInt32, major: UInt32, minor: UInt32, micro: UInt32) -> Int32? {
+        switch (arch, major, minor, micro) {
+        // AUDIT_ARCH_X86_64 and AUDIT_ARCH_AARCH64: futex_requeue is the last name 2.5.4 has.
+        case (0xC000_003E, 2, 5, 4), (0xC000_00B7, 2, 5, 4): return 456
+        default: return nil
+        }
     }
 
-    /// ``highestKnownByLibseccomp()`` of the libseccomp releases and
-    /// architectures it was measured on (`futex_requeue`, 456, is the last
-    /// name libseccomp 2.5.4 has on x86_64 and on aarch64).
-    public static let knownHighest: [KnownTable: Int32] = [
-        KnownTable(arch: 0xC000_003E, major: 2, minor: 5, micro: 4): 456,  // AUDIT_ARCH_X86_64
-        KnownTable(arch: 0xC000_00B7, major: 2, minor: 5, micro: 4): 456,  // AUDIT_ARCH_AARCH64
-    ]
+    /// The architectures ``knownHighest(arch:major:minor:micro:)`` has entries for.
+    public static let tableArchitectures: [UInt32] = [0xC000_003E, 0xC000_00B7]
 
     /// `AUDIT_ARCH_*` of the native architecture.
     public static var nativeArch: UInt32 { seccomp_arch_native() }
