@@ -118,7 +118,17 @@ package struct TOMLLineIndex: Sendable {
     }
 
     private static func normalizeKey(_ s: Substring) -> String {
-        s.split(separator: ".")
+        // The usual bare key (`name =`) has only blanks to trim: done on its
+        // bytes, without the Character-by-Character walk of the general case.
+        let u = s.utf8
+        if !u.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "'") }) {
+            func blank(_ b: UInt8) -> Bool { b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+            var lo = u.startIndex, hi = u.endIndex
+            while lo < hi, blank(u[lo]) { lo = u.index(after: lo) }
+            while hi > lo, blank(u[u.index(before: hi)]) { hi = u.index(before: hi) }
+            return String(decoding: u[lo..<hi], as: UTF8.self)
+        }
+        return s.split(separator: ".")
             .map { $0.trimmingCharacters(in: " \t\"'") }
             .joined(separator: ".")
     }
