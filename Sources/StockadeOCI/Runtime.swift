@@ -64,7 +64,7 @@ public struct Runtime: Sendable {
         var stateFD: Int32?
         defer { if let stateFD { close(stateFD) } }
         do {
-            var request = try SpecJail.request(spec: spec, bundle: bundle)
+            var request = try SpecJail.request(spec: spec, bundle: bundle, store: store)
             defer { for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) } }
             // Hooks: the build-time ones while the child waits before its
             // root switch, startContainer in the worker after `start`.
