@@ -23,7 +23,8 @@ public struct OCILaunch: Sendable {
     /// clone and leaves right after, so the child starts in them: ones owned
     /// by the launcher's own user namespace (a pod's network namespace that
     /// containerd made), which a child already inside its new user
-    /// namespace has no capability to join.
+    /// namespace has no capability to join; and a pod's pid namespace,
+    /// which only a process born in it can mount a /proc for.
     public var enterBeforeClone: [(fd: Int32, namespace: Profile.Namespace)] = []
     /// Namespaces (ipc, uts) the spawner thread makes just before clone, so
     /// that they belong to the launcher's user namespace and every
