@@ -90,6 +90,22 @@ struct PodSharedPidTests {
                                                     "user": ["uid": 0, "gid": 0]]).write(to: URL(fileURLWithPath: process))
         let exec = try f.run(["exec", "--process", process, "app"])
         #expect(exec.status == 0 && exec.stdout.contains("stockade-init"), "\(exec)")
+        // Its first process killed, its others (the shell's sleep) are left
+        // in the pod's pid namespace; `kill --all` (what the shim sends then) still reaches them.
+        func podProcesses() -> [String] {
+            let pidns = link("/proc/\(sandbox)/ns/pid")
+            return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter {
+                Int($0) != nil && link("/proc/\($0)/ns/pid") == pidns
+                    && (try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) == "sleep\060\0"
+            }
+        }
+        #expect(!podProcesses().isEmpty)
+        #expect(try f.run(["kill", "app", "KILL"]).status == 0)
+        #expect(try f.waitFor("app", "stopped") == "stopped")
+        #expect(try f.run(["kill", "app", "KILL"]).stderr.contains("container not running"))
+        #expect(try f.run(["kill", "--all", "app", "KILL"]).status == 0)
+        for _ in 0..<100 where !podProcesses().isEmpty { usleep(50_000) }
+        #expect(podProcesses().isEmpty, "the container's worker outlived kill --all")
         #expect(try f.run(["delete", "--force", "app"]).status == 0)
         #expect(try f.run(["delete", "--force", "sb"]).status == 0)
     }
