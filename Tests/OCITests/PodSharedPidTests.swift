@@ -110,6 +110,70 @@ struct PodSharedPidTests {
         #expect(try f.run(["delete", "--force", "sb"]).status == 0)
     }
 
+    @Test("a createContainer hook of a pod container stays out of the pod's pid namespace: the pod's processes cannot see it while its root is the host's tree")
+    func hookOutOfThePod() throws {
+        let f = try RuntimeFixture("sharedpidhook")
+        let sandbox = try startSandbox(f, "sb")
+        // The hook runs as the container's root, an unprivileged host id.
+        let out = f.dir + "/hook"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        chmod(out, 0o777)
+        let seen = out + "/pidns"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["true"], cgroupsPath: f.cgroupsPath("app")) {
+            Self.podContainerConfig(&$0, sandboxID: "sb", sandboxPID: sandbox)
+            $0["hooks"] = ["createContainer": [["path": "/bin/sh", "args": ["sh", "-c", "readlink /proc/self/ns/pid > \(seen)"]]]]
+        }
+        let created = try f.run(["create", "--bundle", f.bundle, "app"])
+        try #require(created.status == 0, "\(created)")
+        let hookNamespace = try String(contentsOfFile: seen, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(hookNamespace == link("/proc/self/ns/pid") && hookNamespace != link("/proc/\(sandbox)/ns/pid"), "\(hookNamespace)")
+        // A container with a pid namespace of its own still runs its hooks in it.
+        try RuntimeFixture.writeConfig(f.bundle, args: ["true"], cgroupsPath: f.cgroupsPath("own")) {
+            $0["hooks"] = ["createContainer": [["path": "/bin/sh", "args": ["sh", "-c", "readlink /proc/self/ns/pid > \(seen)-own"]]]]
+        }
+        let ownCreated = try f.run(["create", "--bundle", f.bundle, "own"])
+        try #require(ownCreated.status == 0, "\(ownCreated)")
+        let own = try #require(try f.state("own")["pid"] as? Int32)
+        #expect(try String(contentsOfFile: seen + "-own", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == link("/proc/\(own)/ns/pid"))
+    }
+
+    /// (Its /proc/PID/mountinfo, which the kernel shows to whoever sees the
+    /// process, lists the host's mount table meanwhile, as under runc.)
+    @Test("while a pod container is being built (its mount namespace still holds the host's tree), the pod's processes see its first process but cannot reach its root, working directory or namespaces")
+    func buildingContainerOutOfReach() throws {
+        let f = try RuntimeFixture("sharedpidbuild")
+        let sandbox = try startSandbox(f, "sb")
+        let marker = f.dir + "/marker"
+        try "host-only\n".write(toFile: marker, atomically: true, encoding: .utf8)
+        chmod(marker, 0o644)
+        // An exec into the sandbox while the pod container's child waits for
+        // its createRuntime hook, after its mounts, before its root switch.
+        let process = f.dir + "/attack.json"
+        let script = "for p in /proc/[0-9]*; do cat $p/root\(marker) $p/cwd\(marker) 2>/dev/null; "
+            + "if grep -q stockade-runtime $p/cmdline; then echo child; ls -l $p/ns/mnt 2>&1; ls -l $p/ns/user 2>&1; "
+            + "ls $p/root/ 2>&1 | head -1; ls $p/cwd/ 2>&1 | head -1; fi; done; echo scanned"
+        try JSONSerialization.data(withJSONObject: ["args": ["sh", "-c", script], "cwd": "/", "env": ["PATH=/bin"],
+                                                    "user": ["uid": 0, "gid": 0]]).write(to: URL(fileURLWithPath: process))
+        let seen = f.dir + "/attack.out"
+        let hook = "\(runtimeBinary) --root \(f.root) exec --process \(process) sb > \(seen) 2>&1"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["true"], cgroupsPath: f.cgroupsPath("app")) {
+            Self.podContainerConfig(&$0, sandboxID: "sb", sandboxPID: sandbox)
+            $0["hooks"] = ["createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", hook]]]]
+        }
+        let created = try f.run(["create", "--bundle", f.bundle, "app"])
+        try #require(created.status == 0, "\(created)")
+        let text = try String(contentsOfFile: seen, encoding: .utf8)
+        #expect(text.contains("scanned"), "\(text)")
+        // The child (a copy of the runtime until it execs) was there to try.
+        let lines = text.split(separator: "\n")
+        let child = try #require(lines.firstIndex(of: "child"), "the building container's child was not visible to the pod: \(text)")
+        #expect(!text.contains("host-only"), "the pod read a host file through the building container: \(text)")
+        let tried = lines[(child + 1)...].prefix { $0 != "child" && $0 != "scanned" }
+        // Both links unreadable (ls shows no target), root and cwd refused.
+        #expect(!tried.contains { $0.contains("->") }, "\(text)")
+        #expect(tried.filter { $0.contains("Permission denied") }.count == 4, "\(text)")
+    }
+
     @Test("a pid namespace that is not the pod's sandbox's is refused, named, before anything starts: the host's, another pod's, a reused pid, a forged record, a bind path")
     func refused() throws {
         let f = try RuntimeFixture("sharedpidbad")
