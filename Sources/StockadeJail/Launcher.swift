@@ -339,24 +339,30 @@ public enum Launcher {
         }
         var record: [UInt8]
         do {
-            record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+            func readReport() throws -> [UInt8] {
+                do {
+                    return try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+                } catch {
+                    throw JailError.launcherStep("read the child's report", errno: error.rawValue)
+                }
+            }
+            record = try readReport()
             // An OCI container paused for its hooks (a record of
             // STK_STEP_HOOKS with errno 0): run them, then release it again.
             if let hooks = request.oci?.hooks, Self.isHooksPause(record) {
                 guard let root = spawnPlan.rootDirectory else {
-                    throw abort(JailError.invalidRequest("OCI hooks need the container's root directory"))
+                    throw JailError.invalidRequest("OCI hooks need the container's root directory")
                 }
-                do {
-                    try OCILaunch.runHooks(hooks, pid: pid, root: root)
-                    _ = try go.withUnsafeBytes { try sync.write.write($0) }
-                } catch {
-                    throw abort(error)
-                }
-                record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+                try OCILaunch.runHooks(hooks, pid: pid, root: root)
+                _ = try go.withUnsafeBytes { try sync.write.write($0) }
+                record = try readReport()
             }
         } catch {
+            // Kill and reap before letting go of the listener, for the
+            // reason given below: the child may be waiting on it.
+            let failure = abort(error)
             watch?.stop()
-            throw error
+            throw failure
         }
         if !record.isEmpty {
             // The child still holds its copy of the listener (close-on-exec,
