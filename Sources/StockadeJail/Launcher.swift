@@ -222,6 +222,7 @@ public enum Launcher {
             (name: $0.procName, type: Int32(truncatingIfNeeded: $0.cloneFlag))
         }
         let hostname = request.oci?.hostnameBeforeClone
+        let podSysctls = request.oci?.launcherSysctls ?? []
         let spawned: SpawnResult = withExtendedLifetime(arena) {
             SpawnerThread.shared.run { () -> SpawnResult in
                 var plan = frozenPlan.value
@@ -268,13 +269,21 @@ public enum Launcher {
                         return result
                     }
                 }
+                if let (key, error) = PodSysctls.writeInThisThread(podSysctls) {
+                    result.sysctl = (key, error)
+                    return result
+                }
                 result.pid = stk_spawn(&plan, &result.pidfd, &result.into)
                 return result
             }
         }
         if let (name, error) = spawned.entering {
-            throw JailError.launcherStep("enter or make the \(name) namespace to clone in (one owned by the launcher's user namespace)",
+            throw JailError.launcherStep("enter or make the \(name) namespace to clone in (a pod's, which the launcher enters for the clone)",
                                          errno: error)
+        }
+        if let (key, error) = spawned.sysctl {
+            let namespace = podSysctls.first { $0.key == key }.map { " in the pod's \(PodSysctls.name($0.namespace)) namespace" } ?? ""
+            throw JailError.launcherStep("write the sysctl \(key)\(namespace)", errno: error)
         }
         let (pid, pidfd, intoCgroup) = (spawned.pid, spawned.pidfd, spawned.into)
         if pid < 0 {
@@ -561,4 +570,5 @@ private struct SpawnResult: Sendable {
     var pidfd: Int32 = -1
     var into: Int32 = 0
     var entering: (String, Int32)?
+    var sysctl: (String, Int32)?
 }
