@@ -63,6 +63,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        // stockade-runtime: CDI specs written as YAML (as the NVIDIA toolkit writes them).
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.0"),
         // stockaded: the HTTP API on a unix socket, start/stop, metrics.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
@@ -199,7 +201,7 @@ let package = Package(
         .target(
             name: "StockadeOCI",
             dependencies: ["StockadeJail", "StockadeCgroups", "StockadeSeccomp", "StockadeConfig", "StockadeSystem", "CStockadeSpawn",
-                           .product(name: "SystemPackage", package: "swift-system")],
+                           .product(name: "SystemPackage", package: "swift-system"), .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         // The runc-compatible command line over StockadeOCI.

@@ -46,6 +46,11 @@ int stk_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
+/* A pidfd for `pid` (close-on-exec by the kernel's default), or -1. */
+int stk_pidfd_open(int pid) {
+    return (int)syscall(434 /* SYS_pidfd_open */, pid, 0);
+}
+
 int stk_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
@@ -61,6 +66,14 @@ long stk_bpf(int cmd, void *attr, unsigned int size) { return syscall(SYS_bpf, c
 int stk_statfs_type(const char *path, long *type) {
     struct statfs st;
     if (statfs(path, &st) < 0) return -1;
+    *type = (long)st.f_type;
+    return 0;
+}
+
+/* fstatfs(fd): the same for an open fd (a directory the launcher resolved once). */
+int stk_fstatfs_type(int fd, long *type) {
+    struct statfs st;
+    if (fstatfs(fd, &st) < 0) return -1;
     *type = (long)st.f_type;
     return 0;
 }

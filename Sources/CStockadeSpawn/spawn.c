@@ -89,6 +89,7 @@ static const char *const step_names[STK_STEP_COUNT] = {
     [STK_STEP_NONE] = "unknown step",
     [STK_STEP_SYNC] = "wait for the launcher",
     [STK_STEP_SETNS] = "join a namespace",
+    [STK_STEP_UNSHARE] = "make the container's namespaces in its pod's user namespace",
     [STK_STEP_CGROUPNS] = "enter a cgroup namespace rooted at the jail's cgroup",
     [STK_STEP_PDEATHSIG] = "set parent-death signal",
     [STK_STEP_SIGNALS] = "reset signals",
@@ -1288,6 +1289,13 @@ __attribute__((noreturn)) static void child_main(const struct stk_plan *plan, in
               : p->join_types[i] == CLONE_NEWPID ? "pid" : p->join_types[i] == CLONE_NEWNET ? "net"
               : p->join_types[i] == CLONE_NEWIPC ? "ipc" : p->join_types[i] == CLONE_NEWUTS ? "uts" : "cgroup");
 
+    /* A pod's user namespace joined above: the jail's own namespaces (mnt,
+     * cgroup, ...) are made now, inside it, so that its root owns them.
+     * We are single-threaded, and already in our cgroup, which a new
+     * cgroup namespace is rooted at. */
+    if (p->unshare_after_join)
+        CHECK(unshare((int)p->clone_flags) == 0, STK_STEP_UNSHARE, "unshare");
+
     /* A root launcher's uid is not mapped in the jail's user namespace;
      * files made with an unmapped id fail (EOVERFLOW). Take the mapped
      * uid 0 (an unprivileged host id) for the set-up. */
@@ -1343,7 +1351,8 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) 
     int child_pidfd = -1;
     memset(&args, 0, sizeof args);
     if (plan->use_reaper && plan->init_fd < 0) return -EBADF;
-    args.flags = plan->clone_flags | CLONE_PIDFD;
+    /* Namespaces the child makes after joining a user namespace are not cloned. */
+    args.flags = (plan->unshare_after_join ? 0 : plan->clone_flags) | CLONE_PIDFD;
     args.pidfd = (uint64_t)(uintptr_t)&child_pidfd;
     args.exit_signal = SIGCHLD;
     *used_into_cgroup = 0;
@@ -1380,7 +1389,7 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup) 
      * there (see child_main): one made by clone3 would be rooted at the
      * launcher's cgroup and show the jail its host path. */
     int late_cgroupns = 0;
-    int wants_cgroupns = plan->has_cgroup && (plan->clone_flags & CLONE_NEWCGROUP);
+    int wants_cgroupns = plan->has_cgroup && (args.flags & CLONE_NEWCGROUP);
     if (wants_cgroupns && plan->cgroup_fd < 0) {
         args.flags &= ~(uint64_t)CLONE_NEWCGROUP;
         late_cgroupns = 1;

@@ -222,6 +222,7 @@ public enum Launcher {
             (name: $0.procName, type: Int32(truncatingIfNeeded: $0.cloneFlag))
         }
         let hostname = request.oci?.hostnameBeforeClone
+        let podSysctls = request.oci?.launcherSysctls ?? []
         let spawned: SpawnResult = withExtendedLifetime(arena) {
             SpawnerThread.shared.run { () -> SpawnResult in
                 var plan = frozenPlan.value
@@ -268,13 +269,21 @@ public enum Launcher {
                         return result
                     }
                 }
+                if let (key, error) = PodSysctls.writeInThisThread(podSysctls) {
+                    result.sysctl = (key, error)
+                    return result
+                }
                 result.pid = stk_spawn(&plan, &result.pidfd, &result.into)
                 return result
             }
         }
         if let (name, error) = spawned.entering {
-            throw JailError.launcherStep("enter or make the \(name) namespace to clone in (one owned by the launcher's user namespace)",
+            throw JailError.launcherStep("enter or make the \(name) namespace to clone in (a pod's, which the launcher enters for the clone)",
                                          errno: error)
+        }
+        if let (key, error) = spawned.sysctl {
+            let namespace = podSysctls.first { $0.key == key }.map { " in the pod's \(PodSysctls.name($0.namespace)) namespace" } ?? ""
+            throw JailError.launcherStep("write the sysctl \(key)\(namespace)", errno: error)
         }
         let (pid, pidfd, intoCgroup) = (spawned.pid, spawned.pidfd, spawned.into)
         if pid < 0 {
@@ -330,24 +339,30 @@ public enum Launcher {
         }
         var record: [UInt8]
         do {
-            record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+            func readReport() throws -> [UInt8] {
+                do {
+                    return try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+                } catch {
+                    throw JailError.launcherStep("read the child's report", errno: error.rawValue)
+                }
+            }
+            record = try readReport()
             // An OCI container paused for its hooks (a record of
             // STK_STEP_HOOKS with errno 0): run them, then release it again.
             if let hooks = request.oci?.hooks, Self.isHooksPause(record) {
                 guard let root = spawnPlan.rootDirectory else {
-                    throw abort(JailError.invalidRequest("OCI hooks need the container's root directory"))
+                    throw JailError.invalidRequest("OCI hooks need the container's root directory")
                 }
-                do {
-                    try OCILaunch.runHooks(hooks, pid: pid, root: root)
-                    _ = try go.withUnsafeBytes { try sync.write.write($0) }
-                } catch {
-                    throw abort(error)
-                }
-                record = try errors.read.readUpTo(MemoryLayout<stk_error>.size)
+                try OCILaunch.runHooks(hooks, pid: pid, root: root)
+                _ = try go.withUnsafeBytes { try sync.write.write($0) }
+                record = try readReport()
             }
         } catch {
+            // Kill and reap before letting go of the listener, for the
+            // reason given below: the child may be waiting on it.
+            let failure = abort(error)
             watch?.stop()
-            throw error
+            throw failure
         }
         if !record.isEmpty {
             // The child still holds its copy of the listener (close-on-exec,
@@ -559,4 +574,5 @@ private struct SpawnResult: Sendable {
     var pidfd: Int32 = -1
     var into: Int32 = 0
     var entering: (String, Int32)?
+    var sysctl: (String, Int32)?
 }

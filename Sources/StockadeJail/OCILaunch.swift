@@ -23,7 +23,8 @@ public struct OCILaunch: Sendable {
     /// clone and leaves right after, so the child starts in them: ones owned
     /// by the launcher's own user namespace (a pod's network namespace that
     /// containerd made), which a child already inside its new user
-    /// namespace has no capability to join.
+    /// namespace has no capability to join; and a pod's pid namespace,
+    /// which only a process born in it can mount a /proc for.
     public var enterBeforeClone: [(fd: Int32, namespace: Profile.Namespace)] = []
     /// Namespaces (ipc, uts) the spawner thread makes just before clone, so
     /// that they belong to the launcher's user namespace and every
@@ -69,6 +70,12 @@ public struct OCILaunch: Sendable {
     /// `linux.sysctl` as (key as a path below /proc/sys, value), checked by
     /// the caller to be namespaced and in namespaces of the container's own.
     public var sysctls: [(key: String, value: String)] = []
+    /// The sysctls of the namespaces in `enterBeforeClone` and
+    /// `unshareBeforeClone` (a pod's, owned by the launcher's user
+    /// namespace, where the container holds no capability): written by the
+    /// spawner thread while it is inside them, before the clone. Same form
+    /// as `sysctls`, with the namespace each belongs to.
+    public var launcherSysctls: [(key: String, value: String, namespace: Profile.Namespace)] = []
     /// The container's terminal: a detached devpts instance (from
     /// `stk_devpts_instance`) holding its pty, attached at /dev/pts instead
     /// of a fresh one, and the pty's name there ("pts/0"), bound over
@@ -132,6 +139,8 @@ extension OCILaunch {
         plan.join_fds = arena.array(join.map(\.fd))
         plan.join_types = arena.array(join.map { Int32(truncatingIfNeeded: $0.namespace.cloneFlag) })
         plan.n_join = UInt32(join.count)
+        // A joined user namespace (a pod's) owns the namespaces made for the jail.
+        plan.unshare_after_join = join.first?.namespace == .user && plan.clone_flags != 0 ? 1 : 0
         if let caps = capabilities {
             plan.oci_caps = 1
             plan.cap_bounding = caps.bounding

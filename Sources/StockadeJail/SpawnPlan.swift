@@ -77,7 +77,7 @@ extension Profile.Namespace {
     }
 
     /// The file under /proc/self/ns that shows whether the kernel has it.
-    var procName: String {
+    public var procName: String {
         switch self {
         case .mount: return "mnt"
         default: return rawValue

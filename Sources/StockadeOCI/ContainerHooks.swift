@@ -56,6 +56,15 @@ enum ContainerHooks {
         }
     }
 
+    /// Whether `pid` is PID 1 of its own pid namespace (the last NSpid
+    /// field of its status), as a container's first process is unless it
+    /// joined its pod's.
+    static func isFirstInItsPidNamespace(_ pid: Int32) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }) else { return false }
+        return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).last == "1"
+    }
+
     /// createContainer: each hook in the container's namespaces (those it
     /// shares with the runtime are not joined), as the container's root,
     /// its working directory the container's root at its host path, with
@@ -74,6 +83,14 @@ enum ContainerHooks {
         for (kind, type) in kinds {
             let fd = open("/proc/\(point.pid)/ns/\(kind)", O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw RuntimeError("hooks.\(name): open /proc/\(point.pid)/ns/\(kind): \(errnoName(errno))") }
+            // A container in its pod's pid namespace (not PID 1 there): the
+            // hook stays out of it. The pod's processes share the container's
+            // user namespace and would see the hook there, and could open its
+            // /proc files while its root is the host's tree.
+            if kind == "pid_for_children" && !isFirstInItsPidNamespace(point.pid) {
+                close(fd)
+                continue
+            }
             var theirs = stat(), mine = stat()
             let mineKind = kind == "pid_for_children" ? "pid" : kind
             if type != mountFlag, fstat(fd, &theirs) == 0, stat("/proc/self/ns/\(mineKind)", &mine) == 0,

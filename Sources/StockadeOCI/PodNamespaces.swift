@@ -26,9 +26,21 @@ extension SpecJail {
             profile.namespaces.insert(.cgroup)
         }
         enterLauncherOwnedBeforeClone(&oci, ownUserNamespace: ownUserNamespace)
+        enterPodPidNamespaceBeforeClone(&oci)
         podSandboxNamespacesFromTheLauncher(spec, profile: &profile, oci: &oci)
         sysfsWithoutOwnNetwork(&oci, ownUserNamespace: ownUserNamespace, newNetwork: profile.namespaces.contains(.net))
         mqueueWithoutOwnIPC(&oci, ownUserNamespace: ownUserNamespace, newIPC: profile.namespaces.contains(.ipc))
+    }
+
+    /// A joined pid namespace (the pod's, CRI `pid: POD`) is entered by the
+    /// spawner thread before the clone (setns of a pid namespace moves only
+    /// the thread's children), so that the child is born in it: /proc is
+    /// mounted for the mounter's own pid namespace, and the kernel allows
+    /// that mount only with a capability over that namespace's owner, the
+    /// pod's user namespace, which the child joins right after.
+    static func enterPodPidNamespaceBeforeClone(_ oci: inout OCILaunch) {
+        oci.enterBeforeClone += oci.join.filter { $0.namespace == .pid }
+        oci.join.removeAll { $0.namespace == .pid }
     }
 
     /// A pod's sandbox container in a user namespace of its own: its new
@@ -47,6 +59,17 @@ extension SpecJail {
             oci.hostnameBeforeClone = profile.hostname
             profile.hostname = nil
         }
+    }
+
+    /// `linux.sysctl`, checked: those of the namespaces the launcher
+    /// enters or makes before the clone (the pod's network namespace, its
+    /// ipc and uts ones, owned by the launcher's user namespace, where the
+    /// container holds no capability) are written by the launcher inside
+    /// them; the rest by the container's child in its own namespaces.
+    static func splitSysctls(_ sysctls: [(key: String, value: String, namespace: Profile.Namespace)], oci: inout OCILaunch) {
+        let launcher = Set(oci.enterBeforeClone.map(\.namespace) + oci.unshareBeforeClone)
+        oci.launcherSysctls = sysctls.filter { launcher.contains($0.namespace) }
+        oci.sysctls = sysctls.filter { !launcher.contains($0.namespace) }.map { ($0.key, $0.value) }
     }
 
     /// The spec's `mqueue` mount, for a container in a user namespace of

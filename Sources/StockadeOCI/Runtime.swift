@@ -64,7 +64,7 @@ public struct Runtime: Sendable {
         var stateFD: Int32?
         defer { if let stateFD { close(stateFD) } }
         do {
-            var request = try SpecJail.request(spec: spec, bundle: bundle)
+            var request = try SpecJail.request(spec: spec, bundle: bundle, store: store)
             defer { for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) } }
             // Hooks: the build-time ones while the child waits before its
             // root switch, startContainer in the worker after `start`.
@@ -189,7 +189,10 @@ public struct Runtime: Sendable {
         let (record, dir) = try load(id)
         defer { try? dir.close() }
         let now = status(record, dir: dir)
-        guard now != .stopped else { throw RuntimeError("container not running") }
+        // `--all` reaches what is left in the cgroup after the first
+        // process ended, as runc's does: a container in its pod's pid
+        // namespace leaves its processes there (the shim kills them so).
+        guard now != .stopped || all else { throw RuntimeError("container not running") }
         if all {
             let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
             for pid in group.processes { Glibc.kill(pid, signal) }

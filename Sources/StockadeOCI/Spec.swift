@@ -196,7 +196,7 @@ public struct SpecError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 
     /// A decoding error, named by the JSON path of the field.
-    static func decoding(_ error: any Error, file: String) -> SpecError {
+    static func decoding(_ error: any Error, file: String, format: String = "JSON") -> SpecError {
         func path(_ keys: [any CodingKey]) -> String {
             keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingPrefix(".").description
         }
@@ -206,7 +206,7 @@ public struct SpecError: Error, CustomStringConvertible, Sendable {
         case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
             return SpecError("\(file): \(path(ctx.codingPath)): \(ctx.debugDescription)")
         case DecodingError.dataCorrupted(let ctx):
-            return SpecError("\(file): \(ctx.codingPath.isEmpty ? "" : path(ctx.codingPath) + ": ")not valid JSON (\(ctx.underlyingError.map { "\($0)" } ?? ctx.debugDescription))")
+            return SpecError("\(file): \(ctx.codingPath.isEmpty ? "" : path(ctx.codingPath) + ": ")not valid \(format) (\(ctx.underlyingError.map { "\($0)" } ?? ctx.debugDescription))")
         default:
             return SpecError("\(file): \(error)")
         }

@@ -1,4 +1,5 @@
 public import Foundation
+import Yams
 import StockadeSystem
 import StockadeJail
 #if canImport(Glibc)
@@ -27,7 +28,7 @@ import Glibc
 /// check those get applies. A device no spec describes, a spec file any
 /// other user can write, and edits Stockade does not apply (`intelRdt`,
 /// `netDevices`) are refused, naming the device and the file. Spec files
-/// are JSON; YAML files are named in the refusal of a device they may hold.
+/// are JSON (`.json`) or YAML (`.yaml`, `.yml`), as the CDI tools write them.
 /// A device whose nodes the spec already has (containerd with CDI enabled
 /// injects devices itself and keeps the annotations) is not applied again.
 public enum SpecCDI {
@@ -164,11 +165,10 @@ public enum SpecCDI {
         var path: String
     }
 
-    /// Every JSON spec of the directories (a later directory's device
-    /// replaces an earlier one's of the same name); the YAML files seen.
-    static func load(_ dirs: [String]) throws -> (specs: [Loaded], yaml: [String]) {
+    /// Every spec of the directories, JSON or YAML, in name order (a later
+    /// directory's device replaces an earlier one's of the same name).
+    static func load(_ dirs: [String]) throws -> [Loaded] {
         var specs: [Loaded] = []
-        var yaml: [String] = []
         for dir in dirs {
             let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard dfd >= 0 else { continue }
@@ -177,21 +177,22 @@ public enum SpecCDI {
             let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted()
             for name in names {
                 let path = dir + "/" + name
-                if name.hasSuffix(".yaml") || name.hasSuffix(".yml") { yaml.append(path); continue }
-                guard name.hasSuffix(".json") else { continue }
+                let isYAML = name.hasSuffix(".yaml") || name.hasSuffix(".yml")
+                guard isYAML || name.hasSuffix(".json") else { continue }
                 let fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                 guard fd >= 0 else { throw SpecError("CDI spec \(path): open: \(errnoName(errno))") }
                 let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
                 try checkOwner(fd, path)
                 let data = try handle.readToEnd() ?? Data()
                 do {
-                    specs.append(Loaded(file: try JSONDecoder().decode(File.self, from: data), path: path))
+                    let file = isYAML ? try YAMLDecoder().decode(File.self, from: data) : try JSONDecoder().decode(File.self, from: data)
+                    specs.append(Loaded(file: file, path: path))
                 } catch {
-                    throw SpecError.decoding(error, file: "CDI spec \(path)")
+                    throw SpecError.decoding(error, file: "CDI spec \(path)", format: isYAML ? "YAML" : "JSON")
                 }
             }
         }
-        return (specs, yaml)
+        return specs
     }
 
     /// A spec grants host devices, mounts and hooks run as root: it must be
@@ -222,7 +223,7 @@ public enum SpecCDI {
         let wanted = try requested(spec)
         var injected = Injected()
         guard !wanted.isEmpty else { return injected }
-        let (specs, yaml) = try load(directories)
+        let specs = try load(directories)
         var specsUsed: [Int] = []
         for (name, by) in wanted {
             let (kind, device) = qualified(name)!
@@ -232,7 +233,6 @@ public enum SpecCDI {
                 let known = specs.filter { $0.file.kind == kind }.flatMap { $0.file.devices.map(\.name) }
                 var why = "\(by): unknown CDI device \"\(name)\": no spec in \(directories.joined(separator: ", ")) describes it"
                 why += known.isEmpty ? " (no spec of kind \(kind))" : " (\(kind) has \(known.joined(separator: ", ")))"
-                if !yaml.isEmpty { why += "; YAML specs are not read: \(yaml.joined(separator: ", ")) (write them as JSON)" }
                 throw SpecError(why)
             }
             let dir = specs[index].path.prefix(upTo: specs[index].path.lastIndex(of: "/")!)

@@ -52,8 +52,10 @@ public enum SpecJail {
         }
     }
 
-    /// The launch request for a container's init (`create`).
-    public static func request(spec: Spec, bundle: String) throws -> LaunchRequest {
+    /// The launch request for a container's init (`create`). `store`: the
+    /// runtime's records, through which a pod's pid (and user) namespace
+    /// is found (``PodUserNamespace``); nil: none is joined.
+    public static func request(spec: Spec, bundle: String, store: StateStore? = nil) throws -> LaunchRequest {
         guard let process = spec.process else { throw SpecError("config.json: process is missing") }
         guard let root = spec.root else { throw SpecError("config.json: root is missing") }
         var profile = try baseProfile(spec)
@@ -84,10 +86,18 @@ public enum SpecJail {
         if spec.linux?.uidMappings != nil && !fresh.contains(.user) {
             throw SpecError("config.json linux.uidMappings: given, but the container gets no new user namespace")
         }
-        // A pod's containers share its user namespace: joining another
-        // namespace of the pod without naming one means joining its owner.
-        oci.join = try joinNamespaces(joined, makesUser: fresh.contains(.user))
-        if oci.join.first?.namespace == .user { fresh.remove(.user) }
+        // A pod's containers share its user namespace: joining the pod's
+        // pid namespace without naming one means joining its owner.
+        oci.join = try PodUserNamespace.open(joined, makesUser: fresh.contains(.user), spec: spec, store: store)
+        if oci.join.first?.namespace == .user {
+            fresh.remove(.user)
+            // Its namespaces are made after joining it (unshare), where a
+            // new pid namespace would hold the child's children only.
+            if fresh.contains(.pid) {
+                for j in oci.join { close(j.fd) }
+                throw SpecError("config.json linux.namespaces: a new pid namespace inside a joined user namespace is not supported; join the pod's pid namespace (shareProcessNamespace) or give the container a user namespace of its own")
+            }
+        }
         profile.namespaces = fresh
         if let maps = try idMaps(spec.linux), fresh.contains(.user) { oci.idMaps = maps }
 
@@ -100,8 +110,9 @@ public enum SpecJail {
         profile.hostname = fresh.contains(.uts) ? spec.hostname : nil
         oci.umask = try SpecKernel.umask(process.user.umask, field: "process.user.umask")
         oci.rootPropagation = try SpecKernel.rootPropagation(spec.linux?.rootfsPropagation)
-        oci.sysctls = try SpecKernel.sysctls(spec.linux?.sysctl, ownNamespace: { kind in
-            fresh.contains(kind) || joined.contains { $0.1 == kind && SpecKernel.isOtherThanOwn($0.0, kind: kind) }
+        let join = oci.join
+        let sysctls = try SpecKernel.sysctls(spec.linux?.sysctl, ownNamespace: { kind in
+            fresh.contains(kind) || join.contains { $0.namespace == kind && SpecKernel.isOtherThanOwn($0.fd, kind: kind) }
         }, hostname: profile.hostname)
         profile.environment.set = try environment(process.env, field: "process.env")
         profile.environment.pass = []
@@ -127,6 +138,7 @@ public enum SpecJail {
         }
         try makeMountPoints(rootfs: rootPath, mounts: oci.mounts, fields: oci.mountFields, proc: profile.filesystem.proc)
         arrangePodNamespaces(spec, profile: &profile, oci: &oci)
+        splitSysctls(sysctls, oci: &oci)
         oci.readonlyPaths = spec.linux?.readonlyPaths ?? []
         profile.filesystem.masked = spec.linux?.maskedPaths ?? []
 
@@ -250,30 +262,6 @@ public enum SpecJail {
         case "time": return .time
         default: return nil
         }
-    }
-
-    /// Opens each joined namespace. When the container makes a user
-    /// namespace but joins others, it joins their owner's user namespace
-    /// instead (the pod's), found with NS_GET_USERNS.
-    static func joinNamespaces(_ joined: [(String, Profile.Namespace)], makesUser: Bool) throws -> [(fd: Int32, namespace: Profile.Namespace)] {
-        var result: [(fd: Int32, namespace: Profile.Namespace)] = []
-        for (path, kind) in joined {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw SpecError("config.json linux.namespaces (\(kind.rawValue)): open \(path): \(String(cString: strerror(errno)))")
-            }
-            result.append((fd, kind))
-        }
-        if makesUser, let first = result.first(where: { $0.namespace != .user }) {
-            let owner = ioctl(first.fd, 0xB701 /* NS_GET_USERNS */)
-            var mine = stat(), theirs = stat()
-            if owner >= 0, stat("/proc/self/ns/user", &mine) == 0, fstat(owner, &theirs) == 0, mine.st_ino != theirs.st_ino {
-                result.insert((owner, .user), at: 0)
-            } else if owner >= 0 {
-                close(owner)
-            }
-        }
-        return result.sorted { a, b in a.namespace == .user && b.namespace != .user }
     }
 
     /// `linux.uidMappings`/`gidMappings` as /proc maps; never host id 0

@@ -43,8 +43,8 @@ enum SpecKernel {
     /// namespace holds (net.*, the IPC ones, kernel.hostname and
     /// kernel.domainname), each only when that namespace is not the
     /// runtime's own. Returned as paths below /proc/sys, sorted by key.
-    static func sysctls(_ map: [String: String]?, ownNamespace: (Profile.Namespace) -> Bool, hostname: String?) throws -> [(key: String, value: String)] {
-        var result: [(key: String, value: String)] = []
+    static func sysctls(_ map: [String: String]?, ownNamespace: (Profile.Namespace) -> Bool, hostname: String?) throws -> [(key: String, value: String, namespace: Profile.Namespace)] {
+        var result: [(key: String, value: String, namespace: Profile.Namespace)] = []
         for (key, value) in (map ?? [:]).sorted(by: { $0.key < $1.key }) {
             let field = "config.json linux.sysctl"
             // "net.ipv4.ip_forward", or a path ("net/ipv4/conf/eth0.100/forwarding").
@@ -71,18 +71,16 @@ enum SpecKernel {
             guard ownNamespace(namespace.0) else {
                 throw SpecError("\(field): sysctl \"\(key)\" is not allowed in the hosts \(namespace.1) namespace")
             }
-            result.append((path, value))
+            result.append((path, value, namespace.0))
         }
         return result
     }
 
-    /// Whether a namespace joined by `path` is another than the runtime's own.
-    static func isOtherThanOwn(_ path: String, kind: Profile.Namespace) -> Bool {
-        let names: [Profile.Namespace: String] = [.net: "net", .ipc: "ipc", .uts: "uts", .pid: "pid", .mount: "mnt",
-                                                  .user: "user", .cgroup: "cgroup"]
-        guard let name = names[kind] else { return false }
+    /// Whether the namespace behind `fd` (one joined) is another than the
+    /// runtime's own: checked on the fd that is joined, not on its path again.
+    static func isOtherThanOwn(_ fd: Int32, kind: Profile.Namespace) -> Bool {
         var theirs = stat(), mine = stat()
-        guard stat(path, &theirs) == 0, stat("/proc/self/ns/\(name)", &mine) == 0 else { return false }
+        guard fstat(fd, &theirs) == 0, stat("/proc/self/ns/\(kind.procName)", &mine) == 0 else { return false }
         return theirs.st_ino != mine.st_ino || theirs.st_dev != mine.st_dev
     }
 }

@@ -57,7 +57,8 @@ class Pod:
     """One pod sandbox and its containers; `close` stops and removes them
     whatever state a failed assertion left them in."""
 
-    def __init__(self, runtime, handler, name, cgroup_parent=CGROUP_PARENT, network=cri.POD):
+    def __init__(self, runtime, handler, name, cgroup_parent=CGROUP_PARENT, network=cri.POD, pid=cri.CONTAINER,
+                 sysctls=None):
         self.runtime = runtime
         self.handler = handler
         self.logs = WORK / f"logs-{name}-{uuid.uuid4().hex[:8]}"
@@ -69,10 +70,12 @@ class Pod:
             linux=cri.LinuxPodSandboxConfig(
                 cgroup_parent=cgroup_parent,
                 security_context=cri.LinuxSandboxSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=network, pid=cri.CONTAINER, ipc=cri.POD)),
+                    namespace_options=cri.NamespaceOption(network=network, pid=pid, ipc=cri.POD)),
+                sysctls=sysctls or {},
             ),
         )
         self.network = network
+        self.pid = pid
         self.id = runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=self.config, runtime_handler=handler),
                                         timeout=RPC_TIMEOUT).pod_sandbox_id
 
@@ -86,7 +89,7 @@ class Pod:
             linux=cri.LinuxContainerConfig(
                 resources=resources,
                 security_context=cri.LinuxContainerSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=self.network, pid=cri.CONTAINER, ipc=cri.POD),
+                    namespace_options=cri.NamespaceOption(network=self.network, pid=self.pid, ipc=cri.POD),
                     masked_paths=MASKED_PATHS, readonly_paths=READONLY_PATHS,
                     seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.ProfileType.RuntimeDefault)),
             ),
@@ -258,6 +261,103 @@ def test_a_pod_in_the_nodes_network_namespace(runtime, handler):
         assert (uid_map[1] != "0") if handler == "stockade" else (uid_map == ["0", "0", "4294967295"]), uid_map
     finally:
         pod.close()
+
+
+def sandbox_pid(runtime, pod):
+    reply = runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True), timeout=RPC_TIMEOUT)
+    return json.loads(reply.info["info"])["pid"]
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_pod_sharing_its_pid_namespace(runtime, handler):
+    """shareProcessNamespace: the pod's containers see the sandbox's
+    processes and each other's, and nothing outside the pod. Under Stockade
+    they share the sandbox's user namespace (one per pod) and its id map."""
+    started = time.monotonic()
+    outside = subprocess.Popen(["sleep", "300"])
+    pod = Pod(runtime, handler, f"sharedpid-{handler}", pid=cri.POD)
+    try:
+        cid = pod.container("work", ["/bin/sleep", "3600"])
+        runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+        out, err, code = exec_sync(runtime, cid, ["/bin/sh", "-c",
+                                                  'for p in /proc/[0-9]*; do echo "@${p#/proc/}"; cat $p/cmdline; echo; done; '
+                                                  f"kill -0 {outside.pid} 2>&1; kill -0 {os.getpid()} 2>&1; "
+                                                  "cat /proc/self/uid_map"])
+        processes = {}
+        for block in out.split("@")[1:]:
+            number, _, cmdline = block.partition("\n")
+            if number.isdigit():
+                processes[int(number)] = cmdline.replace("\0", " ").strip()
+        pause = [n for n, cmd in processes.items() if "trap 'exit 0' TERM INT" in cmd]
+        assert pause, f"the sandbox's pause is not visible in the pod's container: {processes}"
+        assert any(cmd.startswith("/bin/sleep 3600") for cmd in processes.values()), processes
+        if handler == "stockade":
+            # PID 1 of the pod is the sandbox's stockade-init, the pause its child.
+            assert processes.get(1, "").split(" ")[0].endswith("stockade-init"), processes
+        else:
+            assert pause == [1], processes
+        # Only the pod's processes: nothing of the host's is there to signal.
+        assert not any("containerd" in cmd or "pytest" in cmd for cmd in processes.values()), processes
+        assert out.count("No such process") == 2, out
+        assert outside.poll() is None
+        _, info = container_info(runtime, cid)
+        sandbox = sandbox_pid(runtime, pod)
+        assert os.readlink(f"/proc/{info['pid']}/ns/pid_for_children") == os.readlink(f"/proc/{sandbox}/ns/pid")
+        uid_map = [line.split() for line in out.splitlines() if re.match(r"^\s+\d+\s+\d+\s+\d+$", line)]
+        if handler == "stockade":
+            # One user namespace per pod, the sandbox's, with its id map.
+            assert os.readlink(f"/proc/{info['pid']}/ns/user") == os.readlink(f"/proc/{sandbox}/ns/user")
+            assert os.readlink(f"/proc/{sandbox}/ns/user") != os.readlink("/proc/self/ns/user")
+            sandbox_map = [line.split() for line in pathlib.Path(f"/proc/{sandbox}/uid_map").read_text().splitlines()]
+            assert uid_map == sandbox_map and uid_map[0][1] != "0", (uid_map, sandbox_map)
+        else:
+            assert uid_map == [["0", "0", "4294967295"]], uid_map
+
+        # Stopping the container ends every process of it, also those its
+        # first process left in the pod's pid namespace when it died.
+        def in_pod():
+            found = []
+            for entry in pathlib.Path("/proc").iterdir():
+                try:
+                    if entry.name.isdigit() and os.readlink(entry / "ns/pid") == os.readlink(f"/proc/{sandbox}/ns/pid") \
+                            and (entry / "cmdline").read_bytes() == b"/bin/sleep\x003600\x00":
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+            return found
+        assert in_pod(), "the container's sleep is not in the pod's pid namespace"
+        runtime.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0), timeout=RPC_TIMEOUT)
+        deadline = time.monotonic() + 5
+        while in_pod() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not in_pod(), "the container's process outlived StopContainer"
+    finally:
+        pod.close()
+        outside.kill()
+        outside.wait()
+    print(f"{handler}: pod sharing its pid namespace in {time.monotonic() - started:.2f} s")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_pod_sysctls(runtime, handler):
+    """The pod's sysctls (PodSandboxConfig.linux.sysctls) land in the pod's
+    network and ipc namespaces, which its containers share; the host's stay."""
+    keys = {"net.ipv4.ip_unprivileged_port_start": "1234", "kernel.shmmax": "123456789"}
+    files = ["/proc/sys/" + key.replace(".", "/") for key in keys]
+    host = [pathlib.Path(f).read_text() for f in files]
+    pod = Pod(runtime, handler, f"sysctl-{handler}", sysctls=keys)
+    try:
+        cid = pod.container("work", ["/bin/sleep", "3600"])
+        runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+        out, err, code = exec_sync(runtime, cid, ["/bin/cat"] + files)
+        assert (out, code) == ("1234\n123456789\n", 0), (out, err)
+        assert [pathlib.Path(f).read_text() for f in files] == host
+    finally:
+        pod.close()
+    # A key of no namespace is refused at RunPodSandbox, by name.
+    with pytest.raises(grpc.RpcError) as refused:
+        Pod(runtime, handler, f"sysctl-bad-{handler}", sysctls={"kernel.panic": "1"}).close()
+    assert "kernel.panic" in refused.value.details(), refused.value.details()
 
 
 def cri_log_text(path):

@@ -20,7 +20,7 @@ struct PodNamespaceTests {
     /// The launch request for the fixture's bundle with CRI's namespaces:
     /// the network namespace joined by path (here the test's own, which
     /// the host's user namespace owns, as containerd's are), no cgroup one.
-    func request(_ name: String, sandbox: Bool, joinIPC: String? = nil) throws -> LaunchRequest {
+    func request(_ name: String, sandbox: Bool, joinIPC: String? = nil, sysctl: [String: String]? = nil) throws -> LaunchRequest {
         let f = try RuntimeFixture(name)
         try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "1"]) { config in
             var linux = config["linux"] as! [String: Any]
@@ -30,6 +30,7 @@ struct PodNamespaceTests {
             linux["namespaces"] = namespaces
             config["linux"] = linux
             config["hostname"] = "pod-host"
+            if let sysctl { linux["sysctl"] = sysctl; config["linux"] = linux }
             if sandbox { config["annotations"] = [SpecJail.criContainerType: "sandbox"] }
         }
         let spec = try SpecFiles.readConfig(bundle: f.bundle)
@@ -65,6 +66,28 @@ struct PodNamespaceTests {
         #expect(oci.unshareBeforeClone.isEmpty && oci.hostnameBeforeClone == nil)
         #expect(request.profile.namespaces.contains(.uts) && request.profile.hostname == "pod-host")
         #expect(!kernelTypes(oci).contains("mqueue"))
+    }
+
+    @Test("a sandbox's sysctls of the ipc and uts namespaces the launcher makes go to the launcher; a container's own namespaces' to its child")
+    func sysctls() throws {
+        let keys = ["net.ipv4.ip_unprivileged_port_start": "1", "kernel.shmmax": "2", "kernel.domainname": "d"]
+        // (The network namespace here is the runtime's own: its keys are refused, as runc refuses them.)
+        #expect(throws: (any Error).self) { try request("podsysctlnet", sandbox: true, sysctl: keys) }
+        let sandbox = try request("podsysctl", sandbox: true, sysctl: keys.filter { !$0.key.hasPrefix("net.") })
+        let oci = try #require(sandbox.oci)
+        defer { for j in oci.join + oci.enterBeforeClone { close(j.fd) } }
+        #expect(oci.launcherSysctls.map(\.key) == ["kernel/domainname", "kernel/shmmax"])
+        #expect(oci.launcherSysctls.map(\.namespace) == [.uts, .ipc])
+        #expect(oci.sysctls.isEmpty)
+
+        let f = try RuntimeFixture("podsysctlplain")
+        try RuntimeFixture.writeConfig(f.bundle, args: ["true"]) { config in
+            var linux = config["linux"] as! [String: Any]
+            linux["sysctl"] = keys
+            config["linux"] = linux
+        }
+        let plain = try #require(try SpecJail.request(spec: try SpecFiles.readConfig(bundle: f.bundle), bundle: f.bundle).oci)
+        #expect(plain.launcherSysctls.isEmpty && plain.sysctls.count == 3)
     }
 
     @Test("a container with namespaces of its own keeps its kernel sysfs and mqueue, and nothing is entered before its clone")

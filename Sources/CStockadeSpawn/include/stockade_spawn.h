@@ -185,6 +185,12 @@ struct stk_plan {
     const int32_t *join_fds;   /* namespaces joined by setns first, in order (the user namespace first) */
     const int32_t *join_types; /* their CLONE_NEW* types */
     uint32_t n_join;
+    /* The first join is a user namespace (a pod's) and clone_flags names
+     * namespaces to make: clone3 makes none of them; the child makes them
+     * with unshare once it has joined, so that the joined user namespace
+     * owns them (one clone3 made would belong to the launcher's, where the
+     * jail holds no capability). clone_flags never has CLONE_NEWPID then. */
+    int32_t unshare_after_join;
     int32_t oci_caps;          /* keep these capability sets instead of clearing all of them */
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
     const uint32_t *groups;    /* supplementary groups set instead of none (with drop_groups) */
@@ -282,6 +288,7 @@ enum stk_step {
     STK_STEP_NONE = 0,
     STK_STEP_SYNC,          /* wait for the parent's go-ahead */
     STK_STEP_SETNS,         /* join a namespace given by the launcher (OCI: shared or exec) */
+    STK_STEP_UNSHARE,       /* OCI: make the jail's namespaces inside the joined user namespace */
     STK_STEP_CGROUPNS,      /* cgroup namespace rooted at the jail's cgroup (parent-placed jails) */
     STK_STEP_PDEATHSIG,     /* die with the launcher */
     STK_STEP_SIGNALS,       /* reset signal mask and dispositions */
@@ -351,6 +358,8 @@ pid_t stk_spawn(const struct stk_plan *plan, int *pidfd, int *used_into_cgroup);
  * the Swift side calls them through retryingSyscall (EINTR, Errno). The
  * system call numbers come from <sys/syscall.h> for the architecture built. */
 int stk_pidfd_send_signal(int pidfd, int sig);
+/* pidfd_open(pid, 0): a pidfd, or -1 with errno. */
+int stk_pidfd_open(int pid);
 int stk_memfd_create(const char *name, unsigned int flags);
 int stk_fcntl_int(int fd, int cmd, int arg);
 /* ioctl(fd, request, arg): Swift cannot call the variadic ioctl. */
@@ -359,6 +368,8 @@ int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
 long stk_bpf(int cmd, void *attr, unsigned int size);
 /* statfs(path): stores the filesystem's f_type (its magic) in *type; 0. */
 int stk_statfs_type(const char *path, long *type);
+/* fstatfs(fd): the same for an open fd. */
+int stk_fstatfs_type(int fd, long *type);
 /* getxattr(path, name, NULL, 0): the value's size, following symlinks. */
 long stk_getxattr_size(const char *path, const char *name);
 /* waitid(P_PIDFD): fills *status like waitpid's status word; returns 0 or -errno. */
