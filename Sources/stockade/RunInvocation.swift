@@ -118,13 +118,7 @@ struct RunInvocation {
         if report != nil { request.seccompObservation = SeccompObservation() }
 
         let jail = try JailBudget.launch(&request, terminal: terminal, budget: cgroups)
-        let forwarding = SignalForwarder(jail: jail)
-        terminal?.startRelay()
-        let exit = try jail.wait(timeLimit: limit)
-        // The jail's last output, then the caller's terminal as it was.
-        terminal?.finish()
-        forwarding.stop()
-        try? cgroups?.manager.close()
+        let exit = try JailBudget.wait(for: jail, terminal: terminal, budget: cgroups, timeLimit: limit)
         if let report { printReport(RunReport(exit: exit, jail: jail), format: report) }
         if exit.reason == .timeLimit {
             printError("stockade: time limit reached; the jail was killed")
