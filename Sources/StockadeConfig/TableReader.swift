@@ -1,8 +1,12 @@
 import TOMLKit
+import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
 #endif
 
 /// A user error in a profile: names the file, the line and the key.
@@ -36,15 +40,25 @@ public struct ProfileError: Error, CustomStringConvertible, Sendable, Equatable 
 package struct TOMLLineIndex: Sendable {
     private var lines: [String: Int] = [:]
 
+    /// Scans the text's bytes: every delimiter the index looks for is
+    /// ASCII, and a walk of Characters (grapheme breaking at every step)
+    /// cost more than the TOML parser itself at every launch. A line ends
+    /// at LF (a CR before it changes nothing the index reads; as a
+    /// Character, CR LF was one, and such a file was a single line).
     package init(text: String) {
         var table = ""
         var arrayCounts: [String: Int] = [:]
-        var inMultilineString: String? = nil
+        var inMultilineString: [UInt8]? = nil
         var bracketDepth = 0
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        let bytes = Array(text.utf8)
+        var start = 0
+        while start <= bytes.count {
+            var end = start
+            while end < bytes.count, bytes[end] != Self.newline { end += 1 }
             lineNumber += 1
-            var line = Substring(rawLine)
+            var line = bytes[start..<end]
+            start = end + 1
             if let delimiter = inMultilineString {
                 if Self.count(delimiter, in: line) % 2 == 1 { inMultilineString = nil }
                 continue
@@ -53,10 +67,10 @@ package struct TOMLLineIndex: Sendable {
                 bracketDepth += Self.bracketBalance(line)
                 continue
             }
-            line = line.drop(while: { $0 == " " || $0 == "\t" })
-            if line.isEmpty || line.first == "#" { continue }
-            if line.hasPrefix("[[") {
-                let name = Self.headerName(line.dropFirst(2), closing: "]]")
+            line = Self.dropBlanks(line)
+            if line.isEmpty || line.first == UInt8(ascii: "#") { continue }
+            if line.starts(with: Self.doubleOpen) {
+                let name = Self.headerName(line.dropFirst(2), closing: Self.doubleClose)
                 let index = arrayCounts[name, default: 0]
                 arrayCounts[name] = index + 1
                 // Nested tables of an earlier entry are forgotten when a new entry starts.
@@ -65,8 +79,8 @@ package struct TOMLLineIndex: Sendable {
                 lines[table] = lineNumber
                 continue
             }
-            if line.hasPrefix("[") {
-                table = Self.resolve(Self.headerName(line.dropFirst(), closing: "]"), arrayCounts: arrayCounts)
+            if line.first == UInt8(ascii: "[") {
+                table = Self.resolve(Self.headerName(line.dropFirst(), closing: [UInt8(ascii: "]")]), arrayCounts: arrayCounts)
                 lines[table] = lineNumber
                 continue
             }
@@ -74,12 +88,25 @@ package struct TOMLLineIndex: Sendable {
             let key = Self.normalizeKey(line[..<eq])
             let path = table.isEmpty ? key : "\(table).\(key)"
             if lines[path] == nil { lines[path] = lineNumber }
-            let value = line[line.index(after: eq)...].drop(while: { $0 == " " || $0 == "\t" })
-            for delimiter in ["\"\"\"", "'''"] where value.hasPrefix(delimiter) {
+            let value = Self.dropBlanks(line[(eq + 1)...])
+            for delimiter in Self.multilineDelimiters where value.starts(with: delimiter) {
                 if Self.count(delimiter, in: value) == 1 { inMultilineString = delimiter }
             }
             if inMultilineString == nil { bracketDepth = max(0, Self.bracketBalance(value)) }
         }
+    }
+
+    private static let newline = UInt8(ascii: "\n")
+    private static let doubleOpen: [UInt8] = Array("[[".utf8)
+    private static let doubleClose: [UInt8] = Array("]]".utf8)
+    private static let multilineDelimiters: [[UInt8]] = [Array("\"\"\"".utf8), Array("'''".utf8)]
+
+    private static func isBlank(_ b: UInt8) -> Bool { b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+
+    private static func dropBlanks(_ s: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        var s = s
+        while let f = s.first, isBlank(f) { s = s.dropFirst() }
+        return s
     }
 
     /// The line of `path` (`jail.hostname`, `mount[2].source`), or of the
@@ -98,9 +125,19 @@ package struct TOMLLineIndex: Sendable {
         lines[path]
     }
 
-    private static func headerName(_ s: Substring, closing: String) -> String {
-        let end = s.firstRange(of: closing)?.lowerBound ?? s.endIndex
+    private static func headerName(_ s: ArraySlice<UInt8>, closing: [UInt8]) -> String {
+        let end = firstIndex(of: closing, in: s) ?? s.endIndex
         return normalizeKey(s[..<end])
+    }
+
+    private static func firstIndex(of needle: [UInt8], in s: ArraySlice<UInt8>) -> Int? {
+        guard !needle.isEmpty, s.count >= needle.count else { return nil }
+        var i = s.startIndex
+        while i + needle.count <= s.endIndex {
+            if s[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i += 1
+        }
+        return nil
     }
 
     /// `[mount.options]` after three `[[mount]]` entries means `mount[2].options`.
@@ -113,43 +150,49 @@ package struct TOMLLineIndex: Sendable {
         return result
     }
 
-    private static func normalizeKey(_ s: Substring) -> String {
-        s.split(separator: ".")
-            .map { $0.trimmingCharacters(in: " \t\"'") }
-            .joined(separator: ".")
+    /// A dotted key with each part's blanks and quotes trimmed.
+    private static func normalizeKey(_ s: ArraySlice<UInt8>) -> String {
+        func trimmed(_ part: ArraySlice<UInt8>) -> String {
+            func trim(_ b: UInt8) -> Bool { isBlank(b) || b == UInt8(ascii: "\"") || b == UInt8(ascii: "'") }
+            var lo = part.startIndex, hi = part.endIndex
+            while lo < hi, trim(part[lo]) { lo += 1 }
+            while hi > lo, trim(part[hi - 1]) { hi -= 1 }
+            return String(decoding: part[lo..<hi], as: UTF8.self)
+        }
+        return s.split(separator: UInt8(ascii: ".")).map(trimmed).joined(separator: ".")
     }
 
     /// The `=` of a `key = value` line, outside quotes.
-    private static func assignmentIndex(_ line: Substring) -> Substring.Index? {
-        var quote: Character? = nil
+    private static func assignmentIndex(_ line: ArraySlice<UInt8>) -> Int? {
+        var quote: UInt8? = nil
         for index in line.indices {
             let c = line[index]
             if let q = quote { if c == q { quote = nil }; continue }
-            if c == "\"" || c == "'" { quote = c; continue }
-            if c == "=" { return index }
-            if c == "#" { return nil }
+            if c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") { quote = c; continue }
+            if c == UInt8(ascii: "=") { return index }
+            if c == UInt8(ascii: "#") { return nil }
         }
         return nil
     }
 
-    private static func count(_ needle: String, in s: Substring) -> Int {
+    private static func count(_ needle: [UInt8], in s: ArraySlice<UInt8>) -> Int {
         var count = 0
-        var rest = s[...]
-        while let r = rest.firstRange(of: needle) { count += 1; rest = rest[r.upperBound...] }
+        var rest = s
+        while let i = firstIndex(of: needle, in: rest) { count += 1; rest = rest[(i + needle.count)...] }
         return count
     }
 
     /// Net `[` minus `]` outside strings and comments.
-    private static func bracketBalance(_ s: Substring) -> Int {
+    private static func bracketBalance(_ s: ArraySlice<UInt8>) -> Int {
         var balance = 0
-        var quote: Character? = nil
+        var quote: UInt8? = nil
         for c in s {
             if let q = quote { if c == q { quote = nil }; continue }
             switch c {
-            case "\"", "'": quote = c
-            case "[": balance += 1
-            case "]": balance -= 1
-            case "#": return balance
+            case UInt8(ascii: "\""), UInt8(ascii: "'"): quote = c
+            case UInt8(ascii: "["): balance += 1
+            case UInt8(ascii: "]"): balance -= 1
+            case UInt8(ascii: "#"): return balance
             default: break
             }
         }
@@ -204,15 +247,36 @@ extension Double {
 /// and where its keys are.
 package struct TOMLSource: Sendable {
     package var file: String
-    package var index: TOMLLineIndex
+    private let lines: LazyLineIndex
 
     package init(file: String, text: String) {
         self.file = file
-        self.index = TOMLLineIndex(text: text)
+        self.lines = LazyLineIndex(text: text)
     }
+
+    /// Where the keys are: scanned on first use. A profile that reads
+    /// cleanly never needs it unless a section records its lines (a third
+    /// of the profile's reading time at every `stockade run`).
+    package var index: TOMLLineIndex { lines.index }
 
     package func error(_ key: String, _ message: String) -> ProfileError {
         ProfileError(file: file, line: index.line(of: key), key: key, message: message)
+    }
+}
+
+/// A ``TOMLLineIndex`` built once, when first asked for.
+private final class LazyLineIndex: Sendable {
+    private let state: Mutex<(text: String?, index: TOMLLineIndex?)>
+
+    init(text: String) { state = Mutex((text, nil)) }
+
+    var index: TOMLLineIndex {
+        state.withLock { s in
+            if let built = s.index { return built }
+            let built = TOMLLineIndex(text: s.text ?? "")
+            s = (nil, built)
+            return built
+        }
     }
 }
 
@@ -236,12 +300,27 @@ package final class TableReader {
 
     /// Reads a TOML file's text; `what` names the kind of file in messages
     /// ("profile", "tenants file").
+    /// One open and plain reads (FileManager's first use costs a launch
+    /// more than the read itself).
     package static func readText(path: String, what: String) throws(ProfileError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            let reason = errno == ENOENT || errno == ENOTDIR ? "does not exist" : "cannot be read"
             throw ProfileError(file: path, line: nil, key: "", message: "\(what) \(reason)")
         }
-        guard let text = String(data: data, encoding: .utf8) else {
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG { bytes.reserveCapacity(Int(st.st_size) + 1) }
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw ProfileError(file: path, line: nil, key: "", message: "\(what) cannot be read") }
+            if n == 0 { break }
+            bytes += chunk[..<n]
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ProfileError(file: path, line: nil, key: "", message: "\(what) is not UTF-8 text")
         }
         return text

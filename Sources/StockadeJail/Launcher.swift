@@ -502,7 +502,11 @@ public enum Launcher {
         do {
             let fd = try FileDescriptor.open(path, .writeOnly, options: .closeOnExec)
             defer { try? fd.close() }
-            _ = try fd.writeAll(Array(text.utf8))
+            // One write, as the kernel wants an id map (and without the
+            // generic writeAll, whose first use instantiates its metadata).
+            var bytes = text
+            let written = try bytes.withUTF8 { try fd.write(UnsafeRawBufferPointer($0)) }
+            guard written == bytes.utf8.count else { throw Errno.ioError }
         } catch let e as Errno {
             throw JailError.launcherStep("write \(name)", errno: e.rawValue)
         }

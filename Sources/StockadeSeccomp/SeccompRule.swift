@@ -341,11 +341,49 @@ public enum Syscalls {
 
     /// The highest native number libseccomp has a name for; calls above it
     /// get ENOSYS from every filter (a newer kernel's calls, or garbage).
+    ///
+    /// Every launch assembles the hardening prelude, which needs this
+    /// number; asking libseccomp means about a thousand lookups, each a
+    /// walk of its whole table (a tenth of a millisecond, at every start).
+    /// So a libseccomp release and architecture this build was checked
+    /// against answers from ``knownHighest`` (a test compares each entry
+    /// with libseccomp's own answer); any other libseccomp is asked.
     public static let highestKnown: Int32 = {
-        var highest: Int32 = 0
-        for n in Int32(0)..<1024 where name(of: n) != nil { highest = n }
-        return highest
+        if let v = seccomp_version(),
+           let known = knownHighest(arch: nativeArch, major: v.pointee.major, minor: v.pointee.minor, micro: v.pointee.micro) {
+            return known
+        }
+        return highestKnownByLibseccomp()
     }()
+
+    /// The highest number libseccomp has a name for on `arch` (an
+    /// `AUDIT_ARCH_*` value, the native one by default), by asking it for
+    /// every number below 1024.
+    public static func highestKnownByLibseccomp(arch: UInt32 = nativeArch) -> Int32 {
+        var highest: Int32 = 0
+        for n in Int32(0)..<1024 {
+            guard let p = seccomp_syscall_resolve_num_arch(arch, n) else { continue }
+            free(p)
+            highest = n
+        }
+        return highest
+    }
+
+    /// ``highestKnownByLibseccomp(arch:)`` of the libseccomp releases and
+    /// architectures it was measured on; nil for any other. A switch, not
+    /// a dictionary: a dictionary keyed by a struct costs the runtime a
+    /// search of the image's conformances on first use, as much as the
+    /// lookups it saves.
+    public static func knownHighest(arch: UInt32, major: UInt32, minor: UInt32, micro: UInt32) -> Int32? {
+        switch (arch, major, minor, micro) {
+        // AUDIT_ARCH_X86_64 and AUDIT_ARCH_AARCH64: futex_requeue is the last name 2.5.4 has.
+        case (0xC000_003E, 2, 5, 4), (0xC000_00B7, 2, 5, 4): return 456
+        default: return nil
+        }
+    }
+
+    /// The architectures ``knownHighest(arch:major:minor:micro:)`` has entries for.
+    public static let tableArchitectures: [UInt32] = [0xC000_003E, 0xC000_00B7]
 
     /// `AUDIT_ARCH_*` of the native architecture.
     public static var nativeArch: UInt32 { seccomp_arch_native() }

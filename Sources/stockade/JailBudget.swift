@@ -63,4 +63,19 @@ extension JailBudget {
             throw StockadeFailure(message: "\(error)", status: 125)
         }
     }
+
+    /// Waits for `jail` as `run` and `learn` do: the caller's signals are
+    /// forwarded and the terminal relayed meanwhile; then the jail's last
+    /// output, the caller's terminal as it was, and the budget's manager
+    /// closed.
+    static func wait(for jail: Jail, terminal: JailTerminal?, budget: (manager: CgroupManager, jail: JailGroup)?,
+                     timeLimit: Duration?) throws -> JailExit {
+        let forwarding = SignalForwarder(jail: jail)
+        terminal?.startRelay()
+        let exit = try jail.wait(timeLimit: timeLimit)
+        terminal?.finish()
+        forwarding.stop()
+        try? budget?.manager.close()
+        return exit
+    }
 }

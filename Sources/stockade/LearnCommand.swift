@@ -152,12 +152,7 @@ struct LearnCommand: ParsableCommand {
             try? cgroups?.manager.close()
             throw StockadeFailure(message: "the jail's calls cannot be observed: \(jail.seccompUnobserved ?? "no seccomp listener came")", status: 125)
         }
-        let forwarding = SignalForwarder(jail: jail)
-        terminal?.startRelay()
-        let exit = try jail.wait(timeLimit: limit)
-        terminal?.finish()
-        forwarding.stop()
-        try? cgroups?.manager.close()
+        let exit = try JailBudget.wait(for: jail, terminal: terminal, budget: cgroups, timeLimit: limit)
         var learned = recorder.observations()
         let seen = learned.notifications
         if soak {

@@ -63,50 +63,9 @@ struct RunCommand: ParsableCommand {
         if via != nil {
             throw ValidationError("--via goes among the options before the command: stockade run --via SOCKET [--profile POOL] -- CMD")
         }
-        let argv = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !argv.isEmpty else {
-            throw ValidationError("give the command to run after --, e.g. stockade run -p profiles/minimal.toml -- /bin/true")
-        }
-        let profile: Profile
-        do {
-            profile = try Profile.load(path: self.profile)
-        } catch {
-            throw StockadeFailure(message: error.description, status: 125)
-        }
-        var request = LaunchRequest(profile: profile, command: argv)
-        try inputs.apply(to: &request)
-        if let tenants { request.launcherFiles.append(tenants) }
-        var limit = profile.timeLimit
-        if let timeLimit {
-            switch DurationValue(parsing: timeLimit) {
-            case .value(let d) where d > .zero:
-                limit = d
-            case .tooLong:
-                throw ValidationError("--time-limit: \"\(timeLimit)\" is longer than the longest limit, \(DurationValue.longestText)")
-            default:
-                throw ValidationError("--time-limit: cannot read \"\(timeLimit)\" as a positive duration (e.g. 30s, 500ms, 2m)")
-            }
-        }
-        let cgroups = try JailBudget.make(profile: &request.profile, tenants: tenants, tenant: tenant, cgroupBase: cgroupBase)
-        request.cgroup = cgroups?.jail
-
-        let terminal = try JailTerminal.prepare(&request)
-        // A report lists the denied calls: they go through the supervisor.
-        if report != nil { request.seccompObservation = SeccompObservation() }
-
-        let jail = try JailBudget.launch(&request, terminal: terminal, budget: cgroups)
-        let forwarding = SignalForwarder(jail: jail)
-        terminal?.startRelay()
-        let exit = try jail.wait(timeLimit: limit)
-        // The jail's last output, then the caller's terminal as it was.
-        terminal?.finish()
-        forwarding.stop()
-        try? cgroups?.manager.close()
-        if let report { printReport(RunReport(exit: exit, jail: jail), format: report) }
-        if exit.reason == .timeLimit {
-            printError("stockade: time limit reached; the jail was killed")
-        }
-        throw ExitCode(exit.status)
+        try RunInvocation(profile: profile, report: report, readOnlyBinds: inputs.readOnlyBinds,
+                          writableBinds: inputs.writableBinds, environment: inputs.environment, timeLimit: timeLimit,
+                          tenants: tenants, tenant: tenant, cgroupBase: cgroupBase, command: command).run()
     }
 
     /// `--setenv name=value` values as pairs.
@@ -152,19 +111,6 @@ struct RunCommand: ParsableCommand {
             }
         }
         return result + ro.map { ($0, false) } + rw.map { ($0, true) }
-    }
-
-    private func printReport(_ report: RunReport, format: ReportFormat) {
-        switch format {
-        case .json:
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            if let data = try? encoder.encode(report) {
-                printError(String(decoding: data, as: UTF8.self))
-            }
-        case .text:
-            for line in report.textLines { printError(line) }
-        }
     }
 }
 
@@ -256,71 +202,6 @@ struct RunReport: Encodable {
     }
 }
 
-extension RunCommand {
-    /// The common `run` command lines, read without ArgumentParser's
-    /// reflection (which costs more than building the jail): `--name value`,
-    /// `--name=value` and `-p value` for the options above, then the command
-    /// after `--` or at the first word that is not an option. Anything else
-    /// (help, an unknown option, a missing or bad value) gives nil, and
-    /// ArgumentParser reads the line and reports the mistake.
-    static func parseQuickly(_ args: [String]) -> RunCommand? {
-        var single: [String: String] = [:]
-        var lists: [String: [String]] = ["ro-bind": [], "bind": [], "setenv": []]
-        let singles: Set<String> = ["profile", "report", "time-limit", "tenants", "tenant", "cgroup-base"]
-        var i = 0
-        while i < args.count, args[i] != "--", args[i].hasPrefix("-") {
-            var name: Substring
-            var value: String?
-            if args[i] == "-p" {
-                name = "profile"
-            } else if args[i].hasPrefix("--") {
-                name = args[i].dropFirst(2)
-                if let eq = name.firstIndex(of: "=") {
-                    value = String(name[name.index(after: eq)...])
-                    name = name[..<eq]
-                }
-            } else {
-                return nil
-            }
-            if value == nil {
-                guard i + 1 < args.count, !args[i + 1].hasPrefix("-") else { return nil }
-                value = args[i + 1]
-                i += 1
-            }
-            let key = String(name)
-            if singles.contains(key) {
-                single[key] = value  // the last one counts, as in ArgumentParser
-            } else if lists[key] != nil {
-                lists[key]!.append(value!)
-            } else {
-                return nil
-            }
-            i += 1
-        }
-        guard let profile = single["profile"] else { return nil }
-        var report: ReportFormat?
-        if let name = single["report"] {
-            guard let format = ReportFormat(rawValue: name) else { return nil }
-            report = format
-        }
-        var command = RunCommand()
-        command.profile = profile
-        command.report = report
-        var inputs = JailInputOptions()
-        inputs.readOnlyBinds = lists["ro-bind"]!
-        inputs.writableBinds = lists["bind"]!
-        inputs.environment = lists["setenv"]!
-        command.inputs = inputs
-        command.timeLimit = single["time-limit"]
-        command.tenants = single["tenants"]
-        command.tenant = single["tenant"]
-        command.cgroupBase = single["cgroup-base"]
-        command.via = nil
-        command.command = Array(args[i...])
-        return command
-    }
-}
-
 /// Forwards the signals a person or a supervisor sends to stockade into the
 /// jail (its PID 1 passes them on to the worker), from a signal handler on
 /// the jail's pidfd.
@@ -368,6 +249,11 @@ struct JailInputOptions: ParsableArguments {
     /// Adds the binds, in command-line order (a later bind covers an earlier
     /// one), and the variables to `request`.
     func apply(to request: inout LaunchRequest) throws {
+        try Self.apply(readOnlyBinds: readOnlyBinds, writableBinds: writableBinds, environment: environment, to: &request)
+    }
+
+    static func apply(readOnlyBinds: [String], writableBinds: [String], environment: [String],
+                      to request: inout LaunchRequest) throws {
         for (spec, writable) in RunCommand.bindsInOrder(readOnly: readOnlyBinds, writable: writableBinds) {
             request.extraMounts.append(try RunCommand.bind(spec, writable: writable))
         }

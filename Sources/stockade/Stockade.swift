@@ -16,7 +16,7 @@ struct StockadeCommand: ParsableCommand {
     )
 
     /// `stockade run` is on every jail's start-up path: its usual command
-    /// lines are read directly (RunCommand.parseQuickly); every other line,
+    /// lines are read directly (RunInvocation.parse); every other line,
     /// and any mistake, goes through ArgumentParser from the root.
     static func main() {
         let args = Array(CommandLine.arguments.dropFirst())
@@ -32,7 +32,7 @@ struct StockadeCommand: ParsableCommand {
                 exit(with: error)
             }
         }
-        if args.first == "run", let command = RunCommand.parseQuickly(Array(args.dropFirst())) {
+        if args.first == "run", let command = RunInvocation.parse(Array(args.dropFirst())) {
             do {
                 try command.run()
             } catch {

@@ -178,4 +178,16 @@ struct ProfileTests {
         #expect(index.line(of: "m[1].sub.e") == 15)
         #expect(index.line(of: "t.missing") == 8)
     }
+
+    @Test("the line index reads quoted and dotted keys, comments, non-ASCII text and CR LF line ends")
+    func lineIndexBytes() throws {
+        let index = TOMLLineIndex(text: "# é\r\n[env.set]\r\n \"A.B\" = \"x = [\"\r\n\t'c' . d = 'ü' # [\r\n[[mount]]\r\nsource = \"/usr\"\r\n")
+        #expect(index.line(of: "env.set") == 2)
+        #expect(index.line(of: "env.set.A.B") == 3)
+        #expect(index.line(of: "env.set.c.d") == 4)
+        #expect(index.line(of: "mount[0].source") == 6)
+        // A profile with CR LF line ends: the message names the key's own line.
+        let text = "[jail]\r\nname = \"x\"\r\nhostname = 7\r\n"
+        expectError(text, line: 3, key: "jail.hostname", contains: "expected a string")
+    }
 }
