@@ -31,8 +31,7 @@ struct HostPath: Sendable, Equatable {
     /// the file included.
     var chain: [FileID]
 
-    /// O_PATH (Glibc hides it behind _GNU_SOURCE); the same on every Linux architecture Swift runs on.
-    static let openPath: Int32 = 0o10000000
+    static let openPath = OpenFlags.path
 
     var isDirectory: Bool { type == UInt32(S_IFDIR) }
     var id: FileID { FileID(device: device, inode: inode) }
@@ -164,4 +163,20 @@ extension HostPath.Failure {
             return "\(what): \(path): \(errnoName(errno))"
         }
     }
+}
+
+/// Open flags Glibc hides behind _GNU_SOURCE.
+public enum OpenFlags {
+    /// O_PATH: the same on every Linux architecture Swift runs on.
+    public static let path: Int32 = 0o10000000
+}
+
+/// openat2's RESOLVE_* flags (linux/openat2.h), which Glibc does not export.
+public enum Resolve {
+    /// No /proc magic link (`/proc/PID/root`, `/proc/PID/fd/N`) is followed.
+    public static let noMagicLinks: UInt64 = 0x02
+    /// No symbolic link is followed, the magic ones included.
+    public static let noSymlinks: UInt64 = 0x04
+    /// The path stays below the directory it is opened from.
+    public static let beneath: UInt64 = 0x08
 }

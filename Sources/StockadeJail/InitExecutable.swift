@@ -16,9 +16,7 @@ import Glibc
 /// host's, so no path inside the jail is involved.
 public enum InitExecutable {
     public static let name = "stockade-init"
-    /// O_PATH (Glibc's module hides it behind _GNU_SOURCE); the same value
-    /// on every Linux architecture Swift supports.
-    static let openPath: Int32 = 0o10000000
+    static let openPath = OpenFlags.path
 
     /// Where it is looked for, in order.
     public static func candidates(executable: String? = runningExecutable()) -> [String] {

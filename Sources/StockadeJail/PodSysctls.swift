@@ -11,10 +11,6 @@ import Glibc
 /// that opens and writes them (setns of those is per thread), so this runs
 /// on the spawner thread between its setns/unshare and the clone.
 enum PodSysctls {
-    // openat2 RESOLVE_* (linux/openat2.h).
-    static let noMagicLinks: UInt64 = 0x02
-    static let noSymlinks: UInt64 = 0x04
-    static let beneath: UInt64 = 0x08
     static let procSuperMagic = 0x9fa0
 
     /// Writes each of `sysctls` (keys as paths below /proc/sys) through
@@ -23,13 +19,13 @@ enum PodSysctls {
     /// the key that failed and its errno, or nil.
     static func writeInThisThread(_ sysctls: [(key: String, value: String, namespace: Profile.Namespace)]) -> (String, Int32)? {
         guard !sysctls.isEmpty else { return nil }
-        let dir = stk_openat2(AT_FDCWD, "/proc/sys", HostPath.openPath | O_DIRECTORY, noSymlinks | noMagicLinks)
+        let dir = stk_openat2(AT_FDCWD, "/proc/sys", HostPath.openPath | O_DIRECTORY, Resolve.noSymlinks | Resolve.noMagicLinks)
         guard dir >= 0 else { return ("/proc/sys", errno) }
         defer { close(dir) }
         var type = 0
         guard stk_fstatfs_type(dir, &type) == 0, type == procSuperMagic else { return ("/proc/sys (not procfs)", EXDEV) }
         for sysctl in sysctls {
-            let fd = stk_openat2(dir, sysctl.key, O_WRONLY, beneath | noSymlinks | noMagicLinks)
+            let fd = stk_openat2(dir, sysctl.key, O_WRONLY, Resolve.beneath | Resolve.noSymlinks | Resolve.noMagicLinks)
             guard fd >= 0 else { return (sysctl.key, errno) }
             defer { close(fd) }
             let bytes = Array(sysctl.value.utf8)

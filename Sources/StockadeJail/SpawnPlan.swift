@@ -192,8 +192,8 @@ struct SpawnPlan {
                 }
                 // Cloned here, as the launcher: the child's ids may not
                 // search the directories above it. Closed after the clone.
-                let fd = stk_openat2(AT_FDCWD, rootDirectory!.path, 0o10000000 /* O_PATH */ | O_DIRECTORY,
-                                     0x04 | 0x02 /* RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS */)
+                let fd = stk_openat2(AT_FDCWD, rootDirectory!.path, OpenFlags.path | O_DIRECTORY,
+                                     Resolve.noSymlinks | Resolve.noMagicLinks)
                 guard fd >= 0 else { throw JailError.launcherStep("open root.path \(root)", errno: errno) }
                 let tree = stk_clone_tree(fd)
                 close(fd)
@@ -225,7 +225,7 @@ struct SpawnPlan {
     /// opened again without following links and must be the file recorded.
     mutating func cloneBind(_ planned: inout Labelled) throws {
         guard let host = planned.mount.recorded else { return }
-        let fd = stk_openat2(AT_FDCWD, host.path, HostPath.openPath, 0x04 | 0x02 /* RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS */)
+        let fd = stk_openat2(AT_FDCWD, host.path, HostPath.openPath, Resolve.noSymlinks | Resolve.noMagicLinks)
         guard fd >= 0 else { throw JailError.launcherStep("open \(planned.label) source \(host.path)", errno: errno) }
         defer { close(fd) }
         var st = stat()

@@ -116,7 +116,7 @@ public enum ViaJail {
         guard fstat(fd, &st) == 0 else { return "the caller's \(name): fstat: \(errnoName(errno))" }
         let flags = stk_fcntl_int(fd, F_GETFL, 0)
         guard flags >= 0 else { return "the caller's \(name): fcntl: \(errnoName(errno))" }
-        if flags & 0o10000000 /* O_PATH */ != 0 {
+        if flags & OpenFlags.path != 0 {
             return "the caller's \(name) is an O_PATH descriptor; only open files, pipes and sockets enter a jail"
         }
         switch st.st_mode & S_IFMT {

@@ -32,7 +32,7 @@ enum ContainerTerminal {
     /// through its PID 1's root without following any link, and checked to
     /// be a devpts ptmx (the container may have mounted over /dev/pts).
     static func inContainer(initPID: Int32) throws -> PseudoTerminal {
-        let root = Glibc.open("/proc/\(initPID)/root", 0o10000000 /* O_PATH */ | O_DIRECTORY | O_CLOEXEC)
+        let root = Glibc.open("/proc/\(initPID)/root", OpenFlags.path | O_DIRECTORY | O_CLOEXEC)
         guard root >= 0 else { throw RuntimeError("container not running (open /proc/\(initPID)/root: \(errnoName(errno)))") }
         defer { close(root) }
         return try open(ptmx: root, "dev/pts/ptmx", what: "the container's /dev/pts").0
@@ -41,7 +41,7 @@ enum ContainerTerminal {
     /// Opens the ptmx at `path` beneath `dir` (no link followed), checks it,
     /// unlocks the pty and opens its follower.
     static func open(ptmx dir: Int32, _ path: String, what: String) throws -> (PseudoTerminal, UInt32) {
-        let m = stk_openat2(dir, path, O_RDWR | O_NOCTTY | O_CLOEXEC, 0x08 | 0x04 | 0x02 /* RESOLVE_BENEATH | NO_SYMLINKS | NO_MAGICLINKS */)
+        let m = stk_openat2(dir, path, O_RDWR | O_NOCTTY | O_CLOEXEC, Resolve.beneath | Resolve.noSymlinks | Resolve.noMagicLinks)
         guard m >= 0 else { throw RuntimeError("process.terminal: open \(path) in \(what): \(errnoName(errno))") }
         var st = stat()
         guard fstat(m, &st) == 0, (st.st_mode & S_IFMT) == S_IFCHR, DeviceNumber(rdev: UInt64(st.st_rdev)) == DeviceNumber(major: 5, minor: 2) else {

@@ -1,5 +1,6 @@
 import CStockadeSpawn
 import StockadeSystem
+import StockadeJail
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,11 +13,11 @@ import Glibc
 /// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and a missing one is made by
 /// name in the directory already opened; a symlink on the way is refused.
 enum MountPoints {
-    static let resolve: UInt64 = 0x08 /* RESOLVE_BENEATH */ | 0x04 /* RESOLVE_NO_SYMLINKS */ | 0x02 /* RESOLVE_NO_MAGICLINKS */
+    static let resolve: UInt64 = Resolve.beneath | Resolve.noSymlinks | Resolve.noMagicLinks
 
     /// `targets`: (path inside the container, whether it is a file, the field for messages).
     static func make(rootfs: String, targets: [(path: String, file: Bool, field: String)]) throws {
-        let root = open(rootfs, 0o10000000 /* O_PATH */ | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let root = open(rootfs, OpenFlags.path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard root >= 0 else { throw SpecError("config.json root.path: open \(rootfs): \(errnoName(errno))") }
         defer { close(root) }
         for t in targets {
@@ -25,7 +26,7 @@ enum MountPoints {
             defer { close(current) }
             for (i, name) in names.enumerated() {
                 let last = i == names.count - 1
-                var next = stk_openat2(current, name, 0o10000000 /* O_PATH */, resolve)
+                var next = stk_openat2(current, name, OpenFlags.path, resolve)
                 if next < 0 && errno == ENOENT {
                     if last && t.file {
                         let fd = openat(current, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0o644)
@@ -33,7 +34,7 @@ enum MountPoints {
                     } else if mkdirat(current, name, 0o755) != 0 && errno != EEXIST {
                         throw failure(t, name)
                     }
-                    next = stk_openat2(current, name, 0o10000000 /* O_PATH */, resolve)
+                    next = stk_openat2(current, name, OpenFlags.path, resolve)
                 }
                 guard next >= 0 else { throw failure(t, name) }
                 close(current)

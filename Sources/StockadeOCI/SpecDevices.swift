@@ -177,7 +177,7 @@ public enum SpecDevices {
             return try made(d, major: UInt32(major), minor: UInt32(minor), name: "dev-\(i)", in: place, field: field)
         }
         // The host's node at this path, opened without following a link at its end.
-        let fd = open(host, 0o10000000 /* O_PATH */ | O_NOFOLLOW | O_CLOEXEC)
+        let fd = open(host, OpenFlags.path | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
             throw SpecError("\(field): the host has no such node to bind (\(host): \(errnoName(errno))); a container in its own user namespace cannot mknod")
         }
