@@ -7,7 +7,7 @@ PYTHON_SYS ?= /usr/bin/python3
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python3
 RELEASE_FLAGS := -c release --static-swift-stdlib --disable-local-rpath
-APT_PACKAGES := libseccomp-dev libssl-dev pkg-config python3-venv \
+APT_PACKAGES := libseccomp-dev libcap-dev libssl-dev pkg-config python3-venv \
 	bubblewrap firejail qemu-system-x86 linux-image-amd64 busybox-static \
 	systemd man-db groff-base dpkg-dev python3-cryptography containerd umoci runc iproute2
 STAMP := .build-stamps
