@@ -195,11 +195,23 @@ public struct Runtime: Sendable {
         guard now != .stopped || all else { throw RuntimeError("container not running") }
         if all {
             let group = try CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
+            // Frozen, none of the container's processes can exit, so no pid
+            // read from the cgroup is reused by another process before its
+            // signal. A container that was paused stays paused (it takes
+            // the signal once resumed), except for SIGKILL, which must not wait.
+            let wasFrozen = group.isFrozen
+            try? group.freeze()
             for pid in group.processes { Glibc.kill(pid, signal) }
-            // A frozen container takes the signal once thawed; SIGKILL must not wait.
-            if signal == SIGKILL && now == .paused { try? group.thaw() }
+            if !wasFrozen || signal == SIGKILL { try? group.thaw() }
         } else {
-            guard Glibc.kill(record.pid, signal) == 0 else { throw RuntimeError("kill: \(errnoName(errno))") }
+            // Through a pidfd taken while the pid is still the container's
+            // (its start time checked after the open): a pid the container
+            // left and another process took meanwhile is never signalled.
+            let pidfd = stk_pidfd_open(record.pid)
+            guard pidfd >= 0 else { throw RuntimeError("container not running") }
+            defer { close(pidfd) }
+            guard ProcessStat.isAlive(record.pid, startTime: record.pidStartTime) else { throw RuntimeError("container not running") }
+            guard stk_pidfd_send_signal(pidfd, signal) == 0 else { throw RuntimeError("kill: \(errnoName(errno))") }
         }
     }
 

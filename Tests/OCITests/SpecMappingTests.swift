@@ -108,4 +108,34 @@ struct AnnotationTests {
         #expect(pids.allSatisfy { kill(Int32($0), 0) != 0 || (try? String(contentsOfFile: "/proc/\($0)/stat", encoding: .utf8))?.contains(") Z") == true })
         #expect(try f.run(["delete", id]).status == 0)
     }
+
+    /// `kill --all` freezes the container while it reads and signals its
+    /// pids (so none is reused meanwhile): a running one is running again
+    /// after it, a paused one stays paused and takes the signal once resumed.
+    @Test("kill --all leaves a running container running and a paused one paused")
+    func killAllKeepsTheFreezerState() throws {
+        let f = try RuntimeFixture("killall-freeze")
+        let id = "all2"
+        let out = f.dir + "/out-" + id
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "trap 'echo USR1' USR1; echo ready; while :; do sleep 0.1; done"],
+                                       cgroupsPath: f.cgroupsPath(id))
+        #expect(try f.run(["create", "--bundle", f.bundle, id], stdout: out, stderr: out).status == 0)
+        #expect(try f.run(["start", id]).status == 0)
+        #expect(f.waitForOutput(out, containing: "ready").contains("ready"))
+        #expect(try f.run(["kill", "--all", id, "USR1"]).status == 0)
+        #expect(try f.status(id) == "running")
+        #expect(f.waitForOutput(out, containing: "USR1").contains("USR1"))
+
+        #expect(try f.run(["pause", id]).status == 0)
+        #expect(try f.run(["kill", "--all", id, "USR1"]).status == 0)
+        #expect(try f.status(id) == "paused")
+        #expect(try f.run(["resume", id]).status == 0)
+        var text = ""
+        for _ in 0..<100 where text.components(separatedBy: "USR1").count < 3 {
+            usleep(50_000)
+            text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        }
+        #expect(text.components(separatedBy: "USR1").count == 3, "the second USR1 after resume: \(text)")
+        #expect(try f.run(["delete", "--force", id]).status == 0)
+    }
 }
