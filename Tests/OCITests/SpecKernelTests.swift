@@ -19,7 +19,8 @@ struct SpecKernelTests {
     func run(_ f: RuntimeFixture, _ id: String, args: [String], edit: @escaping (inout [String: Any]) -> Void) throws -> String {
         try RuntimeFixture.writeConfig(f.bundle, args: args, cgroupsPath: f.cgroupsPath(id), edit: edit)
         let output = f.dir + "/out-\(id)"
-        let created = try f.run(["create", "--bundle", f.bundle, id], stdout: output)
+        // The container's stderr too: an exec that fails says why there.
+        let created = try f.run(["create", "--bundle", f.bundle, id], stdout: output, stderr: output)
         try #require(created.status == 0, "\(created)")
         try #require(try f.run(["start", id]).status == 0)
         return output
@@ -96,6 +97,7 @@ struct SpecKernelTests {
         }
         let text = f.waitForOutput(out, containing: "done")
         let pid = try #require(try f.state("prop1")["pid"] as? Int)
+        try #require(pid > 0, "prop1 stopped before it printed done; its output: \(text); the runtime's log: \(f.logLines())")
         let root = try rootLine(pid: pid)
         #expect(!root.contains("shared:") && !root.contains("master:"), "the container's root is tied to the host's mount: \(root)")
         // Nothing the container mounted reached the host, mounted or not.
@@ -114,6 +116,7 @@ struct SpecKernelTests {
             Self.editLinux(&config) { $0["rootfsPropagation"] = "rslave" }
         }
         let pid2 = try #require(try f.state("prop2")["pid"] as? Int)
+        try #require(pid2 > 0, "prop2 stopped at once; the runtime's log: \(f.logLines())")
         let root2 = try rootLine(pid: pid2)
         #expect(root2.contains("master:"), "\(root2)")
         try #require(mount("tmpfs", rootfs + "/mnt/later", "tmpfs", 0, "size=1m") == 0)
