@@ -204,13 +204,8 @@ public struct Runtime: Sendable {
             for pid in group.processes { Glibc.kill(pid, signal) }
             if !wasFrozen || signal == SIGKILL { try? group.thaw() }
         } else {
-            // Through a pidfd taken while the pid is still the container's
-            // (its start time checked after the open): a pid the container
-            // left and another process took meanwhile is never signalled.
-            let pidfd = stk_pidfd_open(record.pid)
-            guard pidfd >= 0 else { throw RuntimeError("container not running") }
+            guard let pidfd = record.firstProcessPidfd() else { throw RuntimeError("container not running") }
             defer { close(pidfd) }
-            guard ProcessStat.isAlive(record.pid, startTime: record.pidStartTime) else { throw RuntimeError("container not running") }
             guard stk_pidfd_send_signal(pidfd, signal) == 0 else { throw RuntimeError("kill: \(errnoName(errno))") }
         }
     }
@@ -230,7 +225,10 @@ public struct Runtime: Sendable {
         let group = try? CgroupPlace.open(record.cgroupPath, limits: LimitsSection(), create: false)
         if now != .stopped {
             try? group?.thaw()
-            Glibc.kill(record.pid, SIGKILL)
+            if let pidfd = record.firstProcessPidfd() {
+                _ = stk_pidfd_send_signal(pidfd, SIGKILL)
+                close(pidfd)
+            }
             try? group?.kill()
             for _ in 0..<200 where status(record, dir: dir) != .stopped { usleep(10_000) }
         }
@@ -446,6 +444,22 @@ enum CgroupPlace {
         if parts.isEmpty { parts = ["stockade-runtime"] }
         let manager = try CgroupManager(configuration: .init(base: .path("/" + parts.joined(separator: "/")), sweepStale: false))
         return try manager.container(leaf, limits: limits, create: create)
+    }
+}
+
+extension ContainerRecord {
+    /// A pidfd of the container's first process, taken while its pid is
+    /// still that process's (alive, with the recorded start time, after the
+    /// open), or nil: a pid the container left and another process took
+    /// meanwhile is never signalled through it.
+    func firstProcessPidfd() -> Int32? {
+        let pidfd = stk_pidfd_open(pid)
+        guard pidfd >= 0 else { return nil }
+        guard ProcessStat.isAlive(pid, startTime: pidStartTime) else {
+            close(pidfd)
+            return nil
+        }
+        return pidfd
     }
 }
 
