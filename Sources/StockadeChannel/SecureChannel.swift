@@ -608,7 +608,7 @@ public final class SecureChannel: @unchecked Sendable {
     /// freed.
     private func receiving<R: Sendable>(_ body: () throws(ChannelError) -> R) throws(ChannelError) -> R {
         try receiveLock.withLock { () throws(ChannelError) -> R in
-            defer { if isClosed { inbox.dropDescriptor() } }
+            defer { if inbox.descriptor != nil, isClosed { inbox.dropDescriptor() } }
             return try body()
         }
     }
