@@ -1212,10 +1212,21 @@ static int worker_main(void *arg) {
         if (n != 1) fail(p, STK_STEP_EXEC_WAIT, n < 0 ? errno : EPIPE, "exec fifo");
         close(p->exec_wait_fd);
     }
-    if (p->via_wait) via_receive((struct stk_plan *)p);
-    if (!p->exec_wait) apply_landlock(p);
+    /* A jail built ahead takes its Landlock domain, and where the launcher
+     * found that the filter lets the wait through (via_filter_first), its
+     * filter, before it waits: both are then in force already when the
+     * command arrives, and a rule or a filter that cannot be applied fails
+     * the build (error_fd is still open), not the caller's run. */
+    int filter_first = p->via_wait && p->via_filter_first && p->seccomp_len > 0;
+    if (p->via_wait) {
+        apply_landlock(p);
+        if (filter_first) load_seccomp(p);
+        via_receive((struct stk_plan *)p);
+    } else if (!p->exec_wait) {
+        apply_landlock(p);
+    }
     /* Last: from here on every system call goes through the filter. */
-    if (p->seccomp_len > 0) load_seccomp(p);
+    if (p->seccomp_len > 0 && !filter_first) load_seccomp(p);
     if (p->n_start_hooks > 0) run_start_hooks(p);
     exec_worker(p);
     _exit(127);
