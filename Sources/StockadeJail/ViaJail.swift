@@ -148,11 +148,17 @@ public enum ViaJail {
                                      of: Int(STK_STEP_COUNT.rawValue) - 1, errno: e.err, detail: detail)
     }
 
-    /// The system calls a waiting jail's worker makes after a filter loaded
-    /// before the wait and up to its execve (spawn.c: via_receive, fail,
-    /// exec_worker): the parked fds closed, the command received, the
-    /// caller's fds moved onto 0, 1 and 2, a failure sent, the exit.
-    public static let callsUnderAnEarlyFilter = ["fcntl", "close", "recvmsg", "dup3", "sendto", "execve", "exit_group"]
+    /// The system calls a waiting jail makes after a filter loaded before
+    /// the wait and up to the command's execve: the worker's exec of
+    /// stockade-init's waiting program (spawn.c: via_exec_waiter), the
+    /// static C library's start there, the command received, the caller's
+    /// fds moved onto 0, 1 and 2, a failure sent, the exit
+    /// (stockade-init/via.c; spawn.c's via_receive makes a subset).
+    public static let callsUnderAnEarlyFilter = [
+        "fcntl", "execveat",
+        "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64", "readlink", "getrandom", "mprotect",
+        "recvmsg", "close", "dup3", "sendto", "execve", "exit_group",
+    ]
 
     /// Whether `filter` (a compiled seccomp program) allows each of
     /// ``callsUnderAnEarlyFilter`` whatever its arguments: a verdict that

@@ -312,8 +312,12 @@ struct ViaTests {
             let children = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
                 .split(separator: " ").map(String.init)
             #expect(children.count == 1, "PID 1 (\(pid)) has children \(children)")
-            let status = try String(contentsOfFile: "/proc/\(children.first ?? "0")/status", encoding: .utf8)
-            return status.split(separator: "\n").filter { $0.hasPrefix("Seccomp") }.joined(separator: " ")
+            let child = children.first ?? "0"
+            let status = try String(contentsOfFile: "/proc/\(child)/status", encoding: .utf8)
+            let cmdline = try String(contentsOfFile: "/proc/\(child)/cmdline", encoding: .utf8)
+                .split(separator: "\0", omittingEmptySubsequences: false).prefix(2).joined(separator: " ")
+            return status.split(separator: "\n").filter { $0.hasPrefix("Seccomp") || $0.hasPrefix("VmSize") }
+                .joined(separator: " ") + " cmdline: " + cmdline
         }
     }
 
@@ -322,6 +326,12 @@ struct ViaTests {
         let h = try Harness()
         for line in try Self.waitingWorkers(h) {
             #expect(line.contains("Seccomp:\t2") && line.contains("Seccomp_filters:\t1"), "\(line)")
+            // It waits in stockade-init's waiting program, not in a copy of
+            // the daemon's (here: this test process's) memory.
+            #expect(line.hasSuffix("cmdline: stockade-init via"), "\(line)")
+            let afterSize = line.split(separator: "VmSize:").last?.drop(while: { $0 == " " || $0 == "\t" }) ?? ""
+            let size = Int(afterSize.prefix(while: \.isNumber)) ?? Int.max
+            #expect(size < 16 * 1024, "the waiting process maps \(size) kB: \(line)")
         }
         let r = try h.run(["/bin/sh", "-c", "grep -E '^Seccomp' /proc/self/status; echo fd >&2"])
         #expect(r.status == 0, "\(r)")
@@ -336,6 +346,7 @@ struct ViaTests {
         // dup3 that puts the caller's fds on 0, 1 and 2: no command could run.
         for line in try Self.waitingWorkers(h) {
             #expect(line.contains("Seccomp:\t0"), "\(line)")
+            #expect(!line.contains("cmdline: stockade-init"), "\(line)")
         }
         let r = try h.run(["/bin/sh", "-c", "grep -E '^Seccomp' /proc/self/status; echo fd >&2"])
         #expect(r.status == 0, "\(r)")
