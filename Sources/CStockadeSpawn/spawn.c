@@ -13,6 +13,7 @@
  * comment saying what it protects against.
  */
 #include "stockade_spawn.h"
+#include "via_message.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -22,7 +22,7 @@
  * daemon as one stk_error record on FD, as the trampoline sends it.
  */
 #define _GNU_SOURCE /* dup3 */
-#include "../CStockadeSpawn/include/stockade_spawn.h"
+#include "../CStockadeSpawn/via_message.h"
 
 #include <errno.h>
 #include <fcntl.h>
