@@ -57,6 +57,10 @@ int stk_memfd_create(const char *name, unsigned int flags) {
 
 int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 
+/* accept4 with SOCK_CLOEXEC: the connection is close-on-exec from the
+ * start, so no jail another thread clones meanwhile inherits it. */
+int stk_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
 /* ioctl with a pointer (or a small integer passed as one); the terminal
  * requests of PseudoTerminal use it. */
 int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }

@@ -13,6 +13,7 @@
  * comment saying what it protects against.
  */
 #include "stockade_spawn.h"
+#include "via_message.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -840,6 +841,13 @@ static void drop_privileges(const struct stk_plan *p) {
 
 /* Filesystem (and, from ABI 4, TCP port) rules: everything the profile did
  * not grant is refused even where the mount would allow it. */
+/* Whether the worker of a jail built ahead waits in stockade-init's
+ * waiting program (via_exec_waiter): its filter goes first, and PID 1 was
+ * exec'd from init_fd. */
+static int via_waiter_wanted(const struct stk_plan *p) {
+    return p->via_wait && p->via_filter_first && p->seccomp_len > 0 && p->use_reaper && p->init_fd >= 0;
+}
+
 static void apply_landlock(const struct stk_plan *p) {
     if (p->landlock_abi <= 0) return;
     /* The attribute grows with the ABI: fs (1), net (4), scoped (6). */
@@ -883,6 +891,15 @@ static void apply_landlock(const struct stk_plan *p) {
         } __attribute__((packed)) np = {p->landlock_ports[i].access, p->landlock_ports[i].port};
         if (syscall(SYS_landlock_add_rule, rs, 2 /* LANDLOCK_RULE_NET_PORT */, &np, 0) < 0)
             fail(p, STK_STEP_LANDLOCK, errno, "tcp port rule");
+    }
+    /* The waiting program of a jail built ahead (via_exec_waiter) is
+     * exec'd under this domain: that one file, by the fd PID 1 was exec'd
+     * from, may be executed and read. */
+    uint64_t waiter_access = (LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_READ_FILE) & p->landlock_fs_handled;
+    if (via_waiter_wanted(p) && waiter_access != 0) {
+        struct landlock_path_beneath_attr pb = {.allowed_access = waiter_access, .parent_fd = p->init_fd};
+        if (syscall(SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &pb, 0) < 0)
+            fail(p, STK_STEP_LANDLOCK, errno, "stockade-init (the waiting program of a jail built ahead)");
     }
     if (syscall(SYS_landlock_restrict_self, rs, p->landlock_restrict_flags) < 0)
         fail(p, STK_STEP_LANDLOCK, errno, "landlock_restrict_self");
@@ -989,55 +1006,14 @@ static void via_receive(struct stk_plan *p) {
         int flags = fcntl(fd, F_GETFD);
         if (fd != p->via_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
     }
-    struct iovec iov = {.iov_base = via_message, .iov_len = sizeof via_message};
-    union {
-        struct cmsghdr header;
-        char bytes[CMSG_SPACE(3 * sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
-                         .msg_controllen = sizeof control.bytes};
-    ssize_t n;
-    do n = recvmsg(p->via_fd, &msg, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    struct stk_via_command command;
+    int err = 0;
+    const char *detail = NULL;
+    int got = stk_via_receive(p->via_fd, via_message, sizeof via_message, via_strings, &command, &err, &detail);
     /* End of file: the daemon gave the jail up (it is being torn down). */
-    if (n == 0) _exit(1);
-    if (n < 0) fail(p, STK_STEP_VIA_WAIT, errno, "recvmsg");
-    int fds[3] = {-1, -1, -1};
-    int n_fds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-            if (n_fds < 3) fds[n_fds] = fd;
-            else close(fd);
-            n_fds++;
-        }
-    }
-    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) fail(p, STK_STEP_VIA_WAIT, EMSGSIZE, "command message truncated");
-    if (n_fds != 3) fail(p, STK_STEP_VIA_WAIT, EPROTO, "expected stdin, stdout and stderr");
-    struct stk_via_header h;
-    if ((size_t)n < sizeof h) fail(p, STK_STEP_VIA_WAIT, EPROTO, "short command message");
-    memcpy(&h, via_message, sizeof h);
-    uint64_t total = (uint64_t)h.n_paths + h.argc + h.envc;
-    if (h.magic != STK_VIA_MAGIC || h.n_paths == 0 || h.argc == 0 || total > STK_VIA_MAX_STRINGS)
-        fail(p, STK_STEP_VIA_WAIT, EPROTO, "bad command header");
-    /* The strings, each ending in NUL within the message; none left over. */
-    size_t at = sizeof h;
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < total; i++) {
-        char *start = &via_message[at];
-        while (at < (size_t)n && via_message[at] != 0) at++;
-        if (at >= (size_t)n) fail(p, STK_STEP_VIA_WAIT, EPROTO, "unterminated string in the command");
-        at++;
-        via_strings[k++] = start;
-        /* A NULL after the paths' and the argv's lists ends each of them. */
-        if (i + 1 == h.n_paths || i + 1 == h.n_paths + h.argc) via_strings[k++] = NULL;
-    }
-    via_strings[k] = NULL;
-    if (at != (size_t)n) fail(p, STK_STEP_VIA_WAIT, EPROTO, "bytes after the command");
+    if (got == 0) _exit(1);
+    if (got < 0) fail(p, STK_STEP_VIA_WAIT, err, detail);
+    int *fds = command.fds;
     /* The caller's fds on 0, 1, 2, and no other: moved high first so that
      * no dup3 overwrites one still to be placed. */
     for (int i = 0; i < 3; i++) move_high(p, &fds[i]);
@@ -1046,21 +1022,37 @@ static void via_receive(struct stk_plan *p) {
         close(fds[i]);
     }
     p->exec_paths = (const char *const *)&via_strings[0];
-    p->n_exec_paths = h.n_paths;
-    p->argv = &via_strings[h.n_paths + 1];
-    p->envp = &via_strings[h.n_paths + 1 + h.argc + 1];
+    p->n_exec_paths = command.n_paths;
+    p->argv = &via_strings[command.n_paths + 1];
+    p->envp = &via_strings[command.n_paths + 1 + command.argc + 1];
 }
 
 static void exec_worker(const struct stk_plan *p) {
-    int err = ENOENT;
-    for (uint32_t i = 0; i < p->n_exec_paths; i++) {
-        execve(p->exec_paths[i], p->argv, p->envp);
-        if (errno != ENOENT && errno != ENOTDIR) {
-            err = errno;
-            fail(p, STK_STEP_EXEC, err, p->exec_paths[i]);
-        }
-    }
-    fail(p, STK_STEP_EXEC, err, p->argv[0] ? p->argv[0] : "(no program)");
+    const char *failed = NULL;
+    int err = stk_exec_first(p->exec_paths, p->n_exec_paths, p->argv, p->envp, &failed);
+    fail(p, STK_STEP_EXEC, err, failed ? failed : p->argv[0] ? p->argv[0] : "(no program)");
+}
+
+/*
+ * A jail built ahead whose filter is already loaded: the worker execs
+ * stockade-init's waiting program (`stockade-init via FD`, from the fd PID
+ * 1 was exec'd from) to wait for the command. The exec drops the worker's
+ * copy of the daemon's memory now, while the jail is built, instead of at
+ * the command's execve, which the caller waits for, and no copy of the
+ * daemon's memory waits in the jail. The socket stays open across it (and
+ * only the socket: every other fd above 2 is close-on-exec; the error
+ * pipe's close tells the launcher the jail is built); the Landlock domain
+ * (which lets this one file be executed, see apply_landlock) and the
+ * filter stay in force.
+ */
+static void via_exec_waiter(const struct stk_plan *p) {
+    CHECK(fcntl(p->via_fd, F_SETFD, 0) == 0, STK_STEP_VIA_WAIT, "keep the command socket open across execve");
+    char fd_text[12];
+    u32_to_dec(fd_text, (uint32_t)p->via_fd);
+    char *const argv[] = {"stockade-init", "via", fd_text, NULL};
+    char *const envp[] = {NULL};
+    syscall(SYS_execveat, p->init_fd, "", argv, envp, AT_EMPTY_PATH);
+    fail(p, STK_STEP_VIA_WAIT, errno, "execveat(stockade-init via, the waiting program)");
 }
 
 /* The worker's own stack while it shares PID 1's memory (see child_main). */
@@ -1212,10 +1204,24 @@ static int worker_main(void *arg) {
         if (n != 1) fail(p, STK_STEP_EXEC_WAIT, n < 0 ? errno : EPIPE, "exec fifo");
         close(p->exec_wait_fd);
     }
-    if (p->via_wait) via_receive((struct stk_plan *)p);
-    if (!p->exec_wait) apply_landlock(p);
+    /* A jail built ahead takes its Landlock domain, and where the launcher
+     * found that the filter lets the wait through (via_filter_first), its
+     * filter, before it waits: both are then in force already when the
+     * command arrives, and a rule or a filter that cannot be applied fails
+     * the build (error_fd is still open), not the caller's run. */
+    int filter_first = p->via_wait && p->via_filter_first && p->seccomp_len > 0;
+    if (p->via_wait) {
+        apply_landlock(p);
+        if (filter_first) {
+            load_seccomp(p);
+            if (via_waiter_wanted(p)) via_exec_waiter(p);
+        }
+        via_receive((struct stk_plan *)p);
+    } else if (!p->exec_wait) {
+        apply_landlock(p);
+    }
     /* Last: from here on every system call goes through the filter. */
-    if (p->seccomp_len > 0) load_seccomp(p);
+    if (p->seccomp_len > 0 && !filter_first) load_seccomp(p);
     if (p->n_start_hooks > 0) run_start_hooks(p);
     exec_worker(p);
     _exit(127);

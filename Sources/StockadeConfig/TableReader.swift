@@ -151,15 +151,22 @@ package struct TOMLLineIndex: Sendable {
     }
 
     /// A dotted key with each part's blanks and quotes trimmed.
+    /// Built byte by byte: a generic `joined` here cost every launch the
+    /// runtime's lookup of its witnesses.
     private static func normalizeKey(_ s: ArraySlice<UInt8>) -> String {
-        func trimmed(_ part: ArraySlice<UInt8>) -> String {
-            func trim(_ b: UInt8) -> Bool { isBlank(b) || b == UInt8(ascii: "\"") || b == UInt8(ascii: "'") }
+        func trim(_ b: UInt8) -> Bool { isBlank(b) || b == UInt8(ascii: "\"") || b == UInt8(ascii: "'") }
+        var out: [UInt8] = []
+        out.reserveCapacity(s.count)
+        var first = true
+        for part in s.split(separator: UInt8(ascii: ".")) {
+            if !first { out.append(UInt8(ascii: ".")) }
+            first = false
             var lo = part.startIndex, hi = part.endIndex
             while lo < hi, trim(part[lo]) { lo += 1 }
             while hi > lo, trim(part[hi - 1]) { hi -= 1 }
-            return String(decoding: part[lo..<hi], as: UTF8.self)
+            for b in part[lo..<hi] { out.append(b) }
         }
-        return s.split(separator: UInt8(ascii: ".")).map(trimmed).joined(separator: ".")
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The `=` of a `key = value` line, outside quotes.
@@ -356,10 +363,12 @@ package final class TableReader {
 
     /// The keys in document order (the TOML library sorts them).
     package var keys: [String] {
-        table.keys.sorted { a, b in
-            let la = source.index.line(of: keyPath(a)) ?? Int.max, lb = source.index.line(of: keyPath(b)) ?? Int.max
-            return la != lb ? la < lb : a < b
-        }
+        let names = table.keys
+        // One key needs no order (and no line index); each key's line is
+        // looked up once, not at every comparison.
+        guard names.count > 1 else { return Array(names) }
+        let lines = names.map { (name: $0, line: source.index.line(of: keyPath($0)) ?? Int.max) }
+        return lines.sorted { $0.line != $1.line ? $0.line < $1.line : $0.name < $1.name }.map(\.name)
     }
 
     package func has(_ key: String) -> Bool { table[key] != nil }

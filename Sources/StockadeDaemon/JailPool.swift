@@ -15,6 +15,7 @@
 import StockadeCgroups
 import StockadeJail
 import StockadeSystem
+import CStockadeSpawn
 import SystemPackage
 import Logging
 import Dispatch
@@ -83,6 +84,9 @@ final class JailPool: @unchecked Sendable {
     }
 
     var readyCount: Int { state.withLock { $0.ready.count } }
+
+    /// The host pids of the waiting jails' PID 1s (tests).
+    var readyPIDs: [Int32] { state.withLock { $0.ready.map(\.jail.pid) } }
 
     func start() {
         Thread.detachNewThread { [self] in
@@ -195,11 +199,23 @@ package final class JailPools: @unchecked Sendable {
     private let listener = Mutex<FileDescriptor?>(nil)
     private let active = Mutex<[ObjectIdentifier: Jail]>([:])
     private let running = Atomic<Bool>(false)
-    private let acceptDone = DispatchSemaphore(value: 0)
-    /// Open caller connections, each a thread: bounded, so that callers
-    /// (any uid may connect before it is checked) cannot exhaust threads.
-    private let connections = Atomic<Int>(0)
+    /// The threads that accept callers. Each serves the caller it accepted
+    /// and then waits for the next, so that a caller does not wait for a
+    /// thread to be made: while none waits in `accept`, the one that took
+    /// the last caller starts another once the command is in its jail.
+    /// Open connections are bounded, so that callers (any uid may connect
+    /// before it is checked) cannot exhaust threads; one past the bound is
+    /// answered and closed.
+    private let acceptors = Mutex<Acceptors>(Acceptors())
+    private struct Acceptors {
+        /// Threads in (or about to enter) `accept`.
+        var waiting = 0
+        /// Threads serving a caller.
+        var serving = 0
+    }
     static let maxConnections = 512
+    /// Threads kept waiting in `accept` once their caller is served.
+    static let spareAcceptors = 2
 
     /// The signals a caller may forward into its jail.
     static let forwardable: Set<Int32> = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGWINCH, SIGCONT, SIGTSTP]
@@ -227,6 +243,9 @@ package final class JailPools: @unchecked Sendable {
     /// Waiting jails per pool (tests and metrics).
     package func readyCounts() -> [String: Int] { pools.mapValues(\.readyCount) }
 
+    /// The host pids of a pool's waiting jails' PID 1s (tests).
+    package func readyPIDs(_ pool: String) -> [Int32] { pools[pool]?.readyPIDs ?? [] }
+
     /// Jails running a caller's command now.
     package var activeCount: Int { active.withLock { $0.count } }
 
@@ -235,9 +254,8 @@ package final class JailPools: @unchecked Sendable {
         listener.withLock { $0 = fd }
         running.store(true, ordering: .releasing)
         for p in pools.values { p.start() }
-        Thread.detachNewThread { [self] in
-            acceptLoop(fd)
-            acceptDone.signal()
+        for _ in 0..<Self.spareAcceptors {
+            Thread.detachNewThread { [self] in acceptLoop(fd) }
         }
         logger.info("jail pools listening", metadata: ["socket": "\(config.socketPath)", "pools": "\(pools.keys.sorted())"])
     }
@@ -245,8 +263,11 @@ package final class JailPools: @unchecked Sendable {
     package func stop() {
         guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
         if let fd = listener.withLock({ $0 }) {
+            // Every accept now fails at once; the fd is closed only when no
+            // thread is in (or about to enter) one, so none accepts on a
+            // number reused meanwhile.
             _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
-            acceptDone.wait()
+            while acceptors.withLock({ $0.waiting }) > 0 { usleep(1_000) }
             try? fd.close()
             listener.withLock { $0 = nil }
             unlink(config.socketPath)
@@ -284,30 +305,66 @@ package final class JailPools: @unchecked Sendable {
         return FileDescriptor(rawValue: fd)
     }
 
-    private func acceptLoop(_ fd: FileDescriptor) {
-        while running.load(ordering: .acquiring) {
-            let conn = Glibc.accept(fd.rawValue, nil, nil)
+    private func acceptLoop(_ listening: FileDescriptor) {
+        // The request's buffer, this thread's for every caller it serves.
+        var buffer = [UInt8](repeating: 0, count: ViaWire.maxMessage + 1)
+        while true {
+            // Checked and counted under the lock `stop` reads: a thread that
+            // passes here while the daemon runs is waited for before the
+            // listener's fd is closed.
+            let enter = acceptors.withLock { a -> Bool in
+                guard running.load(ordering: .acquiring) else { return false }
+                a.waiting += 1
+                return true
+            }
+            guard enter else { return }
+            let conn = stk_accept_cloexec(listening.rawValue)
+            let failure = conn < 0 ? errno : 0
+            let admitted = acceptors.withLock { a -> Bool in
+                a.waiting -= 1
+                guard conn >= 0, a.serving < Self.maxConnections else { return false }
+                a.serving += 1
+                return true
+            }
             if conn < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
+                if failure == EINTR || failure == ECONNABORTED { continue }
+                if failure == EMFILE || failure == ENFILE || failure == ENOBUFS || failure == ENOMEM {
                     usleep(10_000)
                     continue
                 }
                 return
             }
-            // Close-on-exec before any jail is cloned from another thread.
-            _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
             let fd = FileDescriptor(rawValue: conn)
-            guard connections.add(1, ordering: .relaxed).newValue <= Self.maxConnections else {
-                connections.subtract(1, ordering: .relaxed)
+            guard admitted else {
                 answer(fd, ["error", "the daemon has \(Self.maxConnections) run --via callers already; try again", "125"])
                 try? fd.close()
                 continue
             }
-            Thread.detachNewThread { [self] in
-                serve(fd)
-                connections.subtract(1, ordering: .relaxed)
+            var toppedUp = false
+            // Once the caller's command is in its jail (or the caller was
+            // answered), another thread waits for the next caller if none does.
+            let topUp = { [self] in
+                guard !toppedUp else { return }
+                toppedUp = true
+                let start = acceptors.withLock { a -> Bool in
+                    guard a.waiting == 0, running.load(ordering: .acquiring) else { return false }
+                    a.waiting += 1  // counted now, so that no second thread starts for it
+                    return true
+                }
+                if start {
+                    Thread.detachNewThread { [self] in
+                        acceptors.withLock { $0.waiting -= 1 }
+                        acceptLoop(listening)
+                    }
+                }
             }
+            serve(fd, buffer: &buffer, handedOver: topUp)
+            topUp()
+            let leave = acceptors.withLock { a -> Bool in
+                a.serving -= 1
+                return a.waiting >= Self.spareAcceptors
+            }
+            if leave { return }
         }
     }
 
@@ -323,7 +380,7 @@ package final class JailPools: @unchecked Sendable {
         answer(conn, ["error", message, "125"])
     }
 
-    private func serve(_ conn: FileDescriptor) {
+    private func serve(_ conn: FileDescriptor, buffer: inout [UInt8], handedOver: () -> Void) {
         defer { try? conn.close() }
         var cred = PeerCredentials(pid: 0, uid: 0, gid: 0)
         var len = socklen_t(MemoryLayout<PeerCredentials>.size)
@@ -341,7 +398,6 @@ package final class JailPools: @unchecked Sendable {
         // The request comes at once: a caller that holds a connection open
         // without one is dropped.
         try? conn.setReceiveTimeout(milliseconds: 10_000)
-        var buffer = [UInt8](repeating: 0, count: ViaWire.maxMessage + 1)
         let received: ReceivedMessage
         do {
             received = try buffer.withUnsafeMutableBytes { try conn.receiveMessage(into: $0, maxDescriptors: 3) }
@@ -443,6 +499,7 @@ package final class JailPools: @unchecked Sendable {
             refuse(conn, "no jail of pool \"\(poolName)\" could take the command", uid: uid, pool: poolName)
             return
         }
+        handedOver()
         supervise(w, conn: conn, timeLimit: pool.config.profile.timeLimit)
     }
 

@@ -246,7 +246,11 @@ public enum HostIDAllocator {
     static func openLockDirectory(_ path: String) throws(JailError) -> FileDescriptor {
         var prefix = ""
         for part in path.split(separator: "/") {
-            prefix += "/" + part
+            // String += String: concrete, where "/" + part (a Substring)
+            // would make the runtime look its generic witnesses up on
+            // every launch.
+            prefix += "/"
+            prefix += String(part)
             if mkdir(prefix, 0o755) != 0, errno != EEXIST {
                 throw .launcherStep("create the host id lock directory \(prefix)", errno: errno)
             }

@@ -211,6 +211,9 @@ public enum Launcher {
             plan.parent_fds.3 = notifyPair.0.rawValue
             plan.seccomp_flags |= SeccompObservation.listenerFlags
         }
+        if request.viaSocket != nil, notifyPair == nil, ViaJail.filterAllowsTheWait(request.seccompFilter) {
+            plan.via_filter_first = 1
+        }
 
         // clone3 on the long-lived spawner thread: the parent-death signal
         // follows the thread that cloned, so it must outlive every jail.

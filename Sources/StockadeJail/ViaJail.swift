@@ -6,6 +6,7 @@
 // checks a caller's fds pass before they enter a jail.
 public import SystemPackage
 import StockadeSystem
+import StockadeSeccomp
 import CStockadeSpawn
 #if canImport(Glibc)
 import Glibc
@@ -145,6 +146,32 @@ public enum ViaJail {
         }
         return JailError.setupFailed(step: String(cString: stk_step_name(e.step)), number: Int(e.step),
                                      of: Int(STK_STEP_COUNT.rawValue) - 1, errno: e.err, detail: detail)
+    }
+
+    /// The system calls a waiting jail makes after a filter loaded before
+    /// the wait and up to the command's execve: the worker's exec of
+    /// stockade-init's waiting program (spawn.c: via_exec_waiter), the
+    /// static C library's start there, the command received, the caller's
+    /// fds moved onto 0, 1 and 2, a failure sent, the exit
+    /// (stockade-init/via.c; spawn.c's via_receive makes a subset).
+    public static let callsUnderAnEarlyFilter = [
+        "fcntl", "execveat",
+        "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64", "readlink", "getrandom", "mprotect",
+        "recvmsg", "close", "dup3", "sendto", "execve", "exit_group",
+    ]
+
+    /// Whether `filter` (a compiled seccomp program) allows each of
+    /// ``callsUnderAnEarlyFilter`` whatever its arguments: a verdict that
+    /// reads an argument, or any other than allow, keeps the load after
+    /// the command arrived (a filter with a listener always stays there).
+    public static func filterAllowsTheWait(_ filter: [UInt8]) -> Bool {
+        guard !filter.isEmpty, let program = BPFInstruction.decode(filter) else { return false }
+        for name in callsUnderAnEarlyFilter {
+            guard let nr = Syscalls.number(of: name), nr >= 0,
+                  SeccompMachine.constantVerdict(program, nr: UInt32(nr), arch: Syscalls.nativeArch) == SeccompAction.retAllow
+            else { return false }
+        }
+        return true
     }
 
     /// A connected SOCK_SEQPACKET pair, both ends close-on-exec.

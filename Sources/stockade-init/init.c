@@ -8,6 +8,8 @@
  * argv or environment. It is static, so it runs in any jail root, even one
  * without a C library.
  *
+ * `stockade-init via FD` is another program: see via.c.
+ *
  * What it is given (see exec_init in spawn.c):
  *   argv[1]  the worker's pid (in the jail's pid namespace);
  *   fd 3     the status pipe: the worker's raw wait status goes here;
@@ -28,7 +30,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+int via_main(const char *fd_text);
+
 int main(int argc, char **argv) {
+    /* `stockade-init via FD`: not PID 1 but the waiting program of a jail
+     * built ahead (via.c); it holds nothing a process of the jail could
+     * want, and the command it execs is the jail's own. */
+    if (argc == 3 && argv[1][0] == 'v' && argv[1][1] == 'i' && argv[1][2] == 'a' && argv[1][3] == 0)
+        return via_main(argv[2]);
     /* First: execve made this process dumpable again, and it runs with the
      * worker's uid. Non-dumpable, the worker cannot ptrace it, open
      * /proc/1/mem or /proc/1/exe, or read its environment. The worker runs

@@ -37,10 +37,10 @@ struct ViaTests {
         let daemon: Daemon
         var socket: String { dir + "/via.sock" }
 
-        init(ready: Int = 2) throws {
+        init(ready: Int = 2, profileTail: String = "") throws {
             dir = try Fixture.makeDirectory()
             let base = try String(contentsOfFile: Fixture.repo + "/profiles/minimal.toml", encoding: .utf8)
-            var profile = base
+            var profile = base + profileTail
             if let probe = ViaTests.probe {
                 profile += "\n[[mount]]\ntype = \"bind\"\nsource = \"\(probe)\"\ntarget = \"/stockade-probe\"\n"
             }
@@ -301,6 +301,60 @@ struct ViaTests {
         #expect(status.stdout.contains("Seccomp:\t2"), "\(status.stdout)")
         #expect(status.stdout.contains("NoNewPrivs:\t1"), "\(status.stdout)")
         #expect(status.stdout.contains("CapEff:\t0000000000000000"), "\(status.stdout)")
+    }
+
+    /// The `Seccomp:` and `Seccomp_filters:` lines of each waiting jail's
+    /// worker (PID 1's child), read from the host's /proc.
+    static func waitingWorkers(_ h: Harness, pool: String = "minimal") throws -> [String] {
+        let pids = h.daemon.jailPools?.readyPIDs(pool) ?? []
+        #expect(!pids.isEmpty, "no waiting jail in pool \(pool)")
+        return try pids.map { pid in
+            let children = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+                .split(separator: " ").map(String.init)
+            #expect(children.count == 1, "PID 1 (\(pid)) has children \(children)")
+            let child = children.first ?? "0"
+            let status = try String(contentsOfFile: "/proc/\(child)/status", encoding: .utf8)
+            let cmdline = try String(contentsOfFile: "/proc/\(child)/cmdline", encoding: .utf8)
+                .split(separator: "\0", omittingEmptySubsequences: false).prefix(2).joined(separator: " ")
+            return status.split(separator: "\n").filter { $0.hasPrefix("Seccomp") || $0.hasPrefix("VmSize") }
+                .joined(separator: " ") + " cmdline: " + cmdline
+        }
+    }
+
+    @Test("a waiting jail is under its filter before its command comes when the filter allows the wait; the command runs under that one filter")
+    func filterBeforeTheWait() throws {
+        let h = try Harness()
+        for line in try Self.waitingWorkers(h) {
+            #expect(line.contains("Seccomp:\t2") && line.contains("Seccomp_filters:\t1"), "\(line)")
+            // It waits in stockade-init's waiting program, not in a copy of
+            // the daemon's (here: this test process's) memory.
+            #expect(line.hasSuffix("cmdline: stockade-init via"), "\(line)")
+            let afterSize = line.split(separator: "VmSize:").last?.drop(while: { $0 == " " || $0 == "\t" }) ?? ""
+            let size = Int(afterSize.prefix(while: \.isNumber)) ?? Int.max
+            #expect(size < 16 * 1024, "the waiting process maps \(size) kB: \(line)")
+        }
+        let r = try h.run(["/bin/sh", "-c", "grep -E '^Seccomp' /proc/self/status; echo fd >&2"])
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stdout.contains("Seccomp:\t2") && r.stdout.contains("Seccomp_filters:\t1"), "\(r.stdout)")
+        #expect(r.stderr == "fd\n", "\(r.stderr)")
+    }
+
+    @Test("a filter that denies a call of the wait (dup3) is loaded after the command came, and the command still runs under it")
+    func filterAfterTheWait() throws {
+        let h = try Harness(profileTail: "\n[seccomp]\ndeny = [\"dup3\"]\n")
+        // Loaded before the wait, this filter would refuse the worker the
+        // dup3 that puts the caller's fds on 0, 1 and 2: no command could run.
+        for line in try Self.waitingWorkers(h) {
+            #expect(line.contains("Seccomp:\t0"), "\(line)")
+            #expect(!line.contains("cmdline: stockade-init"), "\(line)")
+        }
+        let r = try h.run(["/bin/sh", "-c", "grep -E '^Seccomp' /proc/self/status; echo fd >&2"])
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stdout.contains("Seccomp:\t2") && r.stdout.contains("Seccomp_filters:\t1"), "\(r.stdout)")
+        #expect(r.stderr == "fd\n", "\(r.stderr)")
+        // The profile's filter holds in the command: dup3 is refused there.
+        let denied = try h.run(["/usr/bin/python3", "-c", "import os\ntry:\n os.dup2(1, 5, inheritable=False)\n print('allowed')\nexcept OSError as e:\n print('denied', e.errno)"])
+        #expect(denied.stdout.hasPrefix("denied"), "\(denied)")
     }
 
     @Test("a signal to the client reaches the command; a client that dies takes its jail with it")

@@ -249,9 +249,18 @@ struct stk_plan {
      * SCM_RIGHTS and the command (layout: stk_via_header). It puts those
      * fds on 0, 1 and 2, then Landlock, seccomp and execve as any worker.
      * A step that fails from then on is reported as a stk_error on via_fd;
-     * a successful execve closes it (close-on-exec). */
+     * a successful execve closes it (close-on-exec).
+     * Landlock is applied before the wait (the wait and the hand-over of
+     * the fds touch no path). With via_filter_first set, the seccomp
+     * filter is loaded before the wait too, so that a caller does not wait
+     * for the kernel to check, translate and compile it: the launcher sets
+     * it only when the filter allows, whatever their arguments, every call
+     * the worker makes between the load and its execve
+     * (ViaJail.callsUnderAnEarlyFilter). */
     int32_t via_wait;
     int32_t via_fd;
+    int32_t via_filter_first;
+    int32_t _pad_via;
     /* OCI terminal: with has_devpts set, devpts_fd is a detached devpts
      * instance the launcher made (stk_devpts_instance) and opened the
      * container's pty in; the child moves it to /dev/pts instead of
@@ -362,6 +371,7 @@ int stk_pidfd_send_signal(int pidfd, int sig);
 int stk_pidfd_open(int pid);
 int stk_memfd_create(const char *name, unsigned int flags);
 int stk_fcntl_int(int fd, int cmd, int arg);
+int stk_accept_cloexec(int fd);
 /* ioctl(fd, request, arg): Swift cannot call the variadic ioctl. */
 int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
 /* bpf(cmd, attr, size): glibc has no wrapper. */
