@@ -152,18 +152,57 @@ public enum HostIDAllocator {
                 throw .invalidRequest("cannot read \(file) to keep jail host ids clear of it: \(error)")
             }
             let subordinate = file.hasPrefix("/etc/sub")
-            for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
-                if subordinate {
-                    guard fields.count >= 3, let first = UInt64(fields[1]), let count = UInt64(fields[2]), count > 0 else { continue }
-                    entries.append(HostIDEntry(file: file, name: String(fields[0]), first: first, count: count))
-                } else {
-                    guard fields.count >= 3, let id = UInt64(fields[2]) else { continue }
-                    entries.append(HostIDEntry(file: file, name: String(fields[0]), first: id, count: 1))
+            // Bytes, not Substrings: split and UInt64(Substring) were most of
+            // the host-id lease of every root launch.
+            var utf8 = text
+            utf8.withUTF8 { bytes in
+                var lineStart = 0
+                while lineStart < bytes.count {
+                    var lineEnd = lineStart
+                    while lineEnd < bytes.count, bytes[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+                    defer { lineStart = lineEnd + 1 }
+                    guard lineEnd > lineStart, bytes[lineStart] != UInt8(ascii: "#") else { continue }
+                    // The first three fields: name, then (passwd, group) the
+                    // password and the id, or (subuid, subgid) first and count.
+                    var fields: [Range<Int>] = []
+                    var fieldStart = lineStart
+                    for i in lineStart...lineEnd where i == lineEnd || bytes[i] == UInt8(ascii: ":") {
+                        fields.append(fieldStart..<i)
+                        fieldStart = i + 1
+                        if fields.count == 3 { break }
+                    }
+                    guard fields.count == 3 else { continue }
+                    let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[fields[0]]), as: UTF8.self)
+                    if subordinate {
+                        guard let first = Self.decimal(bytes, fields[1]), let count = Self.decimal(bytes, fields[2]), count > 0 else { continue }
+                        entries.append(HostIDEntry(file: file, name: name, first: first, count: count))
+                    } else {
+                        guard let id = Self.decimal(bytes, fields[2]) else { continue }
+                        entries.append(HostIDEntry(file: file, name: name, first: id, count: 1))
+                    }
                 }
             }
         }
         return entries
+    }
+
+    /// The unsigned decimal number that is all of `bytes[range]`, as
+    /// UInt64(String) reads it (an optional "+", then digits, at most
+    /// UInt64.max); nil otherwise.
+    static func decimal(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> UInt64? {
+        var digits = range
+        if let first = digits.first, bytes[first] == UInt8(ascii: "+") { digits = digits.dropFirst() }
+        guard !digits.isEmpty else { return nil }
+        var value: UInt64 = 0
+        for i in digits {
+            let d = bytes[i] &- UInt8(ascii: "0")
+            guard d < 10 else { return nil }
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt64(d))
+            guard !o1, !o2 else { return nil }
+            value = sum
+        }
+        return value
     }
 
     /// The entries `range` overlaps, plus a note for ids that are never

@@ -290,6 +290,7 @@ public enum Launcher {
         }
         let (pid, pidfd, intoCgroup) = (spawned.pid, spawned.pidfd, spawned.into)
         if pid < 0 {
+            try checkNamespaces(profile)
             throw JailError.cloneFailed(errno: -pid, hint: cloneHint(errno: -pid, rootless: rootless))
         }
         let process = ProcessHandle(fd: FileDescriptor(rawValue: pidfd), pid: pid)
@@ -447,15 +448,21 @@ public enum Launcher {
     }
 
     static func checkKernel(_ profile: Profile) throws {
-        for ns in profile.namespaces.sorted() where access("/proc/self/ns/\(ns.procName)", F_OK) != 0 {
-            throw JailError.missingKernelFeature("the \(ns.rawValue) namespace is not available on this kernel (no /proc/self/ns/\(ns.procName)); remove \"\(ns.rawValue)\" from [jail] namespaces in \(profile.file)")
-        }
         if access(SpawnPlan.staging, F_OK) != 0 {
             throw JailError.missingKernelFeature("\(SpawnPlan.staging) does not exist on the host; the jail's staging root is mounted there")
         }
         // Every mount is resolved with openat2 (Linux 5.6): no fallback that follows links.
         if !SpawnPlan.kernelHasOpenat2 {
             throw JailError.missingKernelFeature("this kernel has no openat2 (Linux 5.6 or newer is needed to resolve mount paths without following symlinks)")
+        }
+    }
+
+    /// A namespace the profile asks for that this kernel lacks, named;
+    /// asked only once clone3 has failed, so a launch that works pays no
+    /// look at /proc/self/ns for it.
+    static func checkNamespaces(_ profile: Profile) throws {
+        for ns in profile.namespaces.sorted() where access("/proc/self/ns/\(ns.procName)", F_OK) != 0 {
+            throw JailError.missingKernelFeature("the \(ns.rawValue) namespace is not available on this kernel (no /proc/self/ns/\(ns.procName)); remove \"\(ns.rawValue)\" from [jail] namespaces in \(profile.file)")
         }
     }
 

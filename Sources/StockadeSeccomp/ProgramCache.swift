@@ -140,19 +140,55 @@ public final class SeccompProgramCache: Sendable {
         }
         var exe = stat()
         _ = stat("/proc/self/exe", &exe)
-        var lines = [
+        let lines = [
             "stockade \(Stockade.version) exe \(exe.st_dev):\(exe.st_ino):\(exe.st_size):\(exe.st_mtim.tv_sec).\(exe.st_mtim.tv_nsec)",
             "kernel \(field(u.release)) \(field(u.version)) \(field(u.machine))",
             "libseccomp \(SeccompProgram.libseccompVersion) arch \(Syscalls.nativeArch)",
             "default \(section.defaultAction.raw)",
             "lift " + section.allowDangerous.keys.sorted().joined(separator: ","),
-        ]
-        lines += section.notes.map { "note " + $0.split(separator: "\n").joined(separator: " ") }
-        for r in section.rules {
-            let conditions = r.conditions.map { "\($0.arg) \($0.op.rawValue) \($0.mask) \($0.value)" }
-            lines.append("rule \(r.number) \(r.action.raw) " + conditions.joined(separator: "; "))
+        ] + section.notes.map { "note " + $0.split(separator: "\n").joined(separator: " ") }
+        var key: [UInt8] = []
+        key.reserveCapacity(4096 + 24 * section.rules.count)
+        for line in lines {
+            if !key.isEmpty { key.append(UInt8(ascii: "\n")) }
+            key += line.utf8
         }
-        return Array(lines.joined(separator: "\n").utf8)
+        // One line a rule, written as bytes: a profile has hundreds, and
+        // string interpolation for each was a good part of every launch.
+        for r in section.rules {
+            key += "\nrule ".utf8
+            appendDecimal(Int64(r.number), to: &key)
+            key.append(UInt8(ascii: " "))
+            appendDecimal(Int64(r.action.raw), to: &key)
+            key.append(UInt8(ascii: " "))
+            for (i, c) in r.conditions.enumerated() {
+                if i > 0 { key += "; ".utf8 }
+                appendDecimal(Int64(c.arg), to: &key)
+                key.append(UInt8(ascii: " "))
+                key += c.op.rawValue.utf8
+                key.append(UInt8(ascii: " "))
+                appendDecimal(c.mask, to: &key)
+                key.append(UInt8(ascii: " "))
+                appendDecimal(c.value, to: &key)
+            }
+        }
+        return key
+    }
+
+    /// `n` in decimal, as `"\(n)"` writes it.
+    static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
+        if n < 0 { out.append(UInt8(ascii: "-")) }
+        appendDecimal(n.magnitude, to: &out)
+    }
+
+    static func appendDecimal(_ n: UInt64, to out: inout [UInt8]) {
+        let start = out.count
+        var v = n
+        repeat {
+            out.append(UInt8(ascii: "0") + UInt8(v % 10))
+            v /= 10
+        } while v > 0
+        out[start...].reverse()
     }
 
     private func read(_ name: String, key: [UInt8], section: SeccompSection) -> Result<SeccompProgram, Unusable> {

@@ -19,7 +19,13 @@ struct StockadeCommand: ParsableCommand {
     /// lines are read directly (RunInvocation.parse); every other line,
     /// and any mistake, goes through ArgumentParser from the root.
     static func main() {
-        let args = Array(CommandLine.arguments.dropFirst())
+        // argv read directly: the standard library's CommandLine.arguments
+        // builds its array through an unspecialized generic map on first use.
+        var args: [String] = []
+        args.reserveCapacity(Int(CommandLine.argc))
+        for i in 1..<Int(max(CommandLine.argc, 1)) {
+            if let p = CommandLine.unsafeArgv[i] { args.append(String(cString: p)) }
+        }
         // What ArgumentParser would print, without building its command tree.
         if args == ["--version"] {
             print(Stockade.version)

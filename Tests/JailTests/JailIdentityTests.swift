@@ -135,6 +135,22 @@ func privateLockDirectory() throws -> String {
 @Suite("Each root-launched jail has host ids of its own", .serialized,
        .enabled(if: getuid() == 0, "root launches only: a rootless jail maps the caller's one uid"))
 struct HostIDTests {
+    @Test("the host's account and subordinate-id files are read line by line: comments, blank lines and malformed ids skipped, every well-formed id kept")
+    func hostEntriesParsed() throws {
+        let etc = try privateLockDirectory()
+        defer { try? FileManager.default.removeItem(atPath: etc) }
+        try FileManager.default.createDirectory(atPath: etc + "/etc", withIntermediateDirectories: true)
+        try "# comment:x:1:1\n\nroot:x:0:0::/root:/bin/sh\nplus:x:+42:1::/:/bin/sh\nbad:x:4x2:1::/:/bin/sh\nhuge:x:18446744073709551616:1\nmax:x:18446744073709551615:1\nshort:x\nlast:x:7"
+            .write(toFile: etc + "/etc/passwd", atomically: true, encoding: .utf8)
+        try "g:x:5:\n".write(toFile: etc + "/etc/group", atomically: true, encoding: .utf8)
+        try "m:100000:65536\nzero:5:0\nneg:-1:5\nn:200000:10\n".write(toFile: etc + "/etc/subuid", atomically: true, encoding: .utf8)
+        let entries = try HostIDAllocator.hostEntries(root: etc)
+        let got = entries.map { "\($0.file) \($0.name) \($0.first) \($0.count)" }
+        #expect(got == ["/etc/passwd root 0 1", "/etc/passwd plus 42 1", "/etc/passwd max 18446744073709551615 1",
+                        "/etc/passwd last 7 1", "/etc/group g 5 1",
+                        "/etc/subuid m 100000 65536", "/etc/subuid n 200000 10"])
+    }
+
     @Test("a pool block overlapping a /etc/subuid or /etc/subgid entry is never given out; a full pool refuses by name, and a range is reused only after its release")
     func poolSkipsSubordinateRanges() throws {
         // A made-up /etc (the host's own must not be edited for a test):

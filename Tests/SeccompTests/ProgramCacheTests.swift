@@ -24,6 +24,21 @@ extension SeccompTests {
 
     static func section(_ text: String) throws -> SeccompSection { try profile(text).seccomp }
 
+    @Test("the key lists every rule and condition as decimal text, one line a rule", arguments: [policy, other])
+    func keyText(_ text: String) throws {
+        let section = try Self.section(text)
+        let key = String(decoding: SeccompProgramCache.key(for: section), as: UTF8.self)
+        // The rule lines, written here with string interpolation.
+        let expected = section.rules.map { r in
+            "rule \(r.number) \(r.action.raw) " + r.conditions.map { "\($0.arg) \($0.op.rawValue) \($0.mask) \($0.value)" }.joined(separator: "; ")
+        }
+        let lines = key.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(Array(lines.filter { $0.hasPrefix("rule ") }) == expected)
+        #expect(lines.first?.hasPrefix("stockade ") == true && lines.contains { $0.hasPrefix("kernel ") })
+        #expect(section.rules.contains { !$0.conditions.isEmpty } || text == Self.other)
+        #expect(section.rules.contains { $0.conditions.contains { $0.value > UInt64(UInt32.max) || $0.mask != 0 } } || text == Self.other)
+    }
+
     static func entryPath(_ dir: String, _ text: String) throws -> String {
         dir + "/" + SeccompProgramCache.entryName(SeccompProgramCache.key(for: try section(text)))
     }
