@@ -839,8 +839,6 @@ static void drop_privileges(const struct stk_plan *p) {
 #define STK_LL_FILE_RIGHTS (LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE | \
                             LANDLOCK_ACCESS_FS_READ_FILE | (1ULL << 14) /* TRUNCATE */ | (1ULL << 15) /* IOCTL_DEV */)
 
-/* Filesystem (and, from ABI 4, TCP port) rules: everything the profile did
- * not grant is refused even where the mount would allow it. */
 /* Whether the worker of a jail built ahead waits in stockade-init's
  * waiting program (via_exec_waiter): its filter goes first, and PID 1 was
  * exec'd from init_fd. */
@@ -848,6 +846,8 @@ static int via_waiter_wanted(const struct stk_plan *p) {
     return p->via_wait && p->via_filter_first && p->seccomp_len > 0 && p->use_reaper && p->init_fd >= 0;
 }
 
+/* Filesystem (and, from ABI 4, TCP port) rules: everything the profile did
+ * not grant is refused even where the mount would allow it. */
 static void apply_landlock(const struct stk_plan *p) {
     if (p->landlock_abi <= 0) return;
     /* The attribute grows with the ABI: fs (1), net (4), scoped (6). */

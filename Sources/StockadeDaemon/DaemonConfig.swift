@@ -200,6 +200,17 @@ package struct DaemonConfig: Sendable {
     /// `[tenant.NAME.fork_limits]`, checked against the jail's limits (a
     /// fork cannot have more than the template's jail holds for all), or the
     /// default: the profile's memory_max, pids_max and cpu.
+    /// A profile the daemon launches may not pass fds (`[fds] pass`): a
+    /// launcher passes its own fds by number, and the daemon's fds are its
+    /// listening sockets, its audit log and other jails' channels, which no
+    /// worker may hold. Names the key of the configuration that loads it.
+    static func refusePassedFDs(_ profile: Profile, _ table: TableReader) throws(ProfileError) {
+        guard profile.passFDs.isEmpty else {
+            throw table.error("profile", "\(profile.file) passes fds \(profile.passFDs.map(String.init).joined(separator: ", ")) "
+                + "([fds] pass); the daemon's fds would enter the jail. A profile for stockaded passes none")
+        }
+    }
+
     static func forkLimits(_ t: TableReader, template: Bool, jail: LimitsSection) throws(ProfileError) -> LimitsSection {
         guard let f = try t.table("fork_limits") else {
             var limits = LimitsSection()
@@ -379,6 +390,7 @@ package struct DaemonConfig: Sendable {
             guard let t = try all.table(name) else { throw all.error(name, "must be a table: [tenant.\(name)]") }
             guard let profilePath = try path(t, "profile") else { throw t.error("profile", "missing: the jail profile for this tenant's workers") }
             let profile = try Profile.load(path: profilePath)
+            try Self.refusePassedFDs(profile, t)
             guard let rawCommand = try t.strings("command"), !rawCommand.isEmpty else {
                 throw t.error("command", "missing: the worker's argv inside the jail, e.g. [\"/usr/bin/python3\", \"worker.py\"]")
             }

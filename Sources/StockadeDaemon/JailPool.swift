@@ -201,8 +201,8 @@ package final class JailPools: @unchecked Sendable {
     private let running = Atomic<Bool>(false)
     /// The threads that accept callers. Each serves the caller it accepted
     /// and then waits for the next, so that a caller does not wait for a
-    /// thread to be made: while none waits in `accept`, the one that took
-    /// the last caller starts another once the command is in its jail.
+    /// thread to be made: two wait when the daemon is idle, and the thread
+    /// that takes the last waiting place starts another at once.
     /// Open connections are bounded, so that callers (any uid may connect
     /// before it is checked) cannot exhaust threads; one past the bound is
     /// answered and closed.
@@ -340,26 +340,23 @@ package final class JailPools: @unchecked Sendable {
                 try? fd.close()
                 continue
             }
-            var toppedUp = false
-            // Once the caller's command is in its jail (or the caller was
-            // answered), another thread waits for the next caller if none does.
-            let topUp = { [self] in
-                guard !toppedUp else { return }
-                toppedUp = true
-                let start = acceptors.withLock { a -> Bool in
-                    guard a.waiting == 0, running.load(ordering: .acquiring) else { return false }
-                    a.waiting += 1  // counted now, so that no second thread starts for it
-                    return true
-                }
-                if start {
-                    Thread.detachNewThread { [self] in
-                        acceptors.withLock { $0.waiting -= 1 }
-                        acceptLoop(listening)
-                    }
+            // This thread took the last waiting place: another one waits
+            // from now on, so that a caller who sends nothing (it may hold
+            // its connection for the receive timeout) keeps no one else
+            // waiting. With spare threads waiting, as for a caller alone,
+            // none is made.
+            let start = acceptors.withLock { a -> Bool in
+                guard a.waiting == 0, running.load(ordering: .acquiring) else { return false }
+                a.waiting += 1  // counted now, so that no second thread starts for it
+                return true
+            }
+            if start {
+                Thread.detachNewThread { [self] in
+                    acceptors.withLock { $0.waiting -= 1 }
+                    acceptLoop(listening)
                 }
             }
-            serve(fd, buffer: &buffer, handedOver: topUp)
-            topUp()
+            serve(fd, buffer: &buffer)
             let leave = acceptors.withLock { a -> Bool in
                 a.serving -= 1
                 return a.waiting >= Self.spareAcceptors
@@ -380,7 +377,7 @@ package final class JailPools: @unchecked Sendable {
         answer(conn, ["error", message, "125"])
     }
 
-    private func serve(_ conn: FileDescriptor, buffer: inout [UInt8], handedOver: () -> Void) {
+    private func serve(_ conn: FileDescriptor, buffer: inout [UInt8]) {
         defer { try? conn.close() }
         var cred = PeerCredentials(pid: 0, uid: 0, gid: 0)
         var len = socklen_t(MemoryLayout<PeerCredentials>.size)
@@ -499,7 +496,6 @@ package final class JailPools: @unchecked Sendable {
             refuse(conn, "no jail of pool \"\(poolName)\" could take the command", uid: uid, pool: poolName)
             return
         }
-        handedOver()
         supervise(w, conn: conn, timeLimit: pool.config.profile.timeLimit)
     }
 

@@ -90,6 +90,7 @@ package struct ViaConfig: Sendable {
                     throw t.error("profile", "missing: the jail profile of this pool's jails")
                 }
                 let profile = try Profile.load(path: profilePath)
+                try DaemonConfig.refusePassedFDs(profile, t)
                 let ready = try t.int("ready", in: 1...1024) ?? 2
                 guard let uids = try t.ints("uids"), !uids.isEmpty else {
                     throw t.error("uids", "missing: the uids that may run commands in this pool's jails, e.g. [1000]")

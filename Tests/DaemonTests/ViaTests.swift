@@ -6,6 +6,7 @@ import Testing
 @testable import StockadeDaemon
 import StockadeJail
 import StockadeSystem
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -355,6 +356,21 @@ struct ViaTests {
         // The profile's filter holds in the command: dup3 is refused there.
         let denied = try h.run(["/usr/bin/python3", "-c", "import os\ntry:\n os.dup2(1, 5, inheritable=False)\n print('allowed')\nexcept OSError as e:\n print('denied', e.errno)"])
         #expect(denied.stdout.hasPrefix("denied"), "\(denied)")
+    }
+
+    @Test("callers that connect and send nothing keep no other caller waiting")
+    func silentCallers() throws {
+        let h = try Harness()
+        // More silent connections than threads wait in accept when the
+        // daemon is idle: each holds its thread for the 10 s receive timeout.
+        var silent: [FileDescriptor] = []
+        defer { for fd in silent { try? fd.close() } }
+        for _ in 0..<4 { silent.append(try ViaJail.connect(path: h.socket)) }
+        let started = ContinuousClock.now
+        let r = try h.run(["/bin/echo", "served"])
+        let took = ContinuousClock.now - started
+        #expect(r.status == 0 && r.stdout == "served\n", "\(r)")
+        #expect(took < .seconds(8), "a caller behind four silent ones waited \(took)")
     }
 
     @Test("a signal to the client reaches the command; a client that dies takes its jail with it")
