@@ -183,13 +183,7 @@ __attribute__((noreturn)) static void fail(const struct stk_plan *p, int step, i
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) write_all(2, parts[i], s_len(parts[i]));
         _exit(127);
     }
-    struct stk_error e;
-    memset(&e, 0, sizeof e);
-    e.step = step;
-    e.err = err;
-    size_t n = s_len(detail);
-    if (n > sizeof e.detail - 1) n = sizeof e.detail - 1;
-    for (size_t i = 0; i < n; i++) e.detail[i] = detail[i];
+    struct stk_error e = stk_error_record(step, err, detail);
     if (report_fd == p->error_fd) write_all(report_fd, &e, sizeof e);
     else send(report_fd, &e, sizeof e, MSG_NOSIGNAL); /* one record, one packet */
     _exit(127);
@@ -989,8 +983,6 @@ __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t 
  * buffer (the worker's own memory once PID 1 has exec'd the init) until
  * the execve. Nothing here allocates.
  */
-static void move_high(const struct stk_plan *p, int32_t *fd);
-
 static char via_message[STK_VIA_MAX_MESSAGE];
 static char *via_strings[STK_VIA_MAX_STRINGS + 3];
 
@@ -1013,14 +1005,9 @@ static void via_receive(struct stk_plan *p) {
     /* End of file: the daemon gave the jail up (it is being torn down). */
     if (got == 0) _exit(1);
     if (got < 0) fail(p, STK_STEP_VIA_WAIT, err, detail);
-    int *fds = command.fds;
-    /* The caller's fds on 0, 1, 2, and no other: moved high first so that
-     * no dup3 overwrites one still to be placed. */
-    for (int i = 0; i < 3; i++) move_high(p, &fds[i]);
-    for (int i = 0; i < 3; i++) {
-        CHECK(dup3(fds[i], i, 0) == i, STK_STEP_FDS, "dup3 a caller's fd");
-        close(fds[i]);
-    }
+    /* The caller's fds on 0, 1, 2, parked above every passed fd's number first. */
+    err = stk_via_place_fds(command.fds, STK_PARK_FD_MIN, &detail);
+    if (err) fail(p, STK_STEP_FDS, err, detail);
     p->exec_paths = (const char *const *)&via_strings[0];
     p->n_exec_paths = command.n_paths;
     p->argv = &via_strings[command.n_paths + 1];

@@ -10,6 +10,7 @@
 #include "include/stockade_spawn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -63,6 +64,43 @@ static inline int stk_exec_first(const char *const *paths, uint32_t n, char *con
         }
     }
     return ENOENT;
+}
+
+/*
+ * The caller's three fds onto 0, 1 and 2: each moved to the lowest free
+ * number >= park_min first (close-on-exec), so that no dup3 overwrites one
+ * still to be placed; the copies on 0-2 stay open across execve. Returns
+ * 0, or the errno with *detail saying which step failed.
+ */
+static inline int stk_via_place_fds(int fds[3], int park_min, const char **detail) {
+    for (int i = 0; i < 3; i++) {
+        int moved = fcntl(fds[i], F_DUPFD_CLOEXEC, park_min);
+        if (moved < 0) {
+            *detail = "move a caller's fd";
+            return errno;
+        }
+        close(fds[i]);
+        fds[i] = moved;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (dup3(fds[i], i, 0) != i) {
+            *detail = "dup3 a caller's fd";
+            return errno;
+        }
+        close(fds[i]);
+    }
+    return 0;
+}
+
+/* The record a failed step sends (the trampoline's fail, the waiting
+ * program's): its step, errno and detail, cut to fit. */
+static inline struct stk_error stk_error_record(int step, int err, const char *detail) {
+    struct stk_error e;
+    __builtin_memset(&e, 0, sizeof e);
+    e.step = step;
+    e.err = err;
+    for (size_t i = 0; detail && detail[i] && i < sizeof e.detail - 1; i++) e.detail[i] = detail[i];
+    return e;
 }
 
 /* The command a waiting jail received: the caller's stdin, stdout and

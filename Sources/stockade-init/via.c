@@ -36,11 +36,7 @@ static char *strings[STK_VIA_MAX_STRINGS + 3];
 
 /* One stk_error record to the daemon (one packet), then exit 127. */
 __attribute__((noreturn)) static void fail(int step, int err, const char *detail) {
-    struct stk_error e;
-    __builtin_memset(&e, 0, sizeof e);
-    e.step = step;
-    e.err = err;
-    for (size_t i = 0; detail && detail[i] && i < sizeof e.detail - 1; i++) e.detail[i] = detail[i];
+    struct stk_error e = stk_error_record(step, err, detail);
     send(via_fd, &e, sizeof e, MSG_NOSIGNAL);
     _exit(127);
 }
@@ -63,19 +59,9 @@ int via_main(const char *fd_text) {
     if (got == 0) _exit(1);
     if (got < 0) fail(STK_STEP_VIA_WAIT, err, detail);
 
-    /* The caller's fds on 0, 1, 2: moved above every number first (they
-     * arrive close-on-exec), so that no dup3 overwrites one still to be
-     * placed; dup3 leaves the copies on 0-2 open across execve. */
-    for (int i = 0; i < 3; i++) {
-        int moved = fcntl(command.fds[i], F_DUPFD_CLOEXEC, 3);
-        if (moved < 0) fail(STK_STEP_FDS, errno, "move a caller's fd");
-        close(command.fds[i]);
-        command.fds[i] = moved;
-    }
-    for (int i = 0; i < 3; i++) {
-        if (dup3(command.fds[i], i, 0) != i) fail(STK_STEP_FDS, errno, "dup3 a caller's fd");
-        close(command.fds[i]);
-    }
+    /* The caller's fds on 0, 1, 2 (nothing else above 2 but FD). */
+    err = stk_via_place_fds(command.fds, 3, &detail);
+    if (err) fail(STK_STEP_FDS, err, detail);
     if (fcntl(via_fd, F_SETFD, FD_CLOEXEC) != 0) fail(STK_STEP_VIA_WAIT, errno, "mark the command socket close-on-exec");
 
     char *const *argv = &strings[command.n_paths + 1];
