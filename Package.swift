@@ -90,12 +90,16 @@ let package = Package(
         // signals, exits with the worker's status), exec'd by the trampoline
         // so that nothing of the launcher stays in the jail. Static: it runs
         // in any jail root. Found beside the stockade executables.
+        // No C library (nolibc.c has its entry and its system calls): no
+        // thread pointer is set, so no stack protector; no builtins, so the
+        // compiler does not turn nolibc.c's memset loop into a memset call.
         .executableTarget(
             name: "stockade-init",
-            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror"])],
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror", "-fno-stack-protector", "-fno-builtin", "-U_FORTIFY_SOURCE"])],
             // swiftc links: -static-executable makes it static, -nostartfiles
-            // leaves out swiftrt.o, so nothing pulls in the Swift runtime.
-            linkerSettings: [.unsafeFlags(["-static-executable", "-nostartfiles"])]
+            // leaves out swiftrt.o and the C library's start files, and
+            // -nostdlib the C library itself.
+            linkerSettings: [.unsafeFlags(["-static-executable", "-nostartfiles", "-Xclang-linker", "-nostdlib"])]
         ),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),

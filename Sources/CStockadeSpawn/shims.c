@@ -61,6 +61,9 @@ int stk_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
  * start, so no jail another thread clones meanwhile inherits it. */
 int stk_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 
+/* 1 on the process's main thread (its thread id is the process id). */
+int stk_on_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
+
 /* ioctl with a pointer (or a small integer passed as one); the terminal
  * requests of PseudoTerminal use it. */
 int stk_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }

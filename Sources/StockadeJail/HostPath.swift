@@ -64,9 +64,14 @@ struct HostPath: Sendable, Equatable {
             var trusted: Bool
         }
         func trustedDirectory(_ st: stat) -> Bool { st.st_uid == 0 && st.st_mode & 0o022 == 0 }
+        // Written with a loop: a launch that finds an optional path missing
+        // (an init candidate, an optional bind) names it, and the generic
+        // `joined` cost the runtime's demangler on its first use.
         func shown(_ stack: [Step], _ last: String? = nil) -> String {
-            let names = stack.dropFirst().map(\.name) + (last.map { [$0] } ?? [])
-            return "/" + names.joined(separator: "/")
+            var path = ""
+            for step in stack.dropFirst() { path += "/" + step.name }
+            if let last { path += "/" + last }
+            return path.isEmpty ? "/" : path
         }
 
         let rootFD = open("/", HostPath.openPath | O_DIRECTORY | O_CLOEXEC)

@@ -129,6 +129,13 @@ public struct LaunchRequest: Sendable {
     /// its command socket. `command` is then a placeholder; the worker runs
     /// what arrives on this socket.
     public var viaSocket: Int32?
+    /// The caller launches from the process's main thread and waits there
+    /// for the jail (a command-line `run`): the main thread outlives the
+    /// jail, so it clones the jail itself, without the hand-over to the
+    /// spawner thread (a thread, two pipes and two wake-ups at every start).
+    /// Ignored on any other thread: a thread that may end before its jail
+    /// would take the jail with it (the parent-death signal).
+    public var cloneOnMainThread = false
 
     public init(profile: Profile, command: [String]) {
         self.profile = profile
@@ -227,7 +234,7 @@ public enum Launcher {
         let hostname = request.oci?.hostnameBeforeClone
         let podSysctls = request.oci?.launcherSysctls ?? []
         let spawned: SpawnResult = withExtendedLifetime(arena) {
-            SpawnerThread.shared.run { () -> SpawnResult in
+            SpawnerThread.run(onMainThread: request.cloneOnMainThread) { () -> SpawnResult in
                 var plan = frozenPlan.value
                 var result = SpawnResult()
                 // The namespaces to start in: entered by this thread only
@@ -561,6 +568,15 @@ final class SpawnerThread: @unchecked Sendable {
             job?()
             _ = Glibc.write(reply.write.rawValue, &byte, 1)
         }
+    }
+
+    /// Runs `body` on the spawner thread, or on the calling thread where
+    /// that is the main thread and the caller asked for it (see
+    /// `LaunchRequest.cloneOnMainThread`); the spawner thread is then never
+    /// started.
+    static func run<T: Sendable>(onMainThread: Bool, _ body: @escaping @Sendable () -> T) -> T {
+        if onMainThread && stk_on_main_thread() == 1 { return body() }
+        return shared.run(body)
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T {

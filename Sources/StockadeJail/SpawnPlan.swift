@@ -395,9 +395,10 @@ struct SpawnPlan {
     /// the next run. Compared by (device, inode) of every directory on the
     /// way to each file, so another path to the same directory is caught.
     static func checkLauncherInputs(_ planned: [Labelled], inputs: [String]) throws {
-        // Only a writable bind can hold an input: without one, no input
-        // path is resolved.
-        guard planned.contains(where: \.writable) else { return }
+        // Only a writable bind of a host path can hold an input (a
+        // writable tmpfs holds nothing of the host's): without one, no
+        // input path is resolved.
+        guard planned.contains(where: { $0.writable && $0.mount.recorded != nil }) else { return }
         var covered: [HostPath.FileID: String] = [:]
         for input in inputs {
             var path = input.hasPrefix("/") ? input : Self.currentDirectory() + "/" + input

@@ -151,12 +151,12 @@ public enum ViaJail {
     /// The system calls a waiting jail makes after a filter loaded before
     /// the wait and up to the command's execve: the worker's exec of
     /// stockade-init's waiting program (spawn.c: via_exec_waiter), the
-    /// static C library's start there, the command received, the caller's
-    /// fds moved onto 0, 1 and 2, a failure sent, the exit
-    /// (stockade-init/via.c; spawn.c's via_receive makes a subset).
+    /// command received, the caller's fds moved onto 0, 1 and 2, a failure
+    /// sent, the exit (stockade-init/via.c; spawn.c's via_receive makes a
+    /// subset). stockade-init has no C library, so no start-up of one
+    /// makes calls of its own (stockade-init/nolibc.c).
     public static let callsUnderAnEarlyFilter = [
         "fcntl", "execveat",
-        "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64", "readlink", "getrandom", "mprotect",
         "recvmsg", "close", "dup3", "sendto", "execve", "exit_group",
     ]
 

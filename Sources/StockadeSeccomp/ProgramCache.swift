@@ -145,13 +145,24 @@ public final class SeccompProgramCache: Sendable {
             "kernel \(field(u.release)) \(field(u.version)) \(field(u.machine))",
             "libseccomp \(SeccompProgram.libseccompVersion) arch \(Syscalls.nativeArch)",
             "default \(section.defaultAction.raw)",
-            "lift " + section.allowDangerous.keys.sorted().joined(separator: ","),
-        ] + section.notes.map { "note " + $0.split(separator: "\n").joined(separator: " ") }
+        ]
         var key: [UInt8] = []
         key.reserveCapacity(4096 + 24 * section.rules.count)
         for line in lines {
             if !key.isEmpty { key.append(UInt8(ascii: "\n")) }
             key += line.utf8
+        }
+        // The lifted names and the notes are appended as bytes too: the
+        // standard library's generic `joined` looked up its associated
+        // types by name (the runtime's demangler) on every launch.
+        key += "\nlift ".utf8
+        for (i, name) in section.allowDangerous.keys.sorted().enumerated() {
+            if i > 0 { key.append(UInt8(ascii: ",")) }
+            key += name.utf8
+        }
+        for note in section.notes {
+            key += "\nnote ".utf8
+            for byte in note.utf8 { key.append(byte == UInt8(ascii: "\n") ? UInt8(ascii: " ") : byte) }
         }
         // One line a rule, written as bytes: a profile has hundreds, and
         // string interpolation for each was a good part of every launch.

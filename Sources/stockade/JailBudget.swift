@@ -54,6 +54,8 @@ extension JailBudget {
         do {
             // After the cgroup: a [devices] allowlist is attached to it.
             try JailSecurity.prepare(&request)
+            // `run` and `learn` wait for the jail on this thread.
+            request.cloneOnMainThread = true
             return try Launcher.launch(request)
         } catch {
             terminal?.close()

@@ -481,6 +481,30 @@ struct InitTests {
     }
 }
 
+extension InitTests {
+    /// stockade-init beside the CLI the tests run.
+    static var initPath: String { URL(fileURLWithPath: stockadeCLI).deletingLastPathComponent().appendingPathComponent("stockade-init").path }
+
+    @Test("stockade-init has no C library: static, no interpreter, no TLS, none of glibc's start-up (its tunables among it)")
+    func pid1WithoutLibc() throws {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: Self.initPath)))
+        try #require(bytes.count > 64 && bytes[0..<4] == [0x7f, 0x45, 0x4c, 0x46] && bytes[4] == 2, "not an ELF64 file")
+        func u16(_ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
+        func u64(_ at: Int) -> Int { (0..<8).reduce(0) { $0 | Int(bytes[at + $1]) << (8 * $1) } }
+        let (phoff, phentsize, phnum) = (u64(32), u16(54), u16(56))
+        let types = (0..<phnum).map { u16(phoff + $0 * phentsize) }
+        #expect(!types.contains(3), "PT_INTERP: a dynamic program")
+        #expect(!types.contains(7), "PT_TLS: the C library's thread-local storage")
+        #expect(u16(16) == 2, "not a fixed-address executable (ET_EXEC)")
+        // glibc's static start reads GLIBC_TUNABLES from the environment;
+        // without the library the name is nowhere in the program.
+        let needle = Array("GLIBC_TUNABLES".utf8)
+        let found = bytes.indices.dropLast(needle.count).contains { i in bytes[i] == needle[0] && Array(bytes[i..<(i + needle.count)]) == needle }
+        #expect(!found, "glibc's start-up is linked in")
+        #expect(bytes.count < 256 * 1024, "\(bytes.count) bytes")
+    }
+}
+
 /// Whether `needle` occurs in any readable mapping of `pid`.
 func memoryContains(pid: Int32, _ needle: [UInt8]) throws -> Bool {
     let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)

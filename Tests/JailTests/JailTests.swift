@@ -322,6 +322,10 @@ struct JailTests {
             seen = try host(["/usr/bin/pgrep", "-f", "^/bin/sleep \(marker)$"]).status == 0
         }
         #expect(seen, "the jailed sleep never started")
+        // `run` clones the jail on its main thread, which waits for it:
+        // no spawner thread is started, and the signal follows that thread.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")
+        #expect(tasks == ["\(process.processIdentifier)"], "the launcher's threads: \(tasks)")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         var gone = false

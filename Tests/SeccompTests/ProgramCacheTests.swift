@@ -24,7 +24,15 @@ extension SeccompTests {
 
     static func section(_ text: String) throws -> SeccompSection { try profile(text).seccomp }
 
-    @Test("the key lists every rule and condition as decimal text, one line a rule", arguments: [policy, other])
+    /// Two lifted hardening entries, and a stock allowlist whose notes the key carries.
+    static let lifting = """
+        [seccomp]
+        default = "errno:4003"
+        allow_dangerous = { ptrace = "a debugger worker", personality = "an emulator" }
+        allow = ["ptrace", "personality", "read"]
+        """
+
+    @Test("the key lists every rule and condition as decimal text, one line a rule", arguments: [policy, other, lifting])
     func keyText(_ text: String) throws {
         let section = try Self.section(text)
         let key = String(decoding: SeccompProgramCache.key(for: section), as: UTF8.self)
@@ -35,8 +43,12 @@ extension SeccompTests {
         let lines = key.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(Array(lines.filter { $0.hasPrefix("rule ") }) == expected)
         #expect(lines.first?.hasPrefix("stockade ") == true && lines.contains { $0.hasPrefix("kernel ") })
-        #expect(section.rules.contains { !$0.conditions.isEmpty } || text == Self.other)
-        #expect(section.rules.contains { $0.conditions.contains { $0.value > UInt64(UInt32.max) || $0.mask != 0 } } || text == Self.other)
+        // The lifted hardening and the notes, each note on one line.
+        #expect(lines.contains("lift " + section.allowDangerous.keys.sorted().joined(separator: ",")))
+        #expect(lines.filter { $0.hasPrefix("note ") } == section.notes.map { "note " + $0.replacingOccurrences(of: "\n", with: " ") })
+        #expect(section.rules.contains { !$0.conditions.isEmpty } || text != Self.policy)
+        #expect(section.rules.contains { $0.conditions.contains { $0.value > UInt64(UInt32.max) || $0.mask != 0 } } || text != Self.policy)
+        #expect(lines.contains("lift personality,ptrace") || text != Self.lifting)
     }
 
     static func entryPath(_ dir: String, _ text: String) throws -> String {

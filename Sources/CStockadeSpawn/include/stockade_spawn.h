@@ -372,6 +372,8 @@ int stk_pidfd_open(int pid);
 int stk_memfd_create(const char *name, unsigned int flags);
 int stk_fcntl_int(int fd, int cmd, int arg);
 int stk_accept_cloexec(int fd);
+/* 1 when called on the process's main thread, else 0. */
+int stk_on_main_thread(void);
 /* ioctl(fd, request, arg): Swift cannot call the variadic ioctl. */
 int stk_ioctl_ptr(int fd, unsigned long request, void *arg);
 /* bpf(cmd, attr, size): glibc has no wrapper. */

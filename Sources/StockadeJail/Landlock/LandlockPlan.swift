@@ -46,8 +46,11 @@ public struct LandlockPlan: Sendable, Equatable {
     public var scoped: UInt64 = 0
     /// A failure to enforce in the child is fatal.
     public var required: Bool
-    /// What is enforced and what is not, one line each, for `explain` and logs.
-    public var report: [String]
+    /// Why nothing is enforced (disabled by the profile, or no Landlock
+    /// here); nil when `abi` is applied.
+    var notEnforced: String?
+    /// The TCP ports the profile names, for the report.
+    var tcpBind: [UInt16] = [], tcpConnect: [UInt16] = []
 
     // LANDLOCK_ACCESS_FS_* (linux/landlock.h).
     public enum FS {
@@ -106,7 +109,8 @@ public struct LandlockPlan: Sendable, Equatable {
         required = section.required
         rules = []
         ports = []
-        report = []
+        tcpBind = section.tcpBind
+        tcpConnect = section.tcpConnect
         // Without a pid or net namespace, only Landlock's scoping keeps the
         // jail from signalling host processes (other jails' workers among
         // them) and from the host's abstract unix sockets.
@@ -126,7 +130,7 @@ public struct LandlockPlan: Sendable, Equatable {
         }
         guard section.enabled else {
             (abi, fsHandled, netHandled) = (0, 0, 0)
-            report.append("Landlock: disabled by the profile ([landlock] enabled = false)")
+            notEnforced = "Landlock: disabled by the profile ([landlock] enabled = false)"
             return
         }
         guard kernel >= 1 else {
@@ -135,7 +139,7 @@ public struct LandlockPlan: Sendable, Equatable {
                 : "landlock_create_ruleset failed (errno \(-kernel))"
             if required { throw ProfileError(file: profile.file, line: nil, key: "landlock.required", message: "Landlock is required but \(why)") }
             (abi, fsHandled, netHandled) = (0, 0, 0)
-            report.append("Landlock: not enforced: \(why)")
+            notEnforced = "Landlock: not enforced: \(why)"
             return
         }
         abi = kernel
@@ -188,7 +192,19 @@ public struct LandlockPlan: Sendable, Equatable {
         for p in section.tcpBind where netHandled != 0 { addPort(UInt64(p), Net.bindTCP) }
         for p in section.tcpConnect where netHandled != 0 { addPort(UInt64(p), Net.connectTCP) }
         ports.sort { $0.port < $1.port }
+        if kernel >= 6 { scoped = Self.scopeAbstractUnixSocket | Self.scopeSignal }
 
+        func addPort(_ port: UInt64, _ access: UInt64) {
+            if let i = ports.firstIndex(where: { $0.port == port }) { ports[i].access |= access } else { ports.append(Port(port: port, access: access)) }
+        }
+    }
+
+    /// What is enforced and what is not, one line each, for `explain` and
+    /// logs. Written when asked for, not at every launch.
+    public var report: [String] {
+        if let notEnforced { return [notEnforced] }
+        let kernel = abi
+        var report: [String] = []
         report.append("Landlock: ABI \(kernel)\(required ? ", required" : ", best effort")")
         report.append("  filesystem: \(rules.count) rules, handling \(Self.rightNames(fsHandled).joined(separator: " "))")
         for r in rules {
@@ -198,20 +214,15 @@ public struct LandlockPlan: Sendable, Equatable {
         if kernel < 3 { report.append("  truncate is not restricted (needs ABI 3)") }
         if kernel < 5 { report.append("  device ioctls are not restricted (needs ABI 5)") }
         if netHandled != 0 {
-            let bind = section.tcpBind.map(String.init).joined(separator: ", ")
-            let conn = section.tcpConnect.map(String.init).joined(separator: ", ")
+            let bind = tcpBind.map(String.init).joined(separator: ", ")
+            let conn = tcpConnect.map(String.init).joined(separator: ", ")
             report.append("  TCP bind: \(bind.isEmpty ? "denied" : "ports \(bind) only"); TCP connect: \(conn.isEmpty ? "denied" : "ports \(conn) only")")
         } else {
+            let wantsTCP = !tcpBind.isEmpty || !tcpConnect.isEmpty
             report.append("  TCP is not restricted by Landlock (needs ABI 4; this kernel offers \(kernel))" + (wantsTCP ? "; tcp_bind/tcp_connect are not enforced" : ""))
         }
-        if kernel >= 6 {
-            scoped = Self.scopeAbstractUnixSocket | Self.scopeSignal
-            report.append("  abstract unix sockets and signals are scoped to the jail (ABI 6)")
-        }
-
-        func addPort(_ port: UInt64, _ access: UInt64) {
-            if let i = ports.firstIndex(where: { $0.port == port }) { ports[i].access |= access } else { ports.append(Port(port: port, access: access)) }
-        }
+        if kernel >= 6 { report.append("  abstract unix sockets and signals are scoped to the jail (ABI 6)") }
+        return report
     }
 
     static func rightNames(_ mask: UInt64) -> [String] {
