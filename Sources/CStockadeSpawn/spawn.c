@@ -987,16 +987,28 @@ static char via_message[STK_VIA_MAX_MESSAGE];
 static char *via_strings[STK_VIA_MAX_STRINGS + 3];
 
 static void via_receive(struct stk_plan *p) {
-    /* Built: the launcher sees end-of-file on the error pipe. From here on
-     * a failure goes to via_fd (see fail). */
-    close(p->error_fd);
+    /* Built: the launcher sees end-of-file on the error pipe once it is
+     * closed below with the rest, so a jail counts as built only when it
+     * holds nothing but its socket. From here on a failure goes to via_fd
+     * (see fail). */
     p->error_fd = -1;
     /* While it waits, the jail holds nothing of the daemon's but the
-     * socket: every other close-on-exec fd (the parked pipe ends) goes
-     * now. 0, 1 and 2 are /dev/null, replaced below. */
-    for (int fd = 3; fd < 1024; fd++) {
+     * socket: every other close-on-exec fd goes now. Below
+     * STK_PARK_FD_MIN only passed fds' targets are left (close_low_fds),
+     * which are not close-on-exec; at and above it every fd is (arrange_fds
+     * marked them all: the parked pipe ends and the daemon's own copies,
+     * however high their numbers), so all of those go but the socket, which
+     * move_high put there. 0, 1 and 2 are /dev/null, replaced below. */
+    for (int fd = 3; fd < STK_PARK_FD_MIN; fd++) {
         int flags = fcntl(fd, F_GETFD);
-        if (fd != p->via_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+        if (flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+    }
+    int ranges_closed = (p->via_fd == STK_PARK_FD_MIN || syscall(SYS_close_range, STK_PARK_FD_MIN, p->via_fd - 1, 0) == 0) &&
+                        syscall(SYS_close_range, p->via_fd + 1, ~0U, 0) == 0;
+    if (!ranges_closed) {
+        /* Kernels before 5.9: one by one, as far as arrange_fds marks them. */
+        for (int fd = STK_PARK_FD_MIN; fd < 4096; fd++)
+            if (fd != p->via_fd) close(fd);
     }
     struct stk_via_command command;
     int err = 0;
