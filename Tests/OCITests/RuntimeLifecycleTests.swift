@@ -112,6 +112,24 @@ struct RuntimeLifecycleTests {
         #expect(try String(contentsOfFile: output, encoding: .utf8).isEmpty)
     }
 
+    @Test("a created container waits for start holding none of the runtime's fds, however high their numbers")
+    func createdHoldsNoRuntimeFD() throws {
+        let f = try RuntimeFixture("createdfds")
+        let id = "cfd1"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "echo ran"], cgroupsPath: f.cgroupsPath(id))
+        #expect(try f.run(["create", "--bundle", f.bundle, id], inherited: 1500).status == 0)
+        defer { _ = try? f.run(["delete", "--force", id]) }
+        // The container's first process is its PID 1 (stockade-init); its
+        // program waits in PID 1's child.
+        let pid = try f.state(id)["pid"] as? Int ?? 0
+        let child = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+            .split(separator: " ").first.map(String.init) ?? "0"
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(child)/fd").compactMap { Int($0) }.sorted()
+        #expect(!fds.contains(1500), "the waiting container holds the runtime's fd 1500: \(fds)")
+        // stdio, and the exec FIFO it waits on.
+        #expect(fds.count == 4 && fds.prefix(3) == [0, 1, 2], "\(fds)")
+    }
+
     @Test("exec: a process in the container's namespaces, root and cgroup; its status comes back; --detach writes the pid file")
     func exec() throws {
         let f = try RuntimeFixture("exec")
