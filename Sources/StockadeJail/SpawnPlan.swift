@@ -225,7 +225,7 @@ struct SpawnPlan {
     /// opened again without following links and must be the file recorded.
     mutating func cloneBind(_ planned: inout Labelled) throws {
         guard let host = planned.mount.recorded else { return }
-        let fd = stk_openat2(AT_FDCWD, host.path, HostPath.openPath, Resolve.noSymlinks | Resolve.noMagicLinks)
+        let fd = stk_openat2(AT_FDCWD, host.path, OpenFlags.path, Resolve.noSymlinks | Resolve.noMagicLinks)
         guard fd >= 0 else { throw JailError.launcherStep("open \(planned.label) source \(host.path)", errno: errno) }
         defer { close(fd) }
         var st = stat()
