@@ -983,21 +983,49 @@ __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t 
  * buffer (the worker's own memory once PID 1 has exec'd the init) until
  * the execve. Nothing here allocates.
  */
+/*
+ * Before a worker waits (for `start`, or for a jail built ahead's command):
+ * every close-on-exec fd goes, but the ones in keep (-1 for none). Below
+ * STK_PARK_FD_MIN only passed fds' targets are left (close_low_fds), which
+ * are not close-on-exec; at and above it every fd is (arrange_fds marked
+ * them all: the parked pipe ends and the launcher's own copies, however
+ * high their numbers), so all of those go but the kept ones, which
+ * move_high put there.
+ */
+static void close_before_wait(int keep_a, int keep_b) {
+    for (int fd = 3; fd < STK_PARK_FD_MIN; fd++) {
+        int flags = fcntl(fd, F_GETFD);
+        if (flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
+    }
+    int lo = keep_a < keep_b ? keep_a : keep_b, hi = keep_a < keep_b ? keep_b : keep_a;
+    int keep[2] = {lo, hi};
+    unsigned int first = STK_PARK_FD_MIN;
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        if (keep[i] < STK_PARK_FD_MIN || (unsigned int)keep[i] < first) continue;
+        if ((unsigned int)keep[i] > first) ok &= syscall(SYS_close_range, first, keep[i] - 1, 0) == 0;
+        first = (unsigned int)keep[i] + 1;
+    }
+    ok &= syscall(SYS_close_range, first, ~0U, 0) == 0;
+    if (!ok) {
+        /* Kernels before 5.9: one by one, as far as arrange_fds marks them. */
+        for (int fd = STK_PARK_FD_MIN; fd < 4096; fd++)
+            if (fd != keep_a && fd != keep_b) close(fd);
+    }
+}
+
 static char via_message[STK_VIA_MAX_MESSAGE];
 static char *via_strings[STK_VIA_MAX_STRINGS + 3];
 
 static void via_receive(struct stk_plan *p) {
-    /* Built: the launcher sees end-of-file on the error pipe. From here on
-     * a failure goes to via_fd (see fail). */
-    close(p->error_fd);
+    /* Built: the launcher sees end-of-file on the error pipe once it is
+     * closed below with the rest, so a jail counts as built only when it
+     * holds nothing but its socket. From here on a failure goes to via_fd
+     * (see fail). */
     p->error_fd = -1;
     /* While it waits, the jail holds nothing of the daemon's but the
-     * socket: every other close-on-exec fd (the parked pipe ends) goes
-     * now. 0, 1 and 2 are /dev/null, replaced below. */
-    for (int fd = 3; fd < 1024; fd++) {
-        int flags = fcntl(fd, F_GETFD);
-        if (fd != p->via_fd && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
-    }
+     * socket. 0, 1 and 2 are /dev/null, replaced below. */
+    close_before_wait(p->via_fd, -1);
     struct stk_via_command command;
     int err = 0;
     const char *detail = NULL;
@@ -1179,11 +1207,7 @@ static int worker_main(void *arg) {
          * fd but the passed ones (left without close-on-exec by
          * arrange_fds) and the FIFO is closed now, not at execve, so no
          * pipe of the caller stays open for as long as the container waits. */
-        for (int fd = 3; fd < 1024; fd++) {
-            int flags = fcntl(fd, F_GETFD);
-            int keep = fd == p->exec_wait_fd || (p->n_start_hooks > 0 && fd == p->start_state_fd);
-            if (!keep && flags >= 0 && (flags & FD_CLOEXEC)) close(fd);
-        }
+        close_before_wait(p->exec_wait_fd, p->n_start_hooks > 0 ? p->start_state_fd : -1);
         char byte = 0;
         ssize_t n;
         do n = read(p->exec_wait_fd, &byte, 1);

@@ -116,13 +116,7 @@ extension AuditEvent {
             key(k)
             // Digits written in place: no String per number.
             if v < 0 { out.append(UInt8(ascii: "-")) }
-            var magnitude = v.magnitude
-            let first = out.count
-            repeat {
-                out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude % 10))
-                magnitude /= 10
-            } while magnitude > 0
-            out[first...].reverse()
+            ASCIIDecimal.append(UInt64(v.magnitude), to: &out)
         }
         func number(_ k: String, _ v: Double?) {
             guard let v else { return }

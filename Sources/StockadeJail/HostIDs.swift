@@ -174,35 +174,16 @@ public enum HostIDAllocator {
                     guard fields.count == 3 else { continue }
                     let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[fields[0]]), as: UTF8.self)
                     if subordinate {
-                        guard let first = Self.decimal(bytes, fields[1]), let count = Self.decimal(bytes, fields[2]), count > 0 else { continue }
+                        guard let first = ASCIIDecimal.parse(bytes, fields[1], plus: true), let count = ASCIIDecimal.parse(bytes, fields[2], plus: true), count > 0 else { continue }
                         entries.append(HostIDEntry(file: file, name: name, first: first, count: count))
                     } else {
-                        guard let id = Self.decimal(bytes, fields[2]) else { continue }
+                        guard let id = ASCIIDecimal.parse(bytes, fields[2], plus: true) else { continue }
                         entries.append(HostIDEntry(file: file, name: name, first: id, count: 1))
                     }
                 }
             }
         }
         return entries
-    }
-
-    /// The unsigned decimal number that is all of `bytes[range]`, as
-    /// UInt64(String) reads it (an optional "+", then digits, at most
-    /// UInt64.max); nil otherwise.
-    static func decimal(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> UInt64? {
-        var digits = range
-        if let first = digits.first, bytes[first] == UInt8(ascii: "+") { digits = digits.dropFirst() }
-        guard !digits.isEmpty else { return nil }
-        var value: UInt64 = 0
-        for i in digits {
-            let d = bytes[i] &- UInt8(ascii: "0")
-            guard d < 10 else { return nil }
-            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
-            let (sum, o2) = times10.addingReportingOverflow(UInt64(d))
-            guard !o1, !o2 else { return nil }
-            value = sum
-        }
-        return value
     }
 
     /// The entries `range` overlaps, plus a note for ids that are never

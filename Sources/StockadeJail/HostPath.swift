@@ -31,8 +31,6 @@ struct HostPath: Sendable, Equatable {
     /// the file included.
     var chain: [FileID]
 
-    static let openPath = OpenFlags.path
-
     var isDirectory: Bool { type == UInt32(S_IFDIR) }
     var id: FileID { FileID(device: device, inode: inode) }
 
@@ -74,7 +72,7 @@ struct HostPath: Sendable, Equatable {
             return path.isEmpty ? "/" : path
         }
 
-        let rootFD = open("/", HostPath.openPath | O_DIRECTORY | O_CLOEXEC)
+        let rootFD = open("/", OpenFlags.path | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw .system(path: "/", errno: errno) }
         var st = stat()
         guard fstat(rootFD, &st) == 0 else {
@@ -100,7 +98,7 @@ struct HostPath: Sendable, Equatable {
                 continue
             }
             let dir = stack[stack.count - 1]
-            let fd = openat(dir.fd, name, HostPath.openPath | O_NOFOLLOW | O_CLOEXEC)
+            let fd = openat(dir.fd, name, OpenFlags.path | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { throw .system(path: shown(stack, name), errno: errno) }
             var st = stat()
             guard fstat(fd, &st) == 0 else {

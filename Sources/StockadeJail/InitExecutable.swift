@@ -16,7 +16,6 @@ import Glibc
 /// host's, so no path inside the jail is involved.
 public enum InitExecutable {
     public static let name = "stockade-init"
-    static let openPath = OpenFlags.path
 
     /// Where it is looked for, in order.
     public static func candidates(executable: String? = runningExecutable()) -> [String] {
@@ -38,7 +37,7 @@ public enum InitExecutable {
     /// PID 1 is whatever this file holds.
     public static func open(candidates: [String] = candidates()) throws -> FileDescriptor {
         for path in candidates {
-            let fd = Glibc.open(path, openPath | O_NOFOLLOW | O_CLOEXEC)
+            let fd = Glibc.open(path, OpenFlags.path | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 {
                 if errno == ENOENT || errno == ENOTDIR { continue }
                 throw JailError.launcherStep("open \(path)", errno: errno)

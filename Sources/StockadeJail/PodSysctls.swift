@@ -19,7 +19,7 @@ enum PodSysctls {
     /// the key that failed and its errno, or nil.
     static func writeInThisThread(_ sysctls: [(key: String, value: String, namespace: Profile.Namespace)]) -> (String, Int32)? {
         guard !sysctls.isEmpty else { return nil }
-        let dir = stk_openat2(AT_FDCWD, "/proc/sys", HostPath.openPath | O_DIRECTORY, Resolve.noSymlinks | Resolve.noMagicLinks)
+        let dir = stk_openat2(AT_FDCWD, "/proc/sys", OpenFlags.path | O_DIRECTORY, Resolve.noSymlinks | Resolve.noMagicLinks)
         guard dir >= 0 else { return ("/proc/sys", errno) }
         defer { close(dir) }
         var type = 0

@@ -225,7 +225,7 @@ struct SpawnPlan {
     /// opened again without following links and must be the file recorded.
     mutating func cloneBind(_ planned: inout Labelled) throws {
         guard let host = planned.mount.recorded else { return }
-        let fd = stk_openat2(AT_FDCWD, host.path, HostPath.openPath, Resolve.noSymlinks | Resolve.noMagicLinks)
+        let fd = stk_openat2(AT_FDCWD, host.path, OpenFlags.path, Resolve.noSymlinks | Resolve.noMagicLinks)
         guard fd >= 0 else { throw JailError.launcherStep("open \(planned.label) source \(host.path)", errno: errno) }
         defer { close(fd) }
         var st = stat()
@@ -592,15 +592,13 @@ struct SpawnPlan {
         var buffer: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0)
         let n = withUnsafeMutableBytes(of: &buffer) { read(fd, $0.baseAddress, $0.count) }
         guard n > 0 else { return 63 }
-        var value: Int32 = 0
-        var digits = 0
-        withUnsafeBytes(of: buffer) { raw in
-            for b in raw.prefix(n) where b != UInt8(ascii: "\n") && b != UInt8(ascii: " ") {
-                guard b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9"), digits < 4 else { digits = -100; return }
-                value = value * 10 + Int32(b - UInt8(ascii: "0"))
-                digits += 1
-            }
+        let value = withUnsafeBytes(of: buffer) { raw in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            var end = n
+            while end > 0, bytes[end - 1] == UInt8(ascii: "\n") || bytes[end - 1] == UInt8(ascii: " ") { end -= 1 }
+            return ASCIIDecimal.parse(bytes, 0..<end)
         }
-        return digits > 0 ? value : 63
+        guard let value, value < 1000 else { return 63 }
+        return Int32(value)
     }
 }

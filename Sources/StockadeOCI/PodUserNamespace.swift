@@ -80,7 +80,7 @@ enum PodUserNamespace {
             throw SpecError("\(field): container \(record.id) is not running (pidfd_open \(pid): \(errnoName(errno)))")
         }
         defer { close(pidfd) }
-        guard record.pidStartTime != 0, ProcessStat.startTime(pid) == record.pidStartTime else {
+        guard ProcessStat.isAlive(pid, startTime: record.pidStartTime) else {
             throw SpecError("\(field): pid \(pid) is no longer container \(record.id) (its start time differs from the record)")
         }
         let ns = Glibc.open("/proc/\(pid)/ns/\(name)", O_RDONLY | O_CLOEXEC)

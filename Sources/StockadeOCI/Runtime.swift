@@ -121,9 +121,15 @@ public struct Runtime: Sendable {
             launched = jail
             try? terminal?.master.close()
             _ = try jail.holdHostIDsUntilExit()
+            // The start time tells the container's first process from a
+            // later one at the same pid: without it no later command could
+            // trust the pid, so create fails.
+            guard let startTime = ProcessStat.startTime(jail.pid), startTime != 0 else {
+                throw SpecError("cannot read the start time of the container's first process (/proc/\(jail.pid)/stat)")
+            }
             let record = ContainerRecord(
                 id: id, bundle: bundle, rootfs: rootfs, pid: jail.pid,
-                pidStartTime: ProcessStat.startTime(jail.pid) ?? 0, created: created,
+                pidStartTime: startTime, created: created,
                 annotations: spec.annotations ?? [:], owner: Self.owner(), cgroupDriver: driver, cgroupPath: path,
                 hostIDs: jail.hostIDs?.description, ociVersion: spec.ociVersion,
                 hooks: [("poststart", spec.hooks?.poststart), ("poststop", spec.hooks?.poststop)]
@@ -477,10 +483,14 @@ enum ProcessStat {
         return UInt64(f[19])
     }
 
+    /// Whether `pid` is still the process that started at `startTime`
+    /// (field 22 of its stat) and has not exited. A recorded start time of
+    /// 0 matches nothing: such a record cannot tell its process from
+    /// another one at the same pid.
     static func isAlive(_ pid: Int32, startTime: UInt64) -> Bool {
-        guard pid > 0, let f = fields(pid), f.count > 19 else { return false }
+        guard pid > 0, startTime != 0, let f = fields(pid), f.count > 19 else { return false }
         if f[0] == "Z" || f[0] == "X" { return false }
-        return startTime == 0 || UInt64(f[19]) == startTime
+        return UInt64(f[19]) == startTime
     }
 }
 

@@ -168,39 +168,24 @@ public final class SeccompProgramCache: Sendable {
         // string interpolation for each was a good part of every launch.
         for r in section.rules {
             key += "\nrule ".utf8
-            appendDecimal(Int64(r.number), to: &key)
+            ASCIIDecimal.append(Int64(r.number), to: &key)
             key.append(UInt8(ascii: " "))
-            appendDecimal(Int64(r.action.raw), to: &key)
+            ASCIIDecimal.append(Int64(r.action.raw), to: &key)
             key.append(UInt8(ascii: " "))
             for (i, c) in r.conditions.enumerated() {
                 if i > 0 { key += "; ".utf8 }
-                appendDecimal(Int64(c.arg), to: &key)
+                ASCIIDecimal.append(Int64(c.arg), to: &key)
                 key.append(UInt8(ascii: " "))
                 key += c.op.rawValue.utf8
                 key.append(UInt8(ascii: " "))
-                appendDecimal(c.mask, to: &key)
+                ASCIIDecimal.append(c.mask, to: &key)
                 key.append(UInt8(ascii: " "))
-                appendDecimal(c.value, to: &key)
+                ASCIIDecimal.append(c.value, to: &key)
             }
         }
         return key
     }
 
-    /// `n` in decimal, as `"\(n)"` writes it.
-    static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
-        if n < 0 { out.append(UInt8(ascii: "-")) }
-        appendDecimal(n.magnitude, to: &out)
-    }
-
-    static func appendDecimal(_ n: UInt64, to out: inout [UInt8]) {
-        let start = out.count
-        var v = n
-        repeat {
-            out.append(UInt8(ascii: "0") + UInt8(v % 10))
-            v /= 10
-        } while v > 0
-        out[start...].reverse()
-    }
 
     private func read(_ name: String, key: [UInt8], section: SeccompSection) -> Result<SeccompProgram, Unusable> {
         let fd = openat(directory, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)

@@ -279,6 +279,32 @@ struct ViaTests {
         for n in ["0", "1", "2"] { #expect(fds[n]?.hasPrefix("pipe:") == true, "fd \(n): \(fds[n] ?? "none")") }
     }
 
+    @Test("while it waits, a jail holds none of the daemon's fds but its socket, however high their numbers (both filter paths)",
+          arguments: ["", "\n[seccomp]\ndeny = [\"dup3\"]\n"])
+    func waitingHoldsOnlyItsSocket(_ profileTail: String) throws {
+        // A close-on-exec fd of the daemon's (here: this test process's)
+        // above 1024, open while the jails are built.
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(null) }
+        let high = fcntl(null, F_DUPFD_CLOEXEC, 1500)
+        try #require(high >= 1500, "cannot open an fd above 1500 (RLIMIT_NOFILE): errno \(errno)")
+        defer { close(high) }
+        let h = try Harness(profileTail: profileTail)
+        let pids = h.daemon.jailPools?.readyPIDs("minimal") ?? []
+        #expect(!pids.isEmpty, "no waiting jail")
+        for pid in pids {
+            let child = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+                .split(separator: " ").first.map(String.init) ?? "0"
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(child)/fd").compactMap { Int($0) }.sorted()
+            let links = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(child)/fd/\($0)")) ?? "?" }
+            #expect(fds.count == 4 && fds.prefix(3) == [0, 1, 2], "the waiting worker's fds: \(fds) \(links)")
+            #expect(links.last?.hasPrefix("socket:") == true, "\(fds) \(links)")
+        }
+        // The late path still serves its command.
+        let r = try h.run(["/bin/echo", "served"])
+        #expect(r.status == 0 && r.stdout == "served\n", "\(r)")
+    }
+
     @Test("the escape-probe battery's launcher probes pass inside a jail built ahead")
     func probeBattery() throws {
         guard let probe = Self.probe else {

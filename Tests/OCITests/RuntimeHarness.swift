@@ -145,7 +145,9 @@ final class RuntimeFixture {
     /// `args`. Output goes to files, not pipes: a created container keeps the
     /// stdio it inherited, and a pipe would never reach EOF.
     @discardableResult
-    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil, stderr: String? = nil) throws -> RuntimeRun {
+    /// `inherited`: one more fd number the runtime starts with (/dev/null
+    /// there), as a caller's stray descriptor.
+    func run(_ args: [String], stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, inherited: Int32? = nil) throws -> RuntimeRun {
         // posix_spawn and waitpid, not Foundation's Process: its exit
         // notification needs a CFRunLoop socket pair, which the cgroup v2
         // VM's test process cannot make.
@@ -160,6 +162,7 @@ final class RuntimeFixture {
         posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : input, O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        if let inherited { posix_spawn_file_actions_addopen(&actions, inherited, "/dev/null", O_RDONLY, 0) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

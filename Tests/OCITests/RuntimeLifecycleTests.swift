@@ -112,6 +112,50 @@ struct RuntimeLifecycleTests {
         #expect(try String(contentsOfFile: output, encoding: .utf8).isEmpty)
     }
 
+    @Test("a record without its process's start time names no process: state says stopped, kill signals nothing")
+    func recordWithoutStartTime() throws {
+        let f = try RuntimeFixture("nostart")
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "30"], cgroupsPath: f.cgroupsPath("real"))
+        #expect(try f.run(["create", "--bundle", f.bundle, "real"]).status == 0)
+        defer { _ = try? f.run(["delete", "--force", "real"]) }
+        // A host process, and a record of it with start time 0.
+        var hostPID: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("sleep"), strdup("60"), nil]
+        defer { for a in argv { free(a) } }
+        try #require(posix_spawn(&hostPID, "/bin/sleep", nil, nil, &argv, environ) == 0)
+        defer { kill(hostPID, SIGKILL); waitpid(hostPID, nil, 0) }
+        var record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: f.root + "/real/state.json"))) as! [String: Any]
+        #expect((record["pidStartTime"] as? Int ?? 0) > 0, "create recorded no start time: \(record)")
+        record["id"] = "zero"
+        record["pid"] = hostPID
+        record["pidStartTime"] = 0
+        try FileManager.default.createDirectory(atPath: f.root + "/zero", withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: f.root + "/zero/state.json"))
+        #expect(try f.status("zero") == "stopped")
+        _ = try f.run(["kill", "zero", "KILL"])
+        usleep(100_000)
+        var status: Int32 = 0
+        #expect(waitpid(hostPID, &status, WNOHANG) == 0, "kill reached the host process behind the record")
+    }
+
+    @Test("a created container waits for start holding none of the runtime's fds, however high their numbers")
+    func createdHoldsNoRuntimeFD() throws {
+        let f = try RuntimeFixture("createdfds")
+        let id = "cfd1"
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sh", "-c", "echo ran"], cgroupsPath: f.cgroupsPath(id))
+        #expect(try f.run(["create", "--bundle", f.bundle, id], inherited: 1500).status == 0)
+        defer { _ = try? f.run(["delete", "--force", id]) }
+        // The container's first process is its PID 1 (stockade-init); its
+        // program waits in PID 1's child.
+        let pid = try f.state(id)["pid"] as? Int ?? 0
+        let child = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+            .split(separator: " ").first.map(String.init) ?? "0"
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(child)/fd").compactMap { Int($0) }.sorted()
+        #expect(!fds.contains(1500), "the waiting container holds the runtime's fd 1500: \(fds)")
+        // stdio, and the exec FIFO it waits on.
+        #expect(fds.count == 4 && fds.prefix(3) == [0, 1, 2], "\(fds)")
+    }
+
     @Test("exec: a process in the container's namespaces, root and cgroup; its status comes back; --detach writes the pid file")
     func exec() throws {
         let f = try RuntimeFixture("exec")
