@@ -22,6 +22,26 @@ func expectError(_ text: String, line: Int?, key: String, contains message: Stri
 
 @Suite("Profiles: parsing, validation, messages")
 struct ProfileTests {
+    @Test("names keep their rules when checked on bytes: the jail's takes any letters and digits, the hostname ASCII ones, environment names [A-Za-z_][A-Za-z0-9_]*")
+    func nameCharacters() throws {
+        for name in ["jail-1.x_y", "jäil", "٣x", "e\u{301}", "Ωmega"] {
+            #expect(try parse("[jail]\nname = \"\(name)\"\n").name == name, "\(name)")
+        }
+        for name in ["a b", "a/b", "a:b"] {
+            expectError("[jail]\nname = \"\(name)\"\n", line: 2, key: "jail.name", contains: "letters")
+        }
+        #expect(try parse("[jail]\nhostname = \"host-1.example\"\n").hostname == "host-1.example")
+        for host in ["hôst", "h_st", "e\u{301}", "٣"] {
+            expectError("[jail]\nhostname = \"\(host)\"\n", line: 2, key: "jail.hostname", contains: "ASCII")
+        }
+        let env = try parse("[env]\npass = [\"A_1\", \"_x\"]\n[env.set]\nabc = \"1\"\n_Z9 = \"2\"\n")
+        #expect(Set(env.environment.set.map(\.name)) == ["abc", "_Z9"] && env.environment.pass == ["A_1", "_x"])
+        for bad in ["1A", "é", "A-B", "e\u{301}", ""] {
+            expectError("[env.set]\n\"\(bad)\" = \"v\"\n", line: 2, key: "env.set.\(bad)", contains: "not a valid variable name")
+            expectError("[env]\npass = [\"\(bad)\"]\n", line: 2, key: "env.pass", contains: "not a valid variable name")
+        }
+    }
+
     @Test("the shipped profiles lint clean")
     func shippedProfiles() throws {
         var root = URL(fileURLWithPath: #filePath)

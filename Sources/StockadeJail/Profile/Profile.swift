@@ -300,7 +300,11 @@ extension Profile {
 
     private mutating func readJail(_ t: TableReader) throws(ProfileError) {
         if let name = try t.string("name") {
-            guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            // ASCII names are checked on bytes first: Character's properties
+            // walk grapheme breaks and Unicode tables (page faults at every
+            // launch); other letters and digits are still allowed.
+            let plain = name.utf8.allSatisfy { Self.isASCIIAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") }
+            guard !name.isEmpty, name.count <= 64, plain || name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
                 throw t.error("name", "must be 1-64 letters, digits, '-', '_' or '.'")
             }
             self.name = name
@@ -325,7 +329,7 @@ extension Profile {
         if t.has("hostname") {
             let h = try t.string("hostname") ?? ""
             guard !h.isEmpty, h.utf8.count <= 64,
-                  h.allSatisfy({ ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" || $0 == "." }) else {
+                  h.utf8.allSatisfy({ Self.isASCIIAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") }) else {
                 throw t.error("hostname", "must be 1-64 ASCII letters, digits, '-' or '.'")
             }
             hostname = h
@@ -412,9 +416,16 @@ extension Profile {
         path.hasPrefix("/") && !path.split(separator: "/").contains("..") && !path.contains("\0")
     }
 
+    /// `[A-Za-z_][A-Za-z0-9_]*`, on bytes.
     static func isEnvName(_ name: String) -> Bool {
-        guard let first = name.first, first == "_" || (first.isASCII && first.isLetter) else { return false }
-        return name.allSatisfy { $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }
+        guard let first = name.utf8.first, first == UInt8(ascii: "_") || (isASCIIAlphanumeric(first) && first > UInt8(ascii: "9")) else { return false }
+        return name.utf8.allSatisfy { $0 == UInt8(ascii: "_") || isASCIIAlphanumeric($0) }
+    }
+
+    /// An ASCII letter or digit.
+    static func isASCIIAlphanumeric(_ b: UInt8) -> Bool {
+        (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z"))
+            || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
     }
 }
 
