@@ -975,15 +975,6 @@ __attribute__((noreturn)) static void exec_init(const struct stk_plan *p, pid_t 
 }
 
 /*
- * `stockade run --via`: the jail is built and the worker waits here for
- * the one command it will run. What arrives was sent by the daemon (which
- * checked the caller and the caller's fds), but it is read as untrusted
- * input anyway: one packet, exactly three fds, every count and string
- * checked against the message's length. Its strings stay in this static
- * buffer (the worker's own memory once PID 1 has exec'd the init) until
- * the execve. Nothing here allocates.
- */
-/*
  * Before a worker waits (for `start`, or for a jail built ahead's command):
  * every close-on-exec fd goes, but the ones in keep (-1 for none). Below
  * STK_PARK_FD_MIN only passed fds' targets are left (close_low_fds), which
@@ -1014,6 +1005,15 @@ static void close_before_wait(int keep_a, int keep_b) {
     }
 }
 
+/*
+ * `stockade run --via`: the jail is built and the worker waits here for
+ * the one command it will run. What arrives was sent by the daemon (which
+ * checked the caller and the caller's fds), but it is read as untrusted
+ * input anyway: one packet, exactly three fds, every count and string
+ * checked against the message's length. Its strings stay in this static
+ * buffer (the worker's own memory once PID 1 has exec'd the init) until
+ * the execve. Nothing here allocates.
+ */
 static char via_message[STK_VIA_MAX_MESSAGE];
 static char *via_strings[STK_VIA_MAX_STRINGS + 3];
 
