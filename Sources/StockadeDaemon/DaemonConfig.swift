@@ -197,9 +197,6 @@ package struct DaemonConfig: Sendable {
     /// The keys a forked worker's cgroup may limit.
     static let forkLimitKeys: Set<String> = ["memory_max", "memory_high", "swap_max", "pids_max", "cpu", "cpu_max", "cpu_weight"]
 
-    /// `[tenant.NAME.fork_limits]`, checked against the jail's limits (a
-    /// fork cannot have more than the template's jail holds for all), or the
-    /// default: the profile's memory_max, pids_max and cpu.
     /// A profile the daemon launches may not pass fds (`[fds] pass`): a
     /// launcher passes its own fds by number, and the daemon's fds are its
     /// listening sockets, its audit log and other jails' channels, which no
@@ -211,6 +208,9 @@ package struct DaemonConfig: Sendable {
         }
     }
 
+    /// `[tenant.NAME.fork_limits]`, checked against the jail's limits (a
+    /// fork cannot have more than the template's jail holds for all), or the
+    /// default: the profile's memory_max, pids_max and cpu.
     static func forkLimits(_ t: TableReader, template: Bool, jail: LimitsSection) throws(ProfileError) -> LimitsSection {
         guard let f = try t.table("fork_limits") else {
             var limits = LimitsSection()
