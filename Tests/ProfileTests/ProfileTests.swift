@@ -57,7 +57,8 @@ struct ProfileTests {
     @Test("a profile without [jail] name is named after its file")
     func nameFromFile() throws {
         let cases = ["profiles/minimal.toml": "minimal", "/etc/stockade/gpu.v2.toml": "gpu.v2", "plain": "plain",
-                     "dir/.hidden": ".hidden", "/srv/jails/": "jails"]
+                     "dir/.hidden": ".hidden", "/srv/jails/": "jails", "a.": "a", "x/a.b.": "a.b", "x/.a.b": ".a",
+                     "x": "x", "/": "/", "": "", "//": "//", "d.x/y": "y", "jäil.toml": "jäil", "a//b.toml//": "b"]
         for (file, name) in cases {
             #expect(try Profile.parse(text: "", file: file).name == name, "\(file)")
         }

@@ -291,11 +291,22 @@ extension Profile {
     }
 
     /// The file's base name without its extension ("profiles/minimal.toml":
-    /// "minimal"). Plain string work: Foundation's URL is slow to build.
+    /// "minimal"; "a/b/" gives "b", ".hidden" stays whole). Read on bytes,
+    /// as both delimiters are ASCII: Foundation's URL is slow to build, and
+    /// the generic `split` cost every launch a first use of its own.
     static func defaultName(file: String) -> String {
-        let base = file.split(separator: "/", omittingEmptySubsequences: true).last.map(String.init) ?? file
-        guard let dot = base.lastIndex(of: "."), dot != base.startIndex else { return base }
-        return String(base[..<dot])
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let bytes = Array(file.utf8)
+        var end = bytes.count
+        while end > 0 && bytes[end - 1] == slash { end -= 1 }
+        guard end > 0 else { return file }
+        var start = end
+        while start > 0 && bytes[start - 1] != slash { start -= 1 }
+        var stop = end
+        while stop > start + 1 && bytes[stop - 1] != dot { stop -= 1 }
+        if stop == start + 1 { stop = end }  // no dot past the first byte
+        else { stop -= 1 }
+        return String(decoding: bytes[start..<stop], as: UTF8.self)
     }
 
     private mutating func readJail(_ t: TableReader) throws(ProfileError) {
