@@ -406,7 +406,10 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
         struct stat st;
         CHECK(s >= 0 && fstat(s, &st) == 0, STK_STEP_DEV, src);
         if (!S_ISCHR(st.st_mode)) fail(p, STK_STEP_DEV, ENODEV, src);
-        int t = open_beneath(d, stk_dev_nodes[i], STK_MAKE_FILE, 0);
+        /* The tmpfs was mounted just above and holds nothing yet: the node's
+         * file is made with O_EXCL (nothing there is ever opened) and its fd
+         * is the bind's target, without the walk open_beneath makes. */
+        int t = openat(d, stk_dev_nodes[i], O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
         CHECK(t >= 0 && bind_fd(s, t, 0, 0, 1) == 0, STK_STEP_DEV, src);
         close(s);
