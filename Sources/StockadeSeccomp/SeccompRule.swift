@@ -323,7 +323,9 @@ public enum Syscalls {
     /// The native number of `name`; nil when libseccomp does not know it or
     /// it is no system call on this architecture (e.g. `socketcall` on x86_64).
     public static func number(of name: String) -> Int32? {
-        let n = seccomp_syscall_resolve_name_arch(UInt32(SCMP_ARCH_NATIVE), name)
+        // withCString: a short name (most are) is passed from the stack;
+        // the implicit conversion copied each into a new array first.
+        let n = name.withCString { seccomp_syscall_resolve_name_arch(UInt32(SCMP_ARCH_NATIVE), $0) }
         return n >= 0 ? n : nil
     }
 
