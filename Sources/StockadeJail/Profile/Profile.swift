@@ -423,8 +423,24 @@ extension Profile {
         }
     }
 
-    static func isCleanAbsolute(_ path: String) -> Bool {
-        path.hasPrefix("/") && !path.split(separator: "/").contains("..") && !path.contains("\0")
+    /// Read on bytes, as the kernel reads the path: a `/` or NUL byte is
+    /// one wherever it stands (as Characters, one followed by a combining
+    /// mark was another grapheme, and the generic `split` and `contains`
+    /// cost every launch a first use of their own).
+    package static func isCleanAbsolute(_ path: String) -> Bool {
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let bytes = Array(path.utf8)
+        guard bytes.first == slash else { return false }
+        var start = 0
+        for i in 0...bytes.count {
+            if i == bytes.count || bytes[i] == slash {
+                if i - start == 2 && bytes[start] == dot && bytes[start + 1] == dot { return false }
+                start = i + 1
+            } else if bytes[i] == 0 {
+                return false
+            }
+        }
+        return true
     }
 
     /// `[A-Za-z_][A-Za-z0-9_]*`, on bytes.
