@@ -203,6 +203,25 @@ struct JailTests {
         }
     }
 
+    @Test("a NUL byte in an argument, a variable or the working directory refuses the launch, naming which")
+    func nulBytesRefused() throws {
+        let cases: [(String, (inout LaunchRequest) -> Void)] = [
+            ("argument 1 contains a NUL byte", { $0.command = ["/bin/echo", "a\u{0}b"] }),
+            ("argument 0 contains a NUL byte", { $0.command = ["/bin/true\u{0}x"] }),
+            ("environment variable", { $0.extraEnvironment = [("SECRET", "v\u{0}w")] }),
+            ("the working directory contains a NUL byte", { $0.profile.cwd = "/tmp\u{0}/x" }),
+        ]
+        for (message, edit) in cases {
+            #expect {
+                _ = try runJailed(try minimalProfile(), ["/bin/true"]) { edit(&$0) }
+            } throws: { error in
+                "\(error)".contains(message) && !"\(error)".contains("v\u{0}w")
+            }
+        }
+        // The same launch without the NUL runs.
+        #expect(try runJailed(try minimalProfile(), ["/bin/echo", "ab"]).lines == ["ab"])
+    }
+
     @Test("a failing step is named with its errno")
     func failingStepIsNamed() throws {
         let profile = try minimalProfile { $0.replacingOccurrences(of: "cwd = \"/\"", with: "cwd = \"/does-not-exist\"") }
