@@ -158,13 +158,25 @@ package struct TOMLLineIndex: Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(s.count)
         var first = true
-        for part in s.split(separator: UInt8(ascii: ".")) {
-            if !first { out.append(UInt8(ascii: ".")) }
-            first = false
-            var lo = part.startIndex, hi = part.endIndex
-            while lo < hi, trim(part[lo]) { lo += 1 }
-            while hi > lo, trim(part[hi - 1]) { hi -= 1 }
-            for b in part[lo..<hi] { out.append(b) }
+        // The dot-separated parts, empty ones skipped (as `split` gave them,
+        // without its generic first use at every launch).
+        var start = s.startIndex
+        var end = s.startIndex
+        while end <= s.endIndex {
+            if end < s.endIndex && s[end] != UInt8(ascii: ".") {
+                end += 1
+                continue
+            }
+            if end > start {
+                if !first { out.append(UInt8(ascii: ".")) }
+                first = false
+                var lo = start, hi = end
+                while lo < hi, trim(s[lo]) { lo += 1 }
+                while hi > lo, trim(s[hi - 1]) { hi -= 1 }
+                for i in lo..<hi { out.append(s[i]) }
+            }
+            end += 1
+            start = end
         }
         return String(decoding: out, as: UTF8.self)
     }

@@ -232,6 +232,12 @@ struct ProfileTests {
         #expect(index.line(of: "env.set.A.B") == 3)
         #expect(index.line(of: "env.set.c.d") == 4)
         #expect(index.line(of: "mount[0].source") == 6)
+        // Empty parts between dots are skipped; blanks around a part trimmed.
+        let dotted = TOMLLineIndex(text: "[a..b]\nx = 1\n[ c . d ]\ny = 2\n[.e.]\nz = 3\n")
+        #expect(dotted.line(of: "a.b.x") == 2)
+        #expect(dotted.line(of: "c.d.y") == 4)
+        #expect(dotted.line(of: "e.z") == 6)
+        #expect(dotted.line(of: "e") == 5)
         // A profile with CR LF line ends: the message names the key's own line.
         let text = "[jail]\r\nname = \"x\"\r\nhostname = 7\r\n"
         expectError(text, line: 3, key: "jail.hostname", contains: "expected a string")
