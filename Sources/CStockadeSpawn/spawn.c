@@ -406,7 +406,10 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
         struct stat st;
         CHECK(s >= 0 && fstat(s, &st) == 0, STK_STEP_DEV, src);
         if (!S_ISCHR(st.st_mode)) fail(p, STK_STEP_DEV, ENODEV, src);
-        int t = open_beneath(d, stk_dev_nodes[i], STK_MAKE_FILE, 0);
+        /* The tmpfs was mounted just above and holds nothing yet: the node's
+         * file is made with O_EXCL (nothing there is ever opened) and its fd
+         * is the bind's target, without the walk open_beneath makes. */
+        int t = openat(d, stk_dev_nodes[i], O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
         /* Device binds keep dev (the nodes must work) but get nosuid, noexec. */
         CHECK(t >= 0 && bind_fd(s, t, 0, 0, 1) == 0, STK_STEP_DEV, src);
         close(s);
@@ -445,9 +448,79 @@ static void build_dev(const struct stk_plan *p, int root, const char *dev) {
     close(d);
 }
 
+/*
+ * A run of masks and read-only self-binds (/proc's twenty-odd) mostly names
+ * files of one directory, from one source (/dev/null): the directory's fd
+ * and the last file mask's source fd are kept from one entry to the next
+ * instead of being opened again for each (five system calls fewer a mask).
+ * Any other kind of entry drops both. A mask that covers a directory D
+ * keeps D's parent, never D: an entry below D names D (or a directory under
+ * it) as its parent, which is opened afresh and so sees the cover.
+ */
+struct mask_cache {
+    int parent_fd;       /* -1: none kept */
+    size_t parent_len;
+    char parent[4096];   /* the kept directory's path in the jail, without the last slash */
+    int source_fd;       /* -1: none kept */
+    const struct stk_mount *source_of; /* the entry whose source it is */
+};
+
+static void mask_cache_drop(struct mask_cache *mc) {
+    if (mc->parent_fd >= 0) close(mc->parent_fd);
+    if (mc->source_fd >= 0) close(mc->source_fd);
+    mc->parent_fd = -1;
+    mc->source_fd = -1;
+    mc->source_of = NULL;
+}
+
+/* Opens `target` as open_beneath(root, target, STK_OPEN_ONLY) does: a plain
+ * last name is looked up in its directory, kept when the entry before named
+ * the same one; anything else (a trailing slash, "." or "..") takes the
+ * whole walk. -1 with errno as open_beneath gives it. */
+static int open_masked(int root, struct mask_cache *mc, const char *target) {
+    size_t n = s_len(target);
+    size_t slash = n;
+    while (slash > 0 && target[slash - 1] != '/') slash--;
+    const char *name = &target[slash];
+    if (slash == 0 || slash - 1 >= sizeof mc->parent || name[0] == 0 ||
+        (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))))
+        return open_beneath(root, target, STK_OPEN_ONLY, 0);
+    size_t len = slash - 1;
+    if (mc->parent_fd < 0 || mc->parent_len != len || memcmp(mc->parent, target, len) != 0) {
+        if (mc->parent_fd >= 0) close(mc->parent_fd);
+        mc->parent_fd = -1;
+        memcpy(mc->parent, target, len);
+        mc->parent[len] = 0;
+        /* The same walk as for the whole path, one name shorter. */
+        int d = open_beneath(root, mc->parent, STK_OPEN_ONLY, 0);
+        if (d < 0) return -1;
+        mc->parent_fd = d;
+        mc->parent_len = len;
+    }
+    return open2(mc->parent_fd, name, O_PATH, STK_RESOLVE_BENEATH);
+}
+
+/* The source of a file mask: the kept fd when the entry before had the same
+ * source as the launcher recorded it (path, type, device, inode). */
+static int mask_source(struct mask_cache *mc, const struct stk_mount *m) {
+    const struct stk_mount *k = mc->source_of;
+    if (mc->source_fd >= 0 && k && k->src_type == m->src_type && k->src_dev == m->src_dev &&
+        k->src_ino == m->src_ino && strcmp(k->source, m->source) == 0)
+        return mc->source_fd;
+    if (mc->source_fd >= 0) close(mc->source_fd);
+    mc->source_fd = -1;
+    mc->source_of = NULL;
+    int s = open_source(m);
+    if (s >= 0) {
+        mc->source_fd = s;
+        mc->source_of = m;
+    }
+    return s;
+}
+
 /* Hides `target`: /dev/null over a file, an empty read-only tmpfs over a directory. */
-static void mask_path(const struct stk_plan *p, int root, const struct stk_mount *m) {
-    int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+static void mask_path(const struct stk_plan *p, int root, const struct stk_mount *m, struct mask_cache *mc) {
+    int t = open_masked(root, mc, m->target);
     if (t < 0) {
         if (errno == ENOENT) return; /* nothing to hide */
         fail(p, STK_STEP_MASK, errno, m->target);
@@ -458,9 +531,8 @@ static void mask_path(const struct stk_plan *p, int root, const struct stk_mount
         CHECK(mount_on(t, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0000") == 0,
               STK_STEP_MASK, m->target);
     } else {
-        int s = open_source(m);
+        int s = mask_source(mc, m);
         CHECK(s >= 0 && bind_fd(s, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
-        close(s);
     }
     close(t);
 }
@@ -475,9 +547,11 @@ __attribute__((noreturn)) static void fail_source(const struct stk_plan *p, cons
     fail(p, STK_STEP_MOUNT, err, detail);
 }
 
-/* One entry of the plan's mount list; `root` is the new root's directory fd. */
-static void apply_mount(const struct stk_plan *p, int root, const struct stk_mount *m) {
+/* One entry of the plan's mount list; `root` is the new root's directory fd,
+ * `mc` what the masks before it kept. */
+static void apply_mount(const struct stk_plan *p, int root, const struct stk_mount *m, struct mask_cache *mc) {
     int optional = (m->flags & STK_MF_OPTIONAL) != 0;
+    if (m->kind != STK_MOUNT_MASK && m->kind != STK_MOUNT_RO) mask_cache_drop(mc);
     switch (m->kind) {
     case STK_MOUNT_BIND:
     case STK_MOUNT_DEVNODE: {
@@ -555,11 +629,11 @@ static void apply_mount(const struct stk_plan *p, int root, const struct stk_mou
         return;
     }
     case STK_MOUNT_MASK:
-        mask_path(p, root, m);
+        mask_path(p, root, m, mc);
         return;
     case STK_MOUNT_RO: {
         /* /proc/sys and friends: a read-only copy of the mount onto itself. */
-        int t = open_beneath(root, m->target, STK_OPEN_ONLY, 0);
+        int t = open_masked(root, mc, m->target);
         if (t < 0 && errno == ENOENT) return;
         CHECK(t >= 0 && bind_fd(t, t, 1, 1, 1) == 0, STK_STEP_MASK, m->target);
         close(t);
@@ -651,7 +725,9 @@ static void build_root(const struct stk_plan *p) {
     int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
     CHECK(root >= 0, STK_STEP_NEW_ROOT, "/newroot");
 
-    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, root, &p->mounts[i]);
+    struct mask_cache masks = {.parent_fd = -1, .source_fd = -1};
+    for (uint32_t i = 0; i < p->n_mounts; i++) apply_mount(p, root, &p->mounts[i], &masks);
+    mask_cache_drop(&masks);
     /* No fd and no working directory inside the host's tree survive the
      * set-up (each mount closed its own; mount_on left us in a target). */
     close(root);

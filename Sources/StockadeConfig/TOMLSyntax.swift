@@ -191,10 +191,15 @@ struct TOMLSyntax {
         default: throw fail("invalid escape in a string")
         }
         i += 1
+        var value: UInt32 = 0
         for _ in 0..<digits {
             guard Self.isHex(current) else { throw fail("invalid unicode escape in a string") }
+            value = value << 4 | UInt32(current <= 0x39 ? current - 0x30 : (current | 0x20) - 0x61 + 10)
             i += 1
         }
+        // The library hands strings over as C strings: a NUL would cut the
+        // value short without a word ("/a\u0000b" read as "/a").
+        if value == 0 { throw fail("a NUL escape (\\u0000) in a string: no value may hold a NUL") }
     }
 
     private static func isHex(_ b: UInt8) -> Bool {

@@ -158,13 +158,25 @@ package struct TOMLLineIndex: Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(s.count)
         var first = true
-        for part in s.split(separator: UInt8(ascii: ".")) {
-            if !first { out.append(UInt8(ascii: ".")) }
-            first = false
-            var lo = part.startIndex, hi = part.endIndex
-            while lo < hi, trim(part[lo]) { lo += 1 }
-            while hi > lo, trim(part[hi - 1]) { hi -= 1 }
-            for b in part[lo..<hi] { out.append(b) }
+        // The dot-separated parts, empty ones skipped (as `split` gave them,
+        // without its generic first use at every launch).
+        var start = s.startIndex
+        var end = s.startIndex
+        while end <= s.endIndex {
+            if end < s.endIndex && s[end] != UInt8(ascii: ".") {
+                end += 1
+                continue
+            }
+            if end > start {
+                if !first { out.append(UInt8(ascii: ".")) }
+                first = false
+                var lo = start, hi = end
+                while lo < hi, trim(s[lo]) { lo += 1 }
+                while hi > lo, trim(s[hi - 1]) { hi -= 1 }
+                for i in lo..<hi { out.append(s[i]) }
+            }
+            end += 1
+            start = end
         }
         return String(decoding: out, as: UTF8.self)
     }
@@ -525,6 +537,21 @@ package final class TableReader {
 }
 
 /// A size in bytes, or no limit.
+/// `text` without spaces at either end, ASCII letters upper-cased; nil
+/// when it holds any byte outside ASCII.
+private func asciiUpperTrimmed(_ text: String) -> [UInt8]? {
+    var s: [UInt8] = []
+    for b in text.utf8 {
+        guard b < 0x80 else { return nil }
+        s.append(b >= 0x61 && b <= 0x7A ? b - 0x20 : b)
+    }
+    while s.last == 0x20 { s.removeLast() }
+    var start = 0
+    while start < s.count && s[start] == 0x20 { start += 1 }
+    s.removeFirst(start)
+    return s
+}
+
 public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     case bytes(UInt64)
     case unlimited
@@ -534,16 +561,26 @@ public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     /// tenant's jails, memory plus swap) cannot overflow 64 bits.
     public static let largest: UInt64 = 1 << 50
 
+    /// Read on bytes: spaces at either end are dropped, ASCII letters
+    /// compared without case (text with other bytes in it is no size; the
+    /// Unicode case mapping and Character walks this replaced were first
+    /// uses paid at every launch, and mapped a dotless ı onto I).
     public init?(parsing text: String) {
-        let s = text.trimmingCharacters(in: " ").uppercased()
-        if s == "MAX" || s == "UNLIMITED" { self = .unlimited; return }
-        var digits = Substring(s)
-        var suffix = ""
-        while let last = digits.last, !last.isNumber && last != "." { suffix = String(last) + suffix; digits = digits.dropLast() }
-        guard let number = Double(digits), number >= 0, number.isFinite else { return nil }
-        let shifts: [String: Int] = ["": 0, "B": 0, "K": 10, "KB": 10, "KIB": 10, "M": 20, "MB": 20, "MIB": 20,
-                                     "G": 30, "GB": 30, "GIB": 30, "T": 40, "TB": 40, "TIB": 40]
-        guard let shift = shifts[suffix] else { return nil }
+        let s = asciiUpperTrimmed(text)
+        guard let s else { return nil }
+        if s == Array("MAX".utf8) || s == Array("UNLIMITED".utf8) { self = .unlimited; return }
+        var end = s.count
+        while end > 0, !((s[end - 1] >= 0x30 && s[end - 1] <= 0x39) || s[end - 1] == UInt8(ascii: ".")) { end -= 1 }
+        guard let number = Double(String(decoding: s[..<end], as: UTF8.self)), number >= 0, number.isFinite else { return nil }
+        let shift: Int
+        switch String(decoding: s[end...], as: UTF8.self) {
+        case "", "B": shift = 0
+        case "K", "KB", "KIB": shift = 10
+        case "M", "MB", "MIB": shift = 20
+        case "G", "GB", "GIB": shift = 30
+        case "T", "TB", "TIB": shift = 40
+        default: return nil
+        }
         let value = number * Double(UInt64(1) << UInt64(shift))
         // Saturates rather than trapping; readers refuse anything above `largest`.
         self = .bytes(value < 1.8e19 ? UInt64(value) : UInt64.max)
@@ -591,20 +628,30 @@ public enum DurationValue: Sendable, Equatable {
     }
 
     /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`, or plain seconds (`"30"`).
+    /// Read on bytes, as sizes are; units are lower-case only, as before.
     public init(parsing text: String) {
-        let s = text.trimmingCharacters(in: " ")
-        let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)]
-        var number = Substring(s)
+        var s = Array(text.utf8)
+        while s.last == 0x20 { s.removeLast() }
+        var start = 0
+        while start < s.count && s[start] == 0x20 { start += 1 }
+        s.removeFirst(start)
+        var end = s.count
         var scale = 1.0
-        for (unit, unitScale) in units where s.hasSuffix(unit) {
-            number = number.dropLast(unit.count)
+        func ends(_ unit: StaticString) -> Bool {
+            let n = unit.utf8CodeUnitCount
+            return s.count >= n && (0..<n).allSatisfy { s[s.count - n + $0] == unit.utf8Start[$0] }
+        }
+        for (unit, unitScale) in [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)] as [(StaticString, Double)]
+        where ends(unit) {
+            end -= unit.utf8CodeUnitCount
             scale = unitScale
             break
         }
         // Double() also reads "nan", "inf" and hex floats; only decimal digits,
         // one '.', and an exponent are a duration.
-        guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || ".eE+-".contains($0)) }),
-              let n = Double(number) else {
+        let number = s[..<end]
+        guard !number.isEmpty, number.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || Array(".eE+-".utf8).contains($0) }),
+              let n = Double(String(decoding: number, as: UTF8.self)) else {
             self = .unreadable
             return
         }

@@ -213,6 +213,7 @@ public enum Launcher {
         let arena = PlanArena()
         var plan = try spawnPlan.cPlan(request, program: program, rootless: rootless, fds: fds, initFD: initFD,
                                        chargeIDs: lease?.range, sync: sync, errors: errors, status: status, arena: arena)
+        try arena.refuseNUL()
         if let notifyPair {
             plan.notify_fd = notifyPair.1.rawValue
             plan.parent_fds.3 = notifyPair.0.rawValue

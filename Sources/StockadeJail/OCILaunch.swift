@@ -125,7 +125,7 @@ extension OCILaunch {
     /// Fills the OCI part of the child's C plan; strings and arrays live in `arena`.
     func fill(_ plan: inout stk_plan, root: HostPath?, rootFD: Int32?, arena: PlanArena) {
         if let root {
-            plan.root_source = arena.string(SpawnPlan.oldRoot + (root.path == "/" ? "" : root.path))
+            plan.root_source = arena.string(SpawnPlan.oldRoot + (root.path == "/" ? "" : root.path), "root.path")
             plan.root_dev = root.device
             plan.root_ino = root.inode
             plan.root_fd = rootFD ?? -1
@@ -154,8 +154,8 @@ extension OCILaunch {
         plan.hooks_pause = hooks != nil ? 1 : 0
         plan.start_state_fd = startStateFD ?? -1
         plan.start_hooks = arena.array(startHooks.map { h in
-            stk_hook(path: arena.string(h.path), argv: arena.stringVector(h.args.isEmpty ? [h.path] : h.args),
-                     envp: arena.stringVector(h.env), timeout_ms: UInt32(clamping: (h.timeoutSeconds ?? 0) * 1000), _pad: 0)
+            stk_hook(path: arena.string(h.path, "a hook's path"), argv: arena.stringVector(h.args.isEmpty ? [h.path] : h.args, "hook argument"),
+                     envp: arena.stringVector(h.env, "hook environment variable"), timeout_ms: UInt32(clamping: (h.timeoutSeconds ?? 0) * 1000), _pad: 0)
         })
         plan.n_start_hooks = UInt32(startHooks.count)
         if let umask {
@@ -163,13 +163,13 @@ extension OCILaunch {
             plan.umask = umask
         }
         plan.root_propagation = rootPropagation
-        plan.sysctl_keys = arena.array(sysctls.map { Optional(arena.string($0.key)) })
-        plan.sysctl_values = arena.array(sysctls.map { Optional(arena.string($0.value)) })
+        plan.sysctl_keys = arena.array(sysctls.map { Optional(arena.string($0.key, "sysctl key \($0.key.debugDescription)")) })
+        plan.sysctl_values = arena.array(sysctls.map { Optional(arena.string($0.value, "the value of sysctl \($0.key.debugDescription)")) })
         plan.n_sysctls = UInt32(sysctls.count)
         if let devpts {
             plan.has_devpts = 1
             plan.devpts_fd = devpts.fd
-            plan.console_pts = arena.string(devpts.console)
+            plan.console_pts = arena.string(devpts.console, "the console's terminal")
         }
     }
 

@@ -20,19 +20,32 @@ import Glibc
 /// only reads it. The arena frees it all when the spawn is over.
 final class PlanArena {
     private var allocations: [UnsafeMutableRawPointer] = []
+    /// What the first string holding a NUL byte was (`what` of its call):
+    /// C reads a string up to its first NUL, so such a string would reach
+    /// the child cut short ("/bin/sh\0-x" as /bin/sh). The launcher
+    /// refuses the plan when this is set (``refuseNUL()``).
+    private(set) var withNUL: String?
 
     deinit {
         for p in allocations { free(p) }
     }
 
-    func string(_ s: String) -> UnsafePointer<CChar> {
+    func string(_ s: String, _ what: @autoclosure () -> String) -> UnsafePointer<CChar> {
+        if withNUL == nil, s.utf8.contains(0) { withNUL = what() }
         let p = strdup(s)!
         allocations.append(UnsafeMutableRawPointer(p))
         return UnsafePointer(p)
     }
 
-    func optionalString(_ s: String?) -> UnsafePointer<CChar>? {
-        s.map { string($0) }
+    func optionalString(_ s: String?, _ what: @autoclosure () -> String) -> UnsafePointer<CChar>? {
+        s.map { string($0, what()) }
+    }
+
+    /// Throws when a string of the plan held a NUL byte, naming what it was.
+    func refuseNUL() throws(JailError) {
+        if let what = withNUL {
+            throw .invalidRequest("\(what) contains a NUL byte, where the kernel would read its end")
+        }
     }
 
     func array<T>(_ elements: [T]) -> UnsafePointer<T>? {
@@ -43,10 +56,10 @@ final class PlanArena {
         return UnsafePointer(p)
     }
 
-    /// A NULL-terminated `char *const[]`.
-    func stringVector(_ strings: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
+    /// A NULL-terminated `char *const[]`; `what` names one element.
+    func stringVector(_ strings: [String], _ what: String) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
         let p = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: strings.count + 1)
-        for (i, s) in strings.enumerated() { p[i] = UnsafeMutablePointer(mutating: string(s)) }
+        for (i, s) in strings.enumerated() { p[i] = UnsafeMutablePointer(mutating: string(s, "\(what) \(i)")) }
         p[strings.count] = nil
         allocations.append(UnsafeMutableRawPointer(p))
         return UnsafePointer(p)
@@ -476,7 +489,7 @@ struct SpawnPlan {
         plan.notify_fd = -1
         fillMounts(&plan, arena: arena)
         request.oci?.fill(&plan, root: rootDirectory, rootFD: rootFD, arena: arena)
-        plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname) : nil
+        plan.hostname = profile.namespaces.contains(.uts) ? arena.optionalString(profile.hostname, "the hostname") : nil
         plan.uid = profile.user.uid
         plan.gid = profile.user.gid
         plan.drop_groups = rootless ? 0 : 1
@@ -491,7 +504,7 @@ struct SpawnPlan {
         plan.fds = arena.array(fds.map)
         plan.n_fds = UInt32(fds.map.count)
         if let tty = fds.controllingTerminal { plan.has_ctty = 1; plan.ctty_fd = tty }
-        plan.cwd = arena.string(profile.cwd)
+        plan.cwd = arena.string(profile.cwd, "the working directory")
         if let ll = request.landlock, ll.abi > 0 {
             plan.landlock_abi = ll.abi
             plan.landlock_required = ll.required ? 1 : 0
@@ -502,7 +515,7 @@ struct SpawnPlan {
             // execve too (LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON, ABI 7).
             plan.landlock_restrict_flags = request.seccompObservation != nil && ll.abi >= 7 ? 1 << 1 : 0
             let rules = ll.rules.map {
-                stk_landlock_rule(path: arena.string($0.path), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
+                stk_landlock_rule(path: arena.string($0.path, "Landlock path \($0.path.debugDescription)"), access: $0.access, optional: $0.optional ? 1 : 0, _pad: 0)
             }
             plan.landlock_rules = arena.array(rules)
             plan.n_landlock_rules = UInt32(rules.count)
@@ -520,10 +533,11 @@ struct SpawnPlan {
         }
         let environment = Self.environment(request)
         let execPaths = Self.executableCandidates(program, environment: environment)
-        plan.exec_paths = UnsafePointer(arena.stringVector(execPaths).withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: execPaths.count + 1) { $0 })
+        // The arguments first: a NUL in the program's name is named as an argument's.
+        plan.argv = arena.stringVector(request.command, "argument")
+        plan.exec_paths = UnsafePointer(arena.stringVector(execPaths, "executable candidate").withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: execPaths.count + 1) { $0 })
         plan.n_exec_paths = UInt32(execPaths.count)
-        plan.argv = arena.stringVector(request.command)
-        plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" })
+        plan.envp = arena.stringVector(environment.map { "\($0.0)=\($0.1)" }, "environment variable")
         plan.init_fd = initFD.rawValue
         if let via = request.viaSocket {
             plan.via_wait = 1
@@ -542,13 +556,14 @@ struct SpawnPlan {
 
     /// The filesystem part of the child's C plan; the strings live in `arena`.
     private func fillMounts(_ plan: inout stk_plan, arena: PlanArena) {
-        plan.staging = arena.string(Self.staging)
-        plan.root_options = arena.string(rootOptions)
+        plan.staging = arena.string(Self.staging, "the staging path")
+        plan.root_options = arena.string(rootOptions, "the root's options")
         plan.root_readonly = rootReadOnly ? 1 : 0
         let cMounts = mounts.map { m in
             stk_mount(kind: m.kind, flags: m.flags, mode: m.mode, src_type: m.recorded?.type ?? 0,
-                      source: arena.optionalString(m.source), target: arena.string(m.target),
-                      data: arena.optionalString(m.data), src_dev: m.recorded?.device ?? 0, src_ino: m.recorded?.inode ?? 0,
+                      source: arena.optionalString(m.source, "the source of mount \(m.target.debugDescription)"),
+                      target: arena.string(m.target, "mount target \(m.target.debugDescription)"),
+                      data: arena.optionalString(m.data, "the options of mount \(m.target.debugDescription)"), src_dev: m.recorded?.device ?? 0, src_ino: m.recorded?.inode ?? 0,
                       tree_fd: m.treeFD, _pad: 0)
         }
         plan.mounts = arena.array(cMounts)

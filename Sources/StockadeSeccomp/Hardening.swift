@@ -90,8 +90,12 @@ enum Prelude {
         let offsetNr: UInt32 = 0, offsetArch: UInt32 = 4
         // The prelude compares one 32-bit word of an argument: only arguments
         // the kernel reads as 32 bits (``IntArguments``) can be checked here.
+        // A fact of this build's tables, held by a test
+        // (`hardeningReadsOnlyIntArguments`): a check at run time would
+        // build the whole table at every launch, where the cached program's
+        // prelude is assembled to be compared.
         func argLow(_ call: HardenedCall, _ n: Int) -> UInt32 {
-            precondition(IntArguments.isInt(call.name, n), "\(call.name) arg\(n) is not a 32-bit argument")
+            assert(IntArguments.isInt(call.name, n), "\(call.name) arg\(n) is not a 32-bit argument")
             return 16 + UInt32(n) * 8
         }
 

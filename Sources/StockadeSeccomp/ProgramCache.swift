@@ -125,8 +125,13 @@ public final class SeccompProgramCache: Sendable {
     public static func entryName(_ key: [UInt8]) -> String {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in key { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        let hex = String(h, radix: 16)
-        return "seccomp-" + String(repeating: "0", count: 16 - hex.count) + hex
+        // Sixteen hex digits, written out: `String(_:radix:)` is the
+        // standard library's generic integer formatting, whose first use
+        // costs a launch more than the rest of the name.
+        let digits = Array("0123456789abcdef".utf8)
+        var name = Array("seccomp-".utf8)
+        for shift in stride(from: 60, through: 0, by: -4) { name.append(digits[Int((h >> UInt64(shift)) & 0xf)]) }
+        return String(decoding: name, as: UTF8.self)
     }
 
     /// Everything a compiled program depends on, as text.

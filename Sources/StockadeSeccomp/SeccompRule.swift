@@ -323,12 +323,18 @@ public enum Syscalls {
     /// The native number of `name`; nil when libseccomp does not know it or
     /// it is no system call on this architecture (e.g. `socketcall` on x86_64).
     public static func number(of name: String) -> Int32? {
-        let n = seccomp_syscall_resolve_name_arch(UInt32(SCMP_ARCH_NATIVE), name)
+        // A NUL would end the name early in C ("mount\0x" read as mount):
+        // such a name is no system call's.
+        guard !name.utf8.contains(0) else { return nil }
+        // withCString: a short name (most are) is passed from the stack;
+        // the implicit conversion copied each into a new array first.
+        let n = name.withCString { seccomp_syscall_resolve_name_arch(UInt32(SCMP_ARCH_NATIVE), $0) }
         return n >= 0 ? n : nil
     }
 
     /// True when libseccomp knows the name, but for another architecture.
     public static func isForeign(_ name: String) -> Bool {
+        guard !name.utf8.contains(0) else { return false }
         let n = seccomp_syscall_resolve_name(name)
         return n != __NR_SCMP_ERROR && n < 0 || (n >= 0 && number(of: name) == nil)
     }

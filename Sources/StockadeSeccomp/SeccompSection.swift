@@ -233,6 +233,7 @@ public struct SeccompSection: Sendable, Equatable {
 
     static func stockRules(notes: inout [String]) -> [SeccompRule] {
         var result: [SeccompRule] = []
+        result.reserveCapacity(stockAllowlist.count + 16)
         for name in stockAllowlist {
             if let nr = Syscalls.number(of: name) {
                 result.append(SeccompRule(syscall: name, number: nr, action: .allow, origin: "stock allowlist"))

@@ -23,15 +23,25 @@ public enum ASCIIDecimal {
         return value
     }
 
-    /// Appends `n` in decimal, as `"\(n)"` writes it.
+    /// Appends `n` in decimal, as `"\(n)"` writes it. The digits are
+    /// counted first and written in place from the last: reversing them
+    /// through a slice of `out` copied the slice at every number (a seccomp
+    /// cache key writes hundreds).
     public static func append(_ n: UInt64, to out: inout [UInt8]) {
-        let start = out.count
+        var count = 1
+        var rest = n / 10
+        while rest > 0 {
+            count += 1
+            rest /= 10
+        }
+        for _ in 0..<count { out.append(UInt8(ascii: "0")) }
         var v = n
+        var i = out.count - 1
         repeat {
-            out.append(UInt8(ascii: "0") + UInt8(v % 10))
+            out[i] = UInt8(ascii: "0") + UInt8(v % 10)
             v /= 10
+            i -= 1
         } while v > 0
-        out[start...].reverse()
     }
 
     /// Appends `n` in decimal, with a `-` when it is negative.

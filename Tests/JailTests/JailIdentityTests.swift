@@ -151,6 +151,21 @@ struct HostIDTests {
                         "/etc/subuid m 100000 65536", "/etc/subuid n 200000 10"])
     }
 
+    @Test("numbers are written in decimal as string interpolation writes them, after what the buffer holds")
+    func decimalsWritten() {
+        let unsigned: [UInt64] = [0, 1, 9, 10, 11, 99, 100, 101, 65535, 65536, 1_000_000, UInt64(UInt32.max), UInt64.max - 1, .max]
+        for n in unsigned {
+            var out = Array("x=".utf8)
+            ASCIIDecimal.append(n, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == "x=\(n)")
+        }
+        for n: Int64 in [0, -1, -9, -10, 42, .min, .max, .min + 1] {
+            var out: [UInt8] = []
+            ASCIIDecimal.append(n, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == "\(n)")
+        }
+    }
+
     @Test("a pool block overlapping a /etc/subuid or /etc/subgid entry is never given out; a full pool refuses by name, and a range is reused only after its release")
     func poolSkipsSubordinateRanges() throws {
         // A made-up /etc (the host's own must not be edited for a test):

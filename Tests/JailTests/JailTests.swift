@@ -171,6 +171,57 @@ struct JailTests {
         #expect(run.lines == ["0", "tmp-ok"], "\(run.stdout)")
     }
 
+    @Test("masks: files of one directory, a directory and a file below it, missing paths, /proc's own; a mask under a file fails")
+    func masks() throws {
+        let masked = ["/usr/share/doc", "/usr/share/doc/bash/copyright", "/usr/bin/env", "/usr/bin/id", "/usr/no/such/x",
+                      "/proc/cpuinfo", "/tmp/nothing-yet", "/proc/version"]
+        let list = masked.map { "\"\($0)\"" }.joined(separator: ", ")
+        let profile = try minimalProfile { $0.replacingOccurrences(of: "[filesystem]\n", with: "[filesystem]\nmasked = [\(list)]\n") }
+        #expect(profile.filesystem.masked == masked)
+        let script = """
+            ls -A /usr/share/doc | wc -l
+            cat /usr/share/doc/bash/copyright 2>/dev/null | wc -c
+            for f in /usr/bin/env /usr/bin/id /proc/cpuinfo /proc/version /proc/kcore /proc/keys /usr/bin/ls; do
+                cat $f >/dev/null 2>&1 && echo open || echo hidden
+            done
+            head -c 3 /usr/bin/ls | wc -c
+            test -e /usr/no || echo no-usr-no
+            grep -c . /proc/self/status
+            """
+        let run = try runJailed(profile, ["/bin/sh", "-c", script])
+        #expect(run.exit.status == 0, "\(run.stderr)")
+        // A masked file is /dev/null bound without dev: it cannot even be opened.
+        #expect(run.lines.prefix(11) == ["0", "0", "hidden", "hidden", "hidden", "hidden", "hidden", "hidden", "open", "3", "no-usr-no"],
+                "\(run.stdout)")
+        #expect(run.lines.count == 12 && Int(run.lines[11]).map { $0 > 10 } == true, "\(run.stdout)")
+        // A mask below a file: the step and errno are named.
+        let under = try minimalProfile { $0.replacingOccurrences(of: "[filesystem]\n", with: "[filesystem]\nmasked = [\"/usr/bin/env\", \"/usr/bin/env/x\"]\n") }
+        #expect {
+            _ = try runJailed(under, ["/bin/true"])
+        } throws: { error in
+            "\(error)".hasPrefix("jail setup failed at mask path: ENOTDIR (/usr/bin/env/x)")
+        }
+    }
+
+    @Test("a NUL byte in an argument, a variable or the working directory refuses the launch, naming which")
+    func nulBytesRefused() throws {
+        let cases: [(String, (inout LaunchRequest) -> Void)] = [
+            ("argument 1 contains a NUL byte", { $0.command = ["/bin/echo", "a\u{0}b"] }),
+            ("argument 0 contains a NUL byte", { $0.command = ["/bin/true\u{0}x"] }),
+            ("environment variable", { $0.extraEnvironment = [("SECRET", "v\u{0}w")] }),
+            ("the working directory contains a NUL byte", { $0.profile.cwd = "/tmp\u{0}/x" }),
+        ]
+        for (message, edit) in cases {
+            #expect {
+                _ = try runJailed(try minimalProfile(), ["/bin/true"]) { edit(&$0) }
+            } throws: { error in
+                "\(error)".contains(message) && !"\(error)".contains("v\u{0}w")
+            }
+        }
+        // The same launch without the NUL runs.
+        #expect(try runJailed(try minimalProfile(), ["/bin/echo", "ab"]).lines == ["ab"])
+    }
+
     @Test("a failing step is named with its errno")
     func failingStepIsNamed() throws {
         let profile = try minimalProfile { $0.replacingOccurrences(of: "cwd = \"/\"", with: "cwd = \"/does-not-exist\"") }

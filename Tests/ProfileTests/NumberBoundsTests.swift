@@ -11,6 +11,57 @@ private func parse(_ text: String) throws(ProfileError) -> Profile {
 
 @Suite("Profiles: every number bounded before it is used")
 struct NumberBoundsTests {
+    /// The readers as they were written over Strings and Foundation, kept
+    /// here to hold the byte readers to them on every ASCII text.
+    static func referenceSize(_ text: String) -> SizeValue? {
+        let s = text.trimmingCharacters(in: " ").uppercased()
+        if s == "MAX" || s == "UNLIMITED" { return .unlimited }
+        var digits = Substring(s)
+        var suffix = ""
+        while let last = digits.last, !last.isNumber && last != "." { suffix = String(last) + suffix; digits = digits.dropLast() }
+        guard let number = Double(digits), number >= 0, number.isFinite else { return nil }
+        let shifts: [String: Int] = ["": 0, "B": 0, "K": 10, "KB": 10, "KIB": 10, "M": 20, "MB": 20, "MIB": 20,
+                                     "G": 30, "GB": 30, "GIB": 30, "T": 40, "TB": 40, "TIB": 40]
+        guard let shift = shifts[suffix] else { return nil }
+        let value = number * Double(UInt64(1) << UInt64(shift))
+        return .bytes(value < 1.8e19 ? UInt64(value) : UInt64.max)
+    }
+
+    static func referenceDuration(_ text: String) -> DurationValue {
+        let s = text.trimmingCharacters(in: " ")
+        var number = Substring(s)
+        var scale = 1.0
+        for (unit, unitScale) in [("ms", 0.001), ("us", 0.000001), ("s", 1), ("m", 60), ("h", 3600)] where s.hasSuffix(unit) {
+            number = number.dropLast(unit.count)
+            scale = unitScale
+            break
+        }
+        guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || ".eE+-".contains($0)) }),
+              let n = Double(number), n.isFinite, n >= 0 else { return .unreadable }
+        return DurationValue(seconds: n * scale)
+    }
+
+    @Test("sizes and durations read on bytes agree with the String readers on every ASCII text; other text is no size")
+    func bytesReadersAgree() {
+        var rng = SystemRandomNumberGenerator()
+        let pieces = ["0", "1", "5", "9", "12", ".", "e", "E", "+", "-", " ", "k", "K", "m", "M", "g", "G", "t", "T", "b", "B",
+                      "i", "I", "s", "h", "u", "ms", "us", "iB", "max", "MaX", "unlimited", "x", "0x", "inf", "nan", "1e3", "_"]
+        var texts = ["", " ", "512M", "2GiB", "1.5K", "max", " max ", "-1", "M", "1e3M", "5.M", ".5G", "+5m", "1 M",
+                     "30s", "500ms", "2m", "1h", "1.5s", "1e3ms", " 30 s", "30S", "1us", "0x10s", "nan", "1e", "s", "--1s"]
+        for _ in 0..<4000 {
+            texts.append((0..<Int.random(in: 1...5, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined())
+        }
+        for text in texts {
+            #expect(SizeValue(parsing: text) == Self.referenceSize(text), "\(text.debugDescription)")
+            #expect(DurationValue(parsing: text) == Self.referenceDuration(text), "\(text.debugDescription)")
+        }
+        // Text outside ASCII: no size (the String reader mapped "ı" onto "I"), no duration.
+        for text in ["1kıb", "unlımıted", "5٣M", "1M\u{301}", "١٠s", "5s\u{301}"] {
+            #expect(SizeValue(parsing: text) == nil, "\(text)")
+            #expect(DurationValue(parsing: text) == .unreadable, "\(text)")
+        }
+    }
+
     @Test("time limits too long for the launcher's arithmetic are refused at their line, in every spelling")
     func longTimeLimits() throws {
         for value in ["1e300", "9223372036854775807", "\"1e300s\"", "\"9223372036854775807s\"", "31536001", "\"8761h\"",

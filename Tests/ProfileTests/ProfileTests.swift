@@ -57,9 +57,27 @@ struct ProfileTests {
     @Test("a profile without [jail] name is named after its file")
     func nameFromFile() throws {
         let cases = ["profiles/minimal.toml": "minimal", "/etc/stockade/gpu.v2.toml": "gpu.v2", "plain": "plain",
-                     "dir/.hidden": ".hidden", "/srv/jails/": "jails"]
+                     "dir/.hidden": ".hidden", "/srv/jails/": "jails", "a.": "a", "x/a.b.": "a.b", "x/.a.b": ".a",
+                     "x": "x", "/": "/", "": "", "//": "//", "d.x/y": "y", "jäil.toml": "jäil", "a//b.toml//": "b"]
         for (file, name) in cases {
             #expect(try Profile.parse(text: "", file: file).name == name, "\(file)")
+        }
+    }
+
+    @Test("a masked path is absolute, without a .. component or a NUL byte anywhere")
+    func cleanAbsolutePaths() throws {
+        for good in ["/a", "/..a", "/a..", "/a/./b", "//x", "/a/...", "/é/..\u{301}"] {
+            #expect(try parse("[filesystem]\nmasked = [\"\(good)\"]\n").filesystem.masked == [good], "\(good)")
+            #expect(Profile.isCleanAbsolute(good), "\(good)")
+        }
+        for bad in ["a/b", "", "/..", "/a/..", "/a/../b", "/a/..//b"] {
+            expectError("[filesystem]\nmasked = [\"\(bad)\"]\n", line: 2, key: "filesystem.masked", contains: "absolute path without")
+            #expect(!Profile.isCleanAbsolute(bad), "\(bad)")
+        }
+        // A NUL byte (which TOML text cannot carry through to here), also
+        // one that a combining mark joins into another Character.
+        for bad in ["/a\u{0}b", "/a/\u{0}\u{301}", "/\u{0}"] {
+            #expect(!Profile.isCleanAbsolute(bad), "\(bad.debugDescription)")
         }
     }
 
@@ -99,7 +117,7 @@ struct ProfileTests {
     }
 
     @Test("TOML syntax errors name the line")
-    func syntaxError() {
+    func syntaxError() throws {
         expectError("[jail]\nname = \"x\"\nhostname = \n", line: 3, key: "", contains: "TOML syntax")
         // Found by the fuzzer: the TOML library aborted on this header.
         expectError("[jail]\nname = \"x\"\n[[\u{FFFD}mount]]\n", line: 3, key: "", contains: "expected a key")
@@ -109,6 +127,14 @@ struct ProfileTests {
         expectError("[jail]\nnamespaces = [\"user\", }\n", line: 2, key: "", contains: "expected a value")
         expectError("a = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]\n", line: 1, key: "", contains: "nested deeper")
         #expect(throws: Never.self) { try parse("# x = [\n[\"filesystem\"] # quoted\nmasked = [\n  \"/[not-a-header\",\n]\n") }
+        // A NUL escape would reach the reader cut short ("h\\u0000x" read as "h"):
+        // refused in basic, multi-line and key strings; other escapes stay.
+        for (text, line) in [("[jail]\nhostname = \"h\\u0000x\"\n", 2), ("[filesystem]\nmasked = [\"/a\\U00000000b\"]\n", 2),
+                             ("[env.set]\nX = \"\"\"\nab\\u0000\"\"\"\n", 3), ("[env.set]\n\"K\\u0000\" = \"v\"\n", 2)] {
+            expectError(text, line: line, key: "", contains: "NUL")
+        }
+        #expect(try parse("[env.set]\nX = \"a\\u0001\\u00e9\\U0001F600\"\nY = 'lit\\u0000eral'\n").environment.set.map(\.value)
+                == ["a\u{1}é😀", "lit\\u0000eral"])
         // Non-ASCII text in strings and comments is fine.
         #expect(throws: Never.self) { try parse("# résumé\n[env.set]\nGREETING = \"grüß dich\" # ok\nX = '''\nñ\n'''\n") }
     }
@@ -206,6 +232,12 @@ struct ProfileTests {
         #expect(index.line(of: "env.set.A.B") == 3)
         #expect(index.line(of: "env.set.c.d") == 4)
         #expect(index.line(of: "mount[0].source") == 6)
+        // Empty parts between dots are skipped; blanks around a part trimmed.
+        let dotted = TOMLLineIndex(text: "[a..b]\nx = 1\n[ c . d ]\ny = 2\n[.e.]\nz = 3\n")
+        #expect(dotted.line(of: "a.b.x") == 2)
+        #expect(dotted.line(of: "c.d.y") == 4)
+        #expect(dotted.line(of: "e.z") == 6)
+        #expect(dotted.line(of: "e") == 5)
         // A profile with CR LF line ends: the message names the key's own line.
         let text = "[jail]\r\nname = \"x\"\r\nhostname = 7\r\n"
         expectError(text, line: 3, key: "jail.hostname", contains: "expected a string")

@@ -110,7 +110,8 @@ extension SeccompTests {
           {"names": ["getpgrp"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
           {"names": ["getsid"], "action": "SCMP_ACT_KILL"},
           {"name": "sched_yield", "action": "SCMP_ACT_LOG"},
-          {"names": ["no_such_call"], "action": "SCMP_ACT_ALLOW"}
+          {"names": ["no_such_call"], "action": "SCMP_ACT_ALLOW"},
+          {"names": ["getpid\\u0000x"], "action": "SCMP_ACT_KILL"}
          ]}
         """
         let imported = try DockerSeccompProfile.parse(data: Data(json.utf8), name: "t.json", kernel: (6, 1))
@@ -128,6 +129,11 @@ extension SeccompTests {
         #expect(try v("getsid") == .killThread)
         #expect(try v("sched_yield") == .log)
         #expect(imported.notes.contains { $0.contains("no_such_call") })
+        // A name with a NUL in it is no call's, never the one before the NUL.
+        #expect(try v("getpid") == .errno(38))
+        #expect(imported.notes.contains { $0.contains("getpid\u{0}x") })
+        #expect(Syscalls.number(of: "getpid\u{0}x") == nil && Syscalls.number(of: "getpid") != nil)
+        #expect(!Syscalls.isForeign("getpid\u{0}x"))
     }
 
     @Test("a malformed Docker profile is an error that names the place")

@@ -51,6 +51,21 @@ extension SeccompTests {
         #expect(lines.contains("lift personality,ptrace") || text != Self.lifting)
     }
 
+    @Test("an entry's name is seccomp- and the key's 64-bit FNV-1a hash in sixteen lower-case hex digits")
+    func entryNames() throws {
+        func fnv(_ key: [UInt8]) -> UInt64 {
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in key { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+            return h
+        }
+        // A key whose hash has a leading zero digit, which the name keeps.
+        let short = try #require((0..<4096).lazy.map { [UInt8($0 & 0xff), UInt8($0 >> 8)] }.first { fnv($0) >> 60 == 0 })
+        for key in [[], [0], Array("stockade".utf8), short, SeccompProgramCache.key(for: try Self.section(Self.policy))] {
+            let hex = String(fnv(key), radix: 16)
+            #expect(SeccompProgramCache.entryName(key) == "seccomp-" + String(repeating: "0", count: 16 - hex.count) + hex)
+        }
+    }
+
     static func entryPath(_ dir: String, _ text: String) throws -> String {
         dir + "/" + SeccompProgramCache.entryName(SeccompProgramCache.key(for: try section(text)))
     }

@@ -291,11 +291,22 @@ extension Profile {
     }
 
     /// The file's base name without its extension ("profiles/minimal.toml":
-    /// "minimal"). Plain string work: Foundation's URL is slow to build.
+    /// "minimal"; "a/b/" gives "b", ".hidden" stays whole). Read on bytes,
+    /// as both delimiters are ASCII: Foundation's URL is slow to build, and
+    /// the generic `split` cost every launch a first use of its own.
     static func defaultName(file: String) -> String {
-        let base = file.split(separator: "/", omittingEmptySubsequences: true).last.map(String.init) ?? file
-        guard let dot = base.lastIndex(of: "."), dot != base.startIndex else { return base }
-        return String(base[..<dot])
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let bytes = Array(file.utf8)
+        var end = bytes.count
+        while end > 0 && bytes[end - 1] == slash { end -= 1 }
+        guard end > 0 else { return file }
+        var start = end
+        while start > 0 && bytes[start - 1] != slash { start -= 1 }
+        var stop = end
+        while stop > start + 1 && bytes[stop - 1] != dot { stop -= 1 }
+        if stop == start + 1 { stop = end }  // no dot past the first byte
+        else { stop -= 1 }
+        return String(decoding: bytes[start..<stop], as: UTF8.self)
     }
 
     private mutating func readJail(_ t: TableReader) throws(ProfileError) {
@@ -412,8 +423,24 @@ extension Profile {
         }
     }
 
-    static func isCleanAbsolute(_ path: String) -> Bool {
-        path.hasPrefix("/") && !path.split(separator: "/").contains("..") && !path.contains("\0")
+    /// Read on bytes, as the kernel reads the path: a `/` or NUL byte is
+    /// one wherever it stands (as Characters, one followed by a combining
+    /// mark was another grapheme, and the generic `split` and `contains`
+    /// cost every launch a first use of their own).
+    package static func isCleanAbsolute(_ path: String) -> Bool {
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        let bytes = Array(path.utf8)
+        guard bytes.first == slash else { return false }
+        var start = 0
+        for i in 0...bytes.count {
+            if i == bytes.count || bytes[i] == slash {
+                if i - start == 2 && bytes[start] == dot && bytes[start + 1] == dot { return false }
+                start = i + 1
+            } else if bytes[i] == 0 {
+                return false
+            }
+        }
+        return true
     }
 
     /// `[A-Za-z_][A-Za-z0-9_]*`, on bytes.
