@@ -194,6 +194,13 @@ struct JailTests {
         #expect(run.lines.prefix(11) == ["0", "0", "hidden", "hidden", "hidden", "hidden", "hidden", "hidden", "open", "3", "no-usr-no"],
                 "\(run.stdout)")
         #expect(run.lines.count == 12 && Int(run.lines[11]).map { $0 > 10 } == true, "\(run.stdout)")
+        // After /proc's own read-only /proc/sys: a file below it, then /proc/sys itself.
+        let sys = try minimalProfile { $0.replacingOccurrences(of: "[filesystem]\n", with: "[filesystem]\nmasked = [\"/proc/sys/kernel/hostname\", \"/proc/sys/kernel/ostype\"]\n") }
+        let sysRun = try runJailed(sys, ["/bin/sh", "-c", "cat /proc/sys/kernel/hostname 2>/dev/null || echo hidden; cat /proc/sys/kernel/ostype 2>/dev/null || echo hidden; cat /proc/sys/kernel/osrelease | wc -l"])
+        #expect(sysRun.lines == ["hidden", "hidden", "1"], "\(sysRun.stdout) \(sysRun.stderr)")
+        let covered = try minimalProfile { $0.replacingOccurrences(of: "[filesystem]\n", with: "[filesystem]\nmasked = [\"/proc/sys\", \"/proc/sys/kernel/hostname\"]\n") }
+        let coveredRun = try runJailed(covered, ["/bin/sh", "-c", "ls -A /proc/sys 2>/dev/null | wc -l; test -e /proc/sys/kernel || echo gone"])
+        #expect(coveredRun.exit.status == 0 && coveredRun.lines == ["0", "gone"], "\(coveredRun.stdout) \(coveredRun.stderr)")
         // A mask below a file: the step and errno are named.
         let under = try minimalProfile { $0.replacingOccurrences(of: "[filesystem]\n", with: "[filesystem]\nmasked = [\"/usr/bin/env\", \"/usr/bin/env/x\"]\n") }
         #expect {
