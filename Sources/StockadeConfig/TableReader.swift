@@ -536,7 +536,6 @@ package final class TableReader {
     }
 }
 
-/// A size in bytes, or no limit.
 /// `text` without spaces at either end, ASCII letters upper-cased; nil
 /// when it holds any byte outside ASCII.
 private func asciiUpperTrimmed(_ text: String) -> [UInt8]? {
@@ -552,6 +551,7 @@ private func asciiUpperTrimmed(_ text: String) -> [UInt8]? {
     return s
 }
 
+/// A size in bytes, or no limit.
 public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     case bytes(UInt64)
     case unlimited
