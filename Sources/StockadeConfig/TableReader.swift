@@ -536,7 +536,15 @@ package final class TableReader {
     }
 }
 
-/// A size in bytes, or no limit.
+/// `bytes` without spaces (U+0020 only) at either end, as sizes and
+/// durations are read.
+private func spacesTrimmed(_ bytes: [UInt8]) -> [UInt8] {
+    var start = 0, end = bytes.count
+    while end > start && bytes[end - 1] == 0x20 { end -= 1 }
+    while start < end && bytes[start] == 0x20 { start += 1 }
+    return Array(bytes[start..<end])
+}
+
 /// `text` without spaces at either end, ASCII letters upper-cased; nil
 /// when it holds any byte outside ASCII.
 private func asciiUpperTrimmed(_ text: String) -> [UInt8]? {
@@ -545,13 +553,10 @@ private func asciiUpperTrimmed(_ text: String) -> [UInt8]? {
         guard b < 0x80 else { return nil }
         s.append(b >= 0x61 && b <= 0x7A ? b - 0x20 : b)
     }
-    while s.last == 0x20 { s.removeLast() }
-    var start = 0
-    while start < s.count && s[start] == 0x20 { start += 1 }
-    s.removeFirst(start)
-    return s
+    return spacesTrimmed(s)
 }
 
+/// A size in bytes, or no limit.
 public enum SizeValue: Sendable, Equatable, CustomStringConvertible {
     case bytes(UInt64)
     case unlimited
@@ -630,11 +635,7 @@ public enum DurationValue: Sendable, Equatable {
     /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`, or plain seconds (`"30"`).
     /// Read on bytes, as sizes are; units are lower-case only, as before.
     public init(parsing text: String) {
-        var s = Array(text.utf8)
-        while s.last == 0x20 { s.removeLast() }
-        var start = 0
-        while start < s.count && s[start] == 0x20 { start += 1 }
-        s.removeFirst(start)
+        let s = spacesTrimmed(Array(text.utf8))
         var end = s.count
         var scale = 1.0
         func ends(_ unit: StaticString) -> Bool {
@@ -650,7 +651,8 @@ public enum DurationValue: Sendable, Equatable {
         // Double() also reads "nan", "inf" and hex floats; only decimal digits,
         // one '.', and an exponent are a duration.
         let number = s[..<end]
-        guard !number.isEmpty, number.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || Array(".eE+-".utf8).contains($0) }),
+        let marks = Array(".eE+-".utf8)
+        guard !number.isEmpty, number.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || marks.contains($0) }),
               let n = Double(String(decoding: number, as: UTF8.self)) else {
             self = .unreadable
             return

@@ -45,6 +45,9 @@ struct HostPath: Sendable, Equatable {
         case untrustedLink(link: String, why: String)
         /// A component is missing, not a directory, or could not be opened.
         case system(path: String, errno: Int32)
+        /// The path holds a NUL byte: each name reaches `openat` as a C
+        /// string, which would end there and name another file.
+        case nulByte
     }
 
     /// Resolves `path` on the host. A symlink is followed only when it is
@@ -61,6 +64,7 @@ struct HostPath: Sendable, Equatable {
             /// This directory and every one above it are root's and not group/other-writable.
             var trusted: Bool
         }
+        guard !path.utf8.contains(0) else { throw .nulByte }
         func trustedDirectory(_ st: stat) -> Bool { st.st_uid == 0 && st.st_mode & 0o022 == 0 }
         // Written with a loop: a launch that finds an optional path missing
         // (an init candidate, an optional bind) names it, and the generic
@@ -164,6 +168,8 @@ extension HostPath.Failure {
             return "\(what) does not exist (no \(path))"
         case let .system(path, errno):
             return "\(what): \(path): \(errnoName(errno))"
+        case .nulByte:
+            return "\(what): the path holds a NUL byte, where the kernel would read its end"
         }
     }
 }
