@@ -565,7 +565,7 @@ enum Hooks {
             do {
                 try p.run()
             } catch {
-                throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): \(error)")
+                throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): cannot execute: \(Self.reason(error))")
             }
             // A hook need not read its stdin (EPIPE, not SIGPIPE: main ignores it).
             try? stdin.fileHandleForWriting.write(contentsOf: input)
@@ -580,5 +580,14 @@ enum Hooks {
                 throw RuntimeError("hooks.\(name)[\(i)] \(hook.path): exited with status \(p.terminationStatus)")
             }
         }
+    }
+
+    /// Foundation reports a failed spawn as a Cocoa error wrapping the errno;
+    /// the message names the errno (`ENOENT`, `EACCES`, `ETXTBSY`).
+    static func reason(_ error: any Error) -> String {
+        let ns = error as NSError
+        let posix = ns.domain == NSPOSIXErrorDomain ? ns : ns.userInfo[NSUnderlyingErrorKey] as? NSError
+        guard let posix, posix.domain == NSPOSIXErrorDomain else { return "\(error)" }
+        return "\(errnoName(Int32(posix.code))) (\(String(cString: strerror(Int32(posix.code)))))"
     }
 }

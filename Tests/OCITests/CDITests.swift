@@ -45,8 +45,7 @@ struct CDITests {
         try "fake-driver\n".write(toFile: f.dir + "/libfakegpu.so", atomically: true, encoding: .utf8)
         let hookLog = f.dir + "/hook.log"
         let hook = f.dir + "/cdi-hook.sh"
-        try "#!/bin/sh\necho \"$1 $(cat | grep -o '\"status\":\"[a-z]*\"')\" >> \(hookLog)\n".write(toFile: hook, atomically: true, encoding: .utf8)
-        chmod(hook, 0o755)
+        try ExecutableFiles.write("#!/bin/sh\necho \"$1 $(cat | grep -o '\"status\":\"[a-z]*\"')\" >> \(hookLog)\n", to: hook)
         func node(_ host: String, _ path: String) -> [String: Any] {
             ["path": path, "hostPath": f.dir + "/" + host, "type": "c", "permissions": "rw"]
         }

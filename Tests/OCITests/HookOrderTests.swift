@@ -89,10 +89,8 @@ struct HookOrderTests {
         mkdir(rootfs + "/open", 0o777)
         chmod(rootfs + "/open", 0o777)
         let hook = f.dir + "/hook.sh"
-        try Self.hostHook(log: log, rootfs: rootfs, injected: injected).write(toFile: hook, atomically: true, encoding: .utf8)
-        chmod(hook, 0o755)
-        try Self.startHook.write(toFile: rootfs + "/bin/start-hook.sh", atomically: true, encoding: .utf8)
-        chmod(rootfs + "/bin/start-hook.sh", 0o755)
+        try ExecutableFiles.write(Self.hostHook(log: log, rootfs: rootfs, injected: injected), to: hook)
+        try ExecutableFiles.write(Self.startHook, to: rootfs + "/bin/start-hook.sh")
         return Fixture(f: f, log: log, rootfs: rootfs, hook: hook)
     }
 
@@ -210,8 +208,7 @@ struct HookOrderTests {
         let fx = try fixture("hooktimeout")
         let f = fx.f
         let slow = f.dir + "/slow.sh"
-        try "#!/bin/sh\nsleep 30\n".write(toFile: slow, atomically: true, encoding: .utf8)
-        chmod(slow, 0o755)
+        try ExecutableFiles.write("#!/bin/sh\nsleep 30\n", to: slow)
         try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath("slow1")) { config in
             config["hooks"] = ["createContainer": [["path": slow, "timeout": 1]]]
         }

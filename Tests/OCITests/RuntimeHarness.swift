@@ -70,7 +70,7 @@ final class RuntimeFixture {
             try fm.createDirectory(atPath: rootfs + "/" + d, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         }
         chmod(rootfs + "/tmp", 0o1777)
-        try fm.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+        try ExecutableFiles.copy("/bin/busybox", to: rootfs + "/bin/busybox")
         for applet in ["sh", "sleep", "echo", "cat", "ps", "id", "ls", "true", "hostname", "grep", "mkdir", "touch", "head"] {
             try fm.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
         }
@@ -237,6 +237,35 @@ final class RuntimeFixture {
         return text.split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
         }
+    }
+}
+
+/// Files the runtime or a container executes are written by a child process.
+/// Suites run in parallel and fork all the time: a descriptor this process
+/// opens for writing is copied into every child forked while it is open and
+/// stays open there until that child's exec, and executing the file in that
+/// window fails with ETXTBSY. `cp`'s write descriptor lives in `cp` alone.
+enum ExecutableFiles {
+    /// Copies `source` (a file or a whole tree, links as links) to `destination`.
+    static func copy(_ source: String, to destination: String) throws {
+        let cp = Process()
+        cp.executableURL = URL(fileURLWithPath: "/bin/cp")
+        cp.arguments = ["-a", "--", source, destination]
+        try cp.run()
+        cp.waitUntilExit()
+        guard cp.terminationStatus == 0 else {
+            throw RuntimeTestError("cp -a \(source) \(destination): status \(cp.terminationStatus)")
+        }
+    }
+
+    /// Writes `text` to `path` with mode 0755: staged in a file that is never
+    /// executed, then copied.
+    static func write(_ text: String, to path: String) throws {
+        let staged = path + ".staged"
+        try text.write(toFile: staged, atomically: false, encoding: .utf8)
+        defer { unlink(staged) }
+        try copy(staged, to: path)
+        guard chmod(path, 0o755) == 0 else { throw RuntimeTestError("chmod \(path): errno \(errno)") }
     }
 }
 

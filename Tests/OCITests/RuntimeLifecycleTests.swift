@@ -429,8 +429,7 @@ struct RuntimeProtocolTests {
         let f = try RuntimeFixture("hooks")
         let id = "hook1"
         let script = f.dir + "/hook.sh"
-        try "#!/bin/sh\ncat > \(f.dir)/hook-$1.json\n".write(toFile: script, atomically: true, encoding: .utf8)
-        chmod(script, 0o755)
+        try ExecutableFiles.write("#!/bin/sh\ncat > \(f.dir)/hook-$1.json\n", to: script)
         try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath(id)) { config in
             config["hooks"] = [
                 "createRuntime": [["path": script, "args": ["hook.sh", "createRuntime"]]],
@@ -453,11 +452,18 @@ struct RuntimeProtocolTests {
         #expect(hookState("poststop")?["status"] as? String == "stopped" && hookState("poststop")?["id"] as? String == id)
 
         // A failing createRuntime hook fails create and leaves nothing behind.
-        try "#!/bin/sh\nexit 4\n".write(toFile: script, atomically: true, encoding: .utf8)
-        chmod(script, 0o755)
+        try ExecutableFiles.write("#!/bin/sh\nexit 4\n", to: script)
         let failed = try f.run(["create", "--bundle", f.bundle, "hook2"])
         #expect(failed.status != 0 && failed.stderr.contains("hooks.createRuntime[0]") && failed.stderr.contains("status 4"), "\(failed)")
         #expect(try f.run(["state", "hook2"]).stderr.contains("does not exist"))
+
+        // A hook that cannot be executed is named with the errno, not Foundation's error object.
+        try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "60"], cgroupsPath: f.cgroupsPath("hook3")) { config in
+            config["hooks"] = ["createRuntime": [["path": f.dir + "/no-such-hook"]]]
+        }
+        let missing = try f.run(["create", "--bundle", f.bundle, "hook3"])
+        #expect(missing.status != 0 && missing.stderr.contains("hooks.createRuntime[0] \(f.dir)/no-such-hook: cannot execute: ENOENT"), "\(missing)")
+        #expect(!missing.stderr.contains("NSCocoaErrorDomain"), "\(missing)")
     }
 
     @Test("a rootfs whose mount point is a symlink out of it: create is refused and nothing is made on the host")

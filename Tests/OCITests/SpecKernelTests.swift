@@ -71,7 +71,7 @@ struct SpecKernelTests {
         try #require(mount("tmpfs", area, "tmpfs", 0, "size=64m") == 0, "mount tmpfs: \(errno)")
         try #require(mount(nil, area, nil, UInt(MS_SHARED), nil) == 0)
         let rootfs = area + "/rootfs"
-        try FileManager.default.copyItem(atPath: f.bundle + "/rootfs", toPath: rootfs)
+        try ExecutableFiles.copy(f.bundle + "/rootfs", to: rootfs)
         return rootfs
     }
 
