@@ -247,15 +247,18 @@ final class RuntimeFixture {
 /// window fails with ETXTBSY. `cp`'s write descriptor lives in `cp` alone.
 enum ExecutableFiles {
     /// Copies `source` (a file or a whole tree, links as links) to `destination`.
+    /// posix_spawn and waitpid, as `RuntimeFixture.run` (Foundation's
+    /// Process cannot learn of an exit in the cgroup v2 VM).
     static func copy(_ source: String, to destination: String) throws {
-        let cp = Process()
-        cp.executableURL = URL(fileURLWithPath: "/bin/cp")
-        cp.arguments = ["-a", "--", source, destination]
-        try cp.run()
-        cp.waitUntilExit()
-        guard cp.terminationStatus == 0 else {
-            throw RuntimeTestError("cp -a \(source) \(destination): status \(cp.terminationStatus)")
-        }
+        let argv = ["/bin/cp", "-a", "--", source, destination]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], nil, nil, &cArgs, environ)
+        guard rc == 0 else { throw RuntimeTestError("posix_spawn /bin/cp: \(rc)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard status == 0 else { throw RuntimeTestError("cp -a \(source) \(destination): wait status \(status)") }
     }
 
     /// Writes `text` to `path` with mode 0755: staged in a file that is never
