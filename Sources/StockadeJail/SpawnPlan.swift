@@ -100,14 +100,14 @@ extension Profile.Namespace {
 
 /// The masks every jail's /proc gets: files that leak host state or let a
 /// process poke the kernel are covered, control trees are read-only.
-enum ProcMasks {
-    static let hidden = [
+package enum ProcMasks {
+    package static let hidden = [
         "/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list", "/proc/timer_stats",
         "/proc/sched_debug", "/proc/latency_stats", "/proc/sysrq-trigger", "/proc/kallsyms", "/proc/kpagecount",
         "/proc/kpageflags", "/proc/kpagecgroup", "/proc/acpi", "/proc/asound", "/proc/scsi", "/proc/config.gz",
         "/proc/driver",
     ]
-    static let readOnly = ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq"]
+    package static let readOnly = ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq"]
 }
 
 /// The plan of one launch's filesystem: every mount the child makes, in

@@ -75,14 +75,15 @@ enum PodUserNamespace {
     /// the same way.
     static func openOf(_ record: ContainerRecord, name: String, field: String) throws -> (ns: Int32, user: Int32) {
         let pid = record.pid
-        let pidfd = stk_pidfd_open(pid)
-        guard pidfd >= 0 else {
-            throw SpecError("\(field): container \(record.id) is not running (pidfd_open \(pid): \(errnoName(errno)))")
-        }
-        defer { close(pidfd) }
-        guard ProcessStat.isAlive(pid, startTime: record.pidStartTime) else {
+        let pidfd: Int32
+        switch record.openFirstProcess() {
+        case .open(let fd): pidfd = fd
+        case .gone(let e):
+            throw SpecError("\(field): container \(record.id) is not running (pidfd_open \(pid): \(errnoName(e)))")
+        case .replaced:
             throw SpecError("\(field): pid \(pid) is no longer container \(record.id) (its start time differs from the record)")
         }
+        defer { close(pidfd) }
         let ns = Glibc.open("/proc/\(pid)/ns/\(name)", O_RDONLY | O_CLOEXEC)
         guard ns >= 0 else { throw SpecError("\(field): open /proc/\(pid)/ns/\(name): \(errnoName(errno))") }
         let user = Glibc.open("/proc/\(pid)/ns/user", O_RDONLY | O_CLOEXEC)

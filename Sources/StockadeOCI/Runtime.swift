@@ -459,13 +459,30 @@ extension ContainerRecord {
     /// open), or nil: a pid the container left and another process took
     /// meanwhile is never signalled through it.
     func firstProcessPidfd() -> Int32? {
+        if case .open(let pidfd) = openFirstProcess() { return pidfd }
+        return nil
+    }
+
+    /// What opening the first process's pidfd found.
+    enum FirstProcess {
+        case open(Int32)
+        /// pidfd_open failed (ESRCH: no process has the pid).
+        case gone(errno: Int32)
+        /// A process has the pid, but not the recorded one (or none, by the time of the check).
+        case replaced
+    }
+
+    /// The one rule for reaching the first process: open the pidfd, then
+    /// check that the pid is still the recorded process, so that the fd
+    /// holds that process and no other that took its pid.
+    func openFirstProcess() -> FirstProcess {
         let pidfd = stk_pidfd_open(pid)
-        guard pidfd >= 0 else { return nil }
+        guard pidfd >= 0 else { return .gone(errno: errno) }
         guard ProcessStat.isAlive(pid, startTime: pidStartTime) else {
             close(pidfd)
-            return nil
+            return .replaced
         }
-        return pidfd
+        return .open(pidfd)
     }
 }
 

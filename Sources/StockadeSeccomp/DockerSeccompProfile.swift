@@ -177,7 +177,7 @@ public enum DockerSeccompProfile {
             }
             for n in (entry.names ?? []) + (entry.name.map { [$0] } ?? []) {
                 guard let nr = Syscalls.number(of: n) else {
-                    if Syscalls.isForeign(n) { foreign.insert(n) } else { unknown.insert(n) }
+                    if Syscalls.isForeign(n) { foreign.insert(n) } else { unknown.insert(Syscalls.shown(n)) }
                     continue
                 }
                 if act.permits, let call = HardenedCall.named(n), call.isTotal {

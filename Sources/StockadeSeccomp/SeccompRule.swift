@@ -320,6 +320,13 @@ public struct SeccompRule: Sendable, Hashable, CustomStringConvertible {
 /// System-call names and numbers on the native architecture, as the
 /// installed libseccomp knows them.
 public enum Syscalls {
+    /// A name as a message shows it: as written when it is printable ASCII,
+    /// else quoted with its control characters escaped, so that a profile's
+    /// bytes (a NUL, a terminal escape) never reach a terminal raw.
+    public static func shown(_ name: String) -> String {
+        name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } ? name : name.debugDescription
+    }
+
     /// The native number of `name`; nil when libseccomp does not know it or
     /// it is no system call on this architecture (e.g. `socketcall` on x86_64).
     public static func number(of name: String) -> Int32? {

@@ -106,9 +106,9 @@ public struct SeccompSection: Sendable, Equatable {
                 if let nr = Syscalls.number(of: name) {
                     result.append((name, nr))
                 } else if optional {
-                    notes.append("\(origin(key)): \(name) skipped: \(Self.whyUnknown(name))")
+                    notes.append("\(origin(key)): \(Syscalls.shown(name)) skipped: \(Self.whyUnknown(name))")
                 } else {
-                    throw table.error(key, "entry \(i): \(name): \(Self.whyUnknown(name)); mark it optional (\"\(name)?\") to skip it where it is missing")
+                    throw table.error(key, "entry \(i): \(Syscalls.shown(name)): \(Self.whyUnknown(name)); mark it optional (\"\(Syscalls.shown(name))?\") to skip it where it is missing")
                 }
             }
             return result

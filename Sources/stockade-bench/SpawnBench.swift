@@ -2,6 +2,7 @@
 // profile, beside bubblewrap and unshare, interleaved in one run so that
 // all three see the same machine load.
 import StockadeSystem
+import StockadeJail
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -12,7 +13,8 @@ import Glibc
 #endif
 
 /// Runs argv once and returns its wall time in milliseconds (nil on failure).
-func timeCommand(_ argv: [String]) -> Double? {
+/// `fd3`: a file the command reads on fd 3 (opened afresh for each run).
+func timeCommand(_ argv: [String], fd3: String? = nil) -> Double? {
     var pid: pid_t = 0
     let cArgs = argv.map { strdup($0) } + [nil]
     defer { for p in cArgs { free(p) } }
@@ -20,6 +22,7 @@ func timeCommand(_ argv: [String]) -> Double? {
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    if let fd3 { posix_spawn_file_actions_addopen(&actions, 3, fd3, O_RDONLY, 0) }
     let start = ContinuousClock.now
     guard posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0 else { return nil }
     var status: Int32 = 0
@@ -67,6 +70,33 @@ let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-
                  "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
                  "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "/bin/true"]
 
+/// bubblewrap with what the minimal profile adds to `bwrapTrue`: the
+/// profile's compiled seccomp filter (`filter`, read on fd 3; bubblewrap
+/// sets no_new_privs for it), the /proc masks every Stockade jail gets
+/// (directories under an empty read-only tmpfs, files under /dev/null,
+/// control trees read-only; only those this kernel has), its uid, gid,
+/// hostname, environment and /tmp. What it still lacks: Landlock,
+/// rlimits, the host-id lease and the size of the root tmpfs.
+func bwrapLikeMinimal(filter: String) -> [String] {
+    var argv = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                "--uid", "1000", "--gid", "1000", "--hostname", "stockade",
+                "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+                "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                "--size", "67108864", "--perms", "1777", "--tmpfs", "/tmp",
+                "--proc", "/proc", "--dev", "/dev"]
+    var st = stat()
+    for path in ProcMasks.hidden where stat(path, &st) == 0 {
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            argv += ["--tmpfs", path, "--remount-ro", path]
+        } else {
+            argv += ["--ro-bind", "/dev/null", path]
+        }
+    }
+    for path in ProcMasks.readOnly where stat(path, &st) == 0 { argv += ["--ro-bind", path, path] }
+    return argv + ["--seccomp", "3", "--cap-drop", "ALL", "/bin/true"]
+}
+
 /// Writes `profile` without its [limits] table (the launch without a
 /// cgroup, the case bubblewrap, which makes none, is compared with) to a
 /// temporary file and returns its path.
@@ -86,16 +116,16 @@ func profileWithoutLimits(_ profile: String) throws -> String {
 /// Each command's wall times in ms, `runs` rounds of one run each in
 /// turn, so that all see the same machine load; a command that does not run
 /// here is said so once and gets no samples.
-func timeInterleaved(_ contenders: [(String, [String])], runs: Int) -> [[Double]] {
+func timeInterleaved(_ contenders: [(String, [String])], runs: Int, fd3: [String: String] = [:]) -> [[Double]] {
     var samples = Array(repeating: [Double](), count: contenders.count)
     let available = contenders.map { c in
-        let ok = timeCommand(c.1) != nil
+        let ok = timeCommand(c.1, fd3: fd3[c.0]) != nil
         if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
         return ok
     }
     for _ in 0..<runs {
         for (i, c) in contenders.enumerated() where available[i] {
-            if let t = timeCommand(c.1) { samples[i].append(t) }
+            if let t = timeCommand(c.1, fd3: fd3[c.0]) { samples[i].append(t) }
         }
     }
     return samples
@@ -108,18 +138,25 @@ func spawnBench() throws {
     let profile = env["STOCKADE_PROFILE"] ?? "profiles/minimal.toml"
     let unlimited = try profileWithoutLimits(profile)
     defer { unlink(unlimited) }
+    let filter = unlimited + ".bpf"
+    defer { unlink(filter) }
+    let likeMinimal = "bwrap with minimal's filter, /proc masks, ids"
+    if timeCommand([stockade, "compile", "--raw", "-o", filter, unlimited]) == nil {
+        print("cannot compile \(profile)'s filter with \(stockade) compile --raw; its bwrap row is skipped")
+    }
     let contenders: [(String, [String])] = [
         ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
         ("bwrap --unshare-all ...", bwrapTrue),
+        (likeMinimal, bwrapLikeMinimal(filter: filter)),
         ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
         ("/bin/true (no jail)", ["/bin/true"]),
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
         ("stockade --version", [stockade, "--version"]),
     ] + baselineRows(env) { [$0, "run", "-p", unlimited, "--", "/bin/true"] }
     print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
-    let samples = timeInterleaved(contenders, runs: runs)
+    let samples = timeInterleaved(contenders, runs: runs, fd3: [likeMinimal: filter])
     let bwrap = samples[1].isEmpty ? nil : Stats(samples: samples[1]).median
-    let unshare = samples[2].isEmpty ? nil : Stats(samples: samples[2]).median
+    let unshare = samples[3].isEmpty ? nil : Stats(samples: samples[3]).median
     print("| command | median ms | p90 ms | vs bwrap | vs unshare |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for (i, c) in contenders.enumerated() {
@@ -128,6 +165,11 @@ func spawnBench() throws {
         let vsB = bwrap.map { fmt(s.median / $0) + "x" } ?? "-"
         let vsU = unshare.map { fmt(s.median / $0) + "x" } ?? "-"
         print("| \(c.0) | \(fmt(s.median)) | \(fmt(s.percentile(0.9))) | \(vsB) | \(vsU) |")
+    }
+    let unlimitedRow = contenders.firstIndex { $0.1 == [stockade, "run", "-p", unlimited, "--", "/bin/true"] }
+    if let u = unlimitedRow, !samples[u].isEmpty, !samples[2].isEmpty {
+        let ratio = Stats(samples: samples[u]).median / Stats(samples: samples[2]).median
+        print("\nstockade run without [limits] / \(likeMinimal): \(fmt(ratio))x")
     }
     print("")
 }

@@ -111,7 +111,8 @@ extension SeccompTests {
           {"names": ["getsid"], "action": "SCMP_ACT_KILL"},
           {"name": "sched_yield", "action": "SCMP_ACT_LOG"},
           {"names": ["no_such_call"], "action": "SCMP_ACT_ALLOW"},
-          {"names": ["getpid\\u0000x"], "action": "SCMP_ACT_KILL"}
+          {"names": ["getpid\\u0000x"], "action": "SCMP_ACT_KILL"},
+          {"names": ["get\\u001b[2Jpid"], "action": "SCMP_ACT_KILL"}
          ]}
         """
         let imported = try DockerSeccompProfile.parse(data: Data(json.utf8), name: "t.json", kernel: (6, 1))
@@ -131,7 +132,9 @@ extension SeccompTests {
         #expect(imported.notes.contains { $0.contains("no_such_call") })
         // A name with a NUL in it is no call's, never the one before the NUL.
         #expect(try v("getpid") == .errno(38))
-        #expect(imported.notes.contains { $0.contains("getpid\u{0}x") })
+        // Named in the notes with its control characters escaped, never raw.
+        #expect(imported.notes.contains { $0.contains(#""getpid\0x""#) && $0.contains(#""get\u{1B}[2Jpid""#) }, "\(imported.notes)")
+        #expect(!imported.notes.contains { $0.utf8.contains(0) || $0.utf8.contains(0x1b) })
         #expect(Syscalls.number(of: "getpid\u{0}x") == nil && Syscalls.number(of: "getpid") != nil)
         #expect(!Syscalls.isForeign("getpid\u{0}x"))
     }

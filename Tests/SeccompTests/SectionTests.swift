@@ -69,6 +69,14 @@ extension SeccompTests {
         #expect(e?.key == "seccomp.allow")
         #expect(e?.message.contains("reed") == true)
         #expect(e?.message.contains("optional") == true)
+        // A name with a terminal escape in it is shown escaped, never raw.
+        let escaped = error("""
+        [seccomp]
+        allow = ["read", "re\\u001b[2Jad"]
+        """)
+        #expect(escaped?.key == "seccomp.allow")
+        #expect(escaped?.message.contains(#""re\u{1B}[2Jad""#) == true, "\(String(describing: escaped))")
+        #expect(escaped?.message.utf8.contains(0x1b) == false)
         let rule = error("""
         [seccomp]
         [[seccomp.rule]]
