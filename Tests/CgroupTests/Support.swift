@@ -68,9 +68,8 @@ enum CgroupTestHost {
 final class Workload: @unchecked Sendable {
     let pid: Int32
     private var stdinFD: Int32
-    private let stdoutFD: Int32
+    private let output: OutputLines
     private var reaped: Status?
-    private var buffered: [UInt8] = []
 
     struct Status {
         var raw: Int32
@@ -81,7 +80,7 @@ final class Workload: @unchecked Sendable {
     private init(pid: Int32, stdinFD: Int32, stdoutFD: Int32) {
         self.pid = pid
         self.stdinFD = stdinFD
-        self.stdoutFD = stdoutFD
+        self.output = OutputLines(stdoutFD)
     }
 
     struct SpawnError: Error, CustomStringConvertible {
@@ -136,33 +135,8 @@ final class Workload: @unchecked Sendable {
         stdinFD = -1
     }
 
-    /// The next line of output, or nil after `seconds` or at EOF.
-    func readLine(seconds: Double) -> String? {
-        let deadline = CgroupFS.monotonicSeconds() + seconds
-        while true {
-            if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffered[..<nl], as: UTF8.self)
-                buffered.removeSubrange(...nl)
-                return line
-            }
-            let left = deadline - CgroupFS.monotonicSeconds()
-            if left <= 0 { return nil }
-            var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
-            let r = poll(&pfd, 1, Int32(min(left, 1) * 1000))
-            if r <= 0 { continue }
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            let n = read(stdoutFD, &chunk, chunk.count)
-            if n <= 0 { return nil }
-            buffered.append(contentsOf: chunk[0..<n])
-        }
-    }
-
-    /// Every remaining line until EOF (all writers gone) or `seconds`.
-    func readAll(seconds: Double) -> [String] {
-        var lines: [String] = []
-        while let l = readLine(seconds: seconds) { lines.append(l) }
-        return lines
-    }
+    func readLine(seconds: Double) -> String? { output.readLine(seconds: seconds) }
+    func readAll(seconds: Double) -> [String] { output.readAll(seconds: seconds) }
 
     var isRunning: Bool { reaped == nil && Glibc.kill(pid, 0) == 0 && !isZombie }
 
@@ -192,7 +166,6 @@ final class Workload: @unchecked Sendable {
             waitpid(pid, &status, 0)
         }
         if stdinFD >= 0 { close(stdinFD) }
-        close(stdoutFD)
     }
 }
 
@@ -235,8 +208,7 @@ func report(_ manager: CgroupManager, _ line: String) {
 final class JailedWorkload: @unchecked Sendable {
     let jail: Jail
     let group: JailGroup
-    private let stdoutFD: Int32
-    private var buffered: [UInt8] = []
+    private let output: OutputLines
     private var exit: JailExit?
 
     static let profile: Profile = {
@@ -268,33 +240,11 @@ final class JailedWorkload: @unchecked Sendable {
             throw error
         }
         self.group = group
-        self.stdoutFD = out[0]
+        self.output = OutputLines(out[0])
     }
 
-    func readLine(seconds: Double) -> String? {
-        let deadline = CgroupFS.monotonicSeconds() + seconds
-        while true {
-            if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffered[..<nl], as: UTF8.self)
-                buffered.removeSubrange(...nl)
-                return line
-            }
-            let left = deadline - CgroupFS.monotonicSeconds()
-            if left <= 0 { return nil }
-            var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { continue }
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            let n = read(stdoutFD, &chunk, chunk.count)
-            if n <= 0 { return nil }
-            buffered.append(contentsOf: chunk[0..<n])
-        }
-    }
-
-    func readAll(seconds: Double) -> [String] {
-        var lines: [String] = []
-        while let l = readLine(seconds: seconds) { lines.append(l) }
-        return lines
-    }
+    func readLine(seconds: Double) -> String? { output.readLine(seconds: seconds) }
+    func readAll(seconds: Double) -> [String] { output.readAll(seconds: seconds) }
 
     /// Waits for the jail to end (the launcher then reads the usage and
     /// removes the cgroup).
@@ -313,6 +263,41 @@ final class JailedWorkload: @unchecked Sendable {
             jail.kill()
             _ = try? jail.wait()
         }
-        close(stdoutFD)
+    }
+}
+
+/// Lines read from a child's stdout pipe (the read end, closed with this).
+final class OutputLines: @unchecked Sendable {
+    private let fd: Int32
+    private var buffered: [UInt8] = []
+
+    init(_ fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+
+    /// The next line, or nil after `seconds` or at EOF.
+    func readLine(seconds: Double) -> String? {
+        let deadline = CgroupFS.monotonicSeconds() + seconds
+        while true {
+            if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffered[..<nl], as: UTF8.self)
+                buffered.removeSubrange(...nl)
+                return line
+            }
+            let left = deadline - CgroupFS.monotonicSeconds()
+            if left <= 0 { return nil }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { return nil }
+            buffered.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    /// Every remaining line until EOF (all writers gone) or `seconds`.
+    func readAll(seconds: Double) -> [String] {
+        var lines: [String] = []
+        while let l = readLine(seconds: seconds) { lines.append(l) }
+        return lines
     }
 }

@@ -133,14 +133,7 @@ private struct Recording {
         let recording = try Recording(suite: suite)
         #expect(recording.toWorker.count > 200)
         #expect(try recording.replayToWorker(recording.toWorker) == nil, "the untouched session must replay cleanly")
-        var undetected: [Int] = []
-        for position in recording.toWorker.indices {
-            for mask: UInt8 in [0x01, 0x80] {
-                var stream = recording.toWorker
-                stream[position] ^= mask
-                if try recording.replayToWorker(stream)?.violation == nil { undetected.append(position) }
-            }
-        }
+        let undetected = try Self.undetectedFlips(recording.toWorker, masks: [0x01, 0x80], replay: recording.replayToWorker)
         #expect(undetected.isEmpty, "flips not detected at \(undetected)")
     }
 
@@ -148,15 +141,23 @@ private struct Recording {
     func everyFlippedByteToLauncherIsDetected(suite: CipherSuite) throws {
         let recording = try Recording(suite: suite)
         #expect(try recording.replayToLauncher(recording.toLauncher) == nil, "the untouched session must replay cleanly")
+        let undetected = try Self.undetectedFlips(recording.toLauncher, masks: [0x01, 0x80], replay: recording.replayToLauncher)
+        #expect(undetected.isEmpty, "flips not detected at \(undetected)")
+    }
+
+    /// The positions of `stream` where flipping the bits of a mask went
+    /// unnoticed: the replay ended without a channel violation.
+    static func undetectedFlips(_ stream: [UInt8], at positions: [Int]? = nil, masks: [UInt8],
+                                replay: ([UInt8]) throws -> ChannelError?) throws -> [Int] {
         var undetected: [Int] = []
-        for position in recording.toLauncher.indices {
-            for mask: UInt8 in [0x01, 0x80] {
-                var stream = recording.toLauncher
-                stream[position] ^= mask
-                if try recording.replayToLauncher(stream)?.violation == nil { undetected.append(position) }
+        for position in positions ?? Array(stream.indices) {
+            for mask in masks {
+                var flipped = stream
+                flipped[position] ^= mask
+                if try replay(flipped)?.violation == nil { undetected.append(position) }
             }
         }
-        #expect(undetected.isEmpty, "flips not detected at \(undetected)")
+        return undetected
     }
 
     /// Large records are decrypted while they arrive (the streaming path):
@@ -171,18 +172,11 @@ private struct Recording {
         func positions(_ count: Int) -> [Int] {
             Array(0..<min(count, 200)) + Array(stride(from: 200, to: count, by: 997)) + Array(max(0, count - 200)..<count)
         }
-        var undetected: [String] = []
-        for position in positions(recording.toWorker.count) {
-            var stream = recording.toWorker
-            stream[position] ^= 0x04
-            if try recording.replayToWorker(stream)?.violation == nil { undetected.append("to worker @\(position)") }
-        }
-        for position in positions(recording.toLauncher.count) {
-            var stream = recording.toLauncher
-            stream[position] ^= 0x04
-            if try recording.replayToLauncher(stream)?.violation == nil { undetected.append("to launcher @\(position)") }
-        }
-        #expect(undetected.isEmpty, "flips not detected: \(undetected)")
+        let toWorker = try Self.undetectedFlips(recording.toWorker, at: positions(recording.toWorker.count), masks: [0x04],
+                                                replay: recording.replayToWorker)
+        let toLauncher = try Self.undetectedFlips(recording.toLauncher, at: positions(recording.toLauncher.count), masks: [0x04],
+                                                  replay: recording.replayToLauncher)
+        #expect(toWorker.isEmpty && toLauncher.isEmpty, "flips not detected: to worker at \(toWorker), to launcher at \(toLauncher)")
     }
 
     /// Replaying a record (sending it twice) or swapping two records fails
