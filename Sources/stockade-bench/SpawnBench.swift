@@ -78,13 +78,11 @@ let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-
 /// hostname, environment and /tmp. What it still lacks: Landlock,
 /// rlimits, the host-id lease and the size of the root tmpfs.
 func bwrapLikeMinimal(filter: String) -> [String] {
-    var argv = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                "--uid", "1000", "--gid", "1000", "--hostname", "stockade",
-                "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-                "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-                "--size", "67108864", "--perms", "1777", "--tmpfs", "/tmp",
-                "--proc", "/proc", "--dev", "/dev"]
+    // bwrapTrue up to its closing "--cap-drop ALL /bin/true".
+    var argv = Array(bwrapTrue.dropLast(3)) + [
+        "--uid", "1000", "--gid", "1000", "--hostname", "stockade",
+        "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+        "--symlink", "usr/sbin", "/sbin", "--size", "67108864", "--perms", "1777", "--tmpfs", "/tmp"]
     var st = stat()
     for path in ProcMasks.hidden where stat(path, &st) == 0 {
         if (st.st_mode & S_IFMT) == S_IFDIR {
@@ -94,7 +92,7 @@ func bwrapLikeMinimal(filter: String) -> [String] {
         }
     }
     for path in ProcMasks.readOnly where stat(path, &st) == 0 { argv += ["--ro-bind", path, path] }
-    return argv + ["--seccomp", "3", "--cap-drop", "ALL", "/bin/true"]
+    return argv + ["--seccomp", "3"] + bwrapTrue.suffix(3)
 }
 
 /// Writes `profile` without its [limits] table (the launch without a
@@ -144,13 +142,14 @@ func spawnBench() throws {
     if timeCommand([stockade, "compile", "--raw", "-o", filter, unlimited]) == nil {
         print("cannot compile \(profile)'s filter with \(stockade) compile --raw; its bwrap row is skipped")
     }
+    let unlimitedRun = [stockade, "run", "-p", unlimited, "--", "/bin/true"]
     let contenders: [(String, [String])] = [
         ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
         ("bwrap --unshare-all ...", bwrapTrue),
         (likeMinimal, bwrapLikeMinimal(filter: filter)),
         ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
         ("/bin/true (no jail)", ["/bin/true"]),
-        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--", "/bin/true"]),
+        ("stockade run (minimal, no [limits])", unlimitedRun),
         ("stockade --version", [stockade, "--version"]),
     ] + baselineRows(env) { [$0, "run", "-p", unlimited, "--", "/bin/true"] }
     print("## Spawn-to-exit latency of /bin/true (\(runs) runs each, interleaved)\n")
@@ -166,7 +165,7 @@ func spawnBench() throws {
         let vsU = unshare.map { fmt(s.median / $0) + "x" } ?? "-"
         print("| \(c.0) | \(fmt(s.median)) | \(fmt(s.percentile(0.9))) | \(vsB) | \(vsU) |")
     }
-    let unlimitedRow = contenders.firstIndex { $0.1 == [stockade, "run", "-p", unlimited, "--", "/bin/true"] }
+    let unlimitedRow = contenders.firstIndex { $0.1 == unlimitedRun }
     if let u = unlimitedRow, !samples[u].isEmpty, !samples[2].isEmpty {
         let ratio = Stats(samples: samples[u]).median / Stats(samples: samples[2]).median
         print("\nstockade run without [limits] / \(likeMinimal): \(fmt(ratio))x")
