@@ -171,4 +171,89 @@ func spawnBench() throws {
         print("\nstockade run without [limits] / \(likeMinimal): \(fmt(ratio))x")
     }
     print("")
+    phaseBench(stockade: stockade, unlimited: unlimited, likeMinimal: (likeMinimal, filter), runs: runs)
+}
+
+/// The nanoseconds since the epoch (CLOCK_REALTIME, which no namespace of
+/// the jails here changes).
+private func realtimeNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// One run of argv, whose command is `date +%s%N` inside the jail: the
+/// milliseconds from the spawn to the moment the command read the clock,
+/// and from then to the caller's `waitpid` returning. nil on failure.
+func timePhases(_ argv: [String], fd3: String? = nil) -> (toCommand: Double, afterCommand: Double)? {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { return nil }
+    defer { close(fds[0]) }
+    // Neither end is the command's but through the dup2 onto its stdout.
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    var pid: pid_t = 0
+    let cArgs = argv.map { strdup($0) } + [nil]
+    defer { for p in cArgs { free(p) } }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    if let fd3 { posix_spawn_file_actions_addopen(&actions, 3, fd3, O_RDONLY, 0) }
+    let start = realtimeNanoseconds()
+    let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0
+    close(fds[1])
+    guard spawned else { return nil }
+    var status: Int32 = 0
+    _ = try? retryingSyscall { waitpid(pid, &status, 0) }
+    let end = realtimeNanoseconds()
+    // A line of at most 20 digits: the pipe holds it until the read.
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let n = buffer.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+    guard status == 0, n > 0,
+          let clock = Int64(String(decoding: buffer[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)),
+          clock >= start, clock <= end else { return nil }
+    return (Double(clock - start) / 1e6, Double(end - clock) / 1e6)
+}
+
+/// Part one's commands again, each running `date +%s%N` in its jail: where
+/// a launch's time lies, before the command (the launcher's own start, its
+/// plan, the jail's construction, the command's exec and start-up) and
+/// after it (the command's exit, the jail's teardown, the launcher's exit).
+/// The command's own start and exit are the same in every row.
+func phaseBench(stockade: String, unlimited: String, likeMinimal: (name: String, filter: String), runs: Int) {
+    let date = ["/usr/bin/date", "+%s%N"]
+    let contenders: [(String, [String])] = [
+        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--"] + date),
+        ("bwrap --unshare-all ...", Array(bwrapTrue.dropLast()) + date),
+        (likeMinimal.name, Array(bwrapLikeMinimal(filter: likeMinimal.filter).dropLast()) + date),
+        ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u"] + date),
+        ("date (no jail)", date),
+    ]
+    let fd3 = [likeMinimal.name: likeMinimal.filter]
+    var before = Array(repeating: [Double](), count: contenders.count)
+    var after = before
+    let available = contenders.map { c in
+        let ok = timePhases(c.1, fd3: fd3[c.0]) != nil
+        if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
+        return ok
+    }
+    for _ in 0..<runs {
+        for (i, c) in contenders.enumerated() where available[i] {
+            if let t = timePhases(c.1, fd3: fd3[c.0]) {
+                before[i].append(t.toCommand)
+                after[i].append(t.afterCommand)
+            }
+        }
+    }
+    print("## Where a launch's time lies: before the command, and after it (\(runs) runs each, interleaved)\n")
+    print("The command is `date +%s%N`; \"to the command\" ends when it reads the clock, after its own start.\n")
+    print("| command | to the command, median ms | vs bwrap | after the command, median ms | vs bwrap |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    let bwrapBefore = before[1].isEmpty ? nil : Stats(samples: before[1]).median
+    let bwrapAfter = after[1].isEmpty ? nil : Stats(samples: after[1]).median
+    for (i, c) in contenders.enumerated() where !before[i].isEmpty {
+        let b = Stats(samples: before[i]).median, a = Stats(samples: after[i]).median
+        print("| \(c.0) | \(fmt(b)) | \(bwrapBefore.map { fmt(b / $0) + "x" } ?? "-") | \(fmt(a)) | \(bwrapAfter.map { fmt(a / $0) + "x" } ?? "-") |")
+    }
+    print("")
 }
