@@ -15,21 +15,33 @@ import Glibc
 /// Runs argv once and returns its wall time in milliseconds (nil on failure).
 /// `fd3`: a file the command reads on fd 3 (opened afresh for each run).
 func timeCommand(_ argv: [String], fd3: String? = nil) -> Double? {
+    var marks: [ContinuousClock.Instant] = []
+    guard spawnAndWait(argv, fd3: fd3, mark: { marks.append(.now) }) else { return nil }
+    return (marks[1] - marks[0]).inMilliseconds
+}
+
+/// Spawns argv with its stdout on `stdout` (/dev/null when nil) and `fd3`
+/// open on fd 3, and waits for it; `mark` runs just before the spawn and
+/// just after the wait. false when it did not start or did not exit 0.
+func spawnAndWait(_ argv: [String], stdout: Int32? = nil, fd3: String?, mark: () -> Void) -> Bool {
     var pid: pid_t = 0
     let cArgs = argv.map { strdup($0) } + [nil]
     defer { for p in cArgs { free(p) } }
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    if let stdout {
+        posix_spawn_file_actions_adddup2(&actions, stdout, 1)
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    }
     if let fd3 { posix_spawn_file_actions_addopen(&actions, 3, fd3, O_RDONLY, 0) }
-    let start = ContinuousClock.now
-    guard posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0 else { return nil }
+    mark()
+    guard posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ) == 0 else { return false }
     var status: Int32 = 0
     _ = try? retryingSyscall { waitpid(pid, &status, 0) }
-    let elapsed = ContinuousClock.now - start
-    guard status == 0 else { return nil }
-    return elapsed.inMilliseconds
+    mark()
+    return status == 0
 }
 
 struct Stats {
@@ -65,6 +77,7 @@ func baselineRows(_ env: [String: String], _ argv: (String) -> [String]) -> [(St
 }
 
 /// bubblewrap running /bin/true in a jail like the minimal profile's.
+let bwrapLabel = "bwrap --unshare-all ..."
 let bwrapTrue = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                  "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
                  "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin", "/bin",
@@ -115,15 +128,21 @@ func profileWithoutLimits(_ profile: String) throws -> String {
 /// turn, so that all see the same machine load; a command that does not run
 /// here is said so once and gets no samples.
 func timeInterleaved(_ contenders: [(String, [String])], runs: Int, fd3: [String: String] = [:]) -> [[Double]] {
-    var samples = Array(repeating: [Double](), count: contenders.count)
+    interleaved(contenders, runs: runs, fd3: fd3, measure: timeCommand)
+}
+
+/// `measure`'s results for each command, taken as ``timeInterleaved`` takes times.
+func interleaved<Sample>(_ contenders: [(String, [String])], runs: Int, fd3: [String: String],
+                         measure: ([String], String?) -> Sample?) -> [[Sample]] {
+    var samples = Array(repeating: [Sample](), count: contenders.count)
     let available = contenders.map { c in
-        let ok = timeCommand(c.1, fd3: fd3[c.0]) != nil
+        let ok = measure(c.1, fd3[c.0]) != nil
         if !ok { print("skipping \(c.0): it does not run here (\(c.1[0]))") }
         return ok
     }
     for _ in 0..<runs {
         for (i, c) in contenders.enumerated() where available[i] {
-            if let t = timeCommand(c.1, fd3: fd3[c.0]) { samples[i].append(t) }
+            if let t = measure(c.1, fd3[c.0]) { samples[i].append(t) }
         }
     }
     return samples
@@ -145,7 +164,7 @@ func spawnBench() throws {
     let unlimitedRun = [stockade, "run", "-p", unlimited, "--", "/bin/true"]
     let contenders: [(String, [String])] = [
         ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--", "/bin/true"]),
-        ("bwrap --unshare-all ...", bwrapTrue),
+        (bwrapLabel, bwrapTrue),
         (likeMinimal, bwrapLikeMinimal(filter: filter)),
         ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u", "/bin/true"]),
         ("/bin/true (no jail)", ["/bin/true"]),
@@ -169,6 +188,67 @@ func spawnBench() throws {
     if let u = unlimitedRow, !samples[u].isEmpty, !samples[2].isEmpty {
         let ratio = Stats(samples: samples[u]).median / Stats(samples: samples[2]).median
         print("\nstockade run without [limits] / \(likeMinimal): \(fmt(ratio))x")
+    }
+    print("")
+    phaseBench(stockade: stockade, profile: profile, unlimited: unlimited, likeMinimal: (likeMinimal, filter), runs: runs)
+}
+
+/// The nanoseconds since the epoch (CLOCK_REALTIME, which no namespace of
+/// the jails here changes).
+private func realtimeNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// One run of argv, whose command is `date +%s%N` inside the jail: the
+/// milliseconds from the spawn to the moment the command read the clock,
+/// and from then to the caller's `waitpid` returning. nil on failure.
+func timePhases(_ argv: [String], fd3: String? = nil) -> (toCommand: Double, afterCommand: Double)? {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { return nil }
+    defer { close(fds[0]) }
+    // Neither end is the command's but through the dup2 onto its stdout.
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    var marks: [Int64] = []
+    let ran = spawnAndWait(argv, stdout: fds[1], fd3: fd3, mark: { marks.append(realtimeNanoseconds()) })
+    close(fds[1])
+    // A line of at most 20 digits: the pipe holds it until the read.
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let n = buffer.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+    guard ran, n > 0,
+          let clock = Int64(String(decoding: buffer[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)),
+          clock >= marks[0], clock <= marks[1] else { return nil }
+    return (Double(clock - marks[0]) / 1e6, Double(marks[1] - clock) / 1e6)
+}
+
+/// Part one's commands again, each running `date +%s%N` in its jail: where
+/// a launch's time lies, before the command (the launcher's own start, its
+/// plan, the jail's construction, the command's exec and start-up) and
+/// after it (the command's exit, the jail's teardown, the launcher's exit).
+/// The command's own start and exit are the same in every row.
+func phaseBench(stockade: String, profile: String, unlimited: String, likeMinimal: (name: String, filter: String), runs: Int) {
+    let date = ["/usr/bin/date", "+%s%N"]
+    let contenders: [(String, [String])] = [
+        ("stockade run (minimal, no [limits])", [stockade, "run", "-p", unlimited, "--"] + date),
+        ("stockade run (minimal profile)", [stockade, "run", "-p", profile, "--"] + date),
+        (bwrapLabel, Array(bwrapTrue.dropLast()) + date),
+        (likeMinimal.name, Array(bwrapLikeMinimal(filter: likeMinimal.filter).dropLast()) + date),
+        ("unshare -U -r -p -f -m -n -i -u", ["/usr/bin/unshare", "-U", "-r", "-p", "-f", "-m", "-n", "-i", "-u"] + date),
+        ("date (no jail)", date),
+    ]
+    let samples = interleaved(contenders, runs: runs, fd3: [likeMinimal.name: likeMinimal.filter], measure: timePhases)
+    let before = samples.map { $0.map(\.toCommand) }, after = samples.map { $0.map(\.afterCommand) }
+    print("## Where a launch's time lies: before the command, and after it (\(runs) runs each, interleaved)\n")
+    print("The command is `date +%s%N`; \"to the command\" ends when it reads the clock, after its own start.\n")
+    print("| command | to the command, median ms | vs bwrap | after the command, median ms | vs bwrap |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    let bwrap = contenders.firstIndex { $0.0 == bwrapLabel } ?? 0
+    let bwrapBefore = before[bwrap].isEmpty ? nil : Stats(samples: before[bwrap]).median
+    let bwrapAfter = after[bwrap].isEmpty ? nil : Stats(samples: after[bwrap]).median
+    for (i, c) in contenders.enumerated() where !before[i].isEmpty {
+        let b = Stats(samples: before[i]).median, a = Stats(samples: after[i]).median
+        print("| \(c.0) | \(fmt(b)) | \(bwrapBefore.map { fmt(b / $0) + "x" } ?? "-") | \(fmt(a)) | \(bwrapAfter.map { fmt(a / $0) + "x" } ?? "-") |")
     }
     print("")
 }

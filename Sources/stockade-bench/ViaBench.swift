@@ -47,7 +47,7 @@ func viaBench() throws {
     }
     let contenders: [(String, [String])] = [
         ("stockade run --via (built ahead)", [stockade, "run", "--via", dir + "/via.sock", "--", "/bin/true"]),
-        ("bwrap --unshare-all ...", bwrapTrue),
+        (bwrapLabel, bwrapTrue),
         ("stockade run (minimal, no [limits])", [stockade, "run", "-p", profile, "--", "/bin/true"]),
     ] + baselineRows(env) { [$0, "run", "--via", dir + "/via.sock", "--", "/bin/true"] }
     print("## run --via: /bin/true in a jail built ahead (\(runs) runs each, interleaved; pool of \(ready))\n")

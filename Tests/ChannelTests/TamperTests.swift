@@ -83,30 +83,28 @@ private struct Recording {
 
     /// Feeds `stream` to a fresh worker and returns how it ended.
     func replayToWorker(_ stream: [UInt8]) throws -> ChannelError? {
-        let (feeder, workerEnd) = try UnixSocketPair.make()
-        defer { try? feeder.close() }
-        // Feed from another thread: a large stream exceeds the socket buffer.
-        let writer = DispatchGroup()
-        DispatchQueue.global().async(group: writer) {
-            _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
-            Glibc.shutdown(feeder.rawValue, Int32(SHUT_WR))
-        }
-        defer { writer.wait() }
-        do {
+        try replay(stream) { workerEnd in
             let channel = try SecureChannel.respond(socket: workerEnd, parameters: parameters, supportedSuites: parameters.suites,
                                                     logger: quiet, fixedEphemeralKey: workerKey)
             try workerScript(channel)
-            return nil
-        } catch let error as ChannelError {
-            return error
         }
     }
 
     /// Feeds `stream` to a fresh launcher running the same script.
     func replayToLauncher(_ stream: [UInt8]) throws -> ChannelError? {
-        let (feeder, launcherEnd) = try UnixSocketPair.make()
+        try replay(stream) { launcherEnd in
+            let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: quiet,
+                                                     handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
+            try launcherScript(channel, extra: extra)
+        }
+    }
+
+    /// Runs `peer` on one end of a fresh socket pair while another thread
+    /// writes `stream` into the other (a large stream exceeds the socket
+    /// buffer); nil when `peer` finished, else the channel error it ended with.
+    private func replay(_ stream: [UInt8], into peer: (FileDescriptor) throws -> Void) throws -> ChannelError? {
+        let (feeder, end) = try UnixSocketPair.make()
         defer { try? feeder.close() }
-        // Feed from another thread: a large stream exceeds the socket buffer.
         let writer = DispatchGroup()
         DispatchQueue.global().async(group: writer) {
             _ = try? stream.withUnsafeBytes { try feeder.sendAll($0) }
@@ -114,9 +112,7 @@ private struct Recording {
         }
         defer { writer.wait() }
         do {
-            let channel = try SecureChannel.initiate(socket: launcherEnd, parameters: parameters, logger: quiet,
-                                                     handshakeTimeoutMilliseconds: nil, fixedEphemeralKey: launcherKey)
-            try launcherScript(channel, extra: extra)
+            try peer(end)
             return nil
         } catch let error as ChannelError {
             return error
