@@ -107,6 +107,11 @@ public enum SpecJail {
         oci.groups = process.user.additionalGids ?? []
         profile.cwd = process.cwd
         guard process.cwd.hasPrefix("/") else { throw SpecError("config.json process.cwd: \(process.cwd) is not absolute") }
+        // A pod's hostname goes to sethostname from the launcher's thread,
+        // not through the child's plan: a NUL byte is refused here for both.
+        if let hostname = spec.hostname, hostname.utf8.contains(0) {
+            throw SpecError("config.json hostname: \(hostname.debugDescription) holds a NUL byte, where the kernel would read its end")
+        }
         profile.hostname = fresh.contains(.uts) ? spec.hostname : nil
         oci.umask = try SpecKernel.umask(process.user.umask, field: "process.user.umask")
         oci.rootPropagation = try SpecKernel.rootPropagation(spec.linux?.rootfsPropagation)

@@ -50,10 +50,14 @@ enum SpecKernel {
             // "net.ipv4.ip_forward", or a path ("net/ipv4/conf/eth0.100/forwarding").
             let path = key.contains("/") ? key : key.replacingOccurrences(of: ".", with: "/")
             let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-            guard !key.isEmpty, !path.hasPrefix("/"), parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
-                throw SpecError("\(field): \"\(key)\" is not a sysctl name")
+            // A NUL byte would end the name where the kernel reads it: a
+            // pod's sysctls are opened by the launcher from this string.
+            guard !key.isEmpty, !key.utf8.contains(0), !path.hasPrefix("/"),
+                  parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+                throw SpecError("\(field): \(key.debugDescription) is not a sysctl name")
             }
             guard !value.contains("\n") else { throw SpecError("\(field)[\"\(key)\"]: the value has a newline") }
+            guard !value.utf8.contains(0) else { throw SpecError("\(field)[\"\(key)\"]: the value holds a NUL byte") }
             let name = parts.joined(separator: ".")
             let namespace: (Profile.Namespace, String)
             if ipcSysctls.contains(name) || name.hasPrefix("fs.mqueue.") {

@@ -20,7 +20,8 @@ struct PodNamespaceTests {
     /// The launch request for the fixture's bundle with CRI's namespaces:
     /// the network namespace joined by path (here the test's own, which
     /// the host's user namespace owns, as containerd's are), no cgroup one.
-    func request(_ name: String, sandbox: Bool, joinIPC: String? = nil, sysctl: [String: String]? = nil) throws -> LaunchRequest {
+    func request(_ name: String, sandbox: Bool, joinIPC: String? = nil, sysctl: [String: String]? = nil,
+                 hostname: String = "pod-host") throws -> LaunchRequest {
         let f = try RuntimeFixture(name)
         try RuntimeFixture.writeConfig(f.bundle, args: ["sleep", "1"]) { config in
             var linux = config["linux"] as! [String: Any]
@@ -29,7 +30,7 @@ struct PodNamespaceTests {
             namespaces.append(joinIPC.map { ["type": "ipc", "path": $0] } ?? ["type": "ipc"])
             linux["namespaces"] = namespaces
             config["linux"] = linux
-            config["hostname"] = "pod-host"
+            config["hostname"] = hostname
             if let sysctl { linux["sysctl"] = sysctl; config["linux"] = linux }
             if sandbox { config["annotations"] = [SpecJail.criContainerType: "sandbox"] }
         }
@@ -88,6 +89,25 @@ struct PodNamespaceTests {
         }
         let plain = try #require(try SpecJail.request(spec: try SpecFiles.readConfig(bundle: f.bundle), bundle: f.bundle).oci)
         #expect(plain.launcherSysctls.isEmpty && plain.sysctls.count == 3)
+    }
+
+    @Test("a sandbox's hostname and launcher-side sysctls holding a NUL byte are refused by the spec (the launcher hands them to the kernel as C strings, outside the child's plan)")
+    func nulBytes() throws {
+        func refusal(_ name: String, _ make: () throws -> LaunchRequest) -> String {
+            do {
+                let request = try make()
+                for j in (request.oci?.join ?? []) + (request.oci?.enterBeforeClone ?? []) { close(j.fd) }
+                return "accepted: \(name)"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let hostname = refusal("hostname") { try request("podnulhost", sandbox: true, hostname: "pod\u{0}host") }
+        #expect(hostname.contains("config.json hostname") && hostname.contains("NUL byte"), "\(hostname)")
+        let key = refusal("sysctl name") { try request("podnulkey", sandbox: true, sysctl: ["kernel.shmmax\u{0}x": "2"]) }
+        #expect(key.contains("linux.sysctl") && key.contains("is not a sysctl name") && !key.utf8.contains(0), "\(key)")
+        let value = refusal("sysctl value") { try request("podnulvalue", sandbox: true, sysctl: ["kernel.domainname": "d\u{0}e"]) }
+        #expect(value.contains("linux.sysctl") && value.contains("the value holds a NUL byte"), "\(value)")
     }
 
     @Test("a container with namespaces of its own keeps its kernel sysfs and mqueue, and nothing is entered before its clone")

@@ -158,6 +158,8 @@ struct SpecKernelTests {
             (["net.ipv4.ip_forward": "1"], [["type": "mount"], ["type": "pid"]], "sysctl \"net.ipv4.ip_forward\" is not allowed in the hosts network namespace"),
             (["kernel.shmmax": "1"], [["type": "mount"], ["type": "network"]], "is not allowed in the hosts ipc namespace"),
             (["net/../kernel/panic": "1"], nil, "is not a sysctl name"),
+            (["net.ipv4.ip_forward\u{0}x": "1"], nil, "is not a sysctl name"),
+            (["net.ipv4.ip_forward": "1\u{0}"], nil, "the value holds a NUL byte"),
             (["kernel.hostname": "x"], nil, "conflicts with the hostname field"),
         ]
         for (i, (map, namespaces, message)) in refused.enumerated() {
